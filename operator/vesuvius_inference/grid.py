@@ -1,0 +1,177 @@
+"""Patch grid, part split and importance weights: pure logic, no I/O.
+
+The grid is nnU-Net's: the volume is padded (centred, as ``pad_nd_image`` does) up to the patch
+size on axes where it is smaller, and patch starts come from nnU-Net's own
+``compute_steps_for_sliding_window`` on the padded shape. Coordinates below are volume
+coordinates; a start can be negative when the axis was padded.
+
+Patches are numbered row-major (z, then y, then x), which is nnU-Net's slicer order; a part is a
+contiguous range of that order, so it covers a z-slab of the volume and touches few chunks at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+Shape3 = tuple[int, int, int]
+
+
+def _nnunet_steps(image_size: Sequence[int], tile_size: Sequence[int], tile_step_size: float) -> list[list[int]]:
+    # Imported lazily: nnunetv2 pulls torch, and the grid is also used by the torch-free `plan` path.
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
+    return compute_steps_for_sliding_window(tuple(image_size), tuple(tile_size), tile_step_size)
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """The sliding-window grid of one volume for one patch size and overlap."""
+
+    shape: Shape3
+    patch: Shape3
+    overlap: float
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or len(self.patch) != 3:
+            raise ValueError("shape and patch must have 3 entries (z, y, x)")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if min(self.patch) < 1 or min(self.shape) < 1:
+            raise ValueError("shape and patch must be positive")
+
+    @property
+    def step_fraction(self) -> float:
+        """nnU-Net's ``tile_step_size``: overlap 0.5 is step 0.5, overlap 0.25 is step 0.75."""
+        return 1.0 - self.overlap
+
+    @cached_property
+    def padded_shape(self) -> Shape3:
+        return tuple(max(s, p) for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+
+    @cached_property
+    def pad_below(self) -> Shape3:
+        """Padding before the volume on each axis, as nnU-Net's ``pad_nd_image`` centres it."""
+        return tuple((ps - s) // 2 for ps, s in zip(self.padded_shape, self.shape))  # type: ignore[return-value]
+
+    @cached_property
+    def starts(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """Patch starts per axis in volume coordinates."""
+        steps = _nnunet_steps(self.padded_shape, self.patch, self.step_fraction)
+        return tuple(tuple(int(s) - pb for s in axis) for axis, pb in zip(steps, self.pad_below))  # type: ignore[return-value]
+
+    @property
+    def counts(self) -> Shape3:
+        return tuple(len(a) for a in self.starts)  # type: ignore[return-value]
+
+    @property
+    def n_patches(self) -> int:
+        return int(np.prod(self.counts))
+
+    def grid_index(self, i: int) -> Shape3:
+        return tuple(int(v) for v in np.unravel_index(i, self.counts))  # type: ignore[return-value]
+
+    def start(self, i: int) -> Shape3:
+        gi = self.grid_index(i)
+        return tuple(self.starts[d][gi[d]] for d in range(3))  # type: ignore[return-value]
+
+    def region(self, i: int) -> tuple[Shape3, Shape3]:
+        """The part of patch ``i`` inside the volume: (lo, hi) in volume coordinates."""
+        s = self.start(i)
+        lo = tuple(max(0, a) for a in s)
+        hi = tuple(min(n, a + p) for a, p, n in zip(s, self.patch, self.shape))
+        return lo, hi  # type: ignore[return-value]
+
+    def patches_touching(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        """Flat indices of the patches whose in-volume region intersects the box [lo, hi)."""
+        per_axis = []
+        for d in range(3):
+            st = np.asarray(self.starts[d])
+            ok = (np.maximum(st, 0) < hi[d]) & (np.minimum(st + self.patch[d], self.shape[d]) > lo[d])
+            per_axis.append(np.nonzero(ok)[0])
+        if any(len(a) == 0 for a in per_axis):
+            return np.zeros(0, dtype=np.int64)
+        mesh = np.meshgrid(*per_axis, indexing="ij")
+        return np.ravel_multi_index([m.ravel() for m in mesh], self.counts).astype(np.int64)
+
+    def max_coverage(self) -> int:
+        """Upper bound on how many patches cover one voxel (for fixed-point headroom)."""
+        out = 1
+        for d in range(3):
+            st = np.asarray(self.starts[d])
+            # a voxel x is covered by starts in (x - p, x]; the densest window bounds the count
+            out *= int(max(np.searchsorted(st, s + self.patch[d], side="left") - k for k, s in enumerate(st)))
+        return out
+
+
+def split_parts(nonempty: np.ndarray, num_parts: int) -> list[tuple[int, int]]:
+    """Split patch indices 0..n into ``num_parts`` contiguous ranges with balanced non-empty counts.
+
+    Empty patches cost no model time, so balancing by the raw patch count (as the seed did, by Z)
+    leaves parts idle on sparse scrolls. Falls back to the plain count when every patch is empty.
+    """
+    n = int(nonempty.size)
+    if num_parts < 1:
+        raise ValueError("num_parts must be >= 1")
+    weights = nonempty.astype(np.int64) if nonempty.any() else np.ones(n, dtype=np.int64)
+    cum = np.cumsum(weights)
+    total = int(cum[-1]) if n else 0
+    bounds = [0]
+    for k in range(1, num_parts):
+        target = -(-k * total // num_parts)  # ceil
+        b = int(np.searchsorted(cum, target, side="left")) + 1 if target > 0 else 0
+        bounds.append(min(max(b, bounds[-1]), n))
+    bounds.append(n)
+    return [(bounds[k], bounds[k + 1]) for k in range(num_parts)]
+
+
+def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """nnU-Net's Gaussian importance map, as float64 normalised to a maximum of 1.
+
+    nnU-Net's ``compute_gaussian`` (sigma = patch * sigma_scale, zeros floored to the smallest
+    non-zero value) is used as is; float64 avoids the underflow its float16 variant has at patch
+    corners, which would make edge voxels depend on float16 rounding.
+    """
+    import torch
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+
+    g = compute_gaussian(tuple(int(p) for p in patch), sigma_scale=sigma_scale, value_scaling_factor=1,
+                         dtype=torch.float64, device=torch.device("cpu"))
+    return g.numpy().copy()
+
+
+@dataclass(frozen=True)
+class ChunkGrid:
+    """Regular chunking of a (Z, Y, X) volume."""
+
+    shape: Shape3
+    chunks: Shape3
+
+    @property
+    def counts(self) -> Shape3:
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))  # type: ignore[return-value]
+
+    def box(self, idx: Sequence[int]) -> tuple[Shape3, Shape3]:
+        lo = tuple(i * c for i, c in zip(idx, self.chunks))
+        hi = tuple(min(s, a + c) for a, c, s in zip(lo, self.chunks, self.shape))
+        return lo, hi  # type: ignore[return-value]
+
+    def touching(self, lo: Sequence[int], hi: Sequence[int]) -> Iterator[Shape3]:
+        """Chunk indices intersecting the box [lo, hi), in row-major order."""
+        ranges = [range(a // c, -(-b // c)) for a, b, c in zip(lo, hi, self.chunks)]
+        yield from itertools.product(*ranges)  # type: ignore[misc]
+
+    def all(self) -> Iterator[Shape3]:
+        yield from itertools.product(*(range(n) for n in self.counts))  # type: ignore[misc]
+
+
+def split_chunks(chunk_ids: Sequence[Shape3], num_parts: int, part_id: int) -> list[Shape3]:
+    """The ``part_id``-th of ``num_parts`` contiguous, disjoint slices of a chunk list."""
+    n = len(chunk_ids)
+    lo = part_id * n // num_parts
+    hi = (part_id + 1) * n // num_parts
+    return list(chunk_ids[lo:hi])

@@ -1,0 +1,148 @@
+"""Intensity normalization from the model's plans, applied patch by patch.
+
+nnU-Net normalizes the whole image before sliding the window. Schemes that only need the plans'
+intensity properties (CT, none, RGB) are pointwise, so nnU-Net's own classes are applied to each
+patch unchanged. ZScore and RescaleTo01 need statistics of the whole volume (the seed computed
+them per patch, which changed predictions): those statistics are computed once, exactly for volumes
+up to ``EXACT_LIMIT_VOXELS`` stored voxels and otherwise from a deterministic sample of chunks
+(every k-th stored chunk in row-major order, at most ``SAMPLE_CHUNKS``), then the same arithmetic
+as nnU-Net's class is applied with them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .volume import InputVolume
+
+EXACT_LIMIT_VOXELS = 1 << 30
+SAMPLE_CHUNKS = 512
+GLOBAL_SCHEMES = {"ZScoreNormalization", "RescaleTo01Normalization"}
+
+
+@dataclass
+class _Moments:
+    """Running count / mean / M2 / min / max (Chan et al.), stable for float inputs."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+    lo: float = math.inf
+    hi: float = -math.inf
+
+    def add_values(self, x: np.ndarray) -> None:
+        if x.size == 0:
+            return
+        x = x.astype(np.float64, copy=False)
+        self.merge(_Moments(int(x.size), float(x.mean()), float(((x - x.mean()) ** 2).sum()),
+                            float(x.min()), float(x.max())))
+
+    def add_constant(self, value: float, count: int) -> None:
+        if count:
+            self.merge(_Moments(count, value, 0.0, value, value))
+
+    def merge(self, o: _Moments) -> None:
+        if o.n == 0:
+            return
+        n = self.n + o.n
+        d = o.mean - self.mean
+        self.mean += d * o.n / n
+        self.m2 += o.m2 + d * d * self.n * o.n / n
+        self.n = n
+        self.lo, self.hi = min(self.lo, o.lo), max(self.hi, o.hi)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else 0.0
+
+
+@dataclass
+class Normalizer:
+    """Per-channel normalization as the plans prescribe."""
+
+    schemes: list[str]
+    use_mask: list[bool]
+    intensity_properties: list[dict[str, Any]]
+    stats: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def from_plans(cls, configuration_manager: Any, plans_manager: Any, n_channels: int) -> Normalizer:
+        props = plans_manager.foreground_intensity_properties_per_channel
+        schemes = list(configuration_manager.normalization_schemes)
+        use_mask = [bool(m) for m in configuration_manager.use_mask_for_norm]
+        if len(schemes) != n_channels:
+            raise ValueError(f"plans define {len(schemes)} input channels, the volume has {n_channels}")
+        return cls(schemes, use_mask, [dict(props.get(str(c), {})) for c in range(n_channels)])
+
+    @property
+    def needs_stats(self) -> bool:
+        return any(s in GLOBAL_SCHEMES for s in self.schemes)
+
+    def compute_stats(self, volume: InputVolume) -> list[dict[str, float]]:
+        """Whole-volume statistics for the channels whose scheme needs them."""
+        stats: list[dict[str, float]] = [{} for _ in self.schemes]
+        if not self.needs_stats:
+            self.stats = stats
+            return stats
+        grid = volume.chunk_grid
+        occ = volume.occupancy
+        present = [idx for idx in grid.all() if occ is None or occ[idx]]
+        stored = sum(int(np.prod(np.subtract(*grid.box(i)[::-1]))) for i in present)
+        exact = stored <= EXACT_LIMIT_VOXELS
+        if exact:
+            chosen = present
+        else:
+            k = max(1, math.ceil(len(present) / SAMPLE_CHUNKS))
+            chosen = present[::k]
+        moments = [_Moments() for _ in self.schemes]
+        for idx in chosen:
+            lo, hi = grid.box(idx)
+            data = volume.read(lo, hi)
+            for c, m in enumerate(moments):
+                if self.schemes[c] in GLOBAL_SCHEMES:
+                    x = data[c]
+                    m.add_values(x[x != 0] if self.use_mask[c] else x)
+        if exact and occ is not None:
+            absent = int(np.prod(volume.shape)) - stored
+            for c, m in enumerate(moments):
+                if self.schemes[c] in GLOBAL_SCHEMES and not (self.use_mask[c] and volume.fill_value == 0):
+                    m.add_constant(volume.fill_value, absent)
+        for c, m in enumerate(moments):
+            if self.schemes[c] in GLOBAL_SCHEMES:
+                stats[c] = {"mean": m.mean, "std": m.std, "min": m.lo, "max": m.hi, "n": m.n, "exact": exact}
+        self.stats = stats
+        return stats
+
+    def apply(self, patch: np.ndarray) -> np.ndarray:
+        """Normalize a float32 (C, ...) patch in place and return it."""
+        from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
+            channel_name_to_normalization_mapping,
+        )
+
+        classes = {cls.__name__: cls for cls in channel_name_to_normalization_mapping.values()}
+        for c, scheme in enumerate(self.schemes):
+            x = patch[c]
+            if scheme == "ZScoreNormalization":
+                st = self.stats[c]
+                std = max(st["std"], 1e-8)
+                if self.use_mask[c]:
+                    m = x != 0
+                    x[m] = (x[m] - st["mean"]) / std
+                else:
+                    x -= st["mean"]
+                    x /= std
+            elif scheme == "RescaleTo01Normalization":
+                st = self.stats[c]
+                x -= st["min"]
+                x /= max(st["max"] - st["min"], 1e-8)
+            elif scheme in classes:
+                patch[c] = classes[scheme](use_mask_for_norm=self.use_mask[c],
+                                           intensityproperties=self.intensity_properties[c],
+                                           target_dtype=np.float32).run(x)
+            else:
+                raise ValueError(f"normalization scheme {scheme!r} from the plans is not supported")
+        return patch

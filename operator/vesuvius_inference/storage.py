@@ -1,0 +1,136 @@
+"""URLs to filesystems and Zarr stores, markers and atomic small writes.
+
+Every stage addresses data by URL (plain path, ``file://``, ``s3://``, ``gs://``, ``http(s)://``)
+so that the same command runs on a laptop and in a pod against object storage. This module is
+shared by the engine and the control plane, so it must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from .errors import BadArguments, BadInput
+
+ENV_STORAGE_OPTIONS = "VESUVIUS_STORAGE_OPTIONS"
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any]:
+    """Options for fsspec (endpoint, region, anon, ...): the env default updated by ``text``."""
+    opts: dict[str, Any] = {}
+    for source, raw in (("$" + ENV_STORAGE_OPTIONS, os.environ.get(ENV_STORAGE_OPTIONS)), ("--storage-options", text)):
+        if not raw:
+            continue
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise BadArguments(f"{source} is not valid JSON ({e.msg}); pass e.g. '{{\"anon\": true}}'") from None
+        if not isinstance(value, dict):
+            raise BadArguments(f"{source} must be a JSON object, got {type(value).__name__}")
+        opts.update(value)
+    return opts
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> str:
+    return url[len("file://"):] if url.startswith("file://") else url
+
+
+def join(url: str, *parts: str) -> str:
+    out = url.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and in-filesystem path for ``url``."""
+    opts = dict(storage_options or {}) if not is_local(url) else {}
+    try:
+        return url_to_fs(url, **opts)
+    except (ImportError, ValueError) as e:
+        raise BadArguments(f"cannot open {url!r}: {e}") from None
+
+
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
+    """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise)."""
+    import zarr.storage
+
+    if is_local(url):
+        path = local_path(url)
+        if not read_only:
+            os.makedirs(path, exist_ok=True)
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    opts = dict(storage_options or {})
+    return zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
+
+
+def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return bool(fs.exists(path))
+
+
+def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The JSON object at ``url``, or None when absent."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{url} is not valid JSON ({e.msg}); delete it or rerun with --overwrite") from None
+
+
+def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
+    """Write JSON so that readers see the old object or the new one, never half of it.
+
+    Object stores make a PUT atomic already; on local disks write a temporary file and rename it.
+    """
+    data = json.dumps(obj, indent=1, sort_keys=True).encode()
+    if is_local(url):
+        path = local_path(url)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return
+    fs, path = filesystem(url, storage_options)
+    fs.pipe_file(path, data)
+
+
+def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = True) -> None:
+    """Delete ``url`` (a tree when recursive); absent is fine."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        fs.rm(path, recursive=recursive)
+    except FileNotFoundError:
+        pass
+
+
+def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Base names directly under ``url`` (empty when absent)."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(os.path.basename(str(e).rstrip("/")) for e in entries)
+
+
+def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
+    """Total size of the objects under ``url``: how intermediates are measured."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        return int(sum(fs.du(path, total=False).values())) if fs.exists(path) else 0
+    except FileNotFoundError:
+        return 0

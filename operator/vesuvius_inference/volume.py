@@ -1,0 +1,125 @@
+"""Input volume access: Zarr v2/v3 arrays and OME-Zarr levels, chunk occupancy, region reads.
+
+Scroll volumes are stored with absent chunks where there is only air (absent = fill value), so the
+chunk listing tells which patches are empty before a single voxel is fetched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .errors import BadArguments, BadInput
+from .grid import ChunkGrid, Shape3
+
+
+def _multiscale_paths(attrs: dict[str, Any]) -> list[str] | None:
+    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+    if not ms:
+        return None
+    return [d["path"] for d in ms[0]["datasets"]]
+
+
+@dataclass
+class InputVolume:
+    """A (C, Z, Y, X) view of an input array, whatever its on-disk layout."""
+
+    url: str
+    array: Any  # zarr.Array
+    has_channel_axis: bool
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[0]) if self.has_channel_axis else 1
+
+    @property
+    def shape(self) -> Shape3:
+        return tuple(int(s) for s in self.array.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def chunks(self) -> Shape3:
+        return tuple(int(c) for c in self.array.chunks[-3:])  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def fill_value(self) -> float:
+        fv = self.array.fill_value
+        return float(fv) if fv is not None else 0.0
+
+    @property
+    def chunk_grid(self) -> ChunkGrid:
+        return ChunkGrid(self.shape, self.chunks)
+
+    def read(self, lo: Shape3, hi: Shape3) -> np.ndarray:
+        """Voxels of [lo, hi) as float32 (C, dz, dy, dx)."""
+        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+        data = self.array[(slice(None),) + sl] if self.has_channel_axis else self.array[sl][None]
+        return np.asarray(data, dtype=np.float32)
+
+    @cached_property
+    def occupancy(self) -> np.ndarray | None:
+        """Which spatial chunks exist in the store (absent = all fill value), or None if unknown.
+
+        A spatial chunk counts as present when any channel chunk at that position is.
+        """
+        from zarr.core.sync import sync
+
+        store = self.array.store
+        prefix = self.array.store_path.path
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+
+        async def _keys() -> set[str]:
+            return {k[len(prefix):] async for k in store.list_prefix(prefix)}
+
+        try:
+            keys = sync(_keys())
+        except Exception:  # stores that cannot list (plain HTTP) simply give no shortcut
+            return None
+        meta = self.array.metadata
+        counts = self.chunk_grid.counts
+        occ = np.zeros(counts, dtype=bool)
+        cgrid = self.array.cdata_shape if hasattr(self.array, "cdata_shape") else None
+        n_c = int(cgrid[0]) if (self.has_channel_axis and cgrid is not None) else 1
+        for idx in np.ndindex(*counts):
+            for c in range(n_c):
+                coords = ((c,) + idx) if self.has_channel_axis else idx
+                if meta.encode_chunk_key(coords) in keys:
+                    occ[idx] = True
+                    break
+        return occ
+
+
+def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None = None) -> InputVolume:
+    """Open ``url`` as the model's input; one clear BadInput line for anything unusable."""
+    import zarr
+
+    try:
+        store = storage.zarr_store(url, storage_options, read_only=True)
+        node = zarr.open(store=store, mode="r")
+    except FileNotFoundError:
+        raise BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)") from None
+    except Exception as e:  # zarr raises a variety of errors for non-zarr paths
+        raise BadInput(f"input {url} is not a readable Zarr array or group: {type(e).__name__}: {e}") from None
+    if isinstance(node, zarr.Group):
+        paths = _multiscale_paths(dict(node.attrs))
+        if paths is None:
+            raise BadInput(f"input {url} is a Zarr group without OME-Zarr 'multiscales'; pass the array's path")
+        if not 0 <= level < len(paths):
+            raise BadArguments(f"--level {level} is out of range: {url} has levels 0..{len(paths) - 1}")
+        node = node[paths[level]]
+    elif level != 0:
+        raise BadArguments(f"--level {level} needs an OME-Zarr group, but {url} is a plain array")
+    if node.ndim not in (3, 4):
+        raise BadInput(f"input {url} has {node.ndim} dimensions {tuple(node.shape)}; expected (Z,Y,X) or (C,Z,Y,X)")
+    if np.dtype(node.dtype).kind not in "uif":
+        raise BadInput(f"input {url} has dtype {node.dtype}; expected an integer or float type (uint8, uint16, float32)")
+    if 0 in node.shape:
+        raise BadInput(f"input {url} is empty: shape {tuple(node.shape)}")
+    return InputVolume(url=url, array=node, has_channel_axis=node.ndim == 4)
