@@ -200,3 +200,44 @@ async def finalize_logits(input_path: str, output_path: str, mode: str = "binary
                          delete_intermediates=delete_intermediates, cache_gb=cache_pool_gb, num_parts=num_parts,
                          part_id=part_id, quiet=not verbose, storage_options=dict(storage_options or {}))
     return await asyncio.to_thread(run_finalize, cfg)
+
+
+def run_fused(parts_dir: str, output_path: str, mode: str = "binary", threshold: bool = False,
+              overwrite: bool = False, quiet: bool = False, storage_options: dict[str, Any] | None = None) -> str:
+    """Blend and finalize in one pass: the float16 logits exist only in memory, chunk by chunk.
+
+    The logits are rounded to float16 before finalizing, exactly as the two-stage path stores them,
+    so both paths give the same bytes.
+    """
+    from tqdm import tqdm
+
+    from .blend import Blender, load_parts
+
+    so = dict(storage_options or {})
+    t0 = time.perf_counter()
+    parts = load_parts(parts_dir, so)
+    cfg = FinalizeConfig(parts_dir, output_path, mode=mode, threshold=threshold, overwrite=overwrite, quiet=quiet,
+                         storage_options=so)
+    cfg.validate()
+    n_out = output_channels(mode, threshold, parts.num_classes)
+    config = {"blend": dict(parts.config, stage="blend"), "mode": mode, "threshold": threshold}
+    if (is_complete(output_path, so) or {}).get("config") == config:
+        log.info("output %s is already complete: nothing to do", output_path)
+        return output_path
+    arr, grp, ome = _group_setup(cfg, config, n_out, parts.shape, parts.chunks, {})
+    blender = Blender(parts)
+    ids = blender.chunk_ids()
+    vox = 0
+    with tqdm(total=len(ids), desc="blend+finalize", unit="chunk", disable=quiet, mininterval=1.0) as bar:
+        for idx in ids:
+            lo, hi = blender.cgrid.box(idx)
+            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            arr[(slice(None),) + sl] = finalize_chunk(blender.logits(idx), mode, threshold)
+            vox += int(np.prod(np.subtract(hi, lo)))
+            bar.update(1)
+    set_complete(arr)
+    grp.attrs.update(dict(ome, vesuvius={"config": config, "complete": True}))
+    dt = time.perf_counter() - t0
+    log.info("blend+finalize: %d chunks, %.1f s, %.1f Mvox/s -> %s", len(ids), dt, vox / max(dt, 1e-9) / 1e6,
+             output_path)
+    return output_path

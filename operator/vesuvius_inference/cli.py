@@ -1,0 +1,299 @@
+"""Command-line front door: ``vesuvius-inference <command>`` and the seed's ``vesuvius.*`` names.
+
+Every option accepts ``--a_b`` and ``--a-b``. Stage modules are imported only when their command
+runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes: 0 done,
+2 bad arguments, 3 bad input data or model, anything else a transient failure worth a retry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import EXIT_BAD_ARGUMENTS, BadArguments, VesuviusError
+
+log = logging.getLogger("vesuvius_inference")
+
+
+class _Parser(argparse.ArgumentParser):
+    def opt(self, name: str, *more: str, **kw: Any) -> None:
+        """Add an option under both its underscore and hyphen spellings."""
+        names = [name, *more]
+        spellings: list[str] = []
+        for n in names:
+            for s in (n, n.replace("_", "-"), "--" + n[2:].replace("-", "_")):
+                if s not in spellings:
+                    spellings.append(s)
+        kw.setdefault("dest", name[2:].replace("-", "_"))
+        self.add_argument(*spellings, **kw)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.replace(" ", "").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128,128, got {text!r}") from None
+    if len(vals) != 3 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive integers z,y,x, got {text!r}")
+    return vals
+
+
+def _folds(text: str) -> list[str] | None:
+    if text.strip().lower() in ("", "auto"):
+        return None
+    return [f.strip() for f in text.split(",") if f.strip()]
+
+
+def _common(p: _Parser) -> None:
+    p.opt("--quiet", action="store_true", help="no progress bars; warnings and errors only")
+    p.opt("--overwrite", action="store_true", help="replace an existing output written by a different configuration")
+    p.opt("--storage-options", default=None, metavar="JSON",
+          help="fsspec options for remote URLs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}' "
+               "(default: $VESUVIUS_STORAGE_OPTIONS)")
+
+
+def _model_opts(p: _Parser, seed_names: bool) -> None:
+    p.opt("--overlap", type=float, default=0.5, help="overlap fraction between neighbouring patches (tile step = 1 - overlap)")
+    p.opt("--batch_size", type=int, default=1, help="patches per forward pass")
+    p.opt("--disable_tta", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
+    p.opt("--tta_type", default="mirroring", choices=["mirroring"], help="TTA kind (nnU-Net's mirroring)")
+    p.opt("--patch_size", type=_ints, default=None, help="z,y,x (default: the model's plans)")
+    p.opt("--folds", type=_folds, default=None, help="folds to ensemble, e.g. 0,1 (default: every fold present)")
+    p.opt("--cache_gb", type=float, default=4.0, help="memory bound for the accumulation cache, GB")
+    p.opt("--chunk_size", type=_ints, default=None, help="z,y,x chunks of the logits (default: the patch size)")
+    p.opt("--level", type=int, default=0, help="OME-Zarr level of the input (0 = full resolution)")
+    p.opt("--skip_empty_patches", dest="skip_empty_patches", action="store_true", default=True,
+          help="do not run the model on homogeneous patches (default: on)")
+    p.opt("--no_skip_empty_patches", dest="skip_empty_patches", action="store_false",
+          help="run the model on every patch")
+
+
+def predict_parser() -> _Parser:
+    p = _Parser(prog="vesuvius.predict", description="Run an nnU-Net model over one part of a Zarr volume.")
+    p.opt("--model_path", required=True, help="nnU-Net v2 trained model folder")
+    p.opt("--input_dir", required=True, help="input Zarr array or OME-Zarr group (path or URL)")
+    p.opt("--output_dir", required=True, help="directory of the part stores (blend's PARTS_DIR)")
+    p.opt("--part_id", type=int, default=0)
+    p.opt("--num_parts", type=int, default=1)
+    p.opt("--part_ids", default=None, metavar="RANGES",
+          help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
+    p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
+    _model_opts(p, True)
+    _common(p)
+    return p
+
+
+def blend_parser() -> _Parser:
+    p = _Parser(prog="vesuvius.blend_logits", description="Merge predict parts into blended float16 logits.")
+    p.add_argument("parts_dir")
+    p.add_argument("output")
+    p.opt("--cache_gb", type=float, default=4.0)
+    p.opt("--sigma_scale", type=float, default=8.0, help="sigma = patch / sigma_scale (nnU-Net: 8, the only value)")
+    p.opt("--chunk_size", type=_ints, default=None, help="must match the parts' chunks when given")
+    p.opt("--num_parts", type=int, default=1, help="split the output chunks over this many processes")
+    p.opt("--part_id", type=int, default=0)
+    _common(p)
+    return p
+
+
+def finalize_parser() -> _Parser:
+    p = _Parser(prog="vesuvius.finalize_outputs", description="Blended logits -> uint8 OME-Zarr output.")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.opt("--mode", choices=["binary", "multiclass"], default="binary")
+    p.opt("--threshold", action="store_true", help="class ids (mask / argmax) instead of probabilities")
+    p.opt("--delete_intermediates", action="store_true", help="remove INPUT once the output is complete")
+    p.opt("--cache_gb", type=float, default=4.0)
+    p.opt("--num_parts", type=int, default=1)
+    p.opt("--part_id", type=int, default=0)
+    _common(p)
+    return p
+
+
+def pipeline_parser() -> _Parser:
+    p = _Parser(prog="vesuvius.inference_pipeline", description="predict -> blend -> finalize on this machine.")
+    p.opt("--input", required=True)
+    p.opt("--output", required=True)
+    p.opt("--model", required=True)
+    p.opt("--workdir", default=None, help="intermediates (default: <output>_work)")
+    p.opt("--gpus", default="all", help="GPU ids, e.g. 0,1, or 'all'; no GPU -> CPU")
+    p.opt("--parts_per_gpu", type=int, default=1, help="parts each GPU runs one after another")
+    p.opt("--mode", choices=["binary", "multiclass"], default="binary")
+    p.opt("--threshold", action="store_true")
+    p.opt("--skip_predict", action="store_true")
+    p.opt("--skip_blend", action="store_true")
+    p.opt("--skip_finalize", action="store_true")
+    p.opt("--keep_intermediates", action="store_true")
+    p.opt("--fuse_blend_finalize", action="store_true", help="finalize while blending: no float16 intermediate")
+    _model_opts(p, False)
+    _common(p)
+    return p
+
+
+def demo_parser() -> _Parser:
+    p = _Parser(prog="vesuvius-inference demo",
+                description="Synthetic scroll -> full pipeline (2 parts, CPU) with the bundled model; prints Dice.")
+    p.opt("--output_dir", default="demo-output")
+    p.opt("--shape", type=_ints, default=None, help="z,y,x of the synthetic volume")
+    p.opt("--parts", type=int, default=2)
+    p.opt("--seed", type=int, default=1234)
+    p.opt("--tta", action="store_true", help="mirroring TTA (8x slower on CPU)")
+    p.opt("--device", default="cpu")
+    p.opt("--quiet", action="store_true")
+    return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
+                        force=True)
+
+
+def _storage(args: argparse.Namespace) -> dict[str, Any]:
+    from .storage import parse_storage_options
+
+    return parse_storage_options(getattr(args, "storage_options", None))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import PredictConfig, run_predict
+
+    part_id = args.part_id
+    if args.part_ids:
+        from .k8s.ranges import parse_ranges
+
+        ids = sorted(parse_ranges(args.part_ids))
+        if not 0 <= part_id < len(ids):
+            raise BadArguments(f"--part_id {part_id} is out of range for --part_ids {args.part_ids} ({len(ids)} parts)")
+        part_id = ids[part_id]
+    run_predict(PredictConfig(
+        model_path=args.model_path, input_dir=args.input_dir, output_dir=args.output_dir, part_id=part_id,
+        num_parts=args.num_parts, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
+        skip_empty_patches=args.skip_empty_patches, do_tta=not args.disable_tta, tta_type=args.tta_type,
+        patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
+        level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args)))
+
+
+def _cmd_blend(args: argparse.Namespace) -> None:
+    from .blend import BlendConfig, run_blend
+
+    run_blend(BlendConfig(args.parts_dir, args.output, cache_gb=args.cache_gb, sigma_scale=args.sigma_scale,
+                          chunk_size=args.chunk_size, num_parts=args.num_parts, part_id=args.part_id,
+                          overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args)))
+
+
+def _cmd_finalize(args: argparse.Namespace) -> None:
+    from .finalize import FinalizeConfig, run_finalize
+
+    run_finalize(FinalizeConfig(args.input, args.output, mode=args.mode, threshold=args.threshold,
+                                delete_intermediates=args.delete_intermediates, cache_gb=args.cache_gb,
+                                num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
+                                quiet=args.quiet, storage_options=_storage(args)))
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from .pipeline import PipelineConfig, run_local_pipeline
+
+    run_local_pipeline(PipelineConfig(
+        input=args.input, output=args.output, model=args.model, workdir=args.workdir, gpus=args.gpus,
+        parts_per_gpu=args.parts_per_gpu, mode=args.mode, threshold=args.threshold, batch_size=args.batch_size,
+        overlap=args.overlap, do_tta=not args.disable_tta, patch_size=args.patch_size, folds=args.folds,
+        cache_gb=args.cache_gb, chunk_size=args.chunk_size, level=args.level,
+        skip_empty_patches=args.skip_empty_patches, skip_predict=args.skip_predict, skip_blend=args.skip_blend,
+        skip_finalize=args.skip_finalize, keep_intermediates=args.keep_intermediates,
+        fuse_blend_finalize=args.fuse_blend_finalize, overwrite=args.overwrite, quiet=args.quiet,
+        storage_options=_storage(args)))
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .demo.run import run_demo
+
+    run_demo(output_dir=args.output_dir, shape=args.shape, parts=args.parts, seed=args.seed, tta=args.tta,
+             device=args.device, quiet=args.quiet)
+
+
+def _cmd_operator(argv: Sequence[str]) -> int:
+    from .k8s.operator_main import main as operator_main
+
+    return int(operator_main(list(argv)) or 0)
+
+
+COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], None]]] = {
+    "predict": (predict_parser, _cmd_predict),
+    "blend": (blend_parser, _cmd_blend),
+    "finalize": (finalize_parser, _cmd_finalize),
+    "pipeline": (pipeline_parser, _cmd_pipeline),
+    "demo": (demo_parser, _cmd_demo),
+}
+
+
+def run_command(name: str, argv: Sequence[str]) -> int:
+    """Parse and run one command; map errors to exit codes with one line on stderr."""
+    make_parser, fn = COMMANDS[name]
+    parser = make_parser()
+    args = parser.parse_args(list(argv))  # exits 2 on bad arguments
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        fn(args)
+    except VesuviusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+USAGE = """usage: vesuvius-inference <command> [options]
+
+commands:
+  predict    run the model over one part of a volume       (= vesuvius.predict)
+  blend      merge parts into blended logits                (= vesuvius.blend_logits)
+  finalize   logits -> uint8 OME-Zarr output                (= vesuvius.finalize_outputs)
+  pipeline   predict -> blend -> finalize on this machine   (= vesuvius.inference_pipeline)
+  demo       synthetic scroll through the whole pipeline on the CPU
+  operator   run the Kubernetes operator (kopf)
+
+'vesuvius-inference <command> --help' shows a command's options.
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, other: transient failure"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else EXIT_BAD_ARGUMENTS
+    if argv[0] in ("--version", "version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "operator":
+        return _cmd_operator(rest)
+    if cmd not in COMMANDS:
+        print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    return run_command(cmd, rest)
+
+
+def predict_main() -> int:
+    return run_command("predict", sys.argv[1:])
+
+
+def blend_main() -> int:
+    return run_command("blend", sys.argv[1:])
+
+
+def finalize_main() -> int:
+    return run_command("finalize", sys.argv[1:])
+
+
+def pipeline_main() -> int:
+    return run_command("pipeline", sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Local orchestration: predict parts over this machine's GPUs, then blend, then finalize.
+
+One process per GPU, each running its parts one after another (``--parts-per-gpu`` bounds memory,
+as the seed's help promised but did not do). With a single device everything runs in this process
+so the model and nnU-Net are imported once.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import storage
+from .errors import BadArguments, VesuviusError
+
+log = logging.getLogger("vesuvius_inference.pipeline")
+
+
+@dataclass
+class PipelineConfig:
+    input: str
+    output: str
+    model: str
+    workdir: str | None = None
+    gpus: str = "all"
+    parts_per_gpu: int = 1
+    mode: str = "binary"
+    threshold: bool = False
+    batch_size: int = 1
+    overlap: float = 0.5
+    do_tta: bool = True
+    patch_size: Sequence[int] | None = None
+    folds: Sequence[int | str] | None = None
+    cache_gb: float = 4.0
+    chunk_size: Sequence[int] | None = None
+    level: int = 0
+    skip_empty_patches: bool = True
+    skip_predict: bool = False
+    skip_blend: bool = False
+    skip_finalize: bool = False
+    keep_intermediates: bool = False
+    fuse_blend_finalize: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    device: str | None = None  # force a device ("cpu") regardless of --gpus
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def work(self) -> str:
+        return self.workdir or self.output.rstrip("/") + "_work"
+
+
+def select_devices(gpus: str, forced: str | None = None) -> list[str]:
+    """Torch device names for ``--gpus``; the CPU (with one clear line) when there is no GPU."""
+    if forced:
+        return [forced]
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        log.warning("no CUDA GPU found: running every part on the CPU, one after another")
+        return ["cpu"]
+    if gpus.strip().lower() == "all":
+        return [f"cuda:{i}" for i in range(n)]
+    try:
+        ids = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise BadArguments(f"--gpus must be 'all' or comma-separated GPU ids, got {gpus!r}") from None
+    bad = [i for i in ids if not 0 <= i < n]
+    if bad or not ids:
+        raise BadArguments(f"--gpus {gpus}: this machine has GPUs 0..{n - 1}")
+    return [f"cuda:{i}" for i in ids]
+
+
+def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: int, device: str) -> list[str]:
+    args = ["predict", "--model_path", cfg.model, "--input_dir", cfg.input, "--output_dir", parts_dir,
+            "--part_id", str(part_id), "--num_parts", str(num_parts), "--overlap", str(cfg.overlap),
+            "--batch_size", str(cfg.batch_size), "--device", device, "--cache_gb", str(cfg.cache_gb),
+            "--level", str(cfg.level)]
+    if not cfg.do_tta:
+        args.append("--disable_tta")
+    if not cfg.skip_empty_patches:
+        args.append("--no_skip_empty_patches")
+    if cfg.patch_size:
+        args += ["--patch_size", ",".join(map(str, cfg.patch_size))]
+    if cfg.chunk_size:
+        args += ["--chunk_size", ",".join(map(str, cfg.chunk_size))]
+    if cfg.folds:
+        args += ["--folds", ",".join(map(str, cfg.folds))]
+    if cfg.overwrite:
+        args.append("--overwrite")
+    if cfg.quiet:
+        args.append("--quiet")
+    return args
+
+
+def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) -> int:
+    from .predict import PredictConfig, run_predict
+
+    num_parts = len(devices) * cfg.parts_per_gpu
+    if len(devices) == 1:
+        for p in range(num_parts):
+            run_predict(PredictConfig(
+                model_path=cfg.model, input_dir=cfg.input, output_dir=parts_dir, part_id=p, num_parts=num_parts,
+                overlap=cfg.overlap, batch_size=cfg.batch_size, device=devices[0],
+                skip_empty_patches=cfg.skip_empty_patches, do_tta=cfg.do_tta, patch_size=cfg.patch_size,
+                folds=cfg.folds, cache_gb=cfg.cache_gb, chunk_size=cfg.chunk_size, level=cfg.level,
+                overwrite=cfg.overwrite, quiet=cfg.quiet, storage_options=cfg.storage_options))
+        return num_parts
+    failures: list[str] = []
+
+    def worker(d: int, device: str) -> None:
+        for k in range(cfg.parts_per_gpu):
+            part = d * cfg.parts_per_gpu + k
+            cmd = [sys.executable, "-m", "vesuvius_inference.cli"] + _predict_args(cfg, parts_dir, part, num_parts, device)
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                failures.append(f"part {part} on {device} exited {rc}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(d, dev)) for d, dev in enumerate(devices)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
+    return num_parts
+
+
+def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
+    """Run the stages; returns seconds per stage. Each stage resumes where an earlier run stopped."""
+    from .blend import BlendConfig, run_blend
+    from .finalize import FinalizeConfig, run_finalize, run_fused
+    from .volume import open_volume
+
+    if cfg.parts_per_gpu < 1:
+        raise BadArguments(f"--parts-per-gpu must be >= 1, got {cfg.parts_per_gpu}")
+    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
+        raise BadArguments("--output must differ from --input")
+    so = cfg.storage_options
+    volume = open_volume(cfg.input, cfg.level, so)
+    nvox = int(volume.channels) * int(volume.shape[0]) * int(volume.shape[1]) * int(volume.shape[2])
+    parts_dir = storage.join(cfg.work, "parts")
+    blended = storage.join(cfg.work, "blended.zarr")
+    times: dict[str, float] = {}
+
+    def stage(name: str, fn: Any) -> None:
+        t = time.perf_counter()
+        fn()
+        times[name] = time.perf_counter() - t
+        log.info("== %s done in %.1f s (%.2f Mvox/s of input)", name, times[name], nvox / max(times[name], 1e-9) / 1e6)
+
+    if not cfg.skip_predict:
+        devices = select_devices(cfg.gpus, cfg.device)
+        log.info("== predict: %d part(s) on %s", len(devices) * cfg.parts_per_gpu, ", ".join(devices))
+        stage("predict", lambda: _run_predict_stage(cfg, parts_dir, devices))
+    if cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize):
+        stage("blend+finalize", lambda: run_fused(parts_dir, cfg.output, cfg.mode, cfg.threshold, cfg.overwrite,
+                                                   cfg.quiet, so))
+    else:
+        if not cfg.skip_blend:
+            stage("blend", lambda: run_blend(BlendConfig(parts_dir, blended, cache_gb=cfg.cache_gb,
+                                                         chunk_size=cfg.chunk_size, overwrite=cfg.overwrite,
+                                                         quiet=cfg.quiet, storage_options=so)))
+        if not cfg.skip_finalize:
+            stage("finalize", lambda: run_finalize(FinalizeConfig(blended, cfg.output, mode=cfg.mode,
+                                                                  threshold=cfg.threshold, cache_gb=cfg.cache_gb,
+                                                                  overwrite=cfg.overwrite, quiet=cfg.quiet,
+                                                                  storage_options=so)))
+    from .blend import is_complete
+
+    if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
+        storage.remove(cfg.work, so)
+        log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
+    log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input, cfg.output)
+    return times
+
+
+def run_pipeline() -> int:
+    """The seed's API: parse ``sys.argv`` like ``vesuvius.inference_pipeline`` and return an exit code."""
+    from .cli import run_command
+
+    return run_command("pipeline", sys.argv[1:])
