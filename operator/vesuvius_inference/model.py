@@ -6,8 +6,10 @@ initialisation), so any trainer/architecture nnU-Net can load, we can run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,8 +93,9 @@ def load_model(folder: str, folds: Sequence[int | str] | None = None) -> Model:
     folder = storage.local_path(folder)
     ckpts = find_checkpoints(folder, folds)
     first_fold, first_ckpt = next(iter(ckpts.items()))
-    predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False,
-                                allow_tqdm=False, verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a CUDA note when built for the CPU
+        predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False,
+                                    allow_tqdm=False, verbose=False)
     try:
         predictor.initialize_from_trained_model_folder(
             folder, use_folds=(first_fold if first_fold == "all" else int(first_fold),),

@@ -1,0 +1,62 @@
+"""Shared fixtures: nnU-Net env, small real model folders, input volumes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ.setdefault(_v, "/tmp/nnunet-unused")
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory):
+    """Build (and cache) nnU-Net model folders with random weights."""
+    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+
+    made: dict[tuple, Path] = {}
+
+    def make(patch=(80, 48, 48), folds=(0, 1), num_classes=2, normalization="ZScoreNormalization",
+             features=(2, 4, 8), mirror_axes=(0, 1, 2), checkpoint="checkpoint_final.pth", channels=1) -> Path:
+        key = (patch, folds, num_classes, normalization, features, mirror_axes, checkpoint, channels)
+        if key not in made:
+            folder = tmp_path_factory.mktemp("model")
+            write_model_folder(folder, make_plans(patch, features, normalization, num_input_channels=channels),
+                               make_dataset_json(num_classes, channels), folds=folds, mirror_axes=mirror_axes,
+                               seed=sum(map(ord, repr(key))) % 1000, checkpoint_name=checkpoint)
+            made[key] = folder
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def model2(model_factory):
+    """The default test model: 2 folds, patch 80x48x48, 2 classes, ZScore normalization."""
+    return model_factory()
+
+
+def smooth_volume(shape, seed=0, dtype=np.uint8):
+    """Structured random data (blurred noise), so logits vary smoothly like on real scans."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    x = gaussian_filter(rng.normal(size=shape), 2.0)
+    x = (x - x.min()) / (x.max() - x.min())
+    hi = 255 if dtype == np.uint8 else 4000
+    return (x * hi).astype(dtype)
+
+
+def write_zarr(path, data, chunks=(32, 32, 32), zarr_format=3, **kw):
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format,
+                            fill_value=0, overwrite=True, **kw)
+    arr[...] = data
+    return str(path)
