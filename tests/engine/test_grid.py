@@ -1,0 +1,61 @@
+"""Pure grid logic against nnU-Net's own slicers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from vesuvius_inference.grid import ChunkGrid, PatchGrid, split_chunks, split_parts
+
+
+def nnunet_slicers(shape, patch, step):
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+
+    pred = nnUNetPredictor(tile_step_size=step, device=torch.device("cpu"), perform_everything_on_device=False)
+    pred.configuration_manager = type("CM", (), {"patch_size": list(patch)})()
+    padded, revert = pad_nd_image(torch.zeros((1,) + shape), patch, "constant", {"value": 0}, True)
+    offset = [s.start for s in revert[1:]]
+    return [tuple(s.start - o for s, o in zip(sl[1:], offset)) for sl in
+            pred._internal_get_sliding_window_slicers(padded.shape[1:])]
+
+
+@pytest.mark.parametrize("shape,patch,overlap", [((77, 130, 101), (80, 64, 64), 0.5), ((200, 64, 65), (64, 64, 64), 0.25),
+                                                 ((10, 300, 20), (16, 128, 32), 0.75), ((64, 64, 64), (64, 64, 64), 0.0)])
+def test_grid_is_nnunets(shape, patch, overlap):
+    g = PatchGrid(shape, patch, overlap)
+    ours = [g.start(i) for i in range(g.n_patches)]
+    assert ours == nnunet_slicers(shape, patch, 1 - overlap)
+
+
+def test_max_coverage_bounds_the_real_coverage():
+    g = PatchGrid((77, 130, 101), (80, 48, 48), 0.5)
+    cover = np.zeros(g.shape, dtype=int)
+    for i in range(g.n_patches):
+        lo, hi = g.region(i)
+        cover[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += 1
+    assert cover.min() >= 1 and cover.max() <= g.max_coverage()
+
+
+def test_split_parts_balances_nonempty_and_is_contiguous():
+    nonempty = np.zeros(100, dtype=bool)
+    nonempty[60:] = True  # the first 60 patches are empty
+    parts = split_parts(nonempty, 4)
+    assert parts[0][0] == 0 and parts[-1][1] == 100
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    counts = [int(nonempty[a:b].sum()) for a, b in parts]
+    assert counts == [10, 10, 10, 10]
+    assert split_parts(np.zeros(10, dtype=bool), 3) == [(0, 4), (4, 7), (7, 10)]
+    many = split_parts(np.ones(3, dtype=bool), 5)  # more parts than patches: some parts are empty
+    assert sum(b - a for a, b in many) == 3
+
+
+def test_patches_touching_and_chunk_split():
+    g = PatchGrid((100, 100, 100), (32, 32, 32), 0.5)
+    lo, hi = (40, 40, 40), (50, 50, 50)
+    brute = [i for i in range(g.n_patches)
+             if all(a < h and b > l for a, b, l, h in zip(*g.region(i), lo, hi))]
+    assert sorted(g.patches_touching(lo, hi).tolist()) == brute
+    ids = list(ChunkGrid((10, 10, 10), (4, 4, 4)).all())
+    shares = [split_chunks(ids, 4, p) for p in range(4)]
+    assert sorted(sum(shares, [])) == sorted(ids) and all(shares)
