@@ -54,7 +54,7 @@ def test_patches_touching_and_chunk_split():
     g = PatchGrid((100, 100, 100), (32, 32, 32), 0.5)
     lo, hi = (40, 40, 40), (50, 50, 50)
     brute = [i for i in range(g.n_patches)
-             if all(a < h and b > l for a, b, l, h in zip(*g.region(i), lo, hi))]
+             if all(a < top and b > bot for a, b, bot, top in zip(*g.region(i), lo, hi))]
     assert sorted(g.patches_touching(lo, hi).tolist()) == brute
     ids = list(ChunkGrid((10, 10, 10), (4, 4, 4)).all())
     shares = [split_chunks(ids, 4, p) for p in range(4)]
