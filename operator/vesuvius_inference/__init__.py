@@ -6,7 +6,12 @@ one of these names is first used, so the operator runs without it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# nnU-Net warns at import unless these point somewhere; inference never reads them.
+for _var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ.setdefault(_var, os.path.join(os.path.expanduser("~"), ".cache", "vesuvius-inference", "nnunet"))
 
 __version__ = "0.1.0"
 
