@@ -6,7 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -40,23 +39,3 @@ def model_factory(tmp_path_factory):
 def model2(model_factory):
     """The default test model: 2 folds, patch 80x48x48, 2 classes, ZScore normalization."""
     return model_factory()
-
-
-def smooth_volume(shape, seed=0, dtype=np.uint8):
-    """Structured random data (blurred noise), so logits vary smoothly like on real scans."""
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(seed)
-    x = gaussian_filter(rng.normal(size=shape), 2.0)
-    x = (x - x.min()) / (x.max() - x.min())
-    hi = 255 if dtype == np.uint8 else 4000
-    return (x * hi).astype(dtype)
-
-
-def write_zarr(path, data, chunks=(32, 32, 32), zarr_format=3, **kw):
-    import zarr
-
-    arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format,
-                            fill_value=0, overwrite=True, **kw)
-    arr[...] = data
-    return str(path)

@@ -27,7 +27,7 @@ os.environ.setdefault("nnUNet_raw", "/tmp/nnunet")
 os.environ.setdefault("nnUNet_preprocessed", "/tmp/nnunet")
 os.environ.setdefault("nnUNet_results", "/tmp/nnunet")
 
-from conftest import smooth_volume, write_zarr  # noqa: E402
+from helpers import smooth_volume, write_zarr  # noqa: E402
 
 
 def model_folder(root: Path, patch, features) -> Path:
@@ -64,12 +64,21 @@ def ours_time(model: Path, inp: str, out: Path, tta: bool, parts: int = 1, **kw)
 
 
 def peak_rss_mb(args: list[str]) -> float:
-    proc = subprocess.Popen([sys.executable, "-m", "vesuvius_inference.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise RuntimeError(f"{args[0]} failed ({status})")
-    return usage.ru_maxrss / 1024
+    """The stage's own peak RSS: VmHWM of its address space, read by the child itself at exit.
+
+    (ru_maxrss from wait4 would include the parent's high-water mark inherited through fork.)
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as f:
+        code = ("import atexit, sys\n"
+                "def hwm():\n"
+                "    kb = open('/proc/self/status').read().split('VmHWM:')[1].split()[0]\n"
+                "    open(sys.argv[1], 'w').write(kb)\n"
+                "atexit.register(hwm)\n"
+                "from vesuvius_inference.cli import main\n"
+                "sys.exit(main(sys.argv[2:]))\n")
+        subprocess.run([sys.executable, "-c", code, f.name, *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        return int(open(f.name).read()) / 1024
 
 
 def main() -> None:
@@ -80,7 +89,6 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="vbench-"))
     patch, features = (64, 64, 64), (8, 16, 32, 64)  # NOTES.md's reference model: 351k parameters
     model = model_folder(root, patch, features)
-    # peak RSS first, while this process is small: a forked child inherits its parent's RSS high-water mark
     # peak RSS: a volume and one 8x larger, mostly absent chunks with non-empty bands
     rss = {}
     for scale, sh in (("1x", (128, 256, 256)), ("8x", (256, 512, 512))):

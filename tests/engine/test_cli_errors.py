@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from conftest import smooth_volume, write_zarr
+from helpers import smooth_volume, write_zarr
 
 
 def cli(*args):

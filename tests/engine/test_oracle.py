@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import smooth_volume, write_zarr
+from helpers import smooth_volume, write_zarr
 from oracle import nnunet_logits, normalize_like_nnunet, probabilities_uint8
 from vesuvius_inference.blend import BlendConfig, run_blend
 from vesuvius_inference.finalize import FinalizeConfig, run_finalize

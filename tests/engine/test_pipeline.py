@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import zarr
-from conftest import smooth_volume, write_zarr
+from helpers import smooth_volume, write_zarr
 from vesuvius_inference.blend import BlendConfig, run_blend
 from vesuvius_inference.finalize import FinalizeConfig, run_finalize
 from vesuvius_inference.predict import PredictConfig, run_predict

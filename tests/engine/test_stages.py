@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import smooth_volume, write_zarr
+from helpers import smooth_volume, write_zarr
 from vesuvius_inference.blend import BlendConfig, run_blend
 from vesuvius_inference.finalize import FinalizeConfig, finalize_chunk, run_finalize, run_fused
 from vesuvius_inference.predict import Inferer, PredictConfig, run_predict
