@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import EXIT_BAD_ARGUMENTS, BadArguments, VesuviusError
+from .errors import EXIT_BAD_ARGUMENTS, BadArguments, VesuviusError, classify
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -81,6 +81,7 @@ def predict_parser() -> _Parser:
     p.opt("--part_ids", default=None, metavar="RANGES",
           help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
     p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
+    p.opt("--input_anon", action="store_true", help="read the input without credentials (public buckets)")
     _model_opts(p, True)
     _common(p)
     return p
@@ -173,7 +174,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         num_parts=args.num_parts, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
         skip_empty_patches=args.skip_empty_patches, do_tta=not args.disable_tta, tta_type=args.tta_type,
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
-        level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args)))
+        level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
+        input_anon=args.input_anon))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -237,12 +239,15 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     _setup_logging(getattr(args, "quiet", False))
     try:
         fn(args)
-    except VesuviusError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - mapped to an exit code below, or re-raised as transient
+        known = classify(e)
+        if known is None:
+            raise
+        print(f"error: {known}", file=sys.stderr)
+        return known.exit_code
     return 0
 
 

@@ -27,3 +27,27 @@ class BadInput(VesuviusError):
     """The input data, model or existing output is unusable: fix the data, never retry."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def classify(exc: BaseException) -> VesuviusError | None:
+    """Storage failures that no retry will fix, as one actionable line (None: leave it transient).
+
+    s3fs and gcsfs turn NoSuchBucket/NoSuchKey into FileNotFoundError and AccessDenied into
+    PermissionError; missing credentials surface as botocore's NoCredentialsError.
+    """
+    if isinstance(exc, VesuviusError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return BadInput(f"access denied: {exc}; check the credentials and the bucket policy (write access for outputs)")
+    if isinstance(exc, FileNotFoundError):
+        return BadInput(f"not found: {exc}; check the bucket and path")
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return BadInput("no object-storage credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, "
+                        "or pass --storage-options '{\"anon\": true}' for public data")
+    if name == "ClientError":
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "NoSuchKey", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "InvalidBucketName", "AllAccessDisabled"):
+            return BadInput(f"object storage refused the request ({code}): {exc}")
+    return None

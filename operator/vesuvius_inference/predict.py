@@ -54,6 +54,11 @@ class PredictConfig:
     overwrite: bool = False
     quiet: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
+    input_anon: bool = False
+
+    @property
+    def input_storage_options(self) -> dict[str, Any]:
+        return {**self.storage_options, "anon": True} if self.input_anon else self.storage_options
 
     def validate(self) -> None:
         if self.num_parts < 1:
@@ -251,7 +256,7 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     cfg.validate()
     t0 = time.perf_counter()
     so = cfg.storage_options
-    volume = open_volume(cfg.input_dir, cfg.level, so)
+    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     model_fp = _model_fingerprint(cfg.model_path, cfg.folds)
     patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(cfg.model_path)))
     chunks = tuple(int(c) for c in (cfg.chunk_size or patch))
