@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import EXIT_BAD_ARGUMENTS, BadArguments, VesuviusError, classify
+from .errors import EXIT_BAD_ARGUMENTS, BadArguments, classify
 
 log = logging.getLogger("vesuvius_inference")
 
