@@ -82,6 +82,8 @@ def predict_parser() -> _Parser:
           help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
     p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
     p.opt("--input_anon", action="store_true", help="read the input without credentials (public buckets)")
+    p.opt("--model_cache_dir", default=None,
+          help="cache for s3:// and hf:// models (default: $VESUVIUS_MODEL_CACHE_DIR or ~/.cache/vesuvius-inference/models)")
     _model_opts(p, True)
     _common(p)
     return p
@@ -175,7 +177,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         skip_empty_patches=args.skip_empty_patches, do_tta=not args.disable_tta, tta_type=args.tta_type,
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
         level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
-        input_anon=args.input_anon))
+        input_anon=args.input_anon, model_cache_dir=args.model_cache_dir))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:

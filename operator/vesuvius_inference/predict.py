@@ -55,6 +55,7 @@ class PredictConfig:
     quiet: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
     input_anon: bool = False
+    model_cache_dir: str | None = None
 
     @property
     def input_storage_options(self) -> dict[str, Any]:
@@ -257,8 +258,11 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     t0 = time.perf_counter()
     so = cfg.storage_options
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
-    model_fp = _model_fingerprint(cfg.model_path, cfg.folds)
-    patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(cfg.model_path)))
+    from .model_source import resolve_model
+
+    model_dir = resolve_model(cfg.model_path, so, cfg.model_cache_dir)
+    model_fp = _model_fingerprint(model_dir, cfg.folds)
+    patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(model_dir)))
     chunks = tuple(int(c) for c in (cfg.chunk_size or patch))
     fp = _fingerprint(cfg, model_fp, volume, patch, chunks)  # type: ignore[arg-type]
     name = part_name(cfg.part_id)
@@ -279,7 +283,7 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     from .model import load_model
     from .normalization import Normalizer
 
-    model = load_model(cfg.model_path, cfg.folds)
+    model = load_model(model_dir, cfg.folds)
     if model.num_input_channels != volume.channels:
         raise BadInput(f"model expects {model.num_input_channels} input channel(s), {cfg.input_dir} has {volume.channels}")
     device = resolve_device(cfg.device)

@@ -1,0 +1,72 @@
+"""Models from s3:// (moto) and hf:// (a prepared cache, offline): one download shared by parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import requests
+import zarr
+from helpers import smooth_volume, write_zarr
+
+
+def predict_cmd(model, inp, out, part, n, cache):
+    return [sys.executable, "-m", "vesuvius_inference.cli", "predict", "--model_path", str(model), "--input_dir",
+            str(inp), "--output_dir", str(out), "--part_id", str(part), "--num_parts", str(n), "--device", "cpu",
+            "--disable_tta", "--quiet", "--model_cache_dir", str(cache)]
+
+
+def blended(parts, out):
+    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "blend", str(parts), str(out), "--quiet"])
+    assert r.returncode == 0
+    return zarr.open_array(str(out), mode="r")[:]
+
+
+def test_s3_model_one_download_for_concurrent_parts(tmp_path, model2, s3, s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.put(str(model2), f"{s3[5:]}/models/m2", recursive=True)
+    inp = write_zarr(tmp_path / "in.zarr", smooth_volume((40, 64, 64), seed=8), chunks=(20, 32, 32))
+    cache = tmp_path / "cache"
+    requests.post(f"{s3_server}/moto-api/recorder/reset-recording")
+    requests.post(f"{s3_server}/moto-api/recorder/start-recording")
+    procs = [subprocess.Popen(predict_cmd(f"{s3}/models/m2", inp, tmp_path / "remote", p, 3, cache),
+                              stderr=subprocess.PIPE, text=True) for p in range(3)]
+    errs = [p.communicate()[1] for p in procs]
+    requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
+    assert all(p.returncode == 0 for p in procs), errs
+    log = [json.loads(line) for line in
+           requests.get(f"{s3_server}/moto-api/recorder/download-recording").text.splitlines() if line.strip()]
+    ckpt_gets = [r for r in log if r.get("method") == "GET" and "checkpoint_final.pth" in r.get("url", "")]
+    assert len(ckpt_gets) == 2, [r["url"] for r in ckpt_gets]  # two folds, each fetched once for three parts
+    assert sum("downloaded model" in e for e in errs) <= 1
+    assert len([d for d in cache.iterdir() if d.is_dir()]) == 1
+    for p in range(3):
+        assert subprocess.run(predict_cmd(model2, inp, tmp_path / "local", p, 3, cache)).returncode == 0
+    assert np.array_equal(blended(tmp_path / "remote", tmp_path / "r.zarr"),
+                          blended(tmp_path / "local", tmp_path / "l.zarr"), equal_nan=True)
+
+
+def test_hf_model_from_prepared_cache_offline(tmp_path, model2):
+    cache = tmp_path / "cache"
+    repo = cache / "hf" / "models--scrollprize--surface-test"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(model2, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    inp = write_zarr(tmp_path / "in.zarr", smooth_volume((40, 64, 64), seed=8), chunks=(20, 32, 32))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run(predict_cmd("hf://scrollprize/surface-test", inp, tmp_path / "hf", 0, 1, cache), env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert subprocess.run(predict_cmd(model2, inp, tmp_path / "local", 0, 1, cache)).returncode == 0
+    assert np.array_equal(blended(tmp_path / "hf", tmp_path / "h.zarr"),
+                          blended(tmp_path / "local", tmp_path / "l.zarr"), equal_nan=True)
+    r = subprocess.run(predict_cmd("hf://scrollprize/not-cached", inp, tmp_path / "x", 0, 1, cache), env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 3 and "cannot get model" in r.stderr
