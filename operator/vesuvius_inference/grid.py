@@ -108,6 +108,28 @@ class PatchGrid:
         return out
 
 
+def tiled_order(grid: PatchGrid, part: tuple[int, int], budget_bytes: float, bytes_per_voxel: float) -> list[int]:
+    """The part's patches in columns of (y, x) tiles, each column through the part's whole depth.
+
+    Row-major order sweeps whole z-rows, whose footprint (patch depth x Y x X) outgrows any cache
+    on a scroll, so every chunk is fetched again by the next row. A tile column's footprint is
+    chosen to fit ``budget_bytes``, so each input chunk is fetched about once; the only repeats
+    are the overlap halos between neighbouring columns.
+    """
+    a, b = part
+    if b <= a:
+        return []
+    idx = np.arange(a, b)
+    gz, gy, gx = np.unravel_index(idx, grid.counts)
+    depth = (grid.starts[0][gz.max()] + grid.patch[0]) - grid.starts[0][gz.min()]
+    step_y = max(1, grid.patch[1] - int(grid.patch[1] * grid.overlap))
+    step_x = max(1, grid.patch[2] - int(grid.patch[2] * grid.overlap))
+    side = (budget_bytes / max(depth * bytes_per_voxel, 1e-9)) ** 0.5  # voxels per side that fit
+    tile = max(1, int((side - max(grid.patch[1], grid.patch[2])) // max(step_y, step_x)))
+    keys = np.lexsort((gx, gy, gz, gx // tile, gy // tile))
+    return [int(i) for i in idx[keys]]
+
+
 def split_parts(nonempty: np.ndarray, num_parts: int) -> list[tuple[int, int]]:
     """Split patch indices 0..n into ``num_parts`` contiguous ranges with balanced non-empty counts.
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import storage
 from .errors import BadArguments, BadInput
-from .grid import ChunkGrid, PatchGrid, Shape3, split_parts
+from .grid import ChunkGrid, PatchGrid, Shape3, split_parts, tiled_order
 from .volume import InputVolume, open_volume
 
 log = logging.getLogger("vesuvius_inference.predict")
@@ -56,6 +56,8 @@ class PredictConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     input_anon: bool = False
     model_cache_dir: str | None = None
+    input_cache_gb: float | None = None  # default: a quarter of cache_gb
+    patch_order: str = "tiled"
 
     @property
     def input_storage_options(self) -> dict[str, Any]:
@@ -72,6 +74,8 @@ class PredictConfig:
             raise BadArguments(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.cache_gb <= 0:
             raise BadArguments(f"--cache_gb must be > 0, got {self.cache_gb}")
+        if self.patch_order not in ("tiled", "rowmajor"):
+            raise BadArguments(f"--patch_order must be tiled or rowmajor, got {self.patch_order!r}")
         if self.tta_type != "mirroring":
             raise BadArguments(f"--tta_type {self.tta_type!r} is not supported: nnU-Net models use 'mirroring'")
         for name, v in (("--patch_size", self.patch_size), ("--chunk_size", self.chunk_size)):
@@ -316,7 +320,14 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     scale = float(2 ** scale_bits)
     wq_full = torch.round(w64 * scale).long().cpu().numpy()
 
-    todo = [i for i in range(*part) if nonempty[i]]
+    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
+    volume.cache_bytes = int(in_budget)
+    accum.cache_bytes = max(1, cache_bytes - volume.cache_bytes)
+    if cfg.patch_order == "tiled":
+        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
+    else:
+        order = list(range(*part))
+    todo = [i for i in order if nonempty[i]]
     skipped_listing = (part[1] - part[0]) - len(todo)
     q: queue.Queue = queue.Queue(maxsize=max(4, 2 * cfg.batch_size))
     stop = threading.Event()
@@ -333,26 +344,18 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         bar.update(1)
 
     try:
-        # empty patches (by listing) are done before any reading; they only count down chunks
-        done_upto = part[0]
-
-        def flush_empty(upto: int) -> None:
-            nonlocal done_upto
-            for i in range(done_upto, upto):
-                if not nonempty[i]:
-                    finish(grid.region(i))
-            done_upto = max(done_upto, upto)
-
+        # patches empty by the listing are done before any reading; they only count down chunks
+        for i in range(*part):
+            if not nonempty[i]:
+                finish(grid.region(i))
         batch: list[_Patch] = []
         for item in _drain(q):
             if isinstance(item, _Patch):
-                flush_empty(item.index)
                 if item.data is None:
                     stats_run["skipped_homogeneous"] += 1
                     finish((item.lo, item.hi))
                 else:
                     batch.append(item)
-                done_upto = max(done_upto, item.index + 1)
             if batch and (len(batch) == cfg.batch_size or item is None):
                 _run_batch(batch, runner, cfg.batch_size, w64, scale, wq_full, grid, accum)
                 for p in batch:
@@ -361,7 +364,6 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
                 batch = []
                 elapsed = time.perf_counter() - t_loop
                 bar.set_postfix_str(f"{stats_run['run'] * patch_vox / max(elapsed, 1e-9) / 1e6:.2f} Mvox/s")
-        flush_empty(part[1])
         accum.close()
     finally:
         stop.set()
@@ -373,6 +375,7 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         "final_chunks": [list(c) for c in accum.final_chunks],
         "acc_chunks": [list(c) for c in accum.acc_chunks],
         "patches": {"total": part[1] - part[0], **stats_run}, "evictions": accum.evictions,
+        "input_chunks_fetched": volume.fetched_chunks,
         "model_passes": stats_run["run"] * runner.passes_per_patch,
     }
     storage.write_json(marker_url, marker, so)

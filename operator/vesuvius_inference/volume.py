@@ -6,7 +6,10 @@ chunk listing tells which patches are empty before a single voxel is fetched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -31,6 +34,12 @@ class InputVolume:
     url: str
     array: Any  # zarr.Array
     has_channel_axis: bool
+    cache_bytes: int = 0
+    io_threads: int = 8
+    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cached: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    fetched_chunks: int = 0
 
     @property
     def channels(self) -> int:
@@ -58,10 +67,58 @@ class InputVolume:
         return ChunkGrid(self.shape, self.chunks)
 
     def read(self, lo: Shape3, hi: Shape3) -> np.ndarray:
-        """Voxels of [lo, hi) as float32 (C, dz, dy, dx)."""
+        """Voxels of [lo, hi) as float32 (C, dz, dy, dx).
+
+        With a cache, whole chunks are fetched (in parallel) and kept in an LRU bounded by
+        ``cache_bytes``, so overlapping patches do not fetch the same chunk again; chunks the
+        listing shows absent are the fill value and never fetched.
+        """
+        if self.cache_bytes <= 0:
+            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            data = self.array[(slice(None),) + sl] if self.has_channel_axis else self.array[sl][None]
+            return np.asarray(data, dtype=np.float32)
+        grid = self.chunk_grid
+        ids = list(grid.touching(lo, hi))
+        missing = [i for i in ids if i not in self._cache]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(min(self.io_threads, len(missing))) as pool:
+                fetched = list(pool.map(self._fetch, missing))
+        else:
+            fetched = [self._fetch(i) for i in missing]
+        chunks = {i: self._cache[i] for i in ids if i in self._cache}
+        chunks.update(zip(missing, fetched))
+        for i in ids:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+        for i, data in zip(missing, fetched):
+            self._put(i, data)
+        out = np.empty((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), dtype=np.float32)
+        for i in ids:
+            clo, chi = grid.box(i)
+            a = [max(x, y) for x, y in zip(lo, clo)]
+            b = [min(x, y) for x, y in zip(hi, chi)]
+            src = tuple(slice(x - c, y - c) for x, y, c in zip(a, b, clo))
+            dst = tuple(slice(x - c, y - c) for x, y, c in zip(a, b, lo))
+            out[(slice(None),) + dst] = chunks[i][(slice(None),) + src]
+        return out
+
+    def _fetch(self, idx: Shape3) -> np.ndarray:
+        lo, hi = self.chunk_grid.box(idx)
+        occ = self.occupancy
+        if occ is not None and not occ[idx]:
+            return np.full((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), self.fill_value, dtype=self.dtype)
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         data = self.array[(slice(None),) + sl] if self.has_channel_axis else self.array[sl][None]
-        return np.asarray(data, dtype=np.float32)
+        with self._lock:
+            self.fetched_chunks += 1
+        return np.asarray(data)
+
+    def _put(self, idx: Shape3, data: np.ndarray) -> None:
+        self._cache[idx] = data
+        self._cached += data.nbytes
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, old = self._cache.popitem(last=False)
+            self._cached -= old.nbytes
 
     @cached_property
     def occupancy(self) -> np.ndarray | None:

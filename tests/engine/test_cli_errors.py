@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -141,6 +142,6 @@ def test_both_flag_spellings_and_seed_entry_points():
     assert p.parts_per_gpu == 2 and p.keep_intermediates and p.fuse_blend_finalize and p.skip_predict
     for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.finalize_outputs",
                  "vesuvius.inference_pipeline", "vesuvius-inference"):
-        exe = shutil.which(name)
+        exe = shutil.which(name, path=os.path.dirname(sys.executable))  # the venv's bin, activated or not
         assert exe, f"console script {name} is not installed"
         assert subprocess.run([exe, "--help"], capture_output=True).returncode == 0
