@@ -12,6 +12,7 @@ for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ.setdefault(_v, "/tmp/nnunet-unused")
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "bench"))
 
 
 @pytest.fixture(scope="session")

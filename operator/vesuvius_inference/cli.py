@@ -82,6 +82,10 @@ def predict_parser() -> _Parser:
           help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
     p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
     p.opt("--input_anon", action="store_true", help="read the input without credentials (public buckets)")
+    p.opt("--input_cache_gb", type=float, default=None,
+          help="input chunk cache, part of --cache_gb (default: a quarter of it); 0 = no cache")
+    p.opt("--patch_order", choices=["tiled", "rowmajor"], default="tiled",
+          help="tiled: columns of tiles sized to the input cache (default); rowmajor: nnU-Net's order")
     p.opt("--model_cache_dir", default=None,
           help="cache for s3:// and hf:// models (default: $VESUVIUS_MODEL_CACHE_DIR or ~/.cache/vesuvius-inference/models)")
     _model_opts(p, True)
@@ -136,6 +140,25 @@ def pipeline_parser() -> _Parser:
     return p
 
 
+def plan_parser() -> _Parser:
+    p = _Parser(prog="vesuvius-inference plan",
+                description="Patch grid, part balance, bytes and model passes of a run, from metadata only.")
+    p.opt("--input", "--input_dir", required=True)
+    p.opt("--model", "--model_path", required=True)
+    p.opt("--num_parts", type=int, default=1)
+    p.opt("--overlap", type=float, default=0.5)
+    p.opt("--patch_size", type=_ints, default=None)
+    p.opt("--chunk_size", type=_ints, default=None)
+    p.opt("--level", type=int, default=0)
+    p.opt("--folds", type=_folds, default=None)
+    p.opt("--disable_tta", action="store_true")
+    p.opt("--no_skip_empty_patches", action="store_true")
+    p.opt("--throughput", type=float, default=None, help="model passes per second per GPU, for a GPU-hours estimate")
+    p.opt("--json", action="store_true", help="print JSON")
+    _common(p)
+    return p
+
+
 def demo_parser() -> _Parser:
     p = _Parser(prog="vesuvius-inference demo",
                 description="Synthetic scroll -> full pipeline (2 parts, CPU) with the bundled model; prints Dice.")
@@ -177,7 +200,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         skip_empty_patches=args.skip_empty_patches, do_tta=not args.disable_tta, tta_type=args.tta_type,
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
         level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
-        input_anon=args.input_anon, model_cache_dir=args.model_cache_dir))
+        input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
+        patch_order=args.patch_order))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -211,6 +235,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         storage_options=_storage(args)))
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from .plan import PlanConfig, run_plan
+
+    run_plan(PlanConfig(input=args.input, model=args.model, num_parts=args.num_parts, overlap=args.overlap,
+                        patch_size=args.patch_size, chunk_size=args.chunk_size, level=args.level,
+                        do_tta=not args.disable_tta, skip_empty_patches=not args.no_skip_empty_patches,
+                        folds=args.folds, throughput=args.throughput, storage_options=_storage(args)),
+             as_json=args.json)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .demo.run import run_demo
 
@@ -230,6 +264,7 @@ COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], 
     "finalize": (finalize_parser, _cmd_finalize),
     "pipeline": (pipeline_parser, _cmd_pipeline),
     "demo": (demo_parser, _cmd_demo),
+    "plan": (plan_parser, _cmd_plan),
 }
 
 
@@ -260,6 +295,7 @@ commands:
   blend      merge parts into blended logits                (= vesuvius.blend_logits)
   finalize   logits -> uint8 OME-Zarr output                (= vesuvius.finalize_outputs)
   pipeline   predict -> blend -> finalize on this machine   (= vesuvius.inference_pipeline)
+  plan       grid, part balance, bytes and model passes, from metadata only
   demo       synthetic scroll through the whole pipeline on the CPU
   operator   run the Kubernetes operator (kopf)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import storage
 from .errors import BadArguments, BadInput
-from .grid import ChunkGrid, PatchGrid, Shape3, split_parts, tiled_order
+from .grid import ChunkGrid, PatchGrid, Shape3, nonempty_patches, split_parts, tiled_order
 from .volume import InputVolume, open_volume
 
 log = logging.getLogger("vesuvius_inference.predict")
@@ -198,16 +198,10 @@ def plan_part(grid: PatchGrid, cgrid: ChunkGrid, nonempty: np.ndarray, part: tup
 
 def patch_nonempty(grid: PatchGrid, volume: InputVolume, skip_empty: bool) -> np.ndarray:
     """Patches that may hold data: those touching at least one stored input chunk."""
-    n = grid.n_patches
     occ = volume.occupancy if skip_empty else None
     if occ is None:
-        return np.ones(n, dtype=bool)
-    vgrid = volume.chunk_grid
-    out = np.zeros(n, dtype=bool)
-    for i in range(n):
-        lo, hi = grid.region(i)
-        out[i] = any(occ[idx] for idx in vgrid.touching(lo, hi))
-    return out
+        return np.ones(grid.n_patches, dtype=bool)
+    return nonempty_patches(grid, occ, volume.chunks)
 
 
 def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3) -> dict[str, Any]:

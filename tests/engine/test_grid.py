@@ -59,3 +59,15 @@ def test_patches_touching_and_chunk_split():
     ids = list(ChunkGrid((10, 10, 10), (4, 4, 4)).all())
     shares = [split_chunks(ids, 4, p) for p in range(4)]
     assert sorted(sum(shares, [])) == sorted(ids) and all(shares)
+
+
+def test_nonempty_patches_vectorised_equals_brute_force():
+    from vesuvius_inference.grid import nonempty_patches
+
+    rng = np.random.default_rng(0)
+    g = PatchGrid((70, 90, 61), (32, 24, 40), 0.5)
+    chunks = (16, 16, 16)
+    occ = rng.random(ChunkGrid(g.shape, chunks).counts) < 0.15
+    cg = ChunkGrid(g.shape, chunks)
+    brute = [any(occ[c] for c in cg.touching(*g.region(i))) for i in range(g.n_patches)]
+    assert nonempty_patches(g, occ, chunks).tolist() == brute

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -40,8 +39,9 @@ def test_s3_model_one_download_for_concurrent_parts(tmp_path, model2, s3, s3_ser
     errs = [p.communicate()[1] for p in procs]
     requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
     assert all(p.returncode == 0 for p in procs), errs
-    log = [json.loads(line) for line in
-           requests.get(f"{s3_server}/moto-api/recorder/download-recording").text.splitlines() if line.strip()]
+    from bench_storage import parse_recording
+
+    log = parse_recording(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
     ckpt_gets = [r for r in log if r.get("method") == "GET" and "checkpoint_final.pth" in r.get("url", "")]
     assert len(ckpt_gets) == 2, [r["url"] for r in ckpt_gets]  # two folds, each fetched once for three parts
     assert sum("downloaded model" in e for e in errs) <= 1

@@ -1,0 +1,132 @@
+"""``vesuvius-inference plan``: what a run will cost, from metadata and the chunk listing only.
+
+No voxel is read and the model is not loaded, so this answers in seconds for a TB volume. The
+patch counts are exactly what predict will process (same grid, same listing-based emptiness, same
+part split); bytes are uncompressed sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import storage
+from .errors import BadArguments, BadInput
+from .grid import PatchGrid, nonempty_patches, split_parts
+from .volume import open_volume
+
+
+@dataclass
+class PlanConfig:
+    input: str
+    model: str
+    num_parts: int = 1
+    overlap: float = 0.5
+    patch_size: tuple[int, int, int] | None = None
+    chunk_size: tuple[int, int, int] | None = None
+    level: int = 0
+    do_tta: bool = True
+    skip_empty_patches: bool = True
+    folds: list[str] | None = None
+    throughput: float | None = None  # model passes per second per GPU
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _model_facts(model: str, storage_options: dict[str, Any]) -> tuple[tuple[int, int, int], int, int, int]:
+    """(patch size, number of folds, number of classes, input channels) from the folder's files."""
+    from .model_source import resolve_model
+
+    folder = resolve_model(model, storage_options)
+    try:
+        with open(os.path.join(folder, "plans.json")) as f:
+            plans = json.load(f)
+        with open(os.path.join(folder, "dataset.json")) as f:
+            dataset = json.load(f)
+    except FileNotFoundError as e:
+        raise BadInput(f"model {model} is not an nnU-Net v2 model folder: {e.filename} is missing") from None
+    confs = plans.get("configurations", {})
+    conf = confs.get("3d_fullres") or next(iter(confs.values()), {})
+    patch = tuple(int(p) for p in conf.get("patch_size", ()))
+    if len(patch) != 3:
+        raise BadInput(f"model {model}: plans.json has no 3D patch_size")
+    folds = [d for d in os.listdir(folder) if d.startswith("fold_")]
+    labels = dataset.get("labels", {})
+    return patch, max(1, len(folds)), max(1, len(labels)), len(dataset.get("channel_names", {"0": ""}))  # type: ignore[return-value]
+
+
+def make_plan(cfg: PlanConfig) -> dict[str, Any]:
+    """The plan as a dict (printed by the CLI as a table or JSON)."""
+    if cfg.num_parts < 1:
+        raise BadArguments("--num_parts must be >= 1")
+    volume = open_volume(cfg.input, cfg.level, cfg.storage_options)
+    patch, n_folds, n_classes, _ = _model_facts(cfg.model, cfg.storage_options)
+    if cfg.patch_size:
+        patch = tuple(cfg.patch_size)  # type: ignore[assignment]
+    if cfg.folds:
+        n_folds = len(cfg.folds)
+    chunks = tuple(cfg.chunk_size or patch)
+    grid = PatchGrid(volume.shape, patch, cfg.overlap)  # type: ignore[arg-type]
+    occ = volume.occupancy if cfg.skip_empty_patches else None
+    nonempty = nonempty_patches(grid, occ, volume.chunks) if occ is not None else np.ones(grid.n_patches, bool)
+    parts = split_parts(nonempty, cfg.num_parts)
+    per_part = [int(nonempty[a:b].sum()) for a, b in parts]
+    n_run = int(nonempty.sum())
+    passes = n_run * n_folds * (8 if cfg.do_tta else 1)
+    in_chunk_bytes = int(np.prod(volume.chunks)) * volume.channels * volume.dtype.itemsize
+    present = int(occ.sum()) if occ is not None else int(np.prod(volume.chunk_grid.counts))
+    # output chunks that receive predictions: those a non-empty patch touches (upper bound: its footprint)
+    out_vox = float(np.prod(volume.shape)) * (n_run / max(grid.n_patches, 1)) if occ is not None else float(
+        np.prod(volume.shape))
+    blended = out_vox * n_classes * 2
+    boundary = min(1.0, (cfg.num_parts - 1) * (patch[0] + chunks[0]) / volume.shape[0])
+    plan = {
+        "input": {"url": cfg.input, "shape": list(volume.shape), "channels": volume.channels,
+                  "dtype": str(volume.dtype), "chunks": list(volume.chunks),
+                  "stored_chunks": present, "total_chunks": int(np.prod(volume.chunk_grid.counts))},
+        "grid": {"patch": list(patch), "overlap": cfg.overlap, "per_axis": list(grid.counts),
+                 "patches": grid.n_patches, "non_empty": n_run, "skipped_empty": grid.n_patches - n_run},
+        "parts": {"count": cfg.num_parts, "non_empty_per_part": per_part,
+                  "imbalance": (max(per_part) / max(1e-9, np.mean(per_part))) if n_run else 1.0},
+        "model": {"folds": n_folds, "classes": n_classes, "tta": cfg.do_tta, "passes": passes},
+        "bytes": {"read": present * in_chunk_bytes, "blended_logits": int(blended),
+                  "intermediates_estimate": int(blended * (1 + 5 * boundary)),
+                  "output": int(out_vox * (1 if n_classes <= 2 else n_classes))},
+    }
+    if cfg.throughput:
+        plan["gpu_hours"] = passes / cfg.throughput / 3600
+    return plan
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    def gb(b: float) -> str:
+        return f"{b / 1e9:,.2f} GB"
+
+    i, g, parts, m, b = p["input"], p["grid"], p["parts"], p["model"], p["bytes"]
+    lines = [
+        f"input      {i['url']}  {' x '.join(map(str, i['shape']))} x {i['channels']} ch {i['dtype']}, "
+        f"chunks {tuple(i['chunks'])}, {i['stored_chunks']:,} of {i['total_chunks']:,} chunks stored",
+        f"grid       patch {tuple(g['patch'])}, overlap {g['overlap']}, {' x '.join(map(str, g['per_axis']))} = "
+        f"{g['patches']:,} patches, {g['non_empty']:,} non-empty, {g['skipped_empty']:,} skipped",
+        f"parts      {parts['count']}: non-empty patches per part min {min(parts['non_empty_per_part']):,} "
+        f"max {max(parts['non_empty_per_part']):,} (imbalance {parts['imbalance']:.2f})",
+        f"model      {m['folds']} fold(s), {m['classes']} classes, TTA {'on' if m['tta'] else 'off'}: "
+        f"{m['passes']:,} model passes",
+        f"bytes      read {gb(b['read'])}, blended logits {gb(b['blended_logits'])}, "
+        f"intermediates ~{gb(b['intermediates_estimate'])}, output {gb(b['output'])}",
+    ]
+    if "gpu_hours" in p:
+        lines.append(f"estimate   {p['gpu_hours']:,.1f} GPU-hours at the given throughput")
+    return "\n".join(lines)
+
+
+def run_plan(cfg: PlanConfig, as_json: bool = False) -> dict[str, Any]:
+    plan = make_plan(cfg)
+    print(json.dumps(plan, indent=1) if as_json else format_plan(plan))
+    return plan
+
+
+__all__ = ["PlanConfig", "make_plan", "format_plan", "run_plan", "storage"]

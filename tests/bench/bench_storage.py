@@ -1,0 +1,126 @@
+"""Object-storage benchmark on moto's S3 server: read amplification, intermediates, peak RSS.
+
+Run: ``python tests/bench/bench_storage.py [--quick]``. Every number comes from this run:
+- read amplification = bytes of input chunks fetched / bytes of the distinct input chunks touched,
+  counted from moto's request log, ours (default cache, tiled order) vs the seed's way (no cache,
+  row-major order);
+- intermediate bytes / blended bytes;
+- peak RSS of each stage at --cache_gb 1 on a mostly-absent volume (>= 4 GB with --full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine import model_folder, peak_rss_mb  # noqa: E402
+from helpers import smooth_volume  # noqa: E402
+
+
+def start_s3() -> tuple[object, str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+                      AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
+    return server, url
+
+
+def parse_recording(text: str) -> list[dict]:
+    """moto's recording is concatenated JSON objects (bodies may hold newlines): decode them in turn."""
+    dec, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            break
+        obj, i = dec.raw_decode(text, i)
+        out.append(obj)
+    return out
+
+
+def fetched_input_bytes(url: str, s3: str, prefix: str, args: list[str]) -> tuple[int, int, int]:
+    """(bytes fetched, bytes of distinct chunks, GET count) of input chunk objects while running args."""
+    import s3fs
+
+    requests.post(f"{url}/moto-api/recorder/reset-recording")
+    requests.post(f"{url}/moto-api/recorder/start-recording")
+    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *args], capture_output=True, text=True)
+    requests.post(f"{url}/moto-api/recorder/stop-recording")
+    if r.returncode:
+        raise RuntimeError(r.stderr)
+    log = parse_recording(requests.get(f"{url}/moto-api/recorder/download-recording").text)
+    keys = [x["url"].split("/bench/", 1)[1].split("?")[0] for x in log
+            if x.get("method") == "GET" and f"/bench/{prefix}/c/" in x.get("url", "")]
+    fs = s3fs.S3FileSystem()
+    sizes = {k: fs.size(f"bench/{k}") for k in set(keys)}
+    return sum(sizes[k] for k in keys), sum(sizes.values()), len(keys)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--full", action="store_true", help="peak RSS on a >= 4 GB volume (slower)")
+    a = ap.parse_args()
+    server, url = start_s3()
+    root = Path(tempfile.mkdtemp(prefix="vbench-s3-"))
+    model = model_folder(root, (64, 64, 64), (2, 4, 8))
+    import zarr
+
+    shape, chunks = (192, 320, 320), (32, 64, 64)
+    arr = zarr.create_array("s3://bench/in.zarr", shape=shape, chunks=chunks, dtype="uint8", zarr_format=3,
+                            fill_value=0)
+    arr[:] = smooth_volume(shape, seed=0)
+    base = ["predict", "--model_path", str(model), "--input_dir", "s3://bench/in.zarr", "--device", "cpu",
+            "--disable_tta", "--quiet", "--num_parts", "2", "--part_id", "0"]
+    ours = fetched_input_bytes(url, "s3", "in.zarr", base + ["--output_dir", "s3://bench/w1"])
+    seed = fetched_input_bytes(url, "s3", "in.zarr", base + ["--output_dir", "s3://bench/w2", "--input_cache_gb", "0",
+                                                             "--patch_order", "rowmajor"])
+    print(f"volume {shape} uint8 on S3 (moto), chunks {chunks}, patch 64^3, overlap 0.5, part 0 of 2")
+    print(f"read amplification ours (cache {4 / 4:.1f} GB, tiled): {ours[0] / ours[1]:.2f} "
+          f"({ours[2]} GETs, {ours[0] / 1e6:.1f} MB for {ours[1] / 1e6:.1f} MB of distinct chunks)")
+    print(f"read amplification no cache, row-major (seed): {seed[0] / seed[1]:.2f} "
+          f"({seed[2]} GETs, {seed[0] / 1e6:.1f} MB)   seed/ours = {seed[0] / ours[0]:.1f}x fewer bytes")
+    # peak RSS on a large, mostly absent volume
+    big = (1024, 2048, 2048) if a.full else (512, 1024, 1024)
+    arr = zarr.create_array("s3://bench/big.zarr", shape=big, chunks=(128, 128, 128), dtype="uint8", zarr_format=3,
+                            fill_value=0)
+    arr[big[0] // 2 - 64: big[0] // 2 + 64, 448:576, 448:576] = smooth_volume((128, 128, 128), seed=1)
+    common = ["--cache_gb", "1", "--quiet"]
+    rss = {
+        "predict": peak_rss_mb(["predict", "--model_path", str(model), "--input_dir", "s3://bench/big.zarr",
+                                "--output_dir", "s3://bench/bw/parts", "--device", "cpu", "--disable_tta", *common]),
+        "blend": peak_rss_mb(["blend", "s3://bench/bw/parts", "s3://bench/bw/b.zarr", *common]),
+        "finalize": peak_rss_mb(["finalize", "s3://bench/bw/b.zarr", "s3://bench/bw/o.zarr", *common]),
+    }
+    from vesuvius_inference.storage import tree_bytes
+
+    inter, blended = tree_bytes("s3://bench/bw/parts"), tree_bytes("s3://bench/bw/b.zarr")
+    print(f"volume {big} uint8 = {np.prod(big) / 1e9:.1f} GB (mostly absent chunks): peak RSS "
+          + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()) + f"; intermediates/blended = {inter / blended:.2f}")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()

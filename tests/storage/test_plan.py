@@ -1,0 +1,53 @@
+"""plan: metadata-only, fast on a 10^11-voxel volume, and its counts are what predict processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import zarr
+from helpers import smooth_volume, write_zarr
+
+
+def plan(*args):
+    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "plan", *map(str, args), "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_plan_on_1e11_voxels_on_s3_is_fast(s3, model2):
+    shape = (4096, 4096, 6000)  # 1.0e11 voxels, uint8: 100 GB if it were stored
+    arr = zarr.create_array(f"{s3}/huge.zarr", shape=shape, chunks=(128, 128, 128), dtype="uint8", zarr_format=3,
+                            fill_value=0)
+    arr[2048:2176, 1024:1280, 2944:3072] = 7  # two stored chunks
+    t = time.perf_counter()
+    p = plan("--input", f"{s3}/huge.zarr", "--model", model2, "--num_parts", "64", "--throughput", "20")
+    elapsed = time.perf_counter() - t
+    assert elapsed < 10, f"plan took {elapsed:.1f} s"
+    assert p["input"]["stored_chunks"] == 2 and p["grid"]["patches"] > 4_000_000
+    assert 0 < p["grid"]["non_empty"] < 1000  # only patches around the two stored chunks
+    assert p["bytes"]["read"] == 2 * 128 ** 3
+    assert sum(p["parts"]["non_empty_per_part"]) == p["grid"]["non_empty"]
+    assert p["model"]["passes"] == p["grid"]["non_empty"] * 2 * 8 and p["gpu_hours"] > 0
+
+
+def test_plan_counts_match_predict(tmp_path, model2):
+    data = smooth_volume((64, 96, 96), seed=3)
+    data[:, :, 32:] = 0  # chunks with x >= 32 are all zero, so never stored
+    inp = write_zarr(tmp_path / "in.zarr", data, chunks=(32, 32, 32))
+    p = plan("--input", inp, "--model", model2, "--num_parts", "2")
+    seen = []
+    for part in range(2):
+        r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "predict", "--model_path", str(model2),
+                            "--input_dir", inp, "--output_dir", str(tmp_path / "parts"), "--part_id", str(part),
+                            "--num_parts", "2", "--device", "cpu", "--disable_tta", "--quiet"])
+        assert r.returncode == 0
+        m = json.loads((tmp_path / "parts" / f"part_0000{part}.json").read_text())
+        seen.append(m["patches"]["total"] - m["patches"]["skipped_absent"])
+    assert seen == p["parts"]["non_empty_per_part"]
+    assert p["grid"]["skipped_empty"] > 0
+    assert np.isclose(p["parts"]["imbalance"], max(seen) / np.mean(seen))
