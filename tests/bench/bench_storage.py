@@ -32,6 +32,7 @@ def start_s3() -> tuple[object, str]:
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    os.environ["MOTO_RECORDER_FILEPATH"] = os.path.join(tempfile.mkdtemp(), "recording")
     import socket
 
     with socket.socket() as s:

@@ -15,8 +15,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
+def s3_server(tmp_path_factory):
+    import os
+
     from moto.server import ThreadedMotoServer
+
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp_path_factory.mktemp("moto") / "recording")
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
