@@ -148,6 +148,28 @@ def mark_part_done(url: str, stage: str, part_id: int, num_parts: int, info: dic
     return False
 
 
+class Progress:
+    """Resume point of one stage part: how many of its chunks are written, saved every few seconds.
+
+    The journal is written only after the chunks it counts are written, so a killed run resumes
+    after the last journaled chunk and redoes at most a few seconds of work (rewriting a chunk is
+    idempotent).
+    """
+
+    def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
+                 every_s: float = 2.0) -> None:
+        self.url = storage.join(url, MARKERS, f"{stage}_{part_id:05d}.progress.json")
+        self.config, self.so, self.every_s = config, so, every_s
+        prev = storage.read_json(self.url, so) or {}
+        self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0
+        self._last = time.monotonic()
+
+    def update(self, done: int, force: bool = False) -> None:
+        if force or time.monotonic() - self._last >= self.every_s:
+            storage.write_json(self.url, {"config": self.config, "done": done}, self.so)
+            self._last = time.monotonic()
+
+
 def set_complete(array: Any) -> None:
     v = dict(array.attrs.get("vesuvius", {}))
     v["complete"] = True
@@ -259,10 +281,13 @@ def run_blend(cfg: BlendConfig) -> str:
                          config, cfg.overwrite, so)
     blender = Blender(parts)
     mine = split_chunks(blender.chunk_ids(), cfg.num_parts, cfg.part_id)
+    progress = Progress(cfg.output, "blend", cfg.part_id, config, so)
+    if progress.start:
+        log.info("blend %d/%d: resuming after %d of %d chunks", cfg.part_id, cfg.num_parts, progress.start, len(mine))
     vox = 0
-    with tqdm(total=len(mine), desc=f"blend {cfg.part_id}/{cfg.num_parts}", unit="chunk", disable=cfg.quiet,
-              mininterval=1.0) as bar:
-        for idx in mine:
+    with tqdm(total=len(mine), initial=progress.start, desc=f"blend {cfg.part_id}/{cfg.num_parts}", unit="chunk",
+              disable=cfg.quiet, mininterval=1.0) as bar:
+        for n, idx in enumerate(mine[progress.start:], start=progress.start):
             key = blender.final_key(idx)
             lo, hi = blender.cgrid.box(idx)
             if key is not None:
@@ -273,6 +298,7 @@ def run_blend(cfg: BlendConfig) -> str:
             vox += int(np.prod(np.subtract(hi, lo)))
             bar.update(1)
             bar.set_postfix_str(f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
+            progress.update(n + 1)
     mark_part_done(cfg.output, "blend", cfg.part_id, cfg.num_parts, {"chunks": len(mine)}, so,
                    lambda: set_complete(out))
     dt = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .blend import create_or_open, is_complete, mark_part_done, set_complete
+from .blend import Progress, create_or_open, is_complete, mark_part_done, set_complete
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3, split_chunks
 
@@ -144,16 +144,18 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     present = _present_chunks(src)
     mine = split_chunks(present, cfg.num_parts, cfg.part_id)
     cgrid = ChunkGrid(shape, chunks)
+    progress = Progress(storage.join(cfg.output_path, DATA_PATH), "finalize", cfg.part_id, config, so)
     vox = 0
-    with tqdm(total=len(mine), desc=f"finalize {cfg.part_id}/{cfg.num_parts}", unit="chunk", disable=cfg.quiet,
-              mininterval=1.0) as bar:
-        for idx in mine:
+    with tqdm(total=len(mine), initial=progress.start, desc=f"finalize {cfg.part_id}/{cfg.num_parts}", unit="chunk",
+              disable=cfg.quiet, mininterval=1.0) as bar:
+        for n, idx in enumerate(mine[progress.start:], start=progress.start):
             lo, hi = cgrid.box(idx)
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             arr[(slice(None),) + sl] = finalize_chunk(np.asarray(src[(slice(None),) + sl]), cfg.mode, cfg.threshold)
             vox += int(np.prod(np.subtract(hi, lo)))
             bar.update(1)
             bar.set_postfix_str(f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
+            progress.update(n + 1)
 
     def complete() -> None:
         set_complete(arr)

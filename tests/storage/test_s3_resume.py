@@ -1,0 +1,66 @@
+"""Resume on S3: predict and blend killed mid-way finish on rerun with identical bytes; blend does
+not redo the chunks it had finished (counted in moto's request log)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import requests
+import zarr
+from bench_storage import parse_recording
+from helpers import smooth_volume, write_zarr
+
+
+def cli(*args):
+    return [sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)]
+
+
+def kill_when(proc, ready, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_predict_and_blend_on_s3(s3, s3_server, model2):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    bucket = s3[5:]
+    inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 64, 64), seed=12), chunks=(16, 32, 32))
+    pred = ["predict", "--model_path", model2, "--input_dir", inp, "--device", "cpu", "--disable_tta", "--quiet",
+            "--chunk_size", "8,16,16"]
+    assert subprocess.run(cli(*pred, "--output_dir", f"{s3}/clean")).returncode == 0
+    assert subprocess.run(cli("blend", f"{s3}/clean", f"{s3}/clean.zarr", "--quiet")).returncode == 0
+    # predict killed once it has written chunks (tiny cache: it spills early), then rerun
+    proc = subprocess.Popen(cli(*pred, "--output_dir", f"{s3}/work", "--cache_gb", "0.000001"))
+    fs.invalidate_cache()
+    kill_when(proc, lambda: bool(fs.invalidate_cache() or fs.glob(f"{bucket}/work/part_00000/acc/c/*/*/*/*")))
+    assert not fs.exists(f"{bucket}/work/part_00000.json")
+    assert subprocess.run(cli(*pred, "--output_dir", f"{s3}/work")).returncode == 0
+    # blend killed once its journal shows progress, then rerun
+    proc = subprocess.Popen(cli("blend", f"{s3}/work", f"{s3}/out.zarr", "--quiet"))
+    journal = f"{bucket}/out.zarr/_vesuvius/blend_00000.progress.json"
+    kill_when(proc, lambda: bool(fs.invalidate_cache() or fs.exists(journal)))
+    out = zarr.open_array(f"{s3}/out.zarr", mode="r")
+    assert out.attrs["vesuvius"]["complete"] is False
+    requests.post(f"{s3_server}/moto-api/recorder/reset-recording")
+    requests.post(f"{s3_server}/moto-api/recorder/start-recording")
+    r = subprocess.run(cli("blend", f"{s3}/work", f"{s3}/out.zarr"), capture_output=True, text=True)
+    requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
+    assert r.returncode == 0 and "resuming after" in r.stderr, r.stderr
+    log = parse_recording(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
+    rewritten = {x["url"] for x in log if x.get("method") == "PUT" and "/out.zarr/c/" in x.get("url", "")}
+    total = len(fs.glob(f"{bucket}/out.zarr/c/*/*/*/*"))
+    assert 0 < len(rewritten) < total
+    clean = zarr.open_array(f"{s3}/clean.zarr", mode="r")[:]
+    resumed = zarr.open_array(f"{s3}/out.zarr", mode="r")
+    assert resumed.attrs["vesuvius"]["complete"] is True
+    assert np.array_equal(clean, resumed[:], equal_nan=True)
