@@ -82,6 +82,8 @@ def predict_parser() -> _Parser:
           help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
     p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
     p.opt("--input_anon", action="store_true", help="read the input without credentials (public buckets)")
+    p.opt("--bbox", default=None, metavar="z0:z1,y0:y1,x0:x1",
+          help="region of interest (half-open, volume coordinates); outputs keep the volume's frame")
     p.opt("--input_cache_gb", type=float, default=None,
           help="input chunk cache, part of --cache_gb (default: a quarter of it); 0 = no cache")
     p.opt("--patch_order", choices=["tiled", "rowmajor"], default="tiled",
@@ -135,6 +137,7 @@ def pipeline_parser() -> _Parser:
     p.opt("--skip_finalize", action="store_true")
     p.opt("--keep_intermediates", action="store_true")
     p.opt("--fuse_blend_finalize", action="store_true", help="finalize while blending: no float16 intermediate")
+    p.opt("--bbox", default=None, metavar="z0:z1,y0:y1,x0:x1", help="region of interest (see predict)")
     _model_opts(p, False)
     _common(p)
     return p
@@ -153,6 +156,7 @@ def plan_parser() -> _Parser:
     p.opt("--folds", type=_folds, default=None)
     p.opt("--disable_tta", action="store_true")
     p.opt("--no_skip_empty_patches", action="store_true")
+    p.opt("--bbox", default=None, metavar="z0:z1,y0:y1,x0:x1")
     p.opt("--throughput", type=float, default=None, help="model passes per second per GPU, for a GPU-hours estimate")
     p.opt("--json", action="store_true", help="print JSON")
     _common(p)
@@ -201,7 +205,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
         level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
-        patch_order=args.patch_order))
+        patch_order=args.patch_order, bbox=args.bbox))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -231,7 +235,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         cache_gb=args.cache_gb, chunk_size=args.chunk_size, level=args.level,
         skip_empty_patches=args.skip_empty_patches, skip_predict=args.skip_predict, skip_blend=args.skip_blend,
         skip_finalize=args.skip_finalize, keep_intermediates=args.keep_intermediates,
-        fuse_blend_finalize=args.fuse_blend_finalize, overwrite=args.overwrite, quiet=args.quiet,
+        fuse_blend_finalize=args.fuse_blend_finalize, overwrite=args.overwrite, quiet=args.quiet, bbox=args.bbox,
         storage_options=_storage(args)))
 
 
@@ -241,7 +245,8 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     run_plan(PlanConfig(input=args.input, model=args.model, num_parts=args.num_parts, overlap=args.overlap,
                         patch_size=args.patch_size, chunk_size=args.chunk_size, level=args.level,
                         do_tta=not args.disable_tta, skip_empty_patches=not args.no_skip_empty_patches,
-                        folds=args.folds, throughput=args.throughput, storage_options=_storage(args)),
+                        folds=args.folds, throughput=args.throughput, bbox=args.bbox,
+                        storage_options=_storage(args)),
              as_json=args.json)
 
 

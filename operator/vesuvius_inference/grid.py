@@ -35,6 +35,7 @@ class PatchGrid:
     shape: Shape3
     patch: Shape3
     overlap: float
+    origin: Shape3 = (0, 0, 0)  # where the grid's region (a --bbox) starts in the volume
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or len(self.patch) != 3:
@@ -76,22 +77,24 @@ class PatchGrid:
         return tuple(int(v) for v in np.unravel_index(i, self.counts))  # type: ignore[return-value]
 
     def start(self, i: int) -> Shape3:
+        """Patch start in volume coordinates (before the region's origin if padded)."""
         gi = self.grid_index(i)
-        return tuple(self.starts[d][gi[d]] for d in range(3))  # type: ignore[return-value]
+        return tuple(self.starts[d][gi[d]] + self.origin[d] for d in range(3))  # type: ignore[return-value]
 
     def region(self, i: int) -> tuple[Shape3, Shape3]:
-        """The part of patch ``i`` inside the volume: (lo, hi) in volume coordinates."""
+        """The part of patch ``i`` inside the grid's region: (lo, hi) in volume coordinates."""
         s = self.start(i)
-        lo = tuple(max(0, a) for a in s)
-        hi = tuple(min(n, a + p) for a, p, n in zip(s, self.patch, self.shape))
+        lo = tuple(max(o, a) for a, o in zip(s, self.origin))
+        hi = tuple(min(o + n, a + p) for a, p, n, o in zip(s, self.patch, self.shape, self.origin))
         return lo, hi  # type: ignore[return-value]
 
     def patches_touching(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        """Flat indices of the patches whose in-volume region intersects the box [lo, hi)."""
+        """Flat indices of the patches whose in-region part intersects the box [lo, hi) (volume coords)."""
         per_axis = []
         for d in range(3):
             st = np.asarray(self.starts[d])
-            ok = (np.maximum(st, 0) < hi[d]) & (np.minimum(st + self.patch[d], self.shape[d]) > lo[d])
+            a, b = lo[d] - self.origin[d], hi[d] - self.origin[d]
+            ok = (np.maximum(st, 0) < b) & (np.minimum(st + self.patch[d], self.shape[d]) > a)
             per_axis.append(np.nonzero(ok)[0])
         if any(len(a) == 0 for a in per_axis):
             return np.zeros(0, dtype=np.int64)
@@ -108,6 +111,27 @@ class PatchGrid:
         return out
 
 
+def parse_bbox(text: str | None, shape: Sequence[int]) -> tuple[Shape3, Shape3] | None:
+    """``z0:z1,y0:y1,x0:x1`` (half-open, volume coordinates; empty ends mean the volume's) -> (lo, hi)."""
+    if not text:
+        return None
+    axes = text.replace(" ", "").split(",")
+    if len(axes) != 3:
+        raise ValueError(f"--bbox needs three ranges z0:z1,y0:y1,x0:x1, got {text!r}")
+    lo, hi = [], []
+    for rng, n in zip(axes, shape):
+        a, sep, b = rng.partition(":")
+        if not sep:
+            raise ValueError(f"--bbox range {rng!r} is not of the form start:stop")
+        a_i = int(a) if a else 0
+        b_i = int(b) if b else int(n)
+        if not 0 <= a_i < b_i <= n:
+            raise ValueError(f"--bbox range {rng!r} is empty or outside the volume (0..{n})")
+        lo.append(a_i)
+        hi.append(b_i)
+    return tuple(lo), tuple(hi)  # type: ignore[return-value]
+
+
 def nonempty_patches(grid: PatchGrid, occupancy: np.ndarray, chunks: Sequence[int]) -> np.ndarray:
     """Flat bool per patch: does it touch any stored chunk? Vectorised (summed-area table), so a
     TB-scale grid of millions of patches is classified in well under a second."""
@@ -117,8 +141,8 @@ def nonempty_patches(grid: PatchGrid, occupancy: np.ndarray, chunks: Sequence[in
     lo_idx, hi_idx = [], []
     for d in range(3):
         st = np.asarray(grid.starts[d])
-        lo = np.maximum(st, 0)
-        hi = np.minimum(st + grid.patch[d], grid.shape[d])
+        lo = np.maximum(st, 0) + grid.origin[d]
+        hi = np.minimum(st + grid.patch[d], grid.shape[d]) + grid.origin[d]
         lo_idx.append(lo // chunks[d])
         hi_idx.append(-(-hi // chunks[d]))
     z0, z1 = lo_idx[0][:, None, None], hi_idx[0][:, None, None]

@@ -49,6 +49,7 @@ class PipelineConfig:
     overwrite: bool = False
     quiet: bool = False
     device: str | None = None  # force a device ("cpu") regardless of --gpus
+    bbox: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,6 +94,8 @@ def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: 
         args += ["--chunk_size", ",".join(map(str, cfg.chunk_size))]
     if cfg.folds:
         args += ["--folds", ",".join(map(str, cfg.folds))]
+    if cfg.bbox:
+        args += ["--bbox", cfg.bbox]
     if cfg.overwrite:
         args.append("--overwrite")
     if cfg.quiet:
@@ -111,7 +114,7 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
                 overlap=cfg.overlap, batch_size=cfg.batch_size, device=devices[0],
                 skip_empty_patches=cfg.skip_empty_patches, do_tta=cfg.do_tta, patch_size=cfg.patch_size,
                 folds=cfg.folds, cache_gb=cfg.cache_gb, chunk_size=cfg.chunk_size, level=cfg.level,
-                overwrite=cfg.overwrite, quiet=cfg.quiet, storage_options=cfg.storage_options))
+                overwrite=cfg.overwrite, quiet=cfg.quiet, storage_options=cfg.storage_options, bbox=cfg.bbox))
         return num_parts
     failures: list[str] = []
 

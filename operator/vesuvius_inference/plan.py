@@ -33,6 +33,7 @@ class PlanConfig:
     skip_empty_patches: bool = True
     folds: list[str] | None = None
     throughput: float | None = None  # model passes per second per GPU
+    bbox: str | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -69,7 +70,16 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if cfg.folds:
         n_folds = len(cfg.folds)
     chunks = tuple(cfg.chunk_size or patch)
-    grid = PatchGrid(volume.shape, patch, cfg.overlap)  # type: ignore[arg-type]
+    from .grid import parse_bbox
+
+    try:
+        box = parse_bbox(cfg.bbox, volume.shape)
+    except ValueError as e:
+        raise BadArguments(str(e)) from None
+    if box is None:
+        grid = PatchGrid(volume.shape, patch, cfg.overlap)  # type: ignore[arg-type]
+    else:
+        grid = PatchGrid(tuple(b - a for a, b in zip(*box)), patch, cfg.overlap, origin=box[0])  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = nonempty_patches(grid, occ, volume.chunks) if occ is not None else np.ones(grid.n_patches, bool)
     parts = split_parts(nonempty, cfg.num_parts)

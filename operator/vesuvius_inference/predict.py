@@ -57,6 +57,7 @@ class PredictConfig:
     input_anon: bool = False
     model_cache_dir: str | None = None
     input_cache_gb: float | None = None  # default: a quarter of cache_gb
+    bbox: str | None = None
     patch_order: str = "tiled"
 
     @property
@@ -204,13 +205,27 @@ def patch_nonempty(grid: PatchGrid, volume: InputVolume, skip_empty: bool) -> np
     return nonempty_patches(grid, occ, volume.chunks)
 
 
+def _grid(volume: InputVolume, patch: Shape3, cfg: PredictConfig) -> PatchGrid:
+    """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
+    from .grid import parse_bbox
+
+    try:
+        box = parse_bbox(cfg.bbox, volume.shape)
+    except ValueError as e:
+        raise BadArguments(str(e)) from None
+    if box is None:
+        return PatchGrid(volume.shape, patch, cfg.overlap)
+    lo, hi = box
+    return PatchGrid(tuple(b - a for a, b in zip(lo, hi)), patch, cfg.overlap, origin=lo)  # type: ignore[arg-type]
+
+
 def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
         "input": cfg.input_dir, "level": cfg.level, "shape": list(volume.shape), "channels": volume.channels,
         "dtype": str(volume.dtype), "model": model_fp, "folds": [str(f) for f in cfg.folds] if cfg.folds else None,
         "patch_size": list(patch), "overlap": cfg.overlap, "tta": cfg.do_tta, "skip_empty": cfg.skip_empty_patches,
-        "chunk_size": list(chunks), "num_parts": cfg.num_parts,
+        "chunk_size": list(chunks), "num_parts": cfg.num_parts, "bbox": cfg.bbox,
     }
 
 
@@ -285,7 +300,7 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     if model.num_input_channels != volume.channels:
         raise BadInput(f"model expects {model.num_input_channels} input channel(s), {cfg.input_dir} has {volume.channels}")
     device = resolve_device(cfg.device)
-    grid = PatchGrid(volume.shape, patch, cfg.overlap)  # type: ignore[arg-type]
+    grid = _grid(volume, patch, cfg)  # type: ignore[arg-type]
     cgrid = ChunkGrid(volume.shape, chunks)  # type: ignore[arg-type]
     nonempty = patch_nonempty(grid, volume, cfg.skip_empty_patches)
     part = split_parts(nonempty, cfg.num_parts)[cfg.part_id]

@@ -209,3 +209,29 @@ def test_seed_python_api(tmp_path, model2, vol_path):
     with pytest.raises(Exception, match="part_id"):
         Inferer(model_path=str(model2), input_dir=vol_path, output_dir=str(tmp_path / "x"), num_parts=2,
                 part_id=2).infer()
+
+
+def test_bbox_is_the_crop_in_the_volumes_frame(tmp_path, model_factory):
+    model = model_factory(folds=(0,), normalization="CTNormalization")  # pointwise: the crop normalizes alike
+    data = smooth_volume((64, 96, 96), seed=21)
+    vol = write_zarr(tmp_path / "in.zarr", data, chunks=(16, 32, 32))
+    z0, z1, y0, y1, x0, x1 = 10, 50, 20, 90, 5, 70
+    crop = write_zarr(tmp_path / "crop.zarr", np.ascontiguousarray(data[z0:z1, y0:y1, x0:x1]), chunks=(16, 32, 32))
+    for p in range(2):
+        run_predict(PredictConfig(str(model), vol, str(tmp_path / "roi"), part_id=p, num_parts=2, device="cpu",
+                                  do_tta=False, quiet=True, chunk_size=(16, 16, 16), bbox=f"{z0}:{z1},{y0}:{y1},{x0}:{x1}"))
+    run_predict(PredictConfig(str(model), crop, str(tmp_path / "crop"), device="cpu", do_tta=False, quiet=True,
+                              chunk_size=(16, 16, 16)))
+    run_blend(BlendConfig(str(tmp_path / "roi"), str(tmp_path / "roi.zarr"), quiet=True))
+    run_blend(BlendConfig(str(tmp_path / "crop"), str(tmp_path / "crop_b.zarr"), quiet=True))
+    roi = blended(tmp_path / "roi.zarr")
+    assert roi.shape[1:] == data.shape  # the volume's frame
+    assert np.array_equal(roi[:, z0:z1, y0:y1, x0:x1], blended(tmp_path / "crop_b.zarr"))
+    outside = np.ones(data.shape, dtype=bool)
+    outside[z0:z1, y0:y1, x0:x1] = False
+    assert np.isnan(roi[:, outside]).all()
+    stored = {p.relative_to(tmp_path / "roi.zarr" / "c" / "0").parts for p in (tmp_path / "roi.zarr" / "c").rglob("*")
+              if p.is_file()}
+    assert stored and all(int(z) * 16 < z1 and (int(z) + 1) * 16 > z0 for z, _, _ in stored)
+    with pytest.raises(Exception, match="bbox"):
+        run_predict(PredictConfig(str(model), vol, str(tmp_path / "bad"), device="cpu", bbox="0:10,0:10", quiet=True))
