@@ -1,0 +1,202 @@
+"""InferenceJob -> batch/v1 Job manifests. Pure functions returning dicts.
+
+Each stage's container runs the same CLI a user runs locally (``vesuvius-inference predict|blend|
+finalize``), with exactly the same flags; the image's entrypoint is ``vesuvius-inference``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ranges import format_ranges
+from .spec import JobSpec
+
+LABEL_JOB = "vesuvius.dev/inferencejob"
+LABEL_STAGE = "vesuvius.dev/stage"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+MODEL_CACHE = "/var/cache/vesuvius"
+INDEX = "$(JOB_COMPLETION_INDEX)"
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the operator fills in when a spec leaves it out (Helm values)."""
+
+    image: str = "ghcr.io/scrollprize/vesuvius-inference-worker:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    queue_name: str | None = None
+
+
+def job_name(name: str, stage: str, attempt: int = 0) -> str:
+    return f"{name}-{stage}" + (f"-r{attempt}" if attempt else "")
+
+
+def parts_dir(spec: JobSpec) -> str:
+    return spec.workdir + "/parts"
+
+
+def blended_uri(spec: JobSpec) -> str:
+    return spec.workdir + "/blended.zarr"
+
+
+def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[str]:
+    inf = spec["inference"]
+    args = ["predict", "--model_path", spec["model"]["uri"], "--input_dir", spec.input_uri,
+            "--output_dir", parts_dir(spec), "--part_id", INDEX, "--num_parts", str(spec.parts),
+            "--overlap", str(inf["overlap"]), "--batch_size", str(inf["batchSize"]), "--device", str(inf["device"]),
+            "--cache_gb", str(inf["cacheGb"]), "--level", str(spec["input"]["level"]),
+            "--model_cache_dir", MODEL_CACHE, "--quiet"]
+    if not inf["tta"]:
+        args.append("--disable_tta")
+    args.append("--skip_empty_patches" if inf["skipEmptyPatches"] else "--no_skip_empty_patches")
+    if inf.get("patchSize"):
+        args += ["--patch_size", ",".join(map(str, inf["patchSize"]))]
+    if inf.get("folds"):
+        args += ["--folds", ",".join(map(str, inf["folds"]))]
+    if inf.get("bbox"):
+        args += ["--bbox", inf["bbox"]]
+    if spec["storage"].get("anonymousInput"):
+        args.append("--input_anon")
+    if part_ids is not None:
+        args += ["--part_ids", format_ranges(part_ids)]
+    return args
+
+
+def blend_args(spec: JobSpec) -> list[str]:
+    n = int(spec["blend"]["parallelism"])
+    return ["blend", parts_dir(spec), blended_uri(spec), "--num_parts", str(n), "--part_id",
+            INDEX if n > 1 else "0", "--quiet"]
+
+
+def finalize_args(spec: JobSpec) -> list[str]:
+    n = int(spec["finalize"]["parallelism"])
+    args = ["finalize", blended_uri(spec), spec["output"]["uri"], "--mode", spec["mode"], "--num_parts", str(n),
+            "--part_id", INDEX if n > 1 else "0", "--quiet"]
+    if spec["threshold"]:
+        args.append("--threshold")
+    if not spec["keepIntermediates"]:
+        args.append("--delete_intermediates")
+    return args
+
+
+def _env(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    st = spec["storage"]
+    env = [{"name": "VESUVIUS_MODEL_CACHE_DIR", "value": MODEL_CACHE}, {"name": "HOME", "value": "/tmp"}]
+    if st.get("endpointUrl"):
+        env.append({"name": "AWS_ENDPOINT_URL", "value": st["endpointUrl"]})
+    if st.get("region"):
+        env.append({"name": "AWS_DEFAULT_REGION", "value": st["region"]})
+    env_from = [{"secretRef": {"name": st["secretName"]}}] if st.get("secretName") else []
+    return env, env_from
+
+
+def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
+         completions: int, parallelism: int, defaults: OperatorDefaults, gpu: bool) -> dict[str, Any]:
+    labels = {LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
+              "app.kubernetes.io/name": "vesuvius-inference"}
+    queue = spec.get("queueName") or defaults.queue_name
+    if queue:
+        labels[LABEL_QUEUE] = queue
+    resources = dict((spec.get(stage) or {}).get("resources") or {})
+    if gpu and int(spec["predict"]["gpus"]) > 0:
+        limits = dict(resources.get("limits") or {})
+        limits["nvidia.com/gpu"] = int(spec["predict"]["gpus"])
+        resources["limits"] = limits
+    env, env_from = _env(spec)
+    container: dict[str, Any] = {
+        "name": stage,
+        "image": spec.get("image") or defaults.image,
+        "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
+        "args": args,
+        "env": env,
+        "resources": resources,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-cache", "mountPath": MODEL_CACHE}],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}],
+    }
+    node_selector = spec.get("nodeSelector") or (defaults.gpu_node_selector if gpu else None)
+    if node_selector:
+        pod["nodeSelector"] = dict(node_selector)
+    tolerations = spec.get("tolerations") or (defaults.gpu_tolerations if gpu else None)
+    if tolerations:
+        pod["tolerations"] = list(tolerations)
+    for key in ("priorityClassName", "serviceAccountName"):
+        if spec.get(key):
+            pod[key] = spec[key]
+    indexed = completions > 1 or stage == "predict"
+    job_spec: dict[str, Any] = {
+        "completions": completions,
+        "parallelism": parallelism,
+        "suspend": bool(spec["suspend"]),
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
+    }
+    if indexed:
+        retry = spec["retry"]
+        job_spec.update({
+            "completionMode": "Indexed",
+            "backoffLimitPerIndex": int(retry["perPartLimit"]),
+            "podReplacementPolicy": "Failed",
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailIndex", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                         "values": sorted(set(retry["nonRetryableExitCodes"]))}},
+            ]},
+        })
+        if retry.get("maxFailedParts") is not None:
+            job_spec["maxFailedIndexes"] = int(retry["maxFailedParts"])
+    else:
+        job_spec.update({
+            "completionMode": "NonIndexed",
+            "backoffLimit": int(spec["retry"]["perPartLimit"]),
+            "podReplacementPolicy": "Failed",
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                       "values": sorted(set(spec["retry"]["nonRetryableExitCodes"]))}},
+            ]},
+        })
+    if spec.get("activeDeadlineSeconds"):
+        job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
+    if spec.get("ttlSecondsAfterFinished") is not None:
+        job_spec["ttlSecondsAfterFinished"] = int(spec["ttlSecondsAfterFinished"])
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if uid:
+        meta["ownerReferences"] = [{"apiVersion": "vesuvius.dev/v1alpha1", "kind": "InferenceJob", "name": ij_name,
+                                    "uid": uid, "controller": True, "blockOwnerDeletion": True}]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
+
+
+def predict_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None,
+                part_ids: Sequence[int] | None = None, attempt: int = 0) -> dict[str, Any]:
+    """The Indexed predict Job (``part_ids`` + ``attempt``: a retry Job over just those parts)."""
+    d = defaults or OperatorDefaults()
+    n = len(part_ids) if part_ids is not None else spec.parts
+    return _job(job_name(name, "predict", attempt), namespace, uid, name, "predict", spec,
+                predict_args(spec, part_ids), n, min(spec.parallelism, n), d, gpu=True)
+
+
+def blend_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+              ) -> dict[str, Any]:
+    n = int(spec["blend"]["parallelism"])
+    return _job(job_name(name, "blend"), namespace, uid, name, "blend", spec, blend_args(spec), n, n,
+                defaults or OperatorDefaults(), gpu=False)
+
+
+def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+                 ) -> dict[str, Any]:
+    n = int(spec["finalize"]["parallelism"])
+    return _job(job_name(name, "finalize"), namespace, uid, name, "finalize", spec, finalize_args(spec), n, n,
+                defaults or OperatorDefaults(), gpu=False)
