@@ -1,0 +1,34 @@
+"""``vesuvius-inference operator``: run the kopf operator (what the Helm chart's Deployment runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vesuvius-inference operator", description="Run the InferenceJob operator.")
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--standalone", action="store_true", default=True,
+                   help="no peering (one replica, Recreate strategy); the default")
+    p.add_argument("--peering", dest="standalone", action="store_false", help="use kopf peering")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' = off)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(list(argv or []))
+    if not args.namespace and not args.all_namespaces:
+        parser().error("pass --namespace NS (repeatable) or --all-namespaces")
+    logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(message)s")
+    import kopf
+
+    from . import handlers  # noqa: F401 - registers the handlers
+
+    kopf.run(standalone=args.standalone, namespaces=args.namespace or None, clusterwide=args.all_namespaces,
+             liveness_endpoint=args.liveness or None)
+    return 0
