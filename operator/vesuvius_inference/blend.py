@@ -148,6 +148,11 @@ def mark_part_done(url: str, stage: str, part_id: int, num_parts: int, info: dic
     return False
 
 
+# Seconds between journal writes (0: after every chunk). Longer means fewer small PUTs on object
+# storage and more chunks redone after a kill.
+ENV_JOURNAL_INTERVAL = "VESUVIUS_JOURNAL_INTERVAL_S"
+
+
 class Progress:
     """Resume point of one stage part: how many of its chunks are written, saved every few seconds.
 
@@ -157,8 +162,10 @@ class Progress:
     """
 
     def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
-                 every_s: float = 2.0) -> None:
+                 every_s: float | None = None) -> None:
         self.url = storage.join(url, MARKERS, f"{stage}_{part_id:05d}.progress.json")
+        if every_s is None:
+            every_s = float(os.environ.get(ENV_JOURNAL_INTERVAL, "2"))
         self.config, self.so, self.every_s = config, so, every_s
         prev = storage.read_json(self.url, so) or {}
         self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0

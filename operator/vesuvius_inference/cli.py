@@ -88,6 +88,8 @@ def predict_parser() -> _Parser:
           help="input chunk cache, part of --cache_gb (default: a quarter of it); 0 = no cache")
     p.opt("--patch_order", choices=["tiled", "rowmajor"], default="tiled",
           help="tiled: columns of tiles sized to the input cache (default); rowmajor: nnU-Net's order")
+    p.opt("--checkpoint_s", type=float, default=600.0,
+          help="seconds between checkpoints: a killed part resumes from the last one (0: after every batch)")
     p.opt("--model_cache_dir", default=None,
           help="cache for s3:// and hf:// models (default: $VESUVIUS_MODEL_CACHE_DIR or ~/.cache/vesuvius-inference/models)")
     _model_opts(p, True)
@@ -205,7 +207,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
         level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
-        patch_order=args.patch_order, bbox=args.bbox))
+        patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:

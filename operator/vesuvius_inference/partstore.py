@@ -10,9 +10,14 @@ the weights themselves are represented exactly.
 
 Layout of one part (a zarr v3 group ``part_NNNNN``), all chunked like the blended output:
 - ``final`` float16 (C, Z, Y, X), fill NaN: chunks only this part touches, already divided.
-- ``acc``   int64 (C+1, Z, Y, X), fill 0: chunks shared with other parts (and chunks evicted
-  from the write-back cache), as sums; blend adds them up and divides.
-A JSON marker ``part_NNNNN.json`` next to the group is written last and lists both chunk sets.
+- ``acc``   int64 (C+1, Z, Y, X), fill 0: chunks shared with other parts, as sums; blend adds
+  them up and divides.
+- ``spill0``/``spill1`` int64 like ``acc``: partial sums of chunks evicted from the write-back
+  cache before they were complete. Two copies so that a checkpoint's version of a chunk is never
+  overwritten before the next checkpoint (see ``PartAccumulator.checkpoint``). Removed when the
+  part completes; blend never reads them.
+A JSON marker ``part_NNNNN.json`` next to the group is written last and lists the ``final`` and
+``acc`` chunk sets.
 """
 
 from __future__ import annotations
@@ -43,14 +48,23 @@ def blosc():
     return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 
 
-def create_part_arrays(group: Any, n_classes: int, shape: Shape3, chunks: Shape3) -> tuple[Any, Any]:
+SPILLS = ("spill0", "spill1")
+
+
+def create_part_arrays(group: Any, n_classes: int, shape: Shape3, chunks: Shape3) -> tuple[Any, Any, tuple[Any, Any]]:
+    """``final``, ``acc`` and the two spill arrays of a new part store."""
     final = group.create_array("final", shape=(n_classes,) + tuple(shape), chunks=(n_classes,) + tuple(chunks),
                                dtype="float16", fill_value=float("nan"), compressors=[blosc()],
                                config={"write_empty_chunks": False}, overwrite=True)
-    acc = group.create_array("acc", shape=(n_classes + 1,) + tuple(shape), chunks=(n_classes + 1,) + tuple(chunks),
-                             dtype="int64", fill_value=0, compressors=[blosc()],
-                             config={"write_empty_chunks": False}, overwrite=True)
-    return final, acc
+    sums = [group.create_array(name, shape=(n_classes + 1,) + tuple(shape), chunks=(n_classes + 1,) + tuple(chunks),
+                               dtype="int64", fill_value=0, compressors=[blosc()],
+                               config={"write_empty_chunks": False}, overwrite=True) for name in ("acc", *SPILLS)]
+    return final, sums[0], (sums[1], sums[2])
+
+
+def open_part_arrays(group: Any) -> tuple[Any, Any, tuple[Any, Any]]:
+    """The arrays of an existing part store (to resume it)."""
+    return group["final"], group["acc"], (group[SPILLS[0]], group[SPILLS[1]])
 
 
 def divide(sums: np.ndarray) -> np.ndarray:
@@ -67,23 +81,31 @@ def _box_slices(lo: Iterable[int], hi: Iterable[int]) -> tuple[slice, ...]:
 
 
 class PartAccumulator:
-    """Write-back chunk cache of int64 sums, bounded in bytes.
+    """Write-back chunk cache of int64 sums, bounded in bytes, that can checkpoint and resume.
 
     A chunk is complete when the last patch of this part that touches it is done; it is then
     written as ``final`` (if no other part touches it) or ``acc``. When the cache is full the least
-    recently used chunk is written to ``acc`` and read back if a later patch touches it: safe,
-    because the part is the only writer of its store.
+    recently used chunk is spilled (if it changed since it was last stored) and read back if a
+    later patch touches it: safe, because the part is the only writer of its store.
+
+    Checkpoints: ``checkpoint()`` stores every changed cached chunk and returns the state that,
+    saved by the caller after it returns, lets ``restore`` continue after the patches done so far.
+    A chunk's checkpointed copy lives in one spill array; until the next checkpoint, later spills
+    of that chunk go to the other one, so a run killed at any moment leaves the checkpoint intact.
+    Integer sums make the resumed result the same bytes as an uninterrupted run.
     """
 
-    def __init__(self, final: Any, acc: Any, cgrid: ChunkGrid, n_classes: int, remaining: dict[Shape3, int],
-                 shared: set[Shape3], cache_bytes: int, writers: int = 4) -> None:
-        self.final, self.acc, self.cgrid, self.c = final, acc, cgrid, n_classes
+    def __init__(self, final: Any, acc: Any, spills: tuple[Any, Any], cgrid: ChunkGrid, n_classes: int,
+                 remaining: dict[Shape3, int], shared: set[Shape3], cache_bytes: int, writers: int = 4) -> None:
+        self.final, self.acc, self.spills, self.cgrid, self.c = final, acc, spills, cgrid, n_classes
         self.remaining = remaining
         self.shared = shared
         self.cache: OrderedDict[Shape3, np.ndarray] = OrderedDict()
         self.cache_bytes = max(cache_bytes, 1)
         self.used = 0
-        self.spilled: set[Shape3] = set()
+        self.where: dict[Shape3, int] = {}  # chunk -> spill array holding its latest stored sums
+        self.ckpt: dict[Shape3, int] = {}  # chunk -> spill array holding its checkpointed sums
+        self.dirty: set[Shape3] = set()  # cached chunks changed since they were last stored
         self.final_chunks: list[Shape3] = []
         self.acc_chunks: list[Shape3] = []
         self.evictions = 0
@@ -103,15 +125,19 @@ class PartAccumulator:
         if fut is not None:
             fut.result()  # re-raises write errors here, in the caller
 
+    def _wait_all(self) -> None:
+        for idx in list(self.pending):
+            self._wait(idx)
+
     def _buffer(self, idx: Shape3) -> np.ndarray:
         buf = self.cache.get(idx)
         if buf is not None:
             self.cache.move_to_end(idx)
             return buf
         lo, hi = self.cgrid.box(idx)
-        if idx in self.spilled:
+        if idx in self.where:
             self._wait(idx)
-            buf = np.asarray(self.acc[(slice(None),) + _box_slices(lo, hi)], dtype=np.int64)
+            buf = np.asarray(self.spills[self.where[idx]][(slice(None),) + _box_slices(lo, hi)], dtype=np.int64)
         else:
             buf = np.zeros((self.c + 1,) + tuple(b - a for a, b in zip(lo, hi)), dtype=np.int64)
         self.cache[idx] = buf
@@ -119,20 +145,25 @@ class PartAccumulator:
         while self.used > self.cache_bytes and len(self.cache) > 1:
             old, obuf = self.cache.popitem(last=False)
             self.used -= obuf.nbytes
-            self.spilled.add(old)
             self.evictions += 1
-            self._submit(old, self._write_acc, old, obuf)
+            if old in self.dirty:
+                self._spill(old, obuf)
         return buf
 
-    def _write_acc(self, idx: Shape3, buf: np.ndarray) -> None:
-        lo, hi = self.cgrid.box(idx)
-        self.acc[(slice(None),) + _box_slices(lo, hi)] = buf
+    def _spill(self, idx: Shape3, buf: np.ndarray) -> None:
+        """Store partial sums, never over the checkpoint's copy of this chunk."""
+        self.dirty.discard(idx)
+        target = 1 - self.ckpt.get(idx, 1)
+        self.where[idx] = target
+        self._submit(idx, self._write, self.spills[target], idx, buf)
 
-    def _write_final(self, idx: Shape3, buf: np.ndarray, was_spilled: bool) -> None:
+    def _write(self, array: Any, idx: Shape3, buf: np.ndarray) -> None:
+        lo, hi = self.cgrid.box(idx)
+        array[(slice(None),) + _box_slices(lo, hi)] = buf
+
+    def _write_final(self, idx: Shape3, buf: np.ndarray) -> None:
         lo, hi = self.cgrid.box(idx)
         self.final[(slice(None),) + _box_slices(lo, hi)] = divide(buf)
-        if was_spilled:  # drop the stale spill so blend never sees two versions
-            self.acc[(slice(None),) + _box_slices(lo, hi)] = 0
 
     def add(self, lo: Shape3, hi: Shape3, wl: np.ndarray, w: np.ndarray) -> None:
         """Add quantised (C, box) weighted logits and (box) weights covering [lo, hi)."""
@@ -145,6 +176,7 @@ class PartAccumulator:
             buf = self._buffer(idx)
             buf[(slice(0, self.c),) + dst] += wl[(slice(None),) + src]
             buf[(self.c,) + dst] += w[src]
+            self.dirty.add(idx)
 
     def patch_done(self, lo: Shape3, hi: Shape3) -> None:
         """Count one finished (or skipped) patch of this part against every chunk it touches."""
@@ -154,28 +186,53 @@ class PartAccumulator:
             if left == 0:
                 self._complete(idx)
 
+    def replay_done(self, lo: Shape3, hi: Shape3) -> None:
+        """Count a patch done before the checkpoint being resumed (its sums are already stored)."""
+        for idx in self.cgrid.touching(lo, hi):
+            self.remaining[idx] -= 1
+
     def _complete(self, idx: Shape3) -> None:
-        if idx not in self.cache and idx in self.spilled:
+        if idx not in self.cache and idx in self.where:
             self._buffer(idx)  # last touch was a skipped patch: bring the spilled sums back
         buf = self.cache.pop(idx, None)
         if buf is None:
             return
         self.used -= buf.nbytes
-        was_spilled = idx in self.spilled
-        self.spilled.discard(idx)
+        self.dirty.discard(idx)
+        self.where.pop(idx, None)
         if not buf[self.c].any():
             return
         if idx in self.shared:
             self.acc_chunks.append(idx)
-            self._submit(idx, self._write_acc, idx, buf)
+            self._submit(idx, self._write, self.acc, idx, buf)
         else:
             self.final_chunks.append(idx)
-            self._submit(idx, self._write_final, idx, buf, was_spilled)
+            self._submit(idx, self._write_final, idx, buf)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Store every changed cached chunk; return the state to save (then call ``committed``)."""
+        for idx in list(self.dirty):
+            self._spill(idx, self.cache[idx])
+        self._wait_all()
+        return {"where": [[*idx, p] for idx, p in self.where.items()],
+                "final_chunks": [list(c) for c in self.final_chunks],
+                "acc_chunks": [list(c) for c in self.acc_chunks], "evictions": self.evictions}
+
+    def committed(self) -> None:
+        """The state returned by ``checkpoint`` is saved: its chunk copies are now the ones to keep."""
+        self.ckpt = dict(self.where)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a saved checkpoint (after ``replay_done`` of the patches it covers)."""
+        self.where = {tuple(w[:3]): int(w[3]) for w in state["where"]}  # type: ignore[misc]
+        self.ckpt = dict(self.where)
+        self.final_chunks = [tuple(c) for c in state["final_chunks"]]  # type: ignore[misc]
+        self.acc_chunks = [tuple(c) for c in state["acc_chunks"]]  # type: ignore[misc]
+        self.evictions = int(state.get("evictions", 0))
 
     def close(self) -> None:
         """Flush every write; raise the first write error."""
-        for idx in list(self.pending):
-            self._wait(idx)
+        self._wait_all()
         self.pool.shutdown(wait=True)
         if self.cache:
             raise RuntimeError(f"{len(self.cache)} chunks were never completed: patch bookkeeping is inconsistent")

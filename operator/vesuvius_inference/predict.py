@@ -25,6 +25,7 @@ from .volume import InputVolume, open_volume
 
 log = logging.getLogger("vesuvius_inference.predict")
 FORMAT_VERSION = 1
+CHECKPOINT = "checkpoint.json"  # inside the part store: blend never lists it
 
 
 def part_name(part_id: int) -> str:
@@ -59,6 +60,7 @@ class PredictConfig:
     input_cache_gb: float | None = None  # default: a quarter of cache_gb
     bbox: str | None = None
     patch_order: str = "tiled"
+    checkpoint_s: float = 600.0  # seconds between checkpoints a killed part resumes from
 
     @property
     def input_storage_options(self) -> dict[str, Any]:
@@ -75,6 +77,8 @@ class PredictConfig:
             raise BadArguments(f"--batch_size must be >= 1, got {self.batch_size}")
         if self.cache_gb <= 0:
             raise BadArguments(f"--cache_gb must be > 0, got {self.cache_gb}")
+        if self.checkpoint_s < 0:
+            raise BadArguments(f"--checkpoint_s must be >= 0 seconds, got {self.checkpoint_s}")
         if self.patch_order not in ("tiled", "rowmajor"):
             raise BadArguments(f"--patch_order must be tiled or rowmajor, got {self.patch_order!r}")
         if self.tta_type != "mirroring":
@@ -205,6 +209,26 @@ def patch_nonempty(grid: PatchGrid, volume: InputVolume, skip_empty: bool) -> np
     return nonempty_patches(grid, occ, volume.chunks)
 
 
+def _shared_stats(cfg: PredictConfig, normalizer: Any, volume: InputVolume, fp: dict[str, Any]) -> list[dict]:
+    """Whole-volume statistics, computed by the first part and reused by the others.
+
+    Stored next to the parts, keyed by everything they depend on; the input is read for them at
+    most once per run, not once per part.
+    """
+    if not normalizer.needs_stats:
+        return normalizer.compute_stats(volume)
+    key = {k: fp[k] for k in ("input", "level", "shape", "channels", "dtype")} | {"schemes": normalizer.schemes,
+                                                                                  "use_mask": normalizer.use_mask}
+    url = storage.join(cfg.output_dir, "input_stats.json")
+    cached = storage.read_json(url, cfg.storage_options)
+    if cached and cached.get("key") == key:
+        normalizer.stats = cached["stats"]
+        return normalizer.stats
+    stats = normalizer.compute_stats(volume)
+    storage.write_json(url, {"key": key, "stats": stats}, cfg.storage_options)
+    return stats
+
+
 def _grid(volume: InputVolume, patch: Shape3, cfg: PredictConfig) -> PatchGrid:
     """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
     from .grid import parse_bbox
@@ -306,22 +330,26 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     part = split_parts(nonempty, cfg.num_parts)[cfg.part_id]
     remaining, shared = plan_part(grid, cgrid, nonempty, part)
     normalizer = Normalizer.from_plans(model.configuration_manager, model.plans_manager, volume.channels)
-    stats = normalizer.compute_stats(volume)
+    stats = _shared_stats(cfg, normalizer, volume, fp)
 
     import torch
-    import zarr
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
 
-    from .partstore import PartAccumulator, create_part_arrays, scale_bits_for
+    from .partstore import PartAccumulator, scale_bits_for
 
-    storage.remove(marker_url, so)
-    storage.remove(store_url, so)
-    group = zarr.open_group(store=storage.zarr_store(store_url, so), mode="w", zarr_format=3)
-    group.attrs.update({"config": fp, "part_id": cfg.part_id, "part": list(part)})
-    final, acc = create_part_arrays(group, model.num_classes, volume.shape, chunks)  # type: ignore[arg-type]
+    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
+    if cfg.patch_order == "tiled":
+        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
+    else:
+        order = list(range(*part))
+    todo = [i for i in order if nonempty[i]]
+    ckpt_key = {"config": fp, "todo": _digest(todo)}
+    ckpt_url = storage.join(store_url, CHECKPOINT)
+    group, arrays, resume = _open_store(store_url, marker_url, ckpt_url, ckpt_key, fp, cfg, model.num_classes,
+                                        volume.shape, chunks)
     scale_bits = scale_bits_for(grid.max_coverage())
     cache_bytes = int(cfg.cache_gb * (1 << 30))
-    accum = PartAccumulator(final, acc, cgrid, model.num_classes, remaining, shared, cache_bytes)
+    accum = PartAccumulator(*arrays, cgrid, model.num_classes, remaining, shared, cache_bytes)
 
     runner = Runner(model, device, cfg.do_tta, cfg.batch_size)
     w64 = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
@@ -329,24 +357,28 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     scale = float(2 ** scale_bits)
     wq_full = torch.round(w64 * scale).long().cpu().numpy()
 
-    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
     volume.cache_bytes = int(in_budget)
     accum.cache_bytes = max(1, cache_bytes - volume.cache_bytes)
-    if cfg.patch_order == "tiled":
-        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
-    else:
-        order = list(range(*part))
-    todo = [i for i in order if nonempty[i]]
     skipped_listing = (part[1] - part[0]) - len(todo)
+    stats_run = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": skipped_listing}
+    start = 0
+    if resume is not None:
+        start = int(resume["position"])
+        stats_run = dict(resume["stats"])
+        for i in todo[:start]:
+            accum.replay_done(*grid.region(i))
+        accum.restore(resume["accumulator"])
+        log.info("predict part %d/%d: resuming after patch %d of %d (checkpoint %s)", cfg.part_id, cfg.num_parts,
+                 start, len(todo), ckpt_url)
     q: queue.Queue = queue.Queue(maxsize=max(4, 2 * cfg.batch_size))
     stop = threading.Event()
     reader = threading.Thread(target=_read_patches, daemon=True,
-                              args=(volume, grid, todo, normalizer, cfg.skip_empty_patches, q, stop))
+                              args=(volume, grid, todo[start:], normalizer, cfg.skip_empty_patches, q, stop))
     reader.start()
-    stats_run = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": skipped_listing}
     patch_vox = int(np.prod(patch))
     bar = _progress(part[1] - part[0], f"predict part {cfg.part_id}/{cfg.num_parts}", cfg.quiet)
-    t_loop = time.perf_counter()
+    bar.update(skipped_listing + start)
+    t_loop, last_ckpt, run_here = time.perf_counter(), time.monotonic(), 0
 
     def finish(p_lo_hi: tuple[Shape3, Shape3]) -> None:
         accum.patch_done(*p_lo_hi)
@@ -356,10 +388,12 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         # patches empty by the listing are done before any reading; they only count down chunks
         for i in range(*part):
             if not nonempty[i]:
-                finish(grid.region(i))
+                accum.patch_done(*grid.region(i))
         batch: list[_Patch] = []
+        position = start
         for item in _drain(q):
             if isinstance(item, _Patch):
+                position += 1
                 if item.data is None:
                     stats_run["skipped_homogeneous"] += 1
                     finish((item.lo, item.hi))
@@ -370,9 +404,19 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
                 for p in batch:
                     finish((p.lo, p.hi))
                 stats_run["run"] += len(batch)
+                run_here += len(batch)
                 batch = []
+                if stats_run["run"] % 32 < cfg.batch_size:
+                    _trim_heap()
                 elapsed = time.perf_counter() - t_loop
-                bar.set_postfix_str(f"{stats_run['run'] * patch_vox / max(elapsed, 1e-9) / 1e6:.2f} Mvox/s")
+                bar.set_postfix_str(f"{run_here * patch_vox / max(elapsed, 1e-9) / 1e6:.2f} Mvox/s")
+                if item is not None and time.monotonic() - last_ckpt >= cfg.checkpoint_s:
+                    # every patch drained so far is finished: the checkpoint covers todo[:position]
+                    state = accum.checkpoint()
+                    storage.write_json(ckpt_url, {**ckpt_key, "position": position, "stats": stats_run,
+                                                  "accumulator": state}, so)
+                    accum.committed()
+                    last_ckpt = time.monotonic()
         accum.close()
     finally:
         stop.set()
@@ -383,17 +427,76 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         "num_classes": model.num_classes, "scale_bits": scale_bits, "normalization": stats,
         "final_chunks": [list(c) for c in accum.final_chunks],
         "acc_chunks": [list(c) for c in accum.acc_chunks],
-        "patches": {"total": part[1] - part[0], **stats_run}, "evictions": accum.evictions,
+        "patches": {"total": part[1] - part[0], **stats_run, "run_by_last_run": run_here, "resumed_at": start},
+        "evictions": accum.evictions,
         "input_chunks_fetched": volume.fetched_chunks,
         "model_passes": stats_run["run"] * runner.passes_per_patch,
     }
     storage.write_json(marker_url, marker, so)
+    _drop_scratch(group, store_url, ckpt_url, so)
     dt = time.perf_counter() - t0
     log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks final + %d shared, %.1f s, %.2f Mvox/s",
              cfg.part_id, cfg.num_parts, stats_run["run"],
              stats_run["skipped_homogeneous"] + stats_run["skipped_absent"], len(accum.final_chunks),
              len(accum.acc_chunks), dt, stats_run["run"] * patch_vox / max(dt, 1e-9) / 1e6)
     return store_url, marker_url
+
+
+def _digest(items: Sequence[int]) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def _open_store(store_url: str, marker_url: str, ckpt_url: str, ckpt_key: dict[str, Any], fp: dict[str, Any],
+                cfg: PredictConfig, n_classes: int, shape: Shape3, chunks: Shape3
+                ) -> tuple[Any, tuple[Any, Any, tuple[Any, Any]], dict[str, Any] | None]:
+    """Reopen a part store at its last checkpoint, or start a new one.
+
+    A checkpoint is used only if it was made by the same configuration and the same patch order
+    (which depends on the cache sizes); anything else starts the part over.
+    """
+    import zarr
+
+    from .partstore import create_part_arrays, open_part_arrays
+
+    so = cfg.storage_options
+    ckpt = storage.read_json(ckpt_url, so)
+    if ckpt is not None and all(ckpt.get(k) == v for k, v in ckpt_key.items()) and not cfg.overwrite:
+        try:
+            group = zarr.open_group(store=storage.zarr_store(store_url, so), mode="r+", zarr_format=3)
+            return group, open_part_arrays(group), ckpt
+        except (KeyError, FileNotFoundError, ValueError) as e:
+            log.warning("checkpoint %s cannot be used (%s): starting the part over", ckpt_url, e)
+    elif ckpt is not None:
+        log.info("checkpoint %s is from another configuration or patch order: starting the part over", ckpt_url)
+    storage.remove(marker_url, so)
+    storage.remove(store_url, so)
+    group = zarr.open_group(store=storage.zarr_store(store_url, so), mode="w", zarr_format=3)
+    group.attrs.update({"config": fp, "part_id": cfg.part_id})
+    return group, create_part_arrays(group, n_classes, shape, chunks), None
+
+
+def _drop_scratch(group: Any, store_url: str, ckpt_url: str, so: dict[str, Any]) -> None:
+    """After the marker: spilled partial sums and the checkpoint are no longer needed."""
+    from .partstore import SPILLS
+
+    try:
+        storage.remove(ckpt_url, so)
+        for name in SPILLS:
+            storage.remove(storage.join(store_url, name), so)
+    except OSError as e:  # the part is complete; leftovers only cost space
+        log.warning("could not remove scratch data of %s: %s", store_url, e)
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc), so peak RSS tracks the cache, not the patch count."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _drain(q: queue.Queue) -> Iterator[_Patch | None]:

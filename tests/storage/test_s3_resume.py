@@ -3,6 +3,7 @@ not redo the chunks it had finished (counted in moto's request log)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,19 +35,33 @@ def test_kill_predict_and_blend_on_s3(s3, s3_server, model2):
 
     fs = s3fs.S3FileSystem()
     bucket = s3[5:]
-    inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 64, 64), seed=12), chunks=(16, 32, 32))
+    inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 96, 96), seed=12), chunks=(16, 32, 32))
     pred = ["predict", "--model_path", model2, "--input_dir", inp, "--device", "cpu", "--disable_tta", "--quiet",
             "--chunk_size", "8,16,16"]
     assert subprocess.run(cli(*pred, "--output_dir", f"{s3}/clean")).returncode == 0
     assert subprocess.run(cli("blend", f"{s3}/clean", f"{s3}/clean.zarr", "--quiet")).returncode == 0
-    # predict killed once it has written chunks (tiny cache: it spills early), then rerun
-    proc = subprocess.Popen(cli(*pred, "--output_dir", f"{s3}/work", "--cache_gb", "0.000001"))
-    fs.invalidate_cache()
-    kill_when(proc, lambda: bool(fs.invalidate_cache() or fs.glob(f"{bucket}/work/part_00000/acc/c/*/*/*/*")))
+    # predict killed once it has checkpointed (after every batch here), then rerun: it resumes
+    proc = subprocess.Popen(cli(*pred, "--output_dir", f"{s3}/work", "--checkpoint_s", "0"))
+    ckpt = f"{bucket}/work/part_00000/checkpoint.json"
+    kill_when(proc, lambda: bool(fs.invalidate_cache() or fs.exists(ckpt)))
     assert not fs.exists(f"{bucket}/work/part_00000.json")
-    assert subprocess.run(cli(*pred, "--output_dir", f"{s3}/work")).returncode == 0
-    # blend killed once its journal shows progress, then rerun
-    proc = subprocess.Popen(cli("blend", f"{s3}/work", f"{s3}/out.zarr", "--quiet"))
+    loud = [a for a in pred if a != "--quiet"]
+    r = subprocess.run(cli(*loud, "--output_dir", f"{s3}/work"), capture_output=True, text=True)
+    assert r.returncode == 0 and "resuming after patch" in r.stderr, r.stderr
+    marker = json.loads(fs.cat(f"{bucket}/work/part_00000.json"))
+    clean_marker = json.loads(fs.cat(f"{bucket}/clean/part_00000.json"))
+    # the rerun ran only the patches after the checkpoint; the totals are the clean run's
+    assert 0 < marker["patches"]["resumed_at"] and marker["patches"]["run_by_last_run"] < clean_marker["patches"]["run"]
+    assert marker["patches"]["run"] == clean_marker["patches"]["run"]
+    assert not fs.exists(ckpt) and not fs.exists(f"{bucket}/work/part_00000/spill0")
+    for arr in ("final", "acc"):
+        a = zarr.open_array(f"{s3}/clean/part_00000/{arr}", mode="r")[:]
+        b = zarr.open_array(f"{s3}/work/part_00000/{arr}", mode="r")[:]
+        assert np.array_equal(a, b, equal_nan=True), arr
+    # blend killed once its journal shows progress, then rerun. The journal is written after every
+    # chunk here, so the kill lands early among the 144 chunks whatever the machine's speed.
+    env = {**os.environ, "VESUVIUS_JOURNAL_INTERVAL_S": "0"}
+    proc = subprocess.Popen(cli("blend", f"{s3}/work", f"{s3}/out.zarr", "--quiet"), env=env)
     journal = f"{bucket}/out.zarr/_vesuvius/blend_00000.progress.json"
     kill_when(proc, lambda: bool(fs.invalidate_cache() or fs.exists(journal)))
     out = zarr.open_array(f"{s3}/out.zarr", mode="r")
