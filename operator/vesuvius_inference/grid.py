@@ -236,6 +236,26 @@ class ChunkGrid:
         yield from itertools.product(*(range(n) for n in self.counts))  # type: ignore[misc]
 
 
+def chunks_touched(grid: PatchGrid, patches: np.ndarray, chunks: Sequence[int], chunk_counts: Sequence[int]
+                   ) -> np.ndarray:
+    """Boolean (Z, Y, X) chunk grid: the chunks the in-region part of any selected patch touches.
+
+    ``patches`` is a boolean per patch (row-major). Separable: a chunk is touched iff some selected
+    patch covers it on all three axes, so three small per-axis cover matrices contracted with the
+    patch mask answer it for a million patches without a loop.
+    """
+    sel = np.asarray(patches, dtype=np.int32).reshape(grid.counts)
+    for d in range(3):
+        st = np.asarray(grid.starts[d]) + grid.origin[d]
+        lo = np.maximum(st, grid.origin[d])
+        hi = np.minimum(st + grid.patch[d], grid.origin[d] + grid.shape[d])
+        c0 = np.arange(chunk_counts[d]) * chunks[d]
+        cover = (c0[:, None] < hi[None, :]) & (c0[:, None] + chunks[d] > lo[None, :])  # (chunks, patches)
+        sel = np.moveaxis(np.tensordot(cover.astype(np.int32), np.moveaxis(sel, d, 0), axes=(1, 0)), 0, d)
+        sel = np.minimum(sel, 1)
+    return sel.astype(bool)
+
+
 def split_chunks(chunk_ids: Sequence[Shape3], num_parts: int, part_id: int) -> list[Shape3]:
     """The ``part_id``-th of ``num_parts`` contiguous, disjoint slices of a chunk list."""
     n = len(chunk_ids)

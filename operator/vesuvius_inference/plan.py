@@ -16,7 +16,7 @@ import numpy as np
 
 from . import storage
 from .errors import BadArguments, BadInput
-from .grid import PatchGrid, nonempty_patches, split_parts
+from .grid import PatchGrid, chunks_touched, nonempty_patches, split_parts
 from .volume import open_volume
 
 
@@ -88,6 +88,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     passes = n_run * n_folds * (8 if cfg.do_tta else 1)
     in_chunk_bytes = int(np.prod(volume.chunks)) * volume.channels * volume.dtype.itemsize
     present = int(occ.sum()) if occ is not None else int(np.prod(volume.chunk_grid.counts))
+    # bytes to read: stored input chunks under a non-empty patch (the whole ROI with skipping off)
+    touched = chunks_touched(grid, nonempty, volume.chunks, volume.chunk_grid.counts)
+    to_read = int((touched & occ).sum()) if occ is not None else int(touched.sum())
     # output chunks that receive predictions: those a non-empty patch touches (upper bound: its footprint)
     out_vox = float(np.prod(volume.shape)) * (n_run / max(grid.n_patches, 1)) if occ is not None else float(
         np.prod(volume.shape))
@@ -102,7 +105,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         "parts": {"count": cfg.num_parts, "non_empty_per_part": per_part,
                   "imbalance": (max(per_part) / max(1e-9, np.mean(per_part))) if n_run else 1.0},
         "model": {"folds": n_folds, "classes": n_classes, "tta": cfg.do_tta, "passes": passes},
-        "bytes": {"read": present * in_chunk_bytes, "blended_logits": int(blended),
+        "bytes": {"read": to_read * in_chunk_bytes, "read_chunks": to_read, "blended_logits": int(blended),
                   "intermediates_estimate": int(blended * (1 + 5 * boundary)),
                   "output": int(out_vox * (1 if n_classes <= 2 else n_classes))},
     }

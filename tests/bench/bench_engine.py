@@ -30,11 +30,11 @@ os.environ.setdefault("nnUNet_results", "/tmp/nnunet")
 from helpers import smooth_volume, write_zarr  # noqa: E402
 
 
-def model_folder(root: Path, patch, features) -> Path:
+def model_folder(root: Path, patch, features, normalization: str = "ZScoreNormalization") -> Path:
     """Written by a child process so that this one stays small (see peak_rss_mb)."""
     code = ("import sys; from vesuvius_inference.nnunet_folder import *; "
-            f"write_model_folder(sys.argv[1], make_plans({tuple(patch)}, {tuple(features)}), make_dataset_json(), "
-            "folds=(0,))")
+            f"write_model_folder(sys.argv[1], make_plans({tuple(patch)}, {tuple(features)}, {normalization!r}), "
+            "make_dataset_json(), folds=(0,))")
     subprocess.run([sys.executable, "-c", code, str(root / "model")], check=True)
     return root / "model"
 

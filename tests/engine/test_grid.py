@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from vesuvius_inference.grid import ChunkGrid, PatchGrid, split_chunks, split_parts
+from vesuvius_inference.grid import ChunkGrid, PatchGrid, chunks_touched, split_chunks, split_parts
 
 
 def nnunet_slicers(shape, patch, step):
@@ -71,3 +71,19 @@ def test_nonempty_patches_vectorised_equals_brute_force():
     cg = ChunkGrid(g.shape, chunks)
     brute = [any(occ[c] for c in cg.touching(*g.region(i))) for i in range(g.n_patches)]
     assert nonempty_patches(g, occ, chunks).tolist() == brute
+
+
+@pytest.mark.parametrize("origin,shape", [((0, 0, 0), (50, 70, 90)), ((5, 13, 21), (30, 40, 33)),
+                                          ((0, 0, 0), (20, 30, 30))])
+def test_chunks_touched_equals_brute_force(origin, shape):
+    vol, chunks = (60, 90, 120), (16, 16, 32)
+    grid = PatchGrid(shape, (24, 32, 32), 0.5, origin=origin)
+    cgrid = ChunkGrid(vol, chunks)
+    rng = np.random.default_rng(sum(shape))
+    sel = rng.random(grid.n_patches) < 0.3
+    expect = np.zeros(cgrid.counts, bool)
+    for i in np.flatnonzero(sel):
+        for idx in cgrid.touching(*grid.region(int(i))):
+            expect[idx] = True
+    assert np.array_equal(chunks_touched(grid, sel, chunks, cgrid.counts), expect)
+    assert not chunks_touched(grid, np.zeros(grid.n_patches, bool), chunks, cgrid.counts).any()

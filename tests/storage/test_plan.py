@@ -51,3 +51,22 @@ def test_plan_counts_match_predict(tmp_path, model2):
     assert seen == p["parts"]["non_empty_per_part"]
     assert p["grid"]["skipped_empty"] > 0
     assert np.isclose(p["parts"]["imbalance"], max(seen) / np.mean(seen))
+
+
+def test_plan_bytes_to_read_are_the_chunks_predict_fetches(tmp_path, model_factory):
+    """With a --bbox, only stored chunks under non-empty patches of the ROI are read (CT model: no stats pass)."""
+    model = model_factory(normalization="CTNormalization")
+    data = smooth_volume((64, 128, 128), seed=8)
+    data[:, 96:] = 0
+    inp = write_zarr(tmp_path / "in.zarr", data, chunks=(16, 32, 32))
+    whole = plan("--input", inp, "--model", model)
+    bbox = "8:40,20:120,0:60"
+    roi = plan("--input", inp, "--model", model, "--bbox", bbox)
+    assert 0 < roi["bytes"]["read_chunks"] < whole["bytes"]["read_chunks"] <= whole["input"]["stored_chunks"]
+    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "predict", "--model_path", str(model),
+                        "--input_dir", inp, "--output_dir", str(tmp_path / "parts"), "--bbox", bbox,
+                        "--device", "cpu", "--disable_tta", "--quiet"])
+    assert r.returncode == 0
+    m = json.loads((tmp_path / "parts" / "part_00000.json").read_text())
+    assert m["input_chunks_fetched"] == roi["bytes"]["read_chunks"]
+    assert roi["bytes"]["read"] == roi["bytes"]["read_chunks"] * 16 * 32 * 32

@@ -1,0 +1,54 @@
+"""Transient S3 errors (503 SlowDown) are retried with backoff and change nothing; a permanent
+one (403 on every write) fails the stage with one line and exit 3. Faults come from a proxy in
+front of moto, so the client is the real s3fs stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import zarr
+from flaky_proxy import ACCESS_DENIED, SLOW_DOWN, FlakyProxy
+from helpers import smooth_volume, write_zarr
+
+
+def cli(*args, endpoint):
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=600)
+
+
+def test_slow_down_is_retried_and_gives_the_same_bytes(s3, s3_server, model2):
+    inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 64, 64), seed=4), chunks=(16, 32, 32))
+    common = ["--input", inp, "--model", model2, "--parts-per-gpu", "2", "--disable-tta", "--quiet"]
+    r = cli("pipeline", *common, "--output", f"{s3}/direct.zarr", endpoint=s3_server)
+    assert r.returncode == 0, r.stderr
+    # every 3rd request of the run fails once with 503; the retry (a new request) goes through
+    with FlakyProxy(s3_server, lambda method, path, n: SLOW_DOWN if n % 3 == 1 else None) as proxy:
+        r = cli("pipeline", *common, "--output", f"{s3}/flaky.zarr", endpoint=proxy.url)
+    assert r.returncode == 0, r.stderr
+    methods = {m for m, _, _ in proxy.injected}
+    assert len(proxy.injected) > 50 and {"GET", "PUT"} <= methods, (len(proxy.injected), methods)
+    direct = zarr.open_group(f"{s3}/direct.zarr", mode="r")
+    flaky = zarr.open_group(f"{s3}/flaky.zarr", mode="r")
+    assert np.array_equal(direct["0"][:], flaky["0"][:])
+    assert flaky.attrs["vesuvius"]["complete"] is True
+
+
+def test_denied_writes_fail_at_once_with_exit_3(s3, s3_server, model2):
+    inp = write_zarr(f"{s3}/in.zarr", smooth_volume((24, 32, 32), seed=5), chunks=(24, 32, 32))
+
+    def deny_puts(method, path, n):
+        return ACCESS_DENIED if method == "PUT" and "/parts/" in path else None
+
+    with FlakyProxy(s3_server, deny_puts) as proxy:
+        r = cli("predict", "--model_path", model2, "--input_dir", inp, "--output_dir", f"{s3}/parts", "--device",
+                "cpu", "--disable_tta", "--quiet", endpoint=proxy.url)
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr
+    last = [x for x in r.stderr.splitlines() if x.strip()][-1]
+    assert last.startswith("error:") and ("denied" in last.lower() or "permission" in last.lower()), last
+    # a permanent error is not retried: one denied PUT per object at most, a handful in all
+    assert 0 < len(proxy.injected) <= 10, proxy.injected
