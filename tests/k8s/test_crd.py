@@ -19,7 +19,28 @@ def test_crd_is_valid_apiextensions_v1(version):
     kubernetes_validate.validate(crd, version, strict=True)
     v = crd["spec"]["versions"][0]
     assert crd["spec"]["names"]["shortNames"] == ["ij"] and v["subresources"] == {"status": {}}
-    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Parts", "Stage", "Age"]
+    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Parts", "Stage", "Age", "Message"]
+
+
+def _schema_defaults(schema: dict) -> dict:
+    """The object the API server's defaulting makes of an empty spec (objects with default {} recurse)."""
+    out = {}
+    for key, prop in schema.get("properties", {}).items():
+        if prop.get("type") == "object" and "default" in prop:
+            out[key] = {**prop["default"], **_schema_defaults(prop)}
+        elif "default" in prop:
+            out[key] = prop["default"]
+    return out
+
+
+def test_operator_applies_the_same_defaults_as_the_crd():
+    """Objects stored before a default existed reach the operator without it: spec.py fills the same values."""
+    from vesuvius_inference.k8s.spec import DEFAULTS
+
+    crd = load_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    from_crd = _schema_defaults(crd)
+    from_crd["input"] = _schema_defaults(crd["properties"]["input"])  # input has no default of its own
+    assert from_crd == DEFAULTS
 
 
 @pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
@@ -35,12 +56,16 @@ def minimal():
 @pytest.mark.parametrize("mutate,message", [
     (lambda s: s["input"].update(uri="ftp://x/y.zarr"), "uri must start with"),
     (lambda s: s["output"].update(uri="https://x/out.zarr"), "http is read-only"),
+    (lambda s: s.update(workdir="http://x/work"), "http is read-only"),
+    (lambda s: s.update(workdir=s["output"]["uri"]), "workdir must differ"),
+    (lambda s: s.update(inference={"bbox": "0:10,0:10"}), "does not match"),
+    (lambda s: s.update(retry={"nonRetryableExitCodes": [0]}), "less than the minimum"),
     (lambda s: s["output"].update(uri=s["input"]["uri"]), "output.uri must differ from input.uri"),
     (lambda s: s.update(parts=0), "less than the minimum"),
     (lambda s: s.update(parts=100001), "greater than the maximum"),
     (lambda s: s.update(parts=4, parallelism=8), "parallelism must not exceed parts"),
     (lambda s: s.update(mode="semantic"), "is not one of"),
-    (lambda s: s.update(inference={"overlap": 1.5}), "greater than the maximum"),
+    (lambda s: s.update(inference={"overlap": 1.5}), "greater than"),
     (lambda s: s.pop("model"), "'model' is a required property"),
 ])
 def test_bad_specs_are_rejected(mutate, message):
@@ -60,4 +85,7 @@ def test_spec_is_immutable_except_suspend_parallelism_and_retry():
                    lambda s: s.update(inference={"overlap": 0.25}), lambda s: s.update(workdir="s3://scratch/w")):
         bad = copy.deepcopy(old)
         change(bad["spec"])
-        assert any("immutable" in e for e in validate(bad, old))
+        assert any("immutable" in e or "cannot be added to or removed" in e for e in validate(bad, old)), change
+    lowered = copy.deepcopy(new)
+    lowered["spec"]["retryFailedParts"] = 0
+    assert any("can only increase" in e for e in validate(lowered, new))

@@ -102,3 +102,30 @@ def test_ranges_are_compact_for_100000_parts():
     assert format_ranges([]) == "" and parse_ranges("") == set()
     with pytest.raises(ValueError):
         parse_ranges("5-3")
+
+
+def test_stage_scheduling_adds_to_the_spec_wide_settings():
+    s = sample("full.yaml")
+    d = manifests.OperatorDefaults(gpu_node_selector={"operator-default": "gpu"})
+    pred, blend, fin = (j["spec"]["template"]["spec"] for j in (manifests.predict_job("ij", "ns", "u", s, d),
+                                                                 manifests.blend_job("ij", "ns", "u", s, d),
+                                                                 manifests.finalize_job("ij", "ns", "u", s, d)))
+    region = {"topology.kubernetes.io/region": "us-east-1"}
+    assert pred["nodeSelector"] == {**region, "nvidia.com/gpu.present": "true"}
+    assert blend["nodeSelector"] == {**region, "node.kubernetes.io/instance-type": "c7i.4xlarge"}
+    assert fin["nodeSelector"] == region  # the spec's own selector replaces the operator's GPU default
+    spot = s["tolerations"][0]
+    assert pred["tolerations"] == [spot, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert blend["tolerations"] == [spot, {"key": "batch", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"}]
+    assert fin["tolerations"] == [spot]
+    # a spec without scheduling: the operator's GPU defaults on predict only
+    m = sample("minimal.yaml")
+    mp = manifests.predict_job("ij", "ns", "u", m, d)["spec"]["template"]["spec"]
+    mb = manifests.blend_job("ij", "ns", "u", m, d)["spec"]["template"]["spec"]
+    assert mp["nodeSelector"] == {"operator-default": "gpu"} and mp["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nodeSelector" not in mb and "tolerations" not in mb
+    # per-stage caches reach the CLI
+    idx = "$(JOB_COMPLETION_INDEX)"
+    bargs = blend_parser().parse_args([a.replace(idx, "0") for a in manifests.blend_args(s)[1:]])
+    fargs = finalize_parser().parse_args([a.replace(idx, "0") for a in manifests.finalize_args(s)[1:]])
+    assert (bargs.cache_gb, fargs.cache_gb) == (8.0, 4.0)

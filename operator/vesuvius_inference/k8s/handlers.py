@@ -77,12 +77,26 @@ def child_jobs(batch: Any, namespace: str, name: str) -> ChildJobs:
     return out
 
 
+def _quantities_as_strings(job: dict[str, Any]) -> dict[str, Any]:
+    """kubernetes-client 37 validates bodies with pydantic and refuses integer quantities such as
+    ``{"nvidia.com/gpu": 1}`` or ``{"cpu": 4}`` (the API server takes them): send them as strings."""
+    import copy
+
+    job = copy.deepcopy(job)
+    for c in job["spec"]["template"]["spec"].get("containers") or []:
+        res = c.get("resources") or {}
+        for key in ("requests", "limits"):
+            if res.get(key):
+                res[key] = {q: str(v) for q, v in res[key].items()}
+    return job
+
+
 def _create(batch: Any, namespace: str, job: dict[str, Any]) -> bool:
     """Create a Job; True if created, False if it already existed (409: a repeated event)."""
     import kubernetes
 
     try:
-        batch.create_namespaced_job(namespace, job)
+        batch.create_namespaced_job(namespace, _quantities_as_strings(job))
         return True
     except kubernetes.client.ApiException as e:
         if e.status == 409:
@@ -155,8 +169,8 @@ def reconcile(namespace: str, name: str, body: dict[str, Any] | None = None) -> 
     for st in ("blend", "finalize"):
         if getattr(jobs, st) is not None:
             status["jobs"][st] = manifests.job_name(name, st)
-    for j, _ in jobs.retries:
-        status["jobs"][j["metadata"]["name"].rsplit("-", 1)[-1]] = j["metadata"]["name"]
+    if jobs.retries:
+        status["jobs"]["retries"] = [j["metadata"]["name"] for j, _ in jobs.retries]
     status["retryAttempt"] = len(jobs.retries)
     if status["phase"] != prev.get("phase"):
         message = status["message"]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import __version__
 from .ranges import format_ranges
 from .spec import JobSpec
 
@@ -18,13 +19,15 @@ LABEL_STAGE = "vesuvius.dev/stage"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 MODEL_CACHE = "/var/cache/vesuvius"
 INDEX = "$(JOB_COMPLETION_INDEX)"
+# One version for package, images and chart: the worker image the operator runs by default.
+WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
     """What the operator fills in when a spec leaves it out (Helm values)."""
 
-    image: str = "ghcr.io/scrollprize/vesuvius-inference-worker:0.1.0"
+    image: str = WORKER_IMAGE
     image_pull_policy: str = "IfNotPresent"
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
@@ -70,13 +73,13 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
 def blend_args(spec: JobSpec) -> list[str]:
     n = int(spec["blend"]["parallelism"])
     return ["blend", parts_dir(spec), blended_uri(spec), "--num_parts", str(n), "--part_id",
-            INDEX if n > 1 else "0", "--quiet"]
+            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--quiet"]
 
 
 def finalize_args(spec: JobSpec) -> list[str]:
     n = int(spec["finalize"]["parallelism"])
     args = ["finalize", blended_uri(spec), spec["output"]["uri"], "--mode", spec["mode"], "--num_parts", str(n),
-            "--part_id", INDEX if n > 1 else "0", "--quiet"]
+            "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]), "--quiet"]
     if spec["threshold"]:
         args.append("--threshold")
     if not spec["keepIntermediates"]:
@@ -127,12 +130,15 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}],
     }
-    node_selector = spec.get("nodeSelector") or (defaults.gpu_node_selector if gpu else None)
+    stage_spec = spec.get(stage) or {}
+    node_selector = dict(spec.get("nodeSelector") or (defaults.gpu_node_selector if gpu else {}))
+    node_selector.update(stage_spec.get("nodeSelector") or {})
     if node_selector:
-        pod["nodeSelector"] = dict(node_selector)
-    tolerations = spec.get("tolerations") or (defaults.gpu_tolerations if gpu else None)
+        pod["nodeSelector"] = node_selector
+    tolerations = list(spec.get("tolerations") or (defaults.gpu_tolerations if gpu else []))
+    tolerations += [t for t in stage_spec.get("tolerations") or [] if t not in tolerations]
     if tolerations:
-        pod["tolerations"] = list(tolerations)
+        pod["tolerations"] = tolerations
     for key in ("priorityClassName", "serviceAccountName"):
         if spec.get(key):
             pod[key] = spec[key]

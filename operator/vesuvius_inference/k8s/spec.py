@@ -13,7 +13,7 @@ DEFAULTS: dict[str, Any] = {
     "inference": {"overlap": 0.5, "batchSize": 1, "tta": True, "skipEmptyPatches": True, "cacheGb": 4,
                   "device": "cuda"},
     "input": {"level": 0},
-    "blend": {"parallelism": 1}, "finalize": {"parallelism": 1}, "predict": {"gpus": 1},
+    "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {"gpus": 1},
     "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3]},
     "storage": {"anonymousInput": False},
 }
@@ -75,6 +75,9 @@ def validate(spec: JobSpec) -> list[str]:
             errors.append(f"{path} is required")
         elif not uri.startswith(URI_SCHEMES + (("hf://",) if path == "model.uri" else ())):
             errors.append(f"{path} {uri!r} has no known scheme (s3://, gs://, http(s)://, file:// or /)")
+    for path, uri in (("output.uri", spec["output"]["uri"]), ("workdir", spec.workdir)):
+        if uri.startswith(("http://", "https://")):
+            errors.append(f"{path} {uri!r} is read-only over http(s): use s3://, gs://, file:// or /")
     if errors:
         return errors
     out, work = spec["output"]["uri"].rstrip("/"), spec.workdir
