@@ -45,6 +45,7 @@ def test_predict_job_shape_and_cli_contract():
     pod = js["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Never" and c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["automountServiceAccountToken"] is False
     assert c["envFrom"] == [{"secretRef": {"name": "scroll-s3-credentials"}}]
     assert not any("SECRET" in e["name"] for e in c["env"])  # credentials only through the Secret
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"

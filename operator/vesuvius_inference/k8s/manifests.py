@@ -127,6 +127,7 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
         container["envFrom"] = env_from
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # workers never call the Kubernetes API
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}],
     }

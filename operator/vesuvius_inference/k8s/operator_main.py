@@ -15,6 +15,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", action="store_true", default=True,
                    help="no peering (one replica, Recreate strategy); the default")
     p.add_argument("--peering", dest="standalone", action="store_false", help="use kopf peering")
+    p.add_argument("--cluster-discovery", action="store_true",
+                   help="let kopf watch CRDs (and Namespaces) for changes at runtime; needs cluster-scoped list/watch "
+                        "(the chart's rbac.clusterDiscovery). Off: no cluster-scoped permission is used")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' = off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -28,6 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import kopf
 
     from . import handlers  # noqa: F401 - registers the handlers
+
+    @kopf.on.startup()
+    def _scope(settings: kopf.OperatorSettings, **_: object) -> None:
+        # Without scanning kopf still discovers resources once through /apis (allowed to everyone);
+        # it only stops watching CRDs and Namespaces, which would need cluster-scoped RBAC.
+        settings.scanning.disabled = not args.cluster_discovery
 
     kopf.run(standalone=args.standalone, namespaces=args.namespace or None, clusterwide=args.all_namespaces,
              liveness_endpoint=args.liveness or None)

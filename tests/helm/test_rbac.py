@@ -1,0 +1,310 @@
+"""RBAC: the chart grants exactly what the operator uses, derived from its code and kopf's registry.
+
+Two sources, unioned:
+1. The operator's own calls: operator/vesuvius_inference/k8s/*.py is scanned (AST) for kubernetes
+   client method calls; each must be in CLIENT_CALLS / CUSTOM_CALLS (an unmapped call fails the test,
+   so a new API call cannot slip past without a matching rule in the chart).
+2. kopf's own requests, derived from the handlers registered in kopf's registry plus what kopf does
+   regardless of handlers (verified against kopf's source in test_kopf_assumptions):
+   - every watched resource (on.create/resume/update/event/...): list + watch
+     (kopf/_cogs/clients/watching.py continuous_watch -> fetching.fetch_objs + watch_objs);
+   - resources with state-keeping handlers (on.create/update/resume, daemons, timers): patch, for the
+     progress and diff-base annotations (kopf/_cogs/clients/patching.py patch_obj; the operator uses
+     AnnotationsProgressStorage/AnnotationsDiffBaseStorage, so kopf never writes /status itself);
+   - core v1 events: create (kopf/_core/engines/posting.py poster -> kopf/_cogs/clients/events.py);
+   - cluster-scoped: customresourcedefinitions list + watch (kopf/_core/reactor/observation.py
+     resource_observer), namespaces list + watch only when serving named namespaces
+     (observation.namespace_observer skips them with clusterwide=True). Both only when scanning is
+     on: the operator disables kopf's scanning unless --cluster-discovery (the chart's
+     rbac.clusterDiscovery, default off) is given.
+   Discovery (/api, /apis) is allowed to every authenticated user (system:discovery), and peering
+   resources are not used in --standalone mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helm.helmtool import REPO
+from helm.scenarios import NAMESPACE, SCENARIOS, by_kind, get, watched_namespaces
+
+K8S_DIR = REPO / "operator" / "vesuvius_inference" / "k8s"
+Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+# kubernetes client methods -> the rule they need.
+CLIENT_CALLS: dict[str, Rule] = {
+    "list_namespaced_job": ("batch", "jobs", "list"),
+    "read_namespaced_job": ("batch", "jobs", "get"),
+    "create_namespaced_job": ("batch", "jobs", "create"),
+    "patch_namespaced_job": ("batch", "jobs", "patch"),
+    "delete_namespaced_job": ("batch", "jobs", "delete"),
+    "list_namespaced_pod": ("", "pods", "list"),
+    "read_namespaced_pod": ("", "pods", "get"),
+    "read_namespaced_pod_log": ("", "pods/log", "get"),
+    "create_namespaced_event": ("", "events", "create"),
+}
+# CustomObjectsApi methods: (subresource suffix, verb); group and plural come from the call's arguments.
+CUSTOM_CALLS: dict[str, tuple[str, str]] = {
+    "get_namespaced_custom_object": ("", "get"),
+    "list_namespaced_custom_object": ("", "list"),
+    "create_namespaced_custom_object": ("", "create"),
+    "patch_namespaced_custom_object": ("", "patch"),
+    "delete_namespaced_custom_object": ("", "delete"),
+    "get_namespaced_custom_object_status": ("/status", "get"),
+    "patch_namespaced_custom_object_status": ("/status", "patch"),
+    "replace_namespaced_custom_object_status": ("/status", "update"),
+}
+CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+
+
+@functools.cache
+def _client_method_names() -> frozenset[str]:
+    """Every public method of the kubernetes client's API classes (CoreV1Api, BatchV1Api, ...)."""
+    import kubernetes.client
+
+    names = {"call_api"}  # ApiClient.call_api: a raw request would bypass the table
+    for attr in [a for a in dir(kubernetes.client) if a.endswith("Api")]:  # getattr loads lazily: filter first
+        cls = getattr(kubernetes.client, attr)
+        if inspect.isclass(cls):
+            names |= {m for m in dir(cls) if not m.startswith("_")}
+    return frozenset(names)
+
+
+def _module_constants(tree: ast.Module) -> dict[str, Any]:
+    consts: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            pairs = (zip(target.elts, value.elts) if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple)
+                     else [(target, value)])
+            for t, v in pairs:
+                if isinstance(t, ast.Name) and isinstance(v, ast.Constant):
+                    consts[t.id] = v.value
+    return consts
+
+
+def scan_source(source: str, filename: str = "<src>", methods: frozenset[str] | None = None) -> set[Rule]:
+    """Rules needed by the kubernetes client calls in ``source``; AssertionError on an unmapped call."""
+    methods = methods if methods is not None else _client_method_names()
+    tree = ast.parse(source, filename)
+    consts = _module_constants(tree)
+    rules: set[Rule] = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        name = node.func.attr.removesuffix("_with_http_info")
+        if name not in methods:
+            continue
+        where = f"{filename}:{node.lineno} {node.func.attr}()"
+        if name in CLIENT_CALLS:
+            rules.add(CLIENT_CALLS[name])
+        elif name in CUSTOM_CALLS:
+            def arg(pos: int, kw: str, node: ast.Call = node, where: str = where) -> str:
+                expr = next((k.value for k in node.keywords if k.arg == kw), None)
+                if expr is None and len(node.args) > pos:
+                    expr = node.args[pos]
+                if isinstance(expr, ast.Constant):
+                    return expr.value
+                if isinstance(expr, ast.Name) and expr.id in consts:
+                    return consts[expr.id]
+                raise AssertionError(f"{where}: cannot resolve its `{kw}` argument statically")
+            suffix, verb = CUSTOM_CALLS[name]
+            rules.add((arg(0, "group"), arg(3, "plural") + suffix, verb))
+        else:
+            raise AssertionError(f"{where}: kubernetes client call not in the RBAC table of tests/helm/test_rbac.py; "
+                                 "add it there and grant the rule in the chart (templates/_helpers.tpl)")
+    return rules
+
+
+def operator_code_rules() -> set[Rule]:
+    files = sorted(K8S_DIR.glob("*.py"))
+    assert files, K8S_DIR
+    methods = _client_method_names()
+    rules: set[Rule] = set()
+    for path in files:
+        rules |= scan_source(path.read_text(), str(path.relative_to(REPO)), methods)
+    return rules
+
+
+def _crd_names() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "crds" / "inferencejob.yaml").read_text())["spec"]
+
+
+def _resource(selector: Any) -> tuple[str, str]:
+    """(apiGroup, plural) of a kopf selector."""
+    assert selector.group is not None, f"{selector}: give handlers an explicit API group"
+    name = selector.plural or selector.any_name or selector.kind
+    crd = _crd_names()
+    if selector.group == crd["group"]:
+        names = crd["names"]
+        aliases = {names["kind"], names["singular"], names["plural"], *names.get("shortNames", [])}
+        assert name in aliases, selector
+        name = names["plural"]
+    assert isinstance(name, str) and name.islower(), f"{selector}: expected a resource plural, got {name!r}"
+    return selector.group, name
+
+
+def kopf_rules(all_namespaces: bool) -> tuple[set[Rule], set[Rule]]:
+    """(namespaced rules, cluster-scoped rules) kopf needs to serve the operator's handlers."""
+    import kopf
+    import vesuvius_inference.k8s.handlers  # noqa: F401 - registers the handlers
+    from kopf._cogs.structs import references
+
+    registry = kopf.get_default_registry()
+
+    def selectors(*kinds: Any) -> set[Any]:  # the operator's handlers only (not ones a test may register)
+        return {h.selector for reg in kinds for h in reg.get_all_handlers()
+                if h.selector is not None and h.fn.__module__.startswith("vesuvius_inference.")}
+
+    watched = selectors(registry._changing, registry._watching, registry._spawning, registry._indexing)
+    stateful = selectors(registry._changing, registry._spawning)
+    assert watched, "no kopf handlers registered by vesuvius_inference.k8s.handlers"
+    assert not selectors(registry._webhooks), "admission webhooks need more RBAC than the chart grants"
+    namespaced: set[Rule] = set()
+    for sel in watched:
+        group, plural = _resource(sel)
+        namespaced |= {(group, plural, "list"), (group, plural, "watch")}
+    for sel in stateful:
+        group, plural = _resource(sel)
+        namespaced.add((group, plural, "patch"))
+    namespaced.add((references.EVENTS.group, references.EVENTS.any_name, "create"))
+    cluster = {(references.CRDS.group, references.CRDS.any_name, v) for v in ("list", "watch")}
+    if not all_namespaces:
+        cluster |= {(references.NAMESPACES.group, references.NAMESPACES.any_name, v) for v in ("list", "watch")}
+    return namespaced, cluster
+
+
+def rules_of(role: dict[str, Any]) -> set[Rule]:
+    out: set[Rule] = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {role['kind']}/{role['metadata']['name']}: {rule}"
+        out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+# ---- the sources of truth -----------------------------------------------------------------------
+
+def test_operator_code_calls_are_found():
+    rules = operator_code_rules()
+    # what handlers.py does today; a change here is fine as long as the chart follows (the tests below)
+    assert rules == {
+        ("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
+        ("", "pods", "list"),
+        ("vesuvius.dev", "inferencejobs", "get"), ("vesuvius.dev", "inferencejobs/status", "patch"),
+    }
+
+
+def test_scanner_rejects_unmapped_and_unresolvable_calls():
+    with pytest.raises(AssertionError, match="delete_collection_namespaced_job"):
+        scan_source("def f(batch):\n    batch.delete_collection_namespaced_job('ns')\n")
+    with pytest.raises(AssertionError, match="read_namespaced_secret"):
+        scan_source("def f(core):\n    core.read_namespaced_secret('s', 'ns')\n")
+    with pytest.raises(AssertionError, match="cannot resolve"):
+        scan_source("def f(c, g):\n    c.get_namespaced_custom_object(g, 'v1', 'ns', 'things', 'x')\n")
+    assert scan_source("G, P = 'x.io', 'things'\ndef f(c):\n    c.patch_namespaced_custom_object_status("
+                       "G, 'v1', 'ns', P, 'n', {})\n    c.list_namespaced_job_with_http_info('ns')\n") == {
+        ("x.io", "things/status", "patch"), ("batch", "jobs", "list")}
+
+
+def test_kopf_assumptions():
+    """The kopf behaviour the rules above rely on (kopf's source, so an upgrade that changes it fails here)."""
+    import kopf
+    from kopf._cogs.structs import references
+    from kopf._core.engines import peering, posting
+    from kopf._core.reactor import observation
+    from vesuvius_inference.k8s import handlers
+
+    assert (references.EVENTS.group, references.EVENTS.version, references.EVENTS.any_name) == ("", "v1", "events")
+    assert "references.EVENTS" in inspect.getsource(posting.poster)
+    ns_observer = inspect.getsource(observation.namespace_observer)
+    assert "references.NAMESPACES" in ns_observer and "not clusterwide" in ns_observer
+    assert "references.CRDS" in inspect.getsource(observation.resource_observer)
+    settings = kopf.OperatorSettings()
+    settings.peering.standalone = True
+    assert list(peering.guess_selectors(settings=settings)) == []
+    # the operator keeps kopf's state in annotations: kopf patches the object, never its /status
+    handlers._configure(settings=settings)
+    assert type(settings.persistence.progress_storage) is kopf.AnnotationsProgressStorage
+    assert type(settings.persistence.diffbase_storage) is kopf.AnnotationsDiffBaseStorage
+
+
+# ---- the rendered RBAC ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rendered(helm):
+    return {name: helm.template(values) for name, values in SCENARIOS.items()}
+
+
+def _sa(objs: list[dict[str, Any]]) -> dict[str, str]:
+    pod = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]
+    return {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NAMESPACE}
+
+
+@pytest.mark.parametrize("scenario", [s for s, v in SCENARIOS.items() if get(v, "rbac.create", True)])
+def test_rbac_grants_exactly_what_is_used(rendered, scenario):
+    values, objs = SCENARIOS[scenario], rendered[scenario]
+    all_ns = bool(values.get("allNamespaces"))
+    discovery = get(values, "rbac.clusterDiscovery", False)
+    kopf_namespaced, kopf_cluster = kopf_rules(all_ns)
+    namespaced = operator_code_rules() | kopf_namespaced
+    assert not {(g, r) for g, r, _ in namespaced} & CLUSTER_SCOPED
+    assert kopf_cluster <= {(g, r, v) for g, r in CLUSTER_SCOPED for v in ("list", "watch")}
+    roles, role_bindings = by_kind(objs, "Role"), by_kind(objs, "RoleBinding")
+    cluster_roles, cluster_bindings = by_kind(objs, "ClusterRole"), by_kind(objs, "ClusterRoleBinding")
+    sa = _sa(objs)
+
+    if all_ns:
+        assert not roles and not role_bindings
+        assert len(cluster_roles) == len(cluster_bindings) == 1
+        granted = rules_of(cluster_roles[0])
+        expected = namespaced | (kopf_cluster if discovery else set())
+        assert granted == expected, f"missing {sorted(expected - granted)}, extra {sorted(granted - expected)}"
+    else:
+        namespaces = watched_namespaces(values)
+        assert sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces)
+        assert sorted(b["metadata"]["namespace"] for b in role_bindings) == sorted(namespaces)
+        for role in roles:
+            granted = rules_of(role)
+            assert granted == namespaced, f"missing {sorted(namespaced - granted)}, extra {sorted(granted - namespaced)}"
+        for binding in role_bindings:
+            ns = binding["metadata"]["namespace"]
+            role = next(r for r in roles if r["metadata"]["namespace"] == ns)
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                          "name": role["metadata"]["name"]}
+            assert binding["subjects"] == [sa]
+        # nothing namespaced is granted cluster-wide; only kopf's cluster-scoped reads, if enabled
+        assert len(cluster_roles) == len(cluster_bindings) == (1 if discovery else 0)
+        for cluster_role in cluster_roles:
+            granted = rules_of(cluster_role)
+            assert {(g, r) for g, r, _ in granted} <= CLUSTER_SCOPED
+            assert granted == kopf_cluster
+    for binding in cluster_bindings:
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                      "name": cluster_roles[0]["metadata"]["name"]}
+        assert binding["subjects"] == [sa]
+        assert NAMESPACE in binding["metadata"]["name"], "cluster-wide names carry the release namespace"
+
+
+def test_rbac_can_be_left_to_the_user(rendered):
+    objs = rendered["external-rbac"]
+    assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+                                                  "ServiceAccount")]
+    assert _sa(objs)["name"] == "ops-vesuvius"
+
+
+def test_rbac_comments_name_every_rule():
+    """Each rule in the template carries a comment saying who needs it."""
+    text = Path(REPO / "charts" / "vesuvius-inference" / "templates" / "_helpers.tpl").read_text()
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip().startswith("- apiGroups:"):
+            assert lines[i - 1].lstrip().startswith("#"), f"rule without a comment at _helpers.tpl:{i + 1}"
