@@ -80,6 +80,20 @@ def fetched_input_bytes(url: str, s3: str, prefix: str, args: list[str]) -> tupl
     return sum(sizes[k] for k in keys), sum(sizes.values()), len(keys)
 
 
+def model_rss_mb(model: Path, patch: tuple[int, int, int]) -> float:
+    """Peak RSS of "the model" alone: torch + nnU-Net imported, weights loaded, one forward pass on a
+    patch. The issue's bound is on what a stage adds to this (caches, buffers), not on torch itself."""
+    code = ("import sys, torch\n"
+            "from vesuvius_inference.model import load_model\n"
+            "m = load_model(sys.argv[1], None)\n"
+            f"x = torch.zeros((1, m.num_input_channels, {', '.join(map(str, patch))}))\n"
+            "with torch.no_grad():\n"
+            "    [net(x) for net in m.networks]\n"
+            "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n")
+    out = subprocess.run([sys.executable, "-c", code, str(model)], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="peak RSS on a 0.5 GB volume instead of 4.3 GB")
@@ -119,8 +133,11 @@ def main() -> None:
     from vesuvius_inference.storage import tree_bytes
 
     inter, blended = tree_bytes("s3://bench/bw/parts"), tree_bytes("s3://bench/bw/b.zarr")
+    base = model_rss_mb(model, (64, 64, 64))
     print(f"volume {big} uint8 = {np.prod(big) / 1e9:.1f} GB (mostly absent chunks): peak RSS "
           + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()) + f"; intermediates/blended = {inter / blended:.2f}")
+    print(f"the model alone (torch, nnU-Net, weights, one forward pass): {base:.0f} MB; predict adds "
+          f"{rss['predict'] - base:.0f} MB at --cache_gb 1 (bound: 1024 MB)")
     server.stop()
 
 
