@@ -261,6 +261,7 @@ class BlendConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        storage.require_writable(self.output, "OUTPUT")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise BadArguments(f"--part_id {self.part_id} is out of range for --num_parts {self.num_parts}")
         if abs(self.sigma_scale - 8.0) > 1e-9:

@@ -95,6 +95,7 @@ class FinalizeConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        storage.require_writable(self.output_path, "OUTPUT")
         if self.mode not in MODES:
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:

@@ -147,6 +147,8 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         raise BadArguments(f"--parts-per-gpu must be >= 1, got {cfg.parts_per_gpu}")
     if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
         raise BadArguments("--output must differ from --input")
+    storage.require_writable(cfg.output, "--output")
+    storage.require_writable(cfg.work, "--workdir")
     so = cfg.storage_options
     volume = open_volume(cfg.input, cfg.level, so)
     nvox = int(volume.channels) * int(volume.shape[0]) * int(volume.shape[1]) * int(volume.shape[2])

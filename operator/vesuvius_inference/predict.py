@@ -67,6 +67,7 @@ class PredictConfig:
         return {**self.storage_options, "anon": True} if self.input_anon else self.storage_options
 
     def validate(self) -> None:
+        storage.require_writable(self.output_dir, "--output_dir")
         if self.num_parts < 1:
             raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
         if not 0 <= self.part_id < self.num_parts:

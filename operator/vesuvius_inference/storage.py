@@ -20,6 +20,15 @@ from .errors import BadArguments, BadInput
 ENV_STORAGE_OPTIONS = "VESUVIUS_STORAGE_OPTIONS"
 
 
+READ_ONLY_SCHEMES = ("http://", "https://")
+
+
+def require_writable(url: str, flag: str) -> None:
+    """Refuse an output on a read-only scheme before any work is done."""
+    if str(url).lower().startswith(READ_ONLY_SCHEMES):
+        raise BadArguments(f"{flag} {url}: http(s) is read-only; write to a local path, file://, s3:// or gs://")
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any]:
     """Options for fsspec (endpoint, region, anon, ...): the env default updated by ``text``."""
     opts: dict[str, Any] = {}
