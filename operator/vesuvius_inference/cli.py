@@ -117,6 +117,8 @@ def finalize_parser() -> _Parser:
     p.opt("--mode", choices=["binary", "multiclass"], default="binary")
     p.opt("--threshold", action="store_true", help="class ids (mask / argmax) instead of probabilities")
     p.opt("--delete_intermediates", action="store_true", help="remove INPUT once the output is complete")
+    p.opt("--also_delete", action="append", default=[], metavar="URL",
+          help="with --delete_intermediates, also remove URL (e.g. the predict parts) once the output is complete")
     p.opt("--cache_gb", type=float, default=4.0)
     p.opt("--num_parts", type=int, default=1)
     p.opt("--part_id", type=int, default=0)
@@ -222,7 +224,8 @@ def _cmd_finalize(args: argparse.Namespace) -> None:
     from .finalize import FinalizeConfig, run_finalize
 
     run_finalize(FinalizeConfig(args.input, args.output, mode=args.mode, threshold=args.threshold,
-                                delete_intermediates=args.delete_intermediates, cache_gb=args.cache_gb,
+                                delete_intermediates=args.delete_intermediates, also_delete=args.also_delete,
+                                cache_gb=args.cache_gb,
                                 num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
                                 quiet=args.quiet, storage_options=_storage(args)))
 

@@ -86,6 +86,7 @@ class FinalizeConfig:
     mode: str = "binary"
     threshold: bool = False
     delete_intermediates: bool = False
+    also_delete: Sequence[str] = ()  # more intermediates (e.g. the predict parts) to remove with INPUT
     cache_gb: float = 4.0
     chunk_size: Sequence[int] | None = None
     num_parts: int = 1
@@ -96,6 +97,12 @@ class FinalizeConfig:
 
     def validate(self) -> None:
         storage.require_writable(self.output_path, "OUTPUT")
+        if self.also_delete and not self.delete_intermediates:
+            raise BadArguments("--also_delete only acts with --delete_intermediates")
+        for url in self.also_delete:
+            out = self.output_path.rstrip("/")
+            if url.rstrip("/") == out or out.startswith(url.rstrip("/") + "/"):
+                raise BadArguments(f"--also_delete {url} would delete the output {self.output_path}")
         if self.mode not in MODES:
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
@@ -162,8 +169,9 @@ def run_finalize(cfg: FinalizeConfig) -> str:
         set_complete(arr)
         grp.attrs.update(dict(ome, vesuvius={"config": config, "complete": True}))
         if cfg.delete_intermediates:
-            storage.remove(cfg.input_path, so)
-            log.info("deleted intermediate %s", cfg.input_path)
+            for url in (cfg.input_path, *cfg.also_delete):
+                storage.remove(url, so)
+                log.info("deleted intermediate %s", url)
 
     mark_part_done(storage.join(cfg.output_path, DATA_PATH), "finalize", cfg.part_id, cfg.num_parts,
                    {"chunks": len(mine)}, so, complete)

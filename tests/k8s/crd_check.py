@@ -56,27 +56,42 @@ def _at(obj: Any, path: tuple) -> Any:
     return obj
 
 
-def validate(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    """Error messages for ``obj`` (an update from ``old`` when given); empty when valid."""
-    import celpy
-    import jsonschema
+class CompiledSchema:
+    """An openAPIV3Schema with its CEL rules compiled once (the API-server emulation validates every write)."""
 
+    def __init__(self, sch: dict[str, Any]) -> None:
+        import celpy
+        import jsonschema
+
+        self.schema = sch
+        self.validator = jsonschema.Draft7Validator(_strip(sch))
+        env = celpy.Environment()
+        self.programs = [(path, rule, message, env.program(env.compile(rule))) for path, rule, message in _rules(sch)]
+
+    def errors(self, obj: dict[str, Any], old: dict[str, Any] | None = None, with_paths: bool = False) -> list[str]:
+        """Messages for an already defaulted ``obj`` (an update from ``old`` when given); empty when valid."""
+        import celpy
+
+        errors = [e.message for e in self.validator.iter_errors({k: v for k, v in obj.items() if k != "status"})]
+        for path, rule, message, program in self.programs:
+            value = _at(obj, path)
+            if value is None:
+                continue
+            transition = "oldSelf" in rule
+            if transition and (old is None or _at(old, path) is None):
+                continue
+            act = {"self": celpy.json_to_cel(value)}
+            if transition:
+                act["oldSelf"] = celpy.json_to_cel(_at(old, path))
+            result = program.evaluate(act)
+            if isinstance(result, Exception) or not bool(result):
+                errors.append(f"{'.'.join(path) or '<root>'}: {message}" if with_paths else message)
+        return errors
+
+
+def validate(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Error messages for ``obj`` (an update from ``old`` when given), after defaulting; empty when valid."""
     sch = schema()
     obj = apply_defaults(sch, copy.deepcopy(obj))
-    errors = [e.message for e in jsonschema.Draft7Validator(_strip(sch)).iter_errors(obj)]
-    env = celpy.Environment()
     old = apply_defaults(sch, copy.deepcopy(old)) if old is not None else None
-    for path, rule, message in _rules(sch):
-        value = _at(obj, path)
-        if value is None:
-            continue
-        transition = "oldSelf" in rule
-        if transition and (old is None or _at(old, path) is None):
-            continue
-        act = {"self": celpy.json_to_cel(value)}
-        if transition:
-            act["oldSelf"] = celpy.json_to_cel(_at(old, path))
-        result = env.program(env.compile(rule)).evaluate(act)
-        if not bool(result) or isinstance(result, Exception):
-            errors.append(message)
-    return errors
+    return CompiledSchema(sch).errors(obj, old)

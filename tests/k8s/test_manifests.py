@@ -44,7 +44,7 @@ def test_predict_job_shape_and_cli_contract():
     assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [2, 3]
     pod = js["template"]["spec"]
     c = pod["containers"][0]
-    assert pod["restartPolicy"] == "Never" and c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["restartPolicy"] == "Never" and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["automountServiceAccountToken"] is False
     assert c["envFrom"] == [{"secretRef": {"name": "scroll-s3-credentials"}}]
     assert not any("SECRET" in e["name"] for e in c["env"])  # credentials only through the Secret
@@ -130,3 +130,19 @@ def test_stage_scheduling_adds_to_the_spec_wide_settings():
     bargs = blend_parser().parse_args([a.replace(idx, "0") for a in manifests.blend_args(s)[1:]])
     fargs = finalize_parser().parse_args([a.replace(idx, "0") for a in manifests.finalize_args(s)[1:]])
     assert (bargs.cache_gb, fargs.cache_gb) == (8.0, 4.0)
+
+
+def test_quantities_are_strings_and_finalize_removes_every_intermediate():
+    """kubernetes-client 37 refuses integer quantities; the workdir is gone after a run unless kept."""
+    s = sample("full.yaml")
+    for job in all_jobs(s):
+        for key, quantities in job["spec"]["template"]["spec"]["containers"][0]["resources"].items():
+            assert all(isinstance(v, str) for v in quantities.values()), (key, quantities)
+    m = sample("minimal.yaml")
+    args = finalize_parser().parse_args(manifests.finalize_args(m)[1:])
+    assert args.delete_intermediates and args.also_delete == [manifests.parts_dir(m)]
+    assert args.input == manifests.blended_uri(m) and {args.input, *args.also_delete} == {
+        m.workdir + "/blended.zarr", m.workdir + "/parts"}
+    kept = specmod.parse(dict(m.raw, keepIntermediates=True))
+    args = finalize_parser().parse_args(manifests.finalize_args(kept)[1:])
+    assert not args.delete_intermediates and not args.also_delete

@@ -77,26 +77,12 @@ def child_jobs(batch: Any, namespace: str, name: str) -> ChildJobs:
     return out
 
 
-def _quantities_as_strings(job: dict[str, Any]) -> dict[str, Any]:
-    """kubernetes-client 37 validates bodies with pydantic and refuses integer quantities such as
-    ``{"nvidia.com/gpu": 1}`` or ``{"cpu": 4}`` (the API server takes them): send them as strings."""
-    import copy
-
-    job = copy.deepcopy(job)
-    for c in job["spec"]["template"]["spec"].get("containers") or []:
-        res = c.get("resources") or {}
-        for key in ("requests", "limits"):
-            if res.get(key):
-                res[key] = {q: str(v) for q, v in res[key].items()}
-    return job
-
-
 def _create(batch: Any, namespace: str, job: dict[str, Any]) -> bool:
     """Create a Job; True if created, False if it already existed (409: a repeated event)."""
     import kubernetes
 
     try:
-        batch.create_namespaced_job(namespace, _quantities_as_strings(job))
+        batch.create_namespaced_job(namespace, job)
         return True
     except kubernetes.client.ApiException as e:
         if e.status == 409:

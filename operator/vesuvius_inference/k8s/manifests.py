@@ -83,7 +83,7 @@ def finalize_args(spec: JobSpec) -> list[str]:
     if spec["threshold"]:
         args.append("--threshold")
     if not spec["keepIntermediates"]:
-        args.append("--delete_intermediates")
+        args += ["--delete_intermediates", "--also_delete", parts_dir(spec)]
     return args
 
 
@@ -105,11 +105,12 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
     queue = spec.get("queueName") or defaults.queue_name
     if queue:
         labels[LABEL_QUEUE] = queue
-    resources = dict((spec.get(stage) or {}).get("resources") or {})
+    # Quantities as strings, as the API server returns them (kubernetes-client 37 refuses integers)
+    resources = {k: {q: str(v) for q, v in (((spec.get(stage) or {}).get("resources") or {}).get(k) or {}).items()}
+                 for k in ("requests", "limits")}
     if gpu and int(spec["predict"]["gpus"]) > 0:
-        limits = dict(resources.get("limits") or {})
-        limits["nvidia.com/gpu"] = int(spec["predict"]["gpus"])
-        resources["limits"] = limits
+        resources["limits"]["nvidia.com/gpu"] = str(int(spec["predict"]["gpus"]))
+    resources = {k: v for k, v in resources.items() if v}
     env, env_from = _env(spec)
     container: dict[str, Any] = {
         "name": stage,

@@ -1,0 +1,549 @@
+"""A test fixture playing kube-controller-manager's Job controller (batch/v1), with local processes as pods.
+
+It polls the API for the Jobs of one namespace and does what the real controller does for the
+features our manifests use:
+
+- starts pods up to ``parallelism``, honouring ``completions``; ``completionMode: Indexed`` gives each
+  pod its index (annotation and label ``batch.kubernetes.io/job-completion-index``, env
+  ``JOB_COMPLETION_INDEX`` through a fieldRef, hostname ``<job>-<index>``);
+- ``backoffLimitPerIndex`` (per-index retries, annotations ``job-index-failure-count`` and
+  ``job-index-ignored-failure-count``), ``maxFailedIndexes``, ``backoffLimit`` for NonIndexed,
+  ``podFailurePolicy`` (Ignore / FailIndex / FailJob / Count on exit codes and pod conditions),
+  ``activeDeadlineSeconds``, ``suspend`` (running pods are deleted and not counted, condition
+  Suspended True/False, ``startTime`` reset);
+- writes the Job status through ``/status`` like the real controller: active, ready, succeeded,
+  failed, terminating, completedIndexes and failedIndexes as range strings ("0-3,5"), conditions
+  SuccessCriteriaMet then Complete, FailureTarget then Failed (reasons FailedIndexes,
+  MaxFailedIndexesExceeded, BackoffLimitExceeded, PodFailurePolicy, DeadlineExceeded),
+  startTime, completionTime;
+- creates Pod objects (``generateName: <job>-<index>-``, label ``job-name``, ownerReference to the Job)
+  and finishes them with a terminated containerStatus (exit code; for
+  ``terminationMessagePolicy: FallbackToLogsOnError`` the last lines of the output as ``message``).
+
+A pod's container runs LOCALLY as a subprocess: the worker image's entrypoint is
+``vesuvius-inference``, so the command is ``[sys.executable, "-m", "vesuvius_inference.cli", *args]``,
+with the container's env (``env`` values and fieldRefs, ``envFrom`` Secrets and ConfigMaps read from
+the API) merged over ``base_env`` (default: this process's environment, which holds the moto S3
+endpoint and credentials), and ``$(VAR)`` references in args and env expanded as the kubelet does.
+The pod's emptyDir volumes (/tmp, /var/cache/vesuvius) become per-pod temporary directories: every
+env value and arg equal to a mount path or below it is rewritten to the pod's directory (so
+``VESUVIUS_MODEL_CACHE_DIR``, ``HOME`` and ``--model_cache_dir /var/cache/vesuvius`` point there).
+
+Test hooks (:meth:`JobController.fail`, :meth:`JobController.preempt`) change what one attempt of one
+index does, here and not in product code: ``fail`` replaces the command with a Python one-liner that
+prints a message and exits with a code; ``preempt`` runs the real command, then marks the pod with a
+``DisruptionTarget`` condition and SIGKILLs it (exit 137), as a preemption does. When a Job is deleted
+(or suspended) its pods' processes are killed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENTRYPOINT = [sys.executable, "-m", "vesuvius_inference.cli"]  # the worker image's ENTRYPOINT
+INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+FAILURES_KEY = "batch.kubernetes.io/job-index-failure-count"
+IGNORED_KEY = "batch.kubernetes.io/job-index-ignored-failure-count"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def format_ranges(indexes: set[int] | list[int]) -> str:
+    """Job-status style ranges: {0,1,2,3,5} -> "0-3,5" (own code: the harness checks the product's)."""
+    items, out, i = sorted(set(indexes)), [], 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        out.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion: defined vars are replaced, $$ is a literal $, others stay."""
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return _REF.sub(sub, text)
+
+
+@dataclass
+class Hook:
+    exit_code: int | None = None
+    message: str = ""
+    preempt_after: float | None = None
+
+
+@dataclass
+class PodRun:
+    job: str
+    index: int | None
+    attempt: int
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    root: Path
+    started: float
+    preempt_at: float | None = None
+    preempted: bool = False
+
+
+@dataclass
+class PodResult:
+    """A finished pod, for assertions."""
+
+    job: str
+    index: int | None
+    attempt: int
+    name: str
+    exit_code: int
+    conditions: list[str]
+    action: str  # what the failure policy made of it: Succeeded, Count, Ignore, FailIndex, FailJob
+    seconds: float
+
+
+@dataclass
+class JobState:
+    name: str
+    uid: str
+    indexed: bool
+    running: dict[int, PodRun] = field(default_factory=dict)  # index (0 for NonIndexed pod slots) -> pod
+    attempts: dict[int, int] = field(default_factory=dict)  # pods started per index
+    index_failures: dict[int, int] = field(default_factory=dict)  # counted failures per index
+    index_ignored: dict[int, int] = field(default_factory=dict)
+    completed: set[int] = field(default_factory=set)
+    failed_indexes: set[int] = field(default_factory=set)
+    succeeded: int = 0
+    failed: int = 0
+    start_time: str | None = None
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    fail_job: tuple[str, str] | None = None  # (reason, message) once the Job is to fail
+    finished: bool = False
+    last_status: dict[str, Any] | None = None
+    started_mono: float | None = None
+
+
+class JobController:
+    """Plays the Job controller for one namespace; use as a context manager (see the module docstring)."""
+
+    def __init__(self, api_client: Any, namespace: str, workdir: Path, base_env: dict[str, str] | None = None,
+                 poll: float = 0.2) -> None:
+        import kubernetes
+
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.workdir = Path(workdir)
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.poll = poll
+        self.jobs: dict[str, JobState] = {}  # by uid
+        self.results: list[PodResult] = []
+        self.pods_started: list[tuple[str, int | None, int]] = []  # (job, index, attempt)
+        self.errors: list[BaseException] = []
+        self._hooks: dict[tuple[str, int | None, int], Hook] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="job-controller", daemon=True)
+
+    # ---- test hooks -----------------------------------------------------------------------------
+
+    def fail(self, job: str, index: int | None, exit_code: int, attempt: int = 0, message: str = "") -> None:
+        """Make ``attempt`` of ``index`` of Job ``job`` print ``message`` and exit with ``exit_code``."""
+        self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message or f"injected exit {exit_code}")
+
+    def preempt(self, job: str, index: int | None, after: float = 1.0, attempt: int = 0) -> None:
+        """Preempt ``attempt`` of ``index`` ``after`` seconds: DisruptionTarget condition, then SIGKILL (137)."""
+        self._hooks[(job, index, attempt)] = Hook(preempt_after=after)
+
+    def results_of(self, job: str) -> list[PodResult]:
+        with self._lock:
+            return [r for r in self.results if r.job == job]
+
+    def running(self) -> list[tuple[str, int | None]]:
+        """(Job, index) of the pods running now (list() copies are atomic under the GIL)."""
+        return [(st.name, i) for st in list(self.jobs.values()) for i in list(st.running)]
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> JobController:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for st in list(self.jobs.values()):
+            for run in list(st.running.values()):
+                self._kill(run)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception as e:  # noqa: BLE001 - reported to the test; keep controlling
+                self.errors.append(e)
+                import traceback
+
+                traceback.print_exc()
+            self._stop.wait(self.poll)
+
+    # ---- one reconcile pass -----------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        items = self.batch.list_namespaced_job(self.namespace).items
+        jobs = {j.metadata.uid: self.batch.api_client.sanitize_for_serialization(j) for j in items}
+        for uid in [u for u in self.jobs if u not in jobs]:  # deleted Jobs: kill their pods' processes
+            st = self.jobs.pop(uid)
+            for run in list(st.running.values()):
+                self._kill(run)
+        for uid, job in jobs.items():
+            st = self.jobs.get(uid)
+            if st is None:
+                st = self.jobs[uid] = JobState(job["metadata"]["name"], uid,
+                                               job["spec"].get("completionMode") == "Indexed")
+            if not st.finished:
+                self._reconcile(st, job)
+
+    def _reconcile(self, st: JobState, job: dict[str, Any]) -> None:
+        spec = job["spec"]
+        completions = int(spec.get("completions") or 1)
+        per_index = spec.get("backoffLimitPerIndex")
+        rules = (spec.get("podFailurePolicy") or {}).get("rules") or []
+        container = spec["template"]["spec"]["containers"][0]["name"]
+        # 1. finished and preempted pods
+        for slot, run in list(st.running.items()):
+            if run.preempt_at is not None and not run.preempted and time.monotonic() >= run.preempt_at \
+                    and run.proc.poll() is None:
+                self._patch_pod_status(run.name, {"conditions": [
+                    {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                     "message": "Preempted in order to admit critical pod", "lastTransitionTime": now_iso()}]})
+                run.preempted = True
+                self._signal(run, signal.SIGKILL)
+            code = run.proc.poll()
+            if code is None:
+                continue
+            del st.running[slot]
+            exit_code = 128 - code if code < 0 else code
+            conditions = ["DisruptionTarget"] if run.preempted else []
+            action, rule = ("Succeeded", -1) if exit_code == 0 else match_rule(rules, container, exit_code, conditions)
+            self._finish_pod(run, exit_code, container, job, conditions)
+            with self._lock:
+                self.results.append(PodResult(st.name, run.index, run.attempt, run.name, exit_code, conditions,
+                                              action, time.monotonic() - run.started))
+            i = run.index if run.index is not None else 0
+            if exit_code == 0:
+                st.succeeded += 1
+                if st.indexed:
+                    st.completed.add(i)
+            elif action == "Ignore":
+                st.index_ignored[i] = st.index_ignored.get(i, 0) + 1
+            else:
+                st.failed += 1
+                if action == "FailJob":
+                    st.fail_job = st.fail_job or ("PodFailurePolicy", f"Container {container} for pod "
+                                                  f"{self.namespace}/{run.name} failed with exit code {exit_code} "
+                                                  f"matching FailJob rule at index {rule}")
+                elif st.indexed and action == "FailIndex":
+                    st.failed_indexes.add(i)
+                elif st.indexed and per_index is not None:
+                    st.index_failures[i] = st.index_failures.get(i, 0) + 1
+                    if st.index_failures[i] > int(per_index):
+                        st.failed_indexes.add(i)
+        # 2. Job-level failure
+        if st.fail_job is None:
+            if st.indexed and spec.get("maxFailedIndexes") is not None and \
+                    len(st.failed_indexes) > int(spec["maxFailedIndexes"]):
+                st.fail_job = ("MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of "
+                                                            "failed indexes")
+            elif (not st.indexed or per_index is None) and st.failed > int(spec.get("backoffLimit", 6)):
+                st.fail_job = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
+            elif spec.get("activeDeadlineSeconds") and st.started_mono is not None and \
+                    time.monotonic() - st.started_mono > int(spec["activeDeadlineSeconds"]):
+                st.fail_job = ("DeadlineExceeded", "Job was active longer than specified deadline")
+        suspended = bool(spec.get("suspend"))
+        if st.fail_job is not None:
+            self._terminate(st, job, "FailureTarget", *st.fail_job)
+            return
+        # 3. success, or every index finished with some failed
+        done = len(st.completed) >= completions if st.indexed else st.succeeded >= completions
+        if st.indexed and not st.running and len(st.completed | st.failed_indexes) >= completions and st.failed_indexes:
+            self._terminate(st, job, "FailureTarget", "FailedIndexes", "Job has failed indexes")
+            return
+        if done:
+            self._terminate(st, job, "SuccessCriteriaMet", "CompletionsReached",
+                            "Reached expected number of succeeded pods")
+            return
+        # 4. suspend / resume
+        if suspended:
+            for run in list(st.running.values()):  # deleted, not counted as failures
+                self._kill(run)
+                self._delete_pod(run.name)
+            st.running.clear()
+            if not self._cond_true(st, "Suspended"):
+                self._set_cond(st, "Suspended", "True", "JobSuspended", "Job suspended")
+                st.start_time, st.started_mono = None, None
+            self._write_status(st, job)
+            return
+        if self._cond_true(st, "Suspended"):
+            self._set_cond(st, "Suspended", "False", "JobResumed", "Job resumed")
+        if st.start_time is None:
+            st.start_time, st.started_mono = now_iso(), time.monotonic()
+        # 5. start pods up to parallelism
+        parallelism = int(spec.get("parallelism") or 1)
+        if st.indexed:
+            pending = [i for i in range(completions)
+                       if i not in st.completed and i not in st.failed_indexes and i not in st.running]
+        else:  # NonIndexed: free pod slots, as many as completions still missing
+            free = max(0, completions - st.succeeded - len(st.running))
+            pending = [s for s in range(parallelism) if s not in st.running][:free]
+        for i in pending:
+            if len(st.running) >= parallelism:
+                break
+            st.running[i] = self._start_pod(st, job, i if st.indexed else None)
+        self._write_status(st, job)
+
+    # ---- status ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _cond_true(st: JobState, kind: str) -> bool:
+        return any(c["type"] == kind and c["status"] == "True" for c in st.conditions)
+
+    @staticmethod
+    def _set_cond(st: JobState, kind: str, status: str, reason: str, message: str) -> None:
+        t = now_iso()
+        for c in st.conditions:
+            if c["type"] == kind:
+                if c["status"] != status:
+                    c["lastTransitionTime"] = t
+                c.update(status=status, reason=reason, message=message, lastProbeTime=t)
+                return
+        st.conditions.append({"type": kind, "status": status, "reason": reason, "message": message,
+                              "lastProbeTime": t, "lastTransitionTime": t})
+
+    def _terminate(self, st: JobState, job: dict[str, Any], interim: str, reason: str, message: str) -> None:
+        """FailureTarget/SuccessCriteriaMet first, then the remaining pods go, then Failed/Complete."""
+        container = job["spec"]["template"]["spec"]["containers"][0]["name"]
+        self._set_cond(st, interim, "True", reason, message)
+        self._write_status(st, job, terminating=len(st.running))
+        for run in list(st.running.values()):
+            self._kill(run)
+            code = run.proc.returncode
+            self._finish_pod(run, 128 - code if code < 0 else code, container, job, [])
+        st.running.clear()
+        final = "Failed" if interim == "FailureTarget" else "Complete"
+        self._set_cond(st, final, "True", reason if final == "Failed" else "", message if final == "Failed" else "")
+        st.finished = True
+        self._write_status(st, job, completion=final == "Complete")
+
+    def _write_status(self, st: JobState, job: dict[str, Any], terminating: int = 0, completion: bool = False) -> None:
+        status: dict[str, Any] = {
+            "active": len(st.running), "ready": len(st.running), "terminating": terminating,
+            "succeeded": st.succeeded, "failed": st.failed, "uncountedTerminatedPods": {},
+            "startTime": st.start_time, "conditions": [dict(c) for c in st.conditions] or None,
+        }
+        if st.indexed:
+            status["completedIndexes"] = format_ranges(st.completed)
+            if (job.get("spec") or {}).get("backoffLimitPerIndex") is not None or st.failed_indexes:
+                status["failedIndexes"] = format_ranges(st.failed_indexes)
+        if completion:
+            status["completionTime"] = now_iso()
+        if status == st.last_status:
+            return
+        st.last_status = status
+        try:
+            self.batch.patch_namespaced_job_status(st.name, self.namespace, {"status": status},
+                                                   _content_type="application/merge-patch+json")
+        except Exception as e:  # noqa: BLE001 - a Job deleted meanwhile
+            if getattr(e, "status", None) != 404:
+                raise
+
+    # ---- pods -----------------------------------------------------------------------------------
+
+    def _start_pod(self, st: JobState, job: dict[str, Any], index: int | None) -> PodRun:
+        key = -1 if index is None else index  # NonIndexed: attempts count every pod of the Job
+        attempt = st.attempts.get(key, 0)
+        st.attempts[key] = attempt + 1
+        tmpl = job["spec"]["template"]
+        pod_spec = dict(tmpl["spec"])
+        labels = dict((tmpl.get("metadata") or {}).get("labels") or {})
+        annotations = dict((tmpl.get("metadata") or {}).get("annotations") or {})
+        containers = [dict(c) for c in pod_spec["containers"]]
+        if index is not None:
+            labels[INDEX_KEY] = annotations[INDEX_KEY] = str(index)
+            pod_spec["hostname"] = f"{st.name}-{index}"
+            if job["spec"].get("backoffLimitPerIndex") is not None:
+                annotations[FAILURES_KEY] = str(st.index_failures.get(index, 0))
+                annotations[IGNORED_KEY] = str(st.index_ignored.get(index, 0))
+            for c in containers:  # the control plane injects the index as an env var through a fieldRef
+                c["env"] = [*(c.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
+                    "fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}}]
+        pod_spec["containers"] = containers
+        prefix = f"{st.name}-{index}-" if index is not None else f"{st.name}-"
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"generateName": prefix, "namespace": self.namespace, "labels": labels,
+                            "annotations": annotations,
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": st.name,
+                                                 "uid": st.uid, "controller": True, "blockOwnerDeletion": True}]},
+               "spec": pod_spec}
+        created = self.core.create_namespaced_pod(self.namespace, pod)
+        name = created.metadata.name
+        root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
+        c = containers[0]
+        env, mounts = self._container_env(c, pod_spec, pod["metadata"] | {"name": name}, root)
+        if c.get("command"):
+            raise NotImplementedError(f"container command {c['command']} is not the worker image's entrypoint")
+        args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
+        hook = self._hooks.pop((st.name, index, attempt), None)
+        cmd = [*ENTRYPOINT, *args]
+        if hook is not None and hook.exit_code is not None:
+            cmd = [sys.executable, "-c", f"import sys; print({hook.message!r}, file=sys.stderr); "
+                                         f"sys.exit({hook.exit_code})"]
+        log = root / "output.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
+                                    start_new_session=True)
+        started = time.monotonic()
+        run = PodRun(st.name, index, attempt, name, proc, log, root, started,
+                     preempt_at=started + hook.preempt_after if hook is not None and hook.preempt_after else None)
+        with self._lock:
+            self.pods_started.append((st.name, index, attempt))
+        t = now_iso()
+        self._patch_pod_status(name, {
+            "phase": "Running", "startTime": t, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+                           {"type": "Ready", "status": "True", "lastTransitionTime": t}],
+            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
+                                   "restartCount": 0, "started": True, "state": {"running": {"startedAt": t}}}]})
+        return run
+
+    def _container_env(self, c: dict[str, Any], pod_spec: dict[str, Any], meta: dict[str, Any],
+                       root: Path) -> tuple[dict[str, str], dict[str, str]]:
+        # emptyDir volumes -> per-pod directories (the pod's /tmp and /var/cache/vesuvius)
+        empty = {v["name"] for v in pod_spec.get("volumes") or [] if "emptyDir" in v}
+        mounts: dict[str, str] = {}
+        for m in c.get("volumeMounts") or []:
+            if m["name"] in empty:
+                host = root / "volumes" / m["name"]
+                host.mkdir(parents=True, exist_ok=True)
+                mounts[m["mountPath"].rstrip("/")] = str(host)
+        env = dict(self.base_env)
+        for src in c.get("envFrom") or []:
+            prefix = src.get("prefix", "")
+            if "secretRef" in src:
+                sec = self.core.read_namespaced_secret(src["secretRef"]["name"], self.namespace)
+                env.update({prefix + k: base64.b64decode(v).decode() for k, v in (sec.data or {}).items()})
+            if "configMapRef" in src:
+                cm = self.core.read_namespaced_config_map(src["configMapRef"]["name"], self.namespace)
+                env.update({prefix + k: v for k, v in (cm.data or {}).items()})
+        for e in c.get("env") or []:
+            if "value" in e:
+                env[e["name"]] = self._remap(expand(e["value"], env), mounts)
+            elif "fieldRef" in (e.get("valueFrom") or {}):
+                env[e["name"]] = field_ref(meta, e["valueFrom"]["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in (e.get("valueFrom") or {}):
+                ref = e["valueFrom"]["secretKeyRef"]
+                sec = self.core.read_namespaced_secret(ref["name"], self.namespace)
+                env[e["name"]] = base64.b64decode((sec.data or {})[ref["key"]]).decode()
+        if "/tmp" in mounts:
+            env["TMPDIR"] = mounts["/tmp"]
+        return env, mounts
+
+    @staticmethod
+    def _remap(value: str, mounts: dict[str, str]) -> str:
+        for path, host in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                return host + value[len(path):]
+        return value
+
+    def _finish_pod(self, run: PodRun, exit_code: int, container: str, job: dict[str, Any],
+                    conditions: list[str]) -> None:
+        tail = ""
+        containers = (job.get("spec") or {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+        policy = containers[0].get("terminationMessagePolicy", "File")  # File: /dev/termination-log, never written
+        if exit_code != 0 and policy == "FallbackToLogsOnError" and run.log.exists():
+            lines = run.log.read_bytes().decode(errors="replace").splitlines()[-80:]
+            tail = "\n".join(lines)[-2048:]
+        t = now_iso()
+        conds = [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": t}]
+        if run.preempted:
+            conds.append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                          "message": "Preempted in order to admit critical pod", "lastTransitionTime": t})
+        status = {"phase": "Succeeded" if exit_code == 0 else "Failed", "conditions": conds,
+                  "containerStatuses": [{"name": container, "image": "", "imageID": "", "ready": False,
+                                         "restartCount": 0, "started": False, "state": {"terminated": {
+                                             "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                             "message": tail or None, "startedAt": t, "finishedAt": t}}}]}
+        self._patch_pod_status(run.name, status)
+        shutil.rmtree(run.root / "volumes", ignore_errors=True)
+
+    def _patch_pod_status(self, name: str, status: dict[str, Any]) -> None:
+        try:
+            self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status},
+                                                  _content_type="application/merge-patch+json")
+        except Exception as e:  # noqa: BLE001 - the pod is gone (garbage-collected with its Job)
+            if getattr(e, "status", None) != 404:
+                raise
+
+    def _delete_pod(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self.core.delete_namespaced_pod(name, self.namespace)
+
+    @staticmethod
+    def _signal(run: PodRun, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.proc.pid, sig)
+
+    def _kill(self, run: PodRun) -> None:
+        if run.proc.poll() is None:
+            self._signal(run, signal.SIGTERM)
+            try:
+                run.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._signal(run, signal.SIGKILL)
+                run.proc.wait(10)
+
+
+def field_ref(meta: dict[str, Any], path: str) -> str:
+    m = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    if path in ("metadata.name", "metadata.namespace", "metadata.uid"):
+        return str(meta.get(path.split(".", 1)[1], ""))
+    raise NotImplementedError(f"fieldRef {path}")
+
+
+def match_rule(rules: list[dict[str, Any]], container: str, exit_code: int, conditions: list[str]) -> tuple[str, int]:
+    """(action, rule index) of the first podFailurePolicy rule matching a failed pod; ("Count", -1) if none."""
+    for n, rule in enumerate(rules):
+        oc = rule.get("onExitCodes")
+        if oc is not None:
+            if oc.get("containerName") not in (None, container) or exit_code == 0:
+                continue
+            inside = exit_code in (oc.get("values") or [])
+            if inside == (oc.get("operator") == "In"):
+                return rule["action"], n
+        for pat in rule.get("onPodConditions") or []:
+            if pat["type"] in conditions and pat.get("status", "True") == "True":
+                return rule["action"], n
+    return "Count", -1
