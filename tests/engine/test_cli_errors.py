@@ -87,6 +87,11 @@ def test_bad_arguments_exit_2(tmp_path, model2, good):
     assert cli("predict", "--model_path", model2).returncode == 2  # argparse: missing required options
     assert_one_line_error(cli(*predict_args(model2, inp, tmp_path / "o", "--storage-options", "{bad")), 2, "JSON")
     assert not (tmp_path / "o").exists()
+    out = tmp_path / "w" / "out.zarr"
+    assert_one_line_error(cli("finalize", inp, out, "--also_delete", tmp_path / "w"), 2, "--delete_intermediates")
+    assert_one_line_error(cli("finalize", inp, out, "--delete_intermediates", "--also_delete", tmp_path / "w"), 2,
+                          "would delete the output")
+    assert not (tmp_path / "w").exists()
 
 
 def test_blend_incomplete_or_mismatched_parts(tmp_path, model2, good):

@@ -397,3 +397,14 @@ def test_job_controller_nonindexed_backoff_limit_and_fail_job(cluster, controlle
     assert cond(jobs["fatal"], "Failed")["reason"] == "PodFailurePolicy" and jobs["fatal"]["status"]["failed"] == 1
     assert [r.exit_code for r in controller.results_of("fatal")] == [3]
     assert jobs["flap"]["spec"]["template"]["metadata"]["labels"]["job-name"] == "flap"  # API server defaulting
+
+
+def test_parallelism_change_reaches_the_unfinished_predict_job(cluster, operator):
+    """No Job controller here: the predict Job just exists; spec.parallelism is the one spec field that moves it."""
+    cluster.create_ij(spec_for("wide", parts=4, parallelism=4))
+    cluster.wait("the predict Job", lambda: "wide-predict" in cluster.jobs("wide"), timeout=60)
+    assert cluster.jobs("wide")["wide-predict"]["spec"]["parallelism"] == 4
+    cluster.patch_ij("wide", {"spec": {"parallelism": 1}})
+    cluster.wait("parallelism 1 on the Job", lambda: cluster.jobs("wide")["wide-predict"]["spec"]["parallelism"] == 1,
+                 timeout=60)
+    assert set(cluster.jobs("wide")) == {"wide-predict"}

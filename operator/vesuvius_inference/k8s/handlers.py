@@ -20,7 +20,7 @@ import kopf
 from . import manifests
 from .ranges import format_ranges, parse_ranges
 from .spec import parse, validate
-from .status import ChildJobs, derive, next_stage
+from .status import ChildJobs, derive, job_finished, next_stage
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 log = logging.getLogger("vesuvius_inference.operator")
@@ -152,6 +152,8 @@ def reconcile(namespace: str, name: str, body: dict[str, Any] | None = None) -> 
     if stage:
         jobs = child_jobs(batch, namespace, name)
         status = derive(spec, jobs, prev, _now(), generation, names)
+    if jobs.predict is None:  # e.g. created suspended: name only Jobs that exist
+        status["jobs"].pop("predict", None)
     for st in ("blend", "finalize"):
         if getattr(jobs, st) is not None:
             status["jobs"][st] = manifests.job_name(name, st)
@@ -211,9 +213,16 @@ def set_suspend(namespace: str, name: str, suspend: bool) -> None:
 
 
 def set_parallelism(namespace: str, name: str, parallelism: int) -> None:
+    """Apply spec.parallelism to the unfinished predict Jobs (the first one and any retry Jobs)."""
     batch, _, _ = _apis()
-    batch.patch_namespaced_job(manifests.job_name(name, "predict"), namespace, {"spec": {"parallelism": parallelism}},
-                               _content_type="application/merge-patch+json")
+    jobs = child_jobs(batch, namespace, name)
+    for job in [jobs.predict, *(j for j, _ in jobs.retries)]:
+        if job is None or job_finished(job):
+            continue
+        completions = int(job["spec"].get("completions") or 1)
+        batch.patch_namespaced_job(job["metadata"]["name"], namespace,
+                                   {"spec": {"parallelism": min(parallelism, completions)}},
+                                   _content_type="application/merge-patch+json")
 
 
 # ---- kopf registration -------------------------------------------------------------------------
