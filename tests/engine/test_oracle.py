@@ -40,7 +40,9 @@ def test_matches_nnunet_for_1_3_7_parts(case, model2, tta):
     tmp, inp, normalized = case
     ref32 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=True)
     ref16 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=False)
-    results = {n: run_ours(tmp, model2, inp, n, tta) for n in (1, 3, 7)}
+    # part-count invariance does not depend on TTA: with mirroring (8x the passes) 1 vs 3 parts suffices
+    counts = (1, 3) if tta else (1, 3, 7)
+    results = {n: run_ours(tmp, model2, inp, n, tta) for n in counts}
     blended1, probs1 = results[1]
     assert blended1.dtype == np.float16 and blended1.shape == ref32.shape
     assert not np.isnan(blended1).any()
@@ -56,7 +58,7 @@ def test_matches_nnunet_for_1_3_7_parts(case, model2, tta):
     # probabilities within 1/255 of nnU-Net's softmax
     expected = probabilities_uint8(ref32)[1:2]
     assert np.abs(probs1.astype(int) - expected.astype(int)).max() <= 1
-    for n in (3, 7):
+    for n in counts[1:]:
         blended_n, probs_n = results[n]
         assert np.array_equal(blended_n, blended1, equal_nan=True), f"{n} parts changed the blended logits"
         assert np.array_equal(probs_n, probs1), f"{n} parts changed the probabilities"

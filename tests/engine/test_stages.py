@@ -65,7 +65,7 @@ def _cli(*args, **kw):
 
 
 def test_killed_part_rerun_gives_identical_bytes_and_finished_part_does_no_work(tmp_path, model2):
-    vol = write_zarr(tmp_path / "in.zarr", smooth_volume((96, 128, 128), seed=9), chunks=(32, 32, 32))
+    vol = write_zarr(tmp_path / "in.zarr", smooth_volume((96, 96, 96), seed=9), chunks=(32, 32, 32))
     common = ["--model_path", str(model2), "--input_dir", vol, "--device", "cpu", "--disable_tta",
               "--chunk_size", "16,32,32", "--quiet"]
     # clean reference
