@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vesuvius_inference.k8s.ranges import format_ranges  # Kubernetes' own "0-3,5" form, unit-tested there
+
 ENTRYPOINT = [sys.executable, "-m", "vesuvius_inference.cli"]  # the worker image's ENTRYPOINT
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
 FAILURES_KEY = "batch.kubernetes.io/job-index-failure-count"
@@ -61,18 +63,6 @@ IGNORED_KEY = "batch.kubernetes.io/job-index-ignored-failure-count"
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def format_ranges(indexes: set[int] | list[int]) -> str:
-    """Job-status style ranges: {0,1,2,3,5} -> "0-3,5" (own code: the harness checks the product's)."""
-    items, out, i = sorted(set(indexes)), [], 0
-    while i < len(items):
-        j = i
-        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
-            j += 1
-        out.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
-        i = j + 1
-    return ",".join(out)
 
 
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")

@@ -7,6 +7,8 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from ..storage import READ_ONLY_SCHEMES
+
 DEFAULTS: dict[str, Any] = {
     "mode": "binary", "threshold": False, "parts": 1, "suspend": False, "keepIntermediates": False,
     "retryFailedParts": 0,
@@ -76,7 +78,7 @@ def validate(spec: JobSpec) -> list[str]:
         elif not uri.startswith(URI_SCHEMES + (("hf://",) if path == "model.uri" else ())):
             errors.append(f"{path} {uri!r} has no known scheme (s3://, gs://, http(s)://, file:// or /)")
     for path, uri in (("output.uri", spec["output"]["uri"]), ("workdir", spec.workdir)):
-        if uri.startswith(("http://", "https://")):
+        if uri.lower().startswith(READ_ONLY_SCHEMES):
             errors.append(f"{path} {uri!r} is read-only over http(s): use s3://, gs://, file:// or /")
     if errors:
         return errors
