@@ -268,6 +268,12 @@ def _cmd_operator(argv: Sequence[str]) -> int:
     return int(operator_main(list(argv)) or 0)
 
 
+def _cmd_render(argv: Sequence[str]) -> int:
+    from .k8s.render import main as render_main
+
+    return render_main(list(argv))
+
+
 COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], None]]] = {
     "predict": (predict_parser, _cmd_predict),
     "blend": (blend_parser, _cmd_blend),
@@ -308,9 +314,11 @@ commands:
   plan       grid, part balance, bytes and model passes, from metadata only
   demo       synthetic scroll through the whole pipeline on the CPU
   operator   run the Kubernetes operator (kopf)
+  render     print the Jobs the operator would create for an InferenceJob
 
 'vesuvius-inference <command> --help' shows a command's options.
-exit codes: 0 done, 2 bad arguments, 3 bad input data or model, other: transient failure"""
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work,
+            other: transient failure"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -326,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd == "operator":
         return _cmd_operator(rest)
+    if cmd == "render":
+        return _cmd_render(rest)
     if cmd not in COMMANDS:
         print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS

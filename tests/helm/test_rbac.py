@@ -3,7 +3,12 @@
 Two sources, unioned:
 1. The operator's own calls: operator/vesuvius_inference/k8s/*.py is scanned (AST) for kubernetes
    client method calls; each must be in CLIENT_CALLS / CUSTOM_CALLS (an unmapped call fails the test,
-   so a new API call cannot slip past without a matching rule in the chart).
+   so a new API call cannot slip past without a matching rule in the chart). The same scan finds the
+   ownerReferences the operator writes with ``blockOwnerDeletion: true``: under the
+   OwnerReferencesPermissionEnforcement admission plugin (on by default in OpenShift) creating such an
+   object needs ``update`` on the owner's ``finalizers`` subresource (kubernetes
+   plugin/pkg/admission/gc/gc_admission.go, ownerRefToDeleteAttributeRecords: Verb "update",
+   Subresource "finalizers").
 2. kopf's own requests, derived from the handlers registered in kopf's registry plus what kopf does
    regardless of handlers (verified against kopf's source in test_kopf_assumptions):
    - every watched resource (on.create/resume/update/event/...): list + watch
@@ -50,16 +55,18 @@ CLIENT_CALLS: dict[str, Rule] = {
     "read_namespaced_pod_log": ("", "pods/log", "get"),
     "create_namespaced_event": ("", "events", "create"),
 }
-# CustomObjectsApi methods: (subresource suffix, verb); group and plural come from the call's arguments.
-CUSTOM_CALLS: dict[str, tuple[str, str]] = {
-    "get_namespaced_custom_object": ("", "get"),
-    "list_namespaced_custom_object": ("", "list"),
-    "create_namespaced_custom_object": ("", "create"),
-    "patch_namespaced_custom_object": ("", "patch"),
-    "delete_namespaced_custom_object": ("", "delete"),
-    "get_namespaced_custom_object_status": ("/status", "get"),
-    "patch_namespaced_custom_object_status": ("/status", "patch"),
-    "replace_namespaced_custom_object_status": ("/status", "update"),
+# CustomObjectsApi methods: (subresource suffix, verb, position of the plural argument); group (the first
+# argument) and plural come from the call's arguments.
+CUSTOM_CALLS: dict[str, tuple[str, str, int]] = {
+    "get_namespaced_custom_object": ("", "get", 3),
+    "list_namespaced_custom_object": ("", "list", 3),
+    "list_cluster_custom_object": ("", "list", 2),
+    "create_namespaced_custom_object": ("", "create", 3),
+    "patch_namespaced_custom_object": ("", "patch", 3),
+    "delete_namespaced_custom_object": ("", "delete", 3),
+    "get_namespaced_custom_object_status": ("/status", "get", 3),
+    "patch_namespaced_custom_object_status": ("/status", "patch", 3),
+    "replace_namespaced_custom_object_status": ("/status", "update", 3),
 }
 CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
 
@@ -115,11 +122,41 @@ def scan_source(source: str, filename: str = "<src>", methods: frozenset[str] | 
                 if isinstance(expr, ast.Name) and expr.id in consts:
                     return consts[expr.id]
                 raise AssertionError(f"{where}: cannot resolve its `{kw}` argument statically")
-            suffix, verb = CUSTOM_CALLS[name]
-            rules.add((arg(0, "group"), arg(3, "plural") + suffix, verb))
+            suffix, verb, plural_at = CUSTOM_CALLS[name]
+            rules.add((arg(0, "group"), arg(plural_at, "plural") + suffix, verb))
         else:
             raise AssertionError(f"{where}: kubernetes client call not in the RBAC table of tests/helm/test_rbac.py; "
                                  "add it there and grant the rule in the chart (templates/_helpers.tpl)")
+    return rules
+
+
+def owner_reference_rules(source: str, filename: str = "<src>") -> set[Rule]:
+    """``update`` on ``<plural>/finalizers`` for each ownerReference literal with blockOwnerDeletion True."""
+    tree = ast.parse(source, filename)
+    consts = _module_constants(tree)
+    crd = _crd_names()
+    rules: set[Rule] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Dict):
+            continue
+        keys = {k.value: v for k, v in zip(node.keys, node.values) if isinstance(k, ast.Constant)}
+        blocking = keys.get("blockOwnerDeletion")
+        if not (isinstance(blocking, ast.Constant) and blocking.value is True):
+            continue
+        where = f"{filename}:{node.lineno}"
+
+        def value(key: str, where: str = where, keys: dict[str, Any] = keys) -> str:
+            expr = keys.get(key)
+            if isinstance(expr, ast.Constant):
+                return expr.value
+            if isinstance(expr, ast.Name) and expr.id in consts:
+                return consts[expr.id]
+            raise AssertionError(f"{where}: cannot resolve the ownerReference's {key} statically")
+        group = value("apiVersion").rpartition("/")[0]
+        kind = value("kind")
+        assert group == crd["group"] and kind == crd["names"]["kind"], (
+            f"{where}: ownerReference to {group}/{kind}: map it to its plural here")
+        rules.add((group, crd["names"]["plural"] + "/finalizers", "update"))
     return rules
 
 
@@ -130,6 +167,7 @@ def operator_code_rules() -> set[Rule]:
     rules: set[Rule] = set()
     for path in files:
         rules |= scan_source(path.read_text(), str(path.relative_to(REPO)), methods)
+        rules |= owner_reference_rules(path.read_text(), str(path.relative_to(REPO)))
     return rules
 
 
@@ -197,9 +235,12 @@ def test_operator_code_calls_are_found():
     rules = operator_code_rules()
     # what handlers.py does today; a change here is fine as long as the chart follows (the tests below)
     assert rules == {
-        ("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "patch"),
-        ("", "pods", "list"),
-        ("vesuvius.dev", "inferencejobs", "get"), ("vesuvius.dev", "inferencejobs/status", "patch"),
+        ("batch", "jobs", "list"), ("batch", "jobs", "create"), ("batch", "jobs", "patch"), ("batch", "jobs", "get"),
+        ("", "pods", "list"), ("", "events", "create"),
+        ("vesuvius.dev", "inferencejobs", "get"), ("vesuvius.dev", "inferencejobs", "list"),
+        ("vesuvius.dev", "inferencejobs/status", "patch"),
+        ("vesuvius.dev", "inferencejobs/finalizers", "update"),  # blockOwnerDeletion on the child Jobs
+        ("kueue.x-k8s.io", "workloads", "list"), ("kueue.x-k8s.io", "workloads", "patch"),  # suspend with Kueue
     }
 
 
@@ -213,6 +254,15 @@ def test_scanner_rejects_unmapped_and_unresolvable_calls():
     assert scan_source("G, P = 'x.io', 'things'\ndef f(c):\n    c.patch_namespaced_custom_object_status("
                        "G, 'v1', 'ns', P, 'n', {})\n    c.list_namespaced_job_with_http_info('ns')\n") == {
         ("x.io", "things/status", "patch"), ("batch", "jobs", "list")}
+
+
+def test_owner_reference_scan():
+    src = ("K = 'InferenceJob'\ndef f(uid):\n    return [{'apiVersion': 'vesuvius.dev/v1alpha1', 'kind': K,"
+           " 'uid': uid, 'controller': True, 'blockOwnerDeletion': True}]\n")
+    assert owner_reference_rules(src) == {("vesuvius.dev", "inferencejobs/finalizers", "update")}
+    assert owner_reference_rules(src.replace("'blockOwnerDeletion': True", "'blockOwnerDeletion': False")) == set()
+    with pytest.raises(AssertionError, match="map it to its plural"):
+        owner_reference_rules("x = {'apiVersion': 'batch/v1', 'kind': 'Job', 'blockOwnerDeletion': True}\n")
 
 
 def test_kopf_assumptions():

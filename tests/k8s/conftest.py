@@ -4,8 +4,12 @@
   crds/inferencejob.yaml, namespace ``vesuvius``, a kubeconfig pointing at it (``KUBECONFIG`` and the
   kubernetes client's default location are set to it, so handlers.py's ``_apis()`` finds it).
 - ``operator``: the product's own entry point ``vesuvius-inference operator -n vesuvius`` as a
-  subprocess, started; ``kill()`` is SIGKILL (a crash, mid-handler if need be), ``start()`` restarts it.
-- ``controller``: :class:`job_controller.JobController` on that namespace (pods run as local processes).
+  subprocess, started, with a 2 s resync (VESUVIUS_RESYNC_SECONDS) and a 3 s grace for pods that
+  cannot start (VESUVIUS_STUCK_POD_SECONDS); ``kill()`` is SIGKILL (a crash, mid-handler if need be),
+  ``start()`` restarts it (with ``env`` changes, if any).
+- ``kueue``: tests/k8s/kueue.py's Kueue (Job webhook + controllers) on the same API server.
+- ``controller``: :class:`job_controller.JobController` on that namespace (pods run as local processes);
+  ``stub_controller``: the same with every pod stubbed (a short sleep, exit 0), for control-plane tests.
 - ``e2e_storage`` (session) and ``s3_env`` (its endpoint and credentials in one test's env): moto's S3 server (storage/conftest.py's ``s3_server``), buckets scrolls,
   results and models, a tiny model folder at s3://models/surface-nnunet and a tiny input volume at
   s3://scrolls/PHerc0332/volume.zarr (the URIs of crds/samples/minimal.yaml).
@@ -196,6 +200,7 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str, namespace: str, logdir: Path) -> None:
         self.kubeconfig, self.namespace, self.logdir = kubeconfig, namespace, logdir
+        self.env = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3"}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.port = 0
@@ -208,7 +213,7 @@ class OperatorProcess:
         assert self.proc is None or self.proc.poll() is not None, "the operator is already running"
         self.starts += 1
         self.port = _free_port()
-        env = dict(os.environ, KUBECONFIG=self.kubeconfig)
+        env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.env)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vesuvius_inference.cli", "operator", "-n", self.namespace,
@@ -272,3 +277,41 @@ def controller(cluster, tmp_path, s3_env):
     with ctl:
         yield ctl
     assert not ctl.errors, ctl.errors
+
+
+@pytest.fixture
+def stub_controller(cluster, tmp_path):
+    """The Job controller with every pod stubbed (a short sleep, exit 0): for tests of the control plane only."""
+    from job_controller import JobController
+
+    pods = tmp_path / "pods"
+    pods.mkdir()
+    ctl = JobController(cluster.client, cluster.namespace, pods)
+    ctl.stub(".*", sleep=0.1)
+    cluster.diagnostics.append(lambda: f"controller errors: {ctl.errors!r}\n" + "\n".join(
+        f"pod {r.name} index {r.index} attempt {r.attempt}: exit {r.exit_code} {r.action}" for r in ctl.results))
+    with ctl:
+        yield ctl
+    assert not ctl.errors, ctl.errors
+
+
+@pytest.fixture
+def kueue(cluster):
+    import kueue as kueue_emulation
+
+    cluster.server.call(kueue_emulation.install, cluster.api)
+    ctl = kueue_emulation.KueueController(cluster.client, cluster.namespace)
+    cluster.diagnostics.append(lambda: f"kueue actions: {ctl.actions} errors: {ctl.errors!r}")
+    with ctl:
+        yield ctl
+    assert not ctl.errors, ctl.errors
+
+
+def cond(obj: dict, kind: str) -> dict | None:
+    """The status condition of this type, if any."""
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), None)
+
+
+def cond_true(obj: dict, kind: str) -> bool:
+    c = cond(obj, kind)
+    return bool(c and c["status"] == "True")

@@ -1,5 +1,7 @@
 """Validate custom resources against the CRD the way an API server would: structural schema
-(jsonschema after applying defaults) and CEL rules (cel-python), including transition rules."""
+(jsonschema after applying defaults) and CEL rules (cel-python), including transition rules, rules on
+list items, and messageExpression (used in place of message when it evaluates, as the API server does:
+apiextensions-apiserver pkg/apiserver/schema/cel/validation.go)."""
 
 from __future__ import annotations
 
@@ -41,10 +43,14 @@ def apply_defaults(node: dict[str, Any], value: Any) -> Any:
     return value
 
 
-def _rules(node: dict[str, Any], path: tuple = ()) -> list[tuple[tuple, str, str]]:
-    out = [(path, r["rule"], r.get("message", r["rule"])) for r in node.get("x-kubernetes-validations", [])]
+def _rules(node: dict[str, Any], path: tuple = (), items: bool = False) -> list[tuple[tuple, str, str, str | None, bool]]:
+    """(path, rule, message, messageExpression, applies to each list item) of every CEL rule."""
+    out = [(path, r["rule"], r.get("message", r["rule"]), r.get("messageExpression"), items)
+           for r in node.get("x-kubernetes-validations", [])]
     for key, sub in (node.get("properties") or {}).items():
         out += _rules(sub, path + (key,))
+    if node.get("type") == "array" and isinstance(node.get("items"), dict) and not items:
+        out += _rules(node["items"], path, items=True)
     return out
 
 
@@ -66,26 +72,34 @@ class CompiledSchema:
         self.schema = sch
         self.validator = jsonschema.Draft7Validator(_strip(sch))
         env = celpy.Environment()
-        self.programs = [(path, rule, message, env.program(env.compile(rule))) for path, rule, message in _rules(sch)]
+        self.programs = [(path, rule, message, env.program(env.compile(rule)),
+                          env.program(env.compile(expr)) if expr else None, items)
+                         for path, rule, message, expr, items in _rules(sch)]
 
     def errors(self, obj: dict[str, Any], old: dict[str, Any] | None = None, with_paths: bool = False) -> list[str]:
         """Messages for an already defaulted ``obj`` (an update from ``old`` when given); empty when valid."""
         import celpy
 
         errors = [e.message for e in self.validator.iter_errors({k: v for k, v in obj.items() if k != "status"})]
-        for path, rule, message, program in self.programs:
+        for path, rule, message, program, message_program, items in self.programs:
             value = _at(obj, path)
             if value is None:
                 continue
             transition = "oldSelf" in rule
             if transition and (old is None or _at(old, path) is None):
                 continue
-            act = {"self": celpy.json_to_cel(value)}
-            if transition:
-                act["oldSelf"] = celpy.json_to_cel(_at(old, path))
-            result = program.evaluate(act)
-            if isinstance(result, Exception) or not bool(result):
-                errors.append(f"{'.'.join(path) or '<root>'}: {message}" if with_paths else message)
+            for v in (value if items and isinstance(value, list) else [value]):
+                act = {"self": celpy.json_to_cel(v)}
+                if transition:
+                    act["oldSelf"] = celpy.json_to_cel(_at(old, path))
+                result = program.evaluate(act)
+                if isinstance(result, Exception) or not bool(result):
+                    text = message
+                    if message_program is not None:  # like the API server: messageExpression wins if it evaluates
+                        got = message_program.evaluate(act)
+                        if not isinstance(got, Exception):
+                            text = str(got)
+                    errors.append(f"{'.'.join(path) or '<root>'}: {text}" if with_paths else text)
         return errors
 
 

@@ -7,10 +7,19 @@ features our manifests use:
   pod its index (annotation and label ``batch.kubernetes.io/job-completion-index``, env
   ``JOB_COMPLETION_INDEX`` through a fieldRef, hostname ``<job>-<index>``);
 - ``backoffLimitPerIndex`` (per-index retries, annotations ``job-index-failure-count`` and
-  ``job-index-ignored-failure-count``), ``maxFailedIndexes``, ``backoffLimit`` for NonIndexed,
+  ``job-index-ignored-failure-count``), ``maxFailedIndexes``, ``backoffLimit``,
   ``podFailurePolicy`` (Ignore / FailIndex / FailJob / Count on exit codes and pod conditions),
   ``activeDeadlineSeconds``, ``suspend`` (running pods are deleted and not counted, condition
   Suspended True/False, ``startTime`` reset);
+- the terminal states in the order syncJob evaluates them (pkg/controller/job/job_controller.go):
+  an earlier FailureTarget, a FailJob rule, then BackoffLimitExceeded (failed > backoffLimit, which
+  the API server defaults to MaxInt32 with backoffLimitPerIndex), DeadlineExceeded (active longer
+  than activeDeadlineSeconds since startTime), MaxFailedIndexesExceeded, FailedIndexes (every index
+  succeeded or failed); then the remaining active pods are deleted, each counted as failed, and its
+  index becomes a failed index only if that was its last allowed attempt (indexed_job_utils.go,
+  calculateFailedIndexes/isIndexFailed); indexes never started stay neither completed nor failed;
+- a Job being deleted (deletionTimestamp, e.g. foreground deletion by the TTL controller) gets no
+  new pods and its pods' processes are killed;
 - writes the Job status through ``/status`` like the real controller: active, ready, succeeded,
   failed, terminating, completedIndexes and failedIndexes as range strings ("0-3,5"), conditions
   SuccessCriteriaMet then Complete, FailureTarget then Failed (reasons FailedIndexes,
@@ -29,11 +38,19 @@ The pod's emptyDir volumes (/tmp, /var/cache/vesuvius) become per-pod temporary 
 env value and arg equal to a mount path or below it is rewritten to the pod's directory (so
 ``VESUVIUS_MODEL_CACHE_DIR``, ``HOME`` and ``--model_cache_dir /var/cache/vesuvius`` point there).
 
-Test hooks (:meth:`JobController.fail`, :meth:`JobController.preempt`) change what one attempt of one
-index does, here and not in product code: ``fail`` replaces the command with a Python one-liner that
-prints a message and exits with a code; ``preempt`` runs the real command, then marks the pod with a
-``DisruptionTarget`` condition and SIGKILLs it (exit 137), as a preemption does. When a Job is deleted
-(or suspended) its pods' processes are killed.
+The kubelet's start-up failures: a container whose ``envFrom``/``secretKeyRef`` names a Secret that
+does not exist waits in ``CreateContainerConfigError`` with the message ``secret "NAME" not found``
+and starts once the Secret appears (pkg/kubelet/kubelet_pods.go makeEnvironmentVariables, retried by
+the pod workers); an image in :attr:`JobController.unpullable` waits in ErrImagePull, then
+ImagePullBackOff, forever.
+
+Test hooks (:meth:`JobController.fail`, :meth:`JobController.preempt`, :meth:`JobController.stub`)
+change what pods do, here and not in product code: ``fail`` replaces one attempt's command with a
+Python one-liner that prints a message and exits with a code; ``preempt`` runs the real command, then
+marks the pod with a ``DisruptionTarget`` condition and SIGKILLs it (exit 137), as a preemption does;
+``stub`` replaces the command of every pod of matching Jobs with a one-liner that waits (``sleep``
+seconds, or until ``release`` is called) and exits with a code: for tests of the control plane that
+need no real inference. When a Job is deleted (or suspended) its pods' processes are killed.
 """
 
 from __future__ import annotations
@@ -78,11 +95,23 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _REF.sub(sub, text)
 
 
+class MissingObject(Exception):
+    """A Secret or ConfigMap a container's env names does not exist (the kubelet's error text)."""
+
+
 @dataclass
 class Hook:
     exit_code: int | None = None
     message: str = ""
     preempt_after: float | None = None
+    sleep: float = 0.0
+    wait_for: Path | None = None  # the one-liner waits until this file exists
+
+    def command(self) -> list[str]:
+        wait = (f"import os\nwhile not os.path.exists({str(self.wait_for)!r}): time.sleep(0.05)\n"
+                if self.wait_for else "")
+        return [sys.executable, "-c", f"import sys, time\n{wait}time.sleep({self.sleep})\n"
+                                      f"print({self.message!r}, file=sys.stderr)\nsys.exit({self.exit_code or 0})"]
 
 
 @dataclass
@@ -91,12 +120,14 @@ class PodRun:
     index: int | None
     attempt: int
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None while the kubelet cannot start the container
     log: Path
     root: Path
     started: float
     preempt_at: float | None = None
     preempted: bool = False
+    waiting: tuple[str, str] | None = None  # (reason, message) of a container that has not started
+    launch: Any = None  # retries the start (kubelet) while waiting
 
 
 @dataclass
@@ -152,6 +183,9 @@ class JobController:
         self.pods_started: list[tuple[str, int | None, int]] = []  # (job, index, attempt)
         self.errors: list[BaseException] = []
         self._hooks: dict[tuple[str, int | None, int], Hook] = {}
+        self._stubs: list[tuple[re.Pattern[str], Hook]] = []
+        self.unpullable: set[str] = set()  # images no registry serves
+        self.release_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self.workdir))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="job-controller", daemon=True)
@@ -166,13 +200,30 @@ class JobController:
         """Preempt ``attempt`` of ``index`` ``after`` seconds: DisruptionTarget condition, then SIGKILL (137)."""
         self._hooks[(job, index, attempt)] = Hook(preempt_after=after)
 
+    def hook(self, job: str, index: int | None, attempt: int = 0, exit_code: int = 0, sleep: float = 0.0,
+             held: bool = False, message: str = "") -> None:
+        """One attempt of one index: wait ``sleep`` s (or, ``held``, until :meth:`release`), then exit."""
+        self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
+                                                  wait_for=self.release_dir / "go" if held else None)
+
+    def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False) -> None:
+        """Every pod of the Jobs whose name matches: wait (``sleep`` s; ``held``: until :meth:`release`), exit.
+        The stub registered last wins."""
+        self._stubs.insert(0, (re.compile(job_pattern), Hook(exit_code=exit_code, message="stub", sleep=sleep,
+                                                          wait_for=self.release_dir / "go" if held else None)))
+
+    def release(self) -> None:
+        """Let every held pod finish."""
+        (self.release_dir / "go").touch()
+
     def results_of(self, job: str) -> list[PodResult]:
         with self._lock:
             return [r for r in self.results if r.job == job]
 
     def running(self) -> list[tuple[str, int | None]]:
-        """(Job, index) of the pods running now (list() copies are atomic under the GIL)."""
-        return [(st.name, i) for st in list(self.jobs.values()) for i in list(st.running)]
+        """(Job, index) of the pods whose container runs now (list() copies are atomic under the GIL)."""
+        return [(st.name, i) for st in list(self.jobs.values()) for i, r in list(st.running.items())
+                if r.proc is not None]
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -212,6 +263,11 @@ class JobController:
             if st is None:
                 st = self.jobs[uid] = JobState(job["metadata"]["name"], uid,
                                                job["spec"].get("completionMode") == "Indexed")
+            if job["metadata"].get("deletionTimestamp"):  # being deleted: manageJob is not called
+                for run in list(st.running.values()):
+                    self._kill(run)
+                st.running.clear()
+                continue
             if not st.finished:
                 self._reconcile(st, job)
 
@@ -221,8 +277,11 @@ class JobController:
         per_index = spec.get("backoffLimitPerIndex")
         rules = (spec.get("podFailurePolicy") or {}).get("rules") or []
         container = spec["template"]["spec"]["containers"][0]["name"]
-        # 1. finished and preempted pods
+        # 1. finished and preempted pods; containers the kubelet could not start yet are retried
         for slot, run in list(st.running.items()):
+            if run.proc is None:
+                run.launch()
+                continue
             if run.preempt_at is not None and not run.preempted and time.monotonic() >= run.preempt_at \
                     and run.proc.poll() is None:
                 self._patch_pod_status(run.name, {"conditions": [
@@ -260,26 +319,26 @@ class JobController:
                     st.index_failures[i] = st.index_failures.get(i, 0) + 1
                     if st.index_failures[i] > int(per_index):
                         st.failed_indexes.add(i)
-        # 2. Job-level failure
+        # 2. Job-level failure, in syncJob's order: FailJob (above), backoffLimit, activeDeadlineSeconds,
+        # then for backoffLimitPerIndex maxFailedIndexes and "every index succeeded or failed"
         if st.fail_job is None:
-            if st.indexed and spec.get("maxFailedIndexes") is not None and \
-                    len(st.failed_indexes) > int(spec["maxFailedIndexes"]):
-                st.fail_job = ("MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of "
-                                                            "failed indexes")
-            elif (not st.indexed or per_index is None) and st.failed > int(spec.get("backoffLimit", 6)):
+            if st.failed > int(spec.get("backoffLimit", 6)):
                 st.fail_job = ("BackoffLimitExceeded", "Job has reached the specified backoff limit")
             elif spec.get("activeDeadlineSeconds") and st.started_mono is not None and \
                     time.monotonic() - st.started_mono > int(spec["activeDeadlineSeconds"]):
                 st.fail_job = ("DeadlineExceeded", "Job was active longer than specified deadline")
+            elif st.indexed and per_index is not None:
+                if spec.get("maxFailedIndexes") is not None and len(st.failed_indexes) > int(spec["maxFailedIndexes"]):
+                    st.fail_job = ("MaxFailedIndexesExceeded", "Job has exceeded the specified maximal number of "
+                                                                "failed indexes")
+                elif st.failed_indexes and len(st.completed | st.failed_indexes) >= completions:
+                    st.fail_job = ("FailedIndexes", "Job has failed indexes")
         suspended = bool(spec.get("suspend"))
         if st.fail_job is not None:
             self._terminate(st, job, "FailureTarget", *st.fail_job)
             return
-        # 3. success, or every index finished with some failed
+        # 3. success
         done = len(st.completed) >= completions if st.indexed else st.succeeded >= completions
-        if st.indexed and not st.running and len(st.completed | st.failed_indexes) >= completions and st.failed_indexes:
-            self._terminate(st, job, "FailureTarget", "FailedIndexes", "Job has failed indexes")
-            return
         if done:
             self._terminate(st, job, "SuccessCriteriaMet", "CompletionsReached",
                             "Reached expected number of succeeded pods")
@@ -336,10 +395,21 @@ class JobController:
         container = job["spec"]["template"]["spec"]["containers"][0]["name"]
         self._set_cond(st, interim, "True", reason, message)
         self._write_status(st, job, terminating=len(st.running))
-        for run in list(st.running.values()):
+        per_index = job["spec"].get("backoffLimitPerIndex")
+        rules = (job["spec"].get("podFailurePolicy") or {}).get("rules") or []
+        for slot, run in list(st.running.items()):
             self._kill(run)
-            code = run.proc.returncode
-            self._finish_pod(run, 128 - code if code < 0 else code, container, job, [])
+            code = 128 + signal.SIGTERM if run.proc is None else run.proc.returncode
+            exit_code = 128 - code if code < 0 else code
+            self._finish_pod(run, exit_code, container, job, [])
+            if interim == "FailureTarget":  # "when the job is considered finished, every non-terminated pod is
+                # considered failed" (trackJobStatusAndRemoveFinalizers), as the policy counts it
+                action, _ = match_rule(rules, container, exit_code, [])
+                if action != "Ignore":
+                    st.failed += 1
+                    if st.indexed and per_index is not None and (
+                            action == "FailIndex" or st.index_failures.get(slot, 0) >= int(per_index)):
+                        st.failed_indexes.add(slot)  # isIndexFailed: its last allowed attempt
         st.running.clear()
         final = "Failed" if interim == "FailureTarget" else "Complete"
         self._set_cond(st, final, "True", reason if final == "Failed" else "", message if final == "Failed" else "")
@@ -348,7 +418,8 @@ class JobController:
 
     def _write_status(self, st: JobState, job: dict[str, Any], terminating: int = 0, completion: bool = False) -> None:
         status: dict[str, Any] = {
-            "active": len(st.running), "ready": len(st.running), "terminating": terminating,
+            "active": len(st.running), "ready": sum(r.proc is not None for r in st.running.values()),
+            "terminating": terminating,
             "succeeded": st.succeeded, "failed": st.failed, "uncountedTerminatedPods": {},
             "startTime": st.start_time, "conditions": [dict(c) for c in st.conditions] or None,
         }
@@ -400,32 +471,64 @@ class JobController:
         name = created.metadata.name
         root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         c = containers[0]
-        env, mounts = self._container_env(c, pod_spec, pod["metadata"] | {"name": name}, root)
         if c.get("command"):
             raise NotImplementedError(f"container command {c['command']} is not the worker image's entrypoint")
-        args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
         hook = self._hooks.pop((st.name, index, attempt), None)
-        cmd = [*ENTRYPOINT, *args]
-        if hook is not None and hook.exit_code is not None:
-            cmd = [sys.executable, "-c", f"import sys; print({hook.message!r}, file=sys.stderr); "
-                                         f"sys.exit({hook.exit_code})"]
-        log = root / "output.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-                                    start_new_session=True)
-        started = time.monotonic()
-        run = PodRun(st.name, index, attempt, name, proc, log, root, started,
-                     preempt_at=started + hook.preempt_after if hook is not None and hook.preempt_after else None)
-        with self._lock:
-            self.pods_started.append((st.name, index, attempt))
-        t = now_iso()
-        self._patch_pod_status(name, {
-            "phase": "Running", "startTime": t, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
-            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
-                           {"type": "Ready", "status": "True", "lastTransitionTime": t}],
-            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
-                                   "restartCount": 0, "started": True, "state": {"running": {"startedAt": t}}}]})
+        if hook is None:
+            hook = next((h for pattern, h in self._stubs if pattern.search(st.name)), None)
+        run = PodRun(st.name, index, attempt, name, None, root / "output.log", root, time.monotonic())
+
+        def launch() -> None:
+            """The kubelet's container start: image pull and env first, retried while they fail."""
+            if c.get("image") in self.unpullable:
+                reason = "ImagePullBackOff" if run.waiting else "ErrImagePull"
+                self._wait(run, c, reason, f'Back-off pulling image "{c["image"]}"' if run.waiting else
+                           f'failed to pull image "{c["image"]}": not found')
+                return
+            try:
+                env, mounts = self._container_env(c, pod_spec, pod["metadata"] | {"name": name}, root)
+            except MissingObject as e:
+                self._wait(run, c, "CreateContainerConfigError", str(e))
+                return
+            args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
+            cmd = [*ENTRYPOINT, *args]
+            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep):
+                cmd = hook.command()
+            with open(run.log, "wb") as out:
+                run.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
+                                            start_new_session=True)
+            run.started = time.monotonic()
+            if hook is not None and hook.preempt_after:
+                run.preempt_at = run.started + hook.preempt_after
+            run.waiting = None
+            with self._lock:
+                self.pods_started.append((st.name, index, attempt))
+            t = now_iso()
+            self._patch_pod_status(name, {
+                "phase": "Running", "startTime": t, "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+                               {"type": "Ready", "status": "True", "lastTransitionTime": t}],
+                "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
+                                       "restartCount": 0, "started": True, "state": {"running": {"startedAt": t}}}]})
+
+        run.launch = launch
+        launch()
         return run
+
+    def _wait(self, run: PodRun, c: dict[str, Any], reason: str, message: str) -> None:
+        """A pod whose container cannot start: Pending, the container waiting with the kubelet's reason."""
+        if run.waiting == (reason, message):
+            return
+        run.waiting = (reason, message)
+        t = now_iso()
+        self._patch_pod_status(run.name, {
+            "phase": "Pending", "hostIP": "127.0.0.1", "podIP": "127.0.0.1", "startTime": t,
+            "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": t},
+                           {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                            "lastTransitionTime": t}],
+            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": False,
+                                   "restartCount": 0, "started": False,
+                                   "state": {"waiting": {"reason": reason, "message": message}}}]})
 
     def _container_env(self, c: dict[str, Any], pod_spec: dict[str, Any], meta: dict[str, Any],
                        root: Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -441,10 +544,10 @@ class JobController:
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "secretRef" in src:
-                sec = self.core.read_namespaced_secret(src["secretRef"]["name"], self.namespace)
+                sec = self._read("secret", src["secretRef"]["name"])
                 env.update({prefix + k: base64.b64decode(v).decode() for k, v in (sec.data or {}).items()})
             if "configMapRef" in src:
-                cm = self.core.read_namespaced_config_map(src["configMapRef"]["name"], self.namespace)
+                cm = self._read("configmap", src["configMapRef"]["name"])
                 env.update({prefix + k: v for k, v in (cm.data or {}).items()})
         for e in c.get("env") or []:
             if "value" in e:
@@ -453,11 +556,24 @@ class JobController:
                 env[e["name"]] = field_ref(meta, e["valueFrom"]["fieldRef"]["fieldPath"])
             elif "secretKeyRef" in (e.get("valueFrom") or {}):
                 ref = e["valueFrom"]["secretKeyRef"]
-                sec = self.core.read_namespaced_secret(ref["name"], self.namespace)
+                sec = self._read("secret", ref["name"])
                 env[e["name"]] = base64.b64decode((sec.data or {})[ref["key"]]).decode()
         if "/tmp" in mounts:
             env["TMPDIR"] = mounts["/tmp"]
         return env, mounts
+
+    def _read(self, kind: str, name: str) -> Any:
+        """A Secret or ConfigMap for a container's env; MissingObject ("secret \"x\" not found") if absent."""
+        import kubernetes
+
+        try:
+            if kind == "secret":
+                return self.core.read_namespaced_secret(name, self.namespace)
+            return self.core.read_namespaced_config_map(name, self.namespace)
+        except kubernetes.client.ApiException as e:
+            if e.status == 404:
+                raise MissingObject(f'{kind} "{name}" not found') from None
+            raise
 
     @staticmethod
     def _remap(value: str, mounts: dict[str, str]) -> str:
@@ -501,11 +617,13 @@ class JobController:
 
     @staticmethod
     def _signal(run: PodRun, sig: int) -> None:
+        if run.proc is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, sig)
 
     def _kill(self, run: PodRun) -> None:
-        if run.proc.poll() is None:
+        if run.proc is not None and run.proc.poll() is None:
             self._signal(run, signal.SIGTERM)
             try:
                 run.proc.wait(5)

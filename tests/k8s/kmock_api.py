@@ -24,12 +24,26 @@ kube-apiserver does for the parts we use:
 - ``batch/v1`` Job defaulting (completions, parallelism, backoffLimit, completionMode, suspend,
   podReplacementPolicy, selector and template labels) and Secret ``stringData`` -> ``data``.
 - Finalizers and ``deletionTimestamp``; a namespaced create in a missing namespace is a 404.
+- ``batch/v1`` Job validation on every create and update (tests/k8s/job_validation.py, ported from
+  kubernetes' ValidateJob/ValidateJobUpdate and the pod rules they call): an invalid Job is a 422.
+- Mutating admission hooks (``KubeAPI.mutators``, e.g. Kueue's Job webhook in tests/k8s/kueue.py).
 - :class:`GarbageCollector` emulates kube-controller-manager's garbage collector: when an object is
   gone, its dependents (objects whose ``ownerReferences`` name its uid) are deleted in the
-  background, and so are objects created with an owner that no longer exists. Only background
-  propagation (``Foreground`` is treated as background); ``Orphan`` leaves the dependents.
+  background ``gc.delay`` seconds later (the real collector works from its informers' graph,
+  asynchronously: pkg/controller/garbagecollector/garbagecollector.go attemptToDeleteItem), and so
+  are objects created with an owner that no longer exists. ``propagationPolicy: Foreground``: the
+  API server keeps the object with a deletionTimestamp and the ``foregroundDeletion`` finalizer, the
+  collector deletes the dependents, then removes the finalizer (processDeletingDependentsItem);
+  ``Orphan`` leaves the dependents.
+- :class:`TTLController` emulates the TTL-after-finished controller
+  (pkg/controller/ttlafterfinished/ttlafterfinished_controller.go, processJob/processTTL/jobFinishTime):
+  a finished Job with ``ttlSecondsAfterFinished`` is deleted, Foreground, with a uid precondition,
+  that many seconds after its Complete/Failed condition's lastTransitionTime.
+- Fault injection: :meth:`KubeAPI.fail_requests` answers matching requests with an error status a
+  given number of times; :meth:`KubeAPI.drop_watch_events` loses matching watch events (every watch
+  stream skips them, as if the connection had broken and resumed after them).
 
-Not emulated: RBAC, admission webhooks, server-side apply, watch bookmarks, list pagination.
+Not emulated: RBAC, validating webhooks, server-side apply, watch bookmarks, list pagination.
 Everything runs on the server's event loop; :class:`ServerThread` runs it in a thread of its own so
 synchronous tests, the kubernetes client and subprocesses (operator, pods) can all talk to it.
 """
@@ -56,6 +70,9 @@ import kmock
 from kmock._internal import apps, parsing  # KMock internals: the project pins kmock==0.8
 
 ALL_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
+_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid",
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+JOBS = kmock.resource("batch/v1/jobs")
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what the API server uses for generateName
 MAX_INT32 = 2**31 - 1
 
@@ -164,6 +181,29 @@ class LogEntry:
     name: str
     obj: dict[str, Any]
     line: bytes
+    dropped: bool = False  # lost by fault injection: no watch stream sends it
+
+
+@dataclass
+class Fault:
+    """Answer requests matching ``method`` and the ``path`` regex (and ``when(body)``) with ``status``."""
+
+    method: str
+    path: str
+    status: int
+    message: str
+    times: int = 1
+    when: Callable[[Any], bool] | None = None
+    hits: int = 0
+
+
+@dataclass
+class DropRule:
+    """Lose the watch events for which ``when(event_type, object)`` holds, ``times`` of them."""
+
+    when: Callable[[str, dict[str, Any]], bool]
+    times: int = 1
+    hits: int = 0
 
 
 @dataclass
@@ -182,10 +222,16 @@ class KubeAPI(kmock.KubernetesEmulator):
     _waiters: set[asyncio.Future[None]] = attrs.field(factory=set, init=False)
     _crds: dict[kmock.resource, CrdSchema] = attrs.field(factory=dict, init=False)
     gc: GarbageCollector = attrs.field(init=False)
+    ttl: TTLController = attrs.field(init=False)
+    mutators: list[Callable[[Route, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    faults: list[Fault] = attrs.field(factory=list, init=False)
+    drops: list[DropRule] = attrs.field(factory=list, init=False)
+    rejected: list[tuple[str, str]] = attrs.field(factory=list, init=False)  # (path, message) of 422 Job writes
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.gc = GarbageCollector(self)
+        self.ttl = TTLController(self)
         declare = self.declare
         declare("v1/namespaces", "Namespace", namespaced=False, subresources={"status"})
         declare("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
@@ -272,7 +318,13 @@ class KubeAPI(kmock.KubernetesEmulator):
         else:
             self._objects[key] = copy.deepcopy(obj)
         line = json.dumps({"type": event, "object": body}).encode() + b"\n"
-        self._log.append(LogEntry(self._rv, key[0], key[1], key[2], copy.deepcopy(body), line))
+        dropped = False
+        for rule in self.drops:
+            if rule.hits < rule.times and rule.when(event, body):
+                rule.hits += 1
+                dropped = True
+                break
+        self._log.append(LogEntry(self._rv, key[0], key[1], key[2], copy.deepcopy(body), line, dropped))
         for fut in list(self._waiters):
             if not fut.done():
                 fut.set_result(None)
@@ -311,6 +363,11 @@ class KubeAPI(kmock.KubernetesEmulator):
             return await apps.RawHandler._handle(self, request)
         method = str(request.method.value).upper()
         params = dict(request.params)
+        for fault in self.faults:
+            if fault.hits < fault.times and fault.method == method and re.search(fault.path, request.url.path) and (
+                    fault.when is None or fault.when(request.data)):
+                fault.hits += 1
+                raise _err(fault.status, _REASONS.get(fault.status, "InternalError"), fault.message)
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, route, params)
         if route.info.namespaced and route.namespace is None and method != "GET":
@@ -365,7 +422,7 @@ class KubeAPI(kmock.KubernetesEmulator):
 
         def wanted(e: LogEntry) -> bool:
             lb = (e.obj.get("metadata") or {}).get("labels") or {}
-            return (e.resource == route.resource and (namespace is None or e.namespace == namespace)
+            return (not e.dropped and e.resource == route.resource and (namespace is None or e.namespace == namespace)
                     and all(p(lb) for p in labels) and all(p(e.obj) for p in fields))
 
         # Snapshot and position are taken with no await in between: no event can fall in a gap.
@@ -443,6 +500,9 @@ class KubeAPI(kmock.KubernetesEmulator):
         if "status" in route.info.subresources:
             obj.pop("status", None)
         self._default(route, obj, None)
+        for mutate in self.mutators:  # mutating admission runs after defaulting, before validation
+            mutate(route, obj)
+        self._validate_builtin(route, obj, None)
         self._commit(key, obj, "ADDED")
         self.gc.check_owners(key, obj)
         return self._live(key)
@@ -466,6 +526,19 @@ class KubeAPI(kmock.KubernetesEmulator):
             data = obj.setdefault("data", {})
             for k, v in obj.pop("stringData").items():
                 data[k] = base64.b64encode(str(v).encode()).decode()
+
+    def _validate_builtin(self, route: Route, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """kube-apiserver's own validation of built-in kinds (Jobs: tests/k8s/job_validation.py)."""
+        if route.resource != JOBS:
+            return
+        from job_validation import status_message, validate_job, validate_job_update
+
+        errors = validate_job(obj) if old is None else validate_job_update(obj, old)
+        if errors:
+            message = status_message("Job.batch", obj["metadata"].get("name", ""), errors)
+            self.rejected.append((f"{route.namespace}/{obj['metadata'].get('name')}", message))
+            raise _err(422, "Invalid", message, causes=[{"message": e} for e in errors], kind="Job", group="batch",
+                       name=obj["metadata"].get("name"))
 
     def _validate_crd(self, crd: CrdSchema, obj: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
         from crd_check import CompiledSchema
@@ -505,6 +578,7 @@ class KubeAPI(kmock.KubernetesEmulator):
                 raise _err(422, "Invalid", "no new finalizers can be added if the object is being deleted")
         if route.subresource != "status":
             self._default(route, new, current)
+            self._validate_builtin(route, new, current)
         if new == current:
             return current  # a no-op: no new resourceVersion, no watch event
         outside = ("metadata", "status")
@@ -560,6 +634,16 @@ class KubeAPI(kmock.KubernetesEmulator):
         pre = (options.get("preconditions") or {}) if isinstance(options.get("preconditions"), dict) else {}
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
             raise _err(409, "Conflict", "Precondition failed: UID in precondition does not match")
+        if options.get("propagationPolicy") == "Foreground":
+            # apiserver pkg/registry/generic/registry/store.go (deletionFinalizersForGarbageCollection): the
+            # object stays, with the foregroundDeletion finalizer, until the collector removed its dependents
+            if FOREGROUND not in (meta.get("finalizers") or []):
+                meta["finalizers"] = [*(meta.get("finalizers") or []), FOREGROUND]
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now_iso()
+            self._commit(key, current, "MODIFIED")
+            self.gc.foreground(key, meta["uid"])
+            return self._live(key)
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
                 meta["deletionTimestamp"] = now_iso()
@@ -568,6 +652,33 @@ class KubeAPI(kmock.KubernetesEmulator):
         self._commit(key, None, "DELETED", last=current)
         self.gc.owner_gone(meta.get("uid"), options)
         return current
+
+    def remove_finalizer(self, key: tuple, finalizer: str) -> None:
+        """What a controller's PATCH removing its finalizer does: the object goes once none is left."""
+        current = self._live(key)
+        if current is None or finalizer not in (current["metadata"].get("finalizers") or []):
+            return
+        current["metadata"]["finalizers"] = [f for f in current["metadata"]["finalizers"] if f != finalizer]
+        if not current["metadata"]["finalizers"]:
+            current["metadata"].pop("finalizers")
+        if current["metadata"].get("deletionTimestamp") and not current["metadata"].get("finalizers"):
+            self._commit(key, None, "DELETED", last=current)
+            self.gc.owner_gone(current["metadata"].get("uid"), {})
+        else:
+            self._commit(key, current, "MODIFIED")
+
+    # ---- fault injection (from other threads through ServerThread.call) ------------------------
+
+    def fail_requests(self, method: str, path: str, status: int = 500, message: str = "injected fault",
+                      times: int = 1, when: Callable[[Any], bool] | None = None) -> Fault:
+        fault = Fault(method.upper(), path, status, message, times, when)
+        self.faults.append(fault)
+        return fault
+
+    def drop_watch_events(self, when: Callable[[str, dict[str, Any]], bool], times: int = 1) -> DropRule:
+        rule = DropRule(when, times)
+        self.drops.append(rule)
+        return rule
 
     # ---- used by the harness from other threads through ServerThread.call ------------------------
 
@@ -599,8 +710,9 @@ class GarbageCollector:
     dependents follow. An object created with owners that no longer exist is deleted too.
     """
 
-    def __init__(self, api: KubeAPI) -> None:
+    def __init__(self, api: KubeAPI, delay: float = 0.05) -> None:
         self.api = api
+        self.delay = delay  # seconds between an owner's deletion and its dependents' (set a few s to race it)
         self.collected: list[tuple[str, str | None, str]] = []  # (plural, namespace, name) it deleted
 
     def _dependents(self, uid: str) -> list[tuple]:
@@ -616,7 +728,21 @@ class GarbageCollector:
     def owner_gone(self, uid: str | None, options: dict[str, Any]) -> None:
         if not uid or options.get("propagationPolicy") == "Orphan" or options.get("orphanDependents") in (True, "true"):
             return
-        asyncio.get_running_loop().call_later(0.05, self._collect, uid)
+        asyncio.get_running_loop().call_later(self.delay, self._collect, uid)
+
+    def foreground(self, key: tuple, uid: str) -> None:
+        """Foreground deletion of ``key``: delete its dependents, then drop its foregroundDeletion finalizer."""
+        asyncio.get_running_loop().call_later(self.delay, self._foreground, key, uid)
+
+    def _foreground(self, key: tuple, uid: str) -> None:
+        live = self.api._live(key)
+        if live is None or live["metadata"].get("uid") != uid:
+            return
+        self._collect(uid)
+        if self._dependents(uid):  # dependents with finalizers of their own: look again later
+            asyncio.get_running_loop().call_later(max(self.delay, 0.05), self._foreground, key, uid)
+            return
+        self.api.remove_finalizer(key, FOREGROUND)
 
     def _collect(self, uid: str) -> None:
         for key in self._dependents(uid):
@@ -627,13 +753,65 @@ class GarbageCollector:
     def check_owners(self, key: tuple, obj: dict[str, Any]) -> None:
         refs = obj.get("metadata", {}).get("ownerReferences") or []
         if refs and all(self.api.find_by_uid(r.get("uid", "")) is None for r in refs):
-            asyncio.get_running_loop().call_later(0.05, self._collect_one, key, obj["metadata"]["uid"])
+            asyncio.get_running_loop().call_later(self.delay, self._collect_one, key, obj["metadata"]["uid"])
 
     def _collect_one(self, key: tuple, uid: str) -> None:
         live = self.api._live(key)
         if live is not None and live["metadata"].get("uid") == uid:
             self.collected.append((key[0].plural, key[1], key[2]))
             self.api._delete(key, {})
+
+
+FOREGROUND = "foregroundDeletion"
+
+
+def parse_time(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+
+
+class TTLController:
+    """The TTL-after-finished controller (pkg/controller/ttlafterfinished/ttlafterfinished_controller.go).
+
+    processTTL: only Jobs with ttlSecondsAfterFinished that finished (a Complete or Failed condition True) and
+    are not being deleted; jobFinishTime: that condition's lastTransitionTime; processJob: once
+    finish + ttl has passed, DELETE with propagationPolicy Foreground and the Job's uid as precondition.
+    Polls every ``interval`` seconds on the server's loop (the real one re-queues each Job for its expiry).
+    """
+
+    def __init__(self, api: KubeAPI, interval: float = 0.2) -> None:
+        self.api = api
+        self.interval = interval
+        self.deleted: list[tuple[str | None, str, str]] = []  # (namespace, name, uid) it deleted
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.sweep()
+
+    def sweep(self, now: float | None = None) -> None:
+        import time as _time
+
+        now = _time.time() if now is None else now
+        for key, job in list(self.api._live_items(JOBS, None)):
+            ttl = (job.get("spec") or {}).get("ttlSecondsAfterFinished")
+            meta = job["metadata"]
+            if ttl is None or meta.get("deletionTimestamp"):
+                continue
+            finished = next((c for c in (job.get("status") or {}).get("conditions") or []
+                             if c.get("type") in ("Complete", "Failed") and c.get("status") == "True"), None)
+            if finished is None or not finished.get("lastTransitionTime"):
+                continue
+            if parse_time(finished["lastTransitionTime"]) + int(ttl) <= now:
+                self.deleted.append((key[1], key[2], meta["uid"]))
+                self.api._delete(key, {"propagationPolicy": "Foreground", "preconditions": {"uid": meta["uid"]}})
 
 
 def default_job(job: dict[str, Any]) -> None:
@@ -694,8 +872,10 @@ class ServerThread:
         self._stop = asyncio.Event()
         async with self.api, kmock.Server(self.api) as server:
             self.url = str(server.url).rstrip("/")
+            self.api.ttl.start()  # kube-controller-manager runs it by default
             self._ready.set()
             await self._stop.wait()
+            self.api.ttl.stop()
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` on the server's loop (the only thread that may touch its state) and return its result."""

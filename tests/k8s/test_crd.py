@@ -67,6 +67,13 @@ def minimal():
     (lambda s: s.update(mode="semantic"), "is not one of"),
     (lambda s: s.update(inference={"overlap": 1.5}), "greater than"),
     (lambda s: s.pop("model"), "'model' is a required property"),
+    (lambda s: s.update(queueName="gpu queue"), "does not match"),
+    (lambda s: s.update(nodeSelector={"pool": "a b"}), "does not match"),
+    (lambda s: s.update(tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+     "value must be empty when operator is Exists"),
+    (lambda s: s.update(predict={"tolerations": [{"key": "k", "operator": "Exists", "tolerationSeconds": 5}]}),
+     "tolerationSeconds needs effect NoExecute"),
+    (lambda s: s.update(serviceAccountName="Not_A_Name"), "does not match"),
 ])
 def test_bad_specs_are_rejected(mutate, message):
     obj = minimal()
@@ -89,3 +96,24 @@ def test_spec_is_immutable_except_suspend_parallelism_and_retry():
     lowered = copy.deepcopy(new)
     lowered["spec"]["retryFailedParts"] = 0
     assert any("can only increase" in e for e in validate(lowered, new))
+
+
+def test_names_the_child_jobs_could_not_carry_are_rejected_at_admission():
+    """Root-level CEL on metadata.name: the Jobs' names and pod hostnames must fit (see names.py)."""
+    obj = minimal()
+    obj["spec"]["parts"] = 512
+    obj["metadata"]["name"] = "a" * 51
+    assert validate(obj) == []
+    obj["metadata"]["name"] = "a" * 52
+    assert any(f"{'a' * 52}-predict-511 must be at most 63 characters" in e for e in validate(obj))
+    obj["metadata"]["name"] = "with.dot"
+    assert any("must be a DNS-1123 label" in e for e in validate(obj))
+    # a retryFailedParts bump that would make the retry Job's hostname too long is refused on update
+    old = minimal()
+    old["metadata"]["name"] = "b" * 50
+    old["spec"]["parts"] = 10
+    new = copy.deepcopy(old)
+    new["spec"]["retryFailedParts"] = 9
+    assert validate(new, old) == []
+    new["spec"]["retryFailedParts"] = 10
+    assert any("-predict-r10-9 must be at most 63 characters" in e for e in validate(new, old))

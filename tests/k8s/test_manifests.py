@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import kubernetes_validate
@@ -29,7 +30,7 @@ def all_jobs(spec):
 @pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
 @pytest.mark.parametrize("version", ["1.33.0", "1.35.0"])
 def test_every_job_validates_strictly(name, version):
-    for job in all_jobs(sample(name)):
+    for job in variants(sample(name)):
         kubernetes_validate.validate(job, version, strict=True)
 
 
@@ -146,3 +147,148 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
     args = finalize_parser().parse_args(manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete
+
+
+# ---- what the API server accepts (issue 8) ---------------------------------------------------------
+
+def _validated(job):
+    """The Job as the API server stores it (defaulting, a uid) and its validation errors."""
+    import copy
+
+    from job_validation import validate_job
+    from kmock_api import default_job
+
+    obj = copy.deepcopy(job)
+    obj["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+    default_job(obj)
+    return validate_job(obj)
+
+
+def variants(spec):
+    """Every Job shape the operator creates: first predict, retries of few and many parts, indexed blend/finalize."""
+    d = manifests.OperatorDefaults(gpu_node_selector={"gpu": "yes"}, queue_name="q1")
+    jobs = all_jobs(spec)
+    jobs.append(manifests.predict_job("ij", "ns", "u", spec, d, part_ids=[0], attempt=7))
+    indexed = specmod.parse(dict(spec.raw, blend={"parallelism": 3}, finalize={"parallelism": 2}))
+    jobs += [manifests.blend_job("ij", "ns", "u", indexed, d), manifests.finalize_job("ij", "ns", "u", indexed, d)]
+    return jobs
+
+
+@pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
+def test_every_job_passes_the_api_servers_job_validation(name):
+    """kubernetes-validate checks the schema only; job_validation ports ValidateJob's rules (maxFailedIndexes <=
+    completions: a retry of 4 parts of the full sample, maxFailedParts 10, used to be refused)."""
+    for job in variants(sample(name)):
+        assert _validated(job) == [], job["metadata"]["name"]
+
+
+def test_max_failed_parts_is_clamped_per_job_and_only_on_predict():
+    s = sample("full.yaml")
+    assert manifests.predict_job("ij", "ns", "u", s)["spec"]["maxFailedIndexes"] == 10
+    assert manifests.predict_job("ij", "ns", "u", s, part_ids=[1, 2], attempt=1)["spec"]["maxFailedIndexes"] == 2
+    assert "maxFailedIndexes" not in manifests.blend_job("ij", "ns", "u", s)["spec"]  # blend has no "parts"
+
+
+def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
+    s = specmod.parse(dict(sample("minimal.yaml").raw, retry={"nonRetryableExitCodes": []}))
+    for job in (manifests.predict_job("ij", "ns", "u", s), manifests.finalize_job("ij", "ns", "u", s)):
+        rules = job["spec"]["podFailurePolicy"]["rules"]
+        assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+        assert _validated(job) == []
+    # what the API server says about the rule the operator used to write
+    bad = manifests.predict_job("ij", "ns", "u", s)
+    bad["spec"]["podFailurePolicy"]["rules"].append(
+        {"action": "FailIndex", "onExitCodes": {"containerName": "predict", "operator": "In", "values": []}})
+    assert any("onExitCodes.values: Invalid value: []: at least one value is required" in e for e in _validated(bad))
+
+
+@pytest.mark.parametrize("resources, gpus, want", [
+    ({}, 1, {"limits": {"nvidia.com/gpu": "1"}}),
+    ({"limits": {"nvidia.com/gpu": 4}}, 1, {"limits": {"nvidia.com/gpu": "4"}}),  # the user's own count wins
+    ({"requests": {"nvidia.com/gpu": 2}}, 1, {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}}),
+    ({"requests": {"cpu": "8"}}, 0, {"requests": {"cpu": "8"}}),
+    ({"requests": {"example.com/fpga": 1, "cpu": 2}}, 1,
+     {"requests": {"example.com/fpga": "1", "cpu": "2"}, "limits": {"example.com/fpga": "1", "nvidia.com/gpu": "1"}}),
+])
+def test_gpu_and_extended_resources_end_up_where_kubernetes_wants_them(resources, gpus, want):
+    s = specmod.parse(dict(sample("minimal.yaml").raw, predict={"gpus": gpus, "resources": resources}))
+    job = manifests.predict_job("ij", "ns", "u", s)
+    assert job["spec"]["template"]["spec"]["containers"][0].get("resources", {}) == want
+    assert _validated(job) == []
+
+
+def test_the_api_server_refuses_what_the_operator_used_to_write():
+    """The validator port itself: a GPU only under requests, and a request unequal to its limit."""
+    s = sample("minimal.yaml")
+    job = manifests.predict_job("ij", "ns", "u", s)
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    res.update(requests={"nvidia.com/gpu": "1"}, limits={"cpu": "2"})
+    assert any("Limit must be set for non overcommitable resources" in e for e in _validated(job))
+    res.update(requests={"nvidia.com/gpu": "1"}, limits={"nvidia.com/gpu": "2"})
+    assert any("must be equal to nvidia.com/gpu limit of 2" in e for e in _validated(job))
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"predict": {"resources": {"requests": {"nvidia.com/gpu": 1}, "limits": {"nvidia.com/gpu": 2}}}},
+     "must equal limits[nvidia.com/gpu]"),
+    ({"predict": {"resources": {"limits": {"nvidia.com/gpu": "0.5"}}}}, "must be a whole number"),
+    ({"blend": {"resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}}}, "exceeds limits[memory]"),
+    ({"queueName": "team a"}, "not a valid label value"),
+    ({"nodeSelector": {"bad key!": "x"}}, "not a valid label key"),
+    ({"tolerations": [{"key": "spot", "operator": "Exists", "tolerationSeconds": 60}]}, "needs effect NoExecute"),
+    ({"storage": {"secretName": "Not_A_Name"}}, "not a valid Secret name"),
+])
+def test_refusals_cover_what_the_jobs_would_break(changes, fragment):
+    from vesuvius_inference.k8s.checks import refusals
+
+    s = specmod.parse({**sample("minimal.yaml").raw, **changes})
+    errors = refusals("minimal", s)
+    assert any(fragment in e for e in errors), errors
+
+
+def test_operator_defaults_are_checked_too():
+    from vesuvius_inference.k8s.checks import refusals
+
+    s = sample("minimal.yaml")
+    assert refusals("minimal", s, manifests.OperatorDefaults(queue_name="gpu queue"))
+    assert refusals("minimal", s, manifests.OperatorDefaults(gpu_node_selector={"pool": "a b"}))
+    assert refusals("minimal", s, manifests.OperatorDefaults()) == []
+
+
+@functools.cache
+def _crd_schema():
+    from crd_check import CompiledSchema, schema
+
+    return CompiledSchema(schema())
+
+
+def _crd_errors(doc):
+    import copy
+
+    from crd_check import apply_defaults
+
+    return _crd_schema().errors(apply_defaults(_crd_schema().schema, copy.deepcopy(doc)))
+
+
+@pytest.mark.parametrize("parts, blend, finalize, retry", [
+    (512, 1, 1, 0), (512, 1, 1, 12), (1, 1, 1, 0), (10, 1000, 1, 0), (11, 1, 2, 0), (100000, 32, 32, 3)])
+def test_crd_cel_and_the_operator_agree_on_name_lengths(parts, blend, finalize, retry):
+    """At the longest accepted name both accept; one character more both refuse (the CRD at admission, the
+    operator for API servers that skipped CEL), and then the API server would have refused a Job."""
+    from vesuvius_inference.k8s.checks import refusals
+
+    doc = yaml.safe_load((SAMPLES / "minimal.yaml").read_text())
+    doc["spec"].update(parts=parts, blend={"parallelism": blend}, finalize={"parallelism": finalize},
+                       retryFailedParts=retry)
+    longest = max(n for n in range(1, 64) if refusals("a" * n, specmod.parse(doc["spec"])) == [])
+    for n, accept in ((longest, True), (longest + 1, False)):
+        doc["metadata"]["name"] = "a" * n
+        s = specmod.parse(doc["spec"])
+        assert (_crd_errors(doc) == []) is accept and (refusals(doc["metadata"]["name"], s) == []) is accept, n
+        jobs = [manifests.predict_job(doc["metadata"]["name"], "ns", "u", s),
+                manifests.blend_job(doc["metadata"]["name"], "ns", "u", s),
+                manifests.finalize_job(doc["metadata"]["name"], "ns", "u", s)]
+        if retry:
+            jobs.append(manifests.predict_job(doc["metadata"]["name"], "ns", "u", s, part_ids=range(parts),
+                                              attempt=retry))
+        assert all(_validated(j) == [] for j in jobs) is accept, n

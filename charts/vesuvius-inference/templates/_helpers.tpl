@@ -74,25 +74,40 @@ same set from the operator's code and kopf's handler registry and checks that no
 {{- define "vesuvius-inference.namespacedRules" -}}
 # InferenceJobs: kopf lists and watches them (its watch streams for @kopf.on.create/resume/update)
 # and patches them (progress and diff-base annotations, AnnotationsProgressStorage /
-# AnnotationsDiffBaseStorage); handlers.reconcile gets one (get_namespaced_custom_object).
+# AnnotationsDiffBaseStorage); handlers.reconcile gets one (get_namespaced_custom_object), the
+# periodic resync lists them (list_namespaced_custom_object, list_cluster_custom_object with -A).
 - apiGroups: [vesuvius.dev]
   resources: [inferencejobs]
   verbs: [get, list, patch, watch]
-# The status subresource: handlers._patch_status (patch_namespaced_custom_object_status).
+# The status subresource: handlers._write_status (patch_namespaced_custom_object_status).
 - apiGroups: [vesuvius.dev]
   resources: [inferencejobs/status]
   verbs: [patch]
+# The child Jobs' ownerReferences set blockOwnerDeletion: with the OwnerReferencesPermissionEnforcement
+# admission plugin (on by default in OpenShift) that needs update on the owner's finalizers
+# (plugin/pkg/admission/gc/gc_admission.go). The operator never sets a finalizer itself.
+- apiGroups: [vesuvius.dev]
+  resources: [inferencejobs/finalizers]
+  verbs: [update]
 # Child Jobs: kopf lists and watches them (@kopf.on.event for batch/v1 jobs); handlers list
-# (child_jobs), create (_create) and patch them (suspend, parallelism).
+# (child_jobs), create (_create), read one after a 409 to see whose it is, and patch them
+# (suspend, parallelism).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, list, patch, watch]
-# Pods, read-only: handlers._failure_details lists a failed Job's pods for the termination messages.
+  verbs: [create, get, list, patch, watch]
+# Kueue Workloads: with a queue, handlers._sync_suspend suspends and resumes a Job through its
+# Workload's spec.active (Kueue restarts admitted Jobs suspended any other way). Harmless without Kueue.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, patch]
+# Pods, read-only: handlers._failure_details lists a failed Job's pods for the termination messages,
+# handlers._stuck the pods of unfinished Jobs that cannot start (CreateContainerConfigError, ...).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
 # Events: kopf posts core v1 Events (kopf/_cogs/clients/events.py: POST .../namespaces/NS/events)
-# for kopf.info/kopf.warn and handler outcomes. kopf never uses events.k8s.io.
+# for kopf.info/kopf.warn and handler outcomes, and handlers._event posts them from the periodic
+# resync (create_namespaced_event). Neither uses events.k8s.io.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -6,17 +6,21 @@ finalize``), with exactly the same flags; the image's entrypoint is ``vesuvius-i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
+from .names import job_name
 from .ranges import format_ranges
 from .spec import JobSpec
 
 LABEL_JOB = "vesuvius.dev/inferencejob"
 LABEL_STAGE = "vesuvius.dev/stage"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+GPU = "nvidia.com/gpu"
 MODEL_CACHE = "/var/cache/vesuvius"
 INDEX = "$(JOB_COMPLETION_INDEX)"
 # One version for package, images and chart: the worker image the operator runs by default.
@@ -35,8 +39,21 @@ class OperatorDefaults:
     queue_name: str | None = None
 
 
-def job_name(name: str, stage: str, attempt: int = 0) -> str:
-    return f"{name}-{stage}" + (f"-r{attempt}" if attempt else "")
+def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
+    """Defaults the Helm chart passes to the operator as env vars (image, GPU scheduling, Kueue queue).
+    ValueError when the JSON-valued ones are not JSON."""
+    e = os.environ if env is None else env
+    base = OperatorDefaults()
+    try:
+        return OperatorDefaults(
+            image=e.get("VESUVIUS_WORKER_IMAGE", base.image),
+            image_pull_policy=e.get("VESUVIUS_WORKER_PULL_POLICY", "IfNotPresent"),
+            gpu_node_selector=json.loads(e.get("VESUVIUS_GPU_NODE_SELECTOR", "{}")),
+            gpu_tolerations=json.loads(e.get("VESUVIUS_GPU_TOLERATIONS", json.dumps(base.gpu_tolerations))),
+            queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
+        )
+    except json.JSONDecodeError as err:
+        raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
 
 
 def parts_dir(spec: JobSpec) -> str:
@@ -98,6 +115,43 @@ def _env(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return env, env_from
 
 
+def is_overcommit_allowed(resource: str) -> bool:
+    """Native resources (cpu, memory, ...) but not hugepages; extended ones such as nvidia.com/gpu are not
+    (kubernetes pkg/apis/core/helper/helpers.go, IsNativeResource and IsOvercommitAllowed)."""
+    native = "/" not in resource or "kubernetes.io/" in resource
+    return native and not resource.startswith("hugepages-")
+
+
+def container_resources(spec: JobSpec, stage: str, gpu: bool) -> dict[str, dict[str, str]]:
+    """A stage's requests and limits as the pod needs them.
+
+    Kubernetes requires a limit for every resource that cannot be overcommitted and, when both are
+    set, an equal request (pkg/apis/core/validation/validation.go, ValidateResourceRequirements): a
+    GPU named only under requests is copied to limits. A user's own GPU count wins over predict.gpus.
+    Quantities are strings, as the API server returns them (kubernetes-client 37 refuses integers).
+    """
+    res = (spec.get(stage) or {}).get("resources") or {}
+    requests = {q: str(v) for q, v in (res.get("requests") or {}).items()}
+    limits = {q: str(v) for q, v in (res.get("limits") or {}).items()}
+    for resource, value in requests.items():
+        if not is_overcommit_allowed(resource) and resource not in limits:
+            limits[resource] = value
+    if gpu and GPU not in limits and int(spec["predict"]["gpus"]) > 0:
+        limits[GPU] = str(int(spec["predict"]["gpus"]))
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _failure_rules(spec: JobSpec, stage: str, action: str) -> list[dict[str, Any]]:
+    """Preemptions never count; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
+    Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required")."""
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
+    if codes:
+        rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
+    return rules
+
+
 def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
          completions: int, parallelism: int, defaults: OperatorDefaults, gpu: bool) -> dict[str, Any]:
     labels = {LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
@@ -105,12 +159,7 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
     queue = spec.get("queueName") or defaults.queue_name
     if queue:
         labels[LABEL_QUEUE] = queue
-    # Quantities as strings, as the API server returns them (kubernetes-client 37 refuses integers)
-    resources = {k: {q: str(v) for q, v in (((spec.get(stage) or {}).get("resources") or {}).get(k) or {}).items()}
-                 for k in ("requests", "limits")}
-    if gpu and int(spec["predict"]["gpus"]) > 0:
-        resources["limits"]["nvidia.com/gpu"] = str(int(spec["predict"]["gpus"]))
-    resources = {k: v for k, v in resources.items() if v}
+    resources = container_resources(spec, stage, gpu)
     env, env_from = _env(spec)
     container: dict[str, Any] = {
         "name": stage,
@@ -157,24 +206,18 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
             "completionMode": "Indexed",
             "backoffLimitPerIndex": int(retry["perPartLimit"]),
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                {"action": "FailIndex", "onExitCodes": {"containerName": stage, "operator": "In",
-                                                         "values": sorted(set(retry["nonRetryableExitCodes"]))}},
-            ]},
+            "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex")},
         })
-        if retry.get("maxFailedParts") is not None:
-            job_spec["maxFailedIndexes"] = int(retry["maxFailedParts"])
+        # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
+        # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
+        if stage == "predict" and retry.get("maxFailedParts") is not None:
+            job_spec["maxFailedIndexes"] = min(int(retry["maxFailedParts"]), completions)
     else:
         job_spec.update({
             "completionMode": "NonIndexed",
             "backoffLimit": int(spec["retry"]["perPartLimit"]),
             "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": [
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-                {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
-                                                       "values": sorted(set(spec["retry"]["nonRetryableExitCodes"]))}},
-            ]},
+            "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailJob")},
         })
     if spec.get("activeDeadlineSeconds"):
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])

@@ -8,7 +8,12 @@ from collections.abc import Sequence
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vesuvius-inference operator", description="Run the InferenceJob operator.")
+    p = argparse.ArgumentParser(
+        prog="vesuvius-inference operator", description="Run the InferenceJob operator.",
+        epilog="Environment: VESUVIUS_WORKER_IMAGE, VESUVIUS_WORKER_PULL_POLICY, VESUVIUS_GPU_NODE_SELECTOR, "
+               "VESUVIUS_GPU_TOLERATIONS, VESUVIUS_QUEUE_NAME (defaults of the child Jobs, set by the Helm chart); "
+               "VESUVIUS_RESYNC_SECONDS (reconcile every unfinished InferenceJob this often, default 60, 0 = off); "
+               "VESUVIUS_STUCK_POD_SECONDS (report pods that cannot start after this long, default 300).")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
@@ -30,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(message)s")
     import kopf
 
-    from . import handlers  # noqa: F401 - registers the handlers
+    from . import handlers  # registers the handlers
+
+    handlers.configure_scope(args.namespace, args.all_namespaces)
 
     @kopf.on.startup()
     def _scope(settings: kopf.OperatorSettings, **_: object) -> None:

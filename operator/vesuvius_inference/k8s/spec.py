@@ -77,6 +77,8 @@ def validate(spec: JobSpec) -> list[str]:
             errors.append(f"{path} is required")
         elif not uri.startswith(URI_SCHEMES + (("hf://",) if path == "model.uri" else ())):
             errors.append(f"{path} {uri!r} has no known scheme (s3://, gs://, http(s)://, file:// or /)")
+    if errors:
+        return errors
     for path, uri in (("output.uri", spec["output"]["uri"]), ("workdir", spec.workdir)):
         if uri.lower().startswith(READ_ONLY_SCHEMES):
             errors.append(f"{path} {uri!r} is read-only over http(s): use s3://, gs://, file:// or /")
