@@ -92,15 +92,36 @@ def predict_parser() -> _Parser:
           help="seconds between checkpoints: a killed part resumes from the last one (0: after every batch)")
     p.opt("--model_cache_dir", default=None,
           help="cache for s3:// and hf:// models (default: $VESUVIUS_MODEL_CACHE_DIR or ~/.cache/vesuvius-inference/models)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--blended_output", "--blended-output", dest="blended_output", default=None, metavar="URL",
+                     help="write the chunks only this part covers straight into these blended float16 logits; "
+                          "blend then finishes the seams")
+    out.add_argument("--final_output", "--final-output", dest="final_output", default=None, metavar="URL",
+                     help="the same, finalized (--mode, --threshold) into this uint8 OME-Zarr output")
+    p.opt("--mode", choices=["binary", "multiclass"], default="binary", help="with --final_output: what to write")
+    p.opt("--threshold", action="store_true", help="with --final_output: class ids instead of probabilities")
+    _lease_opt(p)
     _model_opts(p, True)
     _common(p)
     return p
 
 
+def _lease_opt(p: _Parser) -> None:
+    p.opt("--lease_s", type=float, default=None,
+          help="claim lease: a run that has not renewed its claim for this long is presumed dead and taken over "
+               "(default: $VESUVIUS_LEASE_S or 60)")
+
+
 def blend_parser() -> _Parser:
-    p = _Parser(prog="vesuvius.blend_logits", description="Merge predict parts into blended float16 logits.")
+    p = _Parser(prog="vesuvius.blend_logits",
+                description="Finish the output from predict parts: the seams, and the parts' own chunks when "
+                            "predict was not given an output.")
     p.add_argument("parts_dir")
     p.add_argument("output")
+    p.opt("--mode", choices=["binary", "multiclass"], default=None,
+          help="finalize while blending (uint8 OME-Zarr output, no float16 intermediate)")
+    p.opt("--threshold", action="store_true", help="with --mode: class ids instead of probabilities")
+    _lease_opt(p)
     p.opt("--cache_gb", type=float, default=4.0)
     p.opt("--sigma_scale", type=float, default=8.0, help="sigma = patch / sigma_scale (nnU-Net: 8, the only value)")
     p.opt("--chunk_size", type=_ints, default=None, help="must match the parts' chunks when given")
@@ -209,7 +230,9 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         patch_size=args.patch_size, folds=args.folds, cache_gb=args.cache_gb, chunk_size=args.chunk_size,
         level=args.level, overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
-        patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s))
+        patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s,
+        blended_output=args.blended_output, final_output=args.final_output, mode=args.mode, threshold=args.threshold,
+        lease_s=args.lease_s))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -217,7 +240,8 @@ def _cmd_blend(args: argparse.Namespace) -> None:
 
     run_blend(BlendConfig(args.parts_dir, args.output, cache_gb=args.cache_gb, sigma_scale=args.sigma_scale,
                           chunk_size=args.chunk_size, num_parts=args.num_parts, part_id=args.part_id,
-                          overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args)))
+                          overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
+                          mode=args.mode, threshold=args.threshold, lease_s=args.lease_s))
 
 
 def _cmd_finalize(args: argparse.Namespace) -> None:

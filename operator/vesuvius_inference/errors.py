@@ -1,6 +1,7 @@
 """Errors that map to the documented exit codes.
 
-0 done, 2 bad arguments, 3 bad input data or model; anything else is transient (the Kubernetes
+0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work;
+anything else is transient (the Kubernetes
 Job retries it, ``podFailurePolicy`` fails the part at once on 2 and 3).
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_INPUT = 3
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry later
 
 
 class VesuviusError(Exception):
@@ -27,6 +29,16 @@ class BadInput(VesuviusError):
     """The input data, model or existing output is unusable: fix the data, never retry."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class Busy(VesuviusError):
+    """Another live run holds this unit of work (or took it over): this run stops, nothing is lost.
+
+    Transient by design: a retry after the other run finished finds the work done; after it died
+    (its lease expired) the retry takes the work over and resumes from its last checkpoint.
+    """
+
+    exit_code = EXIT_BUSY
 
 
 def classify(exc: BaseException) -> VesuviusError | None:

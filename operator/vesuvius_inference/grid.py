@@ -175,25 +175,51 @@ def tiled_order(grid: PatchGrid, part: tuple[int, int], budget_bytes: float, byt
     return [int(i) for i in idx[keys]]
 
 
-def split_parts(nonempty: np.ndarray, num_parts: int) -> list[tuple[int, int]]:
+def split_parts(nonempty: np.ndarray, num_parts: int, row_size: int = 1, tolerance: float = 0.0
+                ) -> list[tuple[int, int]]:
     """Split patch indices 0..n into ``num_parts`` contiguous ranges with balanced non-empty counts.
 
     Empty patches cost no model time, so balancing by the raw patch count (as the seed did, by Z)
     leaves parts idle on sparse scrolls. Falls back to the plain count when every patch is empty.
+
+    ``row_size`` is the number of patches in one z-row of the grid. A boundary inside a row makes
+    the seam between two parts a whole patch deep plus the overlaps; a boundary between rows makes
+    it one overlap deep. Each boundary is therefore moved to the nearest row boundary when that
+    shifts its part's share by at most ``tolerance`` of the mean share.
     """
     n = int(nonempty.size)
     if num_parts < 1:
         raise ValueError("num_parts must be >= 1")
     weights = nonempty.astype(np.int64) if nonempty.any() else np.ones(n, dtype=np.int64)
-    cum = np.cumsum(weights)
-    total = int(cum[-1]) if n else 0
+    cum = np.concatenate([[0], np.cumsum(weights)])  # cum[i] = weight of patches before i
+    total = int(cum[-1])
+    mean = total / num_parts
     bounds = [0]
     for k in range(1, num_parts):
         target = -(-k * total // num_parts)  # ceil
-        b = int(np.searchsorted(cum, target, side="left")) + 1 if target > 0 else 0
-        bounds.append(min(max(b, bounds[-1]), n))
+        b = int(np.searchsorted(cum[1:], target, side="left")) + 1 if target > 0 else 0
+        b = min(max(b, bounds[-1]), n)
+        if row_size > 1 and b % row_size:
+            cands = [b - b % row_size, b - b % row_size + row_size]
+            cands = [c for c in cands if bounds[-1] <= c <= n]
+            if cands:
+                best = min(cands, key=lambda c: (abs(int(cum[c]) - target), c))
+                if abs(int(cum[best]) - target) <= tolerance * mean:
+                    b = best
+        bounds.append(b)
     bounds.append(n)
     return [(bounds[k], bounds[k + 1]) for k in range(num_parts)]
+
+
+# How far (as a fraction of a part's share of the work) a part boundary may move to fall between
+# patch rows: thin seams for at most this much load imbalance per boundary.
+ROW_SNAP_TOLERANCE = 0.1
+
+
+def grid_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int) -> list[tuple[int, int]]:
+    """The part split every stage and ``plan`` use: balanced, boundaries between rows where it costs
+    at most ``ROW_SNAP_TOLERANCE`` of balance."""
+    return split_parts(nonempty, num_parts, row_size=grid.counts[1] * grid.counts[2], tolerance=ROW_SNAP_TOLERANCE)
 
 
 def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:

@@ -79,11 +79,35 @@ def select_devices(gpus: str, forced: str | None = None) -> list[str]:
     return [f"cuda:{i}" for i in ids]
 
 
+def _predict_config(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: int, device: str) -> Any:
+    """What each part runs: it writes its own chunk rows straight into the output of this pipeline."""
+    from .predict import PredictConfig
+
+    fused = cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize)
+    return PredictConfig(
+        model_path=cfg.model, input_dir=cfg.input, output_dir=parts_dir, part_id=part_id, num_parts=num_parts,
+        overlap=cfg.overlap, batch_size=cfg.batch_size, device=device, skip_empty_patches=cfg.skip_empty_patches,
+        do_tta=cfg.do_tta, patch_size=cfg.patch_size, folds=cfg.folds, cache_gb=cfg.cache_gb,
+        chunk_size=cfg.chunk_size, level=cfg.level, overwrite=cfg.overwrite, quiet=cfg.quiet,
+        storage_options=cfg.storage_options, bbox=cfg.bbox,
+        final_output=cfg.output if fused else None, blended_output=None if fused else _blended(cfg),
+        mode=cfg.mode, threshold=cfg.threshold)
+
+
+def _blended(cfg: PipelineConfig) -> str:
+    return storage.join(cfg.work, "blended.zarr")
+
+
 def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: int, device: str) -> list[str]:
+    pc = _predict_config(cfg, parts_dir, part_id, num_parts, device)
     args = ["predict", "--model_path", cfg.model, "--input_dir", cfg.input, "--output_dir", parts_dir,
             "--part_id", str(part_id), "--num_parts", str(num_parts), "--overlap", str(cfg.overlap),
             "--batch_size", str(cfg.batch_size), "--device", device, "--cache_gb", str(cfg.cache_gb),
             "--level", str(cfg.level)]
+    if pc.final_output:
+        args += ["--final_output", pc.final_output, "--mode", pc.mode] + (["--threshold"] if pc.threshold else [])
+    else:
+        args += ["--blended_output", pc.blended_output]
     if not cfg.do_tta:
         args.append("--disable_tta")
     if not cfg.skip_empty_patches:
@@ -104,17 +128,12 @@ def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: 
 
 
 def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) -> int:
-    from .predict import PredictConfig, run_predict
+    from .predict import run_predict
 
     num_parts = len(devices) * cfg.parts_per_gpu
     if len(devices) == 1:
         for p in range(num_parts):
-            run_predict(PredictConfig(
-                model_path=cfg.model, input_dir=cfg.input, output_dir=parts_dir, part_id=p, num_parts=num_parts,
-                overlap=cfg.overlap, batch_size=cfg.batch_size, device=devices[0],
-                skip_empty_patches=cfg.skip_empty_patches, do_tta=cfg.do_tta, patch_size=cfg.patch_size,
-                folds=cfg.folds, cache_gb=cfg.cache_gb, chunk_size=cfg.chunk_size, level=cfg.level,
-                overwrite=cfg.overwrite, quiet=cfg.quiet, storage_options=cfg.storage_options, bbox=cfg.bbox))
+            run_predict(_predict_config(cfg, parts_dir, p, num_parts, devices[0]))
         return num_parts
     failures: list[str] = []
 
@@ -140,7 +159,7 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
 def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     """Run the stages; returns seconds per stage. Each stage resumes where an earlier run stopped."""
     from .blend import BlendConfig, run_blend
-    from .finalize import FinalizeConfig, run_finalize, run_fused
+    from .finalize import FinalizeConfig, run_finalize
     from .volume import open_volume
 
     if cfg.parts_per_gpu < 1:
@@ -153,8 +172,11 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     volume = open_volume(cfg.input, cfg.level, so)
     nvox = int(volume.channels) * int(volume.shape[0]) * int(volume.shape[1]) * int(volume.shape[2])
     parts_dir = storage.join(cfg.work, "parts")
-    blended = storage.join(cfg.work, "blended.zarr")
+    blended = _blended(cfg)
+    fused = cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize)
     times: dict[str, float] = {}
+    if cfg.overwrite and not cfg.skip_predict:
+        _clear_other_runs(cfg, parts_dir)
 
     def stage(name: str, fn: Any) -> None:
         t = time.perf_counter()
@@ -166,26 +188,41 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         devices = select_devices(cfg.gpus, cfg.device)
         log.info("== predict: %d part(s) on %s", len(devices) * cfg.parts_per_gpu, ", ".join(devices))
         stage("predict", lambda: _run_predict_stage(cfg, parts_dir, devices))
-    if cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize):
-        stage("blend+finalize", lambda: run_fused(parts_dir, cfg.output, cfg.mode, cfg.threshold, cfg.overwrite,
-                                                   cfg.quiet, so))
+    if fused:
+        stage("blend+finalize", lambda: run_blend(BlendConfig(parts_dir, cfg.output, quiet=cfg.quiet,
+                                                               storage_options=so)))
     else:
         if not cfg.skip_blend:
             stage("blend", lambda: run_blend(BlendConfig(parts_dir, blended, cache_gb=cfg.cache_gb,
-                                                         chunk_size=cfg.chunk_size, overwrite=cfg.overwrite,
-                                                         quiet=cfg.quiet, storage_options=so)))
+                                                         chunk_size=cfg.chunk_size, quiet=cfg.quiet,
+                                                         storage_options=so)))
         if not cfg.skip_finalize:
             stage("finalize", lambda: run_finalize(FinalizeConfig(blended, cfg.output, mode=cfg.mode,
                                                                   threshold=cfg.threshold, cache_gb=cfg.cache_gb,
                                                                   overwrite=cfg.overwrite, quiet=cfg.quiet,
                                                                   storage_options=so)))
-    from .blend import is_complete
+    from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
         storage.remove(cfg.work, so)
         log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
     log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input, cfg.output)
     return times
+
+
+def _clear_other_runs(cfg: PipelineConfig, parts_dir: str) -> None:
+    """--overwrite: remove the output predict writes into if another configuration made it, before any
+    part writes (this process is the only writer now; parts never delete a shared output)."""
+    from .output import output_config
+    from .predict import _prepare
+
+    pc = _predict_config(cfg, parts_dir, 0, 1, "cpu")
+    spec = pc.output_spec
+    meta = storage.read_json(storage.join(spec.url, "zarr.json"), cfg.storage_options)
+    prev = ((meta or {}).get("attributes", {}).get("vesuvius") or {}).get("config")
+    if meta is not None and prev != output_config(_prepare(pc).fp, spec):
+        storage.remove(spec.url, cfg.storage_options)
+        log.info("--overwrite: removed %s (written by another configuration)", spec.url)
 
 
 def run_pipeline() -> int:

@@ -16,8 +16,14 @@ import numpy as np
 
 from . import storage
 from .errors import BadArguments, BadInput
-from .grid import PatchGrid, chunks_touched, nonempty_patches, split_parts
+from .grid import ChunkGrid, PatchGrid, chunks_touched, grid_parts, nonempty_patches
+from .layout import SUMS, PartLayout
 from .volume import open_volume
+
+# Typical blosc-zstd ratios of what the part stores hold, measured on this project's test models
+# (tests/bench/bench_engine.py prints the run's own): int64 fixed-point sums compress to about half,
+# float16 logits hardly at all.
+SUMS_RATIO, EDGE_RATIO = 0.5, 0.95
 
 
 @dataclass
@@ -82,7 +88,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
         grid = PatchGrid(tuple(b - a for a, b in zip(*box)), patch, cfg.overlap, origin=box[0])  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = nonempty_patches(grid, occ, volume.chunks) if occ is not None else np.ones(grid.n_patches, bool)
-    parts = split_parts(nonempty, cfg.num_parts)
+    parts = grid_parts(grid, nonempty, cfg.num_parts)
     per_part = [int(nonempty[a:b].sum()) for a, b in parts]
     n_run = int(nonempty.sum())
     passes = n_run * n_folds * (8 if cfg.do_tta else 1)
@@ -95,7 +101,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     out_vox = float(np.prod(volume.shape)) * (n_run / max(grid.n_patches, 1)) if occ is not None else float(
         np.prod(volume.shape))
     blended = out_vox * n_classes * 2
-    boundary = min(1.0, (cfg.num_parts - 1) * (patch[0] + chunks[0]) / volume.shape[0])
+    seams = seam_estimate(grid, nonempty, parts, volume.shape, chunks, n_classes)  # type: ignore[arg-type]
     plan = {
         "input": {"url": cfg.input, "shape": list(volume.shape), "channels": volume.channels,
                   "dtype": str(volume.dtype), "chunks": list(volume.chunks),
@@ -106,12 +112,42 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
                   "imbalance": (max(per_part) / max(1e-9, np.mean(per_part))) if n_run else 1.0},
         "model": {"folds": n_folds, "classes": n_classes, "tta": cfg.do_tta, "passes": passes},
         "bytes": {"read": to_read * in_chunk_bytes, "read_chunks": to_read, "blended_logits": int(blended),
-                  "intermediates_estimate": int(blended * (1 + 5 * boundary)),
+                  "intermediates_estimate": seams["compressed_estimate"],
                   "output": int(out_vox * (1 if n_classes <= 2 else n_classes))},
+        "seams": seams,
+        "objects": {"output_chunks": seams["output_chunks"], "intermediate_chunks": seams["objects"],
+                    "markers": 2 * cfg.num_parts},
     }
     if cfg.throughput:
         plan["gpu_hours"] = passes / cfg.throughput / 3600
     return plan
+
+
+def seam_estimate(grid: PatchGrid, nonempty: np.ndarray, parts: list[tuple[int, int]], shape: tuple[int, int, int],
+                  chunks: tuple[int, int, int], n_classes: int) -> dict[str, Any]:
+    """What the part stores will hold: the seam segments of the layout, over the chunk columns that get
+    predictions. Uncompressed bytes are exact from the geometry; compressed ones assume typical ratios."""
+    cg = ChunkGrid(shape, chunks)
+    touched = chunks_touched(grid, nonempty, chunks, cg.counts)
+    layout = PartLayout.build(grid, nonempty, parts, shape[0], chunks[0])
+    ys = np.minimum(np.arange(cg.counts[1]) * chunks[1] + chunks[1], shape[1]) - np.arange(cg.counts[1]) * chunks[1]
+    xs = np.minimum(np.arange(cg.counts[2]) * chunks[2] + chunks[2], shape[2]) - np.arange(cg.counts[2]) * chunks[2]
+    area = np.outer(ys, xs)
+    sums = edge = objects = 0
+    for seg in layout.segments():
+        cols = touched[seg.z0 // chunks[0]]
+        vox = int((area * cols).sum()) * (seg.z1 - seg.z0)
+        objects += int(cols.sum())
+        if seg.kind == SUMS:
+            sums += vox * (n_classes + 1) * 8
+        else:
+            edge += vox * n_classes * 2
+    logits = int(np.prod(shape)) * n_classes * 2
+    compressed = int(sums * SUMS_RATIO + edge * EDGE_RATIO)
+    return {"seam_rows": len(layout.seam_rows), "rows": layout.rows, "seam_depth": layout.seam_depth(),
+            "sums_bytes": sums, "edge_bytes": edge, "objects": objects, "compressed_estimate": compressed,
+            "output_chunks": int(touched.sum()),
+            "ratio_to_logits": compressed / max(logits, 1), "uncompressed_ratio_to_logits": (sums + edge) / max(logits, 1)}
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -130,6 +166,11 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{m['passes']:,} model passes",
         f"bytes      read {gb(b['read'])}, blended logits {gb(b['blended_logits'])}, "
         f"intermediates ~{gb(b['intermediates_estimate'])}, output {gb(b['output'])}",
+        f"seams      {p['seams']['seam_rows']} of {p['seams']['rows']} chunk rows, {p['seams']['seam_depth']:,} z-slices "
+        f"shared; intermediates ~{p['seams']['ratio_to_logits']:.2f}x the float16 logits "
+        f"({p['seams']['uncompressed_ratio_to_logits']:.2f}x uncompressed)",
+        f"objects    output {p['objects']['output_chunks']:,} chunks, intermediates {p['objects']['intermediate_chunks']:,} "
+        f"chunks + {p['objects']['markers']} markers",
     ]
     if "gpu_hours" in p:
         lines.append(f"estimate   {p['gpu_hours']:,.1f} GPU-hours at the given throughput")

@@ -1,35 +1,42 @@
-"""predict: run the model over one part's patches and accumulate into the part store.
+"""predict: run the model over one part's patches; write what only this part covers, keep the seams.
 
-Read (prefetch thread) -> normalize (plans) -> forward over folds and mirror flips, batched ->
-weight with nnU-Net's Gaussian -> quantise -> accumulate into chunked sums -> marker last.
+Orchestration over small parts: claim the part (claims.py), read patches ahead (reader.py), run the
+model with TTA and folds (runner.py), weight and quantise on the device (fixedpoint.py), accumulate
+into a bounded chunk cache on the device (accumulate.py), and hand each completed chunk to the
+part's writer (partstore.py): straight into the output (output.py) for the chunk rows only this
+part covers, into thin seam segments otherwise. The marker is written last and names the run.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
+import json
 import logging
 import os
-import queue
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import storage
+from .claims import Lease, default_lease_s, trusted_complete
 from .errors import BadArguments, BadInput
-from .grid import ChunkGrid, PatchGrid, Shape3, nonempty_patches, split_parts, tiled_order
+from .grid import ChunkGrid, PatchGrid, Shape3, nonempty_patches, tiled_order
+from .output import BLENDED, FINAL, MODES, OutputSpec, output_channels
+from .partstore import (
+    CHECKPOINT,
+    FORMAT_VERSION,
+    claim_url,
+    marker_url,
+    pack_mask,
+    part_name,
+    store_url,
+)
 from .volume import InputVolume, open_volume
 
 log = logging.getLogger("vesuvius_inference.predict")
-FORMAT_VERSION = 1
-CHECKPOINT = "checkpoint.json"  # inside the part store: blend never lists it
-
-
-def part_name(part_id: int) -> str:
-    return f"part_{part_id:05d}"
+__all__ = ["PredictConfig", "run_predict", "Inferer", "part_name", "CHECKPOINT", "store_url", "pack_mask"]
 
 
 @dataclass
@@ -61,10 +68,23 @@ class PredictConfig:
     bbox: str | None = None
     patch_order: str = "tiled"
     checkpoint_s: float = 600.0  # seconds between checkpoints a killed part resumes from
+    blended_output: str | None = None  # write owned chunks as blended logits here
+    final_output: str | None = None  # ... or finalized (mode, threshold) here
+    mode: str = "binary"
+    threshold: bool = False
+    lease_s: float | None = None
 
     @property
     def input_storage_options(self) -> dict[str, Any]:
         return {**self.storage_options, "anon": True} if self.input_anon else self.storage_options
+
+    @property
+    def output_spec(self) -> OutputSpec | None:
+        if self.final_output:
+            return OutputSpec(self.final_output, FINAL, self.mode, self.threshold)
+        if self.blended_output:
+            return OutputSpec(self.blended_output, BLENDED)
+        return None
 
     def validate(self) -> None:
         storage.require_writable(self.output_dir, "--output_dir")
@@ -87,119 +107,41 @@ class PredictConfig:
         for name, v in (("--patch_size", self.patch_size), ("--chunk_size", self.chunk_size)):
             if v is not None and (len(v) != 3 or min(v) < 1):
                 raise BadArguments(f"{name} needs three positive integers z,y,x, got {v}")
-
-
-def resolve_device(requested: str) -> Any:
-    """The torch device to use; a CUDA request without a GPU falls back to CPU with one warning line."""
-    import torch
-
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("no CUDA GPU is available: running on the CPU (pass --device cpu to silence this)")
-        return torch.device("cpu")
-    try:
-        return torch.device(requested)
-    except RuntimeError:
-        raise BadArguments(f"--device {requested!r} is not a torch device (use cuda, cuda:1 or cpu)") from None
-
-
-class Runner:
-    """Forward passes of every fold with mirroring TTA, batched into one call per fold.
-
-    nnU-Net runs flips one by one; batching them is the same arithmetic. Every call has the same
-    batch size (the last batch is padded), because on the CPU a network's output for a sample can
-    change in the last bits with the batch size, and part-count invariance needs identical bits.
-    """
-
-    def __init__(self, model: Any, device: Any, tta: bool, batch_size: int) -> None:
-        import torch
-
-        self.torch = torch
-        self.model = model.to(device)
-        self.device = device
-        axes = model.mirror_axes if tta else None
-        self.combos: list[tuple[int, ...]] = []
-        if axes:
-            dims = [a + 2 for a in axes]
-            self.combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
-        self.batch_size = batch_size
-
-    @property
-    def passes_per_patch(self) -> int:
-        return (1 + len(self.combos)) * len(self.model.networks)
-
-    def __call__(self, x: np.ndarray) -> Any:
-        torch = self.torch
-        b = x.shape[0]
-        xt = torch.from_numpy(x)
-        if self.device.type == "cuda":
-            xt = xt.pin_memory().to(self.device, non_blocking=True)
-        batch = torch.cat([xt] + [torch.flip(xt, c) for c in self.combos]) if self.combos else xt
-        total = None
-        with torch.inference_mode():
-            for net in self.model.networks:
-                if self.device.type == "cuda":
-                    with torch.autocast("cuda"):
-                        out = net(batch)
-                else:
-                    out = net(batch)
-                out = out.float()
-                pred = out[:b].clone()
-                for k, c in enumerate(self.combos):
-                    pred += torch.flip(out[(k + 1) * b:(k + 2) * b], c)
-                if self.combos:
-                    pred /= len(self.combos) + 1
-                total = pred if total is None else total + pred
-            if len(self.model.networks) > 1:
-                total /= len(self.model.networks)
-        return total
+        if self.blended_output and self.final_output:
+            raise BadArguments("--blended_output and --final_output are exclusive: name one output")
+        if self.mode not in MODES:
+            raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
+        spec = self.output_spec
+        if spec is not None:
+            storage.require_writable(spec.url, "--final_output" if spec.kind == FINAL else "--blended_output")
+            if spec.url.rstrip("/") in (self.input_dir.rstrip("/"), self.output_dir.rstrip("/")):
+                raise BadArguments(f"the output {spec.url} must differ from --input_dir and --output_dir")
+        if self.lease_s is not None and self.lease_s <= 0:
+            raise BadArguments(f"--lease_s must be > 0 seconds, got {self.lease_s}")
 
 
 @dataclass
-class _Patch:
-    index: int
-    lo: Shape3
-    hi: Shape3
-    data: np.ndarray | None  # normalized, padded (C_in, p...) or None if homogeneous
+class _Context:
+    """What is known before the model is loaded (enough to tell whether the part is done)."""
+
+    cfg: PredictConfig
+    volume: InputVolume
+    model_dir: str
+    patch: Shape3
+    chunks: Shape3
+    fp: dict[str, Any]
+    marker_url: str
+    claim_url: str
 
 
-def _read_patches(volume: InputVolume, grid: PatchGrid, indices: Sequence[int], normalizer: Any,
-                  skip_homogeneous: bool, out: queue.Queue, stop: threading.Event) -> None:
-    """Producer thread: read and normalize patches in order (I/O overlaps the model)."""
-    try:
-        for i in indices:
-            if stop.is_set():
-                return
-            lo, hi = grid.region(i)
-            raw = volume.read(lo, hi)
-            if skip_homogeneous and all(float(c.min()) == float(c.max()) for c in raw):
-                out.put(_Patch(i, lo, hi, None))
-                continue
-            normalizer.apply(raw)
-            start = grid.start(i)
-            buf = np.zeros((raw.shape[0],) + tuple(grid.patch), dtype=np.float32)
-            dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
-            buf[(slice(None),) + dst] = raw
-            out.put(_Patch(i, lo, hi, buf))
-        out.put(None)
-    except BaseException as e:  # surfaced in the consumer
-        out.put(e)
-
-
-def plan_part(grid: PatchGrid, cgrid: ChunkGrid, nonempty: np.ndarray, part: tuple[int, int]
-              ) -> tuple[dict[Shape3, int], set[Shape3]]:
-    """Per chunk: how many of this part's patches touch it, and whether any other part writes it."""
+def plan_part(grid: PatchGrid, cgrid: ChunkGrid, part: tuple[int, int]) -> dict[Shape3, int]:
+    """Per chunk: how many of this part's patches touch it (a chunk completes when this hits 0)."""
     a, b = part
     remaining: dict[Shape3, int] = {}
     for i in range(a, b):
         for idx in cgrid.touching(*grid.region(i)):
             remaining[idx] = remaining.get(idx, 0) + 1
-    shared = set()
-    for idx in remaining:
-        others = grid.patches_touching(*cgrid.box(idx))
-        outside = others[(others < a) | (others >= b)]
-        if outside.size and nonempty[outside].any():
-            shared.add(idx)
-    return remaining, shared
+    return remaining
 
 
 def patch_nonempty(grid: PatchGrid, volume: InputVolume, skip_empty: bool) -> np.ndarray:
@@ -230,34 +172,34 @@ def _shared_stats(cfg: PredictConfig, normalizer: Any, volume: InputVolume, fp: 
     return stats
 
 
-def _grid(volume: InputVolume, patch: Shape3, cfg: PredictConfig) -> PatchGrid:
+def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None) -> PatchGrid:
     """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
     from .grid import parse_bbox
 
     try:
-        box = parse_bbox(cfg.bbox, volume.shape)
+        box = parse_bbox(bbox, shape)
     except ValueError as e:
         raise BadArguments(str(e)) from None
     if box is None:
-        return PatchGrid(volume.shape, patch, cfg.overlap)
+        return PatchGrid(shape, patch, overlap)
     lo, hi = box
-    return PatchGrid(tuple(b - a for a, b in zip(lo, hi)), patch, cfg.overlap, origin=lo)  # type: ignore[arg-type]
+    return PatchGrid(tuple(b - a for a, b in zip(lo, hi)), patch, overlap, origin=lo)  # type: ignore[arg-type]
 
 
 def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3) -> dict[str, Any]:
+    spec = cfg.output_spec
     return {
         "format": FORMAT_VERSION,
         "input": cfg.input_dir, "level": cfg.level, "shape": list(volume.shape), "channels": volume.channels,
         "dtype": str(volume.dtype), "model": model_fp, "folds": [str(f) for f in cfg.folds] if cfg.folds else None,
         "patch_size": list(patch), "overlap": cfg.overlap, "tta": cfg.do_tta, "skip_empty": cfg.skip_empty_patches,
         "chunk_size": list(chunks), "num_parts": cfg.num_parts, "bbox": cfg.bbox,
+        "output": spec.as_dict() if spec else None,
     }
 
 
 def _model_fingerprint(model_path: str, folds: Sequence[int | str] | None) -> str:
     """Identity of the model files, without importing torch (so a finished part exits at once)."""
-    import hashlib
-
     from .model import _file_digest, find_checkpoints
 
     folder = storage.local_path(model_path)
@@ -270,13 +212,13 @@ def _model_fingerprint(model_path: str, folds: Sequence[int | str] | None) -> st
     return digest.hexdigest()[:16]
 
 
-def _plans_patch_size(model_path: str) -> Shape3:
-    import json
+def _model_json(model_path: str, name: str) -> dict[str, Any]:
+    with open(os.path.join(storage.local_path(model_path), name)) as f:
+        return json.load(f)
 
-    folder = storage.local_path(model_path)
-    with open(os.path.join(folder, "plans.json")) as f:
-        plans = json.load(f)
-    confs = plans.get("configurations", {})
+
+def _plans_patch_size(model_path: str) -> Shape3:
+    confs = _model_json(model_path, "plans.json").get("configurations", {})
     conf = confs.get("3d_fullres") or next(iter(confs.values()), {})
     ps = conf.get("patch_size")
     if not ps or len(ps) != 3:
@@ -284,249 +226,64 @@ def _plans_patch_size(model_path: str) -> Shape3:
     return tuple(int(p) for p in ps)  # type: ignore[return-value]
 
 
-def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
+def model_classes(model_path: str) -> int:
+    """Output classes of a label-based nnU-Net model, from dataset.json (no torch needed)."""
+    return max(1, len(_model_json(model_path, "dataset.json").get("labels", {})))
 
-    return tqdm(total=total, desc=desc, unit="patch", disable=quiet, dynamic_ncols=True, mininterval=1.0)
+
+def _prepare(cfg: PredictConfig) -> _Context:
+    cfg.validate()
+    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    from .model_source import resolve_model
+
+    model_dir = resolve_model(cfg.model_path, cfg.storage_options, cfg.model_cache_dir)
+    spec = cfg.output_spec
+    if spec is not None and spec.kind == FINAL:
+        output_channels(spec.mode, spec.threshold, model_classes(model_dir))  # refuse a bad mode before any work
+    patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(model_dir)))
+    chunks = tuple(int(c) for c in (cfg.chunk_size or patch))
+    fp = _fingerprint(cfg, _model_fingerprint(model_dir, cfg.folds), volume, patch, chunks)  # type: ignore[arg-type]
+    return _Context(cfg, volume, model_dir, patch, chunks, fp,  # type: ignore[arg-type]
+                    marker_url(cfg.output_dir, cfg.part_id), claim_url(cfg.output_dir, cfg.part_id))
+
+
+def _done(ctx: _Context) -> bool:
+    """True if a trusted marker of this configuration exists; refuses another configuration's part."""
+    so = ctx.cfg.storage_options
+    marker = storage.read_json(ctx.marker_url, so)
+    if marker is None:
+        return False
+    if marker.get("config") != ctx.fp:
+        if not ctx.cfg.overwrite:
+            raise BadInput(f"{ctx.marker_url} was written by a different configuration; pass --overwrite to replace it")
+        return False
+    if trusted_complete(ctx.claim_url, marker.get("run"), so):
+        return True
+    log.warning("%s names run %s, which does not hold the part's claim as complete: predicting the part again",
+                ctx.marker_url, marker.get("run"))
+    return False
 
 
 def run_predict(cfg: PredictConfig) -> tuple[str, str]:
     """Run one part; return (part store URL, marker URL). Idempotent: a finished part returns at once."""
-    cfg.validate()
-    t0 = time.perf_counter()
+    ctx = _prepare(cfg)
     so = cfg.storage_options
-    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
-    from .model_source import resolve_model
+    if _done(ctx):
+        log.info("predict part %d/%d is already complete (%s): nothing to do", cfg.part_id, cfg.num_parts,
+                 ctx.marker_url)
+        return storage.read_json(ctx.marker_url, so)["store"], ctx.marker_url
+    lease = Lease(ctx.claim_url, f"predict part {cfg.part_id} of {cfg.output_dir}", so,
+                  cfg.lease_s if cfg.lease_s is not None else default_lease_s(),
+                  info={"part_id": cfg.part_id})
+    found = lease.acquire()
+    if found is not None:  # complete, but its marker was not trusted or is of another configuration
+        if _done(ctx):
+            return storage.read_json(ctx.marker_url, so)["store"], ctx.marker_url
+        lease.acquire(take_complete=True)
+    with lease:
+        from .predict_part import predict_part
 
-    model_dir = resolve_model(cfg.model_path, so, cfg.model_cache_dir)
-    model_fp = _model_fingerprint(model_dir, cfg.folds)
-    patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(model_dir)))
-    chunks = tuple(int(c) for c in (cfg.chunk_size or patch))
-    fp = _fingerprint(cfg, model_fp, volume, patch, chunks)  # type: ignore[arg-type]
-    name = part_name(cfg.part_id)
-    store_url = storage.join(cfg.output_dir, name)
-    marker_url = storage.join(cfg.output_dir, name + ".json")
-
-    marker = storage.read_json(marker_url, so)
-    if marker is not None:
-        if marker.get("config") == fp:
-            log.info("predict part %d/%d is already complete (%s): nothing to do", cfg.part_id, cfg.num_parts, marker_url)
-            return store_url, marker_url
-        if not cfg.overwrite:
-            raise BadInput(f"{marker_url} was written by a different configuration; pass --overwrite to replace it")
-    started = storage.read_json(storage.join(store_url, "zarr.json"), so)
-    if started is not None and started.get("attributes", {}).get("config") not in (None, fp) and not cfg.overwrite:
-        raise BadInput(f"{store_url} holds a part of a different configuration; pass --overwrite to replace it")
-
-    from .model import load_model
-    from .normalization import Normalizer
-
-    model = load_model(model_dir, cfg.folds)
-    if model.num_input_channels != volume.channels:
-        raise BadInput(f"model expects {model.num_input_channels} input channel(s), {cfg.input_dir} has {volume.channels}")
-    device = resolve_device(cfg.device)
-    grid = _grid(volume, patch, cfg)  # type: ignore[arg-type]
-    cgrid = ChunkGrid(volume.shape, chunks)  # type: ignore[arg-type]
-    nonempty = patch_nonempty(grid, volume, cfg.skip_empty_patches)
-    part = split_parts(nonempty, cfg.num_parts)[cfg.part_id]
-    remaining, shared = plan_part(grid, cgrid, nonempty, part)
-    normalizer = Normalizer.from_plans(model.configuration_manager, model.plans_manager, volume.channels)
-    stats = _shared_stats(cfg, normalizer, volume, fp)
-
-    import torch
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-    from .partstore import PartAccumulator, scale_bits_for
-
-    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
-    if cfg.patch_order == "tiled":
-        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
-    else:
-        order = list(range(*part))
-    todo = [i for i in order if nonempty[i]]
-    ckpt_key = {"config": fp, "todo": _digest(todo)}
-    ckpt_url = storage.join(store_url, CHECKPOINT)
-    group, arrays, resume = _open_store(store_url, marker_url, ckpt_url, ckpt_key, fp, cfg, model.num_classes,
-                                        volume.shape, chunks)
-    scale_bits = scale_bits_for(grid.max_coverage())
-    cache_bytes = int(cfg.cache_gb * (1 << 30))
-    accum = PartAccumulator(*arrays, cgrid, model.num_classes, remaining, shared, cache_bytes)
-
-    runner = Runner(model, device, cfg.do_tta, cfg.batch_size)
-    w64 = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
-                           device=torch.device("cpu")).double().to(device)
-    scale = float(2 ** scale_bits)
-    wq_full = torch.round(w64 * scale).long().cpu().numpy()
-
-    volume.cache_bytes = int(in_budget)
-    accum.cache_bytes = max(1, cache_bytes - volume.cache_bytes)
-    skipped_listing = (part[1] - part[0]) - len(todo)
-    stats_run = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": skipped_listing}
-    start = 0
-    if resume is not None:
-        start = int(resume["position"])
-        stats_run = dict(resume["stats"])
-        for i in todo[:start]:
-            accum.replay_done(*grid.region(i))
-        accum.restore(resume["accumulator"])
-        log.info("predict part %d/%d: resuming after patch %d of %d (checkpoint %s)", cfg.part_id, cfg.num_parts,
-                 start, len(todo), ckpt_url)
-    q: queue.Queue = queue.Queue(maxsize=max(4, 2 * cfg.batch_size))
-    stop = threading.Event()
-    reader = threading.Thread(target=_read_patches, daemon=True,
-                              args=(volume, grid, todo[start:], normalizer, cfg.skip_empty_patches, q, stop))
-    reader.start()
-    patch_vox = int(np.prod(patch))
-    bar = _progress(part[1] - part[0], f"predict part {cfg.part_id}/{cfg.num_parts}", cfg.quiet)
-    bar.update(skipped_listing + start)
-    t_loop, last_ckpt, run_here = time.perf_counter(), time.monotonic(), 0
-
-    def finish(p_lo_hi: tuple[Shape3, Shape3]) -> None:
-        accum.patch_done(*p_lo_hi)
-        bar.update(1)
-
-    try:
-        # patches empty by the listing are done before any reading; they only count down chunks
-        for i in range(*part):
-            if not nonempty[i]:
-                accum.patch_done(*grid.region(i))
-        batch: list[_Patch] = []
-        position = start
-        for item in _drain(q):
-            if isinstance(item, _Patch):
-                position += 1
-                if item.data is None:
-                    stats_run["skipped_homogeneous"] += 1
-                    finish((item.lo, item.hi))
-                else:
-                    batch.append(item)
-            if batch and (len(batch) == cfg.batch_size or item is None):
-                _run_batch(batch, runner, cfg.batch_size, w64, scale, wq_full, grid, accum)
-                for p in batch:
-                    finish((p.lo, p.hi))
-                stats_run["run"] += len(batch)
-                run_here += len(batch)
-                batch = []
-                if stats_run["run"] % 32 < cfg.batch_size:
-                    _trim_heap()
-                elapsed = time.perf_counter() - t_loop
-                bar.set_postfix_str(f"{run_here * patch_vox / max(elapsed, 1e-9) / 1e6:.2f} Mvox/s")
-                if item is not None and time.monotonic() - last_ckpt >= cfg.checkpoint_s:
-                    # every patch drained so far is finished: the checkpoint covers todo[:position]
-                    state = accum.checkpoint()
-                    storage.write_json(ckpt_url, {**ckpt_key, "position": position, "stats": stats_run,
-                                                  "accumulator": state}, so)
-                    accum.committed()
-                    last_ckpt = time.monotonic()
-        accum.close()
-    finally:
-        stop.set()
-        bar.close()
-
-    marker = {
-        "config": fp, "complete": True, "part_id": cfg.part_id, "part": list(part),
-        "num_classes": model.num_classes, "scale_bits": scale_bits, "normalization": stats,
-        "final_chunks": [list(c) for c in accum.final_chunks],
-        "acc_chunks": [list(c) for c in accum.acc_chunks],
-        "patches": {"total": part[1] - part[0], **stats_run, "run_by_last_run": run_here, "resumed_at": start},
-        "evictions": accum.evictions,
-        "input_chunks_fetched": volume.fetched_chunks,
-        "model_passes": stats_run["run"] * runner.passes_per_patch,
-    }
-    storage.write_json(marker_url, marker, so)
-    _drop_scratch(group, store_url, ckpt_url, so)
-    dt = time.perf_counter() - t0
-    log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks final + %d shared, %.1f s, %.2f Mvox/s",
-             cfg.part_id, cfg.num_parts, stats_run["run"],
-             stats_run["skipped_homogeneous"] + stats_run["skipped_absent"], len(accum.final_chunks),
-             len(accum.acc_chunks), dt, stats_run["run"] * patch_vox / max(dt, 1e-9) / 1e6)
-    return store_url, marker_url
-
-
-def _digest(items: Sequence[int]) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:16]
-
-
-def _open_store(store_url: str, marker_url: str, ckpt_url: str, ckpt_key: dict[str, Any], fp: dict[str, Any],
-                cfg: PredictConfig, n_classes: int, shape: Shape3, chunks: Shape3
-                ) -> tuple[Any, tuple[Any, Any, tuple[Any, Any]], dict[str, Any] | None]:
-    """Reopen a part store at its last checkpoint, or start a new one.
-
-    A checkpoint is used only if it was made by the same configuration and the same patch order
-    (which depends on the cache sizes); anything else starts the part over.
-    """
-    import zarr
-
-    from .partstore import create_part_arrays, open_part_arrays
-
-    so = cfg.storage_options
-    ckpt = storage.read_json(ckpt_url, so)
-    if ckpt is not None and all(ckpt.get(k) == v for k, v in ckpt_key.items()) and not cfg.overwrite:
-        try:
-            group = zarr.open_group(store=storage.zarr_store(store_url, so), mode="r+", zarr_format=3)
-            return group, open_part_arrays(group), ckpt
-        except (KeyError, FileNotFoundError, ValueError) as e:
-            log.warning("checkpoint %s cannot be used (%s): starting the part over", ckpt_url, e)
-    elif ckpt is not None:
-        log.info("checkpoint %s is from another configuration or patch order: starting the part over", ckpt_url)
-    storage.remove(marker_url, so)
-    storage.remove(store_url, so)
-    group = zarr.open_group(store=storage.zarr_store(store_url, so), mode="w", zarr_format=3)
-    group.attrs.update({"config": fp, "part_id": cfg.part_id})
-    return group, create_part_arrays(group, n_classes, shape, chunks), None
-
-
-def _drop_scratch(group: Any, store_url: str, ckpt_url: str, so: dict[str, Any]) -> None:
-    """After the marker: spilled partial sums and the checkpoint are no longer needed."""
-    from .partstore import SPILLS
-
-    try:
-        storage.remove(ckpt_url, so)
-        for name in SPILLS:
-            storage.remove(storage.join(store_url, name), so)
-    except OSError as e:  # the part is complete; leftovers only cost space
-        log.warning("could not remove scratch data of %s: %s", store_url, e)
-
-
-def _trim_heap() -> None:
-    """Return freed heap pages to the OS (glibc), so peak RSS tracks the cache, not the patch count."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _drain(q: queue.Queue) -> Iterator[_Patch | None]:
-    while True:
-        item = q.get()
-        if isinstance(item, BaseException):
-            if isinstance(item, (OSError, ValueError)):
-                raise BadInput(f"reading the input failed: {type(item).__name__}: {item}") from item
-            raise item
-        yield item
-        if item is None:
-            return
-
-
-def _run_batch(batch: list[_Patch], runner: Runner, batch_size: int, w64: Any, scale: float, wq_full: np.ndarray,
-               grid: PatchGrid, accum: Any) -> None:
-    import torch
-
-    from .partstore import FP16_MAX
-
-    x = np.zeros((batch_size,) + batch[0].data.shape, dtype=np.float32)  # type: ignore[union-attr]
-    for k, p in enumerate(batch):
-        x[k] = p.data
-    logits = runner(x)
-    for k, p in enumerate(batch):
-        lq = torch.round(logits[k].double().clamp_(-FP16_MAX, FP16_MAX) * w64 * scale).long().cpu().numpy()
-        start = grid.start(p.index)
-        src = tuple(slice(a - s, b - s) for a, b, s in zip(p.lo, p.hi, start))
-        accum.add(p.lo, p.hi, lq[(slice(None),) + src], wq_full[src])
+        return predict_part(ctx, lease)
 
 
 class Inferer:
@@ -554,3 +311,19 @@ class Inferer:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self.config)
+
+
+def _digest(items: Sequence[int]) -> str:
+    return hashlib.sha256(np.asarray(items, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def part_order(grid: PatchGrid, part: tuple[int, int], nonempty: np.ndarray, cfg: PredictConfig,
+               volume: InputVolume) -> list[int]:
+    """The non-empty patches of the part, in the order they run (tiled to the input cache)."""
+    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
+    if cfg.patch_order == "tiled":
+        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
+    else:
+        order = list(range(*part))
+    return [i for i in order if nonempty[i]]
+

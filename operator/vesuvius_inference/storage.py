@@ -143,3 +143,15 @@ def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
         return int(sum(fs.du(path, total=False).values())) if fs.exists(path) else 0
     except FileNotFoundError:
         return 0
+
+
+def copy_tree(src: str, dst: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Copy everything under ``src`` to ``dst`` (server-side on object stores)."""
+    if is_local(src) and is_local(dst):
+        import shutil
+
+        shutil.copytree(local_path(src), local_path(dst), dirs_exist_ok=True)
+        return
+    fs, sp = filesystem(src, storage_options)
+    _, dp = filesystem(dst, storage_options)
+    fs.copy(sp.rstrip("/") + "/", dp.rstrip("/") + "/", recursive=True)

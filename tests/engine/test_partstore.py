@@ -1,19 +1,21 @@
-"""The part store's write-back cache: checkpoints survive a kill at any point and resume to the
+"""The accumulator's write-back cache: checkpoints survive a kill at any point and resume to the
 same bytes as an uninterrupted run, whatever was spilled after the checkpoint."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 import zarr
+from vesuvius_inference.accumulate import ChunkAccumulator
 from vesuvius_inference.grid import ChunkGrid
-from vesuvius_inference.partstore import PartAccumulator, create_part_arrays, open_part_arrays
+from vesuvius_inference.iopool import WritePool
 
 SHAPE, CHUNKS, C = (24, 32, 32), (8, 8, 8), 2
 
 
-def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, np.ndarray, np.ndarray]]:
-    """Random overlapping boxes with random quantised sums, in a random order."""
+def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor]]:
+    """Random overlapping boxes with random quantised sums (C weighted logits + a weight), in a random order."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -21,42 +23,57 @@ def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, np.ndarray, np.
         lo = tuple(int(rng.integers(0, s - z + 1)) for s, z in zip(SHAPE, size))
         hi = tuple(a + int(z) for a, z in zip(lo, size))
         box = tuple(b - a for a, b in zip(lo, hi))
-        out.append((lo, hi, rng.integers(-2**34, 2**34, size=(C, *box)), rng.integers(2**20, 2**30, size=box)))
+        sums = np.concatenate([rng.integers(-2**34, 2**34, size=(C, *box)), rng.integers(2**20, 2**30, size=(1, *box))])
+        out.append((lo, hi, torch.from_numpy(sums)))
     return out
 
 
-def _setup(patches, shared_every: int):
-    cgrid = ChunkGrid(SHAPE, CHUNKS)
+def _arrays():
+    group = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+    kw = dict(shape=(C + 1,) + SHAPE, chunks=(C + 1,) + CHUNKS, dtype="int64", fill_value=0)
+    return group, tuple(group.create_array(n, **kw) for n in ("spill0", "spill1", "done"))
+
+
+def _remaining(cgrid, patches):
     remaining: dict = {}
-    for lo, hi, _, _ in patches:
+    for lo, hi, _ in patches:
         for idx in cgrid.touching(lo, hi):
             remaining[idx] = remaining.get(idx, 0) + 1
-    shared = {idx for k, idx in enumerate(sorted(remaining)) if k % shared_every == 0}
-    return cgrid, remaining, shared
+    return remaining
 
 
-def _run(group, patches, cache_chunks: int, shared_every: int, kill_at: list[int], ckpt_every: int):
+def _run(arrays, patches, cache_chunks: int, kill_at: list[int], ckpt_every: int):
     """Process ``patches`` with checkpoints every ``ckpt_every``; at each ``kill_at`` position throw the
-    accumulator away (like SIGKILL: nothing flushed) and resume from the last saved checkpoint."""
+    accumulator away (like SIGKILL: nothing flushed) and resume from the last saved checkpoint.
+    Completed chunks are written to the third array, as the part writer would."""
+    spill0, spill1, done = arrays
     chunk_bytes = (C + 1) * int(np.prod(CHUNKS)) * 8
     saved: dict | None = None
-    position, kills = 0, list(kill_at)
+    kills = list(kill_at)
+    cgrid = ChunkGrid(SHAPE, CHUNKS)
     while True:
-        cgrid, remaining, shared = _setup(patches, shared_every)
-        acc = PartAccumulator(*open_part_arrays(group), cgrid, C, remaining, shared, cache_chunks * chunk_bytes)
+        io = WritePool(2)
+
+        def complete(idx, buf, io=io):
+            lo, hi = cgrid.box(idx)
+            io.submit(("done", idx), done.__setitem__, (slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi)),
+                      buf.numpy().copy())
+
+        acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), cache_chunks * chunk_bytes,
+                               torch.device("cpu"), (spill0, spill1), complete, io)
         if saved is not None:
-            for lo, hi, _, _ in patches[:saved["position"]]:
+            for lo, hi, _ in patches[:saved["position"]]:
                 acc.replay_done(lo, hi)
             acc.restore(saved["state"])
         position = saved["position"] if saved else 0
         killed = False
-        for lo, hi, wl, w in patches[position:]:
-            acc.add(lo, hi, wl, w)
+        for lo, hi, sums in patches[position:]:
+            acc.add(lo, hi, sums)
             acc.patch_done(lo, hi)
             position += 1
             if kills and position == kills[0]:
                 kills.pop(0)
-                acc.pool.shutdown(wait=True)  # writes already handed to the OS land; the rest is lost
+                io.pool.shutdown(wait=True)  # writes already handed to the OS land; the rest is lost
                 killed = True
                 break
             if position % ckpt_every == 0:
@@ -64,61 +81,59 @@ def _run(group, patches, cache_chunks: int, shared_every: int, kill_at: list[int
                 saved = {"position": position, "state": state}
                 acc.committed()
         if not killed:
-            acc.close()
+            acc.finish()
+            io.close()
             return acc
 
 
-def _arrays(group):
-    final, acc, _ = open_part_arrays(group)
-    return final[:], acc[:]
-
-
-@pytest.mark.parametrize("seed,cache_chunks,shared_every,kills,every", [
-    (1, 3, 3, [17, 18, 40], 5),   # kill right after a checkpoint's successor, twice in a row
-    (2, 1, 2, [9, 33, 34, 59], 4),  # one-chunk cache: every touch spills
-    (3, 64, 4, [30], 7),  # large cache: the checkpoint itself writes the partial chunks
+@pytest.mark.parametrize("seed,cache_chunks,kills,every", [
+    (1, 3, [17, 18, 40], 5),   # kill right after a checkpoint's successor, twice in a row
+    (2, 1, [9, 33, 34, 59], 4),  # one-chunk cache: every touch spills
+    (3, 64, [30], 7),  # large cache: the checkpoint itself writes the partial chunks
 ])
-def test_resume_from_checkpoint_gives_identical_bytes(seed, cache_chunks, shared_every, kills, every):
+def test_resume_from_checkpoint_gives_identical_bytes(seed, cache_chunks, kills, every):
     patches = _patches(seed)
-    ref_group = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w", zarr_format=3)
-    create_part_arrays(ref_group, C, SHAPE, CHUNKS)
-    ref = _run(ref_group, patches, 1000, shared_every, [], 10 ** 9)
-    group = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w", zarr_format=3)
-    create_part_arrays(group, C, SHAPE, CHUNKS)
-    out = _run(group, patches, cache_chunks, shared_every, kills, every)
+    _, ref_arrays = _arrays()
+    ref = _run(ref_arrays, patches, 1000, [], 10 ** 9)
+    _, arrays = _arrays()
+    out = _run(arrays, patches, cache_chunks, kills, every)
     assert out.evictions > 0 or cache_chunks == 64
-    assert sorted(out.final_chunks) == sorted(ref.final_chunks) and sorted(out.acc_chunks) == sorted(ref.acc_chunks)
-    (f_ref, a_ref), (f_out, a_out) = _arrays(ref_group), _arrays(group)
-    assert np.array_equal(f_ref, f_out, equal_nan=True)
-    assert np.array_equal(a_ref, a_out)
+    assert sorted(out.completed) == sorted(ref.completed)
+    assert np.array_equal(ref_arrays[2][:], arrays[2][:])
+    # and the sums are the plain sum of the contributions
+    expected = np.zeros((C + 1,) + SHAPE, dtype=np.int64)
+    for lo, hi, sums in patches:
+        expected[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))] += sums.numpy()
+    assert np.array_equal(arrays[2][:], expected)
 
 
 def test_spill_after_checkpoint_never_overwrites_the_checkpointed_copy():
     """Without the second spill array a resumed part would add post-checkpoint patches twice."""
     patches = _patches(5, 30)
-    group = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w", zarr_format=3)
-    create_part_arrays(group, C, SHAPE, CHUNKS)
-    cgrid, remaining, shared = _setup(patches, 2)
+    _, (spill0, spill1, _) = _arrays()
+    cgrid = ChunkGrid(SHAPE, CHUNKS)
     chunk_bytes = (C + 1) * int(np.prod(CHUNKS)) * 8
-    acc = PartAccumulator(*open_part_arrays(group), cgrid, C, remaining, shared, chunk_bytes)
+    io = WritePool(2)
+    acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), chunk_bytes, torch.device("cpu"),
+                           (spill0, spill1), lambda idx, buf: None, io)
 
     def stored(idx, parity):
         lo, hi = cgrid.box(idx)
         return acc.spills[parity][(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]
 
-    for lo, hi, wl, w in patches[:10]:
-        acc.add(lo, hi, wl, w)
+    for lo, hi, sums in patches[:10]:
+        acc.add(lo, hi, sums)
         acc.patch_done(lo, hi)
     acc.checkpoint()
     acc.committed()
     kept = {idx: stored(idx, p) for idx, p in acc.ckpt.items()}
     assert kept
-    for lo, hi, wl, w in patches[10:20]:
-        acc.add(lo, hi, wl, w)
+    for lo, hi, sums in patches[10:20]:
+        acc.add(lo, hi, sums)
         acc.patch_done(lo, hi)
-    acc._wait_all()
+    io.wait_all()
     respilled = [idx for idx, p in acc.where.items() if idx in kept and p != acc.ckpt[idx]]
     assert respilled  # the scenario happened: chunks changed and were spilled again after the checkpoint
     for idx, data in kept.items():
         assert np.array_equal(stored(idx, acc.ckpt[idx]), data)
-    acc.pool.shutdown(wait=True)
+    io.close()

@@ -75,7 +75,7 @@ def test_killed_part_rerun_gives_identical_bytes_and_finished_part_does_no_work(
     proc = subprocess.Popen([sys.executable, "-m", "vesuvius_inference.cli", "predict", *common, "--output_dir",
                              str(killed), "--cache_gb", "0.000001"])
     deadline = time.time() + 120
-    written = lambda: list((killed / "part_00000").glob("*/c/*/*/*/*"))  # noqa: E731
+    written = lambda: list((killed / "part_00000").glob("*/*/c/*/*/*/*"))  # noqa: E731
     while time.time() < deadline and not written() and proc.poll() is None:
         time.sleep(0.05)
     assert proc.poll() is None, "predict finished before it could be killed"

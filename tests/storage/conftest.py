@@ -14,11 +14,36 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _atomic_conditional_puts() -> None:
+    """Make moto's PutObject atomic, as S3 is: moto checks If-Match / If-None-Match and then stores
+    (moto/s3/responses.py, S3Response.put_object) while other requests run on werkzeug's threads, so two
+    conditional writes can both pass the check. S3 admits one: "If multiple conditional writes occur for
+    the same object name, the first write operation to finish succeeds" (AWS S3 User Guide,
+    conditional-writes.html); Elasticsearch's S3 test fixture does the same in one atomic compute()."""
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "_atomic", False):
+        return
+    lock = threading.Lock()
+    original = S3Response.put_object
+
+    def put_object(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    put_object._atomic = True
+    S3Response.put_object = put_object
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     import os
 
     from moto.server import ThreadedMotoServer
+
+    _atomic_conditional_puts()
 
     os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp_path_factory.mktemp("moto") / "recording")
 

@@ -1,0 +1,153 @@
+"""Write-back cache of fixed-point sums per output chunk, on the device that runs the model.
+
+MONAI's ``sliding_window_inference`` separates the window device (where the network runs) from
+the aggregation device (where the output buffer lives, often the CPU for big volumes). Here both
+are the model's device, but the buffer is a bounded cache of output chunks rather than the whole
+volume: a patch's weighted contribution is added to the few chunks it touches without leaving the
+device, and a chunk leaves only when it is complete (its last patch of this part is done), already
+divided or as seam sums (``on_complete`` decides). When the cache is full the least recently used
+chunk is spilled to the part store and read back when a later patch touches it.
+
+Checkpoints: ``checkpoint()`` stores every changed cached chunk and returns the state that, saved by
+the caller after it returns, lets ``restore`` continue after the patches done so far. A chunk's
+checkpointed copy lives in one spill array; until the next checkpoint, later spills of that chunk
+go to the other one, so a run killed at any moment leaves the checkpoint intact. Integer sums make
+the resumed result the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .grid import ChunkGrid, Shape3
+from .iopool import WritePool
+
+
+def box_slices(lo: Any, hi: Any) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+class ChunkAccumulator:
+    """Sums of ``channels`` int64 planes (C weighted logits + the weight) per output chunk."""
+
+    def __init__(self, cgrid: ChunkGrid, channels: int, remaining: dict[Shape3, int], cache_bytes: int,
+                 device: Any, spills: tuple[Any, Any], on_complete: Callable[[Shape3, Any], None],
+                 io: WritePool) -> None:
+        self.cgrid, self.channels, self.remaining = cgrid, channels, remaining
+        self.cache_bytes = max(int(cache_bytes), 1)
+        self.device, self.spills, self.on_complete, self.io = device, spills, on_complete, io
+        self.cache: OrderedDict[Shape3, Any] = OrderedDict()
+        self.used = 0
+        self.peak = 0
+        self.where: dict[Shape3, int] = {}  # chunk -> spill array holding its latest stored sums
+        self.ckpt: dict[Shape3, int] = {}  # chunk -> spill array holding its checkpointed sums
+        self.dirty: set[Shape3] = set()  # cached chunks changed since they were last stored
+        self.completed: list[Shape3] = []
+        self.evictions = 0
+
+    def _buffer(self, idx: Shape3) -> Any:
+        import torch
+
+        buf = self.cache.get(idx)
+        if buf is not None:
+            self.cache.move_to_end(idx)
+            return buf
+        lo, hi = self.cgrid.box(idx)
+        if idx in self.where:
+            self.io.wait(("spill", idx))
+            stored = np.asarray(self.spills[self.where[idx]][(slice(None),) + box_slices(lo, hi)], dtype=np.int64)
+            buf = torch.from_numpy(stored).to(self.device)
+        else:
+            buf = torch.zeros((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), dtype=torch.int64,
+                              device=self.device)
+        self.cache[idx] = buf
+        self.used += buf.numel() * 8
+        self.peak = max(self.peak, self.used)
+        while self.used > self.cache_bytes and len(self.cache) > 1:
+            old, obuf = self.cache.popitem(last=False)
+            self.used -= obuf.numel() * 8
+            self.evictions += 1
+            if old in self.dirty:
+                self._spill(old, obuf)
+        return buf
+
+    def _spill(self, idx: Shape3, buf: Any) -> None:
+        """Store partial sums, never over the checkpoint's copy of this chunk.
+
+        On the CPU the write gets the buffer itself, not a copy: an evicted buffer is never touched
+        again, and ``checkpoint`` (which spills buffers that stay cached) waits for its writes.
+        """
+        self.dirty.discard(idx)
+        target = 1 - self.ckpt.get(idx, 1)
+        self.where[idx] = target
+        lo, hi = self.cgrid.box(idx)
+        self.io.submit(("spill", idx), _store, self.spills[target], (slice(None),) + box_slices(lo, hi),
+                       buf.cpu().numpy())
+
+    def add(self, lo: Shape3, hi: Shape3, contrib: Any) -> None:
+        """Add an int64 (channels, box) contribution covering [lo, hi) (volume coordinates)."""
+        for idx in self.cgrid.touching(lo, hi):
+            clo, chi = self.cgrid.box(idx)
+            a = [max(x, y) for x, y in zip(lo, clo)]
+            b = [min(x, y) for x, y in zip(hi, chi)]
+            dst = box_slices([x - y for x, y in zip(a, clo)], [x - y for x, y in zip(b, clo)])
+            src = box_slices([x - y for x, y in zip(a, lo)], [x - y for x, y in zip(b, lo)])
+            self._buffer(idx)[(slice(None),) + dst] += contrib[(slice(None),) + src]
+            self.dirty.add(idx)
+
+    def patch_done(self, lo: Shape3, hi: Shape3) -> None:
+        """Count one finished (or skipped) patch of this part against every chunk it touches."""
+        for idx in self.cgrid.touching(lo, hi):
+            left = self.remaining[idx] - 1
+            self.remaining[idx] = left
+            if left == 0:
+                self._complete(idx)
+
+    def replay_done(self, lo: Shape3, hi: Shape3) -> None:
+        """Count a patch done before the checkpoint being resumed (its sums are already stored)."""
+        for idx in self.cgrid.touching(lo, hi):
+            self.remaining[idx] -= 1
+
+    def _complete(self, idx: Shape3) -> None:
+        if idx not in self.cache and idx in self.where:
+            self._buffer(idx)  # last touch was a skipped patch: bring the spilled sums back
+        buf = self.cache.pop(idx, None)
+        if buf is None:
+            return
+        self.used -= buf.numel() * 8
+        self.dirty.discard(idx)
+        self.where.pop(idx, None)
+        self.completed.append(idx)
+        self.on_complete(idx, buf)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Store every changed cached chunk; return the state to save (then call ``committed``)."""
+        for idx in list(self.dirty):
+            self._spill(idx, self.cache[idx])
+        self.io.wait_all()
+        return {"where": [[*idx, p] for idx, p in self.where.items()],
+                "completed": [list(c) for c in self.completed], "evictions": self.evictions}
+
+    def committed(self) -> None:
+        """The state returned by ``checkpoint`` is saved: its chunk copies are now the ones to keep."""
+        self.ckpt = dict(self.where)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a saved checkpoint (after ``replay_done`` of the patches it covers)."""
+        self.where = {tuple(w[:3]): int(w[3]) for w in state["where"]}  # type: ignore[misc]
+        self.ckpt = dict(self.where)
+        self.completed = [tuple(c) for c in state["completed"]]  # type: ignore[misc]
+        self.evictions = int(state.get("evictions", 0))
+
+    def finish(self) -> None:
+        """Every patch is done: every touched chunk must have completed."""
+        if self.cache:
+            raise RuntimeError(f"{len(self.cache)} chunks were never completed: patch bookkeeping is inconsistent")
+
+
+def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:
+    array[sel] = data
