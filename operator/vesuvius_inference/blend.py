@@ -18,25 +18,24 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import storage
-from .claims import Lease, default_lease_s, trusted_complete
+from .claims import trusted_complete
 from .errors import BadArguments, BadInput
 from .fixedpoint import divide_np
 from .grid import ChunkGrid, Shape3, split_chunks
 from .iopool import WritePool
 from .layout import SUMS, PartLayout, Segment
 from .output import BLENDED, FINAL, Output, OutputSpec, list_chunk_coords, output_config
-from .partstore import claim_url, open_store
+from .partstore import BLEND_DIR, claim_url, level0_marker, open_store, pyramid_staging
+from .stagesplit import Split
 
 log = logging.getLogger("vesuvius_inference.blend")
-MARKERS = "_vesuvius"
-BLEND_DIR = "_blend"
 
 
 @dataclass
@@ -110,48 +109,6 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
     if extra:
         raise BadInput(f"{parts_dir} holds part {extra[0]} but the parts were split {n} ways: remove the stale part")
     return PartSet(parts_dir, config, [by_id[i] for i in range(n)], dict(so))
-
-
-def mark_part_done(url: str, stage: str, part_id: int, num_parts: int, info: dict[str, Any],
-                   storage_options: dict[str, Any], on_complete: Callable[[], None]) -> bool:
-    """Write this stage part's marker; if every part is done, run ``on_complete``. True if complete."""
-    mdir = storage.join(url, MARKERS)
-    storage.write_json(storage.join(mdir, f"{stage}_{part_id:05d}.json"), info, storage_options)
-    done = {n for n in storage.list_names(mdir, storage_options) if n.startswith(stage + "_")}
-    if all(f"{stage}_{i:05d}.json" in done for i in range(num_parts)):
-        on_complete()
-        return True
-    return False
-
-
-# Seconds between journal writes (0: after every unit). Longer means fewer small PUTs on object
-# storage and more units redone after a kill.
-ENV_JOURNAL_INTERVAL = "VESUVIUS_JOURNAL_INTERVAL_S"
-
-
-class Progress:
-    """Resume point of one stage part: how many of its units are written, saved every few seconds.
-
-    The journal is written only after the writes it counts have landed (``flush`` is called first),
-    so a killed run resumes after the last journaled unit and redoes at most a few seconds of work
-    (rewriting a chunk is idempotent).
-    """
-
-    def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
-                 every_s: float | None = None) -> None:
-        self.url = storage.join(url, MARKERS, f"{stage}_{part_id:05d}.progress.json")
-        if every_s is None:
-            every_s = float(os.environ.get(ENV_JOURNAL_INTERVAL, "2"))
-        self.config, self.so, self.every_s = config, so, every_s
-        prev = storage.read_json(self.url, so) or {}
-        self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0
-        self._last = time.monotonic()
-
-    def update(self, done: int, flush: Callable[[], None], force: bool = False) -> None:
-        if force or time.monotonic() - self._last >= self.every_s:
-            flush()
-            storage.write_json(self.url, {"config": self.config, "done": done}, self.so)
-            self._last = time.monotonic()
 
 
 def copy_object(src: str, dst: str, so: dict[str, Any]) -> None:
@@ -238,6 +195,8 @@ class BlendConfig:
     mode: str | None = None  # finalize while blending (seed layout), or check the parts' final output
     threshold: bool = False
     lease_s: float | None = None
+    levels: int | None = None  # with mode: pyramid levels of the final output (seed layout)
+    then_finalize: bool = True  # unsplit blend of a final output also builds its pyramid (one command)
 
     def validate(self) -> None:
         storage.require_writable(self.output, "OUTPUT")
@@ -253,7 +212,7 @@ def _target(cfg: BlendConfig, parts: PartSet) -> tuple[OutputSpec, bool]:
     predicted = parts.output
     if predicted is None:
         kind = FINAL if cfg.mode else BLENDED
-        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold), True
+        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold, cfg.levels), True
     if not predicted.same_place(cfg.output):
         raise BadArguments(f"the parts in {parts.parts_dir} were predicted into {predicted.url}: blend into that "
                            f"output (vesuvius.blend_logits {parts.parts_dir} {predicted.url})")
@@ -266,8 +225,6 @@ def _target(cfg: BlendConfig, parts: PartSet) -> tuple[OutputSpec, bool]:
 
 def run_blend(cfg: BlendConfig) -> str:
     """Finish this process's share of the output; returns the output URL."""
-    from tqdm import tqdm
-
     cfg.validate()
     t0 = time.perf_counter()
     so = cfg.storage_options
@@ -277,78 +234,63 @@ def run_blend(cfg: BlendConfig) -> str:
                            f"{parts.chunks}; predict with --chunk_size to change it")
     spec, seed_layout = _target(cfg, parts)
     config = output_config(parts.config, spec)
+    final = spec.kind == FINAL
     output = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so,
-                    overwrite=cfg.overwrite and seed_layout)
-    if output.is_complete():
-        log.info("output %s is already complete: nothing to do", cfg.output)
-        return cfg.output
-    work = storage.join(cfg.parts_dir, BLEND_DIR)
-    lease = Lease(storage.join(work, f"blend_{cfg.part_id:05d}.claim.json"),
-                  f"blend {cfg.part_id}/{cfg.num_parts} of {cfg.output}", so,
-                  cfg.lease_s if cfg.lease_s is not None else default_lease_s())
-    found = lease.acquire()
-    done_marker = storage.join(work, MARKERS, f"blend_{cfg.part_id:05d}.json")
-    if found is not None and (storage.read_json(done_marker, so) or {}).get("config") == config \
-            and trusted_complete(lease.url, found.run, so):
-        log.info("blend %d/%d is already complete: nothing to do", cfg.part_id, cfg.num_parts)
-        return cfg.output
-    if found is not None:
-        lease.acquire(take_complete=True)
-    with lease:
+                    overwrite=cfg.overwrite and seed_layout, staging=pyramid_staging(cfg.parts_dir) if final else None)
+    done = (storage.read_json(level0_marker(cfg.parts_dir), so) or {}).get("config") == config if final \
+        else output.is_complete()
+    if done:
+        log.info("blend of %s is already complete: nothing to do", cfg.output)
+    else:
         blender = Blender(parts)
         units: list[tuple[str, Any]] = [("own", u) for u in blender.own_chunks()] if seed_layout else []
         units += [("seam", u) for u in blender.seam_units()]
-        mine = split_chunks(units, cfg.num_parts, cfg.part_id)
-        progress = Progress(work, "blend", cfg.part_id, config, so)
-        if progress.start:
-            log.info("blend %d/%d: resuming after %d of %d units", cfg.part_id, cfg.num_parts, progress.start, len(mine))
-        io = WritePool(4, guard=lease.check)
-        byte_copy = spec.kind == BLENDED
-        vox = 0
-        try:
-            with tqdm(total=len(mine), initial=progress.start, desc=f"blend {cfg.part_id}/{cfg.num_parts}",
-                      unit="chunk", disable=cfg.quiet, mininterval=1.0) as bar:
-                for n, (kind, unit) in enumerate(mine[progress.start:], start=progress.start):
-                    if kind == "own":
-                        p, idx = unit
-                        src_arr = blender.groups[p]["final"]
-                        if byte_copy:
-                            key = src_arr.metadata.encode_chunk_key((0,) + tuple(idx))
-                            io.submit(("out", idx), copy_object, storage.join(parts.markers[p]["store"], "final", key),
-                                      storage.join(cfg.output, output.chunk_key(idx)), so)
-                        else:
-                            lo, hi = blender.cgrid.box(idx)
-                            sl = (slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))
-                            output.write(idx, np.asarray(src_arr[sl]), io)
-                    else:
-                        idx = unit
-                        output.write(idx, blender.seam_chunk(idx), io)
+        byte_copy = not final
+
+        def process(unit: tuple[str, Any], io: WritePool) -> int:
+            kind, what = unit
+            if kind == "own":
+                p, idx = what
+                src = blender.groups[p]["final"]
+                if byte_copy:  # the part's own rows are already blended logits: copy the stored bytes
+                    key = src.metadata.encode_chunk_key((0,) + tuple(idx))
+                    io.submit(("out", idx), copy_object, storage.join(parts.markers[p]["store"], "final", key),
+                              storage.join(cfg.output, output.chunk_key(idx)), so)
+                else:
                     lo, hi = blender.cgrid.box(idx)
-                    vox += int(np.prod(np.subtract(hi, lo)))
-                    bar.update(1)
-                    bar.set_postfix_str(f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
-                    progress.update(n + 1, io.wait_all)
-            io.close()
-        except BaseException:
-            io.abandon()
-            raise
-        lease.confirm()
-        mark_part_done(work, "blend", cfg.part_id, cfg.num_parts, {"config": config, "units": len(mine)}, so,
-                       output.complete)
-        lease.complete()
-    dt = time.perf_counter() - t0
-    seams = sum(1 for k, _ in mine if k == "seam")
-    log.info("blend %d/%d: %d seam chunks%s, %.1f s, %.1f Mvox/s -> %s", cfg.part_id, cfg.num_parts, seams,
-             f" + {len(mine) - seams} copied from the parts" if seed_layout else "", dt, vox / max(dt, 1e-9) / 1e6,
-             cfg.output)
+                    output.write(idx, np.asarray(src[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]), io)
+            else:
+                idx = what
+                output.write(idx, blender.seam_chunk(idx), io)
+            lo, hi = blender.cgrid.box(idx)
+            return int(np.prod(np.subtract(hi, lo)))
+
+        def complete() -> None:
+            if final:  # the pyramid and the OME metadata are finalize's (it waits for this marker)
+                storage.write_json(level0_marker(cfg.parts_dir), {"config": config}, so)
+            else:
+                output.complete()
+
+        split = Split("blend", storage.join(cfg.parts_dir, BLEND_DIR), cfg.part_id, cfg.num_parts, config, so,
+                      cfg.lease_s, cfg.quiet)
+        n, done = split.run(units, process, complete, "blend")
+        seams = sum(1 for k, _ in split_chunks(units, cfg.num_parts, cfg.part_id) if k == "seam")
+        log.info("blend %d/%d: %d seam chunks%s, %.1f s -> %s", cfg.part_id, cfg.num_parts, seams,
+                 f" + {n - seams} copied from the parts" if seed_layout else "", time.perf_counter() - t0, cfg.output)
+    if final and done and cfg.num_parts == 1 and cfg.then_finalize:
+        from .finalize import FinalizeConfig, run_finalize  # one command for the whole output, as the seed's
+
+        run_finalize(FinalizeConfig(cfg.parts_dir, cfg.output, quiet=cfg.quiet, storage_options=so,
+                                    lease_s=cfg.lease_s))
     return cfg.output
 
 
 def run_fused(parts_dir: str, output_path: str, mode: str = "binary", threshold: bool = False,
-              overwrite: bool = False, quiet: bool = False, storage_options: dict[str, Any] | None = None) -> str:
+              overwrite: bool = False, quiet: bool = False, storage_options: dict[str, Any] | None = None,
+              levels: int | None = None) -> str:
     """Blend and finalize in one pass: float16 logits exist only in memory, chunk by chunk."""
     return run_blend(BlendConfig(parts_dir, output_path, mode=mode, threshold=threshold, overwrite=overwrite,
-                                 quiet=quiet, storage_options=dict(storage_options or {})))
+                                 quiet=quiet, storage_options=dict(storage_options or {}), levels=levels))
 
 
 async def merge_inference_outputs(parent_dir: str, output_path: str, cache_pool_gb: float = 4.0,

@@ -100,10 +100,19 @@ def predict_parser() -> _Parser:
                      help="the same, finalized (--mode, --threshold) into this uint8 OME-Zarr output")
     p.opt("--mode", choices=["binary", "multiclass"], default="binary", help="with --final_output: what to write")
     p.opt("--threshold", action="store_true", help="with --final_output: class ids instead of probabilities")
+    _levels_opt(p)
+    p.opt("--intensity_check", choices=["warn", "error", "off"], default="warn",
+          help="compare the input's intensities with the model's training range (plans): warn (default), "
+               "error (exit 3), off")
     _lease_opt(p)
     _model_opts(p, True)
     _common(p)
     return p
+
+
+def _levels_opt(p: _Parser) -> None:
+    p.opt("--levels", type=int, default=None,
+          help="resolution levels of the final output's pyramid, 2x per axis (default: down to one chunk)")
 
 
 def _lease_opt(p: _Parser) -> None:
@@ -121,6 +130,10 @@ def blend_parser() -> _Parser:
     p.opt("--mode", choices=["binary", "multiclass"], default=None,
           help="finalize while blending (uint8 OME-Zarr output, no float16 intermediate)")
     p.opt("--threshold", action="store_true", help="with --mode: class ids instead of probabilities")
+    _levels_opt(p)
+    p.opt("--seams_only", action="store_true",
+          help="of a final output, write the seams only and leave the pyramid to finalize (a split stage, as on "
+               "Kubernetes); by default an unsplit blend finishes the output")
     _lease_opt(p)
     p.opt("--cache_gb", type=float, default=4.0)
     p.opt("--sigma_scale", type=float, default=8.0, help="sigma = patch / sigma_scale (nnU-Net: 8, the only value)")
@@ -132,9 +145,13 @@ def blend_parser() -> _Parser:
 
 
 def finalize_parser() -> _Parser:
-    p = _Parser(prog="vesuvius.finalize_outputs", description="Blended logits -> uint8 OME-Zarr output.")
-    p.add_argument("input")
+    p = _Parser(prog="vesuvius.finalize_outputs",
+                description="Blended logits -> uint8 OME-Zarr output with its pyramid; or, given the predict parts "
+                            "of an output they wrote themselves, build that output's pyramid and complete it.")
+    p.add_argument("input", help="blended logits, or the predict parts directory of a fused output")
     p.add_argument("output")
+    _levels_opt(p)
+    _lease_opt(p)
     p.opt("--mode", choices=["binary", "multiclass"], default="binary")
     p.opt("--threshold", action="store_true", help="class ids (mask / argmax) instead of probabilities")
     p.opt("--delete_intermediates", action="store_true", help="remove INPUT once the output is complete")
@@ -163,6 +180,7 @@ def pipeline_parser() -> _Parser:
     p.opt("--keep_intermediates", action="store_true")
     p.opt("--fuse_blend_finalize", action="store_true", help="finalize while blending: no float16 intermediate")
     p.opt("--bbox", default=None, metavar="z0:z1,y0:y1,x0:x1", help="region of interest (see predict)")
+    _levels_opt(p)
     _model_opts(p, False)
     _common(p)
     return p
@@ -232,7 +250,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
         patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s,
         blended_output=args.blended_output, final_output=args.final_output, mode=args.mode, threshold=args.threshold,
-        lease_s=args.lease_s))
+        lease_s=args.lease_s, levels=args.levels, intensity_check=args.intensity_check))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -241,7 +259,8 @@ def _cmd_blend(args: argparse.Namespace) -> None:
     run_blend(BlendConfig(args.parts_dir, args.output, cache_gb=args.cache_gb, sigma_scale=args.sigma_scale,
                           chunk_size=args.chunk_size, num_parts=args.num_parts, part_id=args.part_id,
                           overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
-                          mode=args.mode, threshold=args.threshold, lease_s=args.lease_s))
+                          mode=args.mode, threshold=args.threshold, lease_s=args.lease_s, levels=args.levels,
+                          then_finalize=not args.seams_only))
 
 
 def _cmd_finalize(args: argparse.Namespace) -> None:
@@ -251,7 +270,8 @@ def _cmd_finalize(args: argparse.Namespace) -> None:
                                 delete_intermediates=args.delete_intermediates, also_delete=args.also_delete,
                                 cache_gb=args.cache_gb,
                                 num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
-                                quiet=args.quiet, storage_options=_storage(args)))
+                                quiet=args.quiet, storage_options=_storage(args), levels=args.levels,
+                                lease_s=args.lease_s))
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
@@ -265,7 +285,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         skip_empty_patches=args.skip_empty_patches, skip_predict=args.skip_predict, skip_blend=args.skip_blend,
         skip_finalize=args.skip_finalize, keep_intermediates=args.keep_intermediates,
         fuse_blend_finalize=args.fuse_blend_finalize, overwrite=args.overwrite, quiet=args.quiet, bbox=args.bbox,
-        storage_options=_storage(args)))
+        storage_options=_storage(args), levels=args.levels))
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .blend import Progress, mark_part_done, run_fused
+from .blend import run_fused
+from .downsample import downsample2
 from .errors import BadArguments, BadInput
-from .grid import ChunkGrid, Shape3, split_chunks
+from .grid import ChunkGrid, Shape3
 from .output import (
     DATA_PATH,
     FINAL,
@@ -29,7 +30,9 @@ from .output import (
     is_complete,
     list_chunk_coords,
     output_channels,
+    output_config,
 )
+from .pyramid import Pyramid, unit_level, units_with_data
 
 log = logging.getLogger("vesuvius_inference.finalize")
 JOURNAL = "_vesuvius"  # claims and progress of finalize splits, inside the output until it is complete
@@ -39,7 +42,7 @@ __all__ = ["FinalizeConfig", "run_finalize", "run_fused", "finalize_chunk", "fin
 
 @dataclass
 class FinalizeConfig:
-    input_path: str
+    input_path: str  # blended logits, or the predict parts of an output they wrote themselves
     output_path: str
     mode: str = "binary"
     threshold: bool = False
@@ -52,33 +55,73 @@ class FinalizeConfig:
     overwrite: bool = False
     quiet: bool = False
     storage_options: dict[str, Any] = field(default_factory=dict)
+    levels: int | None = None
+    lease_s: float | None = None
 
     def validate(self) -> None:
         storage.require_writable(self.output_path, "OUTPUT")
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
-        for url in self.also_delete:
-            out = self.output_path.rstrip("/")
+        out = self.output_path.rstrip("/")
+        if self.input_path.rstrip("/") == out:
+            raise BadArguments("OUTPUT must differ from INPUT")
+        for url in (self.input_path, *self.also_delete) if self.delete_intermediates else ():
             if url.rstrip("/") == out or out.startswith(url.rstrip("/") + "/"):
-                raise BadArguments(f"--also_delete {url} would delete the output {self.output_path}")
+                raise BadArguments(f"deleting {url} would delete the output {self.output_path}")
         if self.mode not in MODES:
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise BadArguments(f"--part_id {self.part_id} is out of range for --num_parts {self.num_parts}")
         if self.chunk_size is not None:
             raise BadArguments("--chunk-size: finalize writes the blended logits' chunking; set it at predict time")
+        if self.levels is not None and self.levels < 1:
+            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
 
 
-def run_finalize(cfg: FinalizeConfig) -> str:
-    """Finalize this process's share of the blended chunks; returns the output URL."""
+def _is_parts_dir(url: str, so: dict[str, Any]) -> bool:
+    return any(n.startswith("part_") and n.endswith(".json") for n in storage.list_names(url, so))
+
+
+def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
+    """A final output the predict parts (and blend) wrote level 0 of: the pyramid comes from the staging."""
     import zarr
-    from tqdm import tqdm
 
-    from .claims import Lease, default_lease_s
-    from .iopool import WritePool
+    from .blend import load_parts
+    from .partstore import level0_marker, pyramid_staging
 
-    cfg.validate()
-    t0 = time.perf_counter()
+    so = cfg.storage_options
+    parts = load_parts(cfg.input_path, so)
+    spec = parts.output
+    if spec is None:  # the seed's layout: blend --mode made the output; its own metadata says how
+        made = ((storage.read_json(storage.join(cfg.output_path, "zarr.json"), so) or {}).get("attributes", {})
+                .get("vesuvius", {}).get("config") or {})
+        if made.get("kind") == FINAL:
+            spec = OutputSpec(cfg.output_path, FINAL, made.get("mode", "binary"), bool(made.get("threshold")),
+                              made.get("levels"))
+    if spec is None or spec.kind != FINAL or not spec.same_place(cfg.output_path):
+        raise BadArguments(f"the parts in {cfg.input_path} did not write a final output at {cfg.output_path}; "
+                           "blend them first (vesuvius.blend_logits PARTS OUTPUT)")
+    config = output_config(parts.config, spec)
+    if (storage.read_json(level0_marker(cfg.input_path), so) or {}).get("config") != config:
+        raise BadInput(f"the seams of {cfg.output_path} are not finished: run blend (vesuvius.blend_logits "
+                       f"{cfg.input_path} {cfg.output_path}) first")
+    out = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so)
+    staging_url = pyramid_staging(cfg.input_path)
+    staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
+        if out.levels > 1 else None
+    chunks = [tuple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
+
+    def leaf(idx: Shape3) -> np.ndarray | None:
+        return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])]) if idx in present else None
+
+    present = set(chunks)
+    return out, leaf, chunks, storage.join(cfg.input_path, "_finalize")
+
+
+def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[Shape3], str]:
+    """Blended logits: level 0 is written here, chunk by chunk, and feeds the pyramid at once."""
+    import zarr
+
     so = cfg.storage_options
     blended_state = is_complete(cfg.input_path, so)
     if blended_state is None:
@@ -90,55 +133,87 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(s) for s in src.chunks[1:])  # type: ignore[assignment]
     output_channels(cfg.mode, cfg.threshold, c)
-    config = {"from": blended_state.get("config"), "kind": FINAL, "mode": cfg.mode, "threshold": cfg.threshold}
-    out = Output(OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold), c, shape, chunks, config, so,
-                 overwrite=cfg.overwrite)
+    spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels)
+    config = {**output_config({}, spec), "predict": (blended_state.get("config") or {}).get("predict"),
+              "from": "blended"}
+    out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite)
+    cgrid = ChunkGrid(shape, chunks)
+    present = {tuple(k[1:]) for k in list_chunk_coords(src)}
+
+    def leaf(idx: Shape3) -> np.ndarray | None:
+        if idx not in present:
+            return None
+        lo, hi = cgrid.box(idx)
+        logits = np.asarray(src[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))])
+        data = out.encode(logits)
+        out.write_level(0, idx, data, io_ref[0])
+        return downsample2(data, out.how) if out.levels > 1 else None
+
+    return out, leaf, sorted(present), storage.join(cfg.output_path, JOURNAL)  # type: ignore[arg-type]
+
+
+def _delete_intermediates(cfg: FinalizeConfig) -> None:
+    if cfg.delete_intermediates:
+        for url in (cfg.input_path, *cfg.also_delete):
+            storage.remove(url, cfg.storage_options)
+            log.info("deleted intermediate %s", url)
+
+
+def run_finalize(cfg: FinalizeConfig) -> str:
+    """Finalize this process's share of the output; returns the output URL.
+
+    INPUT is blended logits (two-stage runs: level 0 and the pyramid are written here), or the predict
+    parts directory of an output they wrote themselves (fused runs: the pyramid is built from the 2x
+    blocks the level-0 writers staged, and the output is completed).
+    """
+    from .stagesplit import Split
+
+    cfg.validate()
+    t0 = time.perf_counter()
+    so = cfg.storage_options
+    io_ref: list = [None]
+    fused = _is_parts_dir(cfg.input_path, so)
+    out, leaf, level0, work = _from_parts(cfg) if fused else _from_blended(cfg, io_ref)
     if out.is_complete():
         log.info("finalize output %s is already complete: nothing to do", cfg.output_path)
+        _delete_intermediates(cfg)  # a rerun after a kill between completing and cleaning up
         return cfg.output_path
-    work = storage.join(cfg.output_path, JOURNAL)
-    with Lease(storage.join(work, f"finalize_{cfg.part_id:05d}.claim.json"),
-               f"finalize {cfg.part_id}/{cfg.num_parts} of {cfg.output_path}", so, default_lease_s()) as lease:
-        found = lease.acquire()
-        if found is not None:
-            lease.acquire(take_complete=True)
-        present = [tuple(k[1:]) for k in list_chunk_coords(src)]
-        mine = split_chunks(sorted(set(present)), cfg.num_parts, cfg.part_id)
-        cgrid = ChunkGrid(shape, chunks)
-        progress = Progress(work, "finalize", cfg.part_id, config, so)
-        io = WritePool(4, guard=lease.check)
-        vox = 0
+    unit = unit_level(out.shape, out.chunks, out.levels, cfg.num_parts)
+    units = units_with_data(level0, unit)
+    if fused and unit == 0:
+        units = []  # no pyramid: level 0 is all there is, and the parts and blend wrote it
+    def process(idx: Shape3, io: Any) -> int:
+        io_ref[0] = io
+        if unit == 0:
+            leaf(idx)
+        else:
+            Pyramid(out, io).build(unit, idx, leaf)
+        return int(np.prod(out.chunks)) * 8 ** unit
+
+    def complete() -> None:
+        from .iopool import WritePool
+
+        io = WritePool(4)
         try:
-            with tqdm(total=len(mine), initial=progress.start, desc=f"finalize {cfg.part_id}/{cfg.num_parts}",
-                      unit="chunk", disable=cfg.quiet, mininterval=1.0) as bar:
-                for n, idx in enumerate(mine[progress.start:], start=progress.start):
-                    lo, hi = cgrid.box(idx)
-                    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-                    out.write(idx, np.asarray(src[(slice(None),) + sl]), io)  # type: ignore[arg-type]
-                    vox += int(np.prod(np.subtract(hi, lo)))
-                    bar.update(1)
-                    bar.set_postfix_str(f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
-                    progress.update(n + 1, io.wait_all)
+            if unit:
+                Pyramid(out, io).build_top(unit)
             io.close()
         except BaseException:
             io.abandon()
             raise
+        out.complete()
 
-        def complete() -> None:
-            out.complete()
-            if cfg.delete_intermediates:
-                for url in (cfg.input_path, *cfg.also_delete):
-                    storage.remove(url, so)
-                    log.info("deleted intermediate %s", url)
-
-        lease.confirm()
-        finished = mark_part_done(work, "finalize", cfg.part_id, cfg.num_parts, {"chunks": len(mine)}, so, complete)
-        lease.complete()
+    split = Split("finalize", work, cfg.part_id, cfg.num_parts, out.config, so, cfg.lease_s, cfg.quiet)
+    n, finished = split.run(units, process, complete, "finalize")
     if finished:
+        from .partstore import pyramid_staging
+
         storage.remove(work, so)  # claims and journals are done with once the output is complete
-    dt = time.perf_counter() - t0
-    log.info("finalize %d/%d: %d chunks, %.1f s, %.1f Mvox/s -> %s", cfg.part_id, cfg.num_parts, len(mine), dt,
-             vox / max(dt, 1e-9) / 1e6, cfg.output_path)
+        if fused:
+            storage.remove(pyramid_staging(cfg.input_path), so)
+        _delete_intermediates(cfg)
+    log.info("finalize %d/%d: %d units of level %d (%d levels), %.1f s -> %s%s", cfg.part_id, cfg.num_parts, n, unit,
+             out.levels, time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "")
     return cfg.output_path
 
 

@@ -146,3 +146,41 @@ class Normalizer:
             else:
                 raise ValueError(f"normalization scheme {scheme!r} from the plans is not supported")
         return patch
+
+
+INTENSITY_SAMPLE_CHUNKS = 16
+INTENSITY_MIN_FRACTION = 0.01
+
+
+def intensity_mismatch(volume: InputVolume, plans: dict[str, Any]) -> str | None:
+    """One line if the input's intensities lie far outside the model's training intensities, else None.
+
+    A uint16 scan, or floats in [0, 1], through a model trained on uint8 runs without error and gives
+    garbage (CT normalisation clips every voxel). nnU-Net's plans record the training foreground's
+    intensity percentiles; if fewer than 1% of a deterministic sample of the input's stored voxels (up
+    to 16 chunks, every k-th in row-major order) fall inside [percentile_00_5, percentile_99_5] of a
+    channel, the input is on another scale.
+    """
+    props = plans.get("foreground_intensity_properties_per_channel") or {}
+    grid = volume.chunk_grid
+    occ = volume.occupancy
+    present = [idx for idx in grid.all() if occ is None or occ[idx]]
+    if not present or not props:
+        return None
+    k = max(1, math.ceil(len(present) / INTENSITY_SAMPLE_CHUNKS))
+    samples = [volume.read(*grid.box(idx)) for idx in present[::k][:INTENSITY_SAMPLE_CHUNKS]]
+    for c in range(volume.channels):
+        p = props.get(str(c)) or {}
+        lo, hi = p.get("percentile_00_5"), p.get("percentile_99_5")
+        if lo is None or hi is None:
+            continue
+        values = np.concatenate([s[c].ravel() for s in samples])
+        inside = float(((values >= lo) & (values <= hi)).mean())
+        if inside < INTENSITY_MIN_FRACTION:
+            return (f"the input's intensities do not match the model's training data: {inside:.1%} of "
+                    f"{values.size:,} sampled voxels of channel {c} lie in the model's foreground range "
+                    f"[{lo:g}, {hi:g}] (plans.json, percentiles 0.5-99.5), while the input spans "
+                    f"[{float(values.min()):g}, {float(values.max()):g}] ({volume.dtype}); predictions will be poor. "
+                    "Rescale the input to the training intensities (e.g. uint16 -> uint8), or pass "
+                    "--intensity_check off")
+    return None

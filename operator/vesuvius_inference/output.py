@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .downsample import MEAN, MODE, downsample2
 from .errors import BadArguments, BadInput
+from .frame import Frame
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
+from .ngff import auto_levels, class_names, image_metadata, label_metadata, level_shapes
 
 MODES = ("binary", "multiclass")
 DATA_PATH = "0"
@@ -69,27 +72,6 @@ def finalize_chunk(logits: np.ndarray, mode: str, threshold: bool) -> np.ndarray
     return out
 
 
-def ome_attributes(name: str, n_channels: int, mode: str, threshold: bool, labels: dict[str, int]) -> dict[str, Any]:
-    """NGFF 0.5 multiscales metadata (one level) so napari and neuroglancer open the output."""
-    return {
-        "ome": {
-            "version": "0.5",
-            "multiscales": [{
-                "name": name,
-                "axes": [{"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
-                         {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                "datasets": [{"path": DATA_PATH,
-                              "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0, 1.0]}]}],
-            }],
-        },
-        "vesuvius_output": {
-            "mode": mode, "threshold": threshold, "channels": n_channels, "labels": labels,
-            "encoding": ("class ids" if threshold else "round(probability * 255)"),
-            "not_predicted": 0,
-        },
-    }
-
-
 @dataclass(frozen=True)
 class OutputSpec:
     """Where an output goes and what it holds."""
@@ -98,18 +80,19 @@ class OutputSpec:
     kind: str = BLENDED  # BLENDED float16 logits, or FINAL uint8 (finalized)
     mode: str = "binary"
     threshold: bool = False
+    levels: int | None = None  # FINAL: pyramid levels (None: down to one chunk)
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"url": self.url.rstrip("/"), "kind": self.kind}
         if self.kind == FINAL:
-            d.update(mode=self.mode, threshold=self.threshold)
+            d.update(mode=self.mode, threshold=self.threshold, levels=self.levels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> OutputSpec | None:
         if not d:
             return None
-        return cls(d["url"], d["kind"], d.get("mode", "binary"), bool(d.get("threshold", False)))
+        return cls(d["url"], d["kind"], d.get("mode", "binary"), bool(d.get("threshold", False)), d.get("levels"))
 
     def same_place(self, url: str) -> bool:
         return self.url.rstrip("/") == url.rstrip("/")
@@ -147,7 +130,8 @@ def _meta_url(url: str, path: str | None) -> str:
 
 def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any,
                    config: dict[str, Any], overwrite: bool, storage_options: dict[str, Any],
-                   attributes: dict[str, Any] | None = None, path: str | None = None) -> Any:
+                   attributes: dict[str, Any] | None = None, path: str | None = None,
+                   dimension_names: Sequence[str] | None = None) -> Any:
     """Create the array, or open it if it was made for the same configuration (by anyone)."""
     import zarr
     from zarr.errors import ContainsArrayError, ContainsGroupError
@@ -174,7 +158,8 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
     attrs = {"vesuvius": {"config": config, "complete": False}}
     attrs.update(attributes or {})
     kwargs = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value,
-                  compressors=[blosc()], config={"write_empty_chunks": False}, attributes=attrs, overwrite=False)
+                  compressors=[blosc()], config={"write_empty_chunks": False}, attributes=attrs, overwrite=False,
+                  dimension_names=tuple(dimension_names) if dimension_names else None)
     try:
         if path:
             group = zarr.open_group(store=store, mode="a", zarr_format=3)
@@ -202,62 +187,117 @@ def is_complete(url: str, storage_options: dict[str, Any] | None = None, path: s
 
 
 class Output:
-    """An output array set opened for writing chunks (level 0)."""
+    """An output opened for writing chunks: blended logits (one array), or a final image (a group with
+    one array per pyramid level, ``"0"`` full resolution)."""
 
     def __init__(self, spec: OutputSpec, num_classes: int, shape: Shape3, chunks: Shape3, config: dict[str, Any],
-                 storage_options: dict[str, Any], overwrite: bool = False) -> None:
+                 storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None) -> None:
         self.spec, self.num_classes, self.shape, self.chunks = spec, num_classes, tuple(shape), tuple(chunks)
         self.config, self.so = config, storage_options
         self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
+        predict = config.get("predict", {})
+        self.frame = Frame.from_dict(predict.get("frame"))
+        self.class_names = class_names(predict.get("labels"), num_classes)
         storage.require_writable(spec.url, "the output")
         if spec.kind == FINAL:
             self.channels = output_channels(spec.mode, spec.threshold, num_classes)
-            self.array = create_or_open(spec.url, (self.channels,) + self.shape, (self.channels,) + self.chunks,
-                                        "uint8", 0, config, overwrite, storage_options, path=DATA_PATH)
+            self.labels = spec.threshold  # class ids: a label image of three spatial axes
+            self.how = MODE if self.labels else MEAN
+            self.levels = spec.levels or auto_levels(self.shape, self.chunks)
+            if self.levels > 1 and any(c % 2 for c in self.chunks):
+                raise BadArguments(f"a pyramid needs even chunk sizes on every axis, got {self.chunks}: "
+                                   "choose --chunk_size or pass --levels 1")
+            lead, names = ((), self.frame.dimension_names(False)) if self.labels else \
+                ((self.channels,), self.frame.dimension_names(True))
+            self.arrays = [create_or_open(spec.url, lead + s, lead + self.chunks, "uint8", 0, config, overwrite,
+                                          storage_options, path=str(k), dimension_names=names)
+                           for k, s in enumerate(level_shapes(self.shape, self.levels))]
+            self.array = self.arrays[0]
+            self.staging = None
+            if staging is not None and self.levels > 1:
+                half = tuple(c // 2 for c in self.chunks)
+                self.staging = create_or_open(staging, lead + level_shapes(self.shape, 2)[1], lead + half, "uint8", 0,
+                                              config, False, storage_options, dimension_names=names)
         else:
-            self.channels = num_classes
+            self.channels, self.labels, self.levels, self.staging = num_classes, False, 1, None
             self.array = create_or_open(spec.url, (num_classes,) + self.shape, (num_classes,) + self.chunks,
-                                        "float16", float("nan"), config, overwrite, storage_options)
+                                        "float16", float("nan"), config, overwrite, storage_options,
+                                        dimension_names=self.frame.dimension_names(True))
+            self.arrays = [self.array]
 
     @classmethod
     def for_array(cls, array: Any) -> Output:
         """Write blended logits into an existing array (a part store's ``final``)."""
         self = cls.__new__(cls)
-        self.spec, self.array = OutputSpec("", BLENDED), array
+        self.spec, self.array, self.arrays, self.staging = OutputSpec("", BLENDED), array, [array], None
         self.num_classes = self.channels = int(array.shape[0])
         self.shape, self.chunks = tuple(array.shape[1:]), tuple(array.chunks[1:])
         self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
-        self.config, self.so = {}, {}
+        self.config, self.so, self.labels, self.levels = {}, {}, False, 1
         return self
 
     def encode(self, logits: np.ndarray) -> np.ndarray:
+        """float16 (C, box) logits -> what this output stores for them (level 0)."""
         if self.spec.kind == FINAL:
-            return finalize_chunk(logits, self.spec.mode, self.spec.threshold)
+            out = finalize_chunk(logits, self.spec.mode, self.spec.threshold)
+            return out[0] if self.labels else out
         return logits
 
+    def selection(self, level: int, idx: Sequence[int], chunks: Sequence[int] | None = None) -> tuple[slice, ...]:
+        """The index of chunk ``idx`` of ``level`` in its array (all channels)."""
+        c = tuple(chunks or self.chunks)
+        shape = level_shapes(self.shape, level + 1)[level]
+        box = tuple(slice(i * n, min(s, (i + 1) * n)) for i, n, s in zip(idx, c, shape))
+        return box if self.labels else (slice(None),) + box
+
     def write(self, idx: Shape3, logits: np.ndarray, io: WritePool) -> None:
-        """Write one whole chunk of float16 (C, box) logits, encoded for this output, in the background."""
-        lo, hi = self.cgrid.box(idx)
-        sel = (slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))
-        io.submit(("out", idx), _encode_store, self, sel, logits)
+        """Write one whole level-0 chunk of float16 (C, box) logits, encoded, in the background."""
+        io.submit(("out", 0, idx), _encode_store, self, tuple(idx), logits)
+
+    def write_level(self, level: int, idx: Sequence[int], data: np.ndarray, io: WritePool) -> None:
+        io.submit(("out", level, tuple(idx)), _store, self.arrays[level], self.selection(level, idx), data)
 
     def chunk_key(self, idx: Shape3) -> str:
         return self.array.metadata.encode_chunk_key((0,) + tuple(idx))
 
+    def metadata(self) -> dict[str, Any]:
+        """The ``ome`` attributes written when the output completes."""
+        name = storage.local_path(self.spec.url).rstrip("/").split("/")[-1]
+        if self.labels:
+            names = self.class_names if self.num_classes > 1 else ["background", self.class_names[0]]
+            return label_metadata(name, self.frame, self.levels, names)
+        if self.spec.mode == "binary":
+            channel_names = [f"p({self.class_names[-1]})"]
+        else:
+            channel_names = [f"p({n})" for n in self.class_names]
+        return image_metadata(name, self.frame, self.levels, channel_names, self.shape[0])
+
     def complete(self) -> None:
-        """Mark the output complete (final outputs: also write the OME metadata)."""
+        """Mark the output complete; a final output gets its OME metadata now, not before."""
         import zarr
 
-        set_complete(self.array)
         if self.spec.kind == FINAL:
+            for a in self.arrays:
+                set_complete(a)
             grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+", zarr_format=3)
-            name = storage.local_path(self.spec.url).rstrip("/").split("/")[-1]
-            ome = ome_attributes(name, self.channels, self.spec.mode, self.spec.threshold, {})
-            grp.attrs.update(dict(ome, vesuvius={"config": self.config, "complete": True}))
+            info = {"mode": self.spec.mode, "threshold": self.spec.threshold, "levels": self.levels,
+                    "encoding": "class ids" if self.spec.threshold else "round(probability * 255)",
+                    "not_predicted": 0, "input": self.config.get("predict", {}).get("input")}
+            grp.attrs.update({"ome": self.metadata(), "vesuvius_output": info,
+                              "vesuvius": {"config": self.config, "complete": True}})
+        else:
+            set_complete(self.array)
 
     def is_complete(self) -> bool:
         return (is_complete(self.spec.url, self.so) or {}).get("config") == self.config
 
 
-def _encode_store(out: Output, sel: tuple[slice, ...], logits: np.ndarray) -> None:
-    out.array[sel] = out.encode(logits)
+def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:
+    array[sel] = data
+
+
+def _encode_store(out: Output, idx: Shape3, logits: np.ndarray) -> None:
+    data = out.encode(logits)
+    out.array[out.selection(0, idx)] = data
+    if out.staging is not None:  # the 2x block the pyramid's level 1 is made of: no second full-resolution read
+        out.staging[out.selection(1, idx, [c // 2 for c in out.chunks])] = downsample2(data, out.how)

@@ -36,6 +36,8 @@ from .output import Output, blosc
 FORMAT_VERSION = 2
 SPILLS = ("spill0", "spill1")
 CHECKPOINT = "checkpoint.json"
+BLEND_DIR = "_blend"  # blend's claims, journals and done markers
+PYRAMID_DIR = "_pyramid"  # 2x blocks of a fused output's level 0, for finalize's pyramid
 
 
 def part_name(part_id: int) -> str:
@@ -52,6 +54,16 @@ def claim_url(parts_dir: str, part_id: int) -> str:
 
 def store_url(parts_dir: str, part_id: int, run: str) -> str:
     return storage.join(parts_dir, part_name(part_id), run)
+
+
+def pyramid_staging(parts_dir: str) -> str:
+    """Where level-0 writers of a fused output leave the 2x blocks finalize builds the pyramid from."""
+    return storage.join(parts_dir, PYRAMID_DIR)
+
+
+def level0_marker(parts_dir: str) -> str:
+    """Written when every level-0 chunk of a final output is in place (finalize waits for it)."""
+    return storage.join(parts_dir, BLEND_DIR, "level0_complete.json")
 
 
 def pack_mask(mask: np.ndarray) -> str:

@@ -50,6 +50,7 @@ class PipelineConfig:
     quiet: bool = False
     device: str | None = None  # force a device ("cpu") regardless of --gpus
     bbox: str | None = None
+    levels: int | None = None  # pyramid levels of the output (None: down to one chunk)
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,7 +92,7 @@ def _predict_config(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts
         chunk_size=cfg.chunk_size, level=cfg.level, overwrite=cfg.overwrite, quiet=cfg.quiet,
         storage_options=cfg.storage_options, bbox=cfg.bbox,
         final_output=cfg.output if fused else None, blended_output=None if fused else _blended(cfg),
-        mode=cfg.mode, threshold=cfg.threshold)
+        mode=cfg.mode, threshold=cfg.threshold, levels=cfg.levels)
 
 
 def _blended(cfg: PipelineConfig) -> str:
@@ -106,6 +107,7 @@ def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: 
             "--level", str(cfg.level)]
     if pc.final_output:
         args += ["--final_output", pc.final_output, "--mode", pc.mode] + (["--threshold"] if pc.threshold else [])
+        args += ["--levels", str(pc.levels)] if pc.levels else []
     else:
         args += ["--blended_output", pc.blended_output]
     if not cfg.do_tta:
@@ -170,6 +172,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     storage.require_writable(cfg.work, "--workdir")
     so = cfg.storage_options
     volume = open_volume(cfg.input, cfg.level, so)
+    _check_finalize_arguments(cfg)
     nvox = int(volume.channels) * int(volume.shape[0]) * int(volume.shape[1]) * int(volume.shape[2])
     parts_dir = storage.join(cfg.work, "parts")
     blended = _blended(cfg)
@@ -200,7 +203,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             stage("finalize", lambda: run_finalize(FinalizeConfig(blended, cfg.output, mode=cfg.mode,
                                                                   threshold=cfg.threshold, cache_gb=cfg.cache_gb,
                                                                   overwrite=cfg.overwrite, quiet=cfg.quiet,
-                                                                  storage_options=so)))
+                                                                  storage_options=so, levels=cfg.levels)))
     from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
@@ -208,6 +211,18 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
     log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input, cfg.output)
     return times
+
+
+def _check_finalize_arguments(cfg: PipelineConfig) -> None:
+    """Refuse what finalize would refuse (the mode against the model's classes) before predict runs."""
+    from .model_source import resolve_model
+    from .output import output_channels
+    from .predict import model_classes
+
+    if cfg.levels is not None and cfg.levels < 1:
+        raise BadArguments(f"--levels must be >= 1, got {cfg.levels}")
+    if not cfg.skip_finalize:
+        output_channels(cfg.mode, cfg.threshold, model_classes(resolve_model(cfg.model, cfg.storage_options)))
 
 
 def _clear_other_runs(cfg: PipelineConfig, parts_dir: str) -> None:

@@ -72,7 +72,9 @@ class PredictConfig:
     final_output: str | None = None  # ... or finalized (mode, threshold) here
     mode: str = "binary"
     threshold: bool = False
+    levels: int | None = None  # pyramid levels of the final output (None: down to one chunk)
     lease_s: float | None = None
+    intensity_check: str = "warn"  # the input's intensities against the model's training range: warn, error, off
 
     @property
     def input_storage_options(self) -> dict[str, Any]:
@@ -81,7 +83,7 @@ class PredictConfig:
     @property
     def output_spec(self) -> OutputSpec | None:
         if self.final_output:
-            return OutputSpec(self.final_output, FINAL, self.mode, self.threshold)
+            return OutputSpec(self.final_output, FINAL, self.mode, self.threshold, self.levels)
         if self.blended_output:
             return OutputSpec(self.blended_output, BLENDED)
         return None
@@ -116,6 +118,10 @@ class PredictConfig:
             storage.require_writable(spec.url, "--final_output" if spec.kind == FINAL else "--blended_output")
             if spec.url.rstrip("/") in (self.input_dir.rstrip("/"), self.output_dir.rstrip("/")):
                 raise BadArguments(f"the output {spec.url} must differ from --input_dir and --output_dir")
+        if self.levels is not None and self.levels < 1:
+            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        if self.intensity_check not in ("warn", "error", "off"):
+            raise BadArguments(f"--intensity_check must be warn, error or off, got {self.intensity_check!r}")
         if self.lease_s is not None and self.lease_s <= 0:
             raise BadArguments(f"--lease_s must be > 0 seconds, got {self.lease_s}")
 
@@ -186,7 +192,8 @@ def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None) ->
     return PatchGrid(tuple(b - a for a, b in zip(lo, hi)), patch, overlap, origin=lo)  # type: ignore[arg-type]
 
 
-def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3) -> dict[str, Any]:
+def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
+                 labels: dict[str, Any]) -> dict[str, Any]:
     spec = cfg.output_spec
     return {
         "format": FORMAT_VERSION,
@@ -195,6 +202,7 @@ def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: 
         "patch_size": list(patch), "overlap": cfg.overlap, "tta": cfg.do_tta, "skip_empty": cfg.skip_empty_patches,
         "chunk_size": list(chunks), "num_parts": cfg.num_parts, "bbox": cfg.bbox,
         "output": spec.as_dict() if spec else None,
+        "frame": volume.frame.as_dict(), "labels": labels,  # for the output's metadata
     }
 
 
@@ -226,9 +234,14 @@ def _plans_patch_size(model_path: str) -> Shape3:
     return tuple(int(p) for p in ps)  # type: ignore[return-value]
 
 
+def model_labels(model_path: str) -> dict[str, Any]:
+    """dataset.json's class names -> ids (no torch needed)."""
+    return dict(_model_json(model_path, "dataset.json").get("labels", {}))
+
+
 def model_classes(model_path: str) -> int:
-    """Output classes of a label-based nnU-Net model, from dataset.json (no torch needed)."""
-    return max(1, len(_model_json(model_path, "dataset.json").get("labels", {})))
+    """Output classes of a label-based nnU-Net model."""
+    return max(1, len(model_labels(model_path)))
 
 
 def _prepare(cfg: PredictConfig) -> _Context:
@@ -240,9 +253,18 @@ def _prepare(cfg: PredictConfig) -> _Context:
     spec = cfg.output_spec
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model_classes(model_dir))  # refuse a bad mode before any work
+    if cfg.intensity_check != "off":
+        from .normalization import intensity_mismatch
+
+        problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"))
+        if problem and cfg.intensity_check == "error":
+            raise BadInput(problem)
+        if problem:
+            log.warning("warning: %s", problem)
     patch = tuple(int(p) for p in (cfg.patch_size or _plans_patch_size(model_dir)))
     chunks = tuple(int(c) for c in (cfg.chunk_size or patch))
-    fp = _fingerprint(cfg, _model_fingerprint(model_dir, cfg.folds), volume, patch, chunks)  # type: ignore[arg-type]
+    fp = _fingerprint(cfg, _model_fingerprint(model_dir, cfg.folds), volume, patch, chunks,  # type: ignore[arg-type]
+                      model_labels(model_dir))
     return _Context(cfg, volume, model_dir, patch, chunks, fp,  # type: ignore[arg-type]
                     marker_url(cfg.output_dir, cfg.part_id), claim_url(cfg.output_dir, cfg.part_id))
 

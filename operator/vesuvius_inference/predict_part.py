@@ -119,8 +119,10 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
         group = create_store(mine, {"config": ctx.fp, "part_id": cfg.part_id, "run": run}, c, volume.shape, ctx.chunks,
                              layout.segments(cfg.part_id), spec is None, so)
     io = WritePool(WRITERS, guard=lease.check)
-    owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so) if spec else \
-        Output.for_array(group["final"])
+    from .partstore import pyramid_staging
+
+    owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
+                   staging=pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
     bits = logit_bits_for(grid.max_coverage())
     writer = PartWriter(layout, cfg.part_id, group, owned, cgrid, bits, io)
     in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)

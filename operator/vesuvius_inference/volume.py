@@ -17,14 +17,14 @@ import numpy as np
 
 from . import storage
 from .errors import BadArguments, BadInput
+from .frame import Frame
 from .grid import ChunkGrid, Shape3
 
 
-def _multiscale_paths(attrs: dict[str, Any]) -> list[str] | None:
+def _multiscales(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The first OME-Zarr multiscales entry (0.4: group attributes; 0.5: under "ome")."""
     ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    if not ms:
-        return None
-    return [d["path"] for d in ms[0]["datasets"]]
+    return ms[0] if ms else None
 
 
 @dataclass
@@ -34,6 +34,7 @@ class InputVolume:
     url: str
     array: Any  # zarr.Array
     has_channel_axis: bool
+    frame: Frame = field(default_factory=Frame)  # the world frame of the chosen level
     cache_bytes: int = 0
     io_threads: int = 8
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
@@ -164,13 +165,16 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         raise BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)") from None
     except Exception as e:  # zarr raises a variety of errors for non-zarr paths
         raise BadInput(f"input {url} is not a readable Zarr array or group: {type(e).__name__}: {e}") from None
+    frame = Frame()
     if isinstance(node, zarr.Group):
-        paths = _multiscale_paths(dict(node.attrs))
-        if paths is None:
+        ms = _multiscales(dict(node.attrs))
+        if ms is None:
             raise BadInput(f"input {url} is a Zarr group without OME-Zarr 'multiscales'; pass the array's path")
+        paths = [d["path"] for d in ms["datasets"]]
         if not 0 <= level < len(paths):
             raise BadArguments(f"--level {level} is out of range: {url} has levels 0..{len(paths) - 1}")
         node = node[paths[level]]
+        frame = Frame.from_multiscales(ms, level)
     elif level != 0:
         raise BadArguments(f"--level {level} needs an OME-Zarr group, but {url} is a plain array")
     if node.ndim not in (3, 4):
@@ -179,4 +183,4 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         raise BadInput(f"input {url} has dtype {node.dtype}; expected an integer or float type (uint8, uint16, float32)")
     if 0 in node.shape:
         raise BadInput(f"input {url} is empty: shape {tuple(node.shape)}")
-    return InputVolume(url=url, array=node, has_channel_axis=node.ndim == 4)
+    return InputVolume(url=url, array=node, has_channel_axis=node.ndim == 4, frame=frame)

@@ -76,10 +76,15 @@ def test_write_zarr_leaves_exactly_the_all_zero_chunks_absent(scroll, tmp_path):
     vol, _ = scroll
     chunks = (32, 64, 64)
     path = write_zarr(vol, str(tmp_path / "scroll.zarr"), chunks=chunks)
-    arr = zarr.open_array(path, mode="r", zarr_format=3)
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    ms = group.attrs["ome"]["multiscales"][0]  # an OME-Zarr image with the scans' voxel size
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == [7.91] * 3
+    assert [a["unit"] for a in ms["axes"]] == ["micrometer"] * 3
+    arr = group[ms["datasets"][0]["path"]]
     assert arr.shape == vol.shape and arr.dtype == np.uint8 and arr.chunks == chunks
+    assert arr.metadata.dimension_names == ("z", "y", "x")
     np.testing.assert_array_equal(arr[...], vol)
-    stored = {tuple(int(i) for i in k.split("/")[1:]) for k in _chunk_keys(tmp_path / "scroll.zarr")}
+    stored = {tuple(int(i) for i in k.split("/")[1:]) for k in _chunk_keys(tmp_path / "scroll.zarr" / "0")}
     grid = [range(-(-s // c)) for s, c in zip(vol.shape, chunks)]
     expect = {idx for idx in itertools.product(*grid)
               if vol[tuple(slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks))].any()}

@@ -58,6 +58,8 @@ def test_predict_job_shape_and_cli_contract():
         7, 512, 4, ["0", "1", "2", "3", "4"], (192, 192, 192))
     assert parsed.input_dir == "s3://scrollprize-volumes/PHerc1218.zarr/0" and parsed.input_anon
     assert parsed.output_dir == "s3://scratch/PHerc1218/work/parts"
+    # each part writes the output rows it alone covers, finalized: the spec's output, mode and threshold
+    assert (parsed.final_output, parsed.mode, parsed.threshold) == (s["output"]["uri"], s["mode"], s["threshold"])
 
 
 def test_retry_job_maps_indexes_to_failed_parts():
@@ -77,13 +79,16 @@ def test_blend_and_finalize_jobs():
     assert b["spec"]["completionMode"] == "Indexed" and b["spec"]["completions"] == 32
     parsed = blend_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in
                                         b["spec"]["template"]["spec"]["containers"][0]["args"][1:]])
-    assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, "s3://scratch/PHerc1218/work/blended.zarr")
+    # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
+    assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
+    assert parsed.parts_dir == manifests.parts_dir(s)
     assert "nvidia.com/gpu" not in b["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
     m = specmod.parse(yaml.safe_load((SAMPLES / "minimal.yaml").read_text())["spec"])
     f = manifests.finalize_job("ij", "ns", "u", m)
     assert f["spec"]["completionMode"] == "NonIndexed" and f["spec"]["podFailurePolicy"]["rules"][1]["action"] == "FailJob"
     parsed = finalize_parser().parse_args(f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
     assert parsed.delete_intermediates and parsed.output == "s3://results/PHerc0332/surface.zarr"
+    assert parsed.input == manifests.parts_dir(m)  # a fused output: finalize builds its pyramid from the parts
 
 
 def test_spec_validation_beyond_the_schema():
@@ -141,9 +146,8 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
             assert all(isinstance(v, str) for v in quantities.values()), (key, quantities)
     m = sample("minimal.yaml")
     args = finalize_parser().parse_args(manifests.finalize_args(m)[1:])
-    assert args.delete_intermediates and args.also_delete == [manifests.parts_dir(m)]
-    assert args.input == manifests.blended_uri(m) and {args.input, *args.also_delete} == {
-        m.workdir + "/blended.zarr", m.workdir + "/parts"}
+    # the parts are the only intermediate (predict writes the output itself): finalize removes them, its INPUT
+    assert args.delete_intermediates and args.input == manifests.parts_dir(m) == m.workdir + "/parts"
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
     args = finalize_parser().parse_args(manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete

@@ -1,6 +1,7 @@
 """``vesuvius-inference demo``: the whole pipeline on a synthetic scroll, on the CPU.
 
-Makes a scroll-like volume with known ground truth, runs predict (2 parts) -> blend -> finalize
+Makes a scroll-like volume with known ground truth (an OME-Zarr image with the scans' voxel size), runs
+predict (2 parts, each writing the output rows it alone covers) -> blend (the seams) -> finalize (the pyramid)
 with the small model bundled in this package, then reports per-stage time, voxels/s and Dice,
 and writes a PNG preview.
 """
@@ -46,18 +47,19 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     nvox = int(np.prod(shape))
     log.info("demo: synthetic scroll %s (%.1f Mvox) in %.1f s -> %s", "x".join(map(str, shape)), nvox / 1e6,
              time.perf_counter() - t, inp)
-    parts_dir, blended, result = out / "work" / "parts", out / "work" / "blended.zarr", out / "prediction.zarr"
+    parts_dir, result = out / "work" / "parts", out / "prediction.zarr"
     times: dict[str, float] = {}
     t = time.perf_counter()
     for p in range(parts):
         run_predict(PredictConfig(str(MODEL_DIR), inp, str(parts_dir), part_id=p, num_parts=parts, device=device,
+                                  final_output=str(result),
                                   do_tta=tta, batch_size=2, quiet=quiet))
     times["predict"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_blend(BlendConfig(str(parts_dir), str(blended), quiet=quiet))
+    run_blend(BlendConfig(str(parts_dir), str(result), quiet=quiet, then_finalize=False))
     times["blend"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_finalize(FinalizeConfig(str(blended), str(result), mode="binary", quiet=quiet))
+    run_finalize(FinalizeConfig(str(parts_dir), str(result), quiet=quiet))
     times["finalize"] = time.perf_counter() - t
     prob = zarr.open_group(str(result), mode="r")["0"][0]
     score = dice(prob >= 128, labels > 0)

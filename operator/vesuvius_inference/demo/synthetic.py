@@ -109,17 +109,35 @@ def make_scroll(shape: Sequence[int] = (96, 160, 160), seed: int = 0) -> tuple[n
     return vol.astype(np.uint8), labels
 
 
-def write_zarr(volume: np.ndarray, path: str, chunks: Sequence[int] = (32, 64, 64)) -> str:
-    """Write ``volume`` as a zarr v3 array at ``path``; all-zero chunks (pure air) are not stored.
+VOXEL_UM = 7.91  # the public scans' voxel size
 
-    Fill value 0 plus ``write_empty_chunks=False`` is how scroll volumes leave air out, and what the
-    pipeline's chunk listing relies on to skip empty patches.
+
+def write_zarr(volume: np.ndarray, path: str, chunks: Sequence[int] = (32, 64, 64), voxel_um: float = VOXEL_UM,
+               levels: int = 2) -> str:
+    """Write ``volume`` as an OME-Zarr 0.5 image (Zarr v3) with a voxel size and a 2x pyramid.
+
+    So the demo's output opens on top of it in napari and neuroglancer (both read the voxel size and
+    axis names from here). All-zero chunks (pure air) are not stored: fill value 0 plus
+    ``write_empty_chunks=False`` is how scroll volumes leave air out, and what the pipeline's chunk
+    listing relies on to skip empty patches.
     """
     import zarr
 
-    arr = zarr.create_array(path, shape=volume.shape, chunks=tuple(int(c) for c in chunks), dtype=volume.dtype,
-                            fill_value=0, zarr_format=3, overwrite=True, config={"write_empty_chunks": False})
-    arr[...] = volume
+    from ..downsample import MEAN, downsample2
+    from ..frame import Frame
+    from ..ngff import NGFF_VERSION, level_shapes, multiscales
+
+    frame = Frame(units=("micrometer",) * 3, scale=(voxel_um,) * 3)
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    data = volume
+    for k, shape in enumerate(level_shapes(volume.shape, levels)):
+        arr = root.create_array(str(k), shape=shape, chunks=tuple(min(int(c), s) for c, s in zip(chunks, shape)),
+                                dtype=volume.dtype, fill_value=0, dimension_names=frame.names,
+                                config={"write_empty_chunks": False})
+        arr[...] = data
+        data = downsample2(data, MEAN)
+    name = path.rstrip("/").split("/")[-1]
+    root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [multiscales(name, frame, levels, False, "mean")]}
     return path
 
 

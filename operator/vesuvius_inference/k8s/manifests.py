@@ -60,10 +60,6 @@ def parts_dir(spec: JobSpec) -> str:
     return spec.workdir + "/parts"
 
 
-def blended_uri(spec: JobSpec) -> str:
-    return spec.workdir + "/blended.zarr"
-
-
 def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[str]:
     inf = spec["inference"]
     args = ["predict", "--model_path", spec["model"]["uri"], "--input_dir", spec.input_uri,
@@ -84,23 +80,29 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
         args.append("--input_anon")
     if part_ids is not None:
         args += ["--part_ids", format_ranges(part_ids)]
+    # each part writes the output's chunk rows it alone covers: no blended intermediate (the fused data path)
+    args += ["--final_output", spec["output"]["uri"], "--mode", spec["mode"]]
+    if spec["threshold"]:
+        args.append("--threshold")
+    if spec["output"].get("levels"):
+        args += ["--levels", str(spec["output"]["levels"])]
     return args
 
 
 def blend_args(spec: JobSpec) -> list[str]:
     n = int(spec["blend"]["parallelism"])
-    return ["blend", parts_dir(spec), blended_uri(spec), "--num_parts", str(n), "--part_id",
-            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--quiet"]
+    # the seams between parts; the pyramid is finalize's
+    return ["blend", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n), "--part_id",
+            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--seams_only", "--quiet"]
 
 
 def finalize_args(spec: JobSpec) -> list[str]:
     n = int(spec["finalize"]["parallelism"])
-    args = ["finalize", blended_uri(spec), spec["output"]["uri"], "--mode", spec["mode"], "--num_parts", str(n),
+    # the pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
+    args = ["finalize", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n),
             "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]), "--quiet"]
-    if spec["threshold"]:
-        args.append("--threshold")
     if not spec["keepIntermediates"]:
-        args += ["--delete_intermediates", "--also_delete", parts_dir(spec)]
+        args.append("--delete_intermediates")  # INPUT, the parts: removed once the output is complete
     return args
 
 

@@ -275,7 +275,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
         message = (f"{stages['finalize']['job']} was deleted before the operator saw it finish; check the output at "
                    f"{spec['output']['uri']}")
     elif finalize == "Running":
-        phase, stage, reason, message = "Finalizing", "finalize", "Finalizing", "finalizing blended logits"
+        phase, stage, reason, message = "Finalizing", "finalize", "Finalizing", "building the output's pyramid and metadata"
     elif blend == "Complete":
         phase, stage, reason, message = "Finalizing", "blend", "BlendComplete", "blend complete; starting finalize"
     elif blend == "Failed":
@@ -317,7 +317,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
         _condition(conds, "PredictComplete", predict_done, "AllPartsDone" if predict_done else "PartsPending",
                    f"{len(done)}/{total} parts", now, generation),
         _condition(conds, "BlendComplete", blend_done, "BlendJobComplete" if blend_done else "NotYet",
-                   "blended logits written" if blend_done else "", now, generation),
+                   "seams written" if blend_done else "", now, generation),
         _condition(conds, "Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotYet",
                    message if phase == "Succeeded" else "", now, generation),
         _condition(conds, "Failed", phase == "Failed", reason if phase == "Failed" else "NoFailure",

@@ -1,0 +1,141 @@
+"""Our outputs, checked by implementations we did not write (issue 9).
+
+A scroll stored as the public scans are (OME-Zarr 0.4 on Zarr v2, 7.91 um voxels, an offset, levels
+0..2) goes through the pipeline in every output kind - probabilities, a mask, multiclass
+probabilities, argmax labels - fused and two-stage, whole and ``--bbox``, from level 0 and level 1.
+Each output must validate with ome-zarr-models and ngff-zarr, read in ome-zarr-py and napari, and
+lie on its input in one world frame; its pyramid must be the 2x reduction of its level 0.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from vesuvius_inference.demo.run import MODEL_DIR
+from vesuvius_inference.pipeline import PipelineConfig, run_local_pipeline
+
+from ngff.checks import assert_overlays, napari_layers, side_checks, validate_ngff_zarr
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "neuroglancer_overlay.py"
+BBOX = "8:56,20:110,12:100"
+
+# name: (model, mode, threshold, fused, bbox, input level)
+CASES = {
+    "probabilities": ("demo", "binary", False, True, None, 0),
+    "mask-bbox": ("demo", "binary", True, False, BBOX, 0),
+    "probabilities-level1": ("demo", "binary", False, False, None, 1),
+    "multiclass-probabilities": ("three", "multiclass", False, True, None, 0),
+    "labels-bbox-level1": ("three", "multiclass", True, True, "4:28,10:50,0:60", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def outputs(scroll, tmp_path_factory, model_factory):
+    root = tmp_path_factory.mktemp("outputs")
+    models = {"demo": MODEL_DIR,
+              "three": model_factory(patch=(16, 32, 32), folds=(0,), num_classes=3, normalization="CTNormalization")}
+    made = {}
+    for name, (model, mode, threshold, fused, bbox, level) in CASES.items():
+        out = root / f"{name}.zarr"
+        run_local_pipeline(PipelineConfig(input=str(scroll.path), output=str(out), model=str(models[model]),
+                                          parts_per_gpu=2, do_tta=False, mode=mode, threshold=threshold,
+                                          fuse_blend_finalize=fused, bbox=bbox, level=level, device="cpu",
+                                          quiet=True, batch_size=2, chunk_size=(16, 32, 32)))
+        made[name] = out
+    return made
+
+
+def test_every_output_kind_is_valid_ngff_05_for_two_validators(outputs):
+    results = side_checks(outputs.values(), version="0.5")
+    for name, r in zip(outputs, results):
+        models, reader = r["ome_zarr_models"], r["ome_zarr_py"]
+        assert models["ok"], (name, models["error"])
+        assert models["model"] == ("v05.ImageLabel" if CASES[name][2] else "v05.Image"), name
+        assert reader["ok"], (name, reader["error"])
+        n_levels = len(zarr.open_group(str(outputs[name]), mode="r").attrs["ome"]["multiscales"][0]["datasets"])
+        assert len(reader["nodes"][0]["shapes"]) == n_levels, (name, reader["nodes"][0])
+        validate_ngff_zarr(outputs[name])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_output_lies_on_its_input_in_napari_and_in_the_metadata(outputs, scroll, name):
+    level = CASES[name][5]
+    assert_overlays(outputs[name], scroll.path, input_level=level, bbox=CASES[name][4] is not None)
+    g = zarr.open_group(str(outputs[name]), mode="r")
+    ds0 = g.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert ds0[0]["scale"][-3:] == pytest.approx(scroll.scales[level])
+    assert ds0[1]["translation"][-3:] == pytest.approx(scroll.translations[level])
+    assert all(a.get("unit") == "micrometer" for a in g.attrs["ome"]["multiscales"][0]["axes"] if a["type"] == "space")
+    for path in (d["path"] for d in g.attrs["ome"]["multiscales"][0]["datasets"]):
+        assert g[path].metadata.dimension_names[-3:] == ("z", "y", "x")
+
+
+def _reduce(block: np.ndarray, how: str) -> int:
+    """The rule, written out for one 2x2x2 block: rounded mean, or the most frequent value (ties: higher)."""
+    v = block.ravel().astype(int)
+    if how == "mean":
+        return (v.sum() + len(v) // 2) // len(v)
+    counts = np.bincount(v)
+    return int(np.flatnonzero(counts == counts.max()).max())
+
+
+@pytest.mark.parametrize("name", ["probabilities", "labels-bbox-level1"])
+def test_pyramid_levels_are_the_2x_reduction_of_the_level_below(outputs, name):
+    g = zarr.open_group(str(outputs[name]), mode="r")
+    paths = [d["path"] for d in g.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert len(paths) >= 2
+    shapes = [g[p].shape[-3:] for p in paths]
+    # down to where every axis fits in one chunk, each level half the one below (rounded up)
+    assert all(a == -(-b // 2) for lo, hi in zip(shapes, shapes[1:]) for a, b in zip(hi, lo))
+    assert all(s <= c for s, c in zip(shapes[-1], g[paths[-1]].chunks[-3:]))
+    assert any(s > c for s, c in zip(shapes[-2], g[paths[-2]].chunks[-3:]))
+    labels = CASES[name][2]
+    how = "mode" if labels else "mean"
+    rng = np.random.default_rng(0)
+    for k in (1, len(paths) - 1):
+        below, here = g[paths[k - 1]][:], g[paths[k]][:]
+        below = below if labels else below[0]
+        here = here if labels else here[0]
+        for _ in range(300):
+            idx = tuple(int(rng.integers(0, s)) for s in here.shape)
+            block = below[tuple(slice(2 * i, 2 * i + 2) for i in idx)]
+            assert here[idx] == _reduce(block, how), (k, idx)
+
+
+def test_labels_and_probabilities_say_what_they_are(outputs):
+    names = json.loads((MODEL_DIR / "dataset.json").read_text())["labels"]
+    mask = zarr.open_group(str(outputs["mask-bbox"]), mode="r").attrs["ome"]
+    props = {p["label-value"]: p["class"] for p in mask["image-label"]["properties"]}
+    assert props == {v: k for k, v in names.items()}
+    layers = napari_layers(outputs["mask-bbox"])
+    assert [la.kind for la in layers] == ["labels"]
+    probs = zarr.open_group(str(outputs["probabilities"]), mode="r").attrs["ome"]["omero"]["channels"]
+    fg = next(k for k, v in names.items() if v == 1)
+    assert [c["label"] for c in probs] == [f"p({fg})"]
+    assert probs[0]["window"] == {"min": 0.0, "max": 255.0, "start": 0.0, "end": 255.0}
+    layer = napari_layers(outputs["probabilities"])[0]
+    assert layer.kind == "image" and tuple(layer.contrast_limits) == (0.0, 255.0)
+    three = zarr.open_group(str(outputs["multiclass-probabilities"]), mode="r")
+    assert len(three.attrs["ome"]["omero"]["channels"]) == three["0"].shape[0] == 3
+
+
+def test_neuroglancer_shows_the_mask_on_the_papyrus(outputs, scroll, tmp_path):
+    sys.path.insert(0, str(TOOL.parent))
+    from neuroglancer_overlay import chromium_missing
+
+    if chromium_missing():
+        pytest.skip(chromium_missing())
+    png = tmp_path / "overlay.png"
+    proc = subprocess.run([sys.executable, str(TOOL), str(scroll.path), str(outputs["mask-bbox"]), "--png", str(png),
+                           "--timeout", "90"], capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert png.stat().st_size > 0
+    assert facts["prediction_pixels"] > 0.2 * facts["input_pixels"]
+    assert facts["prediction_off_input"] < 0.05 * facts["prediction_pixels"]
