@@ -38,3 +38,52 @@ def test_pipeline_on_s3_equals_local(tmp_path, model2, s3):
 
     fs = s3fs.S3FileSystem()
     assert fs.exists(f"{s3[5:]}/work/parts/part_00002.json")
+
+
+def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(model_factory, s3, s3_server):
+    """moto's request log: every chunk object of the output (all levels) is PUT exactly once; of level 0,
+    blend PUTs only the seam rows, and the parts PUT the rest themselves."""
+    import requests
+    import s3fs
+    from bench_storage import parse_recording
+    from vesuvius_inference.layout import SEAM
+
+    model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")
+    vol = smooth_volume((80, 64, 64), seed=13)
+    s3_in = f"{s3}/scroll/in.zarr"
+    write_zarr(s3_in, vol, chunks=(16, 32, 32))
+    out, work = f"{s3}/results/out.zarr", f"{s3}/work"
+    requests.post(f"{s3_server}/moto-api/recorder/reset-recording")
+    requests.post(f"{s3_server}/moto-api/recorder/start-recording")
+    stages = {}
+    base = ["--model_path", model, "--input_dir", s3_in, "--output_dir", f"{work}/parts", "--num_parts", "3",
+            "--device", "cpu", "--disable_tta", "--final_output", out, "--chunk_size", "16,32,32", "--quiet"]
+    for p in range(3):
+        assert cli("predict", *base, "--part_id", p).returncode == 0
+        stages[f"predict{p}"] = len(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
+    assert cli("blend", f"{work}/parts", out, "--quiet", "--seams_only").returncode == 0
+    stages["blend"] = len(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
+    assert cli("finalize", f"{work}/parts", out, "--quiet").returncode == 0
+    requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
+    text = requests.get(f"{s3_server}/moto-api/recorder/download-recording").text
+    log = parse_recording(text)
+    bucket = s3[5:]
+
+    def puts(entries):
+        return [e["url"].split(f"/{bucket}/results/out.zarr/", 1)[1] for e in entries
+                if e.get("method") == "PUT" and f"/{bucket}/results/out.zarr/" in e.get("url", "")
+                and "/c/" in e["url"]]
+
+    every = puts(log)
+    assert every and len(every) == len(set(every)), "an output chunk was written twice"
+    fs = s3fs.S3FileSystem()
+    stored = {k.split("/results/out.zarr/", 1)[1] for k in fs.find(f"{bucket}/results/out.zarr") if "/c/" in k}
+    assert set(every) == stored  # and every stored chunk came from one of those PUTs
+    blend_puts = puts(parse_recording(text[stages["predict2"]:stages["blend"]]))
+    level0_by_blend = {tuple(int(v) for v in k.split("/")[-3:]) for k in blend_puts if k.startswith("0/")}
+    from vesuvius_inference.blend import load_parts
+
+    layout = load_parts(f"{work}/parts").layout()
+    assert level0_by_blend and all(layout.row_owner(z) == SEAM for z, _, _ in level0_by_blend)
+    level0 = {tuple(int(v) for v in k.split("/")[-3:]) for k in every if k.startswith("0/")}
+    assert level0 - level0_by_blend and all(layout.row_owner(z) != SEAM for z, _, _ in level0 - level0_by_blend)
