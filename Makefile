@@ -4,22 +4,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt tests/ngff/checkers-requirements.txt | cksum | cut -d' ' -f1)
+# Debian packages `make test` installs when it runs as root on Debian (elsewhere it says so in one line
+# and the tests that need them skip): buildah podman runc debootstrap for the container image tests
+# (tests/images), chromium chromium-driver for the browser tests. One list: add a package here.
+SYSTEM_PACKAGES ?= buildah podman runc debootstrap chromium chromium-driver
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[engine,s3,operator,demo,dev]'
+	$(BIN)/python tests/ngff/checker_env.py  # ome-zarr-models and ome-zarr-py in their own venv (pydantic pin)
 	touch $@
 
-.PHONY: install demo test lint bench
+.PHONY: install system-packages demo test lint bench
 install: $(STAMP)
+
+system-packages:
+	@sh tools/system-packages.sh $(SYSTEM_PACKAGES)
 
 demo: $(STAMP)
 	$(BIN)/vesuvius-inference demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)

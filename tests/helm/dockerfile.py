@@ -56,6 +56,33 @@ def load(path: Path) -> list[Instruction]:
     return parse(path.read_text())
 
 
+def global_args(instructions: list[Instruction]) -> dict[str, str | None]:
+    """The ARGs declared before the first FROM (the only ones FROM lines may use), with their defaults."""
+    out: dict[str, str | None] = {}
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            break
+        if ins.keyword == "ARG":
+            name, eq, default = ins.args.partition("=")
+            out[name.strip()] = shlex.split(default)[0] if eq and default.strip() else None
+    return out
+
+
+def base_images(instructions: list[Instruction], build_args: dict[str, str] | None = None) -> list[str]:
+    """The image of every FROM, with `${NAME}`/`$NAME` replaced by the build arg or the ARG's default."""
+    values = {k: v for k, v in global_args(instructions).items() if v is not None}
+    values.update(build_args or {})
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        if name not in values:
+            raise AssertionError(f"FROM uses ${name}, which no ARG before FROM defines (or has no default)")
+        return values[name]
+
+    return [re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)", sub, i.args.split()[0])
+            for i in instructions if i.keyword == "FROM"]
+
+
 def env_vars(instructions: list[Instruction]) -> dict[str, str]:
     """ENV key=value pairs (last one wins); the legacy `ENV key value` form too."""
     env: dict[str, str] = {}

@@ -1,8 +1,10 @@
-"""The worker and operator Dockerfiles (no Docker engine here: parsed, and checked against the package)."""
+"""The worker and operator Dockerfiles, parsed and checked against the package and the chart (fast, and run
+where images cannot be built; tests/images builds and runs them with buildah and podman)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import re
 import subprocess
 import sys
@@ -35,7 +37,7 @@ def test_parser_joins_continuations_and_drops_comments():
 
 @pytest.mark.parametrize("image", list(IMAGES))
 def test_base_image_is_pinned(image):
-    froms = [i.args.split()[0] for i in dockerfile.load(IMAGES[image]) if i.keyword == "FROM"]
+    froms = dockerfile.base_images(dockerfile.load(IMAGES[image]))
     assert froms
     for ref in froms:
         name, _, digest = ref.partition("@")
@@ -43,6 +45,16 @@ def test_base_image_is_pinned(image):
         assert tag != "latest", ref
         assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest) or re.search(r"\d+\.\d+\.\d+", tag), (
             f"{ref}: pin an exact version tag (x.y.z) or a digest")
+
+
+@pytest.mark.parametrize("image", list(IMAGES))
+def test_base_image_is_a_build_argument(image):
+    """`ARG BASE_IMAGE=<pinned>` then `FROM ${BASE_IMAGE}`: releases use the pin, tests a local stand-in."""
+    instructions = dockerfile.load(IMAGES[image])
+    assert [i.args for i in instructions if i.keyword == "FROM"] == ["${BASE_IMAGE}"]
+    default = dockerfile.global_args(instructions)["BASE_IMAGE"]
+    assert default and dockerfile.base_images(instructions) == [default]
+    assert dockerfile.base_images(instructions, {"BASE_IMAGE": "localhost/x:1"}) == ["localhost/x:1"]
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
@@ -96,7 +108,7 @@ def test_operator_image_installs_no_torch():
 def test_worker_keeps_the_base_torch():
     """The base image's torch satisfies the engine extra and nnunetv2, and pip is told not to replace it."""
     instructions = dockerfile.load(dockerfile.WORKER)
-    base = next(i.args for i in instructions if i.keyword == "FROM")
+    (base,) = dockerfile.base_images(instructions)
     m = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-runtime", base.split("@")[0])
     assert m, f"{base}: expected an official pytorch/pytorch CUDA runtime tag"
     torch_version = Version(m.group(1))
@@ -105,15 +117,64 @@ def test_worker_keeps_the_base_torch():
                     if Requirement(r).name == "torch" and not Requirement(r).marker]
     for req in [r for r in engine if r.name == "torch"] + nnunet_torch:
         assert req.specifier.contains(torch_version), f"torch {torch_version} (base image) does not satisfy {req}"
+    pins, check = _torch_pin_commands()
+    install = next(c for i in instructions if i.keyword == "RUN" for c in dockerfile.commands(i) if c[:2] == ["pip", "install"])
+    assert install[install.index("-c") + 1] == pins["file"], install
     cmds = [c for i in instructions if i.keyword == "RUN" for c in dockerfile.commands(i)]
-    # `pip list --format=freeze | grep -iE '^(torch|...)==' > FILE`, then `pip install -c FILE .[engine,s3]`
-    grep = next(c for c in cmds if c[0] == "grep" and ">" in c)
-    assert cmds[cmds.index(grep) - 1] == ["pip", "list", "--format=freeze"]
-    pattern, pinned = re.compile(grep[grep.index(">") - 1], re.I), grep[grep.index(">") + 1]
-    assert pattern.match("torch==2.7.1+cu128") and pattern.match("torchvision==0.22.1"), pattern
-    assert not pattern.match("torchmetrics==1.0") and not pattern.match("numpy==2.0")
-    install = next(c for c in cmds if c[:2] == ["pip", "install"])
-    assert install[install.index("-c") + 1] == pinned
+    assert cmds.index(pins["words"]) < cmds.index(install) < cmds.index(check["words"]), "pin, install, check"
+
+
+def _torch_pin_commands() -> tuple[dict, dict]:
+    """The worker Dockerfile's two python one-liners: `python -c PIN > FILE` (pins of the base's torch stack)
+    and the check after `pip install` that reads FILE."""
+    cmds = [c for i in dockerfile.load(dockerfile.WORKER) if i.keyword == "RUN" for c in dockerfile.commands(i)]
+    pin = next(c for c in cmds if c[:2] == ["python", "-c"] and ">" in c)
+    path = pin[pin.index(">") + 1]
+    check = next(c for c in cmds if c[:2] == ["python", "-c"] and path in c[2])
+    return {"words": pin, "code": pin[2], "file": path}, {"words": check, "code": check[2]}
+
+
+def _fake_site(root: Path, dists: dict[str, str], direct_url: bool = True) -> Path:
+    """A site-packages holding only distribution metadata, as a conda-installed base has it (direct_url.json
+    points at a file, so pip's freeze prints `torch @ file://...`)."""
+    site = root / "site"
+    for name, version in dists.items():
+        info = site / f"{name}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        if direct_url:
+            (info / "direct_url.json").write_text(f'{{"url": "file:///opt/conda/pkgs/{name}-{version}.whl", "archive_info": {{}}}}')
+    return site
+
+
+def _run_code(code: str, site: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # -S: no site-packages but the fake one (PYTHONPATH), so the venv's own torch is not seen
+    env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")}
+    return subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=60)
+
+
+def test_worker_torch_pins_come_from_the_installed_metadata(tmp_path):
+    """The Dockerfile's own pin and check code, run against a conda-style base's metadata."""
+    pins, check = _torch_pin_commands()
+    base = {"torch": "2.7.1+cu128", "torchvision": "0.22.1", "triton": "3.3.1", "torchmetrics": "1.0.0",
+            "numpy": "2.1.0"}
+    site = _fake_site(tmp_path / "base", base)
+    proc = _run_code(pins["code"], site, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["torch==2.7.1+cu128", "torchvision==0.22.1", "triton==3.3.1"]
+    # the check after `pip install`: passes when the stack is unchanged, fails when pip swapped torch
+    pinned = tmp_path / pins["file"].lstrip("/")
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    pinned.write_text(proc.stdout)
+    code = check["code"].replace(pins["file"], str(pinned))
+    assert _run_code(code, site, tmp_path).returncode == 0
+    swapped = _fake_site(tmp_path / "swapped", dict(base, torch="2.14.1"))
+    proc = _run_code(code, swapped, tmp_path)
+    assert proc.returncode != 0 and "pip replaced the base image torch stack" in proc.stderr, proc.stderr
+    # a base without torch is refused at once
+    proc = _run_code(pins["code"], _fake_site(tmp_path / "none", {"numpy": "2.1.0"}), tmp_path)
+    assert proc.returncode != 0 and "the base image has no torch" in proc.stderr, proc.stderr
 
 
 def test_worker_model_cache_and_home():
