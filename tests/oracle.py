@@ -43,12 +43,13 @@ def normalize_like_nnunet(model_folder, volume: np.ndarray) -> np.ndarray:
 
 
 def nnunet_logits(model_folder, normalized: np.ndarray, mirroring: bool, folds=(0, 1), step=0.5,
-                  fp32_accumulation: bool = True) -> np.ndarray:
+                  fp32_accumulation: bool = True, device: str = "cpu") -> np.ndarray:
     import nnunetv2.inference.predict_from_raw_data as pfrd
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     pred = nnUNetPredictor(tile_step_size=step, use_gaussian=True, use_mirroring=mirroring,
-                           device=torch.device("cpu"), perform_everything_on_device=False, allow_tqdm=False)
+                           device=torch.device(device), perform_everything_on_device=device != "cpu",
+                           allow_tqdm=False)
     pred.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds))
     saved = pfrd.torch
     if fp32_accumulation:
@@ -57,7 +58,7 @@ def nnunet_logits(model_folder, normalized: np.ndarray, mirroring: bool, folds=(
         out = pred.predict_logits_from_preprocessed_data(torch.from_numpy(normalized))
     finally:
         pfrd.torch = saved
-    return out.float().numpy()
+    return out.float().cpu().numpy()
 
 
 def probabilities_uint8(logits: np.ndarray) -> np.ndarray:

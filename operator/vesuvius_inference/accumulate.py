@@ -32,7 +32,11 @@ def box_slices(lo: Any, hi: Any) -> tuple[slice, ...]:
 
 
 class ChunkAccumulator:
-    """Sums of ``channels`` int64 planes (C weighted logits + the weight) per output chunk."""
+    """Sums of ``channels`` int64 planes (C weighted logits + the weight) per output chunk.
+
+    Buffers of completed chunks are kept for reuse (zeroed, not reallocated: a fresh allocation's first
+    touch costs page faults on the host and an allocator round trip on a GPU).
+    """
 
     def __init__(self, cgrid: ChunkGrid, channels: int, remaining: dict[Shape3, int], cache_bytes: int,
                  device: Any, spills: tuple[Any, Any], on_complete: Callable[[Shape3, Any], None],
@@ -48,6 +52,8 @@ class ChunkAccumulator:
         self.dirty: set[Shape3] = set()  # cached chunks changed since they were last stored
         self.completed: list[Shape3] = []
         self.evictions = 0
+        self.touched: set[Shape3] = set()  # chunks that received a contribution (others hold only zeros)
+        self._free: dict[tuple[int, ...], list[Any]] = {}
 
     def _buffer(self, idx: Shape3) -> Any:
         import torch
@@ -62,8 +68,9 @@ class ChunkAccumulator:
             stored = np.asarray(self.spills[self.where[idx]][(slice(None),) + box_slices(lo, hi)], dtype=np.int64)
             buf = torch.from_numpy(stored).to(self.device)
         else:
-            buf = torch.zeros((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), dtype=torch.int64,
-                              device=self.device)
+            shape = (self.channels,) + tuple(b - a for a, b in zip(lo, hi))
+            free = self._free.get(shape)
+            buf = free.pop().zero_() if free else torch.zeros(shape, dtype=torch.int64, device=self.device)
         self.cache[idx] = buf
         self.used += buf.numel() * 8
         self.peak = max(self.peak, self.used)
@@ -88,16 +95,22 @@ class ChunkAccumulator:
         self.io.submit(("spill", idx), _store, self.spills[target], (slice(None),) + box_slices(lo, hi),
                        buf.cpu().numpy())
 
-    def add(self, lo: Shape3, hi: Shape3, contrib: Any) -> None:
-        """Add an int64 (channels, box) contribution covering [lo, hi) (volume coordinates)."""
+    def add(self, lo: Shape3, hi: Shape3, lq: Any, wq: Any) -> None:
+        """Add the contribution of one patch covering [lo, hi): int64 quantised logits (C, box) weighted
+        by int64 weights (box). One fused multiply-add per chunk, no temporary of the product."""
+        c = self.channels - 1
         for idx in self.cgrid.touching(lo, hi):
             clo, chi = self.cgrid.box(idx)
             a = [max(x, y) for x, y in zip(lo, clo)]
             b = [min(x, y) for x, y in zip(hi, chi)]
             dst = box_slices([x - y for x, y in zip(a, clo)], [x - y for x, y in zip(b, clo)])
             src = box_slices([x - y for x, y in zip(a, lo)], [x - y for x, y in zip(b, lo)])
-            self._buffer(idx)[(slice(None),) + dst] += contrib[(slice(None),) + src]
+            buf = self._buffer(idx)
+            w = wq[src]
+            buf[(slice(0, c),) + dst].addcmul_(lq[(slice(None),) + src], w)
+            buf[(c,) + dst] += w
             self.dirty.add(idx)
+            self.touched.add(idx)
 
     def patch_done(self, lo: Shape3, hi: Shape3) -> None:
         """Count one finished (or skipped) patch of this part against every chunk it touches."""
@@ -122,7 +135,11 @@ class ChunkAccumulator:
         self.dirty.discard(idx)
         self.where.pop(idx, None)
         self.completed.append(idx)
-        self.on_complete(idx, buf)
+        if idx in self.touched:  # else only skipped patches reached it: nothing was predicted there
+            self.on_complete(idx, buf)  # reads buf before returning (device-to-host copies are synchronous)
+        free = self._free.setdefault(tuple(buf.shape), [])
+        if len(free) < 4:
+            free.append(buf)
 
     def checkpoint(self) -> dict[str, Any]:
         """Store every changed cached chunk; return the state to save (then call ``committed``)."""
@@ -140,6 +157,7 @@ class ChunkAccumulator:
         """Continue from a saved checkpoint (after ``replay_done`` of the patches it covers)."""
         self.where = {tuple(w[:3]): int(w[3]) for w in state["where"]}  # type: ignore[misc]
         self.ckpt = dict(self.where)
+        self.touched = set(self.where)  # every unfinished chunk touched before the checkpoint was spilled
         self.completed = [tuple(c) for c in state["completed"]]  # type: ignore[misc]
         self.evictions = int(state.get("evictions", 0))
 

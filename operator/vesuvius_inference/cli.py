@@ -101,6 +101,7 @@ def predict_parser() -> _Parser:
     p.opt("--mode", choices=["binary", "multiclass"], default="binary", help="with --final_output: what to write")
     p.opt("--threshold", action="store_true", help="with --final_output: class ids instead of probabilities")
     _levels_opt(p)
+    p.opt("--compile", action="store_true", help="torch.compile the networks (default: off)")
     p.opt("--intensity_check", choices=["warn", "error", "off"], default="warn",
           help="compare the input's intensities with the model's training range (plans): warn (default), "
                "error (exit 3), off")
@@ -250,7 +251,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
         patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s,
         blended_output=args.blended_output, final_output=args.final_output, mode=args.mode, threshold=args.threshold,
-        lease_s=args.lease_s, levels=args.levels, intensity_check=args.intensity_check))
+        lease_s=args.lease_s, levels=args.levels, intensity_check=args.intensity_check, compile=args.compile))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:

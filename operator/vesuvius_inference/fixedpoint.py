@@ -44,14 +44,6 @@ def weight_q(patch: Sequence[int]) -> Any:
     return torch.round(g.double() * 2.0 ** WEIGHT_BITS).long()
 
 
-def quantize_logits(logits: Any, bits: int) -> Any:
-    """float logits (torch, any device) -> int64 multiples of 2**-bits; finite values only."""
-    import torch
-
-    x = logits.float().clamp(-FP16_MAX, FP16_MAX)
-    return torch.round(x * float(2 ** bits)).long()
-
-
 def divide_np(sums: np.ndarray, weights: np.ndarray, bits: int) -> np.ndarray:
     """(C, ...) int64 sums and (...) int64 weights -> (C, ...) float16 logits; NaN where no weight."""
     w = weights.astype(np.float64)

@@ -147,6 +147,45 @@ class Normalizer:
                 raise ValueError(f"normalization scheme {scheme!r} from the plans is not supported")
         return patch
 
+    def apply_torch(self, x: Any) -> Any:
+        """The same normalisation of a float32 (C, ...) torch tensor in place, on its device.
+
+        The arithmetic of nnU-Net's classes (default_normalization_schemes.py), step by step in float32
+        with the constants rounded to float32 as numpy does, so the bytes equal ``apply``'s (tested
+        against nnU-Net's classes); a scheme without a port runs nnU-Net's class on a host copy.
+        """
+        import torch
+
+        for c, scheme in enumerate(self.schemes):
+            v = x[c]
+            props = self.intensity_properties[c]
+            if scheme == "CTNormalization":
+                v.clamp_(float(props["percentile_00_5"]), float(props["percentile_99_5"]))
+                v.sub_(float(props["mean"]))
+                v.div_(max(float(props["std"]), 1e-8))
+            elif scheme == "ZScoreNormalization":
+                st = self.stats[c]
+                std = max(st["std"], 1e-8)
+                if self.use_mask[c]:
+                    m = v != 0
+                    v[m] = (v[m] - st["mean"]) / std
+                else:
+                    v.sub_(st["mean"])
+                    v.div_(std)
+            elif scheme == "RescaleTo01Normalization":
+                st = self.stats[c]
+                v.sub_(st["min"])
+                v.div_(max(st["max"] - st["min"], 1e-8))
+            elif scheme == "NoNormalization":
+                pass
+            elif scheme == "RGBTo01Normalization":
+                v.div_(255.0)
+            else:
+                host = v.detach().cpu().numpy()[None].copy()
+                one = Normalizer([scheme], [self.use_mask[c]], [props], [self.stats[c] if self.stats else {}])
+                v.copy_(torch.from_numpy(one.apply(host)[0]))
+        return x
+
 
 INTENSITY_SAMPLE_CHUNKS = 16
 INTENSITY_MIN_FRACTION = 0.01

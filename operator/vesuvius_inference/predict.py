@@ -75,6 +75,7 @@ class PredictConfig:
     levels: int | None = None  # pyramid levels of the final output (None: down to one chunk)
     lease_s: float | None = None
     intensity_check: str = "warn"  # the input's intensities against the model's training range: warn, error, off
+    compile: bool = False  # torch.compile the networks (off by default: compile time, and not every build has it)
 
     @property
     def input_storage_options(self) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .accumulate import ChunkAccumulator, box_slices
+from .accumulate import ChunkAccumulator
 from .claims import Lease
+from .devicestep import DeviceStep
 from .errors import BadInput
-from .fixedpoint import logit_bits_for, quantize_logits, weight_q
+from .fixedpoint import logit_bits_for, weight_q
 from .grid import ChunkGrid, grid_parts
 from .iopool import WritePool
 from .layout import PartLayout
@@ -62,27 +63,6 @@ def _resume_point(ctx: _Context, lease: Lease, key: dict[str, Any], mine: str) -
                  ctx.cfg.num_parts, ckpt["position"], run)
         return ckpt
     return None
-
-
-def _run_batch(batch: list[Patch], runner: Any, batch_size: int, wq: Any, bits: int, grid: Any,
-               accum: ChunkAccumulator, device: Any) -> None:
-    import torch
-
-    x = np.zeros((batch_size,) + batch[0].data.shape, dtype=np.float32)  # type: ignore[union-attr]
-    for k, p in enumerate(batch):
-        x[k] = p.data
-    xt = torch.from_numpy(x)
-    if device.type == "cuda":
-        xt = xt.pin_memory().to(device, non_blocking=True)
-    logits = runner(xt)
-    if bool(torch.isnan(logits[:len(batch)]).any()):
-        raise BadInput("the model produced NaN logits; check the model and the input's normalization")
-    for k, p in enumerate(batch):
-        start = grid.start(p.index)
-        src = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
-        w = wq[src]
-        lq = quantize_logits(logits[k][(slice(None),) + src], bits)
-        accum.add(p.lo, p.hi, torch.cat([lq * w, w[None]]))
 
 
 def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
@@ -130,7 +110,7 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
     cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
     accum = ChunkAccumulator(cgrid, c + 1, remaining, cache_bytes, device, (group[SPILLS[0]], group[SPILLS[1]]),
                              writer, io)
-    runner = Runner(model, device, cfg.do_tta, cfg.batch_size)
+    runner = Runner(model, device, cfg.do_tta, cfg.batch_size, compile=cfg.compile)
     wq = weight_q(ctx.patch).to(device)
     a, b = part
     ran = np.zeros(b - a, dtype=bool)
@@ -148,13 +128,15 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
         for i in todo[:start]:
             accum.replay_done(*grid.region(i))
         accum.restore(resume["accumulator"])
-    reader = PatchReader(volume, grid, todo[start:], normalizer, cfg.skip_empty_patches, 2 * cfg.batch_size + 2)
+    step = DeviceStep(runner, normalizer, grid, volume.channels, cfg.batch_size, wq, bits, accum)
+    reader = PatchReader(volume, grid, todo[start:], cfg.skip_empty_patches, 2 * cfg.batch_size + 2)
     patch_vox = int(np.prod(ctx.patch))
     bar = _progress(b - a, f"predict part {cfg.part_id}/{cfg.num_parts}", cfg.quiet)
     bar.update(skipped_listing + start)
     t_loop, last_ckpt, run_here = time.perf_counter(), time.monotonic(), 0
 
     def checkpoint(position: int) -> None:
+        step.check()  # a NaN must not reach a checkpoint
         state = accum.checkpoint()
         storage.write_json(ckpt_url, {**key, "position": position, "stats": stats_run, "ran": pack_mask(ran),
                                       "written": [list(x) for x in writer.written], "accumulator": state}, so)
@@ -178,7 +160,7 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
                 else:
                     batch.append(item)
             if batch and (len(batch) == cfg.batch_size or item is None):
-                _run_batch(batch, runner, cfg.batch_size, wq, bits, grid, accum, device)
+                step(batch)
                 for p in batch:
                     ran[p.index - a] = True
                     accum.patch_done(p.lo, p.hi)
@@ -192,6 +174,7 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
                     last_ckpt = time.monotonic()
             if item is None:
                 break
+        step.check()
         accum.finish()
         io.close()
     except BaseException:

@@ -1,8 +1,9 @@
-"""The reader: patches of the input, read and normalised ahead of the model by a producer thread.
+"""The reader: patches of the input, read ahead of the model by a producer thread.
 
-I/O overlaps the model: the thread fills a bounded queue while the device computes. Homogeneous
-patches (all one value, including chunks absent from the store) are flagged so they cost no model
-time.
+I/O overlaps the model: the thread fills a bounded queue while the device computes. Voxels stay as
+stored (uint8 for scans): they cross to the device at their own size and are normalised there.
+Homogeneous patches (all one value, including chunks absent from the store) are flagged so they
+cost no model time.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -25,40 +25,34 @@ class Patch:
     index: int
     lo: Shape3
     hi: Shape3
-    data: np.ndarray | None  # normalized, padded (C_in, p...) float32, or None if homogeneous
+    data: np.ndarray | None  # the region's voxels as stored (C_in, region), or None if homogeneous
 
 
-def read_patch(volume: InputVolume, grid: PatchGrid, i: int, normalizer: Any, skip_homogeneous: bool) -> Patch:
+def read_patch(volume: InputVolume, grid: PatchGrid, i: int, skip_homogeneous: bool) -> Patch:
     lo, hi = grid.region(i)
     raw = volume.read(lo, hi)
-    if skip_homogeneous and all(float(c.min()) == float(c.max()) for c in raw):
+    if skip_homogeneous and all(c.min() == c.max() for c in raw):
         return Patch(i, lo, hi, None)
-    normalizer.apply(raw)
-    start = grid.start(i)
-    buf = np.zeros((raw.shape[0],) + tuple(grid.patch), dtype=np.float32)
-    dst = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
-    buf[(slice(None),) + dst] = raw
-    return Patch(i, lo, hi, buf)
+    return Patch(i, lo, hi, raw)
 
 
 class PatchReader:
     """Iterate ``Patch`` objects for ``indices`` in order, read ahead by one thread."""
 
-    def __init__(self, volume: InputVolume, grid: PatchGrid, indices: Sequence[int], normalizer: Any,
-                 skip_homogeneous: bool, depth: int) -> None:
+    def __init__(self, volume: InputVolume, grid: PatchGrid, indices: Sequence[int], skip_homogeneous: bool,
+                 depth: int) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=max(2, depth))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, daemon=True,
-                                       args=(volume, grid, list(indices), normalizer, skip_homogeneous))
+                                       args=(volume, grid, list(indices), skip_homogeneous))
         self.thread.start()
 
-    def _produce(self, volume: InputVolume, grid: PatchGrid, indices: list[int], normalizer: Any,
-                 skip: bool) -> None:
+    def _produce(self, volume: InputVolume, grid: PatchGrid, indices: list[int], skip: bool) -> None:
         try:
             for i in indices:
                 if self.stop.is_set():
                     return
-                self.q.put(read_patch(volume, grid, i, normalizer, skip))
+                self.q.put(read_patch(volume, grid, i, skip))
             self.q.put(None)
         except BaseException as e:  # surfaced in the consumer
             self.q.put(e)

@@ -31,9 +31,16 @@ def resolve_device(requested: str) -> Any:
 
 
 class Runner:
-    """``runner(x)`` -> float32 logits (B, C, p...) averaged over flips and folds, on the device."""
+    """``runner(x)`` -> float32 logits (B, C, p...) averaged over flips and folds, on the device.
 
-    def __init__(self, model: Any, device: Any, tta: bool, batch_size: int) -> None:
+    The patches and their flips go through each network as one batch. On CUDA the batch that fits is
+    bounded by the device's free memory: a forward that runs out of memory is split in halves (and
+    stays split for the rest of the run), as nnU-Net's predictor falls back rather than fails. On the
+    CPU the batch is never split, so every patch sees the same batch composition (bit-identical
+    results for any part count). ``compile`` wraps each network in ``torch.compile``.
+    """
+
+    def __init__(self, model: Any, device: Any, tta: bool, batch_size: int, compile: bool = False) -> None:
         import torch
 
         self.torch = torch
@@ -45,30 +52,48 @@ class Runner:
             dims = [a + 2 for a in axes]
             self.combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
         self.batch_size = batch_size
+        self.networks = [torch.compile(n) for n in model.networks] if compile else list(model.networks)
+        if device.type == "cuda":  # the same patch gives the same bits whichever part runs it
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        self.split: int | None = None  # samples per forward after an out-of-memory fallback
 
     @property
     def passes_per_patch(self) -> int:
         return (1 + len(self.combos)) * len(self.model.networks)
+
+    def _forward(self, net: Any, batch: Any) -> Any:
+        torch = self.torch
+        if self.device.type != "cuda":
+            return net(batch)
+        while True:
+            step = self.split or batch.shape[0]
+            try:
+                with torch.autocast("cuda"):
+                    if step >= batch.shape[0]:
+                        return net(batch)
+                    return torch.cat([net(batch[i:i + step]) for i in range(0, batch.shape[0], step)])
+            except torch.cuda.OutOfMemoryError:
+                if step == 1:
+                    raise
+                self.split = max(1, step // 2)
+                torch.cuda.empty_cache()
+                log.warning("out of GPU memory for %d samples per forward: using %d", step, self.split)
 
     def __call__(self, xt: Any) -> Any:
         torch = self.torch
         b = xt.shape[0]
         batch = torch.cat([xt] + [torch.flip(xt, c) for c in self.combos]) if self.combos else xt
         total = None
-        with torch.inference_mode():
-            for net in self.model.networks:
-                if self.device.type == "cuda":
-                    with torch.autocast("cuda"):
-                        out = net(batch)
-                else:
-                    out = net(batch)
-                out = out.float()
-                pred = out[:b].clone()
+        with torch.no_grad():  # not inference_mode: the caller quantises the logits in place
+            for net in self.networks:
+                out = self._forward(net, batch).float()  # autocast's float16 -> float32; no copy on the CPU
+                pred = out[:b]  # views of this call's output, summed in place: no copies
                 for k, c in enumerate(self.combos):
                     pred += torch.flip(out[(k + 1) * b:(k + 2) * b], c)
                 if self.combos:
                     pred /= len(self.combos) + 1
-                total = pred if total is None else total + pred
-            if len(self.model.networks) > 1:
-                total /= len(self.model.networks)
+                total = pred if total is None else total.add_(pred)
+            if len(self.networks) > 1:
+                total /= len(self.networks)
         return total

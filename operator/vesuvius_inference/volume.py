@@ -68,7 +68,7 @@ class InputVolume:
         return ChunkGrid(self.shape, self.chunks)
 
     def read(self, lo: Shape3, hi: Shape3) -> np.ndarray:
-        """Voxels of [lo, hi) as float32 (C, dz, dy, dx).
+        """Voxels of [lo, hi) as stored (C, dz, dy, dx): uint8 stays uint8 until the device normalises it.
 
         With a cache, whole chunks are fetched (in parallel) and kept in an LRU bounded by
         ``cache_bytes``, so overlapping patches do not fetch the same chunk again; chunks the
@@ -77,7 +77,7 @@ class InputVolume:
         if self.cache_bytes <= 0:
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             data = self.array[(slice(None),) + sl] if self.has_channel_axis else self.array[sl][None]
-            return np.asarray(data, dtype=np.float32)
+            return np.asarray(data)
         grid = self.chunk_grid
         ids = list(grid.touching(lo, hi))
         missing = [i for i in ids if i not in self._cache]
@@ -93,7 +93,7 @@ class InputVolume:
                 self._cache.move_to_end(i)
         for i, data in zip(missing, fetched):
             self._put(i, data)
-        out = np.empty((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), dtype=np.float32)
+        out = np.empty((self.channels,) + tuple(b - a for a, b in zip(lo, hi)), dtype=self.dtype)
         for i in ids:
             clo, chi = grid.box(i)
             a = [max(x, y) for x, y in zip(lo, clo)]

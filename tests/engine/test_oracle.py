@@ -40,8 +40,9 @@ def test_matches_nnunet_for_1_3_7_parts(case, model2, tta):
     tmp, inp, normalized = case
     ref32 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=True)
     ref16 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=False)
-    # part-count invariance does not depend on TTA: with mirroring (8x the passes) 1 vs 3 parts suffices
-    counts = (1, 3) if tta else (1, 3, 7)
+    # part-count invariance does not depend on TTA (tested without it): with mirroring (8x the passes)
+    # one part checks the flips against nnU-Net's
+    counts = (1,) if tta else (1, 3, 7)
     results = {n: run_ours(tmp, model2, inp, n, tta) for n in counts}
     blended1, probs1 = results[1]
     assert blended1.dtype == np.float16 and blended1.shape == ref32.shape

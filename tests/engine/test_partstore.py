@@ -14,8 +14,8 @@ from vesuvius_inference.iopool import WritePool
 SHAPE, CHUNKS, C = (24, 32, 32), (8, 8, 8), 2
 
 
-def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor]]:
-    """Random overlapping boxes with random quantised sums (C weighted logits + a weight), in a random order."""
+def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor, torch.Tensor]]:
+    """Random overlapping boxes with random quantised logits (C, box) and weights (box), in a random order."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -23,8 +23,9 @@ def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor]]:
         lo = tuple(int(rng.integers(0, s - z + 1)) for s, z in zip(SHAPE, size))
         hi = tuple(a + int(z) for a, z in zip(lo, size))
         box = tuple(b - a for a, b in zip(lo, hi))
-        sums = np.concatenate([rng.integers(-2**34, 2**34, size=(C, *box)), rng.integers(2**20, 2**30, size=(1, *box))])
-        out.append((lo, hi, torch.from_numpy(sums)))
+        lq = torch.from_numpy(rng.integers(-2**30, 2**30, size=(C, *box)))
+        wq = torch.from_numpy(rng.integers(2**20, 2**27, size=box))
+        out.append((lo, hi, lq, wq))
     return out
 
 
@@ -36,7 +37,7 @@ def _arrays():
 
 def _remaining(cgrid, patches):
     remaining: dict = {}
-    for lo, hi, _ in patches:
+    for lo, hi, _, _ in patches:
         for idx in cgrid.touching(lo, hi):
             remaining[idx] = remaining.get(idx, 0) + 1
     return remaining
@@ -62,13 +63,13 @@ def _run(arrays, patches, cache_chunks: int, kill_at: list[int], ckpt_every: int
         acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), cache_chunks * chunk_bytes,
                                torch.device("cpu"), (spill0, spill1), complete, io)
         if saved is not None:
-            for lo, hi, _ in patches[:saved["position"]]:
+            for lo, hi, _, _ in patches[:saved["position"]]:
                 acc.replay_done(lo, hi)
             acc.restore(saved["state"])
         position = saved["position"] if saved else 0
         killed = False
-        for lo, hi, sums in patches[position:]:
-            acc.add(lo, hi, sums)
+        for lo, hi, lq, wq in patches[position:]:
+            acc.add(lo, hi, lq, wq)
             acc.patch_done(lo, hi)
             position += 1
             if kills and position == kills[0]:
@@ -102,8 +103,10 @@ def test_resume_from_checkpoint_gives_identical_bytes(seed, cache_chunks, kills,
     assert np.array_equal(ref_arrays[2][:], arrays[2][:])
     # and the sums are the plain sum of the contributions
     expected = np.zeros((C + 1,) + SHAPE, dtype=np.int64)
-    for lo, hi, sums in patches:
-        expected[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))] += sums.numpy()
+    for lo, hi, lq, wq in patches:
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        expected[(slice(0, C),) + box] += lq.numpy() * wq.numpy()
+        expected[(C,) + box] += wq.numpy()
     assert np.array_equal(arrays[2][:], expected)
 
 
@@ -121,15 +124,15 @@ def test_spill_after_checkpoint_never_overwrites_the_checkpointed_copy():
         lo, hi = cgrid.box(idx)
         return acc.spills[parity][(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]
 
-    for lo, hi, sums in patches[:10]:
-        acc.add(lo, hi, sums)
+    for lo, hi, lq, wq in patches[:10]:
+        acc.add(lo, hi, lq, wq)
         acc.patch_done(lo, hi)
     acc.checkpoint()
     acc.committed()
     kept = {idx: stored(idx, p) for idx, p in acc.ckpt.items()}
     assert kept
-    for lo, hi, sums in patches[10:20]:
-        acc.add(lo, hi, sums)
+    for lo, hi, lq, wq in patches[10:20]:
+        acc.add(lo, hi, lq, wq)
         acc.patch_done(lo, hi)
     io.wait_all()
     respilled = [idx for idx, p in acc.where.items() if idx in kept and p != acc.ckpt[idx]]

@@ -10,8 +10,9 @@ import time
 import urllib.request
 
 import yaml
-from images.conftest import Container, Image, python_in, writable_paths
 from k8s.conftest import SAMPLE, _free_port
+
+from images.conftest import Container, Image, python_in, writable_paths
 
 NO_TORCH = """
 import importlib.metadata, importlib.util, json, os, sys

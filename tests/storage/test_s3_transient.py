@@ -22,15 +22,16 @@ def cli(*args, endpoint):
 
 def test_slow_down_is_retried_and_gives_the_same_bytes(s3, s3_server, model2):
     inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 64, 64), seed=4), chunks=(16, 32, 32))
-    common = ["--input", inp, "--model", model2, "--parts-per-gpu", "2", "--disable-tta", "--quiet"]
+    common = ["--input", inp, "--model", model2, "--parts-per-gpu", "2", "--disable-tta", "--quiet", "--levels", "1"]
     r = cli("pipeline", *common, "--output", f"{s3}/direct.zarr", endpoint=s3_server)
     assert r.returncode == 0, r.stderr
-    # every 3rd request of the run fails once with 503; the retry (a new request) goes through
-    with FlakyProxy(s3_server, lambda method, path, n: SLOW_DOWN if n % 3 == 1 else None) as proxy:
+    # every 4th request of the run fails once with 503 (the first 40 of them: each retry waits botocore's
+    # backoff, most of this test's time); the retry (a new request) goes through
+    with FlakyProxy(s3_server, lambda method, path, n: SLOW_DOWN if n % 4 == 1 and n < 160 else None) as proxy:
         r = cli("pipeline", *common, "--output", f"{s3}/flaky.zarr", endpoint=proxy.url)
     assert r.returncode == 0, r.stderr
     methods = {m for m, _, _ in proxy.injected}
-    assert len(proxy.injected) > 50 and {"GET", "PUT"} <= methods, (len(proxy.injected), methods)
+    assert len(proxy.injected) > 30 and {"GET", "PUT"} <= methods, (len(proxy.injected), methods)
     direct = zarr.open_group(f"{s3}/direct.zarr", mode="r")
     flaky = zarr.open_group(f"{s3}/flaky.zarr", mode="r")
     assert np.array_equal(direct["0"][:], flaky["0"][:])

@@ -1,0 +1,63 @@
+"""One batch on the device: raw patches in, integer contributions into the accumulator out.
+
+The voxels cross to the device as stored (uint8: a quarter of float32's bytes), from pinned host
+memory without blocking, and are normalised there into a zero-padded batch (nnU-Net pads after
+normalising). The network's float logits are quantised in place for the whole batch and each
+patch's region is added to the chunk cache with one fused multiply-add per chunk: no per-patch
+numpy, and nothing leaves the device but completed chunks. A NaN from the network is noted on the
+device without a synchronisation and raised at the end or at the next checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .accumulate import ChunkAccumulator, box_slices
+from .errors import BadInput
+from .fixedpoint import FP16_MAX
+from .grid import PatchGrid
+from .reader import Patch
+
+
+class DeviceStep:
+    def __init__(self, runner: Any, normalizer: Any, grid: PatchGrid, channels: int, batch_size: int, wq: Any,
+                 bits: int, accum: ChunkAccumulator) -> None:
+        import torch
+
+        self.torch, self.runner, self.normalizer, self.grid = torch, runner, normalizer, grid
+        self.device = runner.device
+        self.batch_size, self.wq, self.bits, self.accum = batch_size, wq, bits, accum
+        self.x = torch.zeros((batch_size, channels) + tuple(grid.patch), dtype=torch.float32, device=self.device)
+        self.total = torch.zeros((), dtype=torch.float64, device=self.device)  # NaN if any logit was NaN
+
+    def _upload(self, raw: Any) -> Any:
+        t = self.torch.from_numpy(raw)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def __call__(self, batch: Sequence[Patch]) -> None:
+        x = self.x
+        for k in range(len(batch), self.batch_size):  # unused samples keep every call the same batch size
+            x[k].zero_()
+        for k, p in enumerate(batch):
+            start = self.grid.start(p.index)
+            dst = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
+            if any(b - a != n for a, b, n in zip(p.lo, p.hi, self.grid.patch)):
+                x[k].zero_()  # a patch at the volume's edge: zero padding around its region
+            view = x[(k, slice(None)) + dst]
+            view.copy_(self._upload(p.data))
+            self.normalizer.apply_torch(view)
+        logits = self.runner(x).clamp_(-FP16_MAX, FP16_MAX)  # clamp keeps NaN, so the sum below sees it
+        self.total += logits[:len(batch)].sum(dtype=self.torch.float64)
+        lq = logits.mul_(float(2 ** self.bits)).round_().int()  # |lq| <= 65504 * 2**15 < 2**31: exact in int32
+        for k, p in enumerate(batch):
+            start = self.grid.start(p.index)
+            src = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
+            self.accum.add(p.lo, p.hi, lq[(k, slice(None)) + src], self.wq[src])
+
+    def check(self) -> None:
+        """Raise if the network produced NaN since the start (synchronises the device)."""
+        if bool(self.torch.isnan(self.total)):
+            raise BadInput("the model produced NaN logits; check the model and the input's normalisation")

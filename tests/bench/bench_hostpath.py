@@ -1,0 +1,115 @@
+"""Host path benchmark (issue 11): predict with a network that costs nothing, against a plain zarr copy.
+
+Run: ``python tests/bench/bench_hostpath.py``. On a GPU the model takes milliseconds per 128^3 patch,
+so everything else predict does (read, normalise, weight, quantise, accumulate, divide, write) must
+keep up. The network is replaced by a stand-in returning zeros of the right shape; the peer, in the
+same run, is a plain zarr copy of the same volume: read every input chunk and write the C-channel
+float16 output with the same codecs and chunks. Prints ratios, never asserts on them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    os.environ.setdefault(_v, "/tmp/nnunet")
+
+from helpers import smooth_volume  # noqa: E402
+
+
+class NullNet:
+    """Zeros of the network's output shape: no compute, so predict's own cost is what is left."""
+
+    def __init__(self, classes: int) -> None:
+        self.classes = classes
+
+    def __call__(self, x):
+        import torch
+
+        return torch.zeros((x.shape[0], self.classes) + tuple(x.shape[2:]), dtype=torch.float32, device=x.device)
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+def null_predict(model: Path, inp: str, out: Path, patch: int) -> float:
+    """Seconds of one predict part (whole volume) with the null network, blended float16 output."""
+    import vesuvius_inference.model as model_mod
+    from vesuvius_inference.predict import PredictConfig, run_predict
+
+    real = model_mod.load_model
+
+    def load(folder, folds=None):
+        m = real(folder, folds)
+        m.networks = [NullNet(m.num_classes)]
+        return m
+
+    model_mod.load_model = load
+    try:
+        t = time.perf_counter()
+        run_predict(PredictConfig(str(model), inp, str(out / "parts"), device="cpu", do_tta=False, batch_size=4,
+                                  cache_gb=2.0, blended_output=str(out / "blended.zarr"), checkpoint_s=1e9,
+                                  intensity_check="off", quiet=True))
+        return time.perf_counter() - t
+    finally:
+        model_mod.load_model = real
+
+
+def zarr_copy(inp: str, out: Path, chunk: int, classes: int = 2) -> float:
+    """Seconds to read every input chunk and write it as C-channel float16 with the output's codecs."""
+    import zarr
+    from vesuvius_inference.output import blosc
+
+    src = zarr.open_group(inp, mode="r")["0"]
+    t = time.perf_counter()
+    dst = zarr.create_array(str(out), shape=(classes,) + src.shape, chunks=(classes, chunk, chunk, chunk),
+                            dtype="float16", fill_value=float("nan"), compressors=[blosc()], zarr_format=3)
+    for z in range(0, src.shape[0], chunk):
+        for y in range(0, src.shape[1], chunk):
+            for x in range(0, src.shape[2], chunk):
+                block = np.asarray(src[z:z + chunk, y:y + chunk, x:x + chunk]).astype(np.float16)
+                dst[:, z:z + chunk, y:y + chunk, x:x + chunk] = np.broadcast_to(block, (classes,) + block.shape)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    import nnunetv2.inference.predict_from_raw_data  # noqa: F401 - imports are not the host path
+    import torch
+    from vesuvius_inference.demo.synthetic import write_zarr as write_image
+    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+
+    root = Path(tempfile.mkdtemp(prefix="vhost-"))
+    shape = (256, 256, 256)
+    vol = smooth_volume(shape, seed=3)
+    inp = write_image(vol, str(root / "in.zarr"), chunks=(64, 64, 64), levels=1)
+    nvox = int(np.prod(shape))
+    threads = torch.get_num_threads()
+    lines = []
+    for patch in (128, 64):
+        model = root / f"model{patch}"
+        write_model_folder(model, make_plans((patch,) * 3, (4, 8, 16), "CTNormalization"), make_dataset_json(),
+                           folds=(0,))
+        # the better of two runs each: this machine's other load moves single runs by tens of percent
+        t_ours = min(null_predict(model, inp, root / f"ours{patch}_{r}", patch) for r in range(2))
+        t_copy = min(zarr_copy(inp, root / f"copy{patch}_{r}.zarr", patch) for r in range(2))
+        ours, copy = nvox / t_ours / 1e6, nvox / t_copy / 1e6
+        lines.append(f"host path: null-network predict {ours:.1f} Mvox/s = {ours / copy:.2f} x zarr copy "
+                     f"(patch {patch}^3, overlap 0.5, {threads} threads)")
+        print(f"patch {patch}^3: ours {t_ours:.1f} s, zarr copy {t_copy:.1f} s ({copy:.1f} Mvox/s)")
+    shutil.rmtree(root, ignore_errors=True)
+    print("\n".join(lines))  # the 64^3 figure last
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The device path (issue 11) on torch's CPU kernels: normalisation ported to torch gives the bytes of
+nnU-Net's own classes (the host path the engine used before), in the strided, zero-padded batch the
+device step fills. The whole predict through it is held to nnU-Net's predictor by test_oracle.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
+    CTNormalization,
+    NoNormalization,
+    RGBTo01Normalization,
+)
+from vesuvius_inference.normalization import Normalizer
+
+PROPS = {"mean": 131.7, "std": 27.3, "percentile_00_5": 71.5, "percentile_99_5": 199.25, "min": 3.0, "max": 250.0}
+
+
+@pytest.mark.parametrize("scheme,cls", [("CTNormalization", CTNormalization), ("NoNormalization", NoNormalization),
+                                        ("RGBTo01Normalization", RGBTo01Normalization)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_torch_normalisation_is_nnunets_to_the_bit(scheme, cls, dtype):
+    rng = np.random.default_rng(4)
+    hi = 255 if scheme == "RGBTo01Normalization" or dtype == np.uint8 else 4000
+    raw = (rng.random((2, 9, 17, 23)) * hi).astype(dtype)
+    expected = np.stack([cls(use_mask_for_norm=False, intensityproperties=PROPS, target_dtype=np.float32)
+                         .run(raw[c].astype(np.float32)) for c in range(2)])
+    norm = Normalizer([scheme] * 2, [False] * 2, [PROPS] * 2)
+    x = torch.zeros((2, 12, 20, 30))
+    view = x[:, 1:10, 2:19, 3:26]  # a strided region of a padded batch, as the device step fills it
+    view.copy_(torch.from_numpy(raw))
+    norm.apply_torch(view)
+    assert np.array_equal(view.numpy(), expected)
+    assert not x[:, 0].any() and not x[:, 10:].any()  # the padding stays zero (nnU-Net pads after normalising)
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_whole_volume_zscore_and_rescale_match_the_host_path(use_mask):
+    rng = np.random.default_rng(5)
+    raw = (rng.random((1, 10, 10, 10)) * 200).astype(np.uint8)
+    raw[0, :3] = 0
+    stats = [{"mean": 91.3, "std": 40.1, "min": 0.0, "max": 199.0}]
+    for scheme in ("ZScoreNormalization", "RescaleTo01Normalization"):
+        norm = Normalizer([scheme], [use_mask], [PROPS], stats)
+        host = norm.apply(raw.astype(np.float32))
+        dev = norm.apply_torch(torch.from_numpy(raw).float())
+        assert np.array_equal(dev.numpy(), host), scheme
+
+
+def _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices):
+    """The host path predict used before the device path, as it was: numpy normalisation of float32
+    voxels into a zero-padded float32 batch, the network's logits quantised as round(clamp(x) * 2^bits)
+    into int64, and lq * w added into dense sums on the host."""
+    from vesuvius_inference.fixedpoint import FP16_MAX
+    from vesuvius_inference.runner import Runner
+
+    runner = Runner(model, torch.device("cpu"), True, batch_size)
+    sums = np.zeros((3,) + vol.shape[1:], dtype=np.int64)
+    for k0 in range(0, len(indices), batch_size):
+        chunk = indices[k0:k0 + batch_size]
+        x = np.zeros((batch_size, 1) + tuple(grid.patch), dtype=np.float32)
+        for k, i in enumerate(chunk):
+            lo, hi = grid.region(i)
+            start = grid.start(i)
+            raw = vol[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32)
+            x[(k, slice(None)) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))] = normalizer.apply(raw)
+        logits = runner(torch.from_numpy(x))
+        for k, i in enumerate(chunk):
+            lo, hi = grid.region(i)
+            start = grid.start(i)
+            src = tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))
+            w = wq[src].numpy()
+            lq = torch.round(logits[k][(slice(None),) + src].float().clamp(-FP16_MAX, FP16_MAX) * 2.0 ** bits).long()
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            sums[(slice(0, 2),) + box] += lq.numpy() * w
+            sums[(2,) + box] += w
+    return sums
+
+
+def test_device_step_gives_the_host_paths_sums(model_factory):
+    """One part's patches (edge patches padded, a short last batch) through DeviceStep on torch's CPU
+    kernels: the accumulated int64 sums equal the previous host path's, bit for bit."""
+    from vesuvius_inference.accumulate import ChunkAccumulator
+    from vesuvius_inference.devicestep import DeviceStep
+    from vesuvius_inference.fixedpoint import logit_bits_for, weight_q
+    from vesuvius_inference.grid import ChunkGrid, PatchGrid
+    from vesuvius_inference.iopool import WritePool
+    from vesuvius_inference.model import load_model
+    from vesuvius_inference.reader import Patch
+    from vesuvius_inference.runner import Runner
+
+    folder = model_factory(patch=(16, 24, 24), folds=(0,), normalization="CTNormalization")
+    model = load_model(str(folder))
+    normalizer = Normalizer.from_plans(model.configuration_manager, model.plans_manager, 1)
+    rng = np.random.default_rng(11)
+    vol = (rng.random((1, 29, 37, 30)) * 255).astype(np.uint8)  # not a multiple of the patch: edge patches
+    grid = PatchGrid(vol.shape[1:], (16, 24, 24), 0.5)
+    indices = list(range(grid.n_patches))
+    batch_size, bits = 4, logit_bits_for(grid.max_coverage())
+    assert len(indices) % batch_size, "the last batch must be short"
+    wq = weight_q(grid.patch)
+    expected = _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices)
+
+    cgrid = ChunkGrid(vol.shape[1:], (8, 8, 8))
+    remaining: dict = {}
+    for i in indices:
+        for idx in cgrid.touching(*grid.region(i)):
+            remaining[idx] = remaining.get(idx, 0) + 1
+    got = np.zeros_like(expected)
+
+    def complete(idx, buf):
+        lo, hi = cgrid.box(idx)
+        got[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))] = buf.numpy()
+
+    accum = ChunkAccumulator(cgrid, 3, remaining, 1 << 30, torch.device("cpu"), (None, None), complete, WritePool(1))
+    step = DeviceStep(Runner(model, torch.device("cpu"), True, batch_size), normalizer, grid, 1, batch_size, wq,
+                      bits, accum)
+    for k0 in range(0, len(indices), batch_size):
+        batch = []
+        for i in indices[k0:k0 + batch_size]:
+            lo, hi = grid.region(i)
+            batch.append(Patch(i, lo, hi, vol[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))].copy()))
+        step(batch)
+        for p in batch:
+            accum.patch_done(p.lo, p.hi)
+    step.check()
+    accum.finish()
+    assert len(accum.completed) == len(remaining)
+    assert expected[2].min() > 0  # every voxel was predicted
+    assert np.array_equal(got, expected)
