@@ -41,8 +41,8 @@ class DeviceStep:
         x = self.x
         for k in range(len(batch), self.batch_size):  # unused samples keep every call the same batch size
             x[k].zero_()
-        for k, p in enumerate(batch):
-            start = self.grid.start(p.index)
+        starts = [self.grid.start(p.index) for p in batch]
+        for k, (p, start) in enumerate(zip(batch, starts)):
             dst = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
             if any(b - a != n for a, b, n in zip(p.lo, p.hi, self.grid.patch)):
                 x[k].zero_()  # a patch at the volume's edge: zero padding around its region
@@ -50,10 +50,11 @@ class DeviceStep:
             view.copy_(self._upload(p.data))
             self.normalizer.apply_torch(view)
         logits = self.runner(x).clamp_(-FP16_MAX, FP16_MAX)  # clamp keeps NaN, so the sum below sees it
-        self.total += logits[:len(batch)].sum(dtype=self.torch.float64)
+        # float32 sums of clamped values cannot overflow (2^31 values x 65504 < 3e38), so only NaN makes
+        # the total NaN; a float64 sum would cost 9x the time of this pass
+        self.total += logits[:len(batch)].sum()
         lq = logits.mul_(float(2 ** self.bits)).round_().int()  # |lq| <= 65504 * 2**15 < 2**31: exact in int32
-        for k, p in enumerate(batch):
-            start = self.grid.start(p.index)
+        for k, (p, start) in enumerate(zip(batch, starts)):
             src = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
             self.accum.add(p.lo, p.hi, lq[(k, slice(None)) + src], self.wq[src])
 

@@ -74,7 +74,11 @@ class PatchGrid:
         return int(np.prod(self.counts))
 
     def grid_index(self, i: int) -> Shape3:
-        return tuple(int(v) for v in np.unravel_index(i, self.counts))  # type: ignore[return-value]
+        """Row-major (z, y, x) of flat index ``i`` (np.unravel_index's order, without its per-call cost)."""
+        _, ny, nx = self.counts
+        z, r = divmod(int(i), ny * nx)
+        y, x = divmod(r, nx)
+        return z, y, x
 
     def start(self, i: int) -> Shape3:
         """Patch start in volume coordinates (before the region's origin if padded)."""
