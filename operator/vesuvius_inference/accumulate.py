@@ -136,7 +136,7 @@ class ChunkAccumulator:
         self.where.pop(idx, None)
         self.completed.append(idx)
         if idx in self.touched:  # else only skipped patches reached it: nothing was predicted there
-            self.on_complete(idx, buf)  # reads buf before returning (device-to-host copies are synchronous)
+            self.on_complete(idx, buf)  # copies what it needs of buf (or queues the copy on the stream) before returning
         free = self._free.setdefault(tuple(buf.shape), [])
         if len(free) < 4:
             free.append(buf)

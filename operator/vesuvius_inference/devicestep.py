@@ -10,14 +10,41 @@ device without a synchronisation and raised at the end or at the next checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 from .accumulate import ChunkAccumulator, box_slices
 from .errors import BadInput
 from .fixedpoint import FP16_MAX
 from .grid import PatchGrid
 from .reader import Patch
+
+
+def to_host(t: Any, copy: bool = False) -> Callable[[], np.ndarray]:
+    """Start moving ``t`` to the host; the returned call waits for it and gives the numpy array.
+
+    On CUDA the copy goes into pinned memory on the current stream without blocking: the device goes
+    on computing while a writer thread waits for the copy (downloads overlap compute; a blocking
+    ``.cpu()`` would drain the device's queue at every completed chunk). On the CPU it is the tensor's
+    own memory, or a copy with ``copy`` when the tensor is a view of a buffer that will be reused.
+    """
+    if t.device.type != "cuda":
+        a = t.numpy().copy() if copy else t.numpy()
+        return lambda: a
+    import torch
+
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def get() -> np.ndarray:
+        done.synchronize()
+        return host.numpy()
+
+    return get
 
 
 class DeviceStep:

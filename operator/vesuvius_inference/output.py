@@ -12,7 +12,7 @@ stage that finishes the output, so an incomplete output never looks like an imag
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,8 +250,10 @@ class Output:
         box = tuple(slice(i * n, min(s, (i + 1) * n)) for i, n, s in zip(idx, c, shape))
         return box if self.labels else (slice(None),) + box
 
-    def write(self, idx: Shape3, logits: np.ndarray, io: WritePool) -> None:
-        """Write one whole level-0 chunk of float16 (C, box) logits, encoded, in the background."""
+    def write(self, idx: Shape3, logits: np.ndarray | Callable[[], np.ndarray], io: WritePool) -> None:
+        """Write one whole level-0 chunk of float16 (C, box) logits, encoded, in the background.
+
+        ``logits`` may be a call that waits for them (a download from the device still in flight)."""
         io.submit(("out", 0, idx), _encode_store, self, tuple(idx), logits)
 
     def write_level(self, level: int, idx: Sequence[int], data: np.ndarray, io: WritePool) -> None:
@@ -296,8 +298,8 @@ def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:
     array[sel] = data
 
 
-def _encode_store(out: Output, idx: Shape3, logits: np.ndarray) -> None:
-    data = out.encode(logits)
+def _encode_store(out: Output, idx: Shape3, logits: np.ndarray | Callable[[], np.ndarray]) -> None:
+    data = out.encode(logits() if callable(logits) else logits)
     out.array[out.selection(0, idx)] = data
     if out.staging is not None:  # the 2x block the pyramid's level 1 is made of: no second full-resolution read
         out.staging[out.selection(1, idx, [c // 2 for c in out.chunks])] = downsample2(data, out.how)

@@ -20,13 +20,14 @@ the part completes; a run never writes into another run's store.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import storage
 from .accumulate import box_slices
+from .devicestep import to_host
 from .fixedpoint import divide_torch
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
@@ -125,14 +126,13 @@ class PartWriter:
             self.by_row.setdefault(seg.z0 // layout.chunk_z, []).append(seg)
         self.arrays = {seg.name: group[seg.name] for segs in self.by_row.values() for seg in segs}
         self.written: list[Shape3] = []
-        self.segment_chunks = 0
+        self.segments_stored: list[int] = []
 
     def __call__(self, idx: Shape3, buf: Any) -> None:
         c = buf.shape[0] - 1
         owner = self.layout.row_owner(idx[0])
         if owner == self.part:
-            logits = divide_torch(buf[:c], buf[c], self.bits).cpu().numpy()
-            self.owned.write(idx, logits, self.io)
+            self.owned.write(idx, to_host(divide_torch(buf[:c], buf[c], self.bits)), self.io)
             self.written.append(idx)
             return
         if owner != SEAM:
@@ -142,20 +142,28 @@ class PartWriter:
             zs = slice(seg.z0 - lo[0], seg.z1 - lo[0])
             piece = buf[:, zs]
             if seg.kind == SUMS:
-                data = piece.to("cpu", copy=True).numpy()
+                data = to_host(piece, copy=True)  # a view of a buffer the accumulator reuses
             else:
-                data = divide_torch(piece[:c], piece[c], self.bits).cpu().numpy()
-            if seg.kind == EDGE and np.isnan(data).all():
-                continue
-            if seg.kind == SUMS and not data[c].any():
-                continue
+                data = to_host(divide_torch(piece[:c], piece[c], self.bits))
             sel = (slice(None), slice(None)) + box_slices(lo[1:], hi[1:])
-            self.io.submit(("seg", seg.name, idx[1:]), _store, self.arrays[seg.name], sel, data)
-            self.segment_chunks += 1
+            self.io.submit(("seg", seg.name, idx[1:]), _store_segment, self.arrays[seg.name], sel, data, seg.kind,
+                           c, self.segments_stored)
+
+    @property
+    def segment_chunks(self) -> int:
+        return len(self.segments_stored)
 
 
-def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:
-    array[sel] = data
+def _store_segment(array: Any, sel: tuple[slice, ...], data: Callable[[], np.ndarray], kind: str, c: int,
+                   stored: list[int]) -> None:
+    """In a writer thread: wait for the download, store the segment unless nothing reached it."""
+    a = data()
+    if kind == EDGE and np.isnan(a).all():
+        return
+    if kind == SUMS and not a[c].any():
+        return
+    array[sel] = a
+    stored.append(1)  # list.append is atomic: writer threads count without a lock
 
 
 def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[str, Any]) -> None:
