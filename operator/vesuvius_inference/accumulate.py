@@ -95,20 +95,17 @@ class ChunkAccumulator:
         self.io.submit(("spill", idx), _store, self.spills[target], (slice(None),) + box_slices(lo, hi),
                        buf.cpu().numpy())
 
-    def add(self, lo: Shape3, hi: Shape3, lq: Any, wq: Any) -> None:
-        """Add the contribution of one patch covering [lo, hi): int64 quantised logits (C, box) weighted
-        by int64 weights (box). One fused multiply-add per chunk, no temporary of the product."""
-        c = self.channels - 1
+    def add(self, lo: Shape3, hi: Shape3, q: Any, wq: Any) -> None:
+        """Add the contribution of one patch covering [lo, hi): int64 (channels, box) quantised logits
+        with a last plane of ones, times the int64 (box) weights. One fused multiply-add per chunk
+        gives all sums at once (the weighted logits and the weight), with no temporary."""
         for idx in self.cgrid.touching(lo, hi):
             clo, chi = self.cgrid.box(idx)
             a = [max(x, y) for x, y in zip(lo, clo)]
             b = [min(x, y) for x, y in zip(hi, chi)]
             dst = box_slices([x - y for x, y in zip(a, clo)], [x - y for x, y in zip(b, clo)])
             src = box_slices([x - y for x, y in zip(a, lo)], [x - y for x, y in zip(b, lo)])
-            buf = self._buffer(idx)
-            w = wq[src]
-            buf[(slice(0, c),) + dst].addcmul_(lq[(slice(None),) + src], w)
-            buf[(c,) + dst] += w
+            self._buffer(idx)[(slice(None),) + dst].addcmul_(q[(slice(None),) + src], wq[src])
             self.dirty.add(idx)
             self.touched.add(idx)
 

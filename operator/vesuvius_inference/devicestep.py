@@ -2,8 +2,9 @@
 
 The voxels cross to the device as stored (uint8: a quarter of float32's bytes), from pinned host
 memory without blocking, and are normalised there into a zero-padded batch (nnU-Net pads after
-normalising). The network's float logits are quantised in place for the whole batch and each
-patch's region is added to the chunk cache with one fused multiply-add per chunk: no per-patch
+normalising). The network's float logits are quantised in place for the whole batch, next to a
+plane of ones, and each patch's region is added to the chunk cache with one fused multiply-add
+per chunk (the weighted logits and the weight together): no per-patch
 numpy, and nothing leaves the device but completed chunks. A NaN from the network is noted on the
 device without a synchronisation and raised at the end or at the next checkpoint.
 """
@@ -57,6 +58,9 @@ class DeviceStep:
         self.batch_size, self.wq, self.bits, self.accum = batch_size, wq, bits, accum
         self.x = torch.zeros((batch_size, channels) + tuple(grid.patch), dtype=torch.float32, device=self.device)
         self.total = torch.zeros((), dtype=torch.float64, device=self.device)  # NaN if any logit was NaN
+        # quantised logits of the batch with a last plane of ones: one multiply-add by the weights then
+        # adds the weighted logits and the weight itself (all C+1 sums) in a single pass per chunk
+        self.q = torch.ones((batch_size, accum.channels) + tuple(grid.patch), dtype=torch.int64, device=self.device)
 
     def _upload(self, raw: Any) -> Any:
         t = self.torch.from_numpy(raw)
@@ -80,10 +84,11 @@ class DeviceStep:
         # float32 sums of clamped values cannot overflow (2^31 values x 65504 < 3e38), so only NaN makes
         # the total NaN; a float64 sum would cost 9x the time of this pass
         self.total += logits[:len(batch)].sum()
-        lq = logits.mul_(float(2 ** self.bits)).round_().int()  # |lq| <= 65504 * 2**15 < 2**31: exact in int32
+        c = self.q.shape[1] - 1
+        self.q[:, :c].copy_(logits.mul_(float(2 ** self.bits)).round_())  # integers already: the cast is exact
         for k, (p, start) in enumerate(zip(batch, starts)):
             src = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
-            self.accum.add(p.lo, p.hi, lq[(k, slice(None)) + src], self.wq[src])
+            self.accum.add(p.lo, p.hi, self.q[(k, slice(None)) + src], self.wq[src])
 
     def check(self) -> None:
         """Raise if the network produced NaN since the start (synchronises the device)."""

@@ -15,7 +15,8 @@ SHAPE, CHUNKS, C = (24, 32, 32), (8, 8, 8), 2
 
 
 def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor, torch.Tensor]]:
-    """Random overlapping boxes with random quantised logits (C, box) and weights (box), in a random order."""
+    """Random overlapping boxes with random quantised logits (C, box) and a plane of ones, and weights (box),
+    in a random order."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -24,6 +25,7 @@ def _patches(seed: int, n: int = 60) -> list[tuple[tuple, tuple, torch.Tensor, t
         hi = tuple(a + int(z) for a, z in zip(lo, size))
         box = tuple(b - a for a, b in zip(lo, hi))
         lq = torch.from_numpy(rng.integers(-2**30, 2**30, size=(C, *box)))
+        lq = torch.cat([lq, torch.ones((1, *box), dtype=torch.int64)])  # the device step's plane of ones
         wq = torch.from_numpy(rng.integers(2**20, 2**27, size=box))
         out.append((lo, hi, lq, wq))
     return out
@@ -105,7 +107,7 @@ def test_resume_from_checkpoint_gives_identical_bytes(seed, cache_chunks, kills,
     expected = np.zeros((C + 1,) + SHAPE, dtype=np.int64)
     for lo, hi, lq, wq in patches:
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        expected[(slice(0, C),) + box] += lq.numpy() * wq.numpy()
+        expected[(slice(0, C),) + box] += lq[:C].numpy() * wq.numpy()
         expected[(C,) + box] += wq.numpy()
     assert np.array_equal(arrays[2][:], expected)
 
