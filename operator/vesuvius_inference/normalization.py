@@ -12,6 +12,7 @@ as nnU-Net's class is applied with them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,19 +192,25 @@ INTENSITY_SAMPLE_CHUNKS = 16
 INTENSITY_MIN_FRACTION = 0.01
 
 
-def intensity_mismatch(volume: InputVolume, plans: dict[str, Any]) -> str | None:
+def intensity_mismatch(volume: InputVolume, plans: dict[str, Any],
+                       region: tuple[Sequence[int], Sequence[int]] | None = None) -> str | None:
     """One line if the input's intensities lie far outside the model's training intensities, else None.
 
     A uint16 scan, or floats in [0, 1], through a model trained on uint8 runs without error and gives
     garbage (CT normalisation clips every voxel). nnU-Net's plans record the training foreground's
     intensity percentiles; if fewer than 1% of a deterministic sample of the input's stored voxels (up
     to 16 chunks, every k-th in row-major order) fall inside [percentile_00_5, percentile_99_5] of a
-    channel, the input is on another scale.
+    channel, the input is on another scale. With a ``region`` (a --bbox: lo, hi) only the chunks the
+    model will see are sampled: they are chunks predict reads anyway, so with its input cache on the
+    check costs no extra fetch.
     """
     props = plans.get("foreground_intensity_properties_per_channel") or {}
     grid = volume.chunk_grid
     occ = volume.occupancy
     present = [idx for idx in grid.all() if occ is None or occ[idx]]
+    if region is not None:
+        in_region = set(grid.touching(*region))
+        present = [idx for idx in present if idx in in_region]
     if not present or not props:
         return None
     k = max(1, math.ceil(len(present) / INTENSITY_SAMPLE_CHUNKS))

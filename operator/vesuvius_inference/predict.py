@@ -78,6 +78,11 @@ class PredictConfig:
     compile: bool = False  # torch.compile the networks (off by default: compile time, and not every build has it)
 
     @property
+    def input_cache_bytes(self) -> int:
+        """The input chunk cache: --input_cache_gb, else a quarter of --cache_gb."""
+        return int((self.input_cache_gb if self.input_cache_gb is not None else self.cache_gb / 4) * (1 << 30))
+
+    @property
     def input_storage_options(self) -> dict[str, Any]:
         return {**self.storage_options, "anon": True} if self.input_anon else self.storage_options
 
@@ -179,14 +184,19 @@ def _shared_stats(cfg: PredictConfig, normalizer: Any, volume: InputVolume, fp: 
     return stats
 
 
-def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None) -> PatchGrid:
-    """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
+def _region(bbox: str | None, shape: Shape3) -> tuple[Shape3, Shape3] | None:
+    """``--bbox`` as (lo, hi), or None for the whole volume; a malformed one is a bad argument (exit 2)."""
     from .grid import parse_bbox
 
     try:
-        box = parse_bbox(bbox, shape)
+        return parse_bbox(bbox, shape)
     except ValueError as e:
         raise BadArguments(str(e)) from None
+
+
+def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None) -> PatchGrid:
+    """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
+    box = _region(bbox, shape)
     if box is None:
         return PatchGrid(shape, patch, overlap)
     lo, hi = box
@@ -248,6 +258,7 @@ def model_classes(model_path: str) -> int:
 def _prepare(cfg: PredictConfig) -> _Context:
     cfg.validate()
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
     from .model_source import resolve_model
 
     model_dir = resolve_model(cfg.model_path, cfg.storage_options, cfg.model_cache_dir)
@@ -257,7 +268,7 @@ def _prepare(cfg: PredictConfig) -> _Context:
     if cfg.intensity_check != "off":
         from .normalization import intensity_mismatch
 
-        problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"))
+        problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"), _region(cfg.bbox, volume.shape))
         if problem and cfg.intensity_check == "error":
             raise BadInput(problem)
         if problem:
@@ -343,9 +354,8 @@ def _digest(items: Sequence[int]) -> str:
 def part_order(grid: PatchGrid, part: tuple[int, int], nonempty: np.ndarray, cfg: PredictConfig,
                volume: InputVolume) -> list[int]:
     """The non-empty patches of the part, in the order they run (tiled to the input cache)."""
-    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
     if cfg.patch_order == "tiled":
-        order = tiled_order(grid, part, in_budget, volume.channels * volume.dtype.itemsize)
+        order = tiled_order(grid, part, cfg.input_cache_bytes, volume.channels * volume.dtype.itemsize)
     else:
         order = list(range(*part))
     return [i for i in order if nonempty[i]]

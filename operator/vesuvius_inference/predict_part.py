@@ -105,8 +105,6 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
                    staging=pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
     bits = logit_bits_for(grid.max_coverage())
     writer = PartWriter(layout, cfg.part_id, group, owned, cgrid, bits, io)
-    in_budget = (cfg.input_cache_gb if cfg.input_cache_gb is not None else cfg.cache_gb / 4) * (1 << 30)
-    volume.cache_bytes = int(in_budget)
     cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
     accum = ChunkAccumulator(cgrid, c + 1, remaining, cache_bytes, device, (group[SPILLS[0]], group[SPILLS[1]]),
                              writer, io)
