@@ -77,7 +77,7 @@ def test_kill_and_resume_on_the_gpu(case):
         time.sleep(0.02)
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert proc.wait() == -signal.SIGKILL, "predict finished before a checkpoint could be killed"
     assert subprocess.run(cmd + ["--output_dir", str(tmp / "killed")]).returncode == 0
     for d in ("clean", "killed"):
         run_blend(BlendConfig(str(tmp / d), str(tmp / f"{d}.zarr"), quiet=True))
