@@ -11,7 +11,8 @@ units, scale, translation), so the layers overlay only if those agree. The view 
 cross-section through the centre of the input, zoomed to fit the input.
 
 Colours (fixed shaders, so the picture is measurable): the input in the green channel (its
-intensity), the output in the red channel (full red where its value is above ``--threshold``),
+intensity), the output in the red channel (full red where its value is above ``--threshold``, by
+default the middle of its display window: probabilities above 0.5, any label),
 added. Yellow = prediction on papyrus, green = papyrus without prediction, red = prediction on
 air. The last stdout line is a JSON object with the pixel counts: ``input_pixels`` (green above
 ``--input-threshold``), ``prediction_pixels`` (red), ``prediction_on_input`` (both),
@@ -75,6 +76,21 @@ def ngff_frame(path: Path) -> dict:
     return {"names": names, "units": [a.get("unit") for a in axes], "shape": list(arr.shape),
             "scale": scale, "translation": translation, "spatial": spatial,
             "zarr_format": group.metadata.zarr_format}
+
+
+def default_threshold(path: Path) -> float:
+    """The value above which the output counts as predicted: the middle of its omero display window
+    for an image that has one (probabilities stored as round(p * 255): 127.5, i.e. p > 0.5); 0 for
+    label images and anything else (any nonzero value)."""
+    import zarr
+
+    ome = zarr.open_group(str(path), mode="r").attrs.asdict()
+    ome = ome.get("ome") or ome
+    channels = (ome.get("omero") or {}).get("channels") or []
+    if "image-label" in ome or not channels or "window" not in channels[0]:
+        return 0.0
+    w = channels[0]["window"]
+    return (float(w["start"]) + float(w["end"])) / 2
 
 
 def source_url(path: Path, base_url: str, fmt: int) -> str:
@@ -182,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output", type=Path, help="the output OME-Zarr image (the prediction)")
     ap.add_argument("--png", type=Path, required=True, help="where to write the screenshot")
     ap.add_argument("--size", default="1200x900", help="screenshot size WxH (default 1200x900)")
-    ap.add_argument("--threshold", type=float, default=0.0,
-                    help="output values above this are drawn red (default 0: any nonzero)")
+    ap.add_argument("--threshold", type=float, default=None,
+                    help="output values above this are drawn red (default: the middle of the output's omero "
+                         "window, 127.5 for probabilities; 0 for label images)")
     ap.add_argument("--input-threshold", type=int, default=60,
                     help="green level (0-255) counted as papyrus in the picture (default 60)")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the render")
@@ -206,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium must use the system chromedriver, not download one
     try:
-        facts = render(args.input.resolve(), args.output.resolve(), args.png, size, args.threshold,
+        threshold = default_threshold(args.output) if args.threshold is None else args.threshold
+        facts = render(args.input.resolve(), args.output.resolve(), args.png, size, threshold,
                        args.input_threshold, args.timeout)
     except BadData as e:
         print(str(e), file=sys.stderr)

@@ -139,3 +139,14 @@ def test_neuroglancer_shows_the_mask_on_the_papyrus(outputs, scroll, tmp_path):
     assert png.stat().st_size > 0
     assert facts["prediction_pixels"] > 0.2 * facts["input_pixels"]
     assert facts["prediction_off_input"] < 0.05 * facts["prediction_pixels"]
+
+
+def test_the_overlay_tool_draws_probabilities_above_one_half_and_any_label(outputs):
+    """Without --threshold a probability output would be drawn red wherever p > 0 (all of the volume)."""
+    sys.path.insert(0, str(TOOL.parent))
+    from neuroglancer_overlay import default_threshold
+
+    assert default_threshold(outputs["probabilities"]) == 127.5
+    assert default_threshold(outputs["multiclass-probabilities"]) == 127.5
+    assert default_threshold(outputs["mask-bbox"]) == 0.0
+    assert default_threshold(outputs["labels-bbox-level1"]) == 0.0
