@@ -1,12 +1,12 @@
-"""Intensity normalization from the model's plans, applied patch by patch.
+"""Intensity normalization from the model's plans, applied patch by patch on the model's device.
 
 nnU-Net normalizes the whole image before sliding the window. Schemes that only need the plans'
-intensity properties (CT, none, RGB) are pointwise, so nnU-Net's own classes are applied to each
-patch unchanged. ZScore and RescaleTo01 need statistics of the whole volume (the seed computed
-them per patch, which changed predictions): those statistics are computed once, exactly for volumes
-up to ``EXACT_LIMIT_VOXELS`` stored voxels and otherwise from a deterministic sample of chunks
-(every k-th stored chunk in row-major order, at most ``SAMPLE_CHUNKS``), then the same arithmetic
-as nnU-Net's class is applied with them.
+intensity properties (CT, none, RGB) are pointwise, so nnU-Net's arithmetic applied to each patch
+gives its bytes (tested against its classes). ZScore and RescaleTo01 need statistics of the whole
+volume (the seed computed them per patch, which changed predictions): those statistics are computed
+once, exactly for volumes up to ``EXACT_LIMIT_VOXELS`` stored voxels and otherwise from a
+deterministic sample of chunks (every k-th stored chunk in row-major order, at most
+``SAMPLE_CHUNKS``), then the same arithmetic as nnU-Net's class is applied with them.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from .errors import BadInput
 from .volume import InputVolume
 
 EXACT_LIMIT_VOXELS = 1 << 30
 SAMPLE_CHUNKS = 512
 GLOBAL_SCHEMES = {"ZScoreNormalization", "RescaleTo01Normalization"}
+# nnU-Net v2's schemes (map_channel_name_to_normalization.py), each ported in ``apply_torch``
+SCHEMES = {"CTNormalization", "NoNormalization", "RGBTo01Normalization", *GLOBAL_SCHEMES}
 
 
 @dataclass
@@ -61,6 +64,14 @@ class _Moments:
         return math.sqrt(self.m2 / self.n) if self.n else 0.0
 
 
+def check_schemes(schemes: Sequence[str]) -> None:
+    """Refuse, in one line, a plans' normalization scheme nnU-Net v2 does not define."""
+    unknown = sorted(set(schemes) - SCHEMES)
+    if unknown:
+        raise BadInput(f"the model's plans.json asks for normalization {', '.join(unknown)}, which nnU-Net v2 "
+                       f"does not define (known: {', '.join(sorted(SCHEMES))}); check the model folder")
+
+
 @dataclass
 class Normalizer:
     """Per-channel normalization as the plans prescribe."""
@@ -77,6 +88,7 @@ class Normalizer:
         use_mask = [bool(m) for m in configuration_manager.use_mask_for_norm]
         if len(schemes) != n_channels:
             raise ValueError(f"plans define {len(schemes)} input channels, the volume has {n_channels}")
+        check_schemes(schemes)
         return cls(schemes, use_mask, [dict(props.get(str(c), {})) for c in range(n_channels)])
 
     @property
@@ -118,45 +130,13 @@ class Normalizer:
         self.stats = stats
         return stats
 
-    def apply(self, patch: np.ndarray) -> np.ndarray:
-        """Normalize a float32 (C, ...) patch in place and return it."""
-        from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
-            channel_name_to_normalization_mapping,
-        )
-
-        classes = {cls.__name__: cls for cls in channel_name_to_normalization_mapping.values()}
-        for c, scheme in enumerate(self.schemes):
-            x = patch[c]
-            if scheme == "ZScoreNormalization":
-                st = self.stats[c]
-                std = max(st["std"], 1e-8)
-                if self.use_mask[c]:
-                    m = x != 0
-                    x[m] = (x[m] - st["mean"]) / std
-                else:
-                    x -= st["mean"]
-                    x /= std
-            elif scheme == "RescaleTo01Normalization":
-                st = self.stats[c]
-                x -= st["min"]
-                x /= max(st["max"] - st["min"], 1e-8)
-            elif scheme in classes:
-                patch[c] = classes[scheme](use_mask_for_norm=self.use_mask[c],
-                                           intensityproperties=self.intensity_properties[c],
-                                           target_dtype=np.float32).run(x)
-            else:
-                raise ValueError(f"normalization scheme {scheme!r} from the plans is not supported")
-        return patch
-
     def apply_torch(self, x: Any) -> Any:
         """The same normalisation of a float32 (C, ...) torch tensor in place, on its device.
 
         The arithmetic of nnU-Net's classes (default_normalization_schemes.py), step by step in float32
-        with the constants rounded to float32 as numpy does, so the bytes equal ``apply``'s (tested
-        against nnU-Net's classes); a scheme without a port runs nnU-Net's class on a host copy.
+        with the constants rounded to float32 as numpy does, so the bytes equal theirs (tested against
+        them); ZScore and RescaleTo01 with the whole volume's statistics instead of the patch's.
         """
-        import torch
-
         for c, scheme in enumerate(self.schemes):
             v = x[c]
             props = self.intensity_properties[c]
@@ -181,10 +161,6 @@ class Normalizer:
                 pass
             elif scheme == "RGBTo01Normalization":
                 v.div_(255.0)
-            else:
-                host = v.detach().cpu().numpy()[None].copy()
-                one = Normalizer([scheme], [self.use_mask[c]], [props], [self.stats[c] if self.stats else {}])
-                v.copy_(torch.from_numpy(one.apply(host)[0]))
         return x
 
 

@@ -236,10 +236,13 @@ def _model_json(model_path: str, name: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _plans_patch_size(model_path: str) -> Shape3:
+def _plans_configuration(model_path: str) -> dict[str, Any]:
     confs = _model_json(model_path, "plans.json").get("configurations", {})
-    conf = confs.get("3d_fullres") or next(iter(confs.values()), {})
-    ps = conf.get("patch_size")
+    return confs.get("3d_fullres") or next(iter(confs.values()), {})
+
+
+def _plans_patch_size(model_path: str) -> Shape3:
+    ps = _plans_configuration(model_path).get("patch_size")
     if not ps or len(ps) != 3:
         raise BadInput(f"model {model_path}: plans.json has no 3D patch_size; only 3D models are supported")
     return tuple(int(p) for p in ps)  # type: ignore[return-value]
@@ -265,9 +268,10 @@ def _prepare(cfg: PredictConfig) -> _Context:
     spec = cfg.output_spec
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model_classes(model_dir))  # refuse a bad mode before any work
-    if cfg.intensity_check != "off":
-        from .normalization import intensity_mismatch
+    from .normalization import check_schemes, intensity_mismatch
 
+    check_schemes(_plans_configuration(model_dir).get("normalization_schemes", []))  # before any work
+    if cfg.intensity_check != "off":
         problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"), _region(cfg.bbox, volume.shape))
         if problem and cfg.intensity_check == "error":
             raise BadInput(problem)

@@ -70,6 +70,19 @@ def test_model_folder_without_plans_or_checkpoint(tmp_path, model2, good):
     assert not (tmp_path / "o").exists()
 
 
+def test_unknown_normalization_scheme_is_named(tmp_path, model2, good):
+    inp, _ = good
+    odd = tmp_path / "m"
+    shutil.copytree(model2, odd)
+    plans = json.loads((odd / "plans.json").read_text())
+    for conf in plans["configurations"].values():
+        if "normalization_schemes" in conf:
+            conf["normalization_schemes"] = ["FooNormalization"] * len(conf["normalization_schemes"])
+    (odd / "plans.json").write_text(json.dumps(plans))
+    assert_one_line_error(cli(*predict_args(odd, inp, tmp_path / "o")), 3, "FooNormalization", "CTNormalization")
+    assert not list((tmp_path / "o").glob("part_*.json"))  # no marker: nothing that looks complete
+
+
 def test_checkpoint_best_fallback_and_fold_choice(tmp_path, model_factory, good):
     inp, _ = good
     best = model_factory(folds=(0,), checkpoint="checkpoint_best.pth")

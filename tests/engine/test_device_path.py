@@ -41,16 +41,25 @@ def test_whole_volume_zscore_and_rescale_match_the_host_path(use_mask):
     raw = (rng.random((1, 10, 10, 10)) * 200).astype(np.uint8)
     raw[0, :3] = 0
     stats = [{"mean": 91.3, "std": 40.1, "min": 0.0, "max": 199.0}]
-    for scheme in ("ZScoreNormalization", "RescaleTo01Normalization"):
+    st = stats[0]
+    x = raw.astype(np.float32)
+    # the host path as it was: nnU-Net's ZScore/RescaleTo01 arithmetic in numpy float32 with the whole
+    # volume's statistics (ZScoreNormalization.run with use_mask normalises only the nonzero voxels)
+    zscore = x.copy()
+    m = zscore != 0 if use_mask else np.ones_like(zscore, dtype=bool)
+    zscore[m] = (zscore[m] - st["mean"]) / max(st["std"], 1e-8)
+    rescale = x.copy()
+    rescale -= st["min"]
+    rescale /= max(st["max"] - st["min"], 1e-8)
+    for scheme, host in (("ZScoreNormalization", zscore), ("RescaleTo01Normalization", rescale)):
         norm = Normalizer([scheme], [use_mask], [PROPS], stats)
-        host = norm.apply(raw.astype(np.float32))
         dev = norm.apply_torch(torch.from_numpy(raw).float())
         assert np.array_equal(dev.numpy(), host), scheme
 
 
 def _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices):
-    """The host path predict used before the device path, as it was: numpy normalisation of float32
-    voxels into a zero-padded float32 batch, the network's logits quantised as round(clamp(x) * 2^bits)
+    """The host path predict used before the device path, as it was: nnU-Net's CTNormalization of float32
+    voxels in numpy into a zero-padded float32 batch, the network's logits quantised as round(clamp(x) * 2^bits)
     into int64, and lq * w added into dense sums on the host."""
     from vesuvius_inference.fixedpoint import FP16_MAX
     from vesuvius_inference.runner import Runner
@@ -63,8 +72,10 @@ def _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices)
         for k, i in enumerate(chunk):
             lo, hi = grid.region(i)
             start = grid.start(i)
-            raw = vol[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32)
-            x[(k, slice(None)) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))] = normalizer.apply(raw)
+            raw = vol[0][tuple(slice(a, b) for a, b in zip(lo, hi))].astype(np.float32)
+            ct = CTNormalization(use_mask_for_norm=False, intensityproperties=normalizer.intensity_properties[0],
+                                 target_dtype=np.float32)
+            x[(k, 0) + tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, start))] = ct.run(raw)
         logits = runner(torch.from_numpy(x))
         for k, i in enumerate(chunk):
             lo, hi = grid.region(i)
