@@ -58,9 +58,11 @@ class DeviceStep:
         self.batch_size, self.wq, self.bits, self.accum = batch_size, wq, bits, accum
         self.x = torch.zeros((batch_size, channels) + tuple(grid.patch), dtype=torch.float32, device=self.device)
         self.total = torch.zeros((), dtype=torch.float64, device=self.device)  # NaN if any logit was NaN
-        # quantised logits of the batch with a last plane of ones: one multiply-add by the weights then
-        # adds the weighted logits and the weight itself (all C+1 sums) in a single pass per chunk
-        self.q = torch.ones((batch_size, accum.channels) + tuple(grid.patch), dtype=torch.int64, device=self.device)
+        # one patch's quantised logits with a last plane of ones: one multiply-add by the weights then
+        # adds the weighted logits and the weight itself (all C+1 sums) in a single pass per chunk. One
+        # patch, not the batch: it is read back while still in the cache (6 MB at 64^3, a batch of 4 is
+        # 25 MB), and a 128^3 batch would hold 200 MB of int64 the device does not need
+        self.q = torch.ones((accum.channels,) + tuple(grid.patch), dtype=torch.int64, device=self.device)
 
     def _upload(self, raw: Any) -> Any:
         t = self.torch.from_numpy(raw)
@@ -84,11 +86,11 @@ class DeviceStep:
         # float32 sums of clamped values cannot overflow (2^31 values x 65504 < 3e38), so only NaN makes
         # the total NaN; a float64 sum would cost 9x the time of this pass
         self.total += logits[:len(batch)].sum()
-        c = self.q.shape[1] - 1
-        self.q[:, :c].copy_(logits.mul_(float(2 ** self.bits)).round_())  # integers already: the cast is exact
+        c = self.q.shape[0] - 1
         for k, (p, start) in enumerate(zip(batch, starts)):
+            self.q[:c].copy_(logits[k].mul_(float(2 ** self.bits)).round_())  # integers already: the cast is exact
             src = box_slices([a - s for a, s in zip(p.lo, start)], [b - s for b, s in zip(p.hi, start)])
-            self.accum.add(p.lo, p.hi, self.q[(k, slice(None)) + src], self.wq[src])
+            self.accum.add(p.lo, p.hi, self.q[(slice(None),) + src], self.wq[src])
 
     def check(self) -> None:
         """Raise if the network produced NaN since the start (synchronises the device)."""

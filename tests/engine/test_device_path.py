@@ -140,3 +140,41 @@ def test_device_step_gives_the_host_paths_sums(model_factory):
     assert len(accum.completed) == len(remaining)
     assert expected[2].min() > 0  # every voxel was predicted
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (3, 64, 64, 64), (1, 3, 300, 2)])
+def test_division_is_the_contracts_arithmetic(shape, monkeypatch):
+    """Both divisions give the contract's bytes: (sums / weights) * 2**-bits in float64, rounded to float32,
+    then to float16, NaN (positive, quiet) where no weight arrived. Sums span the whole int64 range the
+    accumulator can reach (beyond 2**53, where int64 -> float64 rounds), weights include zeros, and the
+    CPU slabs are made small enough to cut every test shape, so a slab bound that dropped or repeated
+    planes, a division in float32, or numpy's one direct float64 -> float16 rounding (it differs from
+    the two-step one for about 1 value in 17,000; the 64^3 case has 45 of them) fails."""
+    import vesuvius_inference.fixedpoint as fp
+
+    rng = np.random.default_rng(sum(shape))
+    bits = fp.logit_bits_for(8)
+    c = shape[0]
+    weights = rng.integers(0, 8 * 10 * 2 ** fp.WEIGHT_BITS, size=shape[1:], dtype=np.int64)
+    weights.flat[rng.integers(0, weights.size, size=max(1, weights.size // 10))] = 0
+    logits = rng.normal(scale=rng.choice([1e-4, 1.0, 50.0, 6e4], size=shape), size=shape).clip(-fp.FP16_MAX,
+                                                                                               fp.FP16_MAX)
+    sums = np.round(logits * 2.0 ** bits).astype(np.int64) * weights  # the sums a single contribution gives
+    weights[0, 0, 0] = 8 * 10 * 2 ** fp.WEIGHT_BITS - 1  # 8 contributions of the largest weight
+    sums[:, 0, 0, 0] = weights[0, 0, 0] * (int(fp.FP16_MAX * 2 ** bits) - 7)  # ~2**61: beyond float64's integers
+    with np.errstate(invalid="ignore"):  # 0 / 0 where no weight: replaced by NaN below
+        expected = ((sums.astype(np.float64) / weights.astype(np.float64)) * 2.0 ** -bits)
+    expected = expected.astype(np.float32).astype(np.float16)
+    expected[:, weights == 0] = np.nan
+
+    monkeypatch.setattr(fp, "DIVIDE_SLAB_VOXELS", 2 * int(np.prod(shape[2:])) - 1)  # slabs of 1 plane
+    got_torch = fp.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
+    monkeypatch.setattr(fp, "DIVIDE_SLAB_VOXELS", 1 << 30)  # one slab
+    got_whole = fp.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
+    got_np = fp.divide_np(sums, weights, bits)
+    nan = np.array(np.nan, dtype=np.float16).view(np.uint16)
+    for got in (got_torch, got_whole, got_np):
+        assert got.dtype == np.float16 and got.shape == sums.shape
+        assert np.array_equal(got.view(np.uint16), expected.view(np.uint16))
+        assert (got.view(np.uint16)[:, weights == 0] == nan).all()
+    assert c == 1 or not np.array_equal(got_np[0], got_np[-1])  # channels kept apart
