@@ -2,10 +2,10 @@
 
 The voxels cross to the device as stored (uint8: a quarter of float32's bytes), from pinned host
 memory without blocking, and are normalised there into a zero-padded batch (nnU-Net pads after
-normalising). The network's float logits are quantised in place for the whole batch, next to a
-plane of ones, and each patch's region is added to the chunk cache with one fused multiply-add
-per chunk (the weighted logits and the weight together): no per-patch
-numpy, and nothing leaves the device but completed chunks. A NaN from the network is noted on the
+normalising). The network's float logits are quantised patch by patch, next to a plane of ones,
+and each patch's region is added to the chunk cache with one fused multiply-add per chunk (the
+weighted logits and the weight together): no per-patch numpy, and nothing leaves the device but
+completed chunks. A NaN from the network is noted on the
 device without a synchronisation and raised at the end or at the next checkpoint.
 """
 
