@@ -10,6 +10,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_INPUT = 3
+EXIT_NO_DEVICE = 69  # sysexits' EX_UNAVAILABLE: the device asked for cannot be used here; retried elsewhere
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry later
 
 
@@ -39,6 +40,17 @@ class Busy(VesuviusError):
     """
 
     exit_code = EXIT_BUSY
+
+
+class DeviceUnavailable(VesuviusError):
+    """The device asked for (``--device cuda``, ``cuda:N``) cannot be used in this process or container.
+
+    Never a silent fall-back to the CPU: on a GPU node a part would hold the GPU for hours at CPU
+    speed. Transient for Kubernetes (the pod may land on a node whose GPU it can see); the operator
+    reads this exit code and the error line to raise the GPUUnavailable condition.
+    """
+
+    exit_code = EXIT_NO_DEVICE
 
 
 def classify(exc: BaseException) -> VesuviusError | None:
