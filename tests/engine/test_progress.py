@@ -5,8 +5,14 @@ from __future__ import annotations
 import io
 
 import pytest
-
-from vesuvius_inference.progress import ProgressLine, Reporter, format_duration, last_progress, parse_duration, parse_line
+from vesuvius_inference.progress import (
+    ProgressLine,
+    Reporter,
+    format_duration,
+    last_progress,
+    parse_duration,
+    parse_line,
+)
 
 
 @pytest.mark.parametrize("seconds,text", [(0, "0s"), (7.4, "7s"), (1225, "20m25s"), (3723, "1h02m03s"),
