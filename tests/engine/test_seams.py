@@ -85,3 +85,19 @@ def test_predict_processes_race_and_one_is_killed_mid_merge(tmp_path, model_fact
     assert merged() and not (kill / "part_00001.json").exists()
     subprocess.run(_predict(model, vol, kill, out, 2, 1, "--levels", "1"), check=True)
     assert np.array_equal(_blend(kill, out), ref)
+
+
+def test_finalize_is_voxel_wise_so_seam_edges_can_be_stored_final():
+    """A first finisher stores its edge voxels as the output's uint8: valid only while finalising a few
+    voxels gives the bytes finalising the whole chunk gives them (every mode, NaN where not predicted)."""
+    from vesuvius_inference.finalize import finalize_chunk
+
+    rng = np.random.default_rng(0)
+    for classes in (2, 3):
+        logits = (rng.normal(0, 4, (classes, 8, 12, 12))).astype(np.float16)
+        logits[:, 2, 3:5] = np.nan
+        for mode in ("binary", "multiclass"):
+            for threshold in (False, True):
+                whole = finalize_chunk(logits, mode, threshold)
+                part = finalize_chunk(logits[:, 1:4, 2:9, 5:], mode, threshold)
+                assert np.array_equal(whole[:, 1:4, 2:9, 5:], part), (classes, mode, threshold)
