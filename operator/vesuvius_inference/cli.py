@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import EXIT_BAD_ARGUMENTS, BadArguments, classify
+from .errors import EXIT_BAD_ARGUMENTS, classify
+from .podopts import add_pod_options, guard, resolve_part, run_check  # Kubernetes pods' downward-API inputs
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -108,6 +109,7 @@ def predict_parser() -> _Parser:
     _lease_opt(p)
     _model_opts(p, True)
     _common(p)
+    add_pod_options(p, part_ids_file=True)
     return p
 
 
@@ -142,6 +144,7 @@ def blend_parser() -> _Parser:
     p.opt("--num_parts", type=int, default=1, help="split the output chunks over this many processes")
     p.opt("--part_id", type=int, default=0)
     _common(p)
+    add_pod_options(p)
     return p
 
 
@@ -162,6 +165,7 @@ def finalize_parser() -> _Parser:
     p.opt("--num_parts", type=int, default=1)
     p.opt("--part_id", type=int, default=0)
     _common(p)
+    add_pod_options(p)
     return p
 
 
@@ -234,14 +238,7 @@ def _storage(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_predict(args: argparse.Namespace) -> None:
     from .predict import PredictConfig, run_predict
 
-    part_id = args.part_id
-    if args.part_ids:
-        from .k8s.ranges import parse_ranges
-
-        ids = sorted(parse_ranges(args.part_ids))
-        if not 0 <= part_id < len(ids):
-            raise BadArguments(f"--part_id {part_id} is out of range for --part_ids {args.part_ids} ({len(ids)} parts)")
-        part_id = ids[part_id]
+    part_id = resolve_part(args.part_id, args.part_ids, args.part_ids_file)
     run_predict(PredictConfig(
         model_path=args.model_path, input_dir=args.input_dir, output_dir=args.output_dir, part_id=part_id,
         num_parts=args.num_parts, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
@@ -336,6 +333,7 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))  # exits 2 on bad arguments
     _setup_logging(getattr(args, "quiet", False))
     try:
+        guard(args)  # a Kubernetes pod whose part was disrupted too often stops here
         fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -360,9 +358,11 @@ commands:
   demo       synthetic scroll through the whole pipeline on the CPU
   operator   run the Kubernetes operator (kopf)
   render     print the Jobs the operator would create for an InferenceJob
+  check      is a stage's work complete on storage? (the operator's check Jobs)
 
 'vesuvius-inference <command> --help' shows a command's options.
-exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work,
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 69 the device asked for is not usable,
+            75 another live run holds the work, 79 this part was disrupted too often (Kubernetes),
             other: transient failure"""
 
 
@@ -381,6 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_operator(rest)
     if cmd == "render":
         return _cmd_render(rest)
+    if cmd == "check":
+        return run_check(rest)
     if cmd not in COMMANDS:
         print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS

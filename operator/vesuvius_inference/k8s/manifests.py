@@ -1,7 +1,11 @@
 """InferenceJob -> batch/v1 Job manifests. Pure functions returning dicts.
 
 Each stage's container runs the same CLI a user runs locally (``vesuvius-inference predict|blend|
-finalize``), with exactly the same flags; the image's entrypoint is ``vesuvius-inference``.
+finalize``), with exactly the same flags; the image's entrypoint is ``vesuvius-inference``. Pods log
+progress lines (progress.py: no ``--quiet``). What a pod needs from the API it gets through the
+downward API, never a token: a retry Job's part ids (the Job's ``vesuvius.dev/part-ids`` annotation,
+copied to its pods, as a file), how often its index was disrupted (the Job controller's
+``job-index-ignored-failure-count`` annotation, as an argument), its CPU request (threads).
 """
 
 from __future__ import annotations
@@ -13,16 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from .names import job_name
-from .ranges import format_ranges
+from ..errors import EXIT_DISRUPTION_LIMIT
+from ..stagecheck import EXIT_INCOMPLETE
+from .names import check_job_name, job_name
+from .ranges import encode_part_ids
+from .resources import fill_in
 from .spec import JobSpec
 
 LABEL_JOB = "vesuvius.dev/inferencejob"
 LABEL_STAGE = "vesuvius.dev/stage"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_CHECK = "vesuvius.dev/checks"  # on a check Job: the stage whose work it checks
+PART_IDS = "vesuvius.dev/part-ids"  # a retry Job's part ids (ranges.encode_part_ids), Job and pod annotation
 GPU = "nvidia.com/gpu"
 MODEL_CACHE = "/var/cache/vesuvius"
+PODINFO = "/etc/vesuvius"  # the downward API volume
+PART_IDS_FILE = PODINFO + "/part-ids"
 INDEX = "$(JOB_COMPLETION_INDEX)"
+DISRUPTIONS = "$(VESUVIUS_DISRUPTIONS)"
+# Set by the Job controller on every pod of an index it re-creates (pkg/controller/job/indexed_job_utils.go,
+# addIndexFailureCountAnnotation / getNewIndexFailureCounts): failures the podFailurePolicy ignored so far.
+IGNORED_FAILURES = "batch.kubernetes.io/job-index-ignored-failure-count"
 # One version for package, images and chart: the worker image the operator runs by default.
 WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
 
@@ -36,7 +51,8 @@ class OperatorDefaults:
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
-    queue_name: str | None = None
+    queue_name: str | None = None  # predict (GPU) Jobs
+    cpu_queue_name: str | None = None  # blend, finalize and check Jobs: never the GPU queue by inheritance
 
 
 def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
@@ -51,6 +67,7 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
             gpu_node_selector=json.loads(e.get("VESUVIUS_GPU_NODE_SELECTOR", "{}")),
             gpu_tolerations=json.loads(e.get("VESUVIUS_GPU_TOLERATIONS", json.dumps(base.gpu_tolerations))),
             queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
+            cpu_queue_name=e.get("VESUVIUS_CPU_QUEUE_NAME") or None,
         )
     except json.JSONDecodeError as err:
         raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
@@ -66,7 +83,7 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
             "--output_dir", parts_dir(spec), "--part_id", INDEX, "--num_parts", str(spec.parts),
             "--overlap", str(inf["overlap"]), "--batch_size", str(inf["batchSize"]), "--device", str(inf["device"]),
             "--cache_gb", str(inf["cacheGb"]), "--level", str(spec["input"]["level"]),
-            "--model_cache_dir", MODEL_CACHE, "--quiet"]
+            "--model_cache_dir", MODEL_CACHE]
     if not inf["tta"]:
         args.append("--disable_tta")
     args.append("--skip_empty_patches" if inf["skipEmptyPatches"] else "--no_skip_empty_patches")
@@ -78,8 +95,9 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
         args += ["--bbox", inf["bbox"]]
     if spec["storage"].get("anonymousInput"):
         args.append("--input_anon")
-    if part_ids is not None:
-        args += ["--part_ids", format_ranges(part_ids)]
+    if part_ids is not None:  # the ids themselves are in the pod's annotation, read as a file (module docstring)
+        args += ["--part_ids_file", PART_IDS_FILE]
+    args += _disruption_args(spec)
     # each part writes the output's chunk rows it alone covers: no blended intermediate (the fused data path)
     args += ["--final_output", spec["output"]["uri"], "--mode", spec["mode"]]
     if spec["threshold"]:
@@ -93,22 +111,45 @@ def blend_args(spec: JobSpec) -> list[str]:
     n = int(spec["blend"]["parallelism"])
     # the seams between parts; the pyramid is finalize's
     return ["blend", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n), "--part_id",
-            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--seams_only", "--quiet"]
+            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--seams_only",
+            *(_disruption_args(spec) if n > 1 else [])]
 
 
 def finalize_args(spec: JobSpec) -> list[str]:
     n = int(spec["finalize"]["parallelism"])
     # the pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
     args = ["finalize", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n),
-            "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]), "--quiet"]
+            "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]),
+            *(_disruption_args(spec) if n > 1 else [])]
     if not spec["keepIntermediates"]:
         args.append("--delete_intermediates")  # INPUT, the parts: removed once the output is complete
     return args
 
 
-def _env(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def check_args(spec: JobSpec, stage: str) -> list[str]:
+    """``vesuvius-inference check``: is the work of a stage whose Job vanished unseen on storage?"""
+    if stage == "predict":
+        return ["check", "predict", "--parts_dir", parts_dir(spec), "--num_parts", str(spec.parts)]
+    return ["check", "finalize", "--output", spec["output"]["uri"]]
+
+
+def _disruption_args(spec: JobSpec) -> list[str]:
+    """Indexed stages: the worker refuses to start once its index was disrupted (evicted, preempted) more
+    often than retry.maxDisruptionsPerPart, with an exit code the podFailurePolicy fails the index on."""
+    limit = spec["retry"].get("maxDisruptionsPerPart")
+    return [] if limit is None else ["--disruptions", DISRUPTIONS, "--max_disruptions", str(int(limit))]
+
+
+def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     st = spec["storage"]
-    env = [{"name": "VESUVIUS_MODEL_CACHE_DIR", "value": MODEL_CACHE}, {"name": "HOME", "value": "/tmp"}]
+    env: list[dict[str, Any]] = [
+        {"name": "VESUVIUS_MODEL_CACHE_DIR", "value": MODEL_CACHE}, {"name": "HOME", "value": "/tmp"},
+        # threads follow the CPU request when no CPU limit sets a quota (cpuquota.py)
+        {"name": "VESUVIUS_CPUS", "valueFrom": {"resourceFieldRef": {"containerName": stage, "resource": "requests.cpu",
+                                                                      "divisor": "1"}}}]
+    if indexed:
+        env.append({"name": "VESUVIUS_DISRUPTIONS", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{IGNORED_FAILURES}']"}}})
     if st.get("endpointUrl"):
         env.append({"name": "AWS_ENDPOINT_URL", "value": st["endpointUrl"]})
     if st.get("region"):
@@ -130,9 +171,10 @@ def container_resources(spec: JobSpec, stage: str, gpu: bool) -> dict[str, dict[
     Kubernetes requires a limit for every resource that cannot be overcommitted and, when both are
     set, an equal request (pkg/apis/core/validation/validation.go, ValidateResourceRequirements): a
     GPU named only under requests is copied to limits. A user's own GPU count wins over predict.gpus.
+    CPU and memory the spec leaves out are derived (resources.py: no BestEffort pods).
     Quantities are strings, as the API server returns them (kubernetes-client 37 refuses integers).
     """
-    res = (spec.get(stage) or {}).get("resources") or {}
+    res = (spec.get(stage) or {}).get("resources") or {} if stage != "check" else {}
     requests = {q: str(v) for q, v in (res.get("requests") or {}).items()}
     limits = {q: str(v) for q, v in (res.get("limits") or {}).items()}
     for resource, value in requests.items():
@@ -140,50 +182,84 @@ def container_resources(spec: JobSpec, stage: str, gpu: bool) -> dict[str, dict[
             limits[resource] = value
     if gpu and GPU not in limits and int(spec["predict"]["gpus"]) > 0:
         limits[GPU] = str(int(spec["predict"]["gpus"]))
-    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+    return fill_in({"requests": requests, "limits": limits}, spec, stage)
 
 
-def _failure_rules(spec: JobSpec, stage: str, action: str) -> list[dict[str, Any]]:
-    """Preemptions never count; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
-    Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required")."""
+def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> list[dict[str, Any]]:
+    """Disruptions cost no retry; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
+    Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required").
+
+    The Ignore rule on DisruptionTarget matches preemptions and the kubelet's node-pressure evictions
+    alike (the kubelet sets DisruptionTarget, reason TerminationByKubelet: pkg/kubelet/eviction/
+    eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. So disruptions are not
+    retried without bound through this rule alone: on Indexed Jobs the worker compares the Job
+    controller's count of ignored failures of its index with retry.maxDisruptionsPerPart and exits
+    EXIT_DISRUPTION_LIMIT, which fails the index here."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
+    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None:
+        codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
     return rules
 
 
-def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
-         completions: int, parallelism: int, defaults: OperatorDefaults, gpu: bool) -> dict[str, Any]:
+def queue_name(spec: JobSpec, stage: str, defaults: OperatorDefaults) -> str | None:
+    """The Kueue LocalQueue of a stage's Jobs: spec.queueName (or the chart's worker.queueName) for the GPU
+    stage only; blend and finalize take their own (spec.blend/finalize.queueName, the chart's
+    worker.cpuQueueName), never the GPU queue; check Jobs take finalize's."""
+    if stage == "predict":
+        return spec.get("queueName") or defaults.queue_name
+    own = (spec.get("finalize" if stage == "check" else stage) or {}).get("queueName")
+    return own or defaults.cpu_queue_name
+
+
+def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults) -> dict[str, str]:
     labels = {LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
               "app.kubernetes.io/name": "vesuvius-inference"}
-    queue = spec.get("queueName") or defaults.queue_name
+    queue = queue_name(spec, stage, defaults)
     if queue:
         labels[LABEL_QUEUE] = queue
-    resources = container_resources(spec, stage, gpu)
-    env, env_from = _env(spec)
+    return labels
+
+
+def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, gpu: bool,
+               indexed: bool, part_ids: bool) -> dict[str, Any]:
+    env, env_from = _env(spec, stage, indexed)
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-cache", "mountPath": MODEL_CACHE}]
+    if part_ids:
+        mounts.append({"name": "podinfo", "mountPath": PODINFO, "readOnly": True})
     container: dict[str, Any] = {
         "name": stage,
         "image": spec.get("image") or defaults.image,
         "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
         "args": args,
         "env": env,
-        "resources": resources,
+        "resources": container_resources(spec, stage, gpu),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-cache", "mountPath": MODEL_CACHE}],
+        "volumeMounts": mounts,
     }
     if env_from:
         container["envFrom"] = env_from
+    return container
+
+
+def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: OperatorDefaults, gpu: bool,
+         part_ids: bool) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}]
+    if part_ids:
+        volumes.append({"name": "podinfo", "downwardAPI": {"items": [
+            {"path": "part-ids", "fieldRef": {"fieldPath": f"metadata.annotations['{PART_IDS}']"}}]}})
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,  # workers never call the Kubernetes API
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}],
+        "volumes": volumes,
     }
-    stage_spec = spec.get(stage) or {}
+    stage_spec = (spec.get(stage) or {}) if stage != "check" else {}
     node_selector = dict(spec.get("nodeSelector") or (defaults.gpu_node_selector if gpu else {}))
     node_selector.update(stage_spec.get("nodeSelector") or {})
     if node_selector:
@@ -195,37 +271,49 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
     for key in ("priorityClassName", "serviceAccountName"):
         if spec.get(key):
             pod[key] = spec[key]
-    indexed = completions > 1 or stage == "predict"
-    job_spec: dict[str, Any] = {
-        "completions": completions,
-        "parallelism": parallelism,
-        "suspend": bool(spec["suspend"]),
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
-    }
-    if indexed:
-        retry = spec["retry"]
-        job_spec.update({
-            "completionMode": "Indexed",
-            "backoffLimitPerIndex": int(retry["perPartLimit"]),
-            "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex")},
-        })
-        # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
-        # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
-        if stage == "predict" and retry.get("maxFailedParts") is not None:
-            job_spec["maxFailedIndexes"] = min(int(retry["maxFailedParts"]), completions)
-    else:
-        job_spec.update({
-            "completionMode": "NonIndexed",
-            "backoffLimit": int(spec["retry"]["perPartLimit"]),
-            "podReplacementPolicy": "Failed",
-            "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailJob")},
-        })
-    if spec.get("activeDeadlineSeconds"):
+    return pod
+
+
+def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool) -> dict[str, Any]:
+    retry = spec["retry"]
+    if not indexed:
+        limit = 2 if stage == "check" else int(retry["perPartLimit"])
+        rules = _failure_rules(spec, stage, "FailJob", False)
+        if stage == "check":  # "incomplete" is an answer, not a failure worth a retry
+            rules = [rules[0], {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                                     "values": [EXIT_INCOMPLETE]}}]
+        return {"completionMode": "NonIndexed", "backoffLimit": limit, "podReplacementPolicy": "Failed",
+                "podFailurePolicy": {"rules": rules}}
+    out: dict[str, Any] = {"completionMode": "Indexed", "backoffLimitPerIndex": int(retry["perPartLimit"]),
+                           "podReplacementPolicy": "Failed",
+                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex", True)}}
+    # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
+    # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
+    if stage == "predict" and retry.get("maxFailedParts") is not None:
+        out["maxFailedIndexes"] = min(int(retry["maxFailedParts"]), completions)
+    return out
+
+
+def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
+         completions: int, parallelism: int, defaults: OperatorDefaults, gpu: bool,
+         part_ids: Sequence[int] | None = None) -> dict[str, Any]:
+    labels = _labels(ij_name, stage, spec, defaults)
+    indexed = stage != "check" and (completions > 1 or stage == "predict")
+    container = _container(stage, spec, args, defaults, gpu, indexed, part_ids is not None)
+    template: dict[str, Any] = {"metadata": {"labels": dict(labels)},
+                                "spec": _pod(stage, spec, container, defaults, gpu, part_ids is not None)}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if part_ids is not None:  # the ledger of which part each index runs, read back from here (never from args)
+        annotations = {PART_IDS: encode_part_ids(part_ids)}
+        meta["annotations"] = dict(annotations)
+        template["metadata"]["annotations"] = annotations
+    job_spec: dict[str, Any] = {"completions": completions, "parallelism": parallelism,
+                                "suspend": bool(spec["suspend"]), "template": template,
+                                **_completion(spec, stage, completions, indexed)}
+    if spec.get("activeDeadlineSeconds") and stage != "check":
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
     if spec.get("ttlSecondsAfterFinished") is not None:
         job_spec["ttlSecondsAfterFinished"] = int(spec["ttlSecondsAfterFinished"])
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
     if uid:
         meta["ownerReferences"] = [{"apiVersion": "vesuvius.dev/v1alpha1", "kind": "InferenceJob", "name": ij_name,
                                     "uid": uid, "controller": True, "blockOwnerDeletion": True}]
@@ -236,9 +324,10 @@ def predict_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: Op
                 part_ids: Sequence[int] | None = None, attempt: int = 0) -> dict[str, Any]:
     """The Indexed predict Job (``part_ids`` + ``attempt``: a retry Job over just those parts)."""
     d = defaults or OperatorDefaults()
-    n = len(part_ids) if part_ids is not None else spec.parts
+    ids = sorted(set(int(i) for i in part_ids)) if part_ids is not None else None
+    n = len(ids) if ids is not None else spec.parts
     return _job(job_name(name, "predict", attempt), namespace, uid, name, "predict", spec,
-                predict_args(spec, part_ids), n, min(spec.parallelism, n), d, gpu=True)
+                predict_args(spec, ids), n, min(spec.parallelism, n), d, gpu=True, part_ids=ids)
 
 
 def blend_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
@@ -253,3 +342,13 @@ def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: O
     n = int(spec["finalize"]["parallelism"])
     return _job(job_name(name, "finalize"), namespace, uid, name, "finalize", spec, finalize_args(spec), n, n,
                 defaults or OperatorDefaults(), gpu=False)
+
+
+def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str,
+              defaults: OperatorDefaults | None = None) -> dict[str, Any]:
+    """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py)."""
+    job = _job(check_job_name(name, stage), namespace, uid, name, "check", spec, check_args(spec, stage), 1, 1,
+               defaults or OperatorDefaults(), gpu=False)
+    job["metadata"]["labels"][LABEL_CHECK] = stage
+    job["spec"]["template"]["metadata"]["labels"][LABEL_CHECK] = stage
+    return job
