@@ -199,7 +199,7 @@ def test_cpu_stages_never_inherit_the_gpu_queue():
 
     def queues(s, d):
         jobs = [manifests.predict_job("ij", "ns", "u", s, d), manifests.blend_job("ij", "ns", "u", s, d),
-                manifests.finalize_job("ij", "ns", "u", s, d), manifests.check_job("ij", "ns", "u", s, "finalize", d)]
+                manifests.finalize_job("ij", "ns", "u", s, d), manifests.check_job("ij", "ns", "u", s, "finalize", "lost-uid", d)]
         return [j["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for j in jobs]
 
     assert queues(m, gpu_only) == ["gpu-q", None, None, None]
@@ -306,7 +306,7 @@ def test_no_stage_runs_best_effort_and_requests_follow_the_caches():
     m = sample("minimal.yaml")
     big = specmod.parse(dict(m.raw, inference={"cacheGb": 16, "folds": [0]}, blend={"cacheGb": 8}))
     for s in (m, big):
-        for job in all_jobs(s) + [manifests.check_job("ij", "ns", "u", s, "predict")]:
+        for job in all_jobs(s) + [manifests.check_job("ij", "ns", "u", s, "predict", "lost-uid")]:
             res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
             assert {"cpu", "memory"} <= set(res["requests"]), job["metadata"]["name"]
             assert res["limits"]["memory"] > "0" and _validated(job) == []

@@ -28,6 +28,7 @@ LABEL_JOB = "vesuvius.dev/inferencejob"
 LABEL_STAGE = "vesuvius.dev/stage"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_CHECK = "vesuvius.dev/checks"  # on a check Job: the stage whose work it checks
+CHECKS_UID = "vesuvius.dev/checks-uid"  # on a check Job: the uid of the lost Job it judges
 PART_IDS = "vesuvius.dev/part-ids"  # a retry Job's part ids (ranges.encode_part_ids), Job and pod annotation
 GPU = "nvidia.com/gpu"
 MODEL_CACHE = "/var/cache/vesuvius"
@@ -344,11 +345,13 @@ def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: O
                 defaults or OperatorDefaults(), gpu=False)
 
 
-def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str,
+def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str, lost_uid: str = "",
               defaults: OperatorDefaults | None = None) -> dict[str, Any]:
-    """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py)."""
+    """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py);
+    ``lost_uid``, the uid of the Job that vanished unseen, ties its verdict to that loss."""
     job = _job(check_job_name(name, stage), namespace, uid, name, "check", spec, check_args(spec, stage), 1, 1,
                defaults or OperatorDefaults(), gpu=False)
+    job["metadata"]["annotations"] = {CHECKS_UID: lost_uid}
     job["metadata"]["labels"][LABEL_CHECK] = stage
     job["spec"]["template"]["metadata"]["labels"][LABEL_CHECK] = stage
     return job
