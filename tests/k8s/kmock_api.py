@@ -11,9 +11,16 @@ kube-apiserver does for the parts we use:
   ``creationTimestamp``, ``generateName``; no-op patches change nothing and emit no watch event.
 - Watches honour ``?resourceVersion=`` by replaying an append-only event log (so a watch started
   from a LIST's resourceVersion misses nothing), ``timeoutSeconds``, ``labelSelector`` and
-  ``fieldSelector`` (metadata.name / metadata.namespace).
+  ``fieldSelector`` (the fields each kind registers: see SELECTABLE).
 - LIST responses carry ``kind``/``apiVersion``/``metadata.resourceVersion`` and honour
-  ``labelSelector`` (=, ==, !=, in, notin, exists, !exists) and ``fieldSelector``.
+  ``labelSelector`` (=, ==, !=, in, notin, exists, !exists), ``fieldSelector``, and ``limit`` with
+  ``continue`` tokens (chunked lists).
+- ``pods/log`` with ``tailLines`` and ``limitBytes``, from the output of the Job controller fixture's
+  pods (``pod_logs``); a container that has not started is a 400, as the kubelet answers.
+- Several versions of one resource from one storage (:meth:`KubeAPI.alias`), as for a CRD served in
+  v1beta2 and v1beta1 (Kueue's Workloads).
+- Admission plugins that refuse (``admission``: ResourceQuota, ServiceAccount, Priority in
+  tests/k8s/admission.py): their 403 is what the Job controller fixture reports as FailedCreate.
 - The status subresource: PATCH/PUT to ``/status`` change only ``status``; PATCH/PUT to the main
   resource keep the stored ``status``; ``status`` is dropped on create.
 - Merge patch (RFC 7386) and JSON patch (RFC 6902; a failed ``test`` op is 422, as in Kubernetes);
@@ -43,7 +50,8 @@ kube-apiserver does for the parts we use:
   given number of times; :meth:`KubeAPI.drop_watch_events` loses matching watch events (every watch
   stream skips them, as if the connection had broken and resumed after them).
 
-Not emulated: RBAC, validating webhooks, server-side apply, watch bookmarks, list pagination.
+Not emulated: RBAC, validating webhooks, server-side apply, watch bookmarks; later pages of a chunked list
+are read from the current state rather than the first page's snapshot.
 Everything runs on the server's event loop; :class:`ServerThread` runs it in a thread of its own so
 synchronous tests, the kubernetes client and subprocesses (operator, pods) can all talk to it.
 """
@@ -142,33 +150,76 @@ def parse_label_selector(text: str | None) -> list[Callable[[dict[str, str]], bo
     return preds
 
 
-def parse_field_selector(text: str | None) -> list[Callable[[dict[str, Any]], bool]]:
+# Fields each kind can be selected by, as the API server registers them: every kind metadata.name and
+# metadata.namespace (apimachinery generic.ObjectMetaFieldsSet); pods also spec.nodeName, spec.restartPolicy,
+# spec.schedulerName, spec.serviceAccountName, status.phase, status.podIP, status.nominatedNodeName
+# (pkg/registry/core/pod/strategy.go, ToSelectableFields); events involvedObject.*, reason, reportingComponent,
+# source and type (pkg/registry/core/event/strategy.go, ToSelectableFields). Anything else is a 400.
+SELECTABLE: dict[str, set[str]] = {
+    "pods": {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase",
+             "status.podIP", "status.nominatedNodeName"},
+    "events": {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+               "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+               "reportingComponent", "source", "type"},
+}
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    if path == "source":
+        return str(((obj.get("source") or {}).get("component")) or "")
+    node: Any = obj
+    for key in path.split("."):
+        node = (node or {}).get(key) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
+
+
+def parse_field_selector(text: str | None, plural: str = "") -> list[Callable[[dict[str, Any]], bool]]:
     preds: list[Callable[[dict[str, Any]], bool]] = []
+    allowed = {"metadata.name", "metadata.namespace"} | SELECTABLE.get(plural, set())
     for raw in (t.strip() for t in (text or "").split(",")):
         if not raw:
             continue
         neg = "!=" in raw
         field_path, value = (s.strip() for s in raw.replace("!=", "=").replace("==", "=").split("=", 1))
-        if field_path not in ("metadata.name", "metadata.namespace"):
-            raise _err(400, "BadRequest", f"field label not supported: {field_path}")
-        key = field_path.split(".", 1)[1]
-        preds.append(lambda obj, k=key, v=value, n=neg: ((obj.get("metadata") or {}).get(k) == v) != n)
+        if field_path not in allowed:
+            raise _err(400, "BadRequest", f'"{field_path}" is not a known field selector: only '
+                                          f'"{", ".join(sorted(allowed))}"')
+        preds.append(lambda obj, f=field_path, v=value, n=neg: (_field(obj, f) == v) != n)
     return preds
+
+
+def encode_continue(rv: int, after: tuple[str, str]) -> str:
+    """A continue token: the list's resourceVersion and the last key returned (apiserver
+    staging/src/k8s.io/apiserver/pkg/storage/continue.go, EncodeContinue: base64 of {"v", "rv", "start"})."""
+    doc = {"v": "meta.k8s.io/v1", "rv": rv, "start": "/".join(after) + "\x00"}
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+def decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        ns, _, name = doc["start"].rstrip("\x00").partition("/")
+        return int(doc["rv"]), (ns, name)
+    except (ValueError, KeyError, TypeError):
+        raise _err(400, "BadRequest", "continue key is not valid: incorrect encoded start resourceVersion "
+                                      "(version meta.k8s.io/v1)") from None
 
 
 # ---- the server ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Route:
-    resource: kmock.resource
+    resource: kmock.resource  # where the objects are stored
     info: kmock.ResourceInfo
     namespace: str | None
     name: str | None
     subresource: str | None
+    served: kmock.resource | None = None  # the version asked for, when another version stores the objects
 
     @property
     def api_version(self) -> str:
-        return f"{self.resource.group}/{self.resource.version}" if self.resource.group else self.resource.version
+        res = self.served or self.resource
+        return f"{res.group}/{res.version}" if res.group else res.version
 
 
 @dataclass(frozen=True)
@@ -227,6 +278,10 @@ class KubeAPI(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list, init=False)
     drops: list[DropRule] = attrs.field(factory=list, init=False)
     rejected: list[tuple[str, str]] = attrs.field(factory=list, init=False)  # (path, message) of 422 Job writes
+    aliases: dict[kmock.resource, kmock.resource] = attrs.field(factory=dict, init=False)  # served -> stored
+    admission: list[Callable[[Route, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    pod_logs: dict[tuple[str, str], Callable[[], str]] = attrs.field(factory=dict, init=False)
+    after_create: list[Callable[[], Any]] = attrs.field(factory=list, init=False)  # controllers' follow-ups
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -239,7 +294,10 @@ class KubeAPI(kmock.KubernetesEmulator):
         declare("v1/events", "Event")
         declare("v1/secrets", "Secret")
         declare("v1/configmaps", "ConfigMap")
-        declare("v1/pods", "Pod", subresources={"status"})
+        declare("v1/pods", "Pod", subresources={"status", "log"})
+        declare("v1/serviceaccounts", "ServiceAccount")
+        declare("v1/resourcequotas", "ResourceQuota", subresources={"status"})
+        declare("scheduling.k8s.io/v1/priorityclasses", "PriorityClass", namespaced=False)
         declare("batch/v1/jobs", "Job", subresources={"status"})
 
     def declare(self, key: str, kind: str, namespaced: bool = True, subresources: set[str] | None = None,
@@ -283,8 +341,23 @@ class KubeAPI(kmock.KubernetesEmulator):
         res = kmock.resource(group, version, rest[0])
         if res not in self.resources:
             return None
-        return Route(res, self.resources[res], namespace, rest[1] if len(rest) > 1 else None,
-                     "/".join(rest[2:]) or None)
+        stored = self.aliases.get(res, res)
+        return Route(stored, self.resources[stored], namespace, rest[1] if len(rest) > 1 else None,
+                     "/".join(rest[2:]) or None, served=res if stored != res else None)
+
+    def alias(self, served: str, stored: str) -> None:
+        """Serve ``served`` (e.g. a deprecated API version) from the objects of ``stored``, as the API server
+        serves every version of a CRD from one storage version (no conversion: the same fields)."""
+        self.aliases[kmock.resource(served)] = kmock.resource(stored)
+
+    @staticmethod
+    def _as_served(route: Route, out: Any) -> Any:
+        if route.served is None or not isinstance(out, dict):
+            return out
+        out = dict(out, apiVersion=route.api_version) if "apiVersion" in out else out
+        if isinstance(out.get("items"), list):
+            out["items"] = [dict(i, apiVersion=route.api_version) for i in out["items"]]
+        return out
 
     def _key(self, route: Route, name: str) -> tuple[kmock.resource, str | None, str]:
         return route.resource, route.namespace if route.info.namespaced else None, name
@@ -372,17 +445,19 @@ class KubeAPI(kmock.KubernetesEmulator):
             return await self._watch(request, route, params)
         if route.info.namespaced and route.namespace is None and method != "GET":
             raise _err(404, "NotFound", f"the server could not find the requested resource ({route.resource.plural})")
+        if method == "GET" and route.subresource == "log":
+            return aiohttp.web.Response(text=self._pod_log(route, params), content_type="text/plain")
         if method == "GET" and route.name is None:
-            return aiohttp.web.json_response(self._list(route, params))
+            return aiohttp.web.json_response(self._as_served(route, self._list(route, params)))
         if method == "GET":
-            return aiohttp.web.json_response(self._get(route))
+            return aiohttp.web.json_response(self._as_served(route, self._get(route)))
         if method == "POST" and route.name is None:
-            return aiohttp.web.json_response(self._create(route, request.data), status=201)
+            return aiohttp.web.json_response(self._as_served(route, self._create(route, request.data)), status=201)
         if method == "PATCH" and route.name is not None:
             ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
-            return aiohttp.web.json_response(self._patch(route, request.data, ctype))
+            return aiohttp.web.json_response(self._as_served(route, self._patch(route, request.data, ctype)))
         if method == "PUT" and route.name is not None:
-            return aiohttp.web.json_response(self._replace(route, request.data))
+            return aiohttp.web.json_response(self._as_served(route, self._replace(route, request.data)))
         if method == "DELETE" and route.name is not None:
             opts = dict(request.data) if isinstance(request.data, dict) else {}
             opts.update(params)
@@ -395,16 +470,49 @@ class KubeAPI(kmock.KubernetesEmulator):
 
     def _select(self, route: Route, params: dict[str, str]):
         labels = parse_label_selector(params.get("labelSelector"))
-        fields = parse_field_selector(params.get("fieldSelector"))
+        fields = parse_field_selector(params.get("fieldSelector"), route.resource.plural)
         for key, obj in self._live_items(route.resource, route.namespace if route.info.namespaced else None):
             lb = (obj.get("metadata") or {}).get("labels") or {}
             if all(p(lb) for p in labels) and all(p(obj) for p in fields):
                 yield key, obj
 
     def _list(self, route: Route, params: dict[str, str]) -> dict[str, Any]:
+        """LIST, in key order, one page of ``limit`` items with a ``continue`` token when more remain (the API
+        server's chunking, apiserver pkg/storage/etcd3/store.go GetList). Unlike etcd, later pages are read
+        from the current state, not from the first page's resourceVersion (no compaction to emulate either)."""
         items = sorted(self._select(route, params), key=lambda kv: (kv[0][1] or "", kv[0][2]))
-        return {"apiVersion": route.api_version, "kind": f"{route.info.kind}List",
-                "metadata": {"resourceVersion": str(self._rv)}, "items": [obj for _, obj in items]}
+        rv = self._rv
+        if params.get("continue"):
+            rv, after = decode_continue(params["continue"])
+            items = [kv for kv in items if (kv[0][1] or "", kv[0][2]) > after]
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        limit = int(params.get("limit") or 0)
+        if 0 < limit < len(items):
+            last = items[limit - 1][0]
+            meta.update({"continue": encode_continue(rv, (last[1] or "", last[2])),
+                         "remainingItemCount": len(items) - limit})
+            items = items[:limit]
+        return {"apiVersion": route.api_version, "kind": f"{route.info.kind}List", "metadata": meta,
+                "items": [obj for _, obj in items]}
+
+    def _pod_log(self, route: Route, params: dict[str, str]) -> str:
+        """GET pods/NAME/log with tailLines and limitBytes; the text comes from ``pod_logs`` (the Job controller
+        fixture's pod output). A pod whose container has not started answers 400, as the kubelet makes it
+        ("container ... is waiting to start": pkg/kubelet/kubelet_pods.go, validateContainerLogStatus)."""
+        pod = self._get(Route(route.resource, route.info, route.namespace, route.name, None))
+        waiting = next(((cs.get("state") or {}).get("waiting") for cs in (pod.get("status") or {}).get(
+            "containerStatuses") or [] if (cs.get("state") or {}).get("waiting")), None)
+        if waiting is not None or not (pod.get("status") or {}).get("containerStatuses"):
+            raise _err(400, "BadRequest", f'container "{params.get("container", "")}" in pod "{route.name}" is '
+                                          "waiting to start: " + ((waiting or {}).get("reason") or "ContainerCreating"))
+        source = self.pod_logs.get((route.namespace or "", route.name or ""))
+        text = source() if source else ""
+        if params.get("tailLines"):
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(params["tailLines"]):]) if int(params["tailLines"]) else ""
+        if params.get("limitBytes"):
+            text = text.encode()[:int(params["limitBytes"])].decode(errors="ignore")
+        return text
 
     def _get(self, route: Route) -> dict[str, Any]:
         obj = self._live(self._key(route, route.name))
@@ -415,7 +523,7 @@ class KubeAPI(kmock.KubernetesEmulator):
 
     async def _watch(self, request: kmock.Request, route: Route, params: dict[str, str]) -> aiohttp.web.StreamResponse:
         labels = parse_label_selector(params.get("labelSelector"))
-        fields = parse_field_selector(params.get("fieldSelector"))
+        fields = parse_field_selector(params.get("fieldSelector"), route.resource.plural)
         if route.name:
             fields.append(lambda o, n=route.name: (o.get("metadata") or {}).get("name") == n)
         namespace = route.namespace if route.info.namespaced else None
@@ -502,9 +610,14 @@ class KubeAPI(kmock.KubernetesEmulator):
         self._default(route, obj, None)
         for mutate in self.mutators:  # mutating admission runs after defaulting, before validation
             mutate(route, obj)
+        for admit in self.admission:  # admission plugins that may refuse (ResourceQuota, ServiceAccount, ...)
+            admit(route, obj)
         self._validate_builtin(route, obj, None)
         self._commit(key, obj, "ADDED")
         self.gc.check_owners(key, obj)
+        follow, self.after_create = self.after_create, []
+        for fn in follow:
+            fn()
         return self._live(key)
 
     def _default(self, route: Route, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
