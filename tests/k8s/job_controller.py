@@ -145,11 +145,13 @@ class Hook:
     evict_after: float | None = None
     sleep: float = 0.0
     wait_for: Path | None = None  # the one-liner waits until this file exists
+    lines: tuple[str, ...] = ()  # printed at start (e.g. progress lines), before the wait
 
     def command(self) -> list[str]:
         wait = (f"import os\nwhile not os.path.exists({str(self.wait_for)!r}): time.sleep(0.05)\n"
                 if self.wait_for else "")
-        return [sys.executable, "-c", f"import sys, time\n{wait}time.sleep({self.sleep})\n"
+        say = "".join(f"print({ln!r}, file=sys.stderr, flush=True)\n" for ln in self.lines)
+        return [sys.executable, "-c", f"import sys, time\n{say}{wait}time.sleep({self.sleep})\n"
                                       f"print({self.message!r}, file=sys.stderr)\nsys.exit({self.exit_code or 0})"]
 
 
@@ -226,7 +228,7 @@ class JobController:
         self.pods_started: list[tuple[str, int | None, int]] = []  # (job, index, attempt)
         self.errors: list[BaseException] = []
         self._hooks: dict[tuple[str, int | None, int], Hook] = {}
-        self._stubs: list[tuple[re.Pattern[str], Hook]] = []
+        self._stubs: list[tuple[re.Pattern[str], Hook | None]] = []
         self.unpullable: set[str] = set()  # images no registry serves
         self.nodes: list[Node] | None = None  # None: every pod is scheduled at once
         self.api: Any = None  # a kmock_api.KubeAPI: pods' output served as their logs
@@ -258,11 +260,17 @@ class JobController:
         self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
                                                   wait_for=self.release_dir / "go" if held else None)
 
-    def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False) -> None:
-        """Every pod of the Jobs whose name matches: wait (``sleep`` s; ``held``: until :meth:`release`), exit.
-        The stub registered last wins."""
+    def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False,
+             lines: tuple[str, ...] = ()) -> None:
+        """Every pod of the Jobs whose name matches: print ``lines``, wait (``sleep`` s; ``held``: until
+        :meth:`release`), exit. The stub registered last wins."""
         self._stubs.insert(0, (re.compile(job_pattern), Hook(exit_code=exit_code, message="stub", sleep=sleep,
-                                                          wait_for=self.release_dir / "go" if held else None)))
+                                                          wait_for=self.release_dir / "go" if held else None,
+                                                          lines=lines)))
+
+    def unstub(self, job_pattern: str) -> None:
+        """Pods of the Jobs whose name matches run their real command again (registered last, it wins)."""
+        self._stubs.insert(0, (re.compile(job_pattern), None))
 
     def release(self) -> None:
         """Let every held pod finish."""
@@ -571,7 +579,7 @@ class JobController:
                 return
             args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
             cmd = [*ENTRYPOINT, *args]
-            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep):
+            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep or hook.lines):
                 cmd = hook.command()
             with open(run.log, "wb") as out:
                 run.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,

@@ -261,6 +261,61 @@ class DropRule:
 class CrdSchema:
     schema: dict[str, Any]
     validator: Any = None  # crd_check.CompiledSchema, built on first use
+    columns: list[dict[str, Any]] | None = None  # the version's additionalPrinterColumns
+
+
+def human_duration(seconds: float) -> str:
+    """apimachinery pkg/util/duration/duration.go, HumanDuration (what kubectl shows as an age)."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"
+
+
+def _json_path(obj: Any, path: str) -> Any:
+    for key in path.strip(".").split("."):
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def to_table(columns: list[dict[str, Any]], objs: list[dict[str, Any]], rv: str) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of custom resources, as the API server answers ``Accept: ...;as=Table``:
+    a Name column, then the CRD's additionalPrinterColumns by simple JSONPath, dates as ages
+    (apiextensions-apiserver pkg/registry/customresource/tableconvertor/tableconvertor.go, ConvertToTable,
+    rowFn, cellForJSONValue)."""
+    import time as _time
+
+    defs = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
+    defs += [{"name": c["name"], "type": c["type"], "format": c.get("format", ""),
+              "description": c.get("description", ""), "priority": c.get("priority", 0)} for c in columns]
+    rows = []
+    for obj in objs:
+        cells: list[Any] = [obj["metadata"]["name"]]
+        for c in columns:
+            value = _json_path(obj, c["jsonPath"])
+            if value is not None and c["type"] == "date":
+                value = human_duration(_time.time() - parse_time(value))
+            cells.append(value)
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                                               "labels") if k in obj["metadata"]}
+        rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                "metadata": meta}})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+            "columnDefinitions": defs, "rows": rows}
 
 
 @attrs.define(kw_only=True)
@@ -319,7 +374,8 @@ class KubeAPI(kmock.KubernetesEmulator):
                          subresources=set((version.get("subresources") or {}).keys()),
                          singular=names.get("singular"), shortnames=set(names.get("shortNames") or []),
                          categories=set(names.get("categories") or []))
-            self._crds[kmock.resource(key)] = CrdSchema(schema=version["schema"]["openAPIV3Schema"])
+            self._crds[kmock.resource(key)] = CrdSchema(schema=version["schema"]["openAPIV3Schema"],
+                                                        columns=version.get("additionalPrinterColumns") or [])
         crd_res = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
         self._create(Route(crd_res, self.resources[crd_res], None, None, None), copy.deepcopy(crd))
 
@@ -432,6 +488,8 @@ class KubeAPI(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         route = self._route(request)
+        if route is None and request.url.path.rstrip("/") == "/api/v1":
+            return aiohttp.web.json_response(self._core_discovery())
         if route is None:  # discovery, /version, unknown resources: KMock's own reactions
             return await apps.RawHandler._handle(self, request)
         method = str(request.method.value).upper()
@@ -447,10 +505,19 @@ class KubeAPI(kmock.KubernetesEmulator):
             raise _err(404, "NotFound", f"the server could not find the requested resource ({route.resource.plural})")
         if method == "GET" and route.subresource == "log":
             return aiohttp.web.Response(text=self._pod_log(route, params), content_type="text/plain")
+        crd = self._crds.get(route.resource)
+        table = method == "GET" and crd is not None and "as=Table" in (request.headers.get("Accept") or "")
         if method == "GET" and route.name is None:
-            return aiohttp.web.json_response(self._as_served(route, self._list(route, params)))
+            listed = self._list(route, params)
+            if table:
+                return aiohttp.web.json_response(to_table(crd.columns or [], listed["items"],
+                                                          listed["metadata"]["resourceVersion"]))
+            return aiohttp.web.json_response(self._as_served(route, listed))
         if method == "GET":
-            return aiohttp.web.json_response(self._as_served(route, self._get(route)))
+            got = self._get(route)
+            if table:
+                return aiohttp.web.json_response(to_table(crd.columns or [], [got], got["metadata"]["resourceVersion"]))
+            return aiohttp.web.json_response(self._as_served(route, got))
         if method == "POST" and route.name is None:
             return aiohttp.web.json_response(self._as_served(route, self._create(route, request.data)), status=201)
         if method == "PATCH" and route.name is not None:
@@ -467,6 +534,21 @@ class KubeAPI(kmock.KubernetesEmulator):
                 self._delete(key, params)
             return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Success"})
         raise _err(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
+
+    def _core_discovery(self) -> dict[str, Any]:
+        """/api/v1 as the API server lists it (KMock 0.8 writes groupVersion "/v1", which kubectl rejects)."""
+        resources = []
+        for res, info in self.resources.items():
+            if res.group or res.version != "v1":
+                continue
+            entry = {"name": res.plural, "singularName": info.singular or "", "namespaced": info.namespaced,
+                     "kind": info.kind, "verbs": sorted(info.verbs or ALL_VERBS),
+                     "shortNames": sorted(info.shortnames or [])}
+            resources.append(entry)
+            resources += [{"name": f"{res.plural}/{sub}", "singularName": "", "namespaced": info.namespaced,
+                           "kind": info.kind, "verbs": ["get", "patch", "update"] if sub != "log" else ["get"]}
+                          for sub in sorted(info.subresources or [])]
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources}
 
     def _select(self, route: Route, params: dict[str, str]):
         labels = parse_label_selector(params.get("labelSelector"))
@@ -592,7 +674,8 @@ class KubeAPI(kmock.KubernetesEmulator):
                                               "sent on the request")
             meta["namespace"] = route.namespace
             self._require_namespace(route)
-        if not meta.get("name"):
+        generated = not meta.get("name")
+        if generated:
             if not meta.get("generateName"):
                 raise _err(422, "Invalid", "name or generateName is required")
             meta["name"] = meta["generateName"] + "".join(random.choice(_SUFFIX_ALPHABET) for _ in range(5))
@@ -610,8 +693,14 @@ class KubeAPI(kmock.KubernetesEmulator):
         self._default(route, obj, None)
         for mutate in self.mutators:  # mutating admission runs after defaulting, before validation
             mutate(route, obj)
-        for admit in self.admission:  # admission plugins that may refuse (ResourceQuota, ServiceAccount, ...)
-            admit(route, obj)
+        # admission plugins that may refuse (ResourceQuota, ServiceAccount, ...) see the object before its name
+        # is generated (apiserver pkg/admission/errors.go, extractResourceName: "name generation has not
+        # occurred yet", so a refusal names the generateName)
+        view = copy.deepcopy(obj)
+        if generated:
+            view["metadata"].pop("name", None)
+        for admit in self.admission:
+            admit(route, view)
         self._validate_builtin(route, obj, None)
         self._commit(key, obj, "ADDED")
         self.gc.check_owners(key, obj)

@@ -49,6 +49,9 @@ def build(api_client: Any = None) -> Clients:
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()
         api_client = kubernetes.client.ApiClient()
+    from .. import __version__
+
+    api_client.user_agent = f"vesuvius-inference-operator/{__version__}"  # names it in audit logs
     counter = Counter()
     rest = api_client.rest_client
     rest.request = _counting(rest.request, counter)

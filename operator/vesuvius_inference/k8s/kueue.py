@@ -86,10 +86,11 @@ def decision(wl: Mapping[str, Any] | None, job_name: str) -> Decision:
     reserved = _true(wl, "QuotaReserved")
     if not active(wl) and not ours(wl):
         target = _cond(wl, "DeactivationTarget")
-        reason = (evicted or {}).get("reason") or ""
+        now_evicted = evicted if evicted and evicted.get("status") == "True" else None
+        reason = (now_evicted or {}).get("reason") or ""
         if reason.startswith(BY_KUEUE) or (target and target.get("status") == "True"):
             cause = reason[len(BY_KUEUE):] if reason.startswith(BY_KUEUE) else target.get("reason", "")
-            said = (evicted or target or {}).get("message") or ""
+            said = (now_evicted or target or {}).get("message") or ""
             return Decision(held=(f"DeactivatedByKueue{cause}" if cause else "DeactivatedByKueue",
                                   f"Kueue deactivated Workload {name} of {job_name} ({cause}: {said}); the operator "
                                   "never reactivates what Kueue deactivated: fix the cause, then "

@@ -35,6 +35,7 @@ MODEL_CACHE = "/var/cache/vesuvius"
 PODINFO = "/etc/vesuvius"  # the downward API volume
 PART_IDS_FILE = PODINFO + "/part-ids"
 INDEX = "$(JOB_COMPLETION_INDEX)"
+CHECK_TTL_S = 300
 DISRUPTIONS = "$(VESUVIUS_DISRUPTIONS)"
 # Set by the Job controller on every pod of an index it re-creates (pkg/controller/job/indexed_job_utils.go,
 # addIndexFailureCountAnnotation / getNewIndexFailureCounts): failures the podFailurePolicy ignored so far.
@@ -313,7 +314,9 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
                                 **_completion(spec, stage, completions, indexed)}
     if spec.get("activeDeadlineSeconds") and stage != "check":
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
-    if spec.get("ttlSecondsAfterFinished") is not None:
+    if stage == "check":  # long enough for its verdict to be read, short enough not to block the next check
+        job_spec["ttlSecondsAfterFinished"] = CHECK_TTL_S
+    elif spec.get("ttlSecondsAfterFinished") is not None:
         job_spec["ttlSecondsAfterFinished"] = int(spec["ttlSecondsAfterFinished"])
     if uid:
         meta["ownerReferences"] = [{"apiVersion": "vesuvius.dev/v1alpha1", "kind": "InferenceJob", "name": ij_name,

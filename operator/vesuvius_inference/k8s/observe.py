@@ -166,9 +166,21 @@ class Observer:
                 continue
             pods = self._list("pod", namespace, "", f"{CONTROLLER_UID}={uid}")
             lines = [ln for p in pods for ln in (stalls.terminated(p).get("message") or "").splitlines() if ln.strip()]
+            if not lines and pods:  # exit 0 leaves no termination message with FallbackToLogsOnError: the log
+                lines = self._log_tail(namespace, pods[-1]["metadata"]["name"], "check", 5).splitlines()
+            lines = [ln for ln in lines if ln.strip()]
             if lines:
                 out[uid] = lines[-1]
         return out
+
+    def _log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        import kubernetes
+
+        try:
+            return self.c.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=lines,
+                                                       limit_bytes=16384) or ""
+        except kubernetes.client.ApiException:
+            return ""  # gone, or not started
 
     def _progress(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
                   now: float) -> dict[str, Any] | None:
@@ -190,15 +202,15 @@ class Observer:
             if now - t > 3 * self.settings.progress_s:
                 del state.lines[pod]
         lines = [ln for ln, _ in state.lines.values()]
+        running = sum(int((j.get("status") or {}).get("active") or 0) for j in jobs)  # the Jobs' counts, now
         if stage == "predict":
             parts = status.get("parts") or {}
             return progressview.aggregate(stage, int(parts.get("total") or 0), int(parts.get("succeeded") or 0),
-                                          int(parts.get("active") or 0), lines, iso(now))
+                                          running, lines, iso(now))
         job = jobs[0] if jobs else getattr(children, stage)
         st, spec = (job or {}).get("status") or {}, (job or {}).get("spec") or {}
         done = count_ranges(st.get("completedIndexes")) if st.get("completedIndexes") else int(st.get("succeeded") or 0)
-        return progressview.aggregate(stage, int(spec.get("completions") or 1), done, int(st.get("active") or 0),
-                                      lines, iso(now))
+        return progressview.aggregate(stage, int(spec.get("completions") or 1), done, running, lines, iso(now))
 
     def _sample_job(self, namespace: str, stage: str, job: dict[str, Any], state: _Samples, budget: int,
                     now: float) -> int:
@@ -221,13 +233,9 @@ class Observer:
         read = 0
         for pod in page.get("items") or []:
             pod_name = pod["metadata"]["name"]
-            try:
-                text = self.c.core.read_namespaced_pod_log(pod_name, namespace, container=stage,
-                                                           tail_lines=self.settings.log_lines, limit_bytes=16384)
-            except kubernetes.client.ApiException:
-                continue  # the pod ended meanwhile
+            text = self._log_tail(namespace, pod_name, stage, self.settings.log_lines)
             read += 1
-            line = last_progress(text or "")
+            line = last_progress(text)
             if line is not None:
                 state.lines[pod_name] = (line, now)
         return max(read, 1)

@@ -223,6 +223,9 @@ def explain(events: Iterable[Mapping[str, Any]], pending: Iterable[Mapping[str, 
 def cleared(kind: str, jobs: Iterable[Mapping[str, Any]]) -> bool:
     """Whether a stall the status shows is over, by the Jobs' counts alone (no read needed)."""
     jobs = [j for j in jobs if not job_finished(j) and not (j.get("spec") or {}).get("suspend")]
+    if kind == "GPUUnavailable":  # a predict stall: over when no predict Job runs any more
+        jobs = [j for j in jobs if ((j.get("metadata") or {}).get("labels") or {}).get(
+            "vesuvius.dev/stage") == "predict"]
     if not jobs:
         return True
     if kind == "PodsNotCreated":
@@ -230,7 +233,7 @@ def cleared(kind: str, jobs: Iterable[Mapping[str, Any]]) -> bool:
     if kind in ("PodsUnschedulable", "PodsStuck"):
         return all(int((j.get("status") or {}).get("ready") or 0) >= int((j.get("status") or {}).get("active") or 0)
                    for j in jobs)
-    return False  # GPUUnavailable: cleared when a read of failed pods finds a newer failure of another kind
+    return False  # GPUUnavailable: else cleared when a read of failed pods finds a newer failure of another kind
 
 
 __all__ = ["Stall", "Reads", "KINDS", "wanted_reads", "explain", "cleared", "failure_lines", "stuck", "cond"]
