@@ -31,9 +31,10 @@ import kopf
 from . import act, clients, manifests
 from .decide import decide
 from .metrics import Registry, serve
-from .observe import GROUP, PLURAL, VERSION, Observer, Settings
+from .observe import Observer, Settings
 from .passes import Passes
 
+GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 log = logging.getLogger("vesuvius_inference.operator")
 
 _scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0}

@@ -73,6 +73,7 @@ class Observer:
         self._kueue_checked = clock()
         self._last_read: dict[tuple[str, str], float] = {}
         self._failed_seen: dict[str, int] = {}
+        self._failure_read: set[str] = set()  # failed Jobs whose failed pods were read for the failure's Event
         self._samples: dict[tuple[str, str], _Samples] = {}
 
     def forget(self, namespace: str, name: str) -> None:
@@ -129,7 +130,7 @@ class Observer:
             failed_now = int((job.get("status") or {}).get("failed") or 0)
             reads = stalls.wanted_reads(job, self._failed_seen.get(uid))
             just_failed = reporting and cond(job, "Failed") is not None and failed_now > 0 and \
-                self._failed_seen.get(uid) != failed_now
+                uid not in self._failure_read
             if not (reads and due) and not just_failed:
                 continue
             d = Diagnosis()
@@ -139,6 +140,8 @@ class Observer:
                 d.pending = self._list("pod", namespace, "status.phase=Pending", f"{CONTROLLER_UID}={uid}")
             if (due and reads.failed) or just_failed:
                 d.failed = self._list("pod", namespace, "status.phase=Failed", f"{CONTROLLER_UID}={uid}")
+            if just_failed:
+                self._failure_read.add(uid)
             self._failed_seen[uid] = failed_now
             out[uid] = d
         if out:
