@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import cpuquota, storage
 from .blend import run_fused
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
@@ -193,7 +193,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     def complete() -> None:
         from .iopool import WritePool
 
-        io = WritePool(4)
+        io = WritePool(cpuquota.plan().writers)  # the CPU quota's, not a fixed 4
         try:
             if unit:
                 Pyramid(out, io).build_top(unit)

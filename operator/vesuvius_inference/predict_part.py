@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import cpuquota, storage
 from .accumulate import ChunkAccumulator
 from .claims import Lease
 from .devicestep import DeviceStep
@@ -38,7 +38,6 @@ from .predict import _Context, _digest, _shared_stats, make_grid, part_order, pa
 from .reader import Patch, PatchReader
 
 log = logging.getLogger("vesuvius_inference.predict")
-WRITERS = 4
 
 
 def _progress(total: int, desc: str, quiet: bool) -> Any:
@@ -98,7 +97,8 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
     else:
         group = create_store(mine, {"config": ctx.fp, "part_id": cfg.part_id, "run": run}, c, volume.shape, ctx.chunks,
                              layout.segments(cfg.part_id), spec is None, so)
-    io = WritePool(WRITERS, guard=lease.check)
+    threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's cores
+    io = WritePool(threads.writers, guard=lease.check)
     from .partstore import pyramid_staging
 
     owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,

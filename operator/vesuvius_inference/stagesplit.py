@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
+from . import cpuquota, storage
 from .claims import Lease, default_lease_s, trusted_complete
 from .grid import split_chunks
 from .iopool import WritePool
@@ -91,7 +91,7 @@ class Split:
             if progress.start:
                 log.info("%s %d/%d: resuming after %d of %d units", what, self.part_id, self.num_parts,
                          progress.start, len(mine))
-            io = WritePool(4, guard=lease.check)
+            io = WritePool(cpuquota.plan().writers, guard=lease.check)  # the CPU quota's
             t0, vox = time.perf_counter(), 0
             try:
                 with tqdm(total=len(mine), initial=progress.start, desc=f"{what} {self.part_id}/{self.num_parts}",

@@ -424,9 +424,13 @@ class KubeAPI(kmock.KubernetesEmulator):
         obj = self._objects[key]
         return None if obj.deleted else copy.deepcopy(obj.raw)
 
-    def _live_items(self, res: kmock.resource, namespace: str | None):
+    def _live_items(self, res: kmock.resource, namespace: str | None,
+                    match: Callable[[dict[str, Any]], bool] | None = None):
+        """Live objects of a resource (copies), those ``match`` accepts (tested on the stored object: the API
+        server filters before it serialises, so a selective list costs the matches, not the resource)."""
         for (r, ns, name), obj in list(self._objects.items()):
-            if r == res and not obj.deleted and (namespace is None or ns == namespace):
+            if r == res and not obj.deleted and (namespace is None or ns == namespace) and (
+                    match is None or match(obj.raw)):
                 yield (r, ns, name), copy.deepcopy(obj.raw)
 
     def find_by_uid(self, uid: str) -> tuple[tuple, dict[str, Any]] | None:
@@ -553,10 +557,12 @@ class KubeAPI(kmock.KubernetesEmulator):
     def _select(self, route: Route, params: dict[str, str]):
         labels = parse_label_selector(params.get("labelSelector"))
         fields = parse_field_selector(params.get("fieldSelector"), route.resource.plural)
-        for key, obj in self._live_items(route.resource, route.namespace if route.info.namespaced else None):
+
+        def match(obj: dict[str, Any]) -> bool:
             lb = (obj.get("metadata") or {}).get("labels") or {}
-            if all(p(lb) for p in labels) and all(p(obj) for p in fields):
-                yield key, obj
+            return all(p(lb) for p in labels) and all(p(obj) for p in fields)
+
+        yield from self._live_items(route.resource, route.namespace if route.info.namespaced else None, match)
 
     def _list(self, route: Route, params: dict[str, str]) -> dict[str, Any]:
         """LIST, in key order, one page of ``limit`` items with a ``continue`` token when more remain (the API

@@ -10,8 +10,10 @@ says otherwise: these tests are about the control plane.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,10 +36,16 @@ def condition(cluster, name, kind, status="True", timeout=30.0):
                         c["status"] == status and o, timeout=timeout)
 
 
-def kubectl(cluster, *args: str) -> str:
+def kubectl(cluster, *args: str, capture: str | None = None) -> str:
+    """Real kubectl against the emulated API server; with VESUVIUS_CAPTURE=DIR the output is also kept
+    (the README's examples are these captures)."""
     r = subprocess.run([KUBECTL, "--kubeconfig", cluster.kubeconfig, "-n", cluster.namespace, *args],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    if capture and os.environ.get("VESUVIUS_CAPTURE"):
+        out = Path(os.environ["VESUVIUS_CAPTURE"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{capture}.txt").write_text(f"$ kubectl {' '.join(args)}\n{r.stdout}")
     return r.stdout
 
 
@@ -70,6 +78,8 @@ def test_pods_the_api_server_refuses_show_why_and_what_to_do(cluster, operator, 
     assert sa["reason"] == "ServiceAccountNotFound" and 'serviceaccount "vesuvius-worker" not found' in sa["message"]
     pc = cond(condition(cluster, "nopc", "PodsNotCreated"), "PodsNotCreated")
     assert pc["reason"] == "PriorityClassNotFound" and "no PriorityClass with name batch-low was found" in pc["message"]
+    kubectl(cluster, "get", "ij", capture="stall-get")
+    assert "Warning  ResourceQuotaExceeded" in kubectl(cluster, "describe", "ij", "quota", capture="stall-describe")
     for name, reason in (("quota", "ResourceQuotaExceeded"), ("nosa", "ServiceAccountNotFound"),
                          ("nopc", "PriorityClassNotFound")):
         cluster.wait(f"{reason} Event", lambda n=name, r=reason: r in event_reasons(cluster, n))
@@ -181,7 +191,8 @@ def test_kueue_deactivating_a_workload_itself_is_shown_and_never_undone(cluster,
         assert cluster.ij("gated")["status"]["phase"] == "Suspended"
         assert "DeactivatedByKueueRequeuingLimitExceeded" in event_reasons(cluster, "gated") or \
             "Suspended" in event_reasons(cluster, "gated")
-        described = kubectl(cluster, "describe", "ij", "gated")
+        kubectl(cluster, "get", "ij", capture="kueue-get")
+        described = kubectl(cluster, "describe", "ij", "gated", capture="kueue-describe")
         assert "DeactivatedByKueueRequeuingLimitExceeded" in described
 
 
@@ -247,18 +258,19 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     p = busy["status"]["progress"]
     # 2 of 4 parts running at 1200 of 5000 patches, 3/s each: 2400 of 20000 patches, 6/s
     assert (p["percent"], p["rate"], p["eta"], p["summary"]) == ("12.0%", "6.00/s", "48m53s", "2400/20.0k patches")
-    table = kubectl(cluster, "get", "ij")
+    table = kubectl(cluster, "get", "ij", capture="run-get")
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "PARTS", "DONE", "ETA", "STAGE", "AGE"]
     assert table.split("\n")[1].split()[:6] == ["watch", "Predicting", "0/4", "12.0%", "48m53s", "predict"]
-    wide = kubectl(cluster, "get", "ij", "-o", "wide")
+    wide = kubectl(cluster, "get", "ij", "-o", "wide", capture="run-get-wide")
     assert "2400/20.0k patches" in wide and "6.00/s" in wide
     pod = next(p["metadata"]["name"] for p in cluster.pods("watch-predict"))
-    assert LINES[1] in kubectl(cluster, "logs", pod)
+    assert LINES[1] in kubectl(cluster, "logs", pod, capture="run-logs")
     metrics = operator.metrics()
     assert 'vesuvius_inferencejob_work_total{namespace="vesuvius",name="watch",stage="predict",unit="patches"} ' \
            '20000' in metrics and 'vesuvius_inferencejobs{phase="Predicting"} 1' in metrics
     stub_controller.release()
     cluster.wait_phase("watch", "Succeeded", timeout=60)
+    kubectl(cluster, "describe", "ij", "watch", capture="run-describe")
     reasons = event_reasons(cluster, "watch")
     for r in ("PredictStarted", "BlendStarted", "FinalizeStarted", "Succeeded"):
         assert r in reasons, reasons
