@@ -13,7 +13,9 @@ so oversubscription costs far more than the share lost. Where the CPUs come from
    CPU limit has no quota, but it asked for this many);
 3. the CPUs this process may run on (``os.sched_getaffinity``: cpusets, taskset).
 
-The quota and the request never raise the count above the affinity.
+The quota and the request never raise the count above the affinity. And torch's OpenMP threads wait
+passively (``OMP_WAIT_POLICY=PASSIVE``, set by the package before torch loads): on CPUs shared with other
+work a spinning waiter takes the time slices the thread it waits for needs.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ.setdefault(_v, "/tmp/nnunet")
-
+import vesuvius_inference  # noqa: E402,F401 - its environment defaults (OMP_WAIT_POLICY) before torch loads
 from helpers import smooth_volume  # noqa: E402
 
 ROUNDS = 4
@@ -169,7 +169,8 @@ def main() -> None:
         lines.append(f"host path: null-network predict {ratios['quiet'][0]:.1f} Mvox/s = {ratios['quiet'][1]:.2f} x zarr "
                      f"copy quiet, {ratios['loaded'][0]:.1f} Mvox/s = {ratios['loaded'][1]:.2f} x loaded (one busy "
                      f"process per CPU) (patch {patch}^3, overlap 0.5, {plan.cpus} CPUs: torch {plan.torch_intra} "
-                     f"threads, {plan.io_threads} I/O, {plan.writers} writers)")
+                     f"threads, {plan.io_threads} I/O, {plan.writers} writers, "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
     shutil.rmtree(root, ignore_errors=True)
     print("\n".join(lines))  # the 64^3 figure last
 

@@ -54,3 +54,18 @@ def test_threads_follow_the_cpus():
     assert (small.torch_intra, small.torch_interop, small.io_threads, small.writers) == (1, 1, 2, 1)
     assert (big.torch_intra, big.torch_interop, big.io_threads, big.writers) == (64, 4, 16, 4)
     assert cpuquota.plan().cpus >= 1  # this machine, whatever it is
+
+
+def test_torch_threads_wait_passively_unless_told_otherwise():
+    """The package sets OMP_WAIT_POLICY before torch can load (a default: an explicit setting wins)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, vesuvius_inference; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"

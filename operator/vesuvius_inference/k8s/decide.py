@@ -340,6 +340,8 @@ def _phase_events(ctx: _Ctx, status: Mapping[str, Any]) -> list[Event]:
             failing = job_name(ctx.name, status["stage"])
         detail = _failure_detail(ctx, failing)
         return [("Warning", status["reason"], bounded(message + (f" ({detail})" if detail else "")))]
+    if phase == "Suspended" and status["reason"] != "Suspended":  # held by Kueue or a person, not by the spec
+        return [("Warning", status["reason"], message)]
     return [("Normal", phase, message)]
 
 
