@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .config import MODES
 from .downsample import MEAN, MODE, downsample2
 from .errors import BadArguments, BadInput
 from .frame import Frame
@@ -26,7 +27,6 @@ from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
 from .ngff import auto_levels, class_names, image_metadata, label_metadata, level_shapes
 
-MODES = ("binary", "multiclass")
 DATA_PATH = "0"
 BLENDED, FINAL = "blended", "final"
 

@@ -7,14 +7,14 @@ import json
 import subprocess
 import sys
 
-from vesuvius_inference import partstore, stagecheck
+from vesuvius_inference import paths, stagecheck
 from vesuvius_inference.errors import EXIT_DISRUPTION_LIMIT
 
 
-def test_marker_names_are_partstores():
-    names = [partstore.marker_url("d", i).rsplit("/", 1)[1] for i in (0, 7, 12345, 99999)]
-    names += [partstore.claim_url("d", 3).rsplit("/", 1)[1], "part_00003", "_blend"]
-    assert stagecheck.markers_present(names) == {0, 7, 12345, 99999}
+def test_markers_are_found_by_the_names_predict_gives_them():
+    names = [paths.marker_url("d", i).rsplit("/", 1)[1] for i in (0, 7, 12345, 99999)]
+    names += [paths.claim_url("d", 3).rsplit("/", 1)[1], "part_00003", "_blend"]
+    assert stagecheck.markers_present(names, 100000) == {0, 7, 12345, 99999}
 
 
 def run_cli(*args, env=None):
@@ -26,7 +26,7 @@ def test_check_predict_and_finalize_on_a_local_store(tmp_path):
     parts = tmp_path / "parts"
     parts.mkdir()
     for i in (0, 2):
-        (parts / partstore.marker_url(str(parts), i).rsplit("/", 1)[1]).write_text("{}")
+        (parts / paths.marker_url(str(parts), i).rsplit("/", 1)[1]).write_text("{}")
     r = run_cli("check", "predict", "--parts_dir", str(parts), "--num_parts", "3")
     assert r.returncode == stagecheck.EXIT_INCOMPLETE
     assert r.stdout.strip() == "incomplete: 1 of 3 predict parts have no marker: parts 1"

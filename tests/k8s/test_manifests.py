@@ -8,7 +8,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from vesuvius_inference.cli import blend_parser, finalize_parser, predict_parser
+from vesuvius_inference.cli import parse
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.ranges import count_ranges, format_ranges, parse_ranges
@@ -20,11 +20,9 @@ def sample(name):
     return specmod.parse(yaml.safe_load((SAMPLES / name).read_text())["spec"])
 
 
-def expand(args, index="7", disruptions=""):
-    """The kubelet's $(VAR) expansion of a pod's args, with the Job controller's index and the downward API's
-    (possibly absent, so empty) ignored-failure count."""
-    return [a.replace("$(JOB_COMPLETION_INDEX)", index).replace("$(VESUVIUS_DISRUPTIONS)", disruptions)
-            for a in args]
+def expand(args, index="7"):
+    """The kubelet's $(VAR) expansion of a pod's args: the Job controller's index."""
+    return [a.replace("$(JOB_COMPLETION_INDEX)", index) for a in args]
 
 
 def all_jobs(spec):
@@ -41,7 +39,7 @@ def test_every_job_validates_strictly(name, version):
         kubernetes_validate.validate(job, version, strict=True)
 
 
-def test_predict_job_shape_and_cli_contract():
+def test_predict_job_shape_and_cli_contract(monkeypatch):
     s = sample("full.yaml")
     job = manifests.predict_job("ij", "scrolls", "u", s)
     js = job["spec"]
@@ -59,18 +57,19 @@ def test_predict_job_shape_and_cli_contract():
     assert not any("SECRET" in e["name"] for e in c["env"])  # credentials only through the Secret
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
-    args = expand(c["args"], disruptions="2")
+    args = expand(c["args"])
     assert args[0] == "predict" and "--quiet" not in args  # pods log progress lines
-    parsed = predict_parser().parse_args(args[1:])  # the real parser: a manifest flag it lacks fails here
-    assert (parsed.disruptions, parsed.max_disruptions) == (2, 5)
-    assert predict_parser().parse_args(expand(c["args"])[1:]).disruptions == 0  # no annotation yet: none
+    parsed = parse("predict", args[1:])  # the real parser: a manifest flag it lacks fails here
+    assert (parsed.disruptions, parsed.max_disruptions) == (0, 5)  # no annotation yet: none
+    monkeypatch.setenv("VESUVIUS_DISRUPTIONS", "2")  # the downward API's copy of the Job controller's count
+    assert parse("predict", args[1:]).disruptions == 2
     env = {e["name"]: e for e in c["env"]}
     assert env["VESUVIUS_DISRUPTIONS"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.annotations['batch.kubernetes.io/job-index-ignored-failure-count']"
     assert env["VESUVIUS_CPUS"]["valueFrom"]["resourceFieldRef"] == {
         "containerName": "predict", "resource": "requests.cpu", "divisor": "1"}
     assert (parsed.part_id, parsed.num_parts, parsed.batch_size, parsed.folds, parsed.patch_size) == (
-        7, 512, 4, ["0", "1", "2", "3", "4"], (192, 192, 192))
+        7, 512, 4, ("0", "1", "2", "3", "4"), (192, 192, 192))
     assert parsed.input_dir == "s3://scrollprize-volumes/PHerc1218.zarr/0" and parsed.input_anon
     assert parsed.output_dir == "s3://scratch/PHerc1218/work/parts"
     # each part writes the output rows it alone covers, finalized: the spec's output, mode and threshold
@@ -98,7 +97,7 @@ def test_retry_job_maps_indexes_to_failed_parts(tmp_path):
     assert job["metadata"]["annotations"] == {"vesuvius.dev/part-ids": "3,17,40-42"}
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--part_ids" not in args and "3,17,40-42" not in args  # state lives in the API object, not in args
-    parsed = predict_parser().parse_args(expand(args[1:], index="1"))
+    parsed = parse("predict", expand(args[1:], index="1"))
     in_pod, on_disk = podinfo_file(job, tmp_path)
     assert parsed.part_ids_file == in_pod and parsed.num_parts == 100
     assert resolve_part(parsed.part_id, parsed.part_ids, on_disk) == 17
@@ -130,7 +129,7 @@ def test_blend_and_finalize_jobs():
     s = sample("full.yaml")
     b = manifests.blend_job("ij", "ns", "u", s)
     assert b["spec"]["completionMode"] == "Indexed" and b["spec"]["completions"] == 32
-    parsed = blend_parser().parse_args(expand(b["spec"]["template"]["spec"]["containers"][0]["args"][1:], "3"))
+    parsed = parse("blend", expand(b["spec"]["template"]["spec"]["containers"][0]["args"][1:], "3"))
     # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
     assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
     assert parsed.parts_dir == manifests.parts_dir(s)
@@ -138,9 +137,9 @@ def test_blend_and_finalize_jobs():
     m = specmod.parse(yaml.safe_load((SAMPLES / "minimal.yaml").read_text())["spec"])
     f = manifests.finalize_job("ij", "ns", "u", m)
     assert f["spec"]["completionMode"] == "NonIndexed" and f["spec"]["podFailurePolicy"]["rules"][1]["action"] == "FailJob"
-    parsed = finalize_parser().parse_args(f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
-    assert parsed.delete_intermediates and parsed.output == "s3://results/PHerc0332/surface.zarr"
-    assert parsed.input == manifests.parts_dir(m)  # a fused output: finalize builds its pyramid from the parts
+    parsed = parse("finalize", f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
+    assert parsed.delete_intermediates and parsed.output_path == "s3://results/PHerc0332/surface.zarr"
+    assert parsed.input_path == manifests.parts_dir(m) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
 
 
 def test_spec_validation_beyond_the_schema():
@@ -184,8 +183,8 @@ def test_stage_scheduling_adds_to_the_spec_wide_settings():
     assert mp["nodeSelector"] == {"operator-default": "gpu"} and mp["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert "nodeSelector" not in mb and "tolerations" not in mb
     # per-stage caches reach the CLI
-    bargs = blend_parser().parse_args(expand(manifests.blend_args(s)[1:], "0"))
-    fargs = finalize_parser().parse_args(expand(manifests.finalize_args(s)[1:], "0"))
+    bargs = parse("blend", expand(manifests.blend_args(s)[1:], "0"))
+    fargs = parse("finalize", expand(manifests.finalize_args(s)[1:], "0"))
     assert (bargs.cache_gb, fargs.cache_gb) == (8.0, 4.0)
 
 
@@ -214,11 +213,11 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
         for key, quantities in job["spec"]["template"]["spec"]["containers"][0]["resources"].items():
             assert all(isinstance(v, str) for v in quantities.values()), (key, quantities)
     m = sample("minimal.yaml")
-    args = finalize_parser().parse_args(manifests.finalize_args(m)[1:])
+    args = parse("finalize", manifests.finalize_args(m)[1:])
     # the parts are the only intermediate (predict writes the output itself): finalize removes them, its INPUT
-    assert args.delete_intermediates and args.input == manifests.parts_dir(m) == m.workdir + "/parts"
+    assert args.delete_intermediates and args.input_path == manifests.parts_dir(m) == m.workdir + "/parts"
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
-    args = finalize_parser().parse_args(manifests.finalize_args(kept)[1:])
+    args = parse("finalize", manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from vesuvius_inference.config import PipelineConfig
 from vesuvius_inference.demo.run import MODEL_DIR
-from vesuvius_inference.pipeline import PipelineConfig, run_local_pipeline
+from vesuvius_inference.pipeline import run_local_pipeline
 
 from ngff.checks import assert_overlays, napari_layers, side_checks, validate_ngff_zarr
 
@@ -43,9 +44,9 @@ def outputs(scroll, tmp_path_factory, model_factory):
     made = {}
     for name, (model, mode, threshold, fused, bbox, level) in CASES.items():
         out = root / f"{name}.zarr"
-        run_local_pipeline(PipelineConfig(input=str(scroll.path), output=str(out), model=str(models[model]),
+        run_local_pipeline(PipelineConfig(input_dir=str(scroll.path), output=str(out), model_path=str(models[model]),
                                           parts_per_gpu=2, do_tta=False, mode=mode, threshold=threshold,
-                                          fuse_blend_finalize=fused, bbox=bbox, level=level, device="cpu",
+                                          fuse_blend_finalize=fused, bbox=bbox, level=level, devices=("cpu",),
                                           quiet=True, batch_size=2, chunk_size=(16, 32, 32)))
         made[name] = out
     return made

@@ -5,7 +5,8 @@ finalize``), with exactly the same flags; the image's entrypoint is ``vesuvius-i
 progress lines (progress.py: no ``--quiet``). What a pod needs from the API it gets through the
 downward API, never a token: a retry Job's part ids (the Job's ``vesuvius.dev/part-ids`` annotation,
 copied to its pods, as a file), how often its index was disrupted (the Job controller's
-``job-index-ignored-failure-count`` annotation, as an argument), its CPU request (threads).
+``job-index-ignored-failure-count`` annotation, as ``VESUVIUS_DISRUPTIONS``: config.py's
+``--disruptions``), its CPU request (threads).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
+from .. import __version__, paths
+from ..config import BlendConfig, FinalizeConfig, PredictConfig
 from ..errors import EXIT_DISRUPTION_LIMIT
+from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids
@@ -36,7 +39,6 @@ PODINFO = "/etc/vesuvius"  # the downward API volume
 PART_IDS_FILE = PODINFO + "/part-ids"
 INDEX = "$(JOB_COMPLETION_INDEX)"
 CHECK_TTL_S = 300
-DISRUPTIONS = "$(VESUVIUS_DISRUPTIONS)"
 # Set by the Job controller on every pod of an index it re-creates (pkg/controller/job/indexed_job_utils.go,
 # addIndexFailureCountAnnotation / getNewIndexFailureCounts): failures the podFailurePolicy ignored so far.
 IGNORED_FAILURES = "batch.kubernetes.io/job-index-ignored-failure-count"
@@ -76,56 +78,37 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
 
 
 def parts_dir(spec: JobSpec) -> str:
-    return spec.workdir + "/parts"
+    return paths.parts_dir(spec.workdir)
+
+
+def _index(n: int) -> str:
+    return INDEX if n > 1 else "0"
 
 
 def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[str]:
-    inf = spec["inference"]
-    args = ["predict", "--model_path", spec["model"]["uri"], "--input_dir", spec.input_uri,
-            "--output_dir", parts_dir(spec), "--part_id", INDEX, "--num_parts", str(spec.parts),
-            "--overlap", str(inf["overlap"]), "--batch_size", str(inf["batchSize"]), "--device", str(inf["device"]),
-            "--cache_gb", str(inf["cacheGb"]), "--level", str(spec["input"]["level"]),
-            "--model_cache_dir", MODEL_CACHE]
-    if not inf["tta"]:
-        args.append("--disable_tta")
-    args.append("--skip_empty_patches" if inf["skipEmptyPatches"] else "--no_skip_empty_patches")
-    if inf.get("patchSize"):
-        args += ["--patch_size", ",".join(map(str, inf["patchSize"]))]
-    if inf.get("folds"):
-        args += ["--folds", ",".join(map(str, inf["folds"]))]
-    if inf.get("bbox"):
-        args += ["--bbox", inf["bbox"]]
-    if spec["storage"].get("anonymousInput"):
-        args.append("--input_anon")
-    if part_ids is not None:  # the ids themselves are in the pod's annotation, read as a file (module docstring)
-        args += ["--part_ids_file", PART_IDS_FILE]
-    args += _disruption_args(spec)
-    # each part writes the output's chunk rows it alone covers: no blended intermediate (the fused data path)
-    args += ["--final_output", spec["output"]["uri"], "--mode", spec["mode"]]
-    if spec["threshold"]:
-        args.append("--threshold")
-    if spec["output"].get("levels"):
-        args += ["--levels", str(spec["output"]["levels"])]
-    return args
+    """The predict command of every part: the spec's settings (config.py's ``crd`` paths), and each part
+    writing the output's chunk rows it alone covers (the fused data path: no blended intermediate). A retry
+    Job's part ids are in its pods' annotation, read as a file (the module docstring), never an argument."""
+    cfg = PredictConfig(**crd_values(PredictConfig, "predict", spec.raw), input_dir=spec.input_uri,
+                        output_dir=parts_dir(spec), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
+                        part_ids_file=PART_IDS_FILE if part_ids is not None else None)
+    return ["predict", *to_argv(cfg, overrides={"part_id": INDEX})]
 
 
 def blend_args(spec: JobSpec) -> list[str]:
-    n = int(spec["blend"]["parallelism"])
-    # the seams between parts; the pyramid is finalize's
-    return ["blend", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n), "--part_id",
-            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--seams_only",
-            *(_disruption_args(spec) if n > 1 else [])]
+    """The seams between parts; the pyramid is finalize's."""
+    values = crd_values(BlendConfig, "blend", spec.raw)
+    cfg = BlendConfig(**values, parts_dir=parts_dir(spec), output=spec["output"]["uri"], seams_only=True)
+    return ["blend", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
 def finalize_args(spec: JobSpec) -> list[str]:
-    n = int(spec["finalize"]["parallelism"])
-    # the pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
-    args = ["finalize", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n),
-            "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]),
-            *(_disruption_args(spec) if n > 1 else [])]
-    if not spec["keepIntermediates"]:
-        args.append("--delete_intermediates")  # INPUT, the parts: removed once the output is complete
-    return args
+    """The pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
+    (INPUT, removed once the output is complete) unless keepIntermediates."""
+    values = crd_values(FinalizeConfig, "finalize", spec.raw)
+    cfg = FinalizeConfig(**values, input_path=parts_dir(spec), output_path=spec["output"]["uri"], input_kind="parts",
+                         delete_intermediates=not spec["keepIntermediates"])
+    return ["finalize", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
 def check_args(spec: JobSpec, stage: str) -> list[str]:
@@ -133,13 +116,6 @@ def check_args(spec: JobSpec, stage: str) -> list[str]:
     if stage == "predict":
         return ["check", "predict", "--parts_dir", parts_dir(spec), "--num_parts", str(spec.parts)]
     return ["check", "finalize", "--output", spec["output"]["uri"]]
-
-
-def _disruption_args(spec: JobSpec) -> list[str]:
-    """Indexed stages: the worker refuses to start once its index was disrupted (evicted, preempted) more
-    often than retry.maxDisruptionsPerPart, with an exit code the podFailurePolicy fails the index on."""
-    limit = spec["retry"].get("maxDisruptionsPerPart")
-    return [] if limit is None else ["--disruptions", DISRUPTIONS, "--max_disruptions", str(int(limit))]
 
 
 def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
