@@ -16,7 +16,9 @@ from typing import Any
 
 from . import config
 from .errors import EXIT_BAD_ARGUMENTS, VesuviusError, classify
+from .podopts import guard  # Kubernetes pods: the disruption bound
 from .settings import build_parser, from_args
+from .stagecheck import run_check  # the operator's check Jobs
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -124,6 +126,7 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         return e.exit_code
     _setup_logging(getattr(cfg, "quiet", False))
     try:
+        guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
         COMMANDS[name].run(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -148,9 +151,11 @@ commands:
   demo       synthetic scroll through the whole pipeline on the CPU
   operator   run the Kubernetes operator (kopf)
   render     print the Jobs the operator would create for an InferenceJob
+  check      is a stage's work complete on storage? (the operator's check Jobs)
 
 'vesuvius-inference <command> --help' shows a command's options.
-exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work,
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 69 the device asked for is not usable,
+            75 another live run holds the work, 79 this part was disrupted too often (Kubernetes),
             other: transient failure"""
 
 
@@ -169,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_operator(rest)
     if cmd == "render":
         return _cmd_render(rest)
+    if cmd == "check":
+        return run_check(rest)
     if cmd not in COMMANDS:
         print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS

@@ -12,6 +12,7 @@ I/O live here (``validate``); checks against data or the model live in the stage
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -174,6 +175,30 @@ class Run:
         _positive("--progress_s", self.progress_s, strict=False)
 
 
+def _count(text: str) -> int:
+    """A count the downward API gives; a missing annotation is an empty string there: zero, as Kubernetes
+    implies (pkg/controller/job/indexed_job_utils.go, parseIndexFailureIgnoreCountAnnotation)."""
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count, got {text!r}") from None
+
+
+@dataclass(kw_only=True)
+class Disruptions:
+    """Kubernetes pods of Indexed Jobs (predict, split blend and finalize): how often the Job controller saw
+    this index disrupted (evicted or preempted: failures its podFailurePolicy ignored) and the bound past
+    which the pod refuses to start, exit 79 (errors.disruption_refusal; podopts.guard)."""
+
+    disruptions: int = setting(0, "--disruptions", parse=_count, env="VESUVIUS_DISRUPTIONS",
+                               help="times this part's pods were disrupted so far (the pod's downward API)")
+    max_disruptions: int | None = setting(5, "--max_disruptions", parse=int,
+                                          crd={"predict": "retry.maxDisruptionsPerPart",
+                                               "blend": "retry.maxDisruptionsPerPart",
+                                               "finalize": "retry.maxDisruptionsPerPart"},
+                                          help="refuse to start (exit 79) once --disruptions exceeds this")
+
+
 @dataclass(kw_only=True)
 class Split:
     """One of several processes sharing a blend or finalize (``--num_parts/--part_id``)."""
@@ -215,15 +240,19 @@ def _validate_predict_settings(c: Any) -> None:
 
 
 @dataclass(kw_only=True)
-class PredictConfig(Run, FinalEncoding, Memory, Compute, PartCount, Grid, InputChoice, ModelChoice, Storage):
+class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartCount, Grid, InputChoice, ModelChoice,
+                    Storage):
     """One predict part: everything that determines its bytes, plus where they go and how it runs."""
 
     command: ClassVar[str] = "predict"
     output_dir: str = setting(REQUIRED, "--output_dir", help="directory of the part stores (blend's PARTS_DIR)")
     part_id: int = setting(0, "--part_id", parse=int, help="which part (0-based)")
     part_ids: str | None = setting(None, "--part_ids", metavar="RANGES",
-                                   help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs "
-                                        "map their indexes to parts")
+                                   help="run the part_id-th entry of this index list (e.g. 3,17,40-42)")
+    part_ids_file: str | None = setting(None, "--part_ids_file", metavar="PATH",
+                                        help="the same list read from this file: how retry Jobs map their indexes to "
+                                             "parts (the pod's copy of the Job's vesuvius.dev/part-ids annotation, "
+                                             "ranges or a compressed bitmap: no argument-size limit)")
     device: str = setting("cuda", "--device", crd="inference.device", help="cuda, cuda:N or cpu")
     blended_output: str | None = setting(None, "--blended_output", metavar="URL",
                                          help="write the chunks only this part covers straight into these blended "
@@ -238,16 +267,11 @@ class PredictConfig(Run, FinalEncoding, Memory, Compute, PartCount, Grid, InputC
         return int((self.input_cache_gb if self.input_cache_gb is not None else self.cache_gb / 4) * (1 << 30))
 
     def the_part(self) -> int:
-        """The part this run predicts: ``part_id``, or the ``part_id``-th of ``part_ids`` (retry Jobs)."""
-        if not self.part_ids:
-            return self.part_id
-        from .k8s.ranges import parse_ranges
+        """The part this run predicts: ``part_id``, or the ``part_id``-th of ``part_ids`` / ``part_ids_file``
+        (retry Jobs)."""
+        from .podopts import resolve_part
 
-        ids = sorted(parse_ranges(self.part_ids))
-        if not 0 <= self.part_id < len(ids):
-            raise BadArguments(f"--part_id {self.part_id} is out of range for --part_ids {self.part_ids} "
-                               f"({len(ids)} parts)")
-        return ids[self.part_id]
+        return resolve_part(self.part_id, self.part_ids, self.part_ids_file)
 
     def validate(self) -> None:
         storage.require_writable(self.output_dir, "--output_dir")
@@ -308,7 +332,7 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, Grid, InputChoice, Mod
 
 
 @dataclass(kw_only=True)
-class BlendConfig(Run, FinalEncoding, Memory, Split, Storage):
+class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     """The seams between predict parts (and, in the seed's layout, the parts' own rows)."""
 
     command: ClassVar[str] = "blend"
@@ -335,7 +359,7 @@ class BlendConfig(Run, FinalEncoding, Memory, Split, Storage):
 
 
 @dataclass(kw_only=True)
-class FinalizeConfig(Run, FinalEncoding, Memory, Split, Storage):
+class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     """The output's pyramid and metadata, from blended logits or from what the parts and blend wrote."""
 
     command: ClassVar[str] = "finalize"

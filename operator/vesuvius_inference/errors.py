@@ -12,6 +12,9 @@ EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_INPUT = 3
 EXIT_NO_DEVICE = 69  # sysexits' EX_UNAVAILABLE: the device asked for cannot be used here; retried elsewhere
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry later
+# A Kubernetes pod whose part was disrupted (evicted, preempted) more often than allowed: never retried
+# (the operator's podFailurePolicy fails the index on it). Outside sysexits' 64-78 on purpose.
+EXIT_DISRUPTION_LIMIT = 79
 
 
 class VesuviusError(Exception):
@@ -51,6 +54,26 @@ class DeviceUnavailable(VesuviusError):
     """
 
     exit_code = EXIT_NO_DEVICE
+
+
+class DisruptedTooOften(VesuviusError):
+    """This part's pods were evicted or preempted more often than the run allows (Kubernetes only):
+    restarting it again would repeat the loop, so the part fails with this reason."""
+
+    exit_code = EXIT_DISRUPTION_LIMIT
+
+
+def disruption_refusal(part: int, disruptions: int, limit: int | None) -> DisruptedTooOften | None:
+    """The error a pod raises at start when its index was disrupted more than ``limit`` times (None: run).
+    ``disruptions`` is the Job controller's count of ignored failures of the index (the pod's
+    batch.kubernetes.io/job-index-ignored-failure-count annotation)."""
+    if limit is None or disruptions <= limit:
+        return None
+    return DisruptedTooOften(
+        f"part {part} was disrupted {disruptions} times (evicted by the kubelet or preempted; the limit is "
+        f"retry.maxDisruptionsPerPart={limit}): not starting it again. Node-pressure evictions pick pods that use "
+        "more memory than they request first: raise the stage's memory request (spec.predict.resources) or "
+        "lower inference.cacheGb, then bump spec.retryFailedParts")
 
 
 def classify(exc: BaseException) -> VesuviusError | None:

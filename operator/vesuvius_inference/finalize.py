@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, storage
+from . import cpuquota, paths, storage
 from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
@@ -153,7 +153,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     def complete() -> None:
         from .iopool import WritePool
 
-        io = WritePool(4)
+        io = WritePool(cpuquota.plan().writers)  # the CPU quota's, not a fixed 4
         try:
             if unit:
                 Pyramid(out, io).build_top(unit)

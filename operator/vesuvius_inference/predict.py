@@ -78,8 +78,8 @@ def prepare(cfg: PredictConfig) -> PartContext:
 def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | None = None) -> tuple[str, str]:
     """Run one part; return (part store URL, marker URL). Idempotent: a finished part returns at once.
     ``listener`` receives the part's progress instead of the terminal (the pipeline shows all parts as one)."""
-    if cfg.part_ids:
-        cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None)
+    if cfg.part_ids or cfg.part_ids_file:
+        cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None, part_ids_file=None)
     ctx = prepare(cfg)
     work = ctx.work
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, storage
+from . import cpuquota, paths, storage
 from .accumulate import ChunkAccumulator
 from .claimedwork import ClaimedWork
 from .claims import Lease
@@ -38,7 +38,6 @@ from .reader import Patch, PatchReader
 from .volume import InputVolume
 
 log = logging.getLogger("vesuvius_inference.predict")
-WRITERS = 4
 
 
 def output_spec(cfg: PredictConfig) -> OutputSpec | None:
@@ -172,7 +171,8 @@ class PartRun:
         else:
             group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
                                  volume.shape, ctx.chunks, plan.layout.segments(cfg.part_id), self.spec is None, so)
-        self.io = WritePool(WRITERS, guard=self.lease.check)
+        threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's
+        self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
         owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
                        staging=paths.pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])

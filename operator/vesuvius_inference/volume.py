@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import cpuquota, storage
 from .errors import BadArguments, BadInput
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
@@ -36,7 +36,7 @@ class InputVolume:
     has_channel_axis: bool
     frame: Frame = field(default_factory=Frame)  # the world frame of the chosen level
     cache_bytes: int = 0
-    io_threads: int = 8
+    io_threads: int = field(default_factory=lambda: cpuquota.plan().io_threads)  # the CPU quota's, not 8
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

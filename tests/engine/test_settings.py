@@ -36,7 +36,8 @@ NON_DEFAULT = {
     "threshold": True, "levels": 3, "quiet": True, "overwrite": True, "lease_s": 17.0, "progress_s": 5.0,
 }
 SINGLE_VALUED = {"tta_type"}  # nnU-Net has one kind; no other value exists to carry
-PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output"}  # the route's
+PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output",  # the route's
+            "part_ids_file", "disruptions", "max_disruptions"}  # Kubernetes pods': the downward API, spec.retry
 # Predict settings a Kubernetes spec does not set, and why.
 NOT_IN_SPEC = {
     "storage_options": "credentials and endpoint reach pods as env from spec.storage (secretName, endpointUrl)",
