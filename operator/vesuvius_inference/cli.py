@@ -1,7 +1,7 @@
 """Command-line front door: ``vesuvius-inference <command>`` and the seed's ``vesuvius.*`` names.
 
 Every option accepts ``--a_b`` and ``--a-b``. Stage modules are imported only when their command
-runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes: 0 done,
+runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes (errors.py): 0 done,
 2 bad arguments, 3 bad input data or model, anything else a transient failure worth a retry.
 """
 
@@ -14,11 +14,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import EXIT_BAD_ARGUMENTS, BadArguments, classify
+from .failure import debug_requested, report, write_termination_message
 
 log = logging.getLogger("vesuvius_inference")
 
 
 class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        """argparse's usage and message (exit 2), and the message for Kubernetes as every failure's."""
+        write_termination_message(f"error: {self.prog}: {message}\n")
+        super().error(message)
+
     def opt(self, name: str, *more: str, **kw: Any) -> None:
         """Add an option under both its underscore and hyphen spellings."""
         names = [name, *more]
@@ -53,6 +59,7 @@ def _common(p: _Parser) -> None:
     p.opt("--storage-options", default=None, metavar="JSON",
           help="fsspec options for remote URLs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}' "
                "(default: $VESUVIUS_STORAGE_OPTIONS)")
+    p.opt("--debug", action="store_true", help="print the traceback of a failure (also $VESUVIUS_DEBUG=1)")
 
 
 def _model_opts(p: _Parser, seed_names: bool) -> None:
@@ -80,7 +87,9 @@ def predict_parser() -> _Parser:
     p.opt("--num_parts", type=int, default=1)
     p.opt("--part_ids", default=None, metavar="RANGES",
           help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs map indexes to parts")
-    p.opt("--device", default="cuda", help="cuda, cuda:N or cpu (cuda falls back to cpu when there is no GPU)")
+    p.opt("--device", default="auto",
+          help="auto (default: a CUDA GPU if one is visible, else the CPU, saying so), cuda, cuda:N or cpu; a GPU "
+               "asked for that this process cannot use exits 69 before anything is written")
     p.opt("--input_anon", action="store_true", help="read the input without credentials (public buckets)")
     p.opt("--bbox", default=None, metavar="z0:z1,y0:y1,x0:x1",
           help="region of interest (half-open, volume coordinates); outputs keep the volume's frame")
@@ -220,9 +229,11 @@ def demo_parser() -> _Parser:
     return p
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, debug: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
+    if debug:
+        log.setLevel(logging.DEBUG)
 
 
 def _storage(args: argparse.Namespace) -> dict[str, Any]:
@@ -330,22 +341,19 @@ COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], 
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
-    """Parse and run one command; map errors to exit codes with one line on stderr."""
+    """Parse and run one command. Every failure ends as one ``error:`` line and its exit code (errors.py)."""
     make_parser, fn = COMMANDS[name]
     parser = make_parser()
     args = parser.parse_args(list(argv))  # exits 2 on bad arguments
-    _setup_logging(getattr(args, "quiet", False))
+    debug = debug_requested(getattr(args, "debug", False))
+    _setup_logging(getattr(args, "quiet", False), debug)
     try:
         fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - mapped to an exit code below, or re-raised as transient
-        known = classify(e)
-        if known is None:
-            raise
-        print(f"error: {known}", file=sys.stderr)
-        return known.exit_code
+    except Exception as e:  # noqa: BLE001 - every failure is classified: one line, one exit code
+        return report(classify(e), e, debug)
     return 0
 
 
@@ -362,8 +370,8 @@ commands:
   render     print the Jobs the operator would create for an InferenceJob
 
 'vesuvius-inference <command> --help' shows a command's options.
-exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work,
-            other: transient failure"""
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 69 the device asked for is unavailable,
+            74 storage unreachable, 75 another live run holds the work, 1 other failure (all but 2, 3: rerun)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
-from .errors import BadArguments, BadInput
+from .errors import BadArguments, BadInput, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.model")
 ENV_CACHE = "VESUVIUS_MODEL_CACHE_DIR"
@@ -107,6 +107,8 @@ def _fetch_hf(url: str, cache_dir: str) -> str:
                                  allow_patterns=["plans.json", "dataset.json", "*checkpoint_final.pth",
                                                  "*checkpoint_best.pth"], token=os.environ.get("HF_TOKEN"))
     except Exception as e:  # offline without a cached snapshot, unknown repo, no permission
+        if is_transient(e):
+            raise classify(e, f"downloading the model {url}") from e
         raise BadInput(f"cannot get model {url}: {type(e).__name__}: {e}") from None
     if not any(p.name.startswith("fold_") for p in Path(path).iterdir()) and Path(path, "checkpoint_final.pth").exists():
         # a flat repo (checkpoint next to plans.json): present it as fold_0, as nnU-Net expects

@@ -61,15 +61,22 @@ class PipelineConfig:
 def select_devices(gpus: str, forced: str | None = None) -> list[str]:
     """Torch device names for ``--gpus``; the CPU (with one clear line) when there is no GPU."""
     if forced:
+        from .runner import resolve_device
+
+        resolve_device(forced)  # a GPU asked for that cannot be used: exit 69 before any stage starts
         return [forced]
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if n == 0:
-        log.warning("no CUDA GPU found: running every part on the CPU, one after another")
-        return ["cpu"]
     if gpus.strip().lower() == "all":
+        if n == 0:
+            log.warning("no CUDA GPU found: running every part on the CPU, one after another")
+            return ["cpu"]
         return [f"cuda:{i}" for i in range(n)]
+    if n == 0:  # GPUs named explicitly: a GPU asked for is a GPU used
+        from .runner import resolve_device
+
+        resolve_device("cuda", asked=f"--gpus {gpus}")  # raises DeviceUnavailable with what to check
     try:
         ids = [int(g) for g in gpus.split(",") if g.strip()]
     except ValueError:

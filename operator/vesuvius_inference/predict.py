@@ -50,7 +50,7 @@ class PredictConfig:
     num_parts: int = 1
     overlap: float = 0.5
     batch_size: int = 1
-    device: str = "cuda"
+    device: str = "auto"  # auto: a CUDA GPU if one is visible, else the CPU; cuda/cuda:N: that GPU or exit 69
     skip_empty_patches: bool = True
     do_tta: bool = True
     tta_type: str = "mirroring"
@@ -144,6 +144,7 @@ class _Context:
     fp: dict[str, Any]
     marker_url: str
     claim_url: str
+    device: Any = None  # the torch device, checked before the part is claimed
 
 
 def plan_part(grid: PatchGrid, cgrid: ChunkGrid, part: tuple[int, int]) -> dict[Shape3, int]:
@@ -310,6 +311,9 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         log.info("predict part %d/%d is already complete (%s): nothing to do", cfg.part_id, cfg.num_parts,
                  ctx.marker_url)
         return storage.read_json(ctx.marker_url, so)["store"], ctx.marker_url
+    from .runner import resolve_device
+
+    ctx.device = resolve_device(cfg.device)  # a GPU asked for and not usable: exit 69 before anything is written
     lease = Lease(ctx.claim_url, f"predict part {cfg.part_id} of {cfg.output_dir}", so,
                   cfg.lease_s if cfg.lease_s is not None else default_lease_s(),
                   info={"part_id": cfg.part_id})
@@ -330,7 +334,7 @@ class Inferer:
     def __init__(self, model_path: str, input_dir: str, output_dir: str, input_format: str = "zarr",
                  tta_type: str = "mirroring", do_tta: bool = True, num_parts: int = 1, part_id: int = 0,
                  overlap: float = 0.5, batch_size: int = 1, patch_size: Sequence[int] | None = None,
-                 device: str = "cuda", skip_empty_patches: bool = True, folds: Sequence[int] | None = None,
+                 device: str = "auto", skip_empty_patches: bool = True, folds: Sequence[int] | None = None,
                  cache_gb: float = 4.0, chunk_size: Sequence[int] | None = None, level: int = 0,
                  overwrite: bool = False, verbose: bool = False, storage_options: dict[str, Any] | None = None,
                  **ignored: Any) -> None:

@@ -77,7 +77,7 @@ def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
     if model.num_input_channels != volume.channels:
         raise BadInput(f"model expects {model.num_input_channels} input channel(s), {cfg.input_dir} has {volume.channels}")
     c = model.num_classes
-    device = resolve_device(cfg.device)
+    device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
     grid = make_grid(volume.shape, ctx.patch, cfg.overlap, cfg.bbox)
     cgrid = ChunkGrid(volume.shape, ctx.chunks)
     nonempty = patch_nonempty(grid, volume, cfg.skip_empty_patches)

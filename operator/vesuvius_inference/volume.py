@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import storage
-from .errors import BadArguments, BadInput
+from .errors import BadArguments, BadInput, classify, is_transient, kind
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
 
@@ -138,7 +138,9 @@ class InputVolume:
 
         try:
             keys = sync(_keys())
-        except Exception:  # stores that cannot list (plain HTTP) simply give no shortcut
+        except Exception as e:  # stores that cannot list (plain HTTP) simply give no shortcut ...
+            if is_transient(e):  # ... but a store that is down must not silently change the part split
+                raise classify(e, f"listing the chunks of the input {self.url}") from e
             return None
         meta = self.array.metadata
         counts = self.chunk_grid.counts
@@ -163,7 +165,9 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         node = zarr.open(store=store, mode="r")
     except FileNotFoundError:
         raise BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)") from None
-    except Exception as e:  # zarr raises a variety of errors for non-zarr paths
+    except Exception as e:  # zarr raises a variety of errors for non-zarr paths; storage trouble is not one
+        if kind(e) is not None:
+            raise classify(e, f"opening the input {url}") from e
         raise BadInput(f"input {url} is not a readable Zarr array or group: {type(e).__name__}: {e}") from None
     frame = Frame()
     if isinstance(node, zarr.Group):
