@@ -79,7 +79,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     from .grid import parse_bbox
 
     try:
-        box = parse_bbox(cfg.bbox, volume.shape)
+        box = parse_bbox(cfg.bbox, volume.shape, volume.where)
     except ValueError as e:
         raise BadArguments(str(e)) from None
     if box is None:

@@ -185,12 +185,12 @@ def _shared_stats(cfg: PredictConfig, normalizer: Any, volume: InputVolume, fp: 
     return stats
 
 
-def _region(bbox: str | None, shape: Shape3) -> tuple[Shape3, Shape3] | None:
+def _region(bbox: str | None, shape: Shape3, where: str = "the input") -> tuple[Shape3, Shape3] | None:
     """``--bbox`` as (lo, hi), or None for the whole volume; a malformed one is a bad argument (exit 2)."""
     from .grid import parse_bbox
 
     try:
-        return parse_bbox(bbox, shape)
+        return parse_bbox(bbox, shape, where)
     except ValueError as e:
         raise BadArguments(str(e)) from None
 
@@ -263,6 +263,7 @@ def _prepare(cfg: PredictConfig) -> _Context:
     cfg.validate()
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
+    region = _region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
     from .model_source import resolve_model
 
     model_dir = resolve_model(cfg.model_path, cfg.storage_options, cfg.model_cache_dir)
@@ -273,7 +274,7 @@ def _prepare(cfg: PredictConfig) -> _Context:
 
     check_schemes(_plans_configuration(model_dir).get("normalization_schemes", []))  # before any work
     if cfg.intensity_check != "off":
-        problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"), _region(cfg.bbox, volume.shape))
+        problem = intensity_mismatch(volume, _model_json(model_dir, "plans.json"), region)
         if problem and cfg.intensity_check == "error":
             raise BadInput(problem)
         if problem:
