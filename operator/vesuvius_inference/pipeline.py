@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import storage
@@ -173,6 +173,10 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
 
     if cfg.parts_per_gpu < 1:
         raise BadArguments(f"--parts-per-gpu must be >= 1, got {cfg.parts_per_gpu}")
+    from .model_source import fold_parent
+
+    model, folds = fold_parent(cfg.model, cfg.folds)
+    cfg = replace(cfg, model=model, folds=folds)
     if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
         raise BadArguments("--output must differ from --input")
     storage.require_writable(cfg.output, "--output")

@@ -70,11 +70,14 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     if cfg.num_parts < 1:
         raise BadArguments("--num_parts must be >= 1")
     volume = open_volume(cfg.input, cfg.level, cfg.storage_options)
-    patch, n_folds, n_classes, _ = _model_facts(cfg.model, cfg.storage_options)
+    from .model_source import fold_parent
+
+    model, folds = fold_parent(cfg.model, cfg.folds)
+    patch, n_folds, n_classes, _ = _model_facts(model, cfg.storage_options)
     if cfg.patch_size:
         patch = tuple(cfg.patch_size)  # type: ignore[assignment]
-    if cfg.folds:
-        n_folds = len(cfg.folds)
+    if folds:
+        n_folds = len(folds)
     chunks = tuple(cfg.chunk_size or patch)
     from .grid import parse_bbox
 

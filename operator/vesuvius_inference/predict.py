@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -261,11 +261,13 @@ def model_classes(model_path: str) -> int:
 
 def _prepare(cfg: PredictConfig) -> _Context:
     cfg.validate()
+    from .model_source import fold_parent, resolve_model
+
+    model_path, folds = fold_parent(cfg.model_path, cfg.folds)
+    cfg = replace(cfg, model_path=model_path, folds=folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
     region = _region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
-    from .model_source import resolve_model
-
     model_dir = resolve_model(cfg.model_path, cfg.storage_options, cfg.model_cache_dir)
     spec = cfg.output_spec
     if spec is not None and spec.kind == FINAL:
