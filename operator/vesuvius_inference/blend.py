@@ -31,7 +31,8 @@ from .fixedpoint import divide_np
 from .grid import ChunkGrid, Shape3, split_chunks
 from .iopool import WritePool
 from .layout import SUMS, PartLayout, Segment
-from .output import BLENDED, FINAL, Output, OutputSpec, list_chunk_coords, output_config
+from .ngff import AUTO, ngff_for
+from .output import BLENDED, FINAL, Output, OutputSpec, check_ngff_version, list_chunk_coords, output_config
 from .partstore import BLEND_DIR, claim_url, level0_marker, open_store, pyramid_staging
 from .stagesplit import Split
 
@@ -197,11 +198,14 @@ class BlendConfig:
     lease_s: float | None = None
     levels: int | None = None  # with mode: pyramid levels of the final output (seed layout)
     then_finalize: bool = True  # unsplit blend of a final output also builds its pyramid (one command)
+    ngff_version: str = AUTO  # with mode (seed layout): 0.4 (Zarr v2), 0.5 (Zarr v3), auto: the predicted input's
+    finalize: bool = False  # the output must be final (vesuvius.blend_and_finalize): mode defaults to binary
 
     def validate(self) -> None:
         storage.require_writable(self.output, "OUTPUT")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise BadArguments(f"--part_id {self.part_id} is out of range for --num_parts {self.num_parts}")
+        check_ngff_version(self.ngff_version)
         if abs(self.sigma_scale - 8.0) > 1e-9:
             raise BadArguments("--sigma_scale: the Gaussian (sigma = patch/8, nnU-Net's) is applied while predicting; "
                                "only 8 is supported")
@@ -210,9 +214,13 @@ class BlendConfig:
 def _target(cfg: BlendConfig, parts: PartSet) -> tuple[OutputSpec, bool]:
     """The output to finish, and whether the parts hold their own rows (the seed layout)."""
     predicted = parts.output
+    if cfg.finalize and predicted is not None and predicted.kind != FINAL:
+        raise BadArguments(f"the parts in {parts.parts_dir} wrote blended float16 logits into {predicted.url}: blend "
+                           f"there, then finalize them (vesuvius.finalize_outputs {predicted.url} {cfg.output})")
     if predicted is None:
-        kind = FINAL if cfg.mode else BLENDED
-        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold, cfg.levels), True
+        kind = FINAL if (cfg.mode or cfg.finalize) else BLENDED
+        ngff = ngff_for(cfg.ngff_version, parts.config.get("input_zarr_format"))
+        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold, cfg.levels, ngff), True
     if not predicted.same_place(cfg.output):
         raise BadArguments(f"the parts in {parts.parts_dir} were predicted into {predicted.url}: blend into that "
                            f"output (vesuvius.blend_logits {parts.parts_dir} {predicted.url})")

@@ -70,7 +70,9 @@ def _model_opts(p: _Parser, seed_names: bool) -> None:
     p.opt("--patch_size", type=_ints, default=None, help="z,y,x (default: the model's plans)")
     p.opt("--folds", type=_folds, default=None, help="folds to ensemble, e.g. 0,1 (default: every fold present)")
     p.opt("--cache_gb", type=float, default=4.0, help="memory bound for the accumulation cache, GB")
-    p.opt("--chunk_size", type=_ints, default=None, help="z,y,x chunks of the logits (default: the patch size)")
+    p.opt("--chunk_size", type=_ints, default=None,
+          help="z,y,x chunks of the output (final or blended) and of the accumulation and part stores "
+               "(default: the patch size; even sizes for a pyramid)")
     p.opt("--level", type=int, default=0, help="OME-Zarr level of the input (0 = full resolution)")
     p.opt("--skip_empty_patches", dest="skip_empty_patches", action="store_true", default=True,
           help="do not run the model on homogeneous patches (default: on)")
@@ -123,6 +125,9 @@ def predict_parser() -> _Parser:
 def _levels_opt(p: _Parser) -> None:
     p.opt("--levels", type=int, default=None,
           help="resolution levels of the final output's pyramid, 2x per axis (default: down to one chunk)")
+    p.opt("--ngff_version", choices=["auto", "0.4", "0.5"], default="auto",
+          help="the final output's format: OME-Zarr 0.4 on Zarr v2, or 0.5 on Zarr v3; auto (default): the input's "
+               "(a Zarr v2 scan gets 0.4, a v3 one 0.5)")
 
 
 def _lease_opt(p: _Parser) -> None:
@@ -147,10 +152,21 @@ def blend_parser() -> _Parser:
     _lease_opt(p)
     p.opt("--cache_gb", type=float, default=4.0)
     p.opt("--sigma_scale", type=float, default=8.0, help="sigma = patch / sigma_scale (nnU-Net: 8, the only value)")
-    p.opt("--chunk_size", type=_ints, default=None, help="must match the parts' chunks when given")
+    p.opt("--chunk_size", type=_ints, default=None,
+          help="the output's chunks are the parts' (predict --chunk_size); when given, must match them")
     p.opt("--num_parts", type=int, default=1, help="split the output chunks over this many processes")
     p.opt("--part_id", type=int, default=0)
     _common(p)
+    return p
+
+
+def blend_and_finalize_parser() -> _Parser:
+    """The seed's ``vesuvius.blend_and_finalize``: blend's flags, the output always final (default --mode binary)."""
+    p = blend_parser()
+    p.prog = "vesuvius.blend_and_finalize"
+    p.description = ("Blend predict parts and finalize in one pass into a uint8 OME-Zarr output (no float16 "
+                     "intermediate); parts predicted into an output are finished there.")
+    p.set_defaults(finalize=True)
     return p
 
 
@@ -262,7 +278,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         input_anon=args.input_anon, model_cache_dir=args.model_cache_dir, input_cache_gb=args.input_cache_gb,
         patch_order=args.patch_order, bbox=args.bbox, checkpoint_s=args.checkpoint_s,
         blended_output=args.blended_output, final_output=args.final_output, mode=args.mode, threshold=args.threshold,
-        lease_s=args.lease_s, levels=args.levels, intensity_check=args.intensity_check, compile=args.compile))
+        lease_s=args.lease_s, levels=args.levels, intensity_check=args.intensity_check, compile=args.compile,
+        ngff_version=args.ngff_version))
 
 
 def _cmd_blend(args: argparse.Namespace) -> None:
@@ -272,7 +289,8 @@ def _cmd_blend(args: argparse.Namespace) -> None:
                           chunk_size=args.chunk_size, num_parts=args.num_parts, part_id=args.part_id,
                           overwrite=args.overwrite, quiet=args.quiet, storage_options=_storage(args),
                           mode=args.mode, threshold=args.threshold, lease_s=args.lease_s, levels=args.levels,
-                          then_finalize=not args.seams_only))
+                          then_finalize=not args.seams_only, ngff_version=args.ngff_version,
+                          finalize=getattr(args, "finalize", False)))
 
 
 def _cmd_finalize(args: argparse.Namespace) -> None:
@@ -283,7 +301,7 @@ def _cmd_finalize(args: argparse.Namespace) -> None:
                                 cache_gb=args.cache_gb,
                                 num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite,
                                 quiet=args.quiet, storage_options=_storage(args), levels=args.levels,
-                                lease_s=args.lease_s))
+                                lease_s=args.lease_s, ngff_version=args.ngff_version))
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
@@ -297,7 +315,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
         skip_empty_patches=args.skip_empty_patches, skip_predict=args.skip_predict, skip_blend=args.skip_blend,
         skip_finalize=args.skip_finalize, keep_intermediates=args.keep_intermediates,
         fuse_blend_finalize=args.fuse_blend_finalize, overwrite=args.overwrite, quiet=args.quiet, bbox=args.bbox,
-        storage_options=_storage(args), levels=args.levels))
+        storage_options=_storage(args), levels=args.levels, ngff_version=args.ngff_version))
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
@@ -333,6 +351,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[], _Parser], Callable[[argparse.Namespace], None]]] = {
     "predict": (predict_parser, _cmd_predict),
     "blend": (blend_parser, _cmd_blend),
+    "blend_and_finalize": (blend_and_finalize_parser, _cmd_blend),
     "finalize": (finalize_parser, _cmd_finalize),
     "pipeline": (pipeline_parser, _cmd_pipeline),
     "demo": (demo_parser, _cmd_demo),
@@ -362,6 +381,7 @@ USAGE = """usage: vesuvius-inference <command> [options]
 commands:
   predict    run the model over one part of a volume       (= vesuvius.predict)
   blend      merge parts into blended logits                (= vesuvius.blend_logits)
+  blend_and_finalize  blend and finalize in one pass          (= vesuvius.blend_and_finalize)
   finalize   logits -> uint8 OME-Zarr output                (= vesuvius.finalize_outputs)
   pipeline   predict -> blend -> finalize on this machine   (= vesuvius.inference_pipeline)
   plan       grid, part balance, bytes and model passes, from metadata only
@@ -401,6 +421,10 @@ def predict_main() -> int:
 
 def blend_main() -> int:
     return run_command("blend", sys.argv[1:])
+
+
+def blend_and_finalize_main() -> int:
+    return run_command("blend_and_finalize", sys.argv[1:])
 
 
 def finalize_main() -> int:

@@ -20,17 +20,20 @@ from .blend import run_fused
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3
+from .ngff import AUTO, NGFF_VERSION, ngff_for
 from .output import (
     DATA_PATH,
     FINAL,
     MODES,
     Output,
     OutputSpec,
+    check_ngff_version,
     finalize_chunk,
     is_complete,
     list_chunk_coords,
     output_channels,
     output_config,
+    written_config,
 )
 from .pyramid import Pyramid, unit_level, units_with_data
 
@@ -57,9 +60,11 @@ class FinalizeConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     levels: int | None = None
     lease_s: float | None = None
+    ngff_version: str = AUTO  # from blended logits: 0.4 (Zarr v2), 0.5 (Zarr v3), auto: the predicted input's
 
     def validate(self) -> None:
         storage.require_writable(self.output_path, "OUTPUT")
+        check_ngff_version(self.ngff_version)
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
         out = self.output_path.rstrip("/")
@@ -93,11 +98,10 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     parts = load_parts(cfg.input_path, so)
     spec = parts.output
     if spec is None:  # the seed's layout: blend --mode made the output; its own metadata says how
-        made = ((storage.read_json(storage.join(cfg.output_path, "zarr.json"), so) or {}).get("attributes", {})
-                .get("vesuvius", {}).get("config") or {})
+        made = written_config(cfg.output_path, so) or {}
         if made.get("kind") == FINAL:
             spec = OutputSpec(cfg.output_path, FINAL, made.get("mode", "binary"), bool(made.get("threshold")),
-                              made.get("levels"))
+                              made.get("levels"), made.get("ngff", NGFF_VERSION))
     if spec is None or spec.kind != FINAL or not spec.same_place(cfg.output_path):
         raise BadArguments(f"the parts in {cfg.input_path} did not write a final output at {cfg.output_path}; "
                            "blend them first (vesuvius.blend_logits PARTS OUTPUT)")
@@ -133,9 +137,10 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(s) for s in src.chunks[1:])  # type: ignore[assignment]
     output_channels(cfg.mode, cfg.threshold, c)
-    spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels)
-    config = {**output_config({}, spec), "predict": (blended_state.get("config") or {}).get("predict"),
-              "from": "blended"}
+    predicted = (blended_state.get("config") or {}).get("predict") or {}
+    ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
+    spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels, ngff)
+    config = {**output_config({}, spec), "predict": predicted or None, "from": "blended"}
     out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite)
     cgrid = ChunkGrid(shape, chunks)
     present = {tuple(k[1:]) for k in list_chunk_coords(src)}

@@ -51,6 +51,7 @@ class PipelineConfig:
     device: str | None = None  # force a device ("cpu") regardless of --gpus
     bbox: str | None = None
     levels: int | None = None  # pyramid levels of the output (None: down to one chunk)
+    ngff_version: str = "auto"  # the output's OME-Zarr version (0.4 on Zarr v2, 0.5 on v3); auto: the input's
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,7 +100,7 @@ def _predict_config(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts
         chunk_size=cfg.chunk_size, level=cfg.level, overwrite=cfg.overwrite, quiet=cfg.quiet,
         storage_options=cfg.storage_options, bbox=cfg.bbox,
         final_output=cfg.output if fused else None, blended_output=None if fused else _blended(cfg),
-        mode=cfg.mode, threshold=cfg.threshold, levels=cfg.levels)
+        mode=cfg.mode, threshold=cfg.threshold, levels=cfg.levels, ngff_version=cfg.ngff_version)
 
 
 def _blended(cfg: PipelineConfig) -> str:
@@ -115,6 +116,7 @@ def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: 
     if pc.final_output:
         args += ["--final_output", pc.final_output, "--mode", pc.mode] + (["--threshold"] if pc.threshold else [])
         args += ["--levels", str(pc.levels)] if pc.levels else []
+        args += ["--ngff_version", pc.ngff_version]
     else:
         args += ["--blended_output", pc.blended_output]
     if not cfg.do_tta:
@@ -214,7 +216,8 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
             stage("finalize", lambda: run_finalize(FinalizeConfig(blended, cfg.output, mode=cfg.mode,
                                                                   threshold=cfg.threshold, cache_gb=cfg.cache_gb,
                                                                   overwrite=cfg.overwrite, quiet=cfg.quiet,
-                                                                  storage_options=so, levels=cfg.levels)))
+                                                                  storage_options=so, levels=cfg.levels,
+                                                                  ngff_version=cfg.ngff_version)))
     from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
@@ -239,14 +242,15 @@ def _check_finalize_arguments(cfg: PipelineConfig) -> None:
 def _clear_other_runs(cfg: PipelineConfig, parts_dir: str) -> None:
     """--overwrite: remove the output predict writes into if another configuration made it, before any
     part writes (this process is the only writer now; parts never delete a shared output)."""
-    from .output import output_config
+    from .output import output_config, read_attributes
     from .predict import _prepare
 
     pc = _predict_config(cfg, parts_dir, 0, 1, "cpu")
     spec = pc.output_spec
-    meta = storage.read_json(storage.join(spec.url, "zarr.json"), cfg.storage_options)
-    prev = ((meta or {}).get("attributes", {}).get("vesuvius") or {}).get("config")
-    if meta is not None and prev != output_config(_prepare(pc).fp, spec):
+    attrs = read_attributes(spec.url, cfg.storage_options)  # Zarr v2 or v3
+    prev = ((attrs or {}).get("vesuvius") or {}).get("config")
+    ctx = _prepare(pc)
+    if attrs is not None and prev != output_config(ctx.fp, ctx.cfg.output_spec):
         storage.remove(spec.url, cfg.storage_options)
         log.info("--overwrite: removed %s (written by another configuration)", spec.url)
 

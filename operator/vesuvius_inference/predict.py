@@ -23,7 +23,8 @@ from . import storage
 from .claims import Lease, default_lease_s, trusted_complete
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, PatchGrid, Shape3, nonempty_patches, tiled_order
-from .output import BLENDED, FINAL, MODES, OutputSpec, output_channels
+from .ngff import ngff_for
+from .output import BLENDED, FINAL, MODES, OutputSpec, check_ngff_version, output_channels
 from .partstore import (
     CHECKPOINT,
     FORMAT_VERSION,
@@ -73,6 +74,7 @@ class PredictConfig:
     mode: str = "binary"
     threshold: bool = False
     levels: int | None = None  # pyramid levels of the final output (None: down to one chunk)
+    ngff_version: str = "auto"  # the final output's OME-Zarr version: 0.4 (Zarr v2), 0.5 (Zarr v3), auto: the input's
     lease_s: float | None = None
     intensity_check: str = "warn"  # the input's intensities against the model's training range: warn, error, off
     compile: bool = False  # torch.compile the networks (off by default: compile time, and not every build has it)
@@ -88,8 +90,8 @@ class PredictConfig:
 
     @property
     def output_spec(self) -> OutputSpec | None:
-        if self.final_output:
-            return OutputSpec(self.final_output, FINAL, self.mode, self.threshold, self.levels)
+        if self.final_output:  # ngff "auto" is resolved against the input by _prepare
+            return OutputSpec(self.final_output, FINAL, self.mode, self.threshold, self.levels, self.ngff_version)
         if self.blended_output:
             return OutputSpec(self.blended_output, BLENDED)
         return None
@@ -126,6 +128,7 @@ class PredictConfig:
                 raise BadArguments(f"the output {spec.url} must differ from --input_dir and --output_dir")
         if self.levels is not None and self.levels < 1:
             raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        check_ngff_version(self.ngff_version)
         if self.intensity_check not in ("warn", "error", "off"):
             raise BadArguments(f"--intensity_check must be warn, error or off, got {self.intensity_check!r}")
         if self.lease_s is not None and self.lease_s <= 0:
@@ -215,6 +218,7 @@ def _fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: 
         "chunk_size": list(chunks), "num_parts": cfg.num_parts, "bbox": cfg.bbox,
         "output": spec.as_dict() if spec else None,
         "frame": volume.frame.as_dict(), "labels": labels,  # for the output's metadata
+        "input_zarr_format": volume.zarr_format,  # outputs made later (blend --mode, finalize) follow the input
     }
 
 
@@ -266,6 +270,7 @@ def _prepare(cfg: PredictConfig) -> _Context:
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     cfg = replace(cfg, model_path=model_path, folds=folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    cfg = replace(cfg, ngff_version=ngff_for(cfg.ngff_version, volume.zarr_format))  # outputs in the scan's format
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
     region = _region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
     model_dir = resolve_model(cfg.model_path, cfg.storage_options, cfg.model_cache_dir)
