@@ -147,6 +147,7 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
             run_predict(_predict_config(cfg, parts_dir, p, num_parts, devices[0]))
         return num_parts
     failures: list[str] = []
+    codes: set[int] = set()
 
     def worker(d: int, device: str) -> None:
         for k in range(cfg.parts_per_gpu):
@@ -155,6 +156,7 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
             rc = subprocess.call(cmd)
             if rc != 0:
                 failures.append(f"part {part} on {device} exited {rc}")
+                codes.add(rc)
                 return
 
     threads = [threading.Thread(target=worker, args=(d, dev)) for d, dev in enumerate(devices)]
@@ -163,7 +165,9 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
     for t in threads:
         t.join()
     if failures:
-        raise VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
+        err = VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
+        err.exit_code = codes.pop() if len(codes) == 1 else err.exit_code  # the workers' class of failure, if one
+        raise err
     return num_parts
 
 
