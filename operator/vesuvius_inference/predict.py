@@ -266,6 +266,9 @@ def model_classes(model_path: str) -> int:
 def _prepare(cfg: PredictConfig) -> _Context:
     cfg.validate()
     from .model_source import fold_parent, resolve_model
+    from .runner import resolve_device
+
+    device = resolve_device(cfg.device) if cfg.device.startswith("cuda") else None  # a GPU asked for: first
 
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     cfg = replace(cfg, model_path=model_path, folds=folds)
@@ -291,7 +294,7 @@ def _prepare(cfg: PredictConfig) -> _Context:
     fp = _fingerprint(cfg, _model_fingerprint(model_dir, cfg.folds), volume, patch, chunks,  # type: ignore[arg-type]
                       model_labels(model_dir))
     return _Context(cfg, volume, model_dir, patch, chunks, fp,  # type: ignore[arg-type]
-                    marker_url(cfg.output_dir, cfg.part_id), claim_url(cfg.output_dir, cfg.part_id))
+                    marker_url(cfg.output_dir, cfg.part_id), claim_url(cfg.output_dir, cfg.part_id), device)
 
 
 def _done(ctx: _Context) -> bool:
@@ -321,7 +324,8 @@ def run_predict(cfg: PredictConfig) -> tuple[str, str]:
         return storage.read_json(ctx.marker_url, so)["store"], ctx.marker_url
     from .runner import resolve_device
 
-    ctx.device = resolve_device(cfg.device)  # a GPU asked for and not usable: exit 69 before anything is written
+    if ctx.device is None:  # auto or cpu (a GPU asked for was checked before anything else)
+        ctx.device = resolve_device(cfg.device)
     lease = Lease(ctx.claim_url, f"predict part {cfg.part_id} of {cfg.output_dir}", so,
                   cfg.lease_s if cfg.lease_s is not None else default_lease_s(),
                   info={"part_id": cfg.part_id})
