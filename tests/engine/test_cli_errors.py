@@ -158,7 +158,7 @@ def test_both_flag_spellings_and_seed_entry_points():
     p = pipeline_parser().parse_args(["--input", "i", "--output", "o", "--model", "m", "--parts_per_gpu", "2",
                                       "--keep-intermediates", "--fuse_blend_finalize", "--skip-predict"])
     assert p.parts_per_gpu == 2 and p.keep_intermediates and p.fuse_blend_finalize and p.skip_predict
-    for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.finalize_outputs",
+    for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.blend_and_finalize", "vesuvius.finalize_outputs",
                  "vesuvius.inference_pipeline", "vesuvius-inference"):
         exe = shutil.which(name, path=os.path.dirname(sys.executable))  # the venv's bin, activated or not
         assert exe, f"console script {name} is not installed"
