@@ -24,11 +24,12 @@ timeout 60 $PY - > "$LOG/pipeline.log" 2>&1 <<'PYEOF'
 import time, numpy as np, zarr
 from vesuvius_inference.demo.run import MODEL_DIR
 from vesuvius_inference.demo.synthetic import dice, make_scroll, write_zarr
-from vesuvius_inference.pipeline import PipelineConfig, run_local_pipeline
+from vesuvius_inference.config import PipelineConfig
+from vesuvius_inference.pipeline import run_local_pipeline
 vol, lab = make_scroll((160, 256, 256), seed=7)
 write_zarr(vol, "/tmp/gpu_demo/in.zarr")
 t = time.perf_counter()
-run_local_pipeline(PipelineConfig(input="/tmp/gpu_demo/in.zarr", output="/tmp/gpu_demo/out.zarr", model=str(MODEL_DIR),
+run_local_pipeline(PipelineConfig(input_dir="/tmp/gpu_demo/in.zarr", output="/tmp/gpu_demo/out.zarr", model_path=str(MODEL_DIR),
                                   gpus="0", parts_per_gpu=2, do_tta=True, batch_size=4, quiet=True))
 p = zarr.open_group("/tmp/gpu_demo/out.zarr", mode="r")["0"][0]
 print(f"pipeline: 2 parts on cuda:0, TTA, {time.perf_counter() - t:.1f} s, Dice {dice(p >= 128, lab > 0):.3f}")

@@ -19,7 +19,7 @@ _LAZY = {
     "Inferer": "vesuvius_inference.predict",
     "merge_inference_outputs": "vesuvius_inference.blend",
     "finalize_logits": "vesuvius_inference.finalize",
-    "run_pipeline": "vesuvius_inference.pipeline",
+    "run_pipeline": "vesuvius_inference.cli",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -42,13 +42,8 @@ from . import storage
 from .errors import Busy, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.claims")
-ENV_LEASE_S = "VESUVIUS_LEASE_S"
-DEFAULT_LEASE_S = 60.0
+DEFAULT_LEASE_S = 60.0  # the --lease_s setting's default (config.py)
 RUNNING, RELEASED, COMPLETE = "running", "released", "complete"
-
-
-def default_lease_s() -> float:
-    return float(os.environ.get(ENV_LEASE_S, DEFAULT_LEASE_S))
 
 
 class ClaimLost(Busy):
@@ -245,10 +240,10 @@ class Lease:
     """An exclusive, renewed claim on one unit of work (see the module docstring)."""
 
     def __init__(self, url: str, what: str, storage_options: dict[str, Any] | None = None,
-                 lease_s: float | None = None, info: dict[str, Any] | None = None) -> None:
+                 lease_s: float = DEFAULT_LEASE_S, info: dict[str, Any] | None = None) -> None:
         self.url, self.what = url, what
         self.backend = backend_for(url, storage_options)
-        self.lease_s = float(lease_s if lease_s is not None else default_lease_s())
+        self.lease_s = float(lease_s)
         self.run_id = new_run_id()
         self.info = dict(info or {})
         self.previous: Holder | None = None  # the run this one took over, if any
@@ -325,7 +320,7 @@ class Lease:
         interval = self.lease_s / 4
         while not self._stop.wait(interval):
             try:
-                self._update(self._doc.get("state", RUNNING))
+                self._update(None)
             except ClaimLost:
                 return
             except Exception as e:  # noqa: BLE001 - transient storage errors: retry until the renew deadline
@@ -344,10 +339,17 @@ class Lease:
             return classify(err, f"{self.what}: the claim could not be renewed for {self.lease_s / 2:g} s")
         return ClaimLost(self._lost or f"{self.what}: the claim was lost")
 
-    def _update(self, state: str, **extra: Any) -> None:
+    def _update(self, state: str | None, **extra: Any) -> None:
+        """Renew with ``state`` (None: a heartbeat, keeping the current state). A heartbeat after the
+        claim was completed or released writes nothing: it would undo that (state read outside the lock
+        once raced a ``complete()`` and set a completed claim back to running)."""
         with self._lock:
             if self._lost:
                 raise self._lost_error()
+            if state is None:
+                if self._stop.is_set() or self._doc.get("state") != RUNNING:
+                    return
+                state = RUNNING
             doc = {**self._doc, "state": state, "beat": int(self._doc.get("beat", 0)) + 1, "time": time.time(), **extra}
             tag = self.backend.replace(doc, self._tag)  # type: ignore[arg-type]
             if tag is None:

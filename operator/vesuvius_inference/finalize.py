@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import storage
-from .blend import run_fused
+from . import paths, storage
+from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3
-from .ngff import AUTO, NGFF_VERSION, ngff_for
+from .ngff import NGFF_VERSION, ngff_for
 from .output import (
     DATA_PATH,
     FINAL,
-    MODES,
     Output,
     OutputSpec,
-    check_ngff_version,
     finalize_chunk,
     is_complete,
     list_chunk_coords,
@@ -38,52 +34,11 @@ from .output import (
 from .pyramid import Pyramid, unit_level, units_with_data
 
 log = logging.getLogger("vesuvius_inference.finalize")
-JOURNAL = "_vesuvius"  # claims and progress of finalize splits, inside the output until it is complete
-__all__ = ["FinalizeConfig", "run_finalize", "run_fused", "finalize_chunk", "finalize_logits", "output_channels",
-           "DATA_PATH", "MODES"]
+__all__ = ["run_finalize", "finalize_chunk", "finalize_logits", "output_channels", "DATA_PATH"]
 
 
-@dataclass
-class FinalizeConfig:
-    input_path: str  # blended logits, or the predict parts of an output they wrote themselves
-    output_path: str
-    mode: str = "binary"
-    threshold: bool = False
-    delete_intermediates: bool = False
-    also_delete: Sequence[str] = ()  # more intermediates (e.g. the predict parts) to remove with INPUT
-    cache_gb: float = 4.0
-    chunk_size: Sequence[int] | None = None
-    num_parts: int = 1
-    part_id: int = 0
-    overwrite: bool = False
-    quiet: bool = False
-    storage_options: dict[str, Any] = field(default_factory=dict)
-    levels: int | None = None
-    lease_s: float | None = None
-    ngff_version: str = AUTO  # from blended logits: 0.4 (Zarr v2), 0.5 (Zarr v3), auto: the predicted input's
-
-    def validate(self) -> None:
-        storage.require_writable(self.output_path, "OUTPUT")
-        check_ngff_version(self.ngff_version)
-        if self.also_delete and not self.delete_intermediates:
-            raise BadArguments("--also_delete only acts with --delete_intermediates")
-        out = self.output_path.rstrip("/")
-        if self.input_path.rstrip("/") == out:
-            raise BadArguments("OUTPUT must differ from INPUT")
-        for url in (self.input_path, *self.also_delete) if self.delete_intermediates else ():
-            if url.rstrip("/") == out or out.startswith(url.rstrip("/") + "/"):
-                raise BadArguments(f"deleting {url} would delete the output {self.output_path}")
-        if self.mode not in MODES:
-            raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
-        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
-            raise BadArguments(f"--part_id {self.part_id} is out of range for --num_parts {self.num_parts}")
-        if self.chunk_size is not None:
-            raise BadArguments("--chunk-size: finalize writes the blended logits' chunking; set it at predict time")
-        if self.levels is not None and self.levels < 1:
-            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
-
-
-def _is_parts_dir(url: str, so: dict[str, Any]) -> bool:
+def _looks_like_parts(url: str, so: dict[str, Any]) -> bool:
+    """Only for the error message when --input_kind does not match what INPUT holds."""
     return any(n.startswith("part_") and n.endswith(".json") for n in storage.list_names(url, so))
 
 
@@ -91,8 +46,7 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     """A final output the predict parts (and blend) wrote level 0 of: the pyramid comes from the staging."""
     import zarr
 
-    from .blend import load_parts
-    from .partstore import level0_marker, pyramid_staging
+    from .partstore import load_parts
 
     so = cfg.storage_options
     parts = load_parts(cfg.input_path, so)
@@ -106,11 +60,11 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
         raise BadArguments(f"the parts in {cfg.input_path} did not write a final output at {cfg.output_path}; "
                            "blend them first (vesuvius.blend_logits PARTS OUTPUT)")
     config = output_config(parts.config, spec)
-    if (storage.read_json(level0_marker(cfg.input_path), so) or {}).get("config") != config:
+    if (storage.read_json(paths.level0_marker(cfg.input_path), so) or {}).get("config") != config:
         raise BadInput(f"the seams of {cfg.output_path} are not finished: run blend (vesuvius.blend_logits "
                        f"{cfg.input_path} {cfg.output_path}) first")
     out = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so)
-    staging_url = pyramid_staging(cfg.input_path)
+    staging_url = paths.pyramid_staging(cfg.input_path)
     staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
         if out.levels > 1 else None
     chunks = [tuple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
@@ -119,7 +73,7 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
         return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])]) if idx in present else None
 
     present = set(chunks)
-    return out, leaf, chunks, storage.join(cfg.input_path, "_finalize")
+    return out, leaf, chunks, paths.finalize_work(cfg.input_path, "parts", cfg.output_path)
 
 
 def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[Shape3], str]:
@@ -129,6 +83,9 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     so = cfg.storage_options
     blended_state = is_complete(cfg.input_path, so)
     if blended_state is None:
+        if _looks_like_parts(cfg.input_path, so):
+            raise BadArguments(f"{cfg.input_path} holds predict parts, not blended logits: pass --input_kind parts "
+                               "(the parts wrote the output themselves), or blend them first")
         if storage.read_json(storage.join(cfg.input_path, "zarr.json"), so) is None:
             raise BadInput(f"{cfg.input_path} does not exist: run blend first")
         raise BadInput(f"{cfg.input_path} is incomplete (blend has not finished every part); finish blend first")
@@ -154,7 +111,7 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
         out.write_level(0, idx, data, io_ref[0])
         return downsample2(data, out.how) if out.levels > 1 else None
 
-    return out, leaf, sorted(present), storage.join(cfg.output_path, JOURNAL)  # type: ignore[arg-type]
+    return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)  # type: ignore[arg-type]
 
 
 def _delete_intermediates(cfg: FinalizeConfig) -> None:
@@ -177,7 +134,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     t0 = time.perf_counter()
     so = cfg.storage_options
     io_ref: list = [None]
-    fused = _is_parts_dir(cfg.input_path, so)
+    fused = cfg.input_kind == "parts"
     out, leaf, level0, work = _from_parts(cfg) if fused else _from_blended(cfg, io_ref)
     if out.is_complete():
         log.info("finalize output %s is already complete: nothing to do", cfg.output_path)
@@ -208,14 +165,13 @@ def run_finalize(cfg: FinalizeConfig) -> str:
             raise
         out.complete()
 
-    split = Split("finalize", work, cfg.part_id, cfg.num_parts, out.config, so, cfg.lease_s, cfg.quiet)
+    split = Split("finalize", work, cfg.part_id, cfg.num_parts, out.config, so, cfg.lease_s, cfg.quiet, cfg.journal_s,
+                  cfg.progress_s)
     n, finished = split.run(units, process, complete, "finalize")
     if finished:
-        from .partstore import pyramid_staging
-
         storage.remove(work, so)  # claims and journals are done with once the output is complete
         if fused:
-            storage.remove(pyramid_staging(cfg.input_path), so)
+            storage.remove(paths.pyramid_staging(cfg.input_path), so)
         _delete_intermediates(cfg)
     log.info("finalize %d/%d: %d units of level %d (%d levels), %.1f s -> %s%s", cfg.part_id, cfg.num_parts, n, unit,
              out.levels, time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "")
@@ -229,7 +185,7 @@ async def finalize_logits(input_path: str, output_path: str, mode: str = "binary
     """The seed's async API; runs finalize in a worker thread."""
     import asyncio
 
-    cfg = FinalizeConfig(input_path, output_path, mode=mode, threshold=threshold,
+    cfg = FinalizeConfig(input_path=input_path, output_path=output_path, mode=mode, threshold=threshold,
                          delete_intermediates=delete_intermediates, cache_gb=cache_pool_gb, num_parts=num_parts,
                          part_id=part_id, quiet=not verbose, storage_options=dict(storage_options or {}))
     return await asyncio.to_thread(run_finalize, cfg)

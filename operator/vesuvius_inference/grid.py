@@ -234,21 +234,6 @@ def grid_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int) -> list[tu
     return split_parts(nonempty, num_parts, row_size=grid.counts[1] * grid.counts[2], tolerance=ROW_SNAP_TOLERANCE)
 
 
-def gaussian_weights(patch: Sequence[int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """nnU-Net's Gaussian importance map, as float64 normalised to a maximum of 1.
-
-    nnU-Net's ``compute_gaussian`` (sigma = patch * sigma_scale, zeros floored to the smallest
-    non-zero value) is used as is; float64 avoids the underflow its float16 variant has at patch
-    corners, which would make edge voxels depend on float16 rounding.
-    """
-    import torch
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
-
-    g = compute_gaussian(tuple(int(p) for p in patch), sigma_scale=sigma_scale, value_scaling_factor=1,
-                         dtype=torch.float64, device=torch.device("cpu"))
-    return g.numpy().copy()
-
-
 @dataclass(frozen=True)
 class ChunkGrid:
     """Regular chunking of a (Z, Y, X) volume."""

@@ -1,4 +1,4 @@
-"""nnU-Net v2 trained-model folders: find folds and checkpoints, build networks, describe the model.
+"""nnU-Net v2 trained-model folders as networks: build each fold's network from its checkpoint (torch).
 
 Network construction, plans and label handling are nnU-Net's own (``nnUNetPredictor``
 initialisation), so any trainer/architecture nnU-Net can load, we can run.
@@ -8,55 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import io
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
-from .errors import BadArguments, BadInput
-
-CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
-
-
-def _file_digest(path: str, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def find_checkpoints(folder: str, folds: Sequence[int | str] | None = None) -> dict[str, str]:
-    """fold name -> checkpoint path, preferring checkpoint_final over checkpoint_best per fold."""
-    if not os.path.isdir(folder):
-        raise BadInput(f"model folder {folder} does not exist")
-    for name in ("plans.json", "dataset.json"):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise BadInput(f"model folder {folder} has no {name}: expected an nnU-Net v2 trained model folder "
-                           "(plans.json, dataset.json, fold_N/checkpoint_final.pth)")
-    available: dict[str, str] = {}
-    for entry in sorted(os.listdir(folder)):
-        if not entry.startswith("fold_"):
-            continue
-        for ck in CHECKPOINTS:
-            p = os.path.join(folder, entry, ck)
-            if os.path.isfile(p):
-                available[entry[len("fold_"):]] = p
-                break
-    if not available:
-        raise BadInput(f"model folder {folder} has no fold_N/checkpoint_final.pth (or checkpoint_best.pth)")
-    if folds is None:
-        return available
-    chosen = {}
-    for f in folds:
-        key = str(f)
-        if key not in available:
-            raise BadArguments(f"--folds asks for fold {key}, but {folder} has folds {', '.join(available)}")
-        chosen[key] = available[key]
-    return chosen
+from .errors import BadInput
+from .model_files import ModelFiles
 
 
 @dataclass
@@ -72,7 +30,6 @@ class Model:
     mirror_axes: tuple[int, ...] | None
     num_input_channels: int
     num_classes: int
-    fingerprint: str
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -84,14 +41,16 @@ class Model:
         return self
 
 
-def load_model(folder: str, folds: Sequence[int | str] | None = None) -> Model:
-    """Load the model folder (a local path or ``file://`` URL) on the CPU."""
+def load_model(files: ModelFiles) -> Model:
+    """Build the networks of a resolved model folder on the CPU (the checkpoints ``files`` found)."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    folder = storage.local_path(folder)
-    ckpts = find_checkpoints(folder, folds)
+    from . import storage
+
+    folder = storage.local_path(files.folder)
+    ckpts = files.checkpoints
     first_fold, first_ckpt = next(iter(ckpts.items()))
     with contextlib.redirect_stdout(io.StringIO()):  # it prints a CUDA note when built for the CPU
         predictor = nnUNetPredictor(device=torch.device("cpu"), perform_everything_on_device=False,
@@ -105,10 +64,7 @@ def load_model(folder: str, folds: Sequence[int | str] | None = None) -> Model:
     if predictor.label_manager.has_regions:
         raise BadInput(f"model {folder} is region-based (sigmoid outputs); only label-based models are supported")
     networks = []
-    digest = hashlib.sha256()
-    for name in ("plans.json", "dataset.json"):
-        digest.update(_file_digest(os.path.join(folder, name)).encode())
-    for fold, path in ckpts.items():
+    for path in ckpts.values():
         try:
             ck = torch.load(path, map_location="cpu", weights_only=False)
             net = copy.deepcopy(predictor.network)
@@ -116,7 +72,6 @@ def load_model(folder: str, folds: Sequence[int | str] | None = None) -> Model:
         except Exception as e:
             raise BadInput(f"checkpoint {path} does not load into the plans' network: {type(e).__name__}: {e}") from None
         networks.append(net.eval())
-        digest.update(f"{fold}:{_file_digest(path)}".encode())
     n_in = determine_num_input_channels(predictor.plans_manager, predictor.configuration_manager,
                                         predictor.dataset_json)
     axes = predictor.allowed_mirroring_axes
@@ -130,5 +85,4 @@ def load_model(folder: str, folds: Sequence[int | str] | None = None) -> Model:
         mirror_axes=tuple(int(a) for a in axes) if axes is not None else None,
         num_input_channels=int(n_in),
         num_classes=int(predictor.label_manager.num_segmentation_heads),
-        fingerprint=digest.hexdigest()[:16],
     )

@@ -24,13 +24,13 @@ from . import storage
 from .errors import BadArguments, BadInput, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.model")
-ENV_CACHE = "VESUVIUS_MODEL_CACHE_DIR"
 FOLD = re.compile(r"^fold_(\w+)$")
 WANTED = re.compile(r"^(plans\.json|dataset\.json|fold_[^/]+/checkpoint_(final|best)\.pth)$")
 
 
 def default_cache_dir() -> str:
-    return os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache", "vesuvius-inference", "models")
+    """Without --model_cache_dir (or its $VESUVIUS_MODEL_CACHE_DIR, read in config.py)."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "vesuvius-inference", "models")
 
 
 @contextmanager

@@ -16,7 +16,6 @@ dataset.json, colours) of three spatial axes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,8 +124,3 @@ def label_metadata(name: str, frame: Frame, levels: int, names: Sequence[str],
 
 def chunk_counts(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
     return tuple(-(-a // c) for a, c in zip(shape, chunks))
-
-
-def object_count(shape: Sequence[int], chunks: Sequence[int], levels: int) -> int:
-    """Chunk objects of a full pyramid (every chunk stored): what a whole-volume output costs."""
-    return sum(math.prod(chunk_counts(s, chunks)) for s in level_shapes(shape, levels))

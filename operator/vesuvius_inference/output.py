@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from . import storage
+from .config import MODES
 from .downsample import MEAN, MODE, downsample2
 from .errors import BadArguments, BadInput
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
 from .ngff import (
-    AUTO,
     NGFF_VERSION,
     NGFF_VERSIONS,
     auto_levels,
@@ -36,7 +36,6 @@ from .ngff import (
     level_shapes,
 )
 
-MODES = ("binary", "multiclass")
 DATA_PATH = "0"
 BLENDED, FINAL = "blended", "final"
 
@@ -60,11 +59,6 @@ def output_channels(mode: str, threshold: bool, num_classes: int) -> int:
             raise BadInput(f"the model has {num_classes} classes: binary mode needs 1 or 2; use --mode multiclass")
         return 1
     return 1 if threshold else num_classes
-
-
-def check_ngff_version(version: str) -> None:
-    if version != AUTO and version not in NGFF_VERSIONS:
-        raise BadArguments(f"--ngff_version must be auto, 0.4 (Zarr v2) or 0.5 (Zarr v3), got {version!r}")
 
 
 def finalize_chunk(logits: np.ndarray, mode: str, threshold: bool) -> np.ndarray:

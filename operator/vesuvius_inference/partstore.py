@@ -20,51 +20,22 @@ the part completes; a run never writes into another run's store.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import storage
-from .accumulate import box_slices
-from .devicestep import to_host
-from .fixedpoint import divide_torch
-from .grid import ChunkGrid, Shape3
-from .iopool import WritePool
-from .layout import EDGE, SEAM, SUMS, PartLayout, Segment
-from .output import Output, blosc
+from .claims import trusted_complete
+from .errors import BadInput
+from .grid import Shape3
+from .layout import SUMS, PartLayout, Segment
+from .output import OutputSpec, blosc
+from .paths import CHECKPOINT, claim_url, part_name, store_url
 
 FORMAT_VERSION = 2
 SPILLS = ("spill0", "spill1")
-CHECKPOINT = "checkpoint.json"
-BLEND_DIR = "_blend"  # blend's claims, journals and done markers
-PYRAMID_DIR = "_pyramid"  # 2x blocks of a fused output's level 0, for finalize's pyramid
-
-
-def part_name(part_id: int) -> str:
-    return f"part_{part_id:05d}"
-
-
-def marker_url(parts_dir: str, part_id: int) -> str:
-    return storage.join(parts_dir, part_name(part_id) + ".json")
-
-
-def claim_url(parts_dir: str, part_id: int) -> str:
-    return storage.join(parts_dir, part_name(part_id) + ".claim.json")
-
-
-def store_url(parts_dir: str, part_id: int, run: str) -> str:
-    return storage.join(parts_dir, part_name(part_id), run)
-
-
-def pyramid_staging(parts_dir: str) -> str:
-    """Where level-0 writers of a fused output leave the 2x blocks finalize builds the pyramid from."""
-    return storage.join(parts_dir, PYRAMID_DIR)
-
-
-def level0_marker(parts_dir: str) -> str:
-    """Written when every level-0 chunk of a final output is in place (finalize waits for it)."""
-    return storage.join(parts_dir, BLEND_DIR, "level0_complete.json")
 
 
 def pack_mask(mask: np.ndarray) -> str:
@@ -109,63 +80,6 @@ def open_store(url: str, storage_options: dict[str, Any], read_only: bool = Fals
                            mode="r" if read_only else "r+", zarr_format=3)
 
 
-class PartWriter:
-    """Where a completed chunk of this part goes (the ``on_complete`` of the accumulator).
-
-    Rows this part owns are divided on the device and written once, through ``owned`` (the output
-    itself, or the store's ``final`` array in the seed's layout). In seam rows the chunk is cut into
-    this part's segments: sums stay integers, its own slices are divided.
-    """
-
-    def __init__(self, layout: PartLayout, part: int, group: Any, owned: Output, cgrid: ChunkGrid,
-                 logit_bits: int, io: WritePool) -> None:
-        self.layout, self.part, self.group, self.owned, self.cgrid = layout, part, group, owned, cgrid
-        self.bits, self.io = logit_bits, io
-        self.by_row: dict[int, list[Segment]] = {}
-        for seg in layout.segments(part):
-            self.by_row.setdefault(seg.z0 // layout.chunk_z, []).append(seg)
-        self.arrays = {seg.name: group[seg.name] for segs in self.by_row.values() for seg in segs}
-        self.written: list[Shape3] = []
-        self.segments_stored: list[int] = []
-
-    def __call__(self, idx: Shape3, buf: Any) -> None:
-        c = buf.shape[0] - 1
-        owner = self.layout.row_owner(idx[0])
-        if owner == self.part:
-            self.owned.write(idx, to_host(divide_torch(buf[:c], buf[c], self.bits)), self.io)
-            self.written.append(idx)
-            return
-        if owner != SEAM:
-            raise RuntimeError(f"chunk {idx} completed in part {self.part} but its row belongs to {owner}")
-        lo, hi = self.cgrid.box(idx)
-        for seg in self.by_row.get(idx[0], []):
-            zs = slice(seg.z0 - lo[0], seg.z1 - lo[0])
-            piece = buf[:, zs]
-            if seg.kind == SUMS:
-                data = to_host(piece, copy=True)  # a view of a buffer the accumulator reuses
-            else:
-                data = to_host(divide_torch(piece[:c], piece[c], self.bits))
-            sel = (slice(None), slice(None)) + box_slices(lo[1:], hi[1:])
-            self.io.submit(("seg", seg.name, idx[1:]), _store_segment, self.arrays[seg.name], sel, data, seg.kind,
-                           c, self.segments_stored)
-
-    @property
-    def segment_chunks(self) -> int:
-        return len(self.segments_stored)
-
-
-def _store_segment(array: Any, sel: tuple[slice, ...], data: Callable[[], np.ndarray], kind: str, c: int,
-                   stored: list[int]) -> None:
-    """In a writer thread: wait for the download, store the segment unless nothing reached it."""
-    a = data()
-    if kind == EDGE and np.isnan(a).all():
-        return
-    if kind == SUMS and not a[c].any():
-        return
-    array[sel] = a
-    stored.append(1)  # list.append is atomic: writer threads count without a lock
-
-
 def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[str, Any]) -> None:
     """After the marker: spills and the checkpoint, and the stores of earlier runs, go."""
     url = store_url(parts_dir, part_id, run)
@@ -174,3 +88,76 @@ def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[s
     for other in storage.list_names(storage.join(parts_dir, part_name(part_id)), storage_options):
         if other != run:
             storage.remove(store_url(parts_dir, part_id, other), storage_options)
+
+
+@dataclass
+class PartSet:
+    """The complete, mutually consistent, trusted set of predict parts in one directory."""
+
+    parts_dir: str
+    config: dict[str, Any]
+    markers: list[dict[str, Any]]
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> Shape3:
+        return tuple(self.config["shape"])  # type: ignore[return-value]
+
+    @property
+    def chunks(self) -> Shape3:
+        return tuple(self.config["chunk_size"])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.markers[0]["num_classes"])
+
+    @property
+    def logit_bits(self) -> int:
+        return int(self.markers[0]["logit_bits"])
+
+    @property
+    def output(self) -> OutputSpec | None:
+        return OutputSpec.from_dict(self.config.get("output"))
+
+    def layout(self) -> PartLayout:
+        covers = tuple(tuple(m["cover"]) if m.get("cover") else None for m in self.markers)
+        return PartLayout(self.shape[0], self.chunks[0], covers)  # type: ignore[arg-type]
+
+
+def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) -> PartSet:
+    """Read and cross-check every part marker; name the first missing, mismatched or untrusted part."""
+    so = storage_options or {}
+    names = [n for n in storage.list_names(parts_dir, so)
+             if n.startswith("part_") and n.endswith(".json") and not n.endswith(".claim.json")]
+    if not names:
+        raise BadInput(f"{parts_dir} holds no completed predict parts (part_NNNNN.json); run predict first")
+    markers = [storage.read_json(storage.join(parts_dir, n), so) or {} for n in names]
+    ref = markers[0]
+    if not ref.get("complete") or "config" not in ref:
+        raise BadInput(f"{parts_dir}/{names[0]} is not a completed predict part marker")
+    config = ref["config"]
+    if config.get("format") != 2:
+        raise BadInput(f"{parts_dir} holds parts of an older format; predict them again")
+    n = int(config["num_parts"])
+    by_id = {}
+    for m in markers:
+        pid = m.get("part_id")
+        if not m.get("complete"):
+            raise BadInput(f"part {pid} in {parts_dir} is incomplete; rerun predict --part_id {pid}")
+        diff = sorted(k for k in set(config) | set(m.get("config", {})) if config.get(k) != m.get("config", {}).get(k))
+        if diff:
+            raise BadInput(f"part {pid} in {parts_dir} was predicted with a different {', '.join(diff)} than part "
+                           f"{ref.get('part_id')}; rerun it or remove the stale part")
+        if not trusted_complete(claim_url(parts_dir, int(pid)), m.get("run"), so):
+            raise BadInput(f"part {pid} in {parts_dir} was marked complete by run {m.get('run')}, which does not hold "
+                           f"its claim; rerun predict --part_id {pid}")
+        by_id[int(pid)] = m
+    missing = [i for i in range(n) if i not in by_id]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise BadInput(f"{parts_dir} is missing {len(missing)} of {n} predict parts (part {shown}); "
+                       f"run predict for them before blending")
+    extra = sorted(set(by_id) - set(range(n)))
+    if extra:
+        raise BadInput(f"{parts_dir} holds part {extra[0]} but the parts were split {n} ways: remove the stale part")
+    return PartSet(parts_dir, config, [by_id[i] for i in range(n)], dict(so))

@@ -1,163 +1,100 @@
-"""Local orchestration: predict parts over this machine's GPUs, then blend, then finalize.
+"""Local orchestration: predict parts over this machine's devices, then blend, then finalize.
 
-One process per GPU, each running its parts one after another (``--parts-per-gpu`` bounds memory,
-as the seed's help promised but did not do). With a single device everything runs in this process
-so the model and nnU-Net are imported once.
+One worker process per device (``--devices cuda:0,cuda:1`` or ``cpu,cpu``; ``--gpus`` is the seed's
+shorthand), each running its ``--parts-per-gpu`` parts one after another. A worker gets exactly the
+pipeline's predict settings: ``settings.to_argv`` of the part's configuration, with the secret ones
+(storage options carrying keys) in its environment instead of its argv. With a single device
+everything runs in this process, so the model and nnU-Net are imported once. The order of the stages
+and what each reads are stages.py's.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
 from typing import Any
 
-from . import storage
-from .errors import BadArguments, VesuviusError
+from . import preflight, storage
+from .config import PipelineConfig
+from .errors import BadArguments, BadInput, VesuviusError
+from .progress import RunProgress, parse_line
+from .settings import to_argv, to_env
+from .stages import blend_config, finalize_config, predict_config
 
 log = logging.getLogger("vesuvius_inference.pipeline")
 
 
-@dataclass
-class PipelineConfig:
-    input: str
-    output: str
-    model: str
-    workdir: str | None = None
-    gpus: str = "all"
-    parts_per_gpu: int = 1
-    mode: str = "binary"
-    threshold: bool = False
-    batch_size: int = 1
-    overlap: float = 0.5
-    do_tta: bool = True
-    patch_size: Sequence[int] | None = None
-    folds: Sequence[int | str] | None = None
-    cache_gb: float = 4.0
-    chunk_size: Sequence[int] | None = None
-    level: int = 0
-    skip_empty_patches: bool = True
-    skip_predict: bool = False
-    skip_blend: bool = False
-    skip_finalize: bool = False
-    keep_intermediates: bool = False
-    fuse_blend_finalize: bool = False
-    overwrite: bool = False
-    quiet: bool = False
-    device: str | None = None  # force a device ("cpu") regardless of --gpus
-    bbox: str | None = None
-    levels: int | None = None  # pyramid levels of the output (None: down to one chunk)
-    ngff_version: str = "auto"  # the output's OME-Zarr version (0.4 on Zarr v2, 0.5 on v3); auto: the input's
-    storage_options: dict[str, Any] = field(default_factory=dict)
+def select_devices(cfg: PipelineConfig) -> list[str]:
+    """One device per worker: ``--devices`` as given, else ``--gpus`` over this machine's GPUs, else the
+    CPU (with one line saying so)."""
+    from .runner import resolve_device
 
-    @property
-    def work(self) -> str:
-        return self.workdir or self.output.rstrip("/") + "_work"
-
-
-def select_devices(gpus: str, forced: str | None = None) -> list[str]:
-    """Torch device names for ``--gpus``; the CPU (with one clear line) when there is no GPU."""
-    if forced:
-        from .runner import resolve_device
-
-        resolve_device(forced)  # a GPU asked for that cannot be used: exit 69 before any stage starts
-        return [forced]
+    if cfg.devices:
+        for d in cfg.devices:  # a GPU asked for is a GPU used: exit 69 before any stage starts
+            if d.startswith("cuda"):
+                resolve_device(d, asked=f"--devices {','.join(cfg.devices)}", cpu_hint="--devices cpu")
+        return list(cfg.devices)
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = cfg.gpus
+    if n == 0:
+        if gpus.strip().lower() != "all":  # GPUs named: the same as --device cuda, exit 69 saying what to check
+            resolve_device("cuda", asked=f"--gpus {gpus}", cpu_hint="--devices cpu")
+        log.warning("no CUDA GPU found: running every part on the CPU, one after another")
+        return ["cpu"]
     if gpus.strip().lower() == "all":
-        if n == 0:
-            log.warning("no CUDA GPU found: running every part on the CPU, one after another")
-            return ["cpu"]
         return [f"cuda:{i}" for i in range(n)]
-    if n == 0:  # GPUs named explicitly: a GPU asked for is a GPU used
-        from .runner import resolve_device
-
-        resolve_device("cuda", asked=f"--gpus {gpus}")  # raises DeviceUnavailable with what to check
     try:
         ids = [int(g) for g in gpus.split(",") if g.strip()]
     except ValueError:
         raise BadArguments(f"--gpus must be 'all' or comma-separated GPU ids, got {gpus!r}") from None
-    bad = [i for i in ids if not 0 <= i < n]
-    if bad or not ids:
-        raise BadArguments(f"--gpus {gpus}: this machine has GPUs 0..{n - 1}")
+    if not ids:
+        raise BadArguments(f"--gpus must be 'all' or comma-separated GPU ids, got {gpus!r}")
+    for i in ids:  # one this process cannot see: exit 69, as --device cuda:N
+        resolve_device(f"cuda:{i}", asked=f"--gpus {gpus}", cpu_hint="--devices cpu")
     return [f"cuda:{i}" for i in ids]
 
 
-def _predict_config(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: int, device: str) -> Any:
-    """What each part runs: it writes its own chunk rows straight into the output of this pipeline."""
-    from .predict import PredictConfig
-
-    fused = cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize)
-    return PredictConfig(
-        model_path=cfg.model, input_dir=cfg.input, output_dir=parts_dir, part_id=part_id, num_parts=num_parts,
-        overlap=cfg.overlap, batch_size=cfg.batch_size, device=device, skip_empty_patches=cfg.skip_empty_patches,
-        do_tta=cfg.do_tta, patch_size=cfg.patch_size, folds=cfg.folds, cache_gb=cfg.cache_gb,
-        chunk_size=cfg.chunk_size, level=cfg.level, overwrite=cfg.overwrite, quiet=cfg.quiet,
-        storage_options=cfg.storage_options, bbox=cfg.bbox,
-        final_output=cfg.output if fused else None, blended_output=None if fused else _blended(cfg),
-        mode=cfg.mode, threshold=cfg.threshold, levels=cfg.levels, ngff_version=cfg.ngff_version)
+def worker_command(cfg: PipelineConfig, part_id: int, num_parts: int, device: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and extra environment of the worker process that runs one part."""
+    argv = [sys.executable, "-m", "vesuvius_inference.cli", "predict",
+            *to_argv(predict_config(cfg, part_id, num_parts, device))]
+    return argv, to_env(predict_config(cfg, part_id, num_parts, device))
 
 
-def _blended(cfg: PipelineConfig) -> str:
-    return storage.join(cfg.work, "blended.zarr")
+def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
+    """A worker's log: its progress lines feed the stage's aggregate, everything else is passed on."""
+    assert proc.stderr is not None
+    for text in proc.stderr:
+        line = parse_line(text)
+        if line is not None:
+            progress.observe(line)
+        else:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
 
-def _predict_args(cfg: PipelineConfig, parts_dir: str, part_id: int, num_parts: int, device: str) -> list[str]:
-    pc = _predict_config(cfg, parts_dir, part_id, num_parts, device)
-    args = ["predict", "--model_path", cfg.model, "--input_dir", cfg.input, "--output_dir", parts_dir,
-            "--part_id", str(part_id), "--num_parts", str(num_parts), "--overlap", str(cfg.overlap),
-            "--batch_size", str(cfg.batch_size), "--device", device, "--cache_gb", str(cfg.cache_gb),
-            "--level", str(cfg.level)]
-    if pc.final_output:
-        args += ["--final_output", pc.final_output, "--mode", pc.mode] + (["--threshold"] if pc.threshold else [])
-        args += ["--levels", str(pc.levels)] if pc.levels else []
-        args += ["--ngff_version", pc.ngff_version]
-    else:
-        args += ["--blended_output", pc.blended_output]
-    if not cfg.do_tta:
-        args.append("--disable_tta")
-    if not cfg.skip_empty_patches:
-        args.append("--no_skip_empty_patches")
-    if cfg.patch_size:
-        args += ["--patch_size", ",".join(map(str, cfg.patch_size))]
-    if cfg.chunk_size:
-        args += ["--chunk_size", ",".join(map(str, cfg.chunk_size))]
-    if cfg.folds:
-        args += ["--folds", ",".join(map(str, cfg.folds))]
-    if cfg.bbox:
-        args += ["--bbox", cfg.bbox]
-    if cfg.overwrite:
-        args.append("--overwrite")
-    if cfg.quiet:
-        args.append("--quiet")
-    return args
-
-
-def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) -> int:
-    from .predict import run_predict
-
-    num_parts = len(devices) * cfg.parts_per_gpu
-    if len(devices) == 1:
-        for p in range(num_parts):
-            run_predict(_predict_config(cfg, parts_dir, p, num_parts, devices[0]))
-        return num_parts
+def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progress: RunProgress) -> None:
     failures: list[str] = []
     codes: set[int] = set()
 
     def worker(d: int, device: str) -> None:
         for k in range(cfg.parts_per_gpu):
             part = d * cfg.parts_per_gpu + k
-            cmd = [sys.executable, "-m", "vesuvius_inference.cli"] + _predict_args(cfg, parts_dir, part, num_parts, device)
-            rc = subprocess.call(cmd)
-            if rc != 0:
-                failures.append(f"part {part} on {device} exited {rc}")
-                codes.add(rc)
+            argv, env = worker_command(cfg, part, num_parts, device)
+            proc = subprocess.Popen(argv, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True, bufsize=1)
+            _follow(proc, progress)
+            if proc.wait() != 0:
+                failures.append(f"part {part} on {device} exited {proc.returncode}")
+                codes.add(proc.returncode)
                 return
+            progress.part_done(part)
 
     threads = [threading.Thread(target=worker, args=(d, dev)) for d, dev in enumerate(devices)]
     for t in threads:
@@ -168,99 +105,107 @@ def _run_predict_stage(cfg: PipelineConfig, parts_dir: str, devices: list[str]) 
         err = VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
         err.exit_code = codes.pop() if len(codes) == 1 else err.exit_code  # the workers' class of failure, if one
         raise err
+
+
+def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int]) -> int:
+    """Every part, over the devices, shown as one progress bar or line with the stage's ETA."""
+    from .predict import run_predict
+
+    num_parts = len(devices) * cfg.parts_per_gpu
+    progress = RunProgress("predict", totals, "patches", quiet=cfg.quiet, interval_s=cfg.progress_s)
+    try:
+        if len(devices) == 1:
+            for p in range(num_parts):
+                run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe)
+                progress.part_done(p)
+        else:
+            _run_workers(cfg, devices, num_parts, progress)
+    finally:
+        progress.close()
     return num_parts
 
 
-def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
-    """Run the stages; returns seconds per stage. Each stage resumes where an earlier run stopped."""
-    from .blend import BlendConfig, run_blend
-    from .finalize import FinalizeConfig, run_finalize
-    from .volume import open_volume
-
-    if cfg.parts_per_gpu < 1:
-        raise BadArguments(f"--parts-per-gpu must be >= 1, got {cfg.parts_per_gpu}")
-    from .model_source import fold_parent
-
-    model, folds = fold_parent(cfg.model, cfg.folds)
-    cfg = replace(cfg, model=model, folds=folds)
-    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
-        raise BadArguments("--output must differ from --input")
-    storage.require_writable(cfg.output, "--output")
-    storage.require_writable(cfg.work, "--workdir")
-    so = cfg.storage_options
-    volume = open_volume(cfg.input, cfg.level, so)
-    _check_finalize_arguments(cfg)
-    nvox = int(volume.channels) * int(volume.shape[0]) * int(volume.shape[1]) * int(volume.shape[2])
-    parts_dir = storage.join(cfg.work, "parts")
-    blended = _blended(cfg)
-    fused = cfg.fuse_blend_finalize and not (cfg.skip_blend or cfg.skip_finalize)
-    times: dict[str, float] = {}
-    if cfg.overwrite and not cfg.skip_predict:
-        _clear_other_runs(cfg, parts_dir)
-
-    def stage(name: str, fn: Any) -> None:
+def _timed(times: dict[str, float], nvox: int) -> Callable[[str, Callable[[], Any]], None]:
+    def stage(name: str, fn: Callable[[], Any]) -> None:
         t = time.perf_counter()
         fn()
         times[name] = time.perf_counter() - t
         log.info("== %s done in %.1f s (%.2f Mvox/s of input)", name, times[name], nvox / max(times[name], 1e-9) / 1e6)
 
+    return stage
+
+
+def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
+    """Everything that can fail after the compute, before it; the first part's context, or None when the
+    output is already complete with these settings. With --overwrite, an output or parts of another
+    configuration are removed."""
+    from . import paths
+    from .output import FINAL, OutputSpec, output_channels, output_config
+    from .predict import prepare
+
+    so = cfg.storage_options
+    num_parts = len(devices) * cfg.parts_per_gpu
+    ctx = prepare(predict_config(cfg, 0, num_parts, devices[0]))  # the input and the model: checked
+    if not cfg.skip_finalize:
+        output_channels(cfg.mode, cfg.threshold, ctx.model.num_classes)  # what finalize would refuse
+    expected = output_config(ctx.fp, OutputSpec(cfg.output, FINAL, cfg.mode, cfg.threshold, cfg.levels,
+                                                ctx.cfg.ngff_version))  # the version prepare chose (auto: the input's)
+    found = preflight.check_output(cfg.output, expected, so, cfg.overwrite)
+    if found.state == preflight.OURS and found.complete and preflight.reusable(found, expected):
+        return None
+    stale = [] if cfg.skip_predict else preflight.foreign_parts(paths.parts_dir(cfg.work), ctx.fp, so)
+    if stale and not cfg.overwrite:
+        raise BadInput(f"{paths.parts_dir(cfg.work)} holds predict parts of other settings ({'; '.join(stale[:4])}); "
+                       "pass --overwrite to replace them, or choose another --workdir")
+    if cfg.overwrite and (stale or found.state != preflight.ABSENT and not preflight.reusable(found, expected)):
+        for url in (cfg.output, cfg.work):  # this process is the only writer now; parts never delete a shared output
+            storage.remove(url, so)
+        log.info("--overwrite: removed %s and %s (another configuration)", cfg.output, cfg.work)
+    preflight.require_writable(cfg.output, so)
+    preflight.require_writable(cfg.work, so, "--workdir")
+    return ctx
+
+
+def _region_voxels(cfg: PipelineConfig, volume: Any) -> int:
+    """Voxels the run processes: the --bbox region, else the level (rates are per processed voxel)."""
+    from .partplan import region
+
+    box = region(cfg.bbox, volume.shape)
+    shape = volume.shape if box is None else [b - a for a, b in zip(*box)]
+    return int(volume.channels) * int(shape[0]) * int(shape[1]) * int(shape[2])
+
+
+def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
+    """Run the stages; returns seconds per stage. Each stage resumes where an earlier run stopped."""
+    from .blend import run_blend
+    from .finalize import run_finalize
+    from .predict_part import the_plan
+    from .volume import open_volume
+
+    cfg.validate()
+    so = cfg.storage_options
+    devices = select_devices(cfg) if not cfg.skip_predict else ["cpu"]
+    ctx = _preflight(cfg, devices)
+    if ctx is None:
+        log.info("%s is already complete with these settings: nothing to do", cfg.output)
+        if not cfg.keep_intermediates:
+            storage.remove(cfg.work, so)
+        return {}
+    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    times: dict[str, float] = {}
+    stage = _timed(times, _region_voxels(cfg, volume))
     if not cfg.skip_predict:
-        devices = select_devices(cfg.gpus, cfg.device)
         log.info("== predict: %d part(s) on %s", len(devices) * cfg.parts_per_gpu, ", ".join(devices))
-        stage("predict", lambda: _run_predict_stage(cfg, parts_dir, devices))
-    if fused:
-        stage("blend+finalize", lambda: run_blend(BlendConfig(parts_dir, cfg.output, quiet=cfg.quiet,
-                                                               storage_options=so)))
-    else:
-        if not cfg.skip_blend:
-            stage("blend", lambda: run_blend(BlendConfig(parts_dir, blended, cache_gb=cfg.cache_gb,
-                                                         chunk_size=cfg.chunk_size, quiet=cfg.quiet,
-                                                         storage_options=so)))
-        if not cfg.skip_finalize:
-            stage("finalize", lambda: run_finalize(FinalizeConfig(blended, cfg.output, mode=cfg.mode,
-                                                                  threshold=cfg.threshold, cache_gb=cfg.cache_gb,
-                                                                  overwrite=cfg.overwrite, quiet=cfg.quiet,
-                                                                  storage_options=so, levels=cfg.levels,
-                                                                  ngff_version=cfg.ngff_version)))
+        totals = {p: b - a for p, (a, b) in enumerate(the_plan(ctx).parts)}
+        stage("predict", lambda: run_predict_stage(cfg, devices, totals))
+    if not cfg.skip_blend:
+        stage("blend", lambda: run_blend(blend_config(cfg)))
+    if not cfg.skip_finalize:
+        stage("finalize", lambda: run_finalize(finalize_config(cfg)))
     from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
         storage.remove(cfg.work, so)
         log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
-    log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input, cfg.output)
+    log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input_dir, cfg.output)
     return times
-
-
-def _check_finalize_arguments(cfg: PipelineConfig) -> None:
-    """Refuse what finalize would refuse (the mode against the model's classes) before predict runs."""
-    from .model_source import resolve_model
-    from .output import output_channels
-    from .predict import model_classes
-
-    if cfg.levels is not None and cfg.levels < 1:
-        raise BadArguments(f"--levels must be >= 1, got {cfg.levels}")
-    if not cfg.skip_finalize:
-        output_channels(cfg.mode, cfg.threshold, model_classes(resolve_model(cfg.model, cfg.storage_options)))
-
-
-def _clear_other_runs(cfg: PipelineConfig, parts_dir: str) -> None:
-    """--overwrite: remove the output predict writes into if another configuration made it, before any
-    part writes (this process is the only writer now; parts never delete a shared output)."""
-    from .output import output_config, read_attributes
-    from .predict import _prepare
-
-    pc = _predict_config(cfg, parts_dir, 0, 1, "cpu")
-    spec = pc.output_spec
-    attrs = read_attributes(spec.url, cfg.storage_options)  # Zarr v2 or v3
-    prev = ((attrs or {}).get("vesuvius") or {}).get("config")
-    ctx = _prepare(pc)
-    if attrs is not None and prev != output_config(ctx.fp, ctx.cfg.output_spec):
-        storage.remove(spec.url, cfg.storage_options)
-        log.info("--overwrite: removed %s (written by another configuration)", spec.url)
-
-
-def run_pipeline() -> int:
-    """The seed's API: parse ``sys.argv`` like ``vesuvius.inference_pipeline`` and return an exit code."""
-    from .cli import run_command
-
-    return run_command("pipeline", sys.argv[1:])

@@ -8,16 +8,16 @@ part split); bytes are uncompressed sizes.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import storage
-from .errors import BadArguments, BadInput
-from .grid import ChunkGrid, PatchGrid, chunks_touched, grid_parts, nonempty_patches
+from .config import PlanConfig
+from .errors import BadArguments
+from .grid import ChunkGrid, PatchGrid, chunks_touched, grid_parts
 from .layout import SUMS, PartLayout
+from .model_files import open_model_files
+from .partplan import make_grid, patch_nonempty
 from .volume import open_volume
 
 # Typical blosc-zstd ratios of what the part stores hold, measured on this project's test models
@@ -26,71 +26,18 @@ from .volume import open_volume
 SUMS_RATIO, EDGE_RATIO = 0.5, 0.95
 
 
-@dataclass
-class PlanConfig:
-    input: str
-    model: str
-    num_parts: int = 1
-    overlap: float = 0.5
-    patch_size: tuple[int, int, int] | None = None
-    chunk_size: tuple[int, int, int] | None = None
-    level: int = 0
-    do_tta: bool = True
-    skip_empty_patches: bool = True
-    folds: list[str] | None = None
-    throughput: float | None = None  # model passes per second per GPU
-    bbox: str | None = None
-    storage_options: dict[str, Any] = field(default_factory=dict)
-
-
-def _model_facts(model: str, storage_options: dict[str, Any]) -> tuple[tuple[int, int, int], int, int, int]:
-    """(patch size, number of folds, number of classes, input channels) from the folder's files."""
-    from .model_source import resolve_model
-
-    folder = resolve_model(model, storage_options)
-    try:
-        with open(os.path.join(folder, "plans.json")) as f:
-            plans = json.load(f)
-        with open(os.path.join(folder, "dataset.json")) as f:
-            dataset = json.load(f)
-    except FileNotFoundError as e:
-        raise BadInput(f"model {model} is not an nnU-Net v2 model folder: {e.filename} is missing") from None
-    confs = plans.get("configurations", {})
-    conf = confs.get("3d_fullres") or next(iter(confs.values()), {})
-    patch = tuple(int(p) for p in conf.get("patch_size", ()))
-    if len(patch) != 3:
-        raise BadInput(f"model {model}: plans.json has no 3D patch_size")
-    folds = [d for d in os.listdir(folder) if d.startswith("fold_")]
-    labels = dataset.get("labels", {})
-    return patch, max(1, len(folds)), max(1, len(labels)), len(dataset.get("channel_names", {"0": ""}))  # type: ignore[return-value]
-
-
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as a dict (printed by the CLI as a table or JSON)."""
     if cfg.num_parts < 1:
         raise BadArguments("--num_parts must be >= 1")
-    volume = open_volume(cfg.input, cfg.level, cfg.storage_options)
-    from .model_source import fold_parent
-
-    model, folds = fold_parent(cfg.model, cfg.folds)
-    patch, n_folds, n_classes, _ = _model_facts(model, cfg.storage_options)
-    if cfg.patch_size:
-        patch = tuple(cfg.patch_size)  # type: ignore[assignment]
-    if folds:
-        n_folds = len(folds)
+    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
+    patch = tuple(cfg.patch_size or model.patch_size)
+    n_folds, n_classes = len(model.checkpoints), model.num_classes
     chunks = tuple(cfg.chunk_size or patch)
-    from .grid import parse_bbox
-
-    try:
-        box = parse_bbox(cfg.bbox, volume.shape, volume.where)
-    except ValueError as e:
-        raise BadArguments(str(e)) from None
-    if box is None:
-        grid = PatchGrid(volume.shape, patch, cfg.overlap)  # type: ignore[arg-type]
-    else:
-        grid = PatchGrid(tuple(b - a for a, b in zip(*box)), patch, cfg.overlap, origin=box[0])  # type: ignore[arg-type]
+    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
-    nonempty = nonempty_patches(grid, occ, volume.chunks) if occ is not None else np.ones(grid.n_patches, bool)
+    nonempty = patch_nonempty(grid, occ, volume.chunks)
     parts = grid_parts(grid, nonempty, cfg.num_parts)
     per_part = [int(nonempty[a:b].sum()) for a, b in parts]
     n_run = int(nonempty.sum())
@@ -106,7 +53,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     blended = out_vox * n_classes * 2
     seams = seam_estimate(grid, nonempty, parts, volume.shape, chunks, n_classes)  # type: ignore[arg-type]
     plan = {
-        "input": {"url": cfg.input, "shape": list(volume.shape), "channels": volume.channels,
+        "input": {"url": cfg.input_dir, "shape": list(volume.shape), "channels": volume.channels,
                   "dtype": str(volume.dtype), "chunks": list(volume.chunks),
                   "stored_chunks": present, "total_chunks": int(np.prod(volume.chunk_grid.counts))},
         "grid": {"patch": list(patch), "overlap": cfg.overlap, "per_axis": list(grid.counts),
@@ -180,10 +127,7 @@ def format_plan(p: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_plan(cfg: PlanConfig, as_json: bool = False) -> dict[str, Any]:
+def run_plan(cfg: PlanConfig) -> dict[str, Any]:
     plan = make_plan(cfg)
-    print(json.dumps(plan, indent=1) if as_json else format_plan(plan))
+    print(json.dumps(plan, indent=1) if cfg.as_json else format_plan(plan))
     return plan
-
-
-__all__ = ["PlanConfig", "make_plan", "format_plan", "run_plan", "storage"]

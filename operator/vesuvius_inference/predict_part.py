@@ -1,209 +1,295 @@
-"""The work of one claimed predict part: the loop from patches to completed chunks, and resume.
+"""One claimed run of a predict part: build its machinery, resume, run its patches, finish.
 
-Called by ``predict.run_predict`` once the part's claim is held. Everything a kill can interrupt
-is recoverable: the checkpoint (every ``--checkpoint_s``) records how many patches are done, which
-ran, and where the partial sums of unfinished chunks are; a rerun (after a kill, or a takeover of
-a dead run's claim) copies that run's store into its own and continues, giving the same bytes.
+Called by ``predict.run_predict`` under the part's claim (claimedwork.py). Everything a kill can
+interrupt is recoverable: the checkpoint (every ``--checkpoint_s``) records how many patches are
+done, which ran, and where the partial sums of unfinished chunks are; a rerun (after a kill, or a
+takeover of a dead run's claim) copies that run's store into its own and continues, giving the same
+bytes. The loop: patches read ahead (reader.py) -> the device step (devicestep.py) -> the chunk
+countdown of the accumulator (accumulate.py) -> completed chunks to the part's writer (partwriter.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import paths, storage
 from .accumulate import ChunkAccumulator
+from .claimedwork import ClaimedWork
 from .claims import Lease
+from .config import PredictConfig
 from .devicestep import DeviceStep
 from .errors import BadInput
 from .fixedpoint import logit_bits_for, weight_q
-from .grid import ChunkGrid, grid_parts
+from .grid import Shape3
 from .iopool import WritePool
-from .layout import PartLayout
-from .output import Output, output_config
-from .partstore import (
-    CHECKPOINT,
-    SPILLS,
-    PartWriter,
-    create_store,
-    drop_scratch,
-    open_store,
-    pack_mask,
-    store_url,
-)
-from .predict import _Context, _digest, _shared_stats, make_grid, part_order, patch_nonempty, plan_part
+from .model_files import ModelFiles
+from .output import BLENDED, FINAL, Output, OutputSpec, output_config
+from .partplan import PartPlan, Source, plan_part
+from .partstore import SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
+from .partwriter import PartWriter
+from .progress import ProgressLine, Reporter
 from .reader import Patch, PatchReader
+from .volume import InputVolume
 
 log = logging.getLogger("vesuvius_inference.predict")
 WRITERS = 4
 
 
-def _progress(total: int, desc: str, quiet: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="patch", disable=quiet, dynamic_ncols=True, mininterval=1.0)
-
-
-def _resume_point(ctx: _Context, lease: Lease, key: dict[str, Any], mine: str) -> dict[str, Any] | None:
-    """The latest usable checkpoint of an earlier run of this part, copied into this run's store."""
-    so = ctx.cfg.storage_options
-    if ctx.cfg.overwrite or lease.previous is None:
-        return None
-    runs = [lease.previous.run, *reversed(lease.previous.doc.get("prev_runs", []))]
-    for run in runs:
-        theirs = store_url(ctx.cfg.output_dir, ctx.cfg.part_id, run)
-        ckpt = storage.read_json(storage.join(theirs, CHECKPOINT), so)
-        if ckpt is None or any(ckpt.get(k) != v for k, v in key.items()):
-            continue
-        storage.copy_tree(theirs, mine, so)
-        log.info("predict part %d/%d: resuming after patch %d (the checkpoint of run %s)", ctx.cfg.part_id,
-                 ctx.cfg.num_parts, ckpt["position"], run)
-        return ckpt
+def output_spec(cfg: PredictConfig) -> OutputSpec | None:
+    """The output this part writes its own chunk rows into, if it was told one."""
+    if cfg.final_output:  # ngff "auto" is resolved against the input by predict.prepare
+        return OutputSpec(cfg.final_output, FINAL, cfg.mode, cfg.threshold, cfg.levels, cfg.ngff_version)
+    if cfg.blended_output:
+        return OutputSpec(cfg.blended_output, BLENDED)
     return None
 
 
-def predict_part(ctx: _Context, lease: Lease) -> tuple[str, str]:
+@dataclass
+class PartContext:
+    """What is known before the model is loaded: enough to tell whether the part is done, and to plan it.
+    The input is opened and the model folder resolved and read once per part, here."""
+
+    cfg: PredictConfig
+    volume: InputVolume
+    model: ModelFiles
+    patch: Shape3
+    chunks: Shape3
+    fp: dict[str, Any]
+    device: Any = None  # a GPU asked for, checked before anything else (auto and cpu: resolved by PartRun)
+
+    @property
+    def work(self) -> ClaimedWork:
+        cfg = self.cfg
+
+        def matches(marker: dict[str, Any]) -> bool:
+            if marker.get("config") == self.fp:
+                return True
+            if not cfg.overwrite:
+                raise BadInput(f"{paths.marker_url(cfg.output_dir, cfg.part_id)} was written by a different "
+                               "configuration; pass --overwrite to replace it")
+            return False
+
+        return ClaimedWork(paths.claim_url(cfg.output_dir, cfg.part_id), paths.marker_url(cfg.output_dir, cfg.part_id),
+                           f"predict part {cfg.part_id} of {cfg.output_dir}", cfg.storage_options, cfg.lease_s,
+                           {"part_id": cfg.part_id}, matches)
+
+
+def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict]:
+    """Whole-volume statistics, computed by the first part and reused by the others.
+
+    Stored next to the parts, keyed by everything they depend on; the input is read for them at
+    most once per run, not once per part.
+    """
+    cfg, fp = ctx.cfg, ctx.fp
+    if not normalizer.needs_stats:
+        return normalizer.compute_stats(ctx.volume)
+    key = {k: fp[k] for k in ("input", "level", "shape", "channels", "dtype")} | {"schemes": normalizer.schemes,
+                                                                                  "use_mask": normalizer.use_mask}
+    url = paths.input_stats(cfg.output_dir)
+    cached = storage.read_json(url, cfg.storage_options)
+    if cached and cached.get("key") == key:
+        normalizer.stats = cached["stats"]
+        return normalizer.stats
+    stats = normalizer.compute_stats(ctx.volume)
+    storage.write_json(url, {"key": key, "stats": stats}, cfg.storage_options)
+    return stats
+
+
+def the_plan(ctx: PartContext) -> PartPlan:
     cfg, volume = ctx.cfg, ctx.volume
-    so = cfg.storage_options
-    t0 = time.perf_counter()
-    from .model import load_model
-    from .normalization import Normalizer
-    from .runner import Runner, resolve_device
+    src = Source(volume.shape, volume.chunks, volume.occupancy if cfg.skip_empty_patches else None,
+                 volume.channels * volume.dtype.itemsize)
+    return plan_part(src, ctx.patch, ctx.chunks, cfg.overlap, cfg.bbox, cfg.num_parts, cfg.part_id,
+                     cfg.skip_empty_patches, cfg.patch_order, cfg.input_cache_bytes)
 
-    model = load_model(ctx.model_dir, cfg.folds)
-    if model.num_input_channels != volume.channels:
-        raise BadInput(f"model expects {model.num_input_channels} input channel(s), {cfg.input_dir} has {volume.channels}")
-    c = model.num_classes
-    device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
-    grid = make_grid(volume.shape, ctx.patch, cfg.overlap, cfg.bbox)
-    cgrid = ChunkGrid(volume.shape, ctx.chunks)
-    nonempty = patch_nonempty(grid, volume, cfg.skip_empty_patches)
-    parts = grid_parts(grid, nonempty, cfg.num_parts)
-    part = parts[cfg.part_id]
-    layout = PartLayout.build(grid, nonempty, parts, volume.shape[0], ctx.chunks[0])
-    remaining = plan_part(grid, cgrid, part)
-    normalizer = Normalizer.from_plans(model.configuration_manager, model.plans_manager, volume.channels)
-    stats = _shared_stats(cfg, normalizer, volume, ctx.fp)
-    todo = part_order(grid, part, nonempty, cfg, volume)
-    key = {"config": ctx.fp, "todo": _digest(todo)}
-    run = lease.run_id
-    mine = store_url(cfg.output_dir, cfg.part_id, run)
-    spec = cfg.output_spec
-    resume = _resume_point(ctx, lease, key, mine)
-    if resume is not None:
-        group = open_store(mine, so)
-    else:
-        group = create_store(mine, {"config": ctx.fp, "part_id": cfg.part_id, "run": run}, c, volume.shape, ctx.chunks,
-                             layout.segments(cfg.part_id), spec is None, so)
-    io = WritePool(WRITERS, guard=lease.check)
-    from .partstore import pyramid_staging
 
-    owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
-                   staging=pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
-    bits = logit_bits_for(grid.max_coverage())
-    writer = PartWriter(layout, cfg.part_id, group, owned, cgrid, bits, io)
-    cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
-    accum = ChunkAccumulator(cgrid, c + 1, remaining, cache_bytes, device, (group[SPILLS[0]], group[SPILLS[1]]),
-                             writer, io)
-    runner = Runner(model, device, cfg.do_tta, cfg.batch_size, compile=cfg.compile)
-    wq = weight_q(ctx.patch).to(device)
-    a, b = part
-    ran = np.zeros(b - a, dtype=bool)
-    skipped_listing = (b - a) - len(todo)
-    stats_run = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": skipped_listing}
-    start = 0
-    ckpt_url = storage.join(mine, CHECKPOINT)
-    if resume is not None:
-        start = int(resume["position"])
-        stats_run = dict(resume["stats"])
-        from .partstore import unpack_mask
-
-        ran = unpack_mask(resume["ran"], b - a)
-        writer.written = [tuple(x) for x in resume["written"]]  # type: ignore[misc]
-        for i in todo[:start]:
-            accum.replay_done(*grid.region(i))
-        accum.restore(resume["accumulator"])
-    step = DeviceStep(runner, normalizer, grid, volume.channels, cfg.batch_size, wq, bits, accum)
-    reader = PatchReader(volume, grid, todo[start:], cfg.skip_empty_patches, 2 * cfg.batch_size + 2)
-    patch_vox = int(np.prod(ctx.patch))
-    bar = _progress(b - a, f"predict part {cfg.part_id}/{cfg.num_parts}", cfg.quiet)
-    bar.update(skipped_listing + start)
-    t_loop, last_ckpt, run_here = time.perf_counter(), time.monotonic(), 0
-
-    def checkpoint(position: int) -> None:
-        step.check()  # a NaN must not reach a checkpoint
-        state = accum.checkpoint()
-        storage.write_json(ckpt_url, {**key, "position": position, "stats": stats_run, "ran": pack_mask(ran),
-                                      "written": [list(x) for x in writer.written], "accumulator": state}, so)
-        accum.committed()
-
+def drop_scratch_quietly(cfg: PredictConfig, run: str) -> None:
+    """After the marker: spills, the checkpoint and earlier runs' stores go (leftovers only cost space)."""
     try:
+        drop_scratch(cfg.output_dir, cfg.part_id, run, cfg.storage_options)
+    except OSError as e:
+        log.warning("could not remove scratch data of %s: %s", paths.store_url(cfg.output_dir, cfg.part_id, run), e)
+
+
+class PartRun:
+    """The machinery of one run of one part, and its loop. ``run()`` returns the part's marker."""
+
+    def __init__(self, ctx: PartContext, lease: Lease, listener: Callable[[ProgressLine], None] | None = None) -> None:
+        from .model import load_model
+        from .normalization import Normalizer
+        from .runner import Runner, resolve_device
+
+        self.t0 = time.perf_counter()
+        self.ctx, self.cfg, self.lease, self.listener = ctx, ctx.cfg, lease, listener
+        cfg, volume = ctx.cfg, ctx.volume
+        self.model = load_model(ctx.model)
+        if self.model.num_input_channels != volume.channels:
+            raise BadInput(f"model expects {self.model.num_input_channels} input channel(s), {cfg.input_dir} has "
+                           f"{volume.channels}")
+        self.device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
+        self.plan = the_plan(ctx)
+        self.normalizer = Normalizer.from_plans(self.model.configuration_manager, self.model.plans_manager,
+                                                volume.channels)
+        self.stats = shared_stats(ctx, self.normalizer)
+        self.key = {"config": ctx.fp, "todo": self.plan.todo_digest}
+        self.store = paths.store_url(cfg.output_dir, cfg.part_id, lease.run_id)
+        self.spec = output_spec(cfg)
+        self.runner = Runner(self.model, self.device, cfg.do_tta, cfg.batch_size, compile=cfg.compile)
+        a, b = self.plan.part
+        self.ran = np.zeros(b - a, dtype=bool)
+        self.counts = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": self.plan.listed_empty}
+        self.start = 0
+        self.run_here = 0
+
+    # ---- building --------------------------------------------------------------------------------
+
+    def _previous_checkpoint(self) -> dict[str, Any] | None:
+        """The latest usable checkpoint of an earlier run of this part, copied into this run's store."""
+        cfg, so, prev = self.cfg, self.cfg.storage_options, self.lease.previous
+        if cfg.overwrite or prev is None:
+            return None
+        for run in [prev.run, *reversed(prev.doc.get("prev_runs", []))]:
+            theirs = paths.store_url(cfg.output_dir, cfg.part_id, run)
+            ckpt = storage.read_json(storage.join(theirs, paths.CHECKPOINT), so)
+            if ckpt is None or any(ckpt.get(k) != v for k, v in self.key.items()):
+                continue
+            storage.copy_tree(theirs, self.store, so)
+            log.info("predict part %d/%d: resuming after patch %d (the checkpoint of run %s)", cfg.part_id,
+                     cfg.num_parts, ckpt["position"], run)
+            return ckpt
+        return None
+
+    def _build(self, resume: dict[str, Any] | None) -> None:
+        ctx, cfg, so, plan = self.ctx, self.cfg, self.cfg.storage_options, self.plan
+        c, volume = self.model.num_classes, ctx.volume
+        if resume is not None:
+            group = open_store(self.store, so)
+        else:
+            group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
+                                 volume.shape, ctx.chunks, plan.layout.segments(cfg.part_id), self.spec is None, so)
+        self.io = WritePool(WRITERS, guard=self.lease.check)
+        spec = self.spec
+        owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
+                       staging=paths.pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
+        self.bits = logit_bits_for(plan.grid.max_coverage())
+        self.writer = PartWriter(plan.layout, cfg.part_id, group, owned, plan.cgrid, self.bits, self.io)
+        cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
+        self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes, self.device,
+                                      (group[SPILLS[0]], group[SPILLS[1]]), self.writer, self.io)
+        self.step = DeviceStep(self.runner, self.normalizer, plan.grid, volume.channels, cfg.batch_size,
+                               weight_q(ctx.patch).to(self.device), self.bits, self.accum)
+
+    def _resume(self, ckpt: dict[str, Any]) -> None:
+        a, b = self.plan.part
+        self.start = int(ckpt["position"])
+        self.counts = dict(ckpt["stats"])
+        self.ran = unpack_mask(ckpt["ran"], b - a)
+        self.writer.written = [tuple(x) for x in ckpt["written"]]  # type: ignore[misc]
+        for i in self.plan.todo[:self.start]:
+            self.accum.replay_done(*self.plan.grid.region(i))
+        self.accum.restore(ckpt["accumulator"])
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def checkpoint(self, position: int) -> None:
+        self.step.check()  # a NaN must not reach a checkpoint
+        state = self.accum.checkpoint()
+        storage.write_json(storage.join(self.store, paths.CHECKPOINT),
+                           {**self.key, "position": position, "stats": self.counts, "ran": pack_mask(self.ran),
+                            "written": [list(x) for x in self.writer.written], "accumulator": state},
+                           self.cfg.storage_options)
+        self.accum.committed()
+
+    def _run_batch(self, batch: list[Patch], bar: Reporter) -> None:
+        a = self.plan.part[0]
+        self.step(batch)
+        for p in batch:
+            self.ran[p.index - a] = True
+            self.accum.patch_done(p.lo, p.hi)
+        self.counts["run"] += len(batch)
+        self.run_here += len(batch)
+        dt = max(time.perf_counter() - self.t_loop, 1e-9)
+        bar.update(len(batch), f"{self.run_here * int(np.prod(self.ctx.patch)) / dt / 1e6:.2f} Mvox/s")
+
+    def _loop(self, bar: Reporter) -> None:
+        plan, cfg = self.plan, self.cfg
+        a, b = plan.part
         for i in range(a, b):  # patches empty by the listing only count down chunks
-            if not nonempty[i]:
-                accum.patch_done(*grid.region(i))
+            if not plan.nonempty[i]:
+                self.accum.patch_done(*plan.grid.region(i))
+        reader = PatchReader(self.ctx.volume, plan.grid, plan.todo[self.start:], cfg.skip_empty_patches,
+                             2 * cfg.batch_size + 2)
+        self.t_loop, last_ckpt = time.perf_counter(), time.monotonic()
         batch: list[Patch] = []
-        position = start
-        items = iter(reader)
-        while True:
-            item = next(items, None)
-            if item is not None:
+        position = self.start
+        try:
+            for item in reader:
                 position += 1
                 if item.data is None:
-                    stats_run["skipped_homogeneous"] += 1
-                    accum.patch_done(item.lo, item.hi)
+                    self.counts["skipped_homogeneous"] += 1
+                    self.accum.patch_done(item.lo, item.hi)
                     bar.update(1)
-                else:
-                    batch.append(item)
-            if batch and (len(batch) == cfg.batch_size or item is None):
-                step(batch)
-                for p in batch:
-                    ran[p.index - a] = True
-                    accum.patch_done(p.lo, p.hi)
-                bar.update(len(batch))
-                stats_run["run"] += len(batch)
-                run_here += len(batch)
-                batch = []
-                bar.set_postfix_str(f"{run_here * patch_vox / max(time.perf_counter() - t_loop, 1e-9) / 1e6:.2f} Mvox/s")
-                if item is not None and time.monotonic() - last_ckpt >= cfg.checkpoint_s:
-                    checkpoint(position)  # every patch drained so far is finished
-                    last_ckpt = time.monotonic()
-            if item is None:
-                break
-        step.check()
-        accum.finish()
-        io.close()
-    except BaseException:
-        io.abandon()
-        raise
-    finally:
-        reader.close()
-        bar.close()
+                    continue
+                batch.append(item)
+                if len(batch) == cfg.batch_size:
+                    self._run_batch(batch, bar)
+                    batch = []
+                    if time.monotonic() - last_ckpt >= cfg.checkpoint_s:
+                        self.checkpoint(position)  # every patch drained so far is finished
+                        last_ckpt = time.monotonic()
+            if batch:
+                self._run_batch(batch, bar)
+        finally:
+            reader.close()
 
-    marker = {
-        "config": ctx.fp, "complete": True, "part_id": cfg.part_id, "part": list(part), "run": run,
-        "store": mine, "num_classes": c, "logit_bits": bits, "normalization": stats,
-        "cover": list(layout.covers[cfg.part_id]) if layout.covers[cfg.part_id] else None,
-        "ran": pack_mask(ran), "written": [list(x) for x in writer.written],
-        "segments": [s.name for s in layout.segments(cfg.part_id)],
-        "patches": {"total": b - a, **stats_run, "run_by_last_run": run_here, "resumed_at": start},
-        "evictions": accum.evictions, "cache_peak_bytes": accum.peak,
-        "input_chunks_fetched": volume.fetched_chunks,
-        "model_passes": stats_run["run"] * runner.passes_per_patch,
-    }
-    lease.confirm()
-    storage.write_json(ctx.marker_url, marker, so)
-    lease.complete(marker=ctx.marker_url)
-    try:
-        drop_scratch(cfg.output_dir, cfg.part_id, run, so)
-    except OSError as e:  # the part is complete; leftovers only cost space
-        log.warning("could not remove scratch data of %s: %s", mine, e)
-    dt = time.perf_counter() - t0
-    log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, %d seam pieces, %.1f s, "
-             "%.2f Mvox/s", cfg.part_id, cfg.num_parts, stats_run["run"],
-             stats_run["skipped_homogeneous"] + stats_run["skipped_absent"], len(writer.written),
-             f" to {spec.url}" if spec else "", writer.segment_chunks, dt,
-             stats_run["run"] * patch_vox / max(dt, 1e-9) / 1e6)
-    return mine, ctx.marker_url
+    def run(self) -> dict[str, Any]:
+        resume = self._previous_checkpoint()
+        self._build(resume)
+        if resume is not None:
+            self._resume(resume)
+        cfg = self.cfg
+        a, b = self.plan.part
+        bar = Reporter("predict", cfg.part_id, cfg.num_parts, b - a, "patches",
+                       quiet=cfg.quiet or self.listener is not None, interval_s=cfg.progress_s,
+                       done=self.plan.listed_empty + self.start, listener=self.listener)
+        try:
+            self._loop(bar)
+            self.step.check()
+            self.accum.finish()
+            self.io.close()
+        except BaseException:
+            self.io.abandon()
+            raise
+        finally:
+            bar.close()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """The part's marker (claimedwork writes it once the lease is confirmed), and its summary line."""
+        cfg, plan, writer = self.cfg, self.plan, self.writer
+        a, b = plan.part
+        marker = {
+            "config": self.ctx.fp, "complete": True, "part_id": cfg.part_id, "part": list(plan.part),
+            "store": self.store, "num_classes": self.model.num_classes, "logit_bits": self.bits,
+            "normalization": self.stats,
+            "cover": list(plan.layout.covers[cfg.part_id]) if plan.layout.covers[cfg.part_id] else None,
+            "ran": pack_mask(self.ran), "written": [list(x) for x in writer.written],
+            "segments": [s.name for s in plan.layout.segments(cfg.part_id)],
+            "patches": {"total": b - a, **self.counts, "run_by_last_run": self.run_here, "resumed_at": self.start},
+            "evictions": self.accum.evictions, "cache_peak_bytes": self.accum.peak,
+            "input_chunks_fetched": self.ctx.volume.fetched_chunks,
+            "model_passes": self.counts["run"] * self.runner.passes_per_patch,
+        }
+        dt = time.perf_counter() - self.t0
+        skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
+        log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, %d seam pieces, %.1f s, "
+                 "%.2f Mvox/s", cfg.part_id, cfg.num_parts, self.counts["run"], skipped, len(writer.written),
+                 f" to {self.spec.url}" if self.spec else "", writer.segment_chunks, dt,
+                 self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6)
+        return marker

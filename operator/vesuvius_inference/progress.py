@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import re
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -97,21 +99,31 @@ class Reporter:
 
     def __init__(self, stage: str, part: int, parts: int, total: int, unit: str, *, quiet: bool = False,
                  interval_s: float = 30.0, done: int = 0, stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, listener: Callable[[ProgressLine], None] | None = None,
+                 name: str | None = None) -> None:
         self.stage, self.part, self.parts, self.total, self.unit = stage, part, parts, total, unit
         self.done, self._start_done = done, done
         self.stream = stream if stream is not None else sys.stderr
-        self.quiet, self.interval_s = quiet, interval_s
+        self.quiet, self.interval_s, self.listener, self.name = quiet, interval_s, listener, name
         self._t0 = self._last = time.monotonic()
         is_tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar: Any = None
         if not quiet and is_tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=done, desc=f"{stage} {part}/{parts}", unit=unit.rstrip("s"),
+            self._bar = tqdm(total=total, initial=done, desc=name or f"{stage} {part}/{parts}", unit=unit.rstrip("s"),
                              file=self.stream, dynamic_ncols=True, mininterval=1.0)
         elif not quiet:
             self._emit()
+        if listener is not None:
+            listener(self.line())
+
+    def skip(self, n: int) -> None:
+        """Work found done (resumed, or empty by the listing): counts towards done, not the rate."""
+        self.done += n
+        self._start_done += n
+        if self._bar is not None:
+            self._bar.update(n)
 
     @property
     def rate(self) -> float | None:
@@ -126,6 +138,8 @@ class Reporter:
 
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.done += n
+        if self.listener is not None:
+            self.listener(self.line())
         if self._bar is not None:
             self._bar.update(n)
             if postfix:
@@ -135,7 +149,10 @@ class Reporter:
 
     def _emit(self) -> None:
         self._last = time.monotonic()
-        print(self.line().format(), file=self.stream, flush=True)
+        text = self.line().format()
+        if self.name:  # an aggregate, for people: not a line the operator reads
+            text = f"{self.name}:" + text.split(":", 1)[1]
+        print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
         """The bar ends; elsewhere a last line says where the unit stopped (100% when done)."""
@@ -144,3 +161,44 @@ class Reporter:
             self._bar = None
         elif not self.quiet and self.done != self._start_done:
             self._emit()
+
+
+class RunProgress:
+    """Progress across the parts of a stage (the local pipeline): one bar or line for all of them.
+
+    Parts report their own ``ProgressLine`` (in this process through a ``Reporter`` listener, from a
+    worker process through its log lines); the total counts every part, known from the plan before
+    any part starts, so the ETA is the whole stage's.
+    """
+
+    def __init__(self, stage: str, totals: dict[int, int], unit: str, *, quiet: bool = False,
+                 interval_s: float = 30.0, stream: TextIO | None = None, tty: bool | None = None) -> None:
+        self.totals, self.seen, self._started = dict(totals), dict.fromkeys(totals, 0), set()
+        self._lock = threading.Lock()  # worker processes' readers report from their own threads
+        self.reporter = Reporter(stage, 0, len(totals), sum(totals.values()), unit, quiet=quiet,
+                                 interval_s=interval_s, stream=stream, tty=tty,
+                                 name=f"{stage} ({len(totals)} parts)")
+
+    def observe(self, line: ProgressLine) -> None:
+        """A part's latest report: the aggregate advances by what is new in it."""
+        with self._lock:
+            self._observe(line)
+
+    def _observe(self, line: ProgressLine) -> None:
+        if line.part not in self.seen:
+            return
+        first = line.part not in self._started
+        self._started.add(line.part)
+        delta = line.done - self.seen[line.part]
+        if delta > 0:
+            self.seen[line.part] = line.done
+            if first:  # what the part found done when it started is not this run's speed
+                self.reporter.skip(delta)
+            else:
+                self.reporter.update(delta)
+
+    def part_done(self, part: int) -> None:
+        self.observe(ProgressLine("", part, 0, self.totals.get(part, 0), 0, "", None, None))
+
+    def close(self) -> None:
+        self.reporter.close()

@@ -17,10 +17,10 @@ log = logging.getLogger("vesuvius_inference.runner")
 
 AUTO = "auto"
 _CHECK = ("check CUDA_VISIBLE_DEVICES (now {visible}), the NVIDIA driver (nvidia-smi) and, on Kubernetes, the pod's "
-          "runtimeClassName and the NVIDIA device plugin (nvidia.com/gpu); or pass --device cpu")
+          "runtimeClassName and the NVIDIA device plugin (nvidia.com/gpu); or pass {cpu}")
 
 
-def resolve_device(requested: str, asked: str | None = None) -> Any:
+def resolve_device(requested: str, asked: str | None = None, cpu_hint: str = "--device cpu") -> Any:
     """The torch device for ``--device``. ``auto`` takes a CUDA GPU when one is visible, else the CPU
     (one line says so); ``cuda``/``cuda:N`` asked for and unusable raises DeviceUnavailable (exit 69):
     never a silent CPU run on a GPU node. Called before the part is claimed, so nothing is written."""
@@ -42,7 +42,7 @@ def resolve_device(requested: str, asked: str | None = None) -> Any:
     if device.type != "cuda":
         return device
     asked = asked or f"--device {requested}"
-    check = _CHECK.format(visible=repr(os.environ["CUDA_VISIBLE_DEVICES"]) if "CUDA_VISIBLE_DEVICES" in os.environ
+    check = _CHECK.format(cpu=cpu_hint, visible=repr(os.environ["CUDA_VISIBLE_DEVICES"]) if "CUDA_VISIBLE_DEVICES" in os.environ
                           else "unset")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:

@@ -10,32 +10,29 @@ a finished split checks again).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage
-from .claims import Lease, default_lease_s, trusted_complete
+from .claimedwork import ClaimedWork
+from .claims import Lease
 from .grid import split_chunks
 from .iopool import WritePool
+from .paths import split_marker_dir
+from .progress import Reporter
 
 log = logging.getLogger("vesuvius_inference.stages")
-MARKERS = "_vesuvius"
-# Seconds between journal writes (0: after every unit). Longer means fewer small PUTs on object
-# storage and more units redone after a kill.
-ENV_JOURNAL_INTERVAL = "VESUVIUS_JOURNAL_INTERVAL_S"
 
 
-class Progress:
-    """Resume point of one stage split: how many of its units are written, saved every few seconds."""
+class Journal:
+    """Resume point of one stage split: how many of its units are written, saved every ``every_s``
+    seconds (0: after every unit; longer: fewer small PUTs on object storage, more units redone after a kill)."""
 
     def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
-                 every_s: float | None = None) -> None:
-        self.url = storage.join(url, MARKERS, f"{stage}_{part_id:05d}.progress.json")
-        if every_s is None:
-            every_s = float(os.environ.get(ENV_JOURNAL_INTERVAL, "2"))
+                 every_s: float) -> None:
+        self.url = storage.join(split_marker_dir(url), f"{stage}_{part_id:05d}.progress.json")
         self.config, self.so, self.every_s = config, so, every_s
         prev = storage.read_json(self.url, so) or {}
         self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0
@@ -49,7 +46,7 @@ class Progress:
 
 
 def all_done(work: str, stage: str, num_parts: int, config: dict[str, Any], so: dict[str, Any]) -> bool:
-    mdir = storage.join(work, MARKERS)
+    mdir = split_marker_dir(work)
     names = set(storage.list_names(mdir, so))
     if not all(f"{stage}_{i:05d}.json" in names for i in range(num_parts)):
         return False
@@ -65,50 +62,48 @@ class Split:
     num_parts: int
     config: dict[str, Any]
     storage_options: dict[str, Any] = field(default_factory=dict)
-    lease_s: float | None = None
+    lease_s: float = 60.0
     quiet: bool = False
+    journal_s: float = 2.0
+    progress_s: float = 30.0
 
     def run(self, units: Sequence[Any], process: Callable[[Any, WritePool], int], on_complete: Callable[[], None],
             what: str) -> tuple[int, bool]:
         """Process this split's share of ``units`` (``process`` returns voxels written, for the speed shown);
         returns (units processed, whether the whole stage is now complete)."""
-        from tqdm import tqdm
-
-        so, name = self.storage_options, f"{self.stage}_{self.part_id:05d}"
-        lease = Lease(storage.join(self.work, f"{name}.claim.json"), f"{what} {self.part_id}/{self.num_parts}", so,
-                      self.lease_s if self.lease_s is not None else default_lease_s())
-        found = lease.acquire()
-        marker = storage.join(self.work, MARKERS, f"{name}.json")
+        name = f"{self.stage}_{self.part_id:05d}"
         mine = split_chunks(list(units), self.num_parts, self.part_id)
-        if found is not None and (storage.read_json(marker, so) or {}).get("config") == self.config \
-                and trusted_complete(lease.url, found.run, so):
+        work = ClaimedWork(storage.join(self.work, f"{name}.claim.json"),
+                           storage.join(split_marker_dir(self.work), f"{name}.json"),
+                           f"{what} {self.part_id}/{self.num_parts}", self.storage_options, self.lease_s,
+                           matches=lambda marker: marker.get("config") == self.config)
+        _, ran = work.run(lambda lease: self._process(mine, process, lease, what))
+        if not ran:
             log.info("%s %d/%d is already complete", what, self.part_id, self.num_parts)
-            return 0, self._complete_if_all_done(on_complete)
-        if found is not None:
-            lease.acquire(take_complete=True)
-        with lease:
-            progress = Progress(self.work, self.stage, self.part_id, self.config, so)
-            if progress.start:
-                log.info("%s %d/%d: resuming after %d of %d units", what, self.part_id, self.num_parts,
-                         progress.start, len(mine))
-            io = WritePool(4, guard=lease.check)
-            t0, vox = time.perf_counter(), 0
-            try:
-                with tqdm(total=len(mine), initial=progress.start, desc=f"{what} {self.part_id}/{self.num_parts}",
-                          unit="unit", disable=self.quiet, mininterval=1.0) as bar:
-                    for n, unit in enumerate(mine[progress.start:], start=progress.start):
-                        vox += process(unit, io)
-                        bar.update(1)
-                        bar.set_postfix_str(f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
-                        progress.update(n + 1, io.wait_all)
-                io.close()
-            except BaseException:
-                io.abandon()
-                raise
-            lease.confirm()
-            storage.write_json(marker, {"config": self.config, "units": len(mine)}, so)
-            lease.complete()
-        return len(mine), self._complete_if_all_done(on_complete)
+        return len(mine) if ran else 0, self._complete_if_all_done(on_complete)
+
+    def _process(self, mine: list[Any], process: Callable[[Any, WritePool], int], lease: Lease,
+                 what: str) -> dict[str, Any]:
+        journal = Journal(self.work, self.stage, self.part_id, self.config, self.storage_options, self.journal_s)
+        if journal.start:
+            log.info("%s %d/%d: resuming after %d of %d units", what, self.part_id, self.num_parts, journal.start,
+                     len(mine))
+        io = WritePool(4, guard=lease.check)
+        t0, vox = time.perf_counter(), 0
+        bar = Reporter(self.stage, self.part_id, self.num_parts, len(mine), "units", quiet=self.quiet,
+                       interval_s=self.progress_s, done=journal.start)
+        try:
+            for n, unit in enumerate(mine[journal.start:], start=journal.start):
+                vox += process(unit, io)
+                bar.update(1, f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
+                journal.update(n + 1, io.wait_all)
+            io.close()
+        except BaseException:
+            io.abandon()
+            raise
+        finally:
+            bar.close()
+        return {"config": self.config, "units": len(mine)}
 
     def _complete_if_all_done(self, on_complete: Callable[[], None]) -> bool:
         """The last split completes the stage, under a claim of its own: two splits finishing at the same
@@ -119,7 +114,7 @@ class Split:
         if not all_done(self.work, self.stage, self.num_parts, self.config, so):
             return False
         lease = Lease(storage.join(self.work, f"{self.stage}_complete.claim.json"), f"completing {self.stage}", so,
-                      self.lease_s if self.lease_s is not None else default_lease_s())
+                      self.lease_s)
         try:
             lease.acquire(take_complete=True)
         except Busy:

@@ -17,9 +17,6 @@ from fsspec.core import url_to_fs
 
 from .errors import BadArguments, BadInput
 
-ENV_STORAGE_OPTIONS = "VESUVIUS_STORAGE_OPTIONS"
-
-
 READ_ONLY_SCHEMES = ("http://", "https://")
 
 
@@ -27,22 +24,6 @@ def require_writable(url: str, flag: str) -> None:
     """Refuse an output on a read-only scheme before any work is done."""
     if str(url).lower().startswith(READ_ONLY_SCHEMES):
         raise BadArguments(f"{flag} {url}: http(s) is read-only; write to a local path, file://, s3:// or gs://")
-
-
-def parse_storage_options(text: str | None) -> dict[str, Any]:
-    """Options for fsspec (endpoint, region, anon, ...): the env default updated by ``text``."""
-    opts: dict[str, Any] = {}
-    for source, raw in (("$" + ENV_STORAGE_OPTIONS, os.environ.get(ENV_STORAGE_OPTIONS)), ("--storage-options", text)):
-        if not raw:
-            continue
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise BadArguments(f"{source} is not valid JSON ({e.msg}); pass e.g. '{{\"anon\": true}}'") from None
-        if not isinstance(value, dict):
-            raise BadArguments(f"{source} must be a JSON object, got {type(value).__name__}")
-        opts.update(value)
-    return opts
 
 
 def is_local(url: str) -> bool:
@@ -80,11 +61,6 @@ def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_onl
         return zarr.storage.LocalStore(path, read_only=read_only)
     opts = dict(storage_options or {})
     return zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
-
-
-def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
-    fs, path = filesystem(url, storage_options)
-    return bool(fs.exists(path))
 
 
 def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -54,11 +54,12 @@ def nnunet_time(model: Path, vol: np.ndarray, tta: bool) -> float:
 
 
 def ours_time(model: Path, inp: str, out: Path, tta: bool, parts: int = 1, **kw) -> float:
-    from vesuvius_inference.predict import PredictConfig, run_predict
+    from vesuvius_inference.config import PredictConfig
+    from vesuvius_inference.predict import run_predict
 
     t = time.perf_counter()
     for p in range(parts):
-        run_predict(PredictConfig(str(model), inp, str(out), part_id=p, num_parts=parts, device="cpu", do_tta=tta,
+        run_predict(PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(out), part_id=p, num_parts=parts, device="cpu", do_tta=tta,
                                   quiet=True, **kw))
     return time.perf_counter() - t
 
@@ -128,13 +129,14 @@ def main() -> None:
     t_ours = ours_time(model, inp_half, root / "p_half", False, batch_size=2, skip_empty_patches=True)
     print(f"skip-empty (50% absent): nnU-Net {t_nn:.1f} s, ours {t_ours:.1f} s, ours/nnU-Net speed = {t_nn / t_ours:.2f}")
     # intermediate bytes
-    from vesuvius_inference.blend import BlendConfig, run_blend
+    from vesuvius_inference.blend import run_blend
+    from vesuvius_inference.config import BlendConfig
     from vesuvius_inference.storage import tree_bytes
 
     for parts in (1, 2, 4):
         pd = root / f"inter{parts}"
         ours_time(model, inp, pd, False, parts=parts, batch_size=2)
-        run_blend(BlendConfig(str(pd), str(root / f"b{parts}.zarr"), quiet=True))
+        run_blend(BlendConfig(parts_dir=str(pd), output=str(root / f"b{parts}.zarr"), quiet=True))
         ib, bb = tree_bytes(str(pd)), tree_bytes(str(root / f"b{parts}.zarr"))
         print(f"intermediates, {parts} part(s): {ib / 1e6:.1f} MB / blended {bb / 1e6:.1f} MB = {ib / bb:.2f}")
         shutil.rmtree(pd)

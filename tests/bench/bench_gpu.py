@@ -31,9 +31,10 @@ PATCH = (128, 128, 128)
 def forward_only(model_dir: Path, n_patches: int, tta: bool, batch: int) -> float:
     import torch
     from vesuvius_inference.model import load_model
+    from vesuvius_inference.model_files import ModelFiles
     from vesuvius_inference.runner import Runner
 
-    runner = Runner(load_model(str(model_dir)), torch.device("cuda:0"), tta, batch)
+    runner = Runner(load_model(ModelFiles(str(model_dir))), torch.device("cuda:0"), tta, batch)
     x = torch.randn((batch, 1) + PATCH, device="cuda:0")
     runner(x)  # warm-up: cuDNN handles, autocast caches
     torch.cuda.synchronize()
@@ -49,10 +50,11 @@ def forward_only(model_dir: Path, n_patches: int, tta: bool, batch: int) -> floa
 def ours(model_dir: Path, inp: str, out: Path, tta: bool, batch: int) -> tuple[float, int]:
     import json
 
-    from vesuvius_inference.predict import PredictConfig, run_predict
+    from vesuvius_inference.config import PredictConfig
+    from vesuvius_inference.predict import run_predict
 
     t = time.perf_counter()
-    run_predict(PredictConfig(str(model_dir), inp, str(out / "parts"), device="cuda:0", do_tta=tta, batch_size=batch,
+    run_predict(PredictConfig(model_path=str(model_dir), input_dir=inp, output_dir=str(out / "parts"), device="cuda:0", do_tta=tta, batch_size=batch,
                               final_output=str(out / "out.zarr"), cache_gb=16, quiet=True, intensity_check="off"))
     marker = json.loads((out / "parts" / "part_00000.json").read_text())
     return time.perf_counter() - t, int(marker["patches"]["run"])

@@ -57,19 +57,20 @@ class NullNet:
 def null_predict(model: Path, inp: str, out: Path, patch: int) -> float:
     """Seconds of one predict part (whole volume) with the null network, blended float16 output."""
     import vesuvius_inference.model as model_mod
-    from vesuvius_inference.predict import PredictConfig, run_predict
+    from vesuvius_inference.config import PredictConfig
+    from vesuvius_inference.predict import run_predict
 
     real = model_mod.load_model
 
-    def load(folder, folds=None):
-        m = real(folder, folds)
+    def load(files):
+        m = real(files)
         m.networks = [NullNet(m.num_classes)]
         return m
 
     model_mod.load_model = load
     try:
         t = time.perf_counter()
-        run_predict(PredictConfig(str(model), inp, str(out / "parts"), device="cpu", do_tta=False, batch_size=4,
+        run_predict(PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(out / "parts"), device="cpu", do_tta=False, batch_size=4,
                                   cache_gb=2.0, blended_output=str(out / "blended.zarr"), checkpoint_s=1e9,
                                   intensity_check="off", quiet=True))
         return time.perf_counter() - t

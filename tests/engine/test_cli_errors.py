@@ -144,18 +144,18 @@ def test_existing_output_needs_overwrite(tmp_path, model2, good):
 
 
 def test_both_flag_spellings_and_seed_entry_points():
-    from vesuvius_inference.cli import blend_parser, finalize_parser, pipeline_parser, predict_parser
+    from vesuvius_inference.cli import parse
 
-    a = predict_parser().parse_args(["--model-path", "m", "--input_dir", "i", "--output-dir", "o", "--part-id", "1",
+    a = parse("predict", ["--model-path", "m", "--input_dir", "i", "--output-dir", "o", "--part-id", "1",
                                      "--num_parts", "3", "--batch-size", "2", "--disable-tta",
                                      "--no-skip-empty-patches", "--patch-size", "64,64,64", "--cache-gb", "1"])
-    assert (a.model_path, a.part_id, a.num_parts, a.batch_size, a.disable_tta, a.skip_empty_patches,
-            a.patch_size, a.cache_gb) == ("m", 1, 3, 2, True, False, (64, 64, 64), 1.0)
-    b = blend_parser().parse_args(["p", "o", "--cache-gb", "2", "--sigma-scale", "8", "--chunk-size", "1,2,3"])
+    assert (a.model_path, a.part_id, a.num_parts, a.batch_size, a.do_tta, a.skip_empty_patches,
+            a.patch_size, a.cache_gb) == ("m", 1, 3, 2, False, False, (64, 64, 64), 1.0)
+    b = parse("blend", ["p", "o", "--cache-gb", "2", "--sigma-scale", "8", "--chunk-size", "1,2,3"])
     assert (b.cache_gb, b.chunk_size) == (2.0, (1, 2, 3))
-    f = finalize_parser().parse_args(["i", "o", "--delete_intermediates", "--cache_gb", "3", "--num-parts", "2"])
+    f = parse("finalize", ["i", "o", "--delete_intermediates", "--cache_gb", "3", "--num-parts", "2"])
     assert f.delete_intermediates and f.num_parts == 2
-    p = pipeline_parser().parse_args(["--input", "i", "--output", "o", "--model", "m", "--parts_per_gpu", "2",
+    p = parse("pipeline", ["--input", "i", "--output", "o", "--model", "m", "--parts_per_gpu", "2",
                                       "--keep-intermediates", "--fuse_blend_finalize", "--skip-predict"])
     assert p.parts_per_gpu == 2 and p.keep_intermediates and p.fuse_blend_finalize and p.skip_predict
     for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.blend_and_finalize", "vesuvius.finalize_outputs",
@@ -179,8 +179,8 @@ def test_a_fold_folder_is_used_through_its_parent_and_auto_takes_the_cpu(tmp_pat
     import torch
 
     inp, _ = good
-    args = [a for a in predict_args(model2 / "fold_1", inp, tmp_path / "o") if a not in ("--device", "cpu")]
-    r = cli(*args)  # no --device: auto
+    args = [a if a != "cpu" else "auto" for a in predict_args(model2 / "fold_1", inp, tmp_path / "o")]
+    r = cli(*args)  # --device auto: a GPU if one is visible, else the CPU, saying so
     assert r.returncode == 0, r.stderr
     notes = [x for x in r.stderr.splitlines() if "fold 1 of the nnU-Net model folder" in x]
     assert len(notes) == 1 and "--folds 1" in notes[0], r.stderr

@@ -41,20 +41,22 @@ def _predict(setup, root: Path, part: int, *extra: str) -> list[str]:
 
 
 def _in_process(setup, root: Path, part: int) -> None:
-    from vesuvius_inference.predict import PredictConfig, run_predict
+    from vesuvius_inference.config import PredictConfig
+    from vesuvius_inference.predict import run_predict
 
     tmp, model, vol = setup
-    run_predict(PredictConfig(str(model), vol, str(root / "parts"), part_id=part, num_parts=2, device="cpu",
+    run_predict(PredictConfig(model_path=str(model), input_dir=vol, output_dir=str(root / "parts"), part_id=part, num_parts=2, device="cpu",
                               do_tta=False, final_output=str(root / "out.zarr"), chunk_size=(16, 32, 32),
                               quiet=True, lease_s=float(LEASE)))
 
 
 def _finish(setup, root: Path) -> np.ndarray:
     """Part 1 and blend, in this process (the races under test are all about part 0)."""
-    from vesuvius_inference.blend import BlendConfig, run_blend
+    from vesuvius_inference.config import BlendConfig
+    from vesuvius_inference.stages import finish_from_blend
 
     _in_process(setup, root, 1)
-    run_blend(BlendConfig(str(root / "parts"), str(root / "out.zarr"), quiet=True))
+    finish_from_blend(BlendConfig(parts_dir=str(root / "parts"), output=str(root / "out.zarr"), quiet=True))
     return zarr.open_group(str(root / "out.zarr"), mode="r")["0"][:]
 
 
@@ -114,7 +116,7 @@ def test_kill_and_restart_while_another_run_is_alive(setup, clean, tmp_path):
     r = subprocess.run(_cmd("blend", root / "parts", root / "out.zarr"), capture_output=True, text=True)
     assert r.returncode == 3 and "does not hold its claim" in r.stderr.strip().splitlines()[-1]
     r = subprocess.run(_predict(setup, root, 1), capture_output=True, text=True)
-    assert r.returncode == 0 and "predicting the part again" in r.stderr
+    assert r.returncode == 0 and "does not hold the claim as complete: doing predict part 1" in r.stderr
 
 
 def test_a_frozen_run_loses_its_claim_and_cannot_complete_the_part(setup, clean, tmp_path):

@@ -98,11 +98,12 @@ def test_device_step_gives_the_host_paths_sums(model_factory):
     from vesuvius_inference.grid import ChunkGrid, PatchGrid
     from vesuvius_inference.iopool import WritePool
     from vesuvius_inference.model import load_model
+    from vesuvius_inference.model_files import ModelFiles
     from vesuvius_inference.reader import Patch
     from vesuvius_inference.runner import Runner
 
     folder = model_factory(patch=(16, 24, 24), folds=(0,), normalization="CTNormalization")
-    model = load_model(str(folder))
+    model = load_model(ModelFiles(str(folder)))
     normalizer = Normalizer.from_plans(model.configuration_manager, model.plans_manager, 1)
     rng = np.random.default_rng(11)
     vol = (rng.random((1, 29, 37, 30)) * 255).astype(np.uint8)  # not a multiple of the patch: edge patches

@@ -7,9 +7,10 @@ import pytest
 import zarr
 from helpers import smooth_volume, write_zarr
 from oracle import nnunet_logits, normalize_like_nnunet, probabilities_uint8
-from vesuvius_inference.blend import BlendConfig, run_blend
-from vesuvius_inference.finalize import FinalizeConfig, run_finalize
-from vesuvius_inference.predict import PredictConfig, run_predict
+from vesuvius_inference.blend import run_blend
+from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.finalize import run_finalize
+from vesuvius_inference.predict import run_predict
 
 SHAPE = (77, 130, 101)  # z smaller than the patch (80): padded as nnU-Net pads
 
@@ -17,12 +18,12 @@ SHAPE = (77, 130, 101)  # z smaller than the patch (80): padded as nnU-Net pads
 def run_ours(tmp, model, inp, parts, tta, chunk=(32, 48, 48)):
     parts_dir = tmp / f"parts_{parts}_{tta}"
     for p in range(parts):
-        run_predict(PredictConfig(str(model), inp, str(parts_dir), part_id=p, num_parts=parts, device="cpu",
+        run_predict(PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(parts_dir), part_id=p, num_parts=parts, device="cpu",
                                   do_tta=tta, chunk_size=chunk, quiet=True))
     blended = tmp / f"blended_{parts}_{tta}.zarr"
-    run_blend(BlendConfig(str(parts_dir), str(blended), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(parts_dir), output=str(blended), quiet=True))
     out = tmp / f"out_{parts}_{tta}.zarr"
-    run_finalize(FinalizeConfig(str(blended), str(out), quiet=True))
+    run_finalize(FinalizeConfig(input_path=str(blended), output_path=str(out), quiet=True))
     return zarr.open_array(str(blended), mode="r")[:], zarr.open_group(str(out), mode="r")["0"][:]
 
 
@@ -70,8 +71,8 @@ def test_overlap_is_overlap_fraction(case, model2, tmp_path):
     _, inp, normalized = case
     ref = nnunet_logits(model2, normalized, mirroring=False, folds=(0,), step=0.75)
     parts_dir = tmp_path / "parts"
-    run_predict(PredictConfig(str(model2), inp, str(parts_dir), device="cpu", do_tta=False, overlap=0.25,
+    run_predict(PredictConfig(model_path=str(model2), input_dir=inp, output_dir=str(parts_dir), device="cpu", do_tta=False, overlap=0.25,
                               folds=[0], quiet=True))
-    run_blend(BlendConfig(str(parts_dir), str(tmp_path / "b.zarr"), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(parts_dir), output=str(tmp_path / "b.zarr"), quiet=True))
     ours = zarr.open_array(str(tmp_path / "b.zarr"), mode="r")[:]
     assert np.abs(ours.astype(np.float32) - ref).max() <= 1e-2

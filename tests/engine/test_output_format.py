@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import zarr
 from helpers import smooth_volume, write_zarr
-from vesuvius_inference.blend import BlendConfig, run_blend
+from vesuvius_inference.blend import run_blend
+from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.errors import BadInput
-from vesuvius_inference.finalize import FinalizeConfig, run_finalize
+from vesuvius_inference.finalize import run_finalize
 from vesuvius_inference.output import is_complete, written_config
-from vesuvius_inference.predict import PredictConfig, run_predict
+from vesuvius_inference.predict import run_predict
+from vesuvius_inference.stages import finish_from_blend
 
 SHAPE = (32, 64, 64)
 
@@ -36,11 +38,15 @@ def inputs(tmp_path_factory):
             3: write_zarr(tmp / "v3.zarr", vol, chunks=(16, 32, 32), zarr_format=3)}
 
 
+def predict_cfg(model, inp, parts, **kw) -> PredictConfig:
+    return PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(parts), device="cpu", do_tta=False,
+                         quiet=True, chunk_size=(8, 16, 16), **kw)
+
+
 def predict_into(model, inp, parts, out, n=1, **kw):
     for p in range(n):
-        run_predict(PredictConfig(str(model), inp, str(parts), part_id=p, num_parts=n, device="cpu", do_tta=False,
-                                  quiet=True, final_output=str(out), chunk_size=(8, 16, 16), **kw))
-    run_blend(BlendConfig(str(parts), str(out), quiet=True))
+        run_predict(predict_cfg(model, inp, parts, part_id=p, num_parts=n, final_output=str(out), **kw))
+    finish_from_blend(BlendConfig(parts_dir=str(parts), output=str(out), quiet=True))  # the blend command
 
 
 def levels(path) -> list[np.ndarray]:
@@ -77,21 +83,20 @@ def test_fused_outputs_follow_the_input_format_unless_told_and_hold_the_same_byt
     assert written_config(str(tmp_path / "o2.zarr"))["predict"]["input_zarr_format"] == 2
     # the same output asked for in the other format is another configuration: refused, not mixed
     with pytest.raises(BadInput, match="different run"):
-        run_predict(PredictConfig(str(model), inputs[2], str(tmp_path / "other"), device="cpu",
-                                  do_tta=False, quiet=True, final_output=str(tmp_path / "o2.zarr"),
-                                  chunk_size=(8, 16, 16), ngff_version="0.5", overwrite=False))
+        run_predict(predict_cfg(model, inputs[2], tmp_path / "other", final_output=str(tmp_path / "o2.zarr"),
+                                ngff_version="0.5"))
     assert fmt(tmp_path / "o2.zarr") == (2, "0.4")
 
 
 def test_two_stage_finalize_follows_the_input_that_was_predicted(tmp_path, model, inputs):
     for p in range(2):  # the seed's layout: parts without an output
-        run_predict(PredictConfig(str(model), inputs[2], str(tmp_path / "parts"), part_id=p, num_parts=2,
-                                  device="cpu", do_tta=False, quiet=True, chunk_size=(8, 16, 16)))
-    run_blend(BlendConfig(str(tmp_path / "parts"), str(tmp_path / "blended.zarr"), quiet=True))
+        run_predict(predict_cfg(model, inputs[2], tmp_path / "parts", part_id=p, num_parts=2))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / "blended.zarr"), quiet=True))
     assert zarr.open_array(str(tmp_path / "blended.zarr"), mode="r").metadata.zarr_format == 3  # intermediates
-    run_finalize(FinalizeConfig(str(tmp_path / "blended.zarr"), str(tmp_path / "out.zarr"), quiet=True))
-    run_finalize(FinalizeConfig(str(tmp_path / "blended.zarr"), str(tmp_path / "out5.zarr"), quiet=True,
-                                ngff_version="0.5"))
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / "blended.zarr"), output_path=str(tmp_path / "out.zarr"),
+                                quiet=True))
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / "blended.zarr"), output_path=str(tmp_path / "out5.zarr"),
+                                quiet=True, ngff_version="0.5"))
     assert fmt(tmp_path / "out.zarr") == (2, "0.4") and fmt(tmp_path / "out5.zarr") == (3, "0.5")
     for x, y in zip(levels(tmp_path / "out.zarr"), levels(tmp_path / "out5.zarr")):
         np.testing.assert_array_equal(x, y)
@@ -105,8 +110,7 @@ def test_two_stage_finalize_follows_the_input_that_was_predicted(tmp_path, model
 
 
 def test_blend_and_finalize_refuses_parts_that_wrote_blended_logits(tmp_path, model, inputs):
-    run_predict(PredictConfig(str(model), inputs[3], str(tmp_path / "parts"), device="cpu", do_tta=False, quiet=True,
-                              blended_output=str(tmp_path / "b.zarr"), chunk_size=(8, 16, 16)))
+    run_predict(predict_cfg(model, inputs[3], tmp_path / "parts", blended_output=str(tmp_path / "b.zarr")))
     r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "blend_and_finalize", str(tmp_path / "parts"),
                         str(tmp_path / "out.zarr")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

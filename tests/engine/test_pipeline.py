@@ -8,9 +8,10 @@ import sys
 import numpy as np
 import zarr
 from helpers import smooth_volume, write_zarr
-from vesuvius_inference.blend import BlendConfig, run_blend
-from vesuvius_inference.finalize import FinalizeConfig, run_finalize
-from vesuvius_inference.predict import PredictConfig, run_predict
+from vesuvius_inference.blend import run_blend
+from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.finalize import run_finalize
+from vesuvius_inference.predict import run_predict
 
 
 def test_pipeline_cli_matches_stages_and_cleans_up(tmp_path, model2):
@@ -25,10 +26,10 @@ def test_pipeline_cli_matches_stages_and_cleans_up(tmp_path, model2):
         assert f"== {stage} done in" in r.stderr
     assert not (tmp_path / "out.zarr_work").exists()  # intermediates removed by default
     for p in range(3):
-        run_predict(PredictConfig(str(model2), vol, str(tmp_path / "parts"), part_id=p, num_parts=3, device="cpu",
+        run_predict(PredictConfig(model_path=str(model2), input_dir=vol, output_dir=str(tmp_path / "parts"), part_id=p, num_parts=3, device="cpu",
                                   do_tta=False, quiet=True))
-    run_blend(BlendConfig(str(tmp_path / "parts"), str(tmp_path / "b.zarr"), quiet=True))
-    run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / "o.zarr"), threshold=True, quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / "b.zarr"), quiet=True))
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / "o.zarr"), threshold=True, quiet=True))
     assert np.array_equal(zarr.open_group(str(out), mode="r")["0"][:],
                           zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["0"][:])
 

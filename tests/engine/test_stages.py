@@ -14,16 +14,18 @@ import numpy as np
 import pytest
 import zarr
 from helpers import smooth_volume, write_zarr
-from vesuvius_inference.blend import BlendConfig, run_blend
-from vesuvius_inference.finalize import FinalizeConfig, finalize_chunk, run_finalize, run_fused
-from vesuvius_inference.predict import Inferer, PredictConfig, run_predict
+from vesuvius_inference.blend import run_blend
+from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.finalize import finalize_chunk, run_finalize
+from vesuvius_inference.predict import Inferer, run_predict
+from vesuvius_inference.stages import finish_from_blend
 
 SHAPE = (64, 96, 96)
 
 
 def predict_all(model, inp, parts_dir, n, **kw):
     for p in range(n):
-        run_predict(PredictConfig(str(model), inp, str(parts_dir), part_id=p, num_parts=n, device="cpu",
+        run_predict(PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(parts_dir), part_id=p, num_parts=n, device="cpu",
                                   do_tta=False, quiet=True, **kw))
 
 
@@ -41,8 +43,8 @@ def test_one_vs_five_parts_identical_final_bytes(tmp_path, model2, vol_path):
     outs = {}
     for n in (1, 5):
         predict_all(model2, vol_path, tmp_path / f"p{n}", n, chunk_size=(16, 32, 32))
-        run_blend(BlendConfig(str(tmp_path / f"p{n}"), str(tmp_path / f"b{n}.zarr"), quiet=True))
-        run_finalize(FinalizeConfig(str(tmp_path / f"b{n}.zarr"), str(tmp_path / f"o{n}.zarr"), quiet=True))
+        run_blend(BlendConfig(parts_dir=str(tmp_path / f"p{n}"), output=str(tmp_path / f"b{n}.zarr"), quiet=True))
+        run_finalize(FinalizeConfig(input_path=str(tmp_path / f"b{n}.zarr"), output_path=str(tmp_path / f"o{n}.zarr"), quiet=True))
         outs[n] = zarr.open_group(str(tmp_path / f"o{n}.zarr"), mode="r")["0"][:]
     assert np.array_equal(outs[1], outs[5])
     assert np.array_equal(blended(tmp_path / "b1.zarr"), blended(tmp_path / "b5.zarr"), equal_nan=True)
@@ -55,7 +57,7 @@ def test_tiny_cache_spills_and_gives_same_bytes(tmp_path, model2, vol_path):
     marker = __import__("json").loads((tmp_path / "tiny" / "part_00000.json").read_text())
     assert marker["evictions"] > 0
     for d in ("big", "tiny"):
-        run_blend(BlendConfig(str(tmp_path / d), str(tmp_path / f"{d}.zarr"), quiet=True))
+        run_blend(BlendConfig(parts_dir=str(tmp_path / d), output=str(tmp_path / f"{d}.zarr"), quiet=True))
     assert np.array_equal(blended(tmp_path / "big.zarr"), blended(tmp_path / "tiny.zarr"), equal_nan=True)
 
 
@@ -107,8 +109,8 @@ def test_skip_empty_same_output_outside_and_fewer_model_calls(tmp_path, model2):
     for d in ("skip", "all"):
         import json
         runs[d] = sum(json.loads((tmp_path / d / f"part_0000{i}.json").read_text())["patches"]["run"] for i in (0, 1))
-        run_blend(BlendConfig(str(tmp_path / d), str(tmp_path / f"b_{d}.zarr"), quiet=True))
-        run_finalize(FinalizeConfig(str(tmp_path / f"b_{d}.zarr"), str(tmp_path / f"o_{d}.zarr"), quiet=True))
+        run_blend(BlendConfig(parts_dir=str(tmp_path / d), output=str(tmp_path / f"b_{d}.zarr"), quiet=True))
+        run_finalize(FinalizeConfig(input_path=str(tmp_path / f"b_{d}.zarr"), output_path=str(tmp_path / f"o_{d}.zarr"), quiet=True))
     assert runs["skip"] < runs["all"]
     # voxels that no skipped patch covers are identical
     from vesuvius_inference.grid import PatchGrid
@@ -152,14 +154,15 @@ def test_finalize_chunk_modes_use_one_global_scale():
 def test_multiclass_pipeline_and_fused_equals_two_stage(tmp_path, model_factory, vol_path):
     model3 = model_factory(folds=(0,), num_classes=3)
     predict_all(model3, vol_path, tmp_path / "parts", 2, chunk_size=(32, 32, 32))
-    run_blend(BlendConfig(str(tmp_path / "parts"), str(tmp_path / "b.zarr"), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / "b.zarr"), quiet=True))
     logits = blended(tmp_path / "b.zarr").astype(np.float64)
     e = np.exp(logits - logits.max(axis=0))
     expected = np.rint(e / e.sum(axis=0) * 255).astype(np.uint8)
     for thr in (False, True):
-        run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / f"o{thr}.zarr"), mode="multiclass",
+        run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / f"o{thr}.zarr"), mode="multiclass",
                                     threshold=thr, quiet=True))
-        run_fused(str(tmp_path / "parts"), str(tmp_path / f"f{thr}.zarr"), "multiclass", thr, quiet=True)
+        finish_from_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / f"f{thr}.zarr"),
+                                      mode="multiclass", threshold=thr, quiet=True))
         two = zarr.open_group(str(tmp_path / f"o{thr}.zarr"), mode="r")["0"][:]
         fused = zarr.open_group(str(tmp_path / f"f{thr}.zarr"), mode="r")["0"][:]
         assert np.array_equal(two, fused)
@@ -168,22 +171,22 @@ def test_multiclass_pipeline_and_fused_equals_two_stage(tmp_path, model_factory,
         else:
             assert np.abs(two.astype(int) - expected.astype(int)).max() <= 1
     with pytest.raises(Exception, match="multiclass"):
-        run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / "bin.zarr"), mode="binary", quiet=True))
+        run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / "bin.zarr"), mode="binary", quiet=True))
 
 
 def test_output_is_ome_zarr_only_once_complete(tmp_path, model2, vol_path):
     predict_all(model2, vol_path, tmp_path / "parts", 1)
-    run_blend(BlendConfig(str(tmp_path / "parts"), str(tmp_path / "b.zarr"), num_parts=2, part_id=0, quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / "b.zarr"), num_parts=2, part_id=0, quiet=True))
     b = zarr.open_array(str(tmp_path / "b.zarr"), mode="r")
     assert b.attrs["vesuvius"]["complete"] is False  # half of a split blend does not look complete
     with pytest.raises(Exception, match="incomplete"):
-        run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / "o.zarr"), quiet=True))
-    run_blend(BlendConfig(str(tmp_path / "parts"), str(tmp_path / "b.zarr"), num_parts=2, part_id=1, quiet=True))
+        run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / "o.zarr"), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "parts"), output=str(tmp_path / "b.zarr"), num_parts=2, part_id=1, quiet=True))
     assert zarr.open_array(str(tmp_path / "b.zarr"), mode="r").attrs["vesuvius"]["complete"] is True
-    run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / "o.zarr"), num_parts=2, part_id=1, quiet=True))
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / "o.zarr"), num_parts=2, part_id=1, quiet=True))
     g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     assert "ome" not in g.attrs
-    run_finalize(FinalizeConfig(str(tmp_path / "b.zarr"), str(tmp_path / "o.zarr"), num_parts=2, part_id=0,
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / "b.zarr"), output_path=str(tmp_path / "o.zarr"), num_parts=2, part_id=0,
                                 delete_intermediates=True, quiet=True))
     g = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")
     ms = g.attrs["ome"]["multiscales"][0]
@@ -218,12 +221,12 @@ def test_bbox_is_the_crop_in_the_volumes_frame(tmp_path, model_factory):
     z0, z1, y0, y1, x0, x1 = 10, 50, 20, 90, 5, 70
     crop = write_zarr(tmp_path / "crop.zarr", np.ascontiguousarray(data[z0:z1, y0:y1, x0:x1]), chunks=(16, 32, 32))
     for p in range(2):
-        run_predict(PredictConfig(str(model), vol, str(tmp_path / "roi"), part_id=p, num_parts=2, device="cpu",
+        run_predict(PredictConfig(model_path=str(model), input_dir=vol, output_dir=str(tmp_path / "roi"), part_id=p, num_parts=2, device="cpu",
                                   do_tta=False, quiet=True, chunk_size=(16, 16, 16), bbox=f"{z0}:{z1},{y0}:{y1},{x0}:{x1}"))
-    run_predict(PredictConfig(str(model), crop, str(tmp_path / "crop"), device="cpu", do_tta=False, quiet=True,
+    run_predict(PredictConfig(model_path=str(model), input_dir=crop, output_dir=str(tmp_path / "crop"), device="cpu", do_tta=False, quiet=True,
                               chunk_size=(16, 16, 16)))
-    run_blend(BlendConfig(str(tmp_path / "roi"), str(tmp_path / "roi.zarr"), quiet=True))
-    run_blend(BlendConfig(str(tmp_path / "crop"), str(tmp_path / "crop_b.zarr"), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "roi"), output=str(tmp_path / "roi.zarr"), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "crop"), output=str(tmp_path / "crop_b.zarr"), quiet=True))
     roi = blended(tmp_path / "roi.zarr")
     assert roi.shape[1:] == data.shape  # the volume's frame
     assert np.array_equal(roi[:, z0:z1, y0:y1, x0:x1], blended(tmp_path / "crop_b.zarr"))
@@ -234,7 +237,7 @@ def test_bbox_is_the_crop_in_the_volumes_frame(tmp_path, model_factory):
               if p.is_file()}
     assert stored and all(int(z) * 16 < z1 and (int(z) + 1) * 16 > z0 for z, _, _ in stored)
     with pytest.raises(Exception, match="bbox"):
-        run_predict(PredictConfig(str(model), vol, str(tmp_path / "bad"), device="cpu", bbox="0:10,0:10", quiet=True))
+        run_predict(PredictConfig(model_path=str(model), input_dir=vol, output_dir=str(tmp_path / "bad"), device="cpu", bbox="0:10,0:10", quiet=True))
 
 
 def test_written_into_the_output_1_5_8_parts_give_identical_bytes_at_every_level(tmp_path, model_factory):
@@ -245,9 +248,9 @@ def test_written_into_the_output_1_5_8_parts_give_identical_bytes_at_every_level
     for n in (1, 5, 8):
         out = tmp_path / f"o{n}.zarr"
         for p in range(n):
-            run_predict(PredictConfig(str(model), vol, str(tmp_path / f"p{n}"), part_id=p, num_parts=n, device="cpu",
+            run_predict(PredictConfig(model_path=str(model), input_dir=vol, output_dir=str(tmp_path / f"p{n}"), part_id=p, num_parts=n, device="cpu",
                                       do_tta=False, quiet=True, chunk_size=(16, 16, 16), final_output=str(out)))
-        run_blend(BlendConfig(str(tmp_path / f"p{n}"), str(out), quiet=True))
+        finish_from_blend(BlendConfig(parts_dir=str(tmp_path / f"p{n}"), output=str(out), quiet=True))
         g = zarr.open_group(str(out), mode="r")
         outs[n] = [g[d["path"]][:] for d in g.attrs["ome"]["multiscales"][0]["datasets"]]
         markers = [__import__("json").loads((tmp_path / f"p{n}" / f"part_{p:05d}.json").read_text()) for p in range(n)]

@@ -19,8 +19,9 @@ import torch
 import zarr
 from helpers import smooth_volume, write_zarr
 from oracle import nnunet_logits, normalize_like_nnunet
-from vesuvius_inference.blend import BlendConfig, run_blend
-from vesuvius_inference.predict import PredictConfig, run_predict
+from vesuvius_inference.blend import run_blend
+from vesuvius_inference.config import BlendConfig, PredictConfig
+from vesuvius_inference.predict import run_predict
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: run tools/gpu_check.sh on one")
 SHAPE = (96, 160, 128)
@@ -29,10 +30,10 @@ SHAPE = (96, 160, 128)
 def _ours(tmp, model, inp, parts, tta):
     out = tmp / f"b_{parts}_{tta}.zarr"
     for p in range(parts):
-        run_predict(PredictConfig(str(model), inp, str(tmp / f"p_{parts}_{tta}"), part_id=p, num_parts=parts,
+        run_predict(PredictConfig(model_path=str(model), input_dir=inp, output_dir=str(tmp / f"p_{parts}_{tta}"), part_id=p, num_parts=parts,
                                   device="cuda:0", do_tta=tta, batch_size=2, blended_output=str(out), quiet=True,
                                   chunk_size=(32, 48, 48)))
-    run_blend(BlendConfig(str(tmp / f"p_{parts}_{tta}"), str(out), quiet=True))
+    run_blend(BlendConfig(parts_dir=str(tmp / f"p_{parts}_{tta}"), output=str(out), quiet=True))
     return zarr.open_array(str(out), mode="r")[:]
 
 
@@ -80,6 +81,6 @@ def test_kill_and_resume_on_the_gpu(case):
     assert proc.wait() == -signal.SIGKILL, "predict finished before a checkpoint could be killed"
     assert subprocess.run(cmd + ["--output_dir", str(tmp / "killed")]).returncode == 0
     for d in ("clean", "killed"):
-        run_blend(BlendConfig(str(tmp / d), str(tmp / f"{d}.zarr"), quiet=True))
+        run_blend(BlendConfig(parts_dir=str(tmp / d), output=str(tmp / f"{d}.zarr"), quiet=True))
     assert np.array_equal(zarr.open_array(str(tmp / "clean.zarr"), mode="r")[:],
                           zarr.open_array(str(tmp / "killed.zarr"), mode="r")[:], equal_nan=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from vesuvius_inference.cli import blend_parser, finalize_parser, predict_parser
+from vesuvius_inference.cli import parse
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.ranges import count_ranges, format_ranges, parse_ranges
@@ -53,9 +53,9 @@ def test_predict_job_shape_and_cli_contract():
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
     args = [a.replace("$(JOB_COMPLETION_INDEX)", "7") for a in c["args"]]
     assert args[0] == "predict"
-    parsed = predict_parser().parse_args(args[1:])  # the real parser: a manifest flag it lacks fails here
+    parsed = parse("predict", args[1:])  # the real parser: a manifest flag it lacks fails here
     assert (parsed.part_id, parsed.num_parts, parsed.batch_size, parsed.folds, parsed.patch_size) == (
-        7, 512, 4, ["0", "1", "2", "3", "4"], (192, 192, 192))
+        7, 512, 4, ("0", "1", "2", "3", "4"), (192, 192, 192))
     assert parsed.input_dir == "s3://scrollprize-volumes/PHerc1218.zarr/0" and parsed.input_anon
     assert parsed.output_dir == "s3://scratch/PHerc1218/work/parts"
     # each part writes the output rows it alone covers, finalized: the spec's output, mode and threshold
@@ -68,7 +68,7 @@ def test_retry_job_maps_indexes_to_failed_parts():
     job = manifests.predict_job("ij", "ns", "u", s, part_ids=[3, 17, 40, 41, 42], attempt=2)
     assert job["metadata"]["name"] == "ij-predict-r2" and job["spec"]["completions"] == 5
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    parsed = predict_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "1") for a in args[1:]])
+    parsed = parse("predict", [a.replace("$(JOB_COMPLETION_INDEX)", "1") for a in args[1:]])
     assert parsed.part_ids == "3,17,40-42" and sorted(parse_ranges(parsed.part_ids))[parsed.part_id] == 17
     assert parsed.num_parts == 100
 
@@ -77,7 +77,7 @@ def test_blend_and_finalize_jobs():
     s = sample("full.yaml")
     b = manifests.blend_job("ij", "ns", "u", s)
     assert b["spec"]["completionMode"] == "Indexed" and b["spec"]["completions"] == 32
-    parsed = blend_parser().parse_args([a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in
+    parsed = parse("blend", [a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in
                                         b["spec"]["template"]["spec"]["containers"][0]["args"][1:]])
     # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
     assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
@@ -86,9 +86,9 @@ def test_blend_and_finalize_jobs():
     m = specmod.parse(yaml.safe_load((SAMPLES / "minimal.yaml").read_text())["spec"])
     f = manifests.finalize_job("ij", "ns", "u", m)
     assert f["spec"]["completionMode"] == "NonIndexed" and f["spec"]["podFailurePolicy"]["rules"][1]["action"] == "FailJob"
-    parsed = finalize_parser().parse_args(f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
-    assert parsed.delete_intermediates and parsed.output == "s3://results/PHerc0332/surface.zarr"
-    assert parsed.input == manifests.parts_dir(m)  # a fused output: finalize builds its pyramid from the parts
+    parsed = parse("finalize", f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
+    assert parsed.delete_intermediates and parsed.output_path == "s3://results/PHerc0332/surface.zarr"
+    assert parsed.input_path == manifests.parts_dir(m) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
 
 
 def test_spec_validation_beyond_the_schema():
@@ -133,8 +133,8 @@ def test_stage_scheduling_adds_to_the_spec_wide_settings():
     assert "nodeSelector" not in mb and "tolerations" not in mb
     # per-stage caches reach the CLI
     idx = "$(JOB_COMPLETION_INDEX)"
-    bargs = blend_parser().parse_args([a.replace(idx, "0") for a in manifests.blend_args(s)[1:]])
-    fargs = finalize_parser().parse_args([a.replace(idx, "0") for a in manifests.finalize_args(s)[1:]])
+    bargs = parse("blend", [a.replace(idx, "0") for a in manifests.blend_args(s)[1:]])
+    fargs = parse("finalize", [a.replace(idx, "0") for a in manifests.finalize_args(s)[1:]])
     assert (bargs.cache_gb, fargs.cache_gb) == (8.0, 4.0)
 
 
@@ -145,11 +145,11 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
         for key, quantities in job["spec"]["template"]["spec"]["containers"][0]["resources"].items():
             assert all(isinstance(v, str) for v in quantities.values()), (key, quantities)
     m = sample("minimal.yaml")
-    args = finalize_parser().parse_args(manifests.finalize_args(m)[1:])
+    args = parse("finalize", manifests.finalize_args(m)[1:])
     # the parts are the only intermediate (predict writes the output itself): finalize removes them, its INPUT
-    assert args.delete_intermediates and args.input == manifests.parts_dir(m) == m.workdir + "/parts"
+    assert args.delete_intermediates and args.input_path == manifests.parts_dir(m) == m.workdir + "/parts"
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
-    args = finalize_parser().parse_args(manifests.finalize_args(kept)[1:])
+    args = parse("finalize", manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete
 
 

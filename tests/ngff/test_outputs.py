@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from vesuvius_inference.config import PipelineConfig
 from vesuvius_inference.demo.run import MODEL_DIR
-from vesuvius_inference.pipeline import PipelineConfig, run_local_pipeline
+from vesuvius_inference.pipeline import run_local_pipeline
 
 from ngff.checks import assert_overlays, napari_layers, ome_attrs, side_checks, validate_ngff_zarr, zarr2_read
 from ngff.fixtures import write_ngff05
@@ -69,10 +70,10 @@ def outputs(scroll, scroll_v3, tmp_path_factory, model_factory):
         model, mode, threshold, fused, bbox, _, _, ngff, _ = case
         out = root / f"{name}.zarr"
         inp, level = input_of(case, scroll, scroll_v3)
-        run_local_pipeline(PipelineConfig(input=inp, output=str(out), model=str(models[model]), parts_per_gpu=2,
-                                          do_tta=False, mode=mode, threshold=threshold, fuse_blend_finalize=fused,
-                                          bbox=bbox, level=level, device="cpu", quiet=True, batch_size=2,
-                                          chunk_size=(16, 32, 32), ngff_version=ngff))
+        run_local_pipeline(PipelineConfig(input_dir=inp, output=str(out), model_path=str(models[model]),
+                                          parts_per_gpu=2, do_tta=False, mode=mode, threshold=threshold,
+                                          fuse_blend_finalize=fused, bbox=bbox, level=level, devices=("cpu",),
+                                          quiet=True, batch_size=2, chunk_size=(16, 32, 32), ngff_version=ngff))
         made[name] = out
     return made
 

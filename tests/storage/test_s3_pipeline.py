@@ -63,7 +63,7 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
         stages[f"predict{p}"] = len(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
     assert cli("blend", f"{work}/parts", out, "--quiet", "--seams_only").returncode == 0
     stages["blend"] = len(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
-    assert cli("finalize", f"{work}/parts", out, "--quiet").returncode == 0
+    assert cli("finalize", f"{work}/parts", out, "--input_kind", "parts", "--quiet").returncode == 0
     requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
     text = requests.get(f"{s3_server}/moto-api/recorder/download-recording").text
     log = parse_recording(text)
@@ -81,9 +81,38 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     assert set(every) == stored  # and every stored chunk came from one of those PUTs
     blend_puts = puts(parse_recording(text[stages["predict2"]:stages["blend"]]))
     level0_by_blend = {tuple(int(v) for v in k.split("/")[-3:]) for k in blend_puts if k.startswith("0/")}
-    from vesuvius_inference.blend import load_parts
+    from vesuvius_inference.partstore import load_parts
 
     layout = load_parts(f"{work}/parts").layout()
     assert level0_by_blend and all(layout.row_owner(z) == SEAM for z, _, _ in level0_by_blend)
     level0 = {tuple(int(v) for v in k.split("/")[-3:]) for k in every if k.startswith("0/")}
     assert level0 - level0_by_blend and all(layout.row_owner(z) != SEAM for z, _, _ in level0 - level0_by_blend)
+
+
+def test_worker_processes_on_s3_take_endpoint_and_keys_from_the_command_line_only(tmp_path, model2, s3, s3_server):
+    """--devices cpu,cpu: one worker process per entry, each given every setting; the endpoint and keys
+    exist only in --storage-options (the route that once lost them), never in a worker's argv."""
+    import json
+    import os
+
+    import s3fs
+
+    vol = smooth_volume((40, 48, 64), seed=11)
+    s3_in = f"{s3}/scroll/in.zarr"
+    write_zarr(s3_in, vol, chunks=(20, 24, 32))
+    local_in = write_zarr(tmp_path / "in.zarr", vol, chunks=(20, 24, 32))
+    common = ["--model", model2, "--parts-per-gpu", "2", "--disable-tta", "--quiet", "--overlap", "0.25"]
+    r = cli("pipeline", "--input", local_in, "--output", tmp_path / "one.zarr", "--devices", "cpu", *common)
+    assert r.returncode == 0, r.stderr
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "VESUVIUS_STORAGE_OPTIONS")}
+    so = json.dumps({"endpoint_url": s3_server, "key": "testing", "secret": "testing"})
+    r = cli("pipeline", "--input", s3_in, "--output", f"{s3}/multi.zarr", "--workdir", f"{s3}/mwork",
+            "--devices", "cpu,cpu", "--keep-intermediates", "--storage-options", so, *common, env=env)
+    assert r.returncode == 0, r.stderr
+    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
+    multi = zarr.open_group(f"{s3}/multi.zarr", mode="r")
+    assert np.array_equal(one["0"][:], multi["0"][:])
+    fs = s3fs.S3FileSystem()
+    pids = [json.loads(fs.cat(f"{s3[5:]}/mwork/parts/part_{p:05d}.claim.json"))["pid"] for p in range(4)]
+    assert len(set(pids)) == 4 and os.getpid() not in pids, pids  # every part ran in a worker process

@@ -27,9 +27,10 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     """Run the demo; returns the measured numbers (also printed)."""
     import zarr
 
-    from ..blend import BlendConfig, run_blend
-    from ..finalize import FinalizeConfig, run_finalize
-    from ..predict import PredictConfig, run_predict
+    from ..blend import run_blend
+    from ..config import BlendConfig, FinalizeConfig, PredictConfig
+    from ..finalize import run_finalize
+    from ..predict import run_predict
     from .preview import write_preview
     from .synthetic import dice, make_scroll
     from .synthetic import write_zarr as write_volume
@@ -51,15 +52,15 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     times: dict[str, float] = {}
     t = time.perf_counter()
     for p in range(parts):
-        run_predict(PredictConfig(str(MODEL_DIR), inp, str(parts_dir), part_id=p, num_parts=parts, device=device,
-                                  final_output=str(result),
-                                  do_tta=tta, batch_size=2, quiet=quiet))
+        run_predict(PredictConfig(model_path=str(MODEL_DIR), input_dir=inp, output_dir=str(parts_dir), part_id=p,
+                                  num_parts=parts, device=device, final_output=str(result), do_tta=tta, batch_size=2,
+                                  quiet=quiet))
     times["predict"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_blend(BlendConfig(str(parts_dir), str(result), quiet=quiet, then_finalize=False))
+    run_blend(BlendConfig(parts_dir=str(parts_dir), output=str(result), quiet=quiet))
     times["blend"] = time.perf_counter() - t
     t = time.perf_counter()
-    run_finalize(FinalizeConfig(str(parts_dir), str(result), quiet=quiet))
+    run_finalize(FinalizeConfig(input_path=str(parts_dir), output_path=str(result), input_kind="parts", quiet=quiet))
     times["finalize"] = time.perf_counter() - t
     prob = zarr.open_group(str(result), mode="r")["0"][0]
     score = dice(prob >= 128, labels > 0)

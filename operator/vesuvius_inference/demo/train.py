@@ -82,6 +82,22 @@ def _batch(vols: Sequence[np.ndarray], labs: Sequence[np.ndarray], rng: np.rando
     return np.stack(xs)[:, None], np.stack(ys)
 
 
+def _step(net: Any, opt: Any, ce: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """One optimiser step on cross-entropy + (1 - batch soft Dice of the foreground); (loss, soft Dice)."""
+    import torch
+
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    logits = net(xt)
+    prob = torch.softmax(logits, 1)[:, 1]
+    fg = (yt == 1).float()
+    soft_dice = (2 * (prob * fg).sum() + 1) / (prob.sum() + fg.sum() + 1)
+    loss = ce(logits, yt) + (1 - soft_dice)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item(), soft_dice.item()
+
+
 def train(out: str | Path, seconds: float = 900.0, seed: int = 0, batch_size: int = 2, lr: float = 3e-3,
           patch: Sequence[int] = PATCH, threads: int | None = None,
           scrolls: Sequence[tuple[Sequence[int], int]] | None = None, refresh_every: int = 8) -> Path:
@@ -141,21 +157,12 @@ def train(out: str | Path, seconds: float = 900.0, seed: int = 0, batch_size: in
             oldest, seen = (oldest + 1) % len(vols), seen + 1
         for group in opt.param_groups:  # nnU-Net's poly schedule, over time instead of epochs
             group["lr"] = lr * (1 - elapsed / seconds) ** 0.9
-        x, y = _batch(vols, labs, rng, batch_size, patch)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
-        logits = net(xt)
-        prob = torch.softmax(logits, 1)[:, 1]
-        fg = (yt == 1).float()
-        soft_dice = (2 * (prob * fg).sum() + 1) / (prob.sum() + fg.sum() + 1)  # batch Dice, foreground only
-        loss = ce(logits, yt) + (1 - soft_dice)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss, soft_dice = _step(net, opt, ce, *_batch(vols, labs, rng, batch_size, patch))
         step += 1
-        recent.append(soft_dice.item())
+        recent.append(soft_dice)
         if step % 25 == 0:
             log.info("step %5d  %5.0f s  lr %.2e  loss %.3f  soft Dice (last 25) %.3f  scrolls seen %d", step,
-                     time.perf_counter() - t0, opt.param_groups[0]["lr"], loss.item(), float(np.mean(recent)), seen)
+                     time.perf_counter() - t0, opt.param_groups[0]["lr"], loss, float(np.mean(recent)), seen)
             recent.clear()
     net.eval()
     # The state_dict itself, not copies: PlainConvUNet registers each conv twice (``conv`` and

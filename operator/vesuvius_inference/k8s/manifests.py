@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__
+from .. import __version__, paths
+from ..config import BlendConfig, FinalizeConfig, PredictConfig
+from ..settings import crd_values, to_argv
 from .names import job_name
 from .ranges import format_ranges
 from .spec import JobSpec
@@ -57,53 +59,36 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
 
 
 def parts_dir(spec: JobSpec) -> str:
-    return spec.workdir + "/parts"
+    return paths.parts_dir(spec.workdir)
+
+
+def _index(n: int) -> str:
+    return INDEX if n > 1 else "0"
 
 
 def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[str]:
-    inf = spec["inference"]
-    args = ["predict", "--model_path", spec["model"]["uri"], "--input_dir", spec.input_uri,
-            "--output_dir", parts_dir(spec), "--part_id", INDEX, "--num_parts", str(spec.parts),
-            "--overlap", str(inf["overlap"]), "--batch_size", str(inf["batchSize"]), "--device", str(inf["device"]),
-            "--cache_gb", str(inf["cacheGb"]), "--level", str(spec["input"]["level"]),
-            "--model_cache_dir", MODEL_CACHE, "--quiet"]
-    if not inf["tta"]:
-        args.append("--disable_tta")
-    args.append("--skip_empty_patches" if inf["skipEmptyPatches"] else "--no_skip_empty_patches")
-    if inf.get("patchSize"):
-        args += ["--patch_size", ",".join(map(str, inf["patchSize"]))]
-    if inf.get("folds"):
-        args += ["--folds", ",".join(map(str, inf["folds"]))]
-    if inf.get("bbox"):
-        args += ["--bbox", inf["bbox"]]
-    if spec["storage"].get("anonymousInput"):
-        args.append("--input_anon")
-    if part_ids is not None:
-        args += ["--part_ids", format_ranges(part_ids)]
-    # each part writes the output's chunk rows it alone covers: no blended intermediate (the fused data path)
-    args += ["--final_output", spec["output"]["uri"], "--mode", spec["mode"]]
-    if spec["threshold"]:
-        args.append("--threshold")
-    if spec["output"].get("levels"):
-        args += ["--levels", str(spec["output"]["levels"])]
-    return args
+    """The predict command of every part: the spec's settings (config.py's ``crd`` paths), and each part
+    writing the output's chunk rows it alone covers (the fused data path: no blended intermediate)."""
+    cfg = PredictConfig(**crd_values(PredictConfig, "predict", spec.raw), input_dir=spec.input_uri,
+                        output_dir=parts_dir(spec), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
+                        part_ids=format_ranges(part_ids) if part_ids is not None else None)
+    return ["predict", *to_argv(cfg, overrides={"part_id": INDEX})]
 
 
 def blend_args(spec: JobSpec) -> list[str]:
-    n = int(spec["blend"]["parallelism"])
-    # the seams between parts; the pyramid is finalize's
-    return ["blend", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n), "--part_id",
-            INDEX if n > 1 else "0", "--cache_gb", str(spec["blend"]["cacheGb"]), "--seams_only", "--quiet"]
+    """The seams between parts; the pyramid is finalize's."""
+    values = crd_values(BlendConfig, "blend", spec.raw)
+    cfg = BlendConfig(**values, parts_dir=parts_dir(spec), output=spec["output"]["uri"], seams_only=True)
+    return ["blend", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
 def finalize_args(spec: JobSpec) -> list[str]:
-    n = int(spec["finalize"]["parallelism"])
-    # the pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
-    args = ["finalize", parts_dir(spec), spec["output"]["uri"], "--num_parts", str(n),
-            "--part_id", INDEX if n > 1 else "0", "--cache_gb", str(spec["finalize"]["cacheGb"]), "--quiet"]
-    if not spec["keepIntermediates"]:
-        args.append("--delete_intermediates")  # INPUT, the parts: removed once the output is complete
-    return args
+    """The pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
+    (INPUT, removed once the output is complete) unless keepIntermediates."""
+    values = crd_values(FinalizeConfig, "finalize", spec.raw)
+    cfg = FinalizeConfig(**values, input_path=parts_dir(spec), output_path=spec["output"]["uri"], input_kind="parts",
+                         delete_intermediates=not spec["keepIntermediates"])
+    return ["finalize", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
 def _env(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -7,13 +7,15 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from ..paths import default_workdir
 from ..storage import READ_ONLY_SCHEMES
 
 DEFAULTS: dict[str, Any] = {
     "mode": "binary", "threshold": False, "parts": 1, "suspend": False, "keepIntermediates": False,
     "retryFailedParts": 0,
     "inference": {"overlap": 0.5, "batchSize": 1, "tta": True, "skipEmptyPatches": True, "cacheGb": 4,
-                  "device": "cuda"},
+                  "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "warn",
+                  "compile": False, "leaseSeconds": 60},
     "input": {"level": 0},
     "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {"gpus": 1},
     "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3]},
@@ -53,7 +55,7 @@ class JobSpec:
 
     @property
     def workdir(self) -> str:
-        return (self.raw.get("workdir") or self.raw["output"]["uri"].rstrip("/") + "_work").rstrip("/")
+        return (self.raw.get("workdir") or default_workdir(self.raw["output"]["uri"])).rstrip("/")
 
     @property
     def parts(self) -> int:
