@@ -35,6 +35,7 @@ MODES = ("binary", "multiclass")
 INTENSITY_CHECKS = ("warn", "error", "off")
 PATCH_ORDERS = ("tiled", "rowmajor")
 FINALIZE_INPUTS = ("blended", "parts")
+NGFF_CHOICES = ("auto", "0.4", "0.5")  # ngff.py: 0.4 is stored on Zarr v2, 0.5 on Zarr v3
 
 
 def _positive(name: str, value: float, strict: bool = True) -> None:
@@ -155,6 +156,13 @@ class FinalEncoding:
                               help="class ids (mask / argmax) instead of probabilities")
     levels: int | None = setting(None, "--levels", parse=int, crd={"predict": "output.levels"},
                                  help="resolution levels of the output's pyramid, 2x per axis (default: down to one chunk)")
+    ngff_version: str = setting("auto", "--ngff_version", choices=NGFF_CHOICES,
+                                help="the output's format: OME-Zarr 0.4 on Zarr v2, or 0.5 on Zarr v3; auto (default): "
+                                     "the input's (a Zarr v2 scan gets 0.4, a v3 one 0.5)")
+
+    def validate_encoding(self) -> None:
+        if self.ngff_version not in NGFF_CHOICES:
+            raise BadArguments(f"--ngff_version must be one of {', '.join(NGFF_CHOICES)}; got {self.ngff_version!r}")
 
 
 @dataclass(kw_only=True)
@@ -169,6 +177,8 @@ class Run:
                                   "and taken over")
     progress_s: float = setting(30.0, "--progress_s", parse=float, render=number, env="VESUVIUS_PROGRESS_S",
                                 help="seconds between progress lines when the output is not a terminal (pod logs)")
+    debug: bool = setting(False, "--debug", help="print a failure's traceback before its error line (also "
+                                                  "$VESUVIUS_DEBUG=1)")
 
     def validate_run(self) -> None:
         _positive("--lease_s", self.lease_s)
@@ -236,6 +246,7 @@ def _validate_predict_settings(c: Any) -> None:
             raise BadArguments(f"{name} needs three positive integers z,y,x, got {v}")
     if c.levels is not None and c.levels < 1:
         raise BadArguments(f"--levels must be >= 1, got {c.levels}")
+    c.validate_encoding()
     c.validate_run()
 
 
@@ -248,12 +259,15 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartCount,
     output_dir: str = setting(REQUIRED, "--output_dir", help="directory of the part stores (blend's PARTS_DIR)")
     part_id: int = setting(0, "--part_id", parse=int, help="which part (0-based)")
     part_ids: str | None = setting(None, "--part_ids", metavar="RANGES",
-                                   help="run the part_id-th entry of this index list (e.g. 3,17,40-42)")
+                                   help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs "
+                                        "map their indexes to parts")
+    device: str = setting("cuda", "--device", crd="inference.device",
+                          help="cuda, cuda:N, cpu, or auto (a CUDA GPU if one is visible, else the CPU, saying so); a GPU "
+                               "asked for that this process cannot use exits 69 before anything is written")
     part_ids_file: str | None = setting(None, "--part_ids_file", metavar="PATH",
                                         help="the same list read from this file: how retry Jobs map their indexes to "
                                              "parts (the pod's copy of the Job's vesuvius.dev/part-ids annotation, "
                                              "ranges or a compressed bitmap: no argument-size limit)")
-    device: str = setting("cuda", "--device", crd="inference.device", help="cuda, cuda:N or cpu")
     blended_output: str | None = setting(None, "--blended_output", metavar="URL",
                                          help="write the chunks only this part covers straight into these blended "
                                               "float16 logits; blend then finishes the seams")
@@ -336,6 +350,7 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     """The seams between predict parts (and, in the seed's layout, the parts' own rows)."""
 
     command: ClassVar[str] = "blend"
+    always_final: ClassVar[bool] = False  # True: the seed's blend_and_finalize (below)
     parts_dir: str = setting(REQUIRED, positional=True, help="the predict parts (predict's --output_dir)")
     output: str = setting(REQUIRED, positional=True, help="the output predict wrote into, or a new one (seed layout)")
     mode: str | None = variant(field_of(FinalEncoding, "mode"), default=None,
@@ -353,9 +368,20 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
         storage.require_writable(self.output, "OUTPUT")
         self.validate_split()
         self.validate_run()
+        self.validate_encoding()
         if abs(self.sigma_scale - 8.0) > 1e-9:
             raise BadArguments("--sigma_scale: the Gaussian (sigma = patch/8, nnU-Net's) is applied while predicting; "
                                "only 8 is supported")
+
+
+@dataclass(kw_only=True)
+class BlendAndFinalizeConfig(BlendConfig):
+    """The seed's ``vesuvius.blend_and_finalize``: blend whose output is always final. Parts predicted
+    without an output are blended and finalized in one pass (binary unless --mode); parts that wrote a
+    final output are finished there; parts that wrote blended logits are refused (finalize those)."""
+
+    command: ClassVar[str] = "blend_and_finalize"
+    always_final: ClassVar[bool] = True
 
 
 @dataclass(kw_only=True)
@@ -387,6 +413,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.levels is not None and self.levels < 1:
             raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        self.validate_encoding()
         self.validate_split()
         self.validate_run()
 

@@ -42,8 +42,8 @@ log = logging.getLogger("vesuvius_inference.predict")
 
 def output_spec(cfg: PredictConfig) -> OutputSpec | None:
     """The output this part writes its own chunk rows into, if it was told one."""
-    if cfg.final_output:
-        return OutputSpec(cfg.final_output, FINAL, cfg.mode, cfg.threshold, cfg.levels)
+    if cfg.final_output:  # ngff "auto" is resolved against the input by predict.prepare
+        return OutputSpec(cfg.final_output, FINAL, cfg.mode, cfg.threshold, cfg.levels, cfg.ngff_version)
     if cfg.blended_output:
         return OutputSpec(cfg.blended_output, BLENDED)
     return None
@@ -60,6 +60,7 @@ class PartContext:
     patch: Shape3
     chunks: Shape3
     fp: dict[str, Any]
+    device: Any = None  # a GPU asked for, checked before anything else (auto and cpu: resolved by PartRun)
 
     @property
     def work(self) -> ClaimedWork:
@@ -130,7 +131,7 @@ class PartRun:
         if self.model.num_input_channels != volume.channels:
             raise BadInput(f"model expects {self.model.num_input_channels} input channel(s), {cfg.input_dir} has "
                            f"{volume.channels}")
-        self.device = resolve_device(cfg.device)
+        self.device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
         self.plan = the_plan(ctx)
         self.normalizer = Normalizer.from_plans(self.model.configuration_manager, self.model.plans_manager,
                                                 volume.channels)

@@ -34,6 +34,7 @@ NON_DEFAULT = {
     "skip_empty_patches": False, "batch_size": 3, "input_cache_gb": 0.5, "patch_order": "rowmajor",
     "checkpoint_s": 30.0, "intensity_check": "error", "compile": True, "cache_gb": 2.5, "mode": "multiclass",
     "threshold": True, "levels": 3, "quiet": True, "overwrite": True, "lease_s": 17.0, "progress_s": 5.0,
+    "ngff_version": "0.4", "debug": True,
 }
 SINGLE_VALUED = {"tta_type"}  # nnU-Net has one kind; no other value exists to carry
 PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output",  # the route's
@@ -46,6 +47,8 @@ NOT_IN_SPEC = {
     "quiet": "pods always log progress lines",
     "overwrite": "a rerun pod resumes; it never replaces a part",
     "progress_s": "the operator reads the default interval",
+    "ngff_version": "outputs take the scan's format (auto); the InferenceJob has no field to choose another yet",
+    "debug": "a pod's failure is its one error line (the termination message); tracebacks only when run by hand",
     "mode": None, "threshold": None, "levels": None,  # set, but by spec.mode/threshold/output.levels (below)
 }
 

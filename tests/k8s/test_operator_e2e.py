@@ -3,8 +3,9 @@
 test fixture playing the Job controller that runs every pod's container command locally
 (tests/k8s/job_controller.py), and moto's S3 server holding the input volume, the model and the output.
 
-Inference runs on the CPU: the CRD's default device is cuda, and the worker falls back to the CPU
-with one warning line when there is no GPU (asserted in test 1), so specs keep the default device.
+Inference runs on the CPU: the emulated nodes have no GPU, so specs say ``inference.device: cpu``. With
+the CRD's default device (cuda) a predict pod here exits 69 before writing anything, as it does on a
+GPU node whose GPU the container cannot see (tests/engine/test_devices.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def spec_for(name: str, **changes) -> dict:
     body = sample()
     body["metadata"]["name"] = name
     body["spec"]["output"]["uri"] = f"s3://results/{name}/surface.zarr"
-    body["spec"]["inference"] = {"tta": False}
+    body["spec"]["inference"] = {"tta": False, "device": "cpu"}  # the emulated nodes have no GPU
     for key, value in changes.items():
         body["spec"][key] = value
     return body
@@ -61,10 +62,11 @@ def s3_exists(uri: str) -> bool:
 def test_minimal_sample_runs_to_success_and_matches_the_local_pipeline(cluster, operator, controller, s3_env,
                                                                        tmp_path):
     body = sample()
-    assert set(body["spec"]) == {"input", "output", "model"}  # applied as-is: no change at all
+    assert set(body["spec"]) == {"input", "output", "model"}  # applied as-is, but for the device:
+    body["spec"]["inference"] = {"device": "cpu"}  # the emulated nodes have no GPU (cuda would exit 69)
     created = cluster.create_ij(body)
     uid = created["metadata"]["uid"]
-    assert created["spec"]["inference"]["device"] == "cuda" and created["spec"]["parts"] == 1  # CRD defaults
+    assert created["spec"]["inference"]["overlap"] == 0.5 and created["spec"]["parts"] == 1  # CRD defaults
 
     done = cluster.wait_phase("minimal", "Succeeded", timeout=240)
     st = done["status"]
@@ -94,8 +96,6 @@ def test_minimal_sample_runs_to_success_and_matches_the_local_pipeline(cluster, 
     assert jobs["minimal-predict"]["status"]["completedIndexes"] == "0"
     assert [(r.job, r.index, r.exit_code) for r in controller.results] == [
         ("minimal-predict", 0, 0), ("minimal-blend", None, 0), ("minimal-finalize", None, 0)]
-    predict_log = next(p for p in (controller.workdir).glob("minimal-predict-0-*/output.log"))
-    assert "running on the CPU" in predict_log.read_text()  # device cuda fell back to the CPU
 
     events = cluster.events("minimal")
     reasons = [e["reason"] for e in events]

@@ -25,6 +25,7 @@ def spec_for(name: str, **changes) -> dict:
     body = yaml.safe_load(SAMPLE.read_text())
     body["metadata"]["name"] = name
     body["spec"]["output"]["uri"] = f"s3://results/{name}/surface.zarr"
+    body["spec"]["inference"] = {"device": "cpu"}  # the emulated nodes have no GPU (cuda would exit 69)
     body["spec"].update(changes)
     return body
 
