@@ -262,3 +262,23 @@ def test_pods_that_cannot_start_are_reported_after_the_grace_period():
             pod("c", "ContainerCreating", 600)]
     assert stuck_pods(pods, now, 300) == [("a", "CreateContainerConfigError", "m")]
     assert [p for p, _, _ in stuck_pods(pods, now, 5)] == ["a", "b"]
+
+
+def test_the_operator_creates_stages_in_the_pipelines_order():
+    """The operator's next Job follows stages.STAGES, the order the local pipeline runs: each stage's Job
+    appears only once every earlier stage is complete, and each one exactly once."""
+    from vesuvius_inference import stages
+
+    s = spec(parts=2)
+    jobs: list = []
+    seen = []
+    status, nxt = run(s, jobs, now=T0)
+    while nxt is not None:
+        seen.append(nxt)
+        done = "0,1" if nxt == "predict" else ""
+        jobs.append(job(nxt, s, done=done, condition="Complete"))
+        status, nxt = run(s, jobs, prev=status, now=T1)
+        assert nxt not in seen, f"{nxt} created twice"
+    assert tuple(seen) == stages.STAGES and status["phase"] == "Succeeded"
+    half, nxt = run(s, [job("predict", s, done="0", active=1)], now=T1)
+    assert nxt is None and half["phase"] == "Predicting"  # blend waits for every part

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import stages as pipeline_order
 from .ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
 from .spec import JobSpec
 
@@ -509,23 +510,28 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
 
 
 def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
-    """Which stage's Job the operator should create now, if any. A stage that status records as
-    created (even if its Job is gone since) is never created again, except a blend Job that was lost
-    before its end was seen (blend is idempotent and its inputs stay until finalize runs) and a
-    finalize Job whose check found the output incomplete (finalize resumes)."""
+    """Which stage's Job the operator should create now, if any: the pipeline's order (stages.next_stage)
+    over what the ledger records as complete, gated by what Kubernetes already holds. A stage that status
+    records as created (even if its Job is gone since) is never created again, except a blend Job that was
+    lost before its end was seen (blend is idempotent and its inputs stay until finalize runs) and a
+    finalize Job whose check found the output incomplete (finalize resumes). Predict is never created
+    again once recorded: parts not done are retried through spec.retryFailedParts."""
     if status.get("phase") in ("Failed", "Succeeded", "Suspended"):
         return None
     stages = status.get("stages") or {}
     parts = status.get("parts") or {}
-    if not stages.get("predict") and jobs.predict is None and not jobs.retries:
-        return "predict"
-    if parts.get("succeeded", 0) >= parts.get("total", 1) and jobs.blend is None and _state(stages, "blend") in (
-            None, "Lost"):
-        return "blend"
-    if _state(stages, "blend") == "Complete" and jobs.finalize is None and (
-            _state(stages, "finalize") is None or _check_state(stages, "finalize") == "Incomplete"):
-        return "finalize"
-    return None
+    done = {s for s in ("blend", "finalize") if _state(stages, s) == "Complete"}
+    if stages.get("predict") and parts.get("succeeded", 0) >= parts.get("total", 1):
+        done.add("predict")
+    stage = pipeline_order.next_stage(done)
+    if stage is None or getattr(jobs, stage) is not None:
+        return None
+    if stage == "predict":
+        return None if stages.get("predict") or jobs.retries else "predict"
+    if stage == "blend":
+        return "blend" if _state(stages, "blend") in (None, "Lost") else None
+    return "finalize" if _state(stages, "finalize") is None or _check_state(stages, "finalize") == "Incomplete" \
+        else None
 
 
 def checks_needed(status: Mapping[str, Any], jobs: ChildJobs) -> list[tuple[str, str]]:
