@@ -4,18 +4,26 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt tests/ngff/checkers-requirements.txt | cksum | cut -d' ' -f1)
+# Two installs into the same venv: what the demo needs (engine + demo extras: torch, nnU-Net, matplotlib)
+# and, for `make test`, everything (s3, operator, dev tools, the NGFF checkers' side venvs, ~0.6 GB more).
+# `make demo` never builds the test tools; after `make test` it has nothing left to install.
+DEMO_STAMP := $(VENV)/.installed-demo-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt tests/ngff/checkers-requirements.txt tests/ngff/zarr2-requirements.txt | cksum | cut -d' ' -f1)
 # Debian packages `make test` installs when it runs as root on Debian (elsewhere it says so in one line
 # and the tests that need them skip): buildah podman runc debootstrap for the container image tests
 # (tests/images), chromium chromium-driver for the browser tests. One list: add a package here.
 SYSTEM_PACKAGES ?= buildah podman runc debootstrap chromium chromium-driver
 
-$(STAMP):
-	$(PYTHON) -m venv $(VENV)
+$(DEMO_STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[engine,demo]'
+	touch $@
+
+$(STAMP): $(DEMO_STAMP)
 	$(BIN)/pip install -q -c constraints.txt -e '.[engine,s3,operator,demo,dev]'
-	$(BIN)/python tests/ngff/checker_env.py  # ome-zarr-models and ome-zarr-py in their own venv (pydantic pin)
+	$(BIN)/python tests/ngff/checker_env.py  # ome-zarr-models/ome-zarr-py (pydantic pin), zarr-python 2.x
 	touch $@
 
 .PHONY: install system-packages demo test lint bench
@@ -24,7 +32,7 @@ install: $(STAMP)
 system-packages:
 	@sh tools/system-packages.sh $(SYSTEM_PACKAGES)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/vesuvius-inference demo
 
 test: $(STAMP) system-packages

@@ -34,6 +34,7 @@ from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3, split_chunks
 from .iopool import WritePool
 from .layout import PAIR, PartLayout
+from .ngff import ngff_for
 from .output import BLENDED, FINAL, Output, OutputSpec, list_chunk_coords, output_config
 from .partstore import PartSet, load_parts, open_store
 from .pieces import Chunk, decode
@@ -117,9 +118,13 @@ def check_pairs(parts: PartSet, layout: PartLayout) -> None:
 def _target(cfg: BlendConfig, parts: PartSet) -> tuple[OutputSpec, bool]:
     """The output to finish, and whether the parts hold their own rows (the seed layout)."""
     predicted = parts.output
+    if cfg.always_final and predicted is not None and predicted.kind != FINAL:
+        raise BadArguments(f"the parts in {parts.parts_dir} wrote blended float16 logits into {predicted.url}: blend "
+                           f"there, then finalize them (vesuvius.finalize_outputs {predicted.url} {cfg.output})")
     if predicted is None:
-        kind = FINAL if cfg.mode else BLENDED
-        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold, cfg.levels), True
+        kind = FINAL if (cfg.mode or cfg.always_final) else BLENDED
+        ngff = ngff_for(cfg.ngff_version, parts.config.get("input_zarr_format"))
+        return OutputSpec(cfg.output, kind, cfg.mode or "binary", cfg.threshold, cfg.levels, ngff), True
     if not predicted.same_place(cfg.output):
         raise BadArguments(f"the parts in {parts.parts_dir} were predicted into {predicted.url}: blend into that "
                            f"output (vesuvius.blend_logits {parts.parts_dir} {predicted.url})")

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import storage
-from .errors import Busy
+from .errors import Busy, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.claims")
 DEFAULT_LEASE_S = 60.0  # the --lease_s setting's default (config.py)
@@ -250,6 +250,7 @@ class Lease:
         self._tag: str | None = None
         self._doc: dict[str, Any] = {}
         self._lost: str | None = None
+        self._renew_error: BaseException | None = None  # the last failed renewal's error, for the message
         self._last_ok = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -324,10 +325,19 @@ class Lease:
                 return
             except Exception as e:  # noqa: BLE001 - transient storage errors: retry until the renew deadline
                 log.debug("claim renewal failed: %s", e)
+                self._renew_error = e
             if time.monotonic() - self._last_ok > self.lease_s / 2:
                 self._lost = (f"{self.what}: could not renew the claim for {self.lease_s / 2:g} s; stopping so that "
                               "another run can take over")
                 return
+
+    def _lost_error(self) -> Exception:
+        """Why this run must stop writing: storage that stopped answering is a storage outage (exit 74),
+        not another run (exit 75)."""
+        err = self._renew_error
+        if err is not None and is_transient(err):
+            return classify(err, f"{self.what}: the claim could not be renewed for {self.lease_s / 2:g} s")
+        return ClaimLost(self._lost or f"{self.what}: the claim was lost")
 
     def _update(self, state: str | None, **extra: Any) -> None:
         """Renew with ``state`` (None: a heartbeat, keeping the current state). A heartbeat after the
@@ -335,7 +345,7 @@ class Lease:
         once raced a ``complete()`` and set a completed claim back to running)."""
         with self._lock:
             if self._lost:
-                raise ClaimLost(self._lost)
+                raise self._lost_error()
             if state is None:
                 if self._stop.is_set() or self._doc.get("state") != RUNNING:
                     return
@@ -351,12 +361,13 @@ class Lease:
             self._last_ok = time.monotonic()
 
     def check(self) -> None:
-        """Raise ``ClaimLost`` if this run may no longer write (call before each write)."""
+        """Raise ``ClaimLost`` (or, if storage stopped answering, ``StorageUnavailable``) if this run may no
+        longer write (call before each write)."""
         if self._lost:
-            raise ClaimLost(self._lost)
+            raise self._lost_error()
         if time.monotonic() - self._last_ok > self.lease_s / 2:
             self._lost = f"{self.what}: the claim was not renewed for {self.lease_s / 2:g} s; stopping"
-            raise ClaimLost(self._lost)
+            raise self._lost_error()
 
     def confirm(self) -> None:
         """Renew now and fail unless the claim is still ours (before writing a completion marker)."""
@@ -391,10 +402,10 @@ class Lease:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if self._doc.get("state") != COMPLETE:
             self.release()
-        if exc is not None and self._lost and not isinstance(exc, ClaimLost):
+        if exc is not None and self._lost and not isinstance(exc, ClaimLost) and not is_transient(exc):
             # a run that lost its claim fails in whatever it was writing (the taker may have removed its
             # store): say why, with the retryable exit code, instead of the incidental error
-            raise ClaimLost(self._lost) from exc
+            raise self._lost_error() from exc
 
 
 def _holder(doc: dict[str, Any] | None) -> Holder | None:

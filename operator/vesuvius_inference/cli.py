@@ -1,8 +1,9 @@
 """Command-line front door: ``vesuvius-inference <command>`` and the seed's ``vesuvius.*`` names.
 
 Every option accepts ``--a_b`` and ``--a-b``. Stage modules are imported only when their command
-runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes: 0 done,
-2 bad arguments, 3 bad input data or model, anything else a transient failure worth a retry.
+runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes (errors.py): 0 done,
+2 bad arguments, 3 bad input data or model, anything else a transient failure worth a retry; every
+failure ends as one ``error:`` line (failure.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import Any
 
 from . import config
 from .errors import EXIT_BAD_ARGUMENTS, VesuviusError, classify
+from .failure import debug_requested, report
+from .podopts import guard  # Kubernetes pods: the disruption bound
 from .settings import build_parser, from_args
+from .stagecheck import run_check  # the operator's check Jobs
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -74,6 +78,9 @@ COMMANDS: dict[str, Command] = {
     "blend": Command(config.BlendConfig, "vesuvius.blend_logits",
                      "Finish the output from predict parts: the seams, and the parts' own chunks when predict was not "
                      "given an output.", _blend),
+    "blend_and_finalize": Command(config.BlendAndFinalizeConfig, "vesuvius.blend_and_finalize",
+                                  "Blend predict parts and finalize in one pass into a uint8 OME-Zarr output (no "
+                                  "float16 intermediate); parts predicted into an output are finished there.", _blend),
     "finalize": Command(config.FinalizeConfig, "vesuvius.finalize_outputs",
                         "Blended logits -> uint8 OME-Zarr output with its pyramid; or, given the predict parts of an "
                         "output they wrote themselves (--input_kind parts), build that output's pyramid and complete it.",
@@ -98,9 +105,11 @@ def parse(name: str, argv: Sequence[str]) -> Any:
     return from_args(COMMANDS[name].config, parser(name).parse_args(list(argv)))
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, debug: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
+    if debug:
+        log.setLevel(logging.DEBUG)
 
 
 def _cmd_operator(argv: Sequence[str]) -> int:
@@ -116,24 +125,21 @@ def _cmd_render(argv: Sequence[str]) -> int:
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
-    """Parse and run one command; map errors to exit codes with one line on stderr."""
+    """Parse and run one command. Every failure ends as one ``error:`` line and its exit code (errors.py)."""
     try:
         cfg = parse(name, argv)  # argparse exits 2 on bad arguments
     except VesuviusError as e:  # a bad environment default ($VESUVIUS_...)
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    _setup_logging(getattr(cfg, "quiet", False))
+        return report(e, e, debug_requested())
+    debug = debug_requested(getattr(cfg, "debug", False))
+    _setup_logging(getattr(cfg, "quiet", False), debug)
     try:
+        guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
         COMMANDS[name].run(cfg)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # noqa: BLE001 - mapped to an exit code below, or re-raised as transient
-        known = classify(e)
-        if known is None:
-            raise
-        print(f"error: {known}", file=sys.stderr)
-        return known.exit_code
+    except Exception as e:  # noqa: BLE001 - every failure is classified: one line, one exit code
+        return report(classify(e), e, debug)
     return 0
 
 
@@ -142,16 +148,19 @@ USAGE = """usage: vesuvius-inference <command> [options]
 commands:
   predict    run the model over one part of a volume       (= vesuvius.predict)
   blend      merge parts into blended logits                (= vesuvius.blend_logits)
+  blend_and_finalize  blend and finalize in one pass          (= vesuvius.blend_and_finalize)
   finalize   logits -> uint8 OME-Zarr output                (= vesuvius.finalize_outputs)
   pipeline   predict -> blend -> finalize on this machine   (= vesuvius.inference_pipeline)
   plan       grid, part balance, bytes and model passes, from metadata only
   demo       synthetic scroll through the whole pipeline on the CPU
   operator   run the Kubernetes operator (kopf)
   render     print the Jobs the operator would create for an InferenceJob
+  check      is a stage's work complete on storage? (the operator's check Jobs)
 
 'vesuvius-inference <command> --help' shows a command's options.
-exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work,
-            other: transient failure"""
+exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 69 the device asked for is unavailable,
+            74 storage unreachable, 75 another live run holds the work, 79 this part was disrupted too often
+            (Kubernetes), 1 other failure (all but 2, 3 and 79: rerun)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -169,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_operator(rest)
     if cmd == "render":
         return _cmd_render(rest)
+    if cmd == "check":
+        return run_check(rest)
     if cmd not in COMMANDS:
         print(f"error: unknown command {cmd!r}\n\n{USAGE}", file=sys.stderr)
         return EXIT_BAD_ARGUMENTS
@@ -181,6 +192,10 @@ def predict_main() -> int:
 
 def blend_main() -> int:
     return run_command("blend", sys.argv[1:])
+
+
+def blend_and_finalize_main() -> int:
+    return run_command("blend_and_finalize", sys.argv[1:])
 
 
 def finalize_main() -> int:

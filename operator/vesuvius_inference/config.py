@@ -12,6 +12,7 @@ I/O live here (``validate``); checks against data or the model live in the stage
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,6 +35,7 @@ MODES = ("binary", "multiclass")
 INTENSITY_CHECKS = ("warn", "error", "off")
 PATCH_ORDERS = ("tiled", "rowmajor")
 FINALIZE_INPUTS = ("blended", "parts")
+NGFF_CHOICES = ("auto", "0.4", "0.5")  # ngff.py: 0.4 is stored on Zarr v2, 0.5 on Zarr v3
 AUTO, SLABS = "auto", "slabs"
 
 
@@ -175,6 +177,13 @@ class FinalEncoding:
                               help="class ids (mask / argmax) instead of probabilities")
     levels: int | None = setting(None, "--levels", parse=int, crd={"predict": "output.levels"},
                                  help="resolution levels of the output's pyramid, 2x per axis (default: down to one chunk)")
+    ngff_version: str = setting("auto", "--ngff_version", choices=NGFF_CHOICES,
+                                help="the output's format: OME-Zarr 0.4 on Zarr v2, or 0.5 on Zarr v3; auto (default): "
+                                     "the input's (a Zarr v2 scan gets 0.4, a v3 one 0.5)")
+
+    def validate_encoding(self) -> None:
+        if self.ngff_version not in NGFF_CHOICES:
+            raise BadArguments(f"--ngff_version must be one of {', '.join(NGFF_CHOICES)}; got {self.ngff_version!r}")
 
 
 @dataclass(kw_only=True)
@@ -189,10 +198,36 @@ class Run:
                                   "and taken over")
     progress_s: float = setting(30.0, "--progress_s", parse=float, render=number, env="VESUVIUS_PROGRESS_S",
                                 help="seconds between progress lines when the output is not a terminal (pod logs)")
+    debug: bool = setting(False, "--debug", help="print a failure's traceback before its error line (also "
+                                                  "$VESUVIUS_DEBUG=1)")
 
     def validate_run(self) -> None:
         _positive("--lease_s", self.lease_s)
         _positive("--progress_s", self.progress_s, strict=False)
+
+
+def _count(text: str) -> int:
+    """A count the downward API gives; a missing annotation is an empty string there: zero, as Kubernetes
+    implies (pkg/controller/job/indexed_job_utils.go, parseIndexFailureIgnoreCountAnnotation)."""
+    try:
+        return max(0, int(text or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count, got {text!r}") from None
+
+
+@dataclass(kw_only=True)
+class Disruptions:
+    """Kubernetes pods of Indexed Jobs (predict, split blend and finalize): how often the Job controller saw
+    this index disrupted (evicted or preempted: failures its podFailurePolicy ignored) and the bound past
+    which the pod refuses to start, exit 79 (errors.disruption_refusal; podopts.guard)."""
+
+    disruptions: int = setting(0, "--disruptions", parse=_count, env="VESUVIUS_DISRUPTIONS",
+                               help="times this part's pods were disrupted so far (the pod's downward API)")
+    max_disruptions: int | None = setting(5, "--max_disruptions", parse=int,
+                                          crd={"predict": "retry.maxDisruptionsPerPart",
+                                               "blend": "retry.maxDisruptionsPerPart",
+                                               "finalize": "retry.maxDisruptionsPerPart"},
+                                          help="refuse to start (exit 79) once --disruptions exceeds this")
 
 
 @dataclass(kw_only=True)
@@ -232,12 +267,13 @@ def _validate_predict_settings(c: Any) -> None:
             raise BadArguments(f"{name} needs three positive integers z,y,x, got {v}")
     if c.levels is not None and c.levels < 1:
         raise BadArguments(f"--levels must be >= 1, got {c.levels}")
+    c.validate_encoding()
     c.validate_run()
 
 
 @dataclass(kw_only=True)
-class PredictConfig(Run, FinalEncoding, Memory, Compute, PartShape, PartCount, Grid, InputChoice, ModelChoice,
-                    Storage):
+class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape, PartCount, Grid, InputChoice,
+                    ModelChoice, Storage):
     """One predict part: everything that determines its bytes, plus where they go and how it runs."""
 
     command: ClassVar[str] = "predict"
@@ -246,7 +282,13 @@ class PredictConfig(Run, FinalEncoding, Memory, Compute, PartShape, PartCount, G
     part_ids: str | None = setting(None, "--part_ids", metavar="RANGES",
                                    help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs "
                                         "map their indexes to parts")
-    device: str = setting("cuda", "--device", crd="inference.device", help="cuda, cuda:N or cpu")
+    device: str = setting("cuda", "--device", crd="inference.device",
+                          help="cuda, cuda:N, cpu, or auto (a CUDA GPU if one is visible, else the CPU, saying so); a GPU "
+                               "asked for that this process cannot use exits 69 before anything is written")
+    part_ids_file: str | None = setting(None, "--part_ids_file", metavar="PATH",
+                                        help="the same list read from this file: how retry Jobs map their indexes to "
+                                             "parts (the pod's copy of the Job's vesuvius.dev/part-ids annotation, "
+                                             "ranges or a compressed bitmap: no argument-size limit)")
     blended_output: str | None = setting(None, "--blended_output", metavar="URL",
                                          help="write the chunks only this part covers straight into these blended "
                                               "float16 logits; blend then finishes the seams")
@@ -260,16 +302,11 @@ class PredictConfig(Run, FinalEncoding, Memory, Compute, PartShape, PartCount, G
         return int((self.input_cache_gb if self.input_cache_gb is not None else self.cache_gb / 4) * (1 << 30))
 
     def the_part(self) -> int:
-        """The part this run predicts: ``part_id``, or the ``part_id``-th of ``part_ids`` (retry Jobs)."""
-        if not self.part_ids:
-            return self.part_id
-        from .k8s.ranges import parse_ranges
+        """The part this run predicts: ``part_id``, or the ``part_id``-th of ``part_ids`` / ``part_ids_file``
+        (retry Jobs)."""
+        from .podopts import resolve_part
 
-        ids = sorted(parse_ranges(self.part_ids))
-        if not 0 <= self.part_id < len(ids):
-            raise BadArguments(f"--part_id {self.part_id} is out of range for --part_ids {self.part_ids} "
-                               f"({len(ids)} parts)")
-        return ids[self.part_id]
+        return resolve_part(self.part_id, self.part_ids, self.part_ids_file)
 
     def validate(self) -> None:
         storage.require_writable(self.output_dir, "--output_dir")
@@ -330,10 +367,11 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
 
 
 @dataclass(kw_only=True)
-class BlendConfig(Run, FinalEncoding, Memory, Split, Storage):
+class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     """The seams between predict parts (and, in the seed's layout, the parts' own rows)."""
 
     command: ClassVar[str] = "blend"
+    always_final: ClassVar[bool] = False  # True: the seed's blend_and_finalize (below)
     parts_dir: str = setting(REQUIRED, positional=True, help="the predict parts (predict's --output_dir)")
     output: str = setting(REQUIRED, positional=True, help="the output predict wrote into, or a new one (seed layout)")
     mode: str | None = variant(field_of(FinalEncoding, "mode"), default=None,
@@ -351,13 +389,24 @@ class BlendConfig(Run, FinalEncoding, Memory, Split, Storage):
         storage.require_writable(self.output, "OUTPUT")
         self.validate_split()
         self.validate_run()
+        self.validate_encoding()
         if abs(self.sigma_scale - 8.0) > 1e-9:
             raise BadArguments("--sigma_scale: the Gaussian (sigma = patch/8, nnU-Net's) is applied while predicting; "
                                "only 8 is supported")
 
 
 @dataclass(kw_only=True)
-class FinalizeConfig(Run, FinalEncoding, Memory, Split, Storage):
+class BlendAndFinalizeConfig(BlendConfig):
+    """The seed's ``vesuvius.blend_and_finalize``: blend whose output is always final. Parts predicted
+    without an output are blended and finalized in one pass (binary unless --mode); parts that wrote a
+    final output are finished there; parts that wrote blended logits are refused (finalize those)."""
+
+    command: ClassVar[str] = "blend_and_finalize"
+    always_final: ClassVar[bool] = True
+
+
+@dataclass(kw_only=True)
+class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     """The output's pyramid and metadata, from blended logits or from what the parts and blend wrote."""
 
     command: ClassVar[str] = "finalize"
@@ -385,6 +434,7 @@ class FinalizeConfig(Run, FinalEncoding, Memory, Split, Storage):
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.levels is not None and self.levels < 1:
             raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        self.validate_encoding()
         self.validate_split()
         self.validate_run()
 

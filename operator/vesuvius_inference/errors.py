@@ -1,23 +1,37 @@
-"""Errors that map to the documented exit codes.
+"""Errors that map to the documented exit codes, and the one classifier every failure crosses.
 
-0 done, 2 bad arguments, 3 bad input data or model, 75 another live run holds the work;
-anything else is transient (the Kubernetes
-Job retries it, ``podFailurePolicy`` fails the part at once on 2 and 3).
+0 done, 2 bad arguments, 3 bad input data or model (both never retried), 69 the device asked for
+cannot be used here, 74 storage unreachable or failing, 75 another live run holds the work, 1 any
+other failure; everything but 2 and 3 is transient (the Kubernetes Job retries it,
+``podFailurePolicy`` fails the part at once on 2 and 3).
+
+Whether a failure is worth a retry is decided here and nowhere else (kopf's TemporaryError /
+PermanentError split, zarr's explicit ``ALLOWED_EXCEPTIONS``): the command line, the reader thread
+and the stages all hand what they caught to :func:`classify`. Exceptions are recognised by class
+name along their MRO (``module.Class``), so this module imports neither botocore nor aiohttp.
 """
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_INPUT = 3
 EXIT_NO_DEVICE = 69  # sysexits' EX_UNAVAILABLE: the device asked for cannot be used here; retried elsewhere
+EXIT_STORAGE = 74  # sysexits' EX_IOERR: storage unreachable or failing after the client's retries
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry later
+# A Kubernetes pod whose part was disrupted (evicted, preempted) more often than allowed: never retried
+# (the operator's podFailurePolicy fails the index on it). Outside sysexits' 64-78 on purpose.
+EXIT_DISRUPTION_LIMIT = 79
 
 
 class VesuviusError(Exception):
-    """An error with a one-line message for the user and an exit code."""
+    """An error with a one-line message for the user and an exit code (1: a failure worth a retry)."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class BadArguments(VesuviusError):
@@ -53,25 +67,146 @@ class DeviceUnavailable(VesuviusError):
     exit_code = EXIT_NO_DEVICE
 
 
-def classify(exc: BaseException) -> VesuviusError | None:
-    """Storage failures that no retry will fix, as one actionable line (None: leave it transient).
+class DisruptedTooOften(VesuviusError):
+    """This part's pods were evicted or preempted more often than the run allows (Kubernetes only):
+    restarting it again would repeat the loop, so the part fails with this reason."""
 
-    s3fs and gcsfs turn NoSuchBucket/NoSuchKey into FileNotFoundError and AccessDenied into
-    PermissionError; missing credentials surface as botocore's NoCredentialsError.
+    exit_code = EXIT_DISRUPTION_LIMIT
+
+
+def disruption_refusal(part: int, disruptions: int, limit: int | None) -> DisruptedTooOften | None:
+    """The error a pod raises at start when its index was disrupted more than ``limit`` times (None: run).
+    ``disruptions`` is the Job controller's count of ignored failures of the index (the pod's
+    batch.kubernetes.io/job-index-ignored-failure-count annotation)."""
+    if limit is None or disruptions <= limit:
+        return None
+    return DisruptedTooOften(
+        f"part {part} was disrupted {disruptions} times (evicted by the kubelet or preempted; the limit is "
+        f"retry.maxDisruptionsPerPart={limit}): not starting it again. Node-pressure evictions pick pods that use "
+        "more memory than they request first: raise the stage's memory request (spec.predict.resources) or "
+        "lower inference.cacheGb, then bump spec.retryFailedParts")
+
+
+class StorageUnavailable(VesuviusError):
+    """Storage did not answer, dropped the connection, timed out or failed with 5xx after the client's
+    own retries. Nothing complete is lost: a rerun once it is back resumes from the last checkpoint."""
+
+    exit_code = EXIT_STORAGE
+
+
+# Connection-level failures, by "top-level module.Class" anywhere in the exception's MRO.
+_TRANSIENT = {
+    "builtins.ConnectionError", "builtins.TimeoutError",  # refused, reset, aborted, broken pipe; timeouts
+    "aiohttp.ClientConnectionError", "aiohttp.ClientPayloadError",  # http(s):// through fsspec
+    "botocore.ConnectionError", "botocore.HTTPClientError", "botocore.IncompleteReadError",  # s3://
+    "http.IncompleteRead", "requests.ConnectionError", "requests.Timeout",  # hf:// downloads
+}
+_TRANSIENT_ERRNO = {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                    errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EPIPE,
+                    getattr(errno, "EREMOTEIO", errno.EIO)}  # s3fs: 503 SlowDown -> EBUSY, 500 -> EREMOTEIO
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestTimeTooSkewed"}
+_CREDENTIALS = {"botocore.NoCredentialsError", "botocore.PartialCredentialsError"}
+CREDENTIALS_HELP = ("no object-storage credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile "
+                    "(on Kubernetes: spec.storage.secretName); for a public input bucket pass --input_anon "
+                    "(unsigned reads), or --storage-options '{\"anon\": true}'")
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {f"{c.__module__.split('.')[0]}.{c.__name__}" for c in type(exc).__mro__}
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, then what it was raised from (explicit cause first, else the implicit context)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+
+
+def _status(exc: BaseException) -> tuple[int | None, str]:
+    """HTTP status and S3 error code of a botocore ClientError or an aiohttp ClientResponseError."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return (int(status) if status else None), str(response.get("Error", {}).get("Code", ""))
+    status = getattr(exc, "status", None)
+    return (status if isinstance(status, int) else None), ""
+
+
+def _one(e: BaseException) -> str | None:
+    """'transient', 'denied', 'missing', 'credentials', 'refused' or None (not recognised) for one exception."""
+    names = _names(e)
+    if names & _CREDENTIALS:
+        return "credentials"
+    if names & _TRANSIENT:
+        return "transient"
+    if "builtins.PermissionError" in names:
+        return "denied"
+    if "builtins.FileNotFoundError" in names:
+        return "missing"
+    status, code = _status(e)
+    if status is not None and ("botocore.ClientError" in names or "aiohttp.ClientResponseError" in names):
+        if status >= 500 or status in (408, 429) or code in _TRANSIENT_CODES:
+            return "transient"
+        return "refused"
+    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNO:
+        return "transient"
+    return None
+
+
+def kind(exc: BaseException) -> str | None:
+    """What the first recognised exception along the chain says (see ``_one``)."""
+    for e in _chain(exc):
+        found = _one(e)
+        if found is not None:
+            return found
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    return kind(exc) == "transient"
+
+
+def _text(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the library put in it
+
+
+def classify(exc: BaseException, doing: str = "") -> VesuviusError:
+    """Every failure as one actionable line and its exit code; ``doing`` says what was being done.
+
+    Unrecognised exceptions are failures worth a retry (exit 1) that name their type; a traceback is
+    the command line's ``--debug``.
     """
     if isinstance(exc, VesuviusError):
         return exc
-    name = type(exc).__name__
-    if isinstance(exc, PermissionError):
-        return BadInput(f"access denied: {exc}; check the credentials and the bucket policy (write access for outputs)")
-    if isinstance(exc, FileNotFoundError):
-        return BadInput(f"not found: {exc}; check the bucket and path")
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return BadInput("no object-storage credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, "
-                        "or pass --storage-options '{\"anon\": true}' for public data")
-    if name == "ClientError":
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("NoSuchBucket", "NoSuchKey", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                    "InvalidBucketName", "AllAccessDisabled"):
-            return BadInput(f"object storage refused the request ({code}): {exc}")
-    return None
+    what = f"{doing}: " if doing else ""
+    found = kind(exc)
+    if found == "transient":
+        return StorageUnavailable(f"{what}storage unreachable or failing ({_text(exc)}); completed work is kept: "
+                                  "rerun when the store answers again (a rerun resumes)")
+    if found == "credentials":
+        return BadInput(f"{what}{CREDENTIALS_HELP}")
+    if found == "denied":
+        return BadInput(f"{what}access denied ({_text(exc)}); check the credentials and the bucket policy "
+                        "(write access for outputs)")
+    if found == "missing":
+        return BadInput(f"{what}not found ({_text(exc)}); check the path or URL")
+    if found == "refused":
+        return BadInput(f"{what}object storage refused the request ({_text(exc)})")
+    if isinstance(exc, MemoryError) or "torch.OutOfMemoryError" in _names(exc):
+        return VesuviusError(f"{what}out of memory ({_text(exc)}); lower --cache_gb or --batch_size")
+    return VesuviusError(f"{what}unexpected {_text(exc)} (rerun with --debug for the traceback; if it repeats, "
+                         "please report it)")
+
+
+def classify_read(exc: BaseException, url: str) -> VesuviusError:
+    """A failure while reading voxels of the input: storage trouble is transient, anything else that
+    an unreadable chunk raises (a codec's ValueError or RuntimeError, a truncated object) is bad data."""
+    found = classify(exc, f"reading the input {url}")
+    if kind(exc) is None and isinstance(exc, (OSError, ValueError, RuntimeError)):
+        return BadInput(f"reading the input {url} failed ({_text(exc)}): a corrupt or truncated chunk? "
+                        "check the input")
+    return found

@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, storage
+from . import cpuquota, paths, storage
 from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3
+from .ngff import NGFF_VERSION, ngff_for
 from .output import (
     DATA_PATH,
     FINAL,
@@ -28,6 +29,7 @@ from .output import (
     list_chunk_coords,
     output_channels,
     output_config,
+    written_config,
 )
 from .pyramid import Pyramid, unit_level, units_with_data
 
@@ -50,11 +52,10 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     parts = load_parts(cfg.input_path, so)
     spec = parts.output
     if spec is None:  # the seed's layout: blend --mode made the output; its own metadata says how
-        made = ((storage.read_json(storage.join(cfg.output_path, "zarr.json"), so) or {}).get("attributes", {})
-                .get("vesuvius", {}).get("config") or {})
+        made = written_config(cfg.output_path, so) or {}
         if made.get("kind") == FINAL:
             spec = OutputSpec(cfg.output_path, FINAL, made.get("mode", "binary"), bool(made.get("threshold")),
-                              made.get("levels"))
+                              made.get("levels"), made.get("ngff", NGFF_VERSION))
     if spec is None or spec.kind != FINAL or not spec.same_place(cfg.output_path):
         raise BadArguments(f"the parts in {cfg.input_path} did not write a final output at {cfg.output_path}; "
                            "blend them first (vesuvius.blend_logits PARTS OUTPUT)")
@@ -93,9 +94,10 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(s) for s in src.chunks[1:])  # type: ignore[assignment]
     output_channels(cfg.mode, cfg.threshold, c)
-    spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels)
-    config = {**output_config({}, spec), "predict": (blended_state.get("config") or {}).get("predict"),
-              "from": "blended"}
+    predicted = (blended_state.get("config") or {}).get("predict") or {}
+    ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
+    spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels, ngff)
+    config = {**output_config({}, spec), "predict": predicted or None, "from": "blended"}
     out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite)
     cgrid = ChunkGrid(shape, chunks)
     present = {tuple(k[1:]) for k in list_chunk_coords(src)}
@@ -153,7 +155,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     def complete() -> None:
         from .iopool import WritePool
 
-        io = WritePool(4)
+        io = WritePool(cpuquota.plan().writers)  # the CPU quota's, not a fixed 4
         try:
             if unit:
                 Pyramid(out, io).build_top(unit)

@@ -115,22 +115,30 @@ class PatchGrid:
         return out
 
 
-def parse_bbox(text: str | None, shape: Sequence[int]) -> tuple[Shape3, Shape3] | None:
-    """``z0:z1,y0:y1,x0:x1`` (half-open, volume coordinates; empty ends mean the volume's) -> (lo, hi)."""
+def parse_bbox(text: str | None, shape: Sequence[int], where: str = "the input") -> tuple[Shape3, Shape3] | None:
+    """``z0:z1,y0:y1,x0:x1`` (half-open, volume coordinates; empty ends mean the volume's) -> (lo, hi).
+
+    ``where`` names the array the coordinates refer to (``level 1``), so an error can say which axis
+    leaves which shape."""
     if not text:
         return None
-    axes = text.replace(" ", "").split(",")
-    if len(axes) != 3:
+    ranges = text.replace(" ", "").split(",")
+    if len(ranges) != 3:
         raise ValueError(f"--bbox needs three ranges z0:z1,y0:y1,x0:x1, got {text!r}")
+    dims = ",".join(str(int(n)) for n in shape)
     lo, hi = [], []
-    for rng, n in zip(axes, shape):
+    for axis, rng, n in zip("zyx", ranges, shape):
         a, sep, b = rng.partition(":")
-        if not sep:
-            raise ValueError(f"--bbox range {rng!r} is not of the form start:stop")
-        a_i = int(a) if a else 0
-        b_i = int(b) if b else int(n)
+        try:
+            a_i, b_i = (int(a) if a else 0), (int(b) if b else int(n))
+        except ValueError:
+            a_i = b_i = -1
+        if not sep or a_i < 0:
+            raise ValueError(f"--bbox {axis} range {rng!r} is not of the form start:stop (integers, half-open)")
         if not 0 <= a_i < b_i <= n:
-            raise ValueError(f"--bbox range {rng!r} is empty or outside the volume (0..{n})")
+            problem = "is empty, in" if a_i >= b_i else "is outside"
+            raise ValueError(f"--bbox {axis} range {rng!r} {problem} {where} (shape z,y,x = {dims}): "
+                             f"{axis} must lie within 0:{n}")
         lo.append(a_i)
         hi.append(b_i)
     return tuple(lo), tuple(hi)  # type: ignore[return-value]

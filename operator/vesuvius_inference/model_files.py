@@ -132,7 +132,9 @@ class ModelFiles:
 
 def open_model_files(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
                      folds: Sequence[int | str] | None = None) -> ModelFiles:
-    """Resolve ``url`` (local, s3://, hf://: downloaded once into the cache) and read it without torch."""
-    from .model_source import resolve_model
+    """Resolve ``url`` (local, s3://, hf://: downloaded once into the cache) and read it without torch.
+    A ``fold_N`` folder given as the model is its parent folder with that fold (one line says so)."""
+    from .model_source import fold_parent, resolve_model
 
+    url, folds = fold_parent(url, folds)
     return ModelFiles(resolve_model(url, storage_options, cache_dir), folds)

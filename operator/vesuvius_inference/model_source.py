@@ -15,14 +15,16 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from . import storage
-from .errors import BadArguments, BadInput
+from .errors import BadArguments, BadInput, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.model")
+FOLD = re.compile(r"^fold_(\w+)$")
 WANTED = re.compile(r"^(plans\.json|dataset\.json|fold_[^/]+/checkpoint_(final|best)\.pth)$")
 
 
@@ -55,7 +57,10 @@ def _remote_listing(url: str, so: dict[str, Any]) -> tuple[Any, str, dict[str, d
         if WANTED.match(rel):
             files[rel] = info
     if "plans.json" not in files:
-        raise BadInput(f"model {url} has no plans.json: expected an nnU-Net v2 trained model folder")
+        hint = f"; {url} looks like one fold: pass its parent folder" if FOLD.match(url.rstrip("/").rsplit("/", 1)[-1]) \
+            else ""
+        raise BadInput(f"model {url} has no plans.json: expected an nnU-Net v2 trained model folder (plans.json, "
+                       f"dataset.json, fold_N/checkpoint_final.pth){hint}")
     return fs, root, files
 
 
@@ -107,6 +112,8 @@ def _fetch_hf(url: str, cache_dir: str) -> str:
                                  allow_patterns=["plans.json", "dataset.json", "*checkpoint_final.pth",
                                                  "*checkpoint_best.pth"], token=os.environ.get("HF_TOKEN"))
     except Exception as e:  # offline without a cached snapshot, unknown repo, no permission
+        if is_transient(e):
+            raise classify(e, f"downloading the model {url}") from e
         raise BadInput(f"cannot get model {url}: {type(e).__name__}: {e}") from None
     if not any(p.name.startswith("fold_") for p in Path(path).iterdir()) and Path(path, "checkpoint_final.pth").exists():
         # a flat repo (checkpoint next to plans.json): present it as fold_0, as nnU-Net expects
@@ -122,11 +129,47 @@ def _fetch_hf(url: str, cache_dir: str) -> str:
     return path
 
 
+def fold_parent(url: str, folds: Sequence[int | str] | None) -> tuple[str, Sequence[int | str] | None]:
+    """A local ``fold_N`` folder given as the model: its parent folder with that fold (one line says so).
+
+    nnU-Net's results hold ``plans.json`` and ``dataset.json`` next to the ``fold_N`` folders, so the fold
+    folder alone is not a model; pointing at it means "this fold of that model"."""
+    if not storage.is_local(url):
+        return url, folds
+    path = storage.local_path(url).rstrip("/")
+    m = FOLD.match(os.path.basename(path))
+    parent = os.path.dirname(path) or "."
+    if m is None or not os.path.isfile(os.path.join(parent, "plans.json")) or os.path.isfile(os.path.join(path, "plans.json")):
+        return url, folds
+    fold = m.group(1)
+    if folds is not None and [str(f) for f in folds] != [fold]:
+        raise BadArguments(f"the model {url} is fold {fold} of the nnU-Net model folder {parent}, but --folds asks "
+                           f"for {','.join(map(str, folds))}: pass --model_path {parent} --folds "
+                           f"{','.join(map(str, folds))}")
+    log.warning("warning: the model %s is fold %s of the nnU-Net model folder %s: using that folder with --folds %s "
+                "(pass %s itself to ensemble every fold)", url, fold, parent, fold, parent)
+    return parent, [fold]
+
+
+def _check_local(path: str) -> str:
+    """A local model folder that is not there, or is not one, says so (not "check the bucket")."""
+    if not os.path.exists(path):
+        raise BadInput(f"model folder {path} does not exist on this machine (a model on object storage is given "
+                       "by its URL: s3://..., gs://..., hf://org/model)")
+    if not os.path.isdir(path):
+        raise BadInput(f"model {path} is a file: expected an nnU-Net v2 trained model folder (plans.json, "
+                       "dataset.json, fold_N/checkpoint_final.pth)")
+    if not os.path.isfile(os.path.join(path, "plans.json")):
+        raise BadInput(f"model folder {path} has no plans.json: expected an nnU-Net v2 trained model folder "
+                       "(plans.json, dataset.json, fold_N/checkpoint_final.pth)")
+    return path
+
+
 def resolve_model(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> str:
     """A local folder holding the model at ``url`` (downloaded once into the cache if remote)."""
     cache_dir = cache_dir or default_cache_dir()
     if url.startswith("hf://"):
         return _fetch_hf(url, cache_dir)
     if storage.is_local(url):
-        return storage.local_path(url)
+        return _check_local(storage.local_path(url))
     return _fetch_remote(url, dict(storage_options or {}), cache_dir)

@@ -1,4 +1,10 @@
-"""OME-Zarr (NGFF 0.5) metadata of our outputs, and the geometry of their pyramids. Pure, no I/O.
+"""OME-Zarr metadata of our outputs (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3), and the geometry of their
+pyramids. Pure, no I/O.
+
+Outputs take the scan's format by default: the public scans are OME-Zarr 0.4 on Zarr v2, and tools of
+the field that read only Zarr v2 (zarr-python 2.x, older viewers) cannot open a v3 output. The two
+versions hold the same metadata: 0.5 nests it under ``ome`` with one ``version``; 0.4 keeps
+``multiscales``, ``omero`` and ``image-label`` at the top of the group's attributes, each versioned.
 
 Written as plain JSON: ome-zarr-models (the pydantic models of the spec) needs pydantic < 2.13,
 which the kubernetes client we also depend on does not allow, so the models validate our output in
@@ -15,7 +21,27 @@ from typing import Any
 
 from .frame import Frame
 
-NGFF_VERSION = "0.5"
+NGFF_VERSION = "0.5"  # the default for Zarr v3 inputs
+NGFF_VERSIONS = {"0.4": 2, "0.5": 3}  # NGFF version -> the Zarr format it is stored in
+AUTO = "auto"
+
+
+def ngff_for(requested: str, input_zarr_format: int | None) -> str:
+    """The NGFF version of an output: ``requested``, or for ``auto`` the input's (Zarr v2 -> 0.4, v3 -> 0.5)."""
+    if requested != AUTO:
+        return requested
+    return "0.4" if input_zarr_format == 2 else NGFF_VERSION
+
+
+def group_attributes(ome: dict[str, Any]) -> dict[str, Any]:
+    """``ome`` metadata (as made below, with its ``version``) as the group's attributes in that version."""
+    if ome["version"] != "0.4":
+        return {"ome": ome}
+    out = {k: v for k, v in ome.items() if k != "version"}
+    out["multiscales"] = [{"version": "0.4", **m} for m in ome["multiscales"]]
+    if "image-label" in out:
+        out["image-label"] = {**out["image-label"], "version": "0.4"}
+    return out
 # Distinct, readable on a grey scan: magenta first (papyrus surfaces), then a qualitative palette.
 PALETTE = ["FF00FF", "00FFFF", "FFFF00", "FF8000", "00FF00", "0080FF", "FF0040", "80FF80", "8000FF", "FFFFFF"]
 
@@ -62,10 +88,11 @@ def multiscales(name: str, frame: Frame, levels: int, channel: bool, how: str) -
     }
 
 
-def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence[str], depth: int) -> dict[str, Any]:
+def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence[str], depth: int,
+                   version: str = NGFF_VERSION) -> dict[str, Any]:
     """``ome`` attributes of a probability image (C, Z, Y, X) of uint8 ``round(p * 255)``."""
     return {
-        "version": NGFF_VERSION,
+        "version": version,
         "multiscales": [multiscales(name, frame, levels, channel=True, how="mean")],
         "omero": {
             "name": name,
@@ -78,15 +105,16 @@ def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence
     }
 
 
-def label_metadata(name: str, frame: Frame, levels: int, names: Sequence[str]) -> dict[str, Any]:
+def label_metadata(name: str, frame: Frame, levels: int, names: Sequence[str],
+                   version: str = NGFF_VERSION) -> dict[str, Any]:
     """``ome`` attributes of a label image (Z, Y, X) of class ids: 0 (background) is transparent."""
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     colors += [{"label-value": i, "rgba": _rgba(PALETTE[(i - 1) % len(PALETTE)])} for i in range(1, len(names))]
     return {
-        "version": NGFF_VERSION,
+        "version": version,
         "multiscales": [multiscales(name, frame, levels, channel=False, how="mode")],
         "image-label": {
-            "version": NGFF_VERSION,
+            "version": version,
             "colors": colors,
             "properties": [{"label-value": i, "class": n} for i, n in enumerate(names)],
             "source": {"image": "the input volume this was predicted from (see vesuvius_output.input)"},

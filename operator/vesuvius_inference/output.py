@@ -25,7 +25,16 @@ from .errors import BadArguments, BadInput
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
-from .ngff import auto_levels, class_names, image_metadata, label_metadata, level_shapes
+from .ngff import (
+    NGFF_VERSION,
+    NGFF_VERSIONS,
+    auto_levels,
+    class_names,
+    group_attributes,
+    image_metadata,
+    label_metadata,
+    level_shapes,
+)
 
 DATA_PATH = "0"
 # how the work was split and where seams were merged: recorded with the parts, never changing an output byte
@@ -33,7 +42,12 @@ SPLIT_KEYS = ("num_parts", "partition", "seams")
 BLENDED, FINAL = "blended", "final"
 
 
-def blosc() -> Any:
+def blosc(zarr_format: int = 3) -> Any:
+    """blosc-zstd level 1 with byte shuffle, as a Zarr v3 codec or (v2) the numcodecs compressor."""
+    if zarr_format == 2:
+        from numcodecs import Blosc
+
+        return Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE)
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
@@ -83,18 +97,24 @@ class OutputSpec:
     mode: str = "binary"
     threshold: bool = False
     levels: int | None = None  # FINAL: pyramid levels (None: down to one chunk)
+    ngff: str = NGFF_VERSION  # FINAL: OME-Zarr 0.4 (on Zarr v2) or 0.5 (on Zarr v3); blended logits are v3
+
+    @property
+    def zarr_format(self) -> int:
+        return NGFF_VERSIONS[self.ngff] if self.kind == FINAL else 3
 
     def as_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"url": self.url.rstrip("/"), "kind": self.kind}
         if self.kind == FINAL:
-            d.update(mode=self.mode, threshold=self.threshold, levels=self.levels)
+            d.update(mode=self.mode, threshold=self.threshold, levels=self.levels, ngff=self.ngff)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> OutputSpec | None:
         if not d:
             return None
-        return cls(d["url"], d["kind"], d.get("mode", "binary"), bool(d.get("threshold", False)), d.get("levels"))
+        return cls(d["url"], d["kind"], d.get("mode", "binary"), bool(d.get("threshold", False)), d.get("levels"),
+                   d.get("ngff", NGFF_VERSION))
 
     def same_place(self, url: str) -> bool:
         return self.url.rstrip("/") == url.rstrip("/")
@@ -107,8 +127,24 @@ def output_config(predict_config: dict[str, Any], spec: OutputSpec) -> dict[str,
     return {"predict": common, **enc}
 
 
+def _chunk_coords(meta: Any, key: str) -> tuple[int, ...] | None:
+    """The chunk coordinates a store key encodes (None: metadata or anything else)."""
+    if meta.zarr_format == 2:
+        parts = key.split(meta.dimension_separator)
+    else:
+        enc = meta.chunk_key_encoding
+        if enc.name == "default":
+            if not key.startswith("c" + enc.separator):
+                return None
+            key = key[2:]
+        parts = key.split(enc.separator)
+    if len(parts) != len(meta.shape) or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
 def list_chunk_coords(array: Any) -> list[tuple[int, ...]]:
-    """Coordinates of the chunks stored for ``array`` (one listing, no chunk reads)."""
+    """Coordinates of the chunks stored for ``array`` (one listing, no chunk reads; Zarr v2 or v3 keys)."""
     from zarr.core.sync import sync
 
     store = array.store
@@ -118,34 +154,50 @@ def list_chunk_coords(array: Any) -> list[tuple[int, ...]]:
     async def _keys() -> list[str]:
         return [k[len(prefix):] async for k in store.list_prefix(prefix)]
 
-    out = []
-    for k in sync(_keys()):
-        parts = k.split("/")
-        if len(parts) == array.ndim + 1 and parts[0] == "c":
-            out.append(tuple(int(p) for p in parts[1:]))
-    return sorted(out)
+    found = (_chunk_coords(array.metadata, k) for k in sync(_keys()))
+    return sorted(c for c in found if c is not None)
 
 
-def _meta_url(url: str, path: str | None) -> str:
-    return storage.join(url, path, "zarr.json") if path else storage.join(url, "zarr.json")
+def read_attributes(url: str, storage_options: dict[str, Any] | None = None,
+                    path: str | None = None) -> dict[str, Any] | None:
+    """The user attributes of the Zarr node at ``url``/``path`` (v3 ``zarr.json``, else v2 ``.zattrs``);
+    None when there is no node. Every place that asks "what is already there?" reads it here."""
+    base = storage.join(url, path) if path else url
+    meta = storage.read_json(storage.join(base, "zarr.json"), storage_options)
+    if meta is not None:
+        return dict(meta.get("attributes") or {})
+    attrs = storage.read_json(storage.join(base, ".zattrs"), storage_options)
+    if attrs is not None:
+        return attrs
+    for marker in (".zarray", ".zgroup"):
+        if storage.read_json(storage.join(base, marker), storage_options) is not None:
+            return {}
+    return None
+
+
+def written_config(url: str, storage_options: dict[str, Any] | None = None,
+                   path: str | None = None) -> dict[str, Any] | None:
+    """The configuration recorded in an existing output of ours (None: nothing there, or not ours)."""
+    return ((read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}).get("config")
 
 
 def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any,
                    config: dict[str, Any], overwrite: bool, storage_options: dict[str, Any],
                    attributes: dict[str, Any] | None = None, path: str | None = None,
-                   dimension_names: Sequence[str] | None = None) -> Any:
-    """Create the array, or open it if it was made for the same configuration (by anyone)."""
+                   dimension_names: Sequence[str] | None = None, zarr_format: int = 3) -> Any:
+    """Create the array, or open it if it was made for the same configuration (by anyone).
+
+    Zarr v2 arrays are laid out as the public scans are: nested chunk keys (``/``), blosc-zstd."""
     import zarr
     from zarr.errors import ContainsArrayError, ContainsGroupError
 
     def same() -> Any:
-        existing = storage.read_json(_meta_url(url, path), storage_options)
+        existing = read_attributes(url, storage_options, path)
         if existing is None:
             return None
-        prev = existing.get("attributes", {}).get("vesuvius", {}).get("config")
-        if prev == config:
+        if (existing.get("vesuvius") or {}).get("config") == config:
             return zarr.open_array(store=storage.zarr_store(url, storage_options), path=path or "", mode="r+",
-                                   zarr_format=3)
+                                   zarr_format=zarr_format)  # type: ignore[arg-type]
         return False
 
     found = same()
@@ -159,16 +211,20 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
     store = storage.zarr_store(url, storage_options)
     attrs = {"vesuvius": {"config": config, "complete": False}}
     attrs.update(attributes or {})
-    kwargs = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value,
-                  compressors=[blosc()], config={"write_empty_chunks": False}, attributes=attrs, overwrite=False,
-                  dimension_names=tuple(dimension_names) if dimension_names else None)
+    kwargs: dict[str, Any] = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value,
+                                  compressors=[blosc(zarr_format)], config={"write_empty_chunks": False},
+                                  attributes=attrs, overwrite=False)
+    if zarr_format == 2:
+        kwargs.update(chunk_key_encoding={"name": "v2", "separator": "/"}, compressors=blosc(2))
+    else:
+        kwargs.update(dimension_names=tuple(dimension_names) if dimension_names else None)
     try:
         if path:
-            group = zarr.open_group(store=store, mode="a", zarr_format=3)
+            group = zarr.open_group(store=store, mode="a", zarr_format=zarr_format)  # type: ignore[arg-type]
             if "vesuvius" not in group.attrs:
                 group.attrs.update({"vesuvius": {"config": config, "complete": False}})
             return group.create_array(path, **kwargs)
-        return zarr.create_array(store=store, zarr_format=3, **kwargs)
+        return zarr.create_array(store=store, zarr_format=zarr_format, **kwargs)  # type: ignore[arg-type]
     except (ContainsArrayError, ContainsGroupError):
         found = same()  # another writer created it at the same moment
         if not found:
@@ -183,8 +239,8 @@ def set_complete(array: Any) -> None:
 
 
 def is_complete(url: str, storage_options: dict[str, Any] | None = None, path: str | None = None) -> dict[str, Any] | None:
-    meta = storage.read_json(_meta_url(url, path), storage_options)
-    v = (meta or {}).get("attributes", {}).get("vesuvius", {})
+    """The ``vesuvius`` attributes of a complete output of ours (Zarr v2 or v3), else None."""
+    v = (read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}
     return v if v.get("complete") else None
 
 
@@ -212,7 +268,8 @@ class Output:
             lead, names = ((), self.frame.dimension_names(False)) if self.labels else \
                 ((self.channels,), self.frame.dimension_names(True))
             self.arrays = [create_or_open(spec.url, lead + s, lead + self.chunks, "uint8", 0, config, overwrite,
-                                          storage_options, path=str(k), dimension_names=names)
+                                          storage_options, path=str(k), dimension_names=names,
+                                          zarr_format=spec.zarr_format)
                            for k, s in enumerate(level_shapes(self.shape, self.levels))]
             self.array = self.arrays[0]
             self.staging = None
@@ -281,12 +338,12 @@ class Output:
         name = storage.local_path(self.spec.url).rstrip("/").split("/")[-1]
         if self.labels:
             names = self.class_names if self.num_classes > 1 else ["background", self.class_names[0]]
-            return label_metadata(name, self.frame, self.levels, names)
+            return label_metadata(name, self.frame, self.levels, names, self.spec.ngff)
         if self.spec.mode == "binary":
             channel_names = [f"p({self.class_names[-1]})"]
         else:
             channel_names = [f"p({n})" for n in self.class_names]
-        return image_metadata(name, self.frame, self.levels, channel_names, self.shape[0])
+        return image_metadata(name, self.frame, self.levels, channel_names, self.shape[0], self.spec.ngff)
 
     def complete(self) -> None:
         """Mark the output complete; a final output gets its OME metadata now, not before."""
@@ -295,11 +352,12 @@ class Output:
         if self.spec.kind == FINAL:
             for a in self.arrays:
                 set_complete(a)
-            grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+", zarr_format=3)
+            grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+",
+                                  zarr_format=self.spec.zarr_format)  # type: ignore[arg-type]
             info = {"mode": self.spec.mode, "threshold": self.spec.threshold, "levels": self.levels,
                     "encoding": "class ids" if self.spec.threshold else "round(probability * 255)",
                     "not_predicted": 0, "input": self.config.get("predict", {}).get("input")}
-            grp.attrs.update({"ome": self.metadata(), "vesuvius_output": info,
+            grp.attrs.update({**group_attributes(self.metadata()), "vesuvius_output": info,
                               "vesuvius": {"config": self.config, "complete": True}})
         else:
             set_complete(self.array)

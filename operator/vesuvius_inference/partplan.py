@@ -23,17 +23,18 @@ from .layout import PartLayout
 from .partition import SLABS, Part, blocks_of, factorisations, split
 
 
-def region(bbox: str | None, shape: Shape3) -> tuple[Shape3, Shape3] | None:
-    """``--bbox`` as (lo, hi), or None for the whole volume; a malformed one is a bad argument (exit 2)."""
+def region(bbox: str | None, shape: Shape3, where: str = "the input") -> tuple[Shape3, Shape3] | None:
+    """``--bbox`` as (lo, hi), or None for the whole volume; a malformed one is a bad argument (exit 2)
+    naming the axis and ``where`` (which level of the input)."""
     try:
-        return parse_bbox(bbox, shape)
+        return parse_bbox(bbox, shape, where)
     except ValueError as e:
         raise BadArguments(str(e)) from None
 
 
-def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None) -> PatchGrid:
+def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None, where: str = "the input") -> PatchGrid:
     """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
-    box = region(bbox, shape)
+    box = region(bbox, shape, where)
     if box is None:
         return PatchGrid(shape, patch, overlap)
     lo, hi = box

@@ -32,15 +32,20 @@ log = logging.getLogger("vesuvius_inference.pipeline")
 def select_devices(cfg: PipelineConfig) -> list[str]:
     """One device per worker: ``--devices`` as given, else ``--gpus`` over this machine's GPUs, else the
     CPU (with one line saying so)."""
+    from .runner import resolve_device
+
     if cfg.devices:
+        for d in cfg.devices:  # a GPU asked for is a GPU used: exit 69 before any stage starts
+            if d.startswith("cuda"):
+                resolve_device(d, asked=f"--devices {','.join(cfg.devices)}", cpu_hint="--devices cpu")
         return list(cfg.devices)
     import torch
 
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpus = cfg.gpus
     if n == 0:
-        if gpus.strip().lower() != "all":
-            raise BadArguments(f"--gpus {gpus}: this machine has no CUDA GPU; use --devices cpu to run on the CPU")
+        if gpus.strip().lower() != "all":  # GPUs named: the same as --device cuda, exit 69 saying what to check
+            resolve_device("cuda", asked=f"--gpus {gpus}", cpu_hint="--devices cpu")
         log.warning("no CUDA GPU found: running every part on the CPU, one after another")
         return ["cpu"]
     if gpus.strip().lower() == "all":
@@ -49,9 +54,10 @@ def select_devices(cfg: PipelineConfig) -> list[str]:
         ids = [int(g) for g in gpus.split(",") if g.strip()]
     except ValueError:
         raise BadArguments(f"--gpus must be 'all' or comma-separated GPU ids, got {gpus!r}") from None
-    bad = [i for i in ids if not 0 <= i < n]
-    if bad or not ids:
-        raise BadArguments(f"--gpus {gpus}: this machine has GPUs 0..{n - 1}")
+    if not ids:
+        raise BadArguments(f"--gpus must be 'all' or comma-separated GPU ids, got {gpus!r}")
+    for i in ids:  # one this process cannot see: exit 69, as --device cuda:N
+        resolve_device(f"cuda:{i}", asked=f"--gpus {gpus}", cpu_hint="--devices cpu")
     return [f"cuda:{i}" for i in ids]
 
 
@@ -76,6 +82,7 @@ def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
 
 def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progress: RunProgress) -> None:
     failures: list[str] = []
+    codes: set[int] = set()
 
     def worker(d: int, device: str) -> None:
         for k in range(cfg.parts_per_gpu):
@@ -85,6 +92,7 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
             _follow(proc, progress)
             if proc.wait() != 0:
                 failures.append(f"part {part} on {device} exited {proc.returncode}")
+                codes.add(proc.returncode)
                 return
             progress.part_done(part)
 
@@ -94,7 +102,9 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
     for t in threads:
         t.join()
     if failures:
-        raise VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
+        err = VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
+        err.exit_code = codes.pop() if len(codes) == 1 else err.exit_code  # the workers' class of failure, if one
+        raise err
 
 
 def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int]) -> int:
@@ -138,7 +148,8 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
     ctx = prepare(predict_config(cfg, 0, num_parts, devices[0]))  # the input and the model: checked
     if not cfg.skip_finalize:
         output_channels(cfg.mode, cfg.threshold, ctx.model.num_classes)  # what finalize would refuse
-    expected = output_config(ctx.fp, OutputSpec(cfg.output, FINAL, cfg.mode, cfg.threshold, cfg.levels))
+    expected = output_config(ctx.fp, OutputSpec(cfg.output, FINAL, cfg.mode, cfg.threshold, cfg.levels,
+                                                ctx.cfg.ngff_version))  # the version prepare chose (auto: the input's)
     found = preflight.check_output(cfg.output, expected, so, cfg.overwrite)
     if found.state == preflight.OURS and found.complete and preflight.reusable(found, expected):
         return None

@@ -36,7 +36,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     patch = tuple(cfg.patch_size or model.patch_size)
     n_folds, n_classes = len(model.checkpoints), model.num_classes
     chunks = tuple(cfg.chunk_size or patch)
-    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox)  # type: ignore[arg-type]
+    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)
     parts, layout = choose_parts(grid, nonempty, cfg.num_parts, cfg.partition, volume.shape, chunks,  # type: ignore[arg-type]

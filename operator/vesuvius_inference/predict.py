@@ -20,6 +20,8 @@ from .config import PredictConfig
 from .errors import BadArguments, BadInput
 from .grid import Shape3
 from .model_files import ModelFiles, open_model_files
+from .model_source import fold_parent
+from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
@@ -50,6 +52,7 @@ def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: S
         "output": spec.as_dict() if spec else None,
         "partition": cfg.partition, "seams": seam_mode(cfg),
         "frame": volume.frame.as_dict(), "labels": labels,  # for the output's metadata
+        "input_zarr_format": volume.zarr_format,  # outputs made later (blend --mode, finalize) follow the input
     }
 
 
@@ -58,7 +61,7 @@ def _check_intensities(cfg: PredictConfig, volume: InputVolume, model: ModelFile
 
     if cfg.intensity_check == "off":
         return
-    problem = intensity_mismatch(volume, model.plans, region(cfg.bbox, volume.shape))
+    problem = intensity_mismatch(volume, model.plans, region(cfg.bbox, volume.shape, volume.where))
     if problem and cfg.intensity_check == "error":
         raise BadInput(problem)
     if problem:
@@ -70,7 +73,14 @@ def prepare(cfg: PredictConfig) -> PartContext:
     from .normalization import check_schemes
 
     cfg.validate()
+    from .runner import resolve_device
+
+    device = resolve_device(cfg.device) if cfg.device.startswith("cuda") else None  # a GPU asked for: first
+    model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    cfg = replace(cfg, model_path=model_path, folds=folds,  # a fold_N folder: its parent with that fold
+                  ngff_version=ngff_for(cfg.ngff_version, volume.zarr_format))  # outputs in the scan's format
+    region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
     model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
     spec = output_spec(cfg)
@@ -81,14 +91,14 @@ def prepare(cfg: PredictConfig) -> PartContext:
     patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
     fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
-    return PartContext(cfg, volume, model, patch, chunks, fp)
+    return PartContext(cfg, volume, model, patch, chunks, fp, device)
 
 
 def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | None = None) -> tuple[str, str]:
     """Run one part; return (part store URL, marker URL). Idempotent: a finished part returns at once.
     ``listener`` receives the part's progress instead of the terminal (the pipeline shows all parts as one)."""
-    if cfg.part_ids:
-        cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None)
+    if cfg.part_ids or cfg.part_ids_file:
+        cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None, part_ids_file=None)
     ctx = prepare(cfg)
     work = ctx.work
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, storage
+from . import cpuquota, paths, storage
 from .accumulate import ChunkAccumulator
 from .claimedwork import ClaimedWork
 from .claims import Lease
@@ -39,13 +39,12 @@ from .seams import FIRST, SECOND, SeamMerge
 from .volume import InputVolume
 
 log = logging.getLogger("vesuvius_inference.predict")
-WRITERS = 4
 
 
 def output_spec(cfg: PredictConfig) -> OutputSpec | None:
     """The output this part writes its own chunk rows into, if it was told one."""
-    if cfg.final_output:
-        return OutputSpec(cfg.final_output, FINAL, cfg.mode, cfg.threshold, cfg.levels)
+    if cfg.final_output:  # ngff "auto" is resolved against the input by predict.prepare
+        return OutputSpec(cfg.final_output, FINAL, cfg.mode, cfg.threshold, cfg.levels, cfg.ngff_version)
     if cfg.blended_output:
         return OutputSpec(cfg.blended_output, BLENDED)
     return None
@@ -62,6 +61,7 @@ class PartContext:
     patch: Shape3
     chunks: Shape3
     fp: dict[str, Any]
+    device: Any = None  # a GPU asked for, checked before anything else (auto and cpu: resolved by PartRun)
 
     @property
     def work(self) -> ClaimedWork:
@@ -133,7 +133,7 @@ class PartRun:
         if self.model.num_input_channels != volume.channels:
             raise BadInput(f"model expects {self.model.num_input_channels} input channel(s), {cfg.input_dir} has "
                            f"{volume.channels}")
-        self.device = resolve_device(cfg.device)
+        self.device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
         self.plan = the_plan(ctx)
         self.normalizer = Normalizer.from_plans(self.model.configuration_manager, self.model.plans_manager,
                                                 volume.channels)
@@ -173,7 +173,8 @@ class PartRun:
         else:
             group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
                                  volume.shape, ctx.chunks, self.spec is None, so)
-        self.io = WritePool(WRITERS, guard=self.lease.check)
+        threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's
+        self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
         owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
                        staging=paths.pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])

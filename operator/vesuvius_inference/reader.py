@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import classify_read
 from .grid import PatchGrid, Shape3
 from .volume import InputVolume
 
@@ -43,6 +43,7 @@ class PatchReader:
                  depth: int) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=max(2, depth))
         self.stop = threading.Event()
+        self.url = volume.url
         self.thread = threading.Thread(target=self._produce, daemon=True,
                                        args=(volume, grid, list(indices), skip_homogeneous))
         self.thread.start()
@@ -61,8 +62,8 @@ class PatchReader:
         while True:
             item = self.q.get()
             if isinstance(item, BaseException):
-                if isinstance(item, (OSError, ValueError)):
-                    raise BadInput(f"reading the input failed: {type(item).__name__}: {item}") from item
+                if isinstance(item, Exception):  # the one classifier: storage trouble is transient, bad chunks are not
+                    raise classify_read(item, self.url) from item
                 raise item
             if item is None:
                 return

@@ -15,19 +15,48 @@ from typing import Any
 log = logging.getLogger("vesuvius_inference.runner")
 
 
-def resolve_device(requested: str) -> Any:
-    """The torch device to use; a CUDA request without a GPU falls back to CPU with one warning line."""
+AUTO = "auto"
+_CHECK = ("check CUDA_VISIBLE_DEVICES (now {visible}), the NVIDIA driver (nvidia-smi) and, on Kubernetes, the pod's "
+          "runtimeClassName and the NVIDIA device plugin (nvidia.com/gpu); or pass {cpu}")
+
+
+def resolve_device(requested: str, asked: str | None = None, cpu_hint: str = "--device cpu") -> Any:
+    """The torch device for ``--device``. ``auto`` takes a CUDA GPU when one is visible, else the CPU
+    (one line says so); ``cuda``/``cuda:N`` asked for and unusable raises DeviceUnavailable (exit 69):
+    never a silent CPU run on a GPU node. Called before the part is claimed, so nothing is written."""
+    import os
+
     import torch
 
-    from .errors import BadArguments
+    from .errors import BadArguments, DeviceUnavailable
 
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("no CUDA GPU is available: running on the CPU (pass --device cpu to silence this)")
+    if requested == AUTO:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning("no CUDA GPU is visible: running on the CPU (--device cuda makes this an error)")
         return torch.device("cpu")
     try:
-        return torch.device(requested)
+        device = torch.device(requested)
     except RuntimeError:
-        raise BadArguments(f"--device {requested!r} is not a torch device (use cuda, cuda:1 or cpu)") from None
+        raise BadArguments(f"--device {requested!r} is not a torch device (use auto, cuda, cuda:1 or cpu)") from None
+    if device.type != "cuda":
+        return device
+    asked = asked or f"--device {requested}"
+    check = _CHECK.format(cpu=cpu_hint, visible=repr(os.environ["CUDA_VISIBLE_DEVICES"]) if "CUDA_VISIBLE_DEVICES" in os.environ
+                          else "unset")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        raise DeviceUnavailable(f"{asked}: this process sees no CUDA GPU (torch {torch.__version__}, "
+                                f"CUDA build {torch.version.cuda or 'none'}); {check}")
+    if device.index is not None and device.index >= n:
+        raise DeviceUnavailable(f"{asked}: this process sees {n} CUDA GPU(s), cuda:0..cuda:{n - 1}; "
+                                f"{check}")
+    try:
+        torch.zeros(1, device=device)  # initialises CUDA on it: a driver/runtime mismatch fails here, not mid-run
+    except RuntimeError as e:
+        raise DeviceUnavailable(f"{asked}: CUDA failed to initialise ({' '.join(str(e).split())}); "
+                                f"{check}") from None
+    return device
 
 
 class Runner:

@@ -127,7 +127,11 @@ class Parser(argparse.ArgumentParser):
     """argparse, with a bad command line as one ``error:`` line like every other failure (exit 2)."""
 
     def error(self, message: str) -> Any:
-        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        from .failure import write_termination_message
+
+        line = f"error: {self.prog}: {message} (see {self.prog} --help)\n"
+        write_termination_message(line)  # for Kubernetes, as every failure's line
+        self.exit(2, line)
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import storage
+from . import cpuquota, storage
 from .claimedwork import ClaimedWork
 from .claims import Lease
 from .grid import split_chunks
@@ -88,7 +88,7 @@ class Split:
         if journal.start:
             log.info("%s %d/%d: resuming after %d of %d units", what, self.part_id, self.num_parts, journal.start,
                      len(mine))
-        io = WritePool(4, guard=lease.check)
+        io = WritePool(cpuquota.plan().writers, guard=lease.check)  # the CPU quota's
         t0, vox = time.perf_counter(), 0
         bar = Reporter(self.stage, self.part_id, self.num_parts, len(mine), "units", quiet=self.quiet,
                        interval_s=self.progress_s, done=journal.start)

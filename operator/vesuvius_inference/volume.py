@@ -6,6 +6,7 @@ chunk listing tells which patches are empty before a single voxel is fetched.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -15,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
-from .errors import BadArguments, BadInput
+from . import cpuquota, storage
+from .errors import BadArguments, BadInput, classify, is_transient, kind
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
+
+log = logging.getLogger("vesuvius_inference.volume")
 
 
 def _multiscales(attrs: dict[str, Any]) -> dict[str, Any] | None:
@@ -35,8 +38,10 @@ class InputVolume:
     array: Any  # zarr.Array
     has_channel_axis: bool
     frame: Frame = field(default_factory=Frame)  # the world frame of the chosen level
+    where: str = "the input"  # which array of the input this is, for messages ("level 1 of the input")
+    zarr_format: int = 3  # the input's Zarr format: outputs follow it by default
     cache_bytes: int = 0
-    io_threads: int = 8
+    io_threads: int = field(default_factory=lambda: cpuquota.plan().io_threads)  # the CPU quota's, not 8
     _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -138,7 +143,9 @@ class InputVolume:
 
         try:
             keys = sync(_keys())
-        except Exception:  # stores that cannot list (plain HTTP) simply give no shortcut
+        except Exception as e:  # stores that cannot list (plain HTTP) simply give no shortcut ...
+            if is_transient(e):  # ... but a store that is down must not silently change the part split
+                raise classify(e, f"listing the chunks of the input {self.url}") from e
             return None
         meta = self.array.metadata
         counts = self.chunk_grid.counts
@@ -154,8 +161,60 @@ class InputVolume:
         return occ
 
 
+def _parent_multiscales(url: str, storage_options: dict[str, Any] | None, zarr_format: int,
+                        depth: int = 3) -> tuple[dict[str, Any], int, str] | None:
+    """For an array given by its path inside an OME-Zarr group (``scroll.zarr/1``, ``img.zarr/s0/data``):
+    the enclosing group's multiscales entry, the array's level in it and the group's URL. None if no
+    group up to ``depth`` levels above lists the array. Storage trouble is raised, not taken for "none"."""
+    import zarr
+
+    head, rel = url.rstrip("/"), ""
+    for _ in range(depth):
+        if "/" not in head.split("://", 1)[-1].strip("/"):
+            return None  # the bucket or filesystem root: no group above
+        head, _, last = head.rpartition("/")
+        rel = f"{last}/{rel}".strip("/")
+        try:
+            group = zarr.open_group(store=storage.zarr_store(head, storage_options, read_only=True), mode="r",
+                                    zarr_format=zarr_format)  # type: ignore[arg-type]
+        except Exception as e:  # not a group (absent, a plain folder): look one level up
+            if is_transient(e):
+                raise classify(e, f"reading the metadata above the input {url}") from e
+            continue
+        ms = _multiscales(dict(group.attrs))
+        paths = [str(d.get("path", "")).strip("/") for d in (ms or {}).get("datasets", [])]
+        if rel in paths:
+            return ms, paths.index(rel), head  # type: ignore[return-value]
+    return None
+
+
+_warned_frames: set[str] = set()
+
+
+def _array_frame(url: str, storage_options: dict[str, Any] | None, node: Any, level: int) -> tuple[Frame, str]:
+    """The frame of an input given as an array, and how to name it ("level 1 of scroll.zarr")."""
+    found = _parent_multiscales(url, storage_options, int(node.metadata.zarr_format))
+    if found is not None:
+        ms, k, group = found
+        if level != 0:
+            raise BadArguments(f"--level {level} selects a level of an OME-Zarr group, but {url} is already level {k} "
+                               f"of {group}: pass {group} with --level {level}, or this array without --level")
+        return Frame.from_multiscales(ms, k), f"level {k} of {group}"
+    if level != 0:
+        raise BadArguments(f"--level {level} needs an OME-Zarr group, but {url} is a plain array")
+    if url not in _warned_frames:  # once per process, however often the input is opened
+        _warned_frames.add(url)
+        log.warning("warning: input %s has no OME-Zarr multiscales (neither its own nor an enclosing group's): "
+                    "the output will be in voxel units (scale 1, origin 0, no units)", url)
+    return Frame(), "the input"
+
+
 def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None = None) -> InputVolume:
-    """Open ``url`` as the model's input; one clear BadInput line for anything unusable."""
+    """Open ``url`` as the model's input; one clear BadInput line for anything unusable.
+
+    The world frame (scale, translation, units) comes from the OME-Zarr multiscales: the group's when
+    ``url`` is a group (level ``level``), the enclosing group's when it is one of that group's arrays.
+    """
     import zarr
 
     try:
@@ -163,9 +222,10 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         node = zarr.open(store=store, mode="r")
     except FileNotFoundError:
         raise BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)") from None
-    except Exception as e:  # zarr raises a variety of errors for non-zarr paths
+    except Exception as e:  # zarr raises a variety of errors for non-zarr paths; storage trouble is not one
+        if kind(e) is not None:
+            raise classify(e, f"opening the input {url}") from e
         raise BadInput(f"input {url} is not a readable Zarr array or group: {type(e).__name__}: {e}") from None
-    frame = Frame()
     if isinstance(node, zarr.Group):
         ms = _multiscales(dict(node.attrs))
         if ms is None:
@@ -174,13 +234,14 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         if not 0 <= level < len(paths):
             raise BadArguments(f"--level {level} is out of range: {url} has levels 0..{len(paths) - 1}")
         node = node[paths[level]]
-        frame = Frame.from_multiscales(ms, level)
-    elif level != 0:
-        raise BadArguments(f"--level {level} needs an OME-Zarr group, but {url} is a plain array")
+        frame, where = Frame.from_multiscales(ms, level), f"level {level} of the input"
+    else:
+        frame, where = _array_frame(url, storage_options, node, level)
     if node.ndim not in (3, 4):
         raise BadInput(f"input {url} has {node.ndim} dimensions {tuple(node.shape)}; expected (Z,Y,X) or (C,Z,Y,X)")
     if np.dtype(node.dtype).kind not in "uif":
         raise BadInput(f"input {url} has dtype {node.dtype}; expected an integer or float type (uint8, uint16, float32)")
     if 0 in node.shape:
         raise BadInput(f"input {url} is empty: shape {tuple(node.shape)}")
-    return InputVolume(url=url, array=node, has_channel_axis=node.ndim == 4, frame=frame)
+    return InputVolume(url=url, array=node, has_channel_axis=node.ndim == 4, frame=frame, where=where,
+                       zarr_format=int(node.metadata.zarr_format))

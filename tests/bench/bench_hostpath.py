@@ -5,6 +5,11 @@ so everything else predict does (read, normalise, weight, quantise, accumulate, 
 keep up. The network is replaced by a stand-in returning zeros of the right shape; the peer, in the
 same run, is a plain zarr copy of the same volume: read every input chunk and write the C-channel
 float16 output with the same codecs and chunks. Prints ratios, never asserts on them.
+
+Twice: on the machine as it is ("quiet"), and beside a competing CPU load, one busy process per CPU this
+process may use ("loaded"), as other pods on a shared node, both measured in the same run against the
+copy measured under the same load. Predict sizes torch's and its I/O pools to the CPUs it may use
+(cpuquota.py: the container's CPU quota, else the pod's request, else the affinity).
 """
 
 from __future__ import annotations
@@ -21,10 +26,38 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ.setdefault(_v, "/tmp/nnunet")
-
+import vesuvius_inference  # noqa: E402,F401 - its environment defaults (OMP_WAIT_POLICY) before torch loads
 from helpers import smooth_volume  # noqa: E402
 
 ROUNDS = 4
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+class CompetingLoad:
+    """One busy process per CPU (a context manager): the other work of a shared node."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n or len(os.sched_getaffinity(0))
+        self.procs: list = []
+
+    def __enter__(self) -> CompetingLoad:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        self.procs = [ctx.Process(target=_spin, daemon=True) for _ in range(self.n)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join(5)
 
 
 class NullNet:
@@ -95,9 +128,21 @@ def zarr_copy(inp: str, out: Path, chunk: int, classes: int = 2) -> float:
     return time.perf_counter() - t
 
 
+def rounds(model: Path, inp: str, root: Path, patch: int, tag: str) -> tuple[float, float]:
+    """Best of ROUNDS runs each, ours and the copy alternating: this machine's other load moves single runs by
+    tens of percent, and alternating exposes both to the same spells of it."""
+    t_ours, t_copy = [], []
+    for r in range(ROUNDS):
+        t_ours.append(null_predict(model, inp, root / f"ours{tag}{patch}_{r}", patch))
+        t_copy.append(zarr_copy(inp, root / f"copy{tag}{patch}_{r}.zarr", patch))
+        shutil.rmtree(root / f"ours{tag}{patch}_{r}", ignore_errors=True)
+        shutil.rmtree(root / f"copy{tag}{patch}_{r}.zarr", ignore_errors=True)
+    return min(t_ours), min(t_copy)
+
+
 def main() -> None:
     import nnunetv2.inference.predict_from_raw_data  # noqa: F401 - imports are not the host path
-    import torch
+    from vesuvius_inference import cpuquota
     from vesuvius_inference.demo.synthetic import write_zarr as write_image
     from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
@@ -106,25 +151,27 @@ def main() -> None:
     vol = smooth_volume(shape, seed=3)
     inp = write_image(vol, str(root / "in.zarr"), chunks=(64, 64, 64), levels=1)
     nvox = int(np.prod(shape))
-    threads = torch.get_num_threads()
+    plan = cpuquota.plan()
     lines = []
     for patch in (128, 64):
         model = root / f"model{patch}"
         write_model_folder(model, make_plans((patch,) * 3, (4, 8, 16), "CTNormalization"), make_dataset_json(),
                            folds=(0,))
-        # the best of ROUNDS runs each, ours and the copy alternating: this machine's other load moves
-        # single runs by tens of percent, and alternating exposes both to the same spells of it
-        t_ours, t_copy = [], []
-        for r in range(ROUNDS):
-            t_ours.append(null_predict(model, inp, root / f"ours{patch}_{r}", patch))
-            t_copy.append(zarr_copy(inp, root / f"copy{patch}_{r}.zarr", patch))
-            shutil.rmtree(root / f"ours{patch}_{r}", ignore_errors=True)
-            shutil.rmtree(root / f"copy{patch}_{r}.zarr", ignore_errors=True)
-        t_ours, t_copy = min(t_ours), min(t_copy)
-        ours, copy = nvox / t_ours / 1e6, nvox / t_copy / 1e6
-        lines.append(f"host path: null-network predict {ours:.1f} Mvox/s = {ours / copy:.2f} x zarr copy "
-                     f"(patch {patch}^3, overlap 0.5, {threads} threads)")
-        print(f"patch {patch}^3: ours {t_ours:.1f} s, zarr copy {t_copy:.1f} s ({copy:.1f} Mvox/s)")
+        ratios = {}
+        for tag in ("quiet", "loaded"):
+            if tag == "loaded":
+                with CompetingLoad():
+                    t_ours, t_copy = rounds(model, inp, root, patch, tag)
+            else:
+                t_ours, t_copy = rounds(model, inp, root, patch, tag)
+            ours, copy = nvox / t_ours / 1e6, nvox / t_copy / 1e6
+            ratios[tag] = (ours, ours / copy)
+            print(f"patch {patch}^3, {tag}: ours {t_ours:.1f} s, zarr copy {t_copy:.1f} s ({copy:.1f} Mvox/s)")
+        lines.append(f"host path: null-network predict {ratios['quiet'][0]:.1f} Mvox/s = {ratios['quiet'][1]:.2f} x zarr "
+                     f"copy quiet, {ratios['loaded'][0]:.1f} Mvox/s = {ratios['loaded'][1]:.2f} x loaded (one busy "
+                     f"process per CPU) (patch {patch}^3, overlap 0.5, {plan.cpus} CPUs: torch {plan.torch_intra} "
+                     f"threads, {plan.io_threads} I/O, {plan.writers} writers, "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')})")
     shutil.rmtree(root, ignore_errors=True)
     print("\n".join(lines))  # the 64^3 figure last
 

@@ -158,8 +158,43 @@ def test_both_flag_spellings_and_seed_entry_points():
     p = parse("pipeline", ["--input", "i", "--output", "o", "--model", "m", "--parts_per_gpu", "2",
                                       "--keep-intermediates", "--fuse_blend_finalize", "--skip-predict"])
     assert p.parts_per_gpu == 2 and p.keep_intermediates and p.fuse_blend_finalize and p.skip_predict
-    for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.finalize_outputs",
+    for name in ("vesuvius.predict", "vesuvius.blend_logits", "vesuvius.blend_and_finalize", "vesuvius.finalize_outputs",
                  "vesuvius.inference_pipeline", "vesuvius-inference"):
         exe = shutil.which(name, path=os.path.dirname(sys.executable))  # the venv's bin, activated or not
         assert exe, f"console script {name} is not installed"
         assert subprocess.run([exe, "--help"], capture_output=True).returncode == 0
+
+
+def test_model_path_messages_say_what_is_there(tmp_path, model2, good):
+    inp, _ = good
+    r = cli(*predict_args(tmp_path / "no-model", inp, tmp_path / "o"))
+    assert_one_line_error(r, 3, "model folder", "does not exist")
+    assert "bucket" not in r.stderr  # a local path has no bucket
+    r = cli(*predict_args(model2 / "fold_0", inp, tmp_path / "o", "--folds", "1"))
+    assert_one_line_error(r, 2, "fold 0 of the nnU-Net model folder", f"--model_path {model2}")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_fold_folder_is_used_through_its_parent_and_auto_takes_the_cpu(tmp_path, model2, good):
+    import torch
+
+    inp, _ = good
+    args = [a if a != "cpu" else "auto" for a in predict_args(model2 / "fold_1", inp, tmp_path / "o")]
+    r = cli(*args)  # --device auto: a GPU if one is visible, else the CPU, saying so
+    assert r.returncode == 0, r.stderr
+    notes = [x for x in r.stderr.splitlines() if "fold 1 of the nnU-Net model folder" in x]
+    assert len(notes) == 1 and "--folds 1" in notes[0], r.stderr
+    assert json.loads((tmp_path / "o" / "part_00000.json").read_text())["config"]["folds"] == ["1"]
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU is visible: running on the CPU" in r.stderr, r.stderr
+
+
+def test_bbox_errors_name_the_axis_and_the_level(tmp_path, model2):
+    from ngff.fixtures import write_scroll_input
+
+    scroll = write_scroll_input(tmp_path / "scroll.zarr", shape=(32, 64, 64), n_levels=2).path
+    r = cli(*predict_args(model2, scroll, tmp_path / "o", "--level", "1", "--bbox", "0:8,0:40,0:8"))
+    assert_one_line_error(r, 2, "--bbox y range '0:40'", "level 1", "32,32")
+    r = cli(*predict_args(model2, scroll / "1", tmp_path / "o", "--bbox", "4:4,0:8,0:8"))
+    assert_one_line_error(r, 2, "--bbox z range '4:4' is empty", f"level 1 of {scroll}", "16,32,32")
+    assert not (tmp_path / "o").exists()

@@ -34,10 +34,12 @@ NON_DEFAULT = {
     "skip_empty_patches": False, "batch_size": 3, "input_cache_gb": 0.5, "patch_order": "rowmajor",
     "checkpoint_s": 30.0, "intensity_check": "error", "compile": True, "cache_gb": 2.5, "mode": "multiclass",
     "threshold": True, "levels": 3, "quiet": True, "overwrite": True, "lease_s": 17.0, "progress_s": 5.0,
+    "ngff_version": "0.4", "debug": True,
     "partition": "4x2",
 }
 SINGLE_VALUED = {"tta_type"}  # nnU-Net has one kind; no other value exists to carry
-PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output"}  # the route's
+PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output",  # the route's
+            "part_ids_file", "disruptions", "max_disruptions"}  # Kubernetes pods': the downward API, spec.retry
 # Predict settings a Kubernetes spec does not set, and why.
 NOT_IN_SPEC = {
     "storage_options": "credentials and endpoint reach pods as env from spec.storage (secretName, endpointUrl)",
@@ -46,6 +48,8 @@ NOT_IN_SPEC = {
     "quiet": "pods always log progress lines",
     "overwrite": "a rerun pod resumes; it never replaces a part",
     "progress_s": "the operator reads the default interval",
+    "ngff_version": "outputs take the scan's format (auto); the InferenceJob has no field to choose another yet",
+    "debug": "a pod's failure is its one error line (the termination message); tracebacks only when run by hand",
     "partition": "auto picks the split with the fewest seam bytes from the volume's shape; not a spec knob yet",
     "mode": None, "threshold": None, "levels": None,  # set, but by spec.mode/threshold/output.levels (below)
 }

@@ -22,7 +22,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "worker": {"image": {"repository": "registry.example.com/ops/vesuvius-worker", "tag": "cuda-test",
                              "pullPolicy": "Always"}},
     },
-    "kueue": {"worker": {"queueName": "gpu-queue"}},
+    "kueue": {"worker": {"queueName": "gpu-queue", "cpuQueueName": "cpu-queue"}},
+    "metrics": {"metrics": {"service": {"enabled": True, "annotations": {"prometheus.io/scrape": "true"}},
+                            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
+    "no-metrics": {"metrics": {"port": 0, "service": {"enabled": True}, "serviceMonitor": {"enabled": True}}},
     "gpu-scheduling": {"worker": {"gpu": {
         "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "pool": "gpu"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}],
@@ -76,6 +79,7 @@ def expected_defaults(values: dict[str, Any]) -> manifests.OperatorDefaults:
         gpu_node_selector=get(values, "worker.gpu.nodeSelector", {}),
         gpu_tolerations=get(values, "worker.gpu.tolerations", manifests.OperatorDefaults().gpu_tolerations),
         queue_name=get(values, "worker.queueName") or None,
+        cpu_queue_name=get(values, "worker.cpuQueueName") or None,
     )
 
 

@@ -30,6 +30,7 @@ from helm.scenarios import (
 )
 
 K8S_VERSIONS = ["1.33.0", "1.35.0"]
+SERVICE_MONITOR = "monitoring.coreos.com/v1"
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,8 @@ def test_every_object_validates(rendered, scenario, version):
     objs = rendered[scenario]
     assert {o["kind"] for o in objs} >= {"CustomResourceDefinition", "Deployment"}
     for obj in objs:
+        if obj["apiVersion"] == SERVICE_MONITOR:  # prometheus-operator's CRD: no bundled schema (test_metrics)
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:  # pragma: no cover - the message is the point
@@ -76,7 +79,7 @@ def test_objects_land_in_the_right_namespaces(rendered):
         values = SCENARIOS[scenario]
         for obj in objs:
             ns = obj["metadata"].get("namespace")
-            if obj["kind"] in ("Deployment", "ServiceAccount"):
+            if obj["kind"] in ("Deployment", "ServiceAccount", "Service", "ServiceMonitor"):
                 assert ns == NAMESPACE, (scenario, obj["kind"])
             elif obj["kind"] in ("Role", "RoleBinding"):
                 assert ns in watched_namespaces(values), (scenario, obj["kind"], ns)
@@ -151,6 +154,27 @@ def test_security_context(rendered):
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
 
+def test_metrics_service_and_service_monitor_are_optional_and_point_at_the_operators_port(rendered):
+    """Off by default; on, the Service selects the operator pod and targets the port the operator's
+    --metrics-port serves, and the ServiceMonitor selects that Service by its labels."""
+    for scenario in ("default", "no-metrics"):
+        assert not by_kind(rendered[scenario], "Service") and not by_kind(rendered[scenario], "ServiceMonitor")
+    assert "--metrics-port=0" in _container(rendered["no-metrics"])["args"]
+    objs = rendered["metrics"]
+    dep, svc, mon = one(objs, "Deployment"), one(objs, "Service"), one(objs, "ServiceMonitor")
+    c = _container(objs)
+    args = operator_main.parser().parse_args(c["args"])
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
+    assert args.metrics_port == port == 8081
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items() and svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert svc["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
+    assert mon["apiVersion"] == SERVICE_MONITOR and mon["metadata"]["labels"]["release"] == "prometheus"
+    assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert mon["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    assert mon["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
 # ---- the defaults the operator applies to the Jobs it creates -------------------------------------
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -182,8 +206,10 @@ def test_custom_worker_image(rendered):
 
 
 def test_kueue_queue(rendered):
-    assert _env(_container(rendered["kueue"]))["VESUVIUS_QUEUE_NAME"] == "gpu-queue"
+    env = _env(_container(rendered["kueue"]))
+    assert (env["VESUVIUS_QUEUE_NAME"], env["VESUVIUS_CPU_QUEUE_NAME"]) == ("gpu-queue", "cpu-queue")
     assert "VESUVIUS_QUEUE_NAME" not in _env(_container(rendered["default"]))
+    assert "VESUVIUS_CPU_QUEUE_NAME" not in _env(_container(rendered["default"]))
 
 
 # ---- versions and the CRD ------------------------------------------------------------------------

@@ -64,7 +64,7 @@ def test_adds_only_the_model_cache_as_writable(worker_image):
 def _spec(prefix: str) -> dict:
     body = yaml.safe_load(SAMPLE.read_text())
     body["spec"]["output"]["uri"] = f"s3://results/{prefix}/PHerc0332/surface.zarr"
-    body["spec"]["inference"] = {"tta": False}
+    body["spec"]["inference"] = {"tta": False, "device": "cpu"}  # no GPU here: cuda would exit 69
     body["spec"]["keepIntermediates"] = True  # compare what the stages leave in the workdir too
     return body
 

@@ -180,10 +180,12 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch) -> Iterator[Cluster]:
+    import admission
     import kubernetes
     from kmock_api import KubeAPI, ServerThread
 
     with ServerThread(KubeAPI()) as server:
+        server.call(admission.install, server.api)  # on in every cluster: ServiceAccount, Priority, ResourceQuota
         server.call(server.api.install_crd, yaml.safe_load((ROOT / "crds" / "inferencejob.yaml").read_text()))
         server.call(server.api.create, "v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
         kubeconfig = server.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
@@ -200,10 +202,12 @@ class OperatorProcess:
 
     def __init__(self, kubeconfig: str, namespace: str, logdir: Path) -> None:
         self.kubeconfig, self.namespace, self.logdir = kubeconfig, namespace, logdir
-        self.env = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3"}
+        self.env = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3",
+                    "VESUVIUS_DIAGNOSE_SECONDS": "1", "VESUVIUS_PROGRESS_SECONDS": "1", "VESUVIUS_MIN_PASS_INTERVAL": "0.2"}
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.port = 0
+        self.metrics_port = 0
 
     @property
     def log(self) -> Path:
@@ -212,12 +216,13 @@ class OperatorProcess:
     def start(self, timeout: float = 60.0) -> None:
         assert self.proc is None or self.proc.poll() is not None, "the operator is already running"
         self.starts += 1
-        self.port = _free_port()
+        self.port, self.metrics_port = _free_port(), _free_port()
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.env)
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vesuvius_inference.cli", "operator", "-n", self.namespace,
-                 "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--log-level", "INFO"],
+                 "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--log-level", "INFO",
+                 "--metrics-port", str(self.metrics_port)],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:  # the liveness endpoint answers once kopf runs
@@ -230,6 +235,10 @@ class OperatorProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the operator did not become live:\n{self.tail()}")
             time.sleep(0.2)
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, whatever handler is running dies with it."""
@@ -263,6 +272,7 @@ def controller(cluster, tmp_path, s3_env):
     pods = tmp_path / "pods"
     pods.mkdir()
     ctl = JobController(cluster.client, cluster.namespace, pods)
+    ctl.api = cluster.api
 
     def pod_logs() -> str:
         out = [f"controller errors: {ctl.errors!r}"]
@@ -287,6 +297,7 @@ def stub_controller(cluster, tmp_path):
     pods = tmp_path / "pods"
     pods.mkdir()
     ctl = JobController(cluster.client, cluster.namespace, pods)
+    ctl.api = cluster.api
     ctl.stub(".*", sleep=0.1)
     cluster.diagnostics.append(lambda: f"controller errors: {ctl.errors!r}\n" + "\n".join(
         f"pod {r.name} index {r.index} attempt {r.attempt}: exit {r.exit_code} {r.action}" for r in ctl.results))
@@ -295,16 +306,24 @@ def stub_controller(cluster, tmp_path):
     assert not ctl.errors, ctl.errors
 
 
-@pytest.fixture
-def kueue(cluster):
+@contextlib.contextmanager
+def run_kueue(cluster: Cluster, versions: tuple[str, ...] = ("v1beta2", "v1beta1"), **kw: Any) -> Iterator[Any]:
+    """tests/k8s/kueue.py's Kueue on this cluster: serving ``versions`` (the first stores), ``kw`` for its
+    ClusterQueue quota and waitForPodsReady settings."""
     import kueue as kueue_emulation
 
-    cluster.server.call(kueue_emulation.install, cluster.api)
-    ctl = kueue_emulation.KueueController(cluster.client, cluster.namespace)
+    cluster.server.call(kueue_emulation.install, cluster.api, versions)
+    ctl = kueue_emulation.KueueController(cluster.client, cluster.namespace, version=versions[0], **kw)
     cluster.diagnostics.append(lambda: f"kueue actions: {ctl.actions} errors: {ctl.errors!r}")
     with ctl:
         yield ctl
     assert not ctl.errors, ctl.errors
+
+
+@pytest.fixture
+def kueue(cluster):
+    with run_kueue(cluster) as ctl:
+        yield ctl
 
 
 def cond(obj: dict, kind: str) -> dict | None:

@@ -38,6 +38,33 @@ The pod's emptyDir volumes (/tmp, /var/cache/vesuvius) become per-pod temporary 
 env value and arg equal to a mount path or below it is rewritten to the pod's directory (so
 ``VESUVIUS_MODEL_CACHE_DIR``, ``HOME`` and ``--model_cache_dir /var/cache/vesuvius`` point there).
 
+Pod creation the API server refuses (tests/k8s/admission.py: ResourceQuota, ServiceAccount, Priority):
+no pod, and a Warning Event ``FailedCreate`` "Error creating: <the server's message>" on the Job,
+repeated ones aggregated into one Event with a count (pkg/controller/controller_utils.go,
+RealPodControl.createPods; client-go tools/record/events_cache.go, EventCorrelator); the controller
+stops creating pods for that sync and tries again on the next (syncJob's manageJob returns the error).
+
+A scheduler (:attr:`JobController.nodes`, off by default: every pod fits): a pod goes to the first node
+whose labels match its nodeSelector and that has its ``nvidia.com/gpu`` limit free; none: it stays
+Pending with ``PodScheduled=False``, reason ``Unschedulable`` and the scheduler's message
+("0/N nodes are available: K Insufficient nvidia.com/gpu, M node(s) didn't match Pod's node
+affinity/selector. preemption: ...": pkg/scheduler/framework/types.go, FitError.Error; its diagnosis
+counted per node), and is scheduled once a node frees up.
+
+The kubelet's node-pressure eviction (:meth:`JobController.evict`, pkg/kubelet/eviction/eviction_manager.go,
+evictPod): the pod gets ``DisruptionTarget`` reason ``TerminationByKubelet``, phase Failed, status reason
+``Evicted`` and the eviction manager's message (helpers.go: "The node was low on resource: memory.
+Threshold quantity: ..., available: .... Container C was using X, request is Y, has larger consumption
+of memory."), and its container is killed (137). :func:`rank_memory_pressure` is the manager's order of
+victims (helpers.go, rankMemoryPressure: exceedMemoryRequests, then priority, then usage over request).
+
+The downward API: ``fieldRef`` (annotations, labels, name, namespace, uid) and ``resourceFieldRef``
+(requests/limits of cpu and memory, rounded up to the divisor: pkg/api/v1/resource/helpers.go,
+ExtractContainerResourceValue) in env, and ``downwardAPI`` volumes written as files. The Job controller's
+pod annotations are as upstream: the failure count always, the ignored-failure count only when above
+zero (pkg/controller/job/indexed_job_utils.go, addIndexFailureCountAnnotation). A pod's output is served
+as its log (``pods/log``) when the controller is given the API server (``api``).
+
 The kubelet's start-up failures: a container whose ``envFrom``/``secretKeyRef`` names a Secret that
 does not exist waits in ``CreateContainerConfigError`` with the message ``secret "NAME" not found``
 and starts once the Secret appears (pkg/kubelet/kubelet_pods.go makeEnvironmentVariables, retried by
@@ -100,17 +127,31 @@ class MissingObject(Exception):
 
 
 @dataclass
+class Node:
+    name: str
+    gpus: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+EVICTION_MESSAGE = ("The node was low on resource: memory. Threshold quantity: 100Mi, available: 96Mi. Container {c} "
+                    "was using {use}, request is {req}, has larger consumption of memory. ")
+
+
+@dataclass
 class Hook:
     exit_code: int | None = None
     message: str = ""
     preempt_after: float | None = None
+    evict_after: float | None = None
     sleep: float = 0.0
     wait_for: Path | None = None  # the one-liner waits until this file exists
+    lines: tuple[str, ...] = ()  # printed at start (e.g. progress lines), before the wait
 
     def command(self) -> list[str]:
         wait = (f"import os\nwhile not os.path.exists({str(self.wait_for)!r}): time.sleep(0.05)\n"
                 if self.wait_for else "")
-        return [sys.executable, "-c", f"import sys, time\n{wait}time.sleep({self.sleep})\n"
+        say = "".join(f"print({ln!r}, file=sys.stderr, flush=True)\n" for ln in self.lines)
+        return [sys.executable, "-c", f"import sys, time\n{say}{wait}time.sleep({self.sleep})\n"
                                       f"print({self.message!r}, file=sys.stderr)\nsys.exit({self.exit_code or 0})"]
 
 
@@ -126,8 +167,12 @@ class PodRun:
     started: float
     preempt_at: float | None = None
     preempted: bool = False
+    evict_at: float | None = None
+    evicted: bool = False
     waiting: tuple[str, str] | None = None  # (reason, message) of a container that has not started
     launch: Any = None  # retries the start (kubelet) while waiting
+    node: str | None = None
+    gpus: int = 0
 
 
 @dataclass
@@ -183,8 +228,11 @@ class JobController:
         self.pods_started: list[tuple[str, int | None, int]] = []  # (job, index, attempt)
         self.errors: list[BaseException] = []
         self._hooks: dict[tuple[str, int | None, int], Hook] = {}
-        self._stubs: list[tuple[re.Pattern[str], Hook]] = []
+        self._stubs: list[tuple[re.Pattern[str], Hook | None]] = []
         self.unpullable: set[str] = set()  # images no registry serves
+        self.nodes: list[Node] | None = None  # None: every pod is scheduled at once
+        self.api: Any = None  # a kmock_api.KubeAPI: pods' output served as their logs
+        self.events: dict[tuple[str, str], tuple[str, int]] = {}  # (job uid, message) -> (Event name, count)
         self.release_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self.workdir))
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -200,17 +248,29 @@ class JobController:
         """Preempt ``attempt`` of ``index`` ``after`` seconds: DisruptionTarget condition, then SIGKILL (137)."""
         self._hooks[(job, index, attempt)] = Hook(preempt_after=after)
 
+    def evict(self, job: str, index: int | None, after: float = 0.5, attempts: range = range(1)) -> None:
+        """The kubelet evicts these attempts of ``index`` under memory pressure ``after`` seconds (their
+        command runs until then)."""
+        for attempt in attempts:
+            self._hooks[(job, index, attempt)] = Hook(evict_after=after)
+
     def hook(self, job: str, index: int | None, attempt: int = 0, exit_code: int = 0, sleep: float = 0.0,
              held: bool = False, message: str = "") -> None:
         """One attempt of one index: wait ``sleep`` s (or, ``held``, until :meth:`release`), then exit."""
         self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
                                                   wait_for=self.release_dir / "go" if held else None)
 
-    def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False) -> None:
-        """Every pod of the Jobs whose name matches: wait (``sleep`` s; ``held``: until :meth:`release`), exit.
-        The stub registered last wins."""
+    def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False,
+             lines: tuple[str, ...] = ()) -> None:
+        """Every pod of the Jobs whose name matches: print ``lines``, wait (``sleep`` s; ``held``: until
+        :meth:`release`), exit. The stub registered last wins."""
         self._stubs.insert(0, (re.compile(job_pattern), Hook(exit_code=exit_code, message="stub", sleep=sleep,
-                                                          wait_for=self.release_dir / "go" if held else None)))
+                                                          wait_for=self.release_dir / "go" if held else None,
+                                                          lines=lines)))
+
+    def unstub(self, job_pattern: str) -> None:
+        """Pods of the Jobs whose name matches run their real command again (registered last, it wins)."""
+        self._stubs.insert(0, (re.compile(job_pattern), None))
 
     def release(self) -> None:
         """Let every held pod finish."""
@@ -282,19 +342,13 @@ class JobController:
             if run.proc is None:
                 run.launch()
                 continue
-            if run.preempt_at is not None and not run.preempted and time.monotonic() >= run.preempt_at \
-                    and run.proc.poll() is None:
-                self._patch_pod_status(run.name, {"conditions": [
-                    {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                     "message": "Preempted in order to admit critical pod", "lastTransitionTime": now_iso()}]})
-                run.preempted = True
-                self._signal(run, signal.SIGKILL)
+            self._disrupt(run, container)
             code = run.proc.poll()
             if code is None:
                 continue
             del st.running[slot]
             exit_code = 128 - code if code < 0 else code
-            conditions = ["DisruptionTarget"] if run.preempted else []
+            conditions = ["DisruptionTarget"] if run.preempted or run.evicted else []
             action, rule = ("Succeeded", -1) if exit_code == 0 else match_rule(rules, container, exit_code, conditions)
             self._finish_pod(run, exit_code, container, job, conditions)
             with self._lock:
@@ -369,8 +423,31 @@ class JobController:
         for i in pending:
             if len(st.running) >= parallelism:
                 break
-            st.running[i] = self._start_pod(st, job, i if st.indexed else None)
+            run = self._start_pod(st, job, i if st.indexed else None)
+            if run is None:  # the API server refused the pod: FailedCreate, try again next sync
+                break
+            st.running[i] = run
         self._write_status(st, job)
+
+    def _disrupt(self, run: PodRun, container: str) -> None:
+        """A preemption or a kubelet eviction that is due: the pod's conditions first, then SIGKILL."""
+        now = time.monotonic()
+        if run.proc is None or run.proc.poll() is not None or run.preempted or run.evicted:
+            return
+        if run.preempt_at is not None and now >= run.preempt_at:
+            self._patch_pod_status(run.name, {"conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                 "message": "Preempted in order to admit critical pod", "lastTransitionTime": now_iso()}]})
+            run.preempted = True
+        elif run.evict_at is not None and now >= run.evict_at:
+            message = EVICTION_MESSAGE.format(c=container, use="9Gi", req="0")
+            self._patch_pod_status(run.name, {"reason": "Evicted", "message": message, "conditions": [
+                {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": message,
+                 "lastTransitionTime": now_iso()}]})
+            run.evicted = True
+        else:
+            return
+        self._signal(run, signal.SIGKILL)
 
     # ---- status ---------------------------------------------------------------------------------
 
@@ -441,10 +518,9 @@ class JobController:
 
     # ---- pods -----------------------------------------------------------------------------------
 
-    def _start_pod(self, st: JobState, job: dict[str, Any], index: int | None) -> PodRun:
+    def _start_pod(self, st: JobState, job: dict[str, Any], index: int | None) -> PodRun | None:
         key = -1 if index is None else index  # NonIndexed: attempts count every pod of the Job
         attempt = st.attempts.get(key, 0)
-        st.attempts[key] = attempt + 1
         tmpl = job["spec"]["template"]
         pod_spec = dict(tmpl["spec"])
         labels = dict((tmpl.get("metadata") or {}).get("labels") or {})
@@ -455,7 +531,8 @@ class JobController:
             pod_spec["hostname"] = f"{st.name}-{index}"
             if job["spec"].get("backoffLimitPerIndex") is not None:
                 annotations[FAILURES_KEY] = str(st.index_failures.get(index, 0))
-                annotations[IGNORED_KEY] = str(st.index_ignored.get(index, 0))
+                if st.index_ignored.get(index, 0) > 0:
+                    annotations[IGNORED_KEY] = str(st.index_ignored[index])
             for c in containers:  # the control plane injects the index as an env var through a fieldRef
                 c["env"] = [*(c.get("env") or []), {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {
                     "fieldPath": f"metadata.annotations['{INDEX_KEY}']"}}}]
@@ -467,7 +544,14 @@ class JobController:
                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": st.name,
                                                  "uid": st.uid, "controller": True, "blockOwnerDeletion": True}]},
                "spec": pod_spec}
-        created = self.core.create_namespaced_pod(self.namespace, pod)
+        try:
+            created = self.core.create_namespaced_pod(self.namespace, pod)
+        except Exception as e:  # noqa: BLE001 - an admission refusal becomes the Job's FailedCreate Event
+            if getattr(e, "status", None) not in (403, 422):
+                raise
+            self._failed_create(job, _status_message(e))
+            return None
+        st.attempts[key] = attempt + 1
         name = created.metadata.name
         root = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         c = containers[0]
@@ -479,7 +563,10 @@ class JobController:
         run = PodRun(st.name, index, attempt, name, None, root / "output.log", root, time.monotonic())
 
         def launch() -> None:
-            """The kubelet's container start: image pull and env first, retried while they fail."""
+            """The scheduler, then the kubelet's container start (image pull and env first), retried while
+            they fail."""
+            if not self._schedule(run, pod_spec, c):
+                return
             if c.get("image") in self.unpullable:
                 reason = "ImagePullBackOff" if run.waiting else "ErrImagePull"
                 self._wait(run, c, reason, f'Back-off pulling image "{c["image"]}"' if run.waiting else
@@ -492,7 +579,7 @@ class JobController:
                 return
             args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
             cmd = [*ENTRYPOINT, *args]
-            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep):
+            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep or hook.lines):
                 cmd = hook.command()
             with open(run.log, "wb") as out:
                 run.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
@@ -500,6 +587,10 @@ class JobController:
             run.started = time.monotonic()
             if hook is not None and hook.preempt_after:
                 run.preempt_at = run.started + hook.preempt_after
+            if hook is not None and hook.evict_after:
+                run.evict_at = run.started + hook.evict_after
+            if self.api is not None:  # the pod's output is its log (pods/log)
+                self.api.pod_logs[(self.namespace, name)] = lambda: run.log.read_text(errors="replace")
             run.waiting = None
             with self._lock:
                 self.pods_started.append((st.name, index, attempt))
@@ -514,6 +605,60 @@ class JobController:
         run.launch = launch
         launch()
         return run
+
+    def _failed_create(self, job: dict[str, Any], message: str) -> None:
+        """A Warning Event FailedCreate on the Job; the same one again only raises its count."""
+        uid, text = job["metadata"]["uid"], f"Error creating: {message}"
+        t = now_iso()
+        known = self.events.get((uid, text))
+        if known is not None:
+            name, count = known
+            self.events[(uid, text)] = (name, count + 1)
+            with contextlib.suppress(Exception):
+                self.core.patch_namespaced_event(name, self.namespace, {"count": count + 1, "lastTimestamp": t},
+                                                 _content_type="application/merge-patch+json")
+            return
+        ev = self.core.create_namespaced_event(self.namespace, {
+            "metadata": {"generateName": f"{job['metadata']['name']}."},
+            "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+                               "namespace": self.namespace, "uid": uid},
+            "reason": "FailedCreate", "message": text, "type": "Warning", "count": 1, "firstTimestamp": t,
+            "lastTimestamp": t, "source": {"component": "job-controller"}})
+        self.events[(uid, text)] = (ev.metadata.name, 1)
+
+    def _schedule(self, run: PodRun, pod_spec: dict[str, Any], c: dict[str, Any]) -> bool:
+        """Bind the pod to a node (module docstring); False: it stays Pending, Unschedulable, with why."""
+        if self.nodes is None or run.node is not None:
+            return True
+        want = int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu") or 0)
+        selector = pod_spec.get("nodeSelector") or {}
+        used: dict[str, int] = {}
+        for st in list(self.jobs.values()):
+            for other in list(st.running.values()):
+                if other.node is not None:
+                    used[other.node] = used.get(other.node, 0) + other.gpus
+        short = mismatch = 0
+        for node in self.nodes:
+            if any(node.labels.get(k) != v for k, v in selector.items()):
+                mismatch += 1
+            elif node.gpus - used.get(node.name, 0) < want:
+                short += 1
+            else:
+                run.node, run.gpus = node.name, want
+                self._patch_pod_status(run.name, {"conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
+                return True
+        n = len(self.nodes)
+        why = [f"{short} Insufficient nvidia.com/gpu"] if short else []
+        why += [f"{mismatch} node(s) didn't match Pod's node affinity/selector"] if mismatch else []
+        message = (f"0/{n} nodes are available: {', '.join(why)}. preemption: 0/{n} nodes are available: {n} "
+                   "Preemption is not helpful for scheduling.")
+        if run.waiting != ("Unschedulable", message):
+            run.waiting = ("Unschedulable", message)
+            self._patch_pod_status(run.name, {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                 "lastTransitionTime": now_iso()}]})
+        return False
 
     def _wait(self, run: PodRun, c: dict[str, Any], reason: str, message: str) -> None:
         """A pod whose container cannot start: Pending, the container waiting with the kubelet's reason."""
@@ -533,13 +678,16 @@ class JobController:
     def _container_env(self, c: dict[str, Any], pod_spec: dict[str, Any], meta: dict[str, Any],
                        root: Path) -> tuple[dict[str, str], dict[str, str]]:
         # emptyDir volumes -> per-pod directories (the pod's /tmp and /var/cache/vesuvius)
-        empty = {v["name"] for v in pod_spec.get("volumes") or [] if "emptyDir" in v}
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
         mounts: dict[str, str] = {}
         for m in c.get("volumeMounts") or []:
-            if m["name"] in empty:
+            vol = volumes.get(m["name"]) or {}
+            if "emptyDir" in vol or "downwardAPI" in vol:
                 host = root / "volumes" / m["name"]
                 host.mkdir(parents=True, exist_ok=True)
                 mounts[m["mountPath"].rstrip("/")] = str(host)
+                for item in (vol.get("downwardAPI") or {}).get("items") or []:  # the kubelet writes the files
+                    (host / item["path"]).write_text(field_ref(meta, item["fieldRef"]["fieldPath"]))
         env = dict(self.base_env)
         for src in c.get("envFrom") or []:
             prefix = src.get("prefix", "")
@@ -554,6 +702,8 @@ class JobController:
                 env[e["name"]] = self._remap(expand(e["value"], env), mounts)
             elif "fieldRef" in (e.get("valueFrom") or {}):
                 env[e["name"]] = field_ref(meta, e["valueFrom"]["fieldRef"]["fieldPath"])
+            elif "resourceFieldRef" in (e.get("valueFrom") or {}):
+                env[e["name"]] = resource_field_ref(c, e["valueFrom"]["resourceFieldRef"])
             elif "secretKeyRef" in (e.get("valueFrom") or {}):
                 ref = e["valueFrom"]["secretKeyRef"]
                 sec = self._read("secret", ref["name"])
@@ -595,6 +745,10 @@ class JobController:
         if run.preempted:
             conds.append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
                           "message": "Preempted in order to admit critical pod", "lastTransitionTime": t})
+        if run.evicted:
+            conds.append({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                          "message": EVICTION_MESSAGE.format(c=container, use="9Gi", req="0"),
+                          "lastTransitionTime": t})
         status = {"phase": "Succeeded" if exit_code == 0 else "Failed", "conditions": conds,
                   "containerStatuses": [{"name": container, "image": "", "imageID": "", "ready": False,
                                          "restartCount": 0, "started": False, "state": {"terminated": {
@@ -639,6 +793,46 @@ def field_ref(meta: dict[str, Any], path: str) -> str:
     if path in ("metadata.name", "metadata.namespace", "metadata.uid"):
         return str(meta.get(path.split(".", 1)[1], ""))
     raise NotImplementedError(f"fieldRef {path}")
+
+
+def resource_field_ref(container: dict[str, Any], ref: dict[str, Any]) -> str:
+    """A container's request or limit in units of the divisor, rounded up (pkg/api/v1/resource/helpers.go,
+    ExtractContainerResourceValue / convertResourceCPUToString)."""
+    import math
+
+    from vesuvius_inference.k8s.quantity import parse_quantity
+
+    kind, _, name = ref["resource"].partition(".")
+    value = ((container.get("resources") or {}).get(kind) or {}).get(name)
+    if value is None:
+        return ""  # the kubelet substitutes the node's allocatable; unknown here
+    return str(math.ceil(parse_quantity(value) / parse_quantity(ref.get("divisor") or "1")))
+
+
+def _status_message(e: Any) -> str:
+    import json
+
+    try:
+        return json.loads(e.body).get("message") or str(e.reason)
+    except (TypeError, ValueError):
+        return str(e.reason)
+
+
+def rank_memory_pressure(pods: list[dict[str, Any]], usage: dict[str, int]) -> list[str]:
+    """The kubelet's eviction order under memory pressure (pkg/kubelet/eviction/helpers.go, rankMemoryPressure:
+    orderedBy(exceedMemoryRequests, priority, memory)): pods using more than they request first, then lower
+    priority, then by how far usage exceeds the request. ``usage`` in bytes by pod name."""
+    from vesuvius_inference.k8s.quantity import parse_quantity
+
+    def request(p: dict[str, Any]) -> int:
+        return int(sum(parse_quantity(((c.get("resources") or {}).get("requests") or {}).get("memory", 0))
+                       for c in (p.get("spec") or {}).get("containers") or []))
+
+    def key(p: dict[str, Any]) -> tuple[int, int, int]:
+        name, req = p["metadata"]["name"], request(p)
+        return (0 if usage[name] > req else 1, int((p.get("spec") or {}).get("priority") or 0), req - usage[name])
+
+    return [p["metadata"]["name"] for p in sorted(pods, key=key)]
 
 
 def match_rule(rules: list[dict[str, Any]], container: str, exit_code: int, conditions: list[str]) -> tuple[str, int]:

@@ -11,9 +11,16 @@ kube-apiserver does for the parts we use:
   ``creationTimestamp``, ``generateName``; no-op patches change nothing and emit no watch event.
 - Watches honour ``?resourceVersion=`` by replaying an append-only event log (so a watch started
   from a LIST's resourceVersion misses nothing), ``timeoutSeconds``, ``labelSelector`` and
-  ``fieldSelector`` (metadata.name / metadata.namespace).
+  ``fieldSelector`` (the fields each kind registers: see SELECTABLE).
 - LIST responses carry ``kind``/``apiVersion``/``metadata.resourceVersion`` and honour
-  ``labelSelector`` (=, ==, !=, in, notin, exists, !exists) and ``fieldSelector``.
+  ``labelSelector`` (=, ==, !=, in, notin, exists, !exists), ``fieldSelector``, and ``limit`` with
+  ``continue`` tokens (chunked lists).
+- ``pods/log`` with ``tailLines`` and ``limitBytes``, from the output of the Job controller fixture's
+  pods (``pod_logs``); a container that has not started is a 400, as the kubelet answers.
+- Several versions of one resource from one storage (:meth:`KubeAPI.alias`), as for a CRD served in
+  v1beta2 and v1beta1 (Kueue's Workloads).
+- Admission plugins that refuse (``admission``: ResourceQuota, ServiceAccount, Priority in
+  tests/k8s/admission.py): their 403 is what the Job controller fixture reports as FailedCreate.
 - The status subresource: PATCH/PUT to ``/status`` change only ``status``; PATCH/PUT to the main
   resource keep the stored ``status``; ``status`` is dropped on create.
 - Merge patch (RFC 7386) and JSON patch (RFC 6902; a failed ``test`` op is 422, as in Kubernetes);
@@ -43,7 +50,8 @@ kube-apiserver does for the parts we use:
   given number of times; :meth:`KubeAPI.drop_watch_events` loses matching watch events (every watch
   stream skips them, as if the connection had broken and resumed after them).
 
-Not emulated: RBAC, validating webhooks, server-side apply, watch bookmarks, list pagination.
+Not emulated: RBAC, validating webhooks, server-side apply, watch bookmarks; later pages of a chunked list
+are read from the current state rather than the first page's snapshot.
 Everything runs on the server's event loop; :class:`ServerThread` runs it in a thread of its own so
 synchronous tests, the kubernetes client and subprocesses (operator, pods) can all talk to it.
 """
@@ -142,33 +150,76 @@ def parse_label_selector(text: str | None) -> list[Callable[[dict[str, str]], bo
     return preds
 
 
-def parse_field_selector(text: str | None) -> list[Callable[[dict[str, Any]], bool]]:
+# Fields each kind can be selected by, as the API server registers them: every kind metadata.name and
+# metadata.namespace (apimachinery generic.ObjectMetaFieldsSet); pods also spec.nodeName, spec.restartPolicy,
+# spec.schedulerName, spec.serviceAccountName, status.phase, status.podIP, status.nominatedNodeName
+# (pkg/registry/core/pod/strategy.go, ToSelectableFields); events involvedObject.*, reason, reportingComponent,
+# source and type (pkg/registry/core/event/strategy.go, ToSelectableFields). Anything else is a 400.
+SELECTABLE: dict[str, set[str]] = {
+    "pods": {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase",
+             "status.podIP", "status.nominatedNodeName"},
+    "events": {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+               "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason",
+               "reportingComponent", "source", "type"},
+}
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    if path == "source":
+        return str(((obj.get("source") or {}).get("component")) or "")
+    node: Any = obj
+    for key in path.split("."):
+        node = (node or {}).get(key) if isinstance(node, dict) else None
+    return "" if node is None else str(node)
+
+
+def parse_field_selector(text: str | None, plural: str = "") -> list[Callable[[dict[str, Any]], bool]]:
     preds: list[Callable[[dict[str, Any]], bool]] = []
+    allowed = {"metadata.name", "metadata.namespace"} | SELECTABLE.get(plural, set())
     for raw in (t.strip() for t in (text or "").split(",")):
         if not raw:
             continue
         neg = "!=" in raw
         field_path, value = (s.strip() for s in raw.replace("!=", "=").replace("==", "=").split("=", 1))
-        if field_path not in ("metadata.name", "metadata.namespace"):
-            raise _err(400, "BadRequest", f"field label not supported: {field_path}")
-        key = field_path.split(".", 1)[1]
-        preds.append(lambda obj, k=key, v=value, n=neg: ((obj.get("metadata") or {}).get(k) == v) != n)
+        if field_path not in allowed:
+            raise _err(400, "BadRequest", f'"{field_path}" is not a known field selector: only '
+                                          f'"{", ".join(sorted(allowed))}"')
+        preds.append(lambda obj, f=field_path, v=value, n=neg: (_field(obj, f) == v) != n)
     return preds
+
+
+def encode_continue(rv: int, after: tuple[str, str]) -> str:
+    """A continue token: the list's resourceVersion and the last key returned (apiserver
+    staging/src/k8s.io/apiserver/pkg/storage/continue.go, EncodeContinue: base64 of {"v", "rv", "start"})."""
+    doc = {"v": "meta.k8s.io/v1", "rv": rv, "start": "/".join(after) + "\x00"}
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+def decode_continue(token: str) -> tuple[int, tuple[str, str]]:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        ns, _, name = doc["start"].rstrip("\x00").partition("/")
+        return int(doc["rv"]), (ns, name)
+    except (ValueError, KeyError, TypeError):
+        raise _err(400, "BadRequest", "continue key is not valid: incorrect encoded start resourceVersion "
+                                      "(version meta.k8s.io/v1)") from None
 
 
 # ---- the server ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Route:
-    resource: kmock.resource
+    resource: kmock.resource  # where the objects are stored
     info: kmock.ResourceInfo
     namespace: str | None
     name: str | None
     subresource: str | None
+    served: kmock.resource | None = None  # the version asked for, when another version stores the objects
 
     @property
     def api_version(self) -> str:
-        return f"{self.resource.group}/{self.resource.version}" if self.resource.group else self.resource.version
+        res = self.served or self.resource
+        return f"{res.group}/{res.version}" if res.group else res.version
 
 
 @dataclass(frozen=True)
@@ -210,6 +261,61 @@ class DropRule:
 class CrdSchema:
     schema: dict[str, Any]
     validator: Any = None  # crd_check.CompiledSchema, built on first use
+    columns: list[dict[str, Any]] | None = None  # the version's additionalPrinterColumns
+
+
+def human_duration(seconds: float) -> str:
+    """apimachinery pkg/util/duration/duration.go, HumanDuration (what kubectl shows as an age)."""
+    s = int(seconds)
+    if s < -1:
+        return "<invalid>"
+    if s < 0:
+        return "0s"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    return f"{hours // 24}d"
+
+
+def _json_path(obj: Any, path: str) -> Any:
+    for key in path.strip(".").split("."):
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
+def to_table(columns: list[dict[str, Any]], objs: list[dict[str, Any]], rv: str) -> dict[str, Any]:
+    """A meta.k8s.io/v1 Table of custom resources, as the API server answers ``Accept: ...;as=Table``:
+    a Name column, then the CRD's additionalPrinterColumns by simple JSONPath, dates as ages
+    (apiextensions-apiserver pkg/registry/customresource/tableconvertor/tableconvertor.go, ConvertToTable,
+    rowFn, cellForJSONValue)."""
+    import time as _time
+
+    defs = [{"name": "Name", "type": "string", "format": "name", "description": "name", "priority": 0}]
+    defs += [{"name": c["name"], "type": c["type"], "format": c.get("format", ""),
+              "description": c.get("description", ""), "priority": c.get("priority", 0)} for c in columns]
+    rows = []
+    for obj in objs:
+        cells: list[Any] = [obj["metadata"]["name"]]
+        for c in columns:
+            value = _json_path(obj, c["jsonPath"])
+            if value is not None and c["type"] == "date":
+                value = human_duration(_time.time() - parse_time(value))
+            cells.append(value)
+        meta = {k: obj["metadata"][k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp",
+                                               "labels") if k in obj["metadata"]}
+        rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                "metadata": meta}})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv},
+            "columnDefinitions": defs, "rows": rows}
 
 
 @attrs.define(kw_only=True)
@@ -227,6 +333,10 @@ class KubeAPI(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list, init=False)
     drops: list[DropRule] = attrs.field(factory=list, init=False)
     rejected: list[tuple[str, str]] = attrs.field(factory=list, init=False)  # (path, message) of 422 Job writes
+    aliases: dict[kmock.resource, kmock.resource] = attrs.field(factory=dict, init=False)  # served -> stored
+    admission: list[Callable[[Route, dict[str, Any]], None]] = attrs.field(factory=list, init=False)
+    pod_logs: dict[tuple[str, str], Callable[[], str]] = attrs.field(factory=dict, init=False)
+    after_create: list[Callable[[], Any]] = attrs.field(factory=list, init=False)  # controllers' follow-ups
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -239,7 +349,10 @@ class KubeAPI(kmock.KubernetesEmulator):
         declare("v1/events", "Event")
         declare("v1/secrets", "Secret")
         declare("v1/configmaps", "ConfigMap")
-        declare("v1/pods", "Pod", subresources={"status"})
+        declare("v1/pods", "Pod", subresources={"status", "log"})
+        declare("v1/serviceaccounts", "ServiceAccount")
+        declare("v1/resourcequotas", "ResourceQuota", subresources={"status"})
+        declare("scheduling.k8s.io/v1/priorityclasses", "PriorityClass", namespaced=False)
         declare("batch/v1/jobs", "Job", subresources={"status"})
 
     def declare(self, key: str, kind: str, namespaced: bool = True, subresources: set[str] | None = None,
@@ -261,7 +374,8 @@ class KubeAPI(kmock.KubernetesEmulator):
                          subresources=set((version.get("subresources") or {}).keys()),
                          singular=names.get("singular"), shortnames=set(names.get("shortNames") or []),
                          categories=set(names.get("categories") or []))
-            self._crds[kmock.resource(key)] = CrdSchema(schema=version["schema"]["openAPIV3Schema"])
+            self._crds[kmock.resource(key)] = CrdSchema(schema=version["schema"]["openAPIV3Schema"],
+                                                        columns=version.get("additionalPrinterColumns") or [])
         crd_res = kmock.resource("apiextensions.k8s.io/v1/customresourcedefinitions")
         self._create(Route(crd_res, self.resources[crd_res], None, None, None), copy.deepcopy(crd))
 
@@ -283,8 +397,23 @@ class KubeAPI(kmock.KubernetesEmulator):
         res = kmock.resource(group, version, rest[0])
         if res not in self.resources:
             return None
-        return Route(res, self.resources[res], namespace, rest[1] if len(rest) > 1 else None,
-                     "/".join(rest[2:]) or None)
+        stored = self.aliases.get(res, res)
+        return Route(stored, self.resources[stored], namespace, rest[1] if len(rest) > 1 else None,
+                     "/".join(rest[2:]) or None, served=res if stored != res else None)
+
+    def alias(self, served: str, stored: str) -> None:
+        """Serve ``served`` (e.g. a deprecated API version) from the objects of ``stored``, as the API server
+        serves every version of a CRD from one storage version (no conversion: the same fields)."""
+        self.aliases[kmock.resource(served)] = kmock.resource(stored)
+
+    @staticmethod
+    def _as_served(route: Route, out: Any) -> Any:
+        if route.served is None or not isinstance(out, dict):
+            return out
+        out = dict(out, apiVersion=route.api_version) if "apiVersion" in out else out
+        if isinstance(out.get("items"), list):
+            out["items"] = [dict(i, apiVersion=route.api_version) for i in out["items"]]
+        return out
 
     def _key(self, route: Route, name: str) -> tuple[kmock.resource, str | None, str]:
         return route.resource, route.namespace if route.info.namespaced else None, name
@@ -295,9 +424,13 @@ class KubeAPI(kmock.KubernetesEmulator):
         obj = self._objects[key]
         return None if obj.deleted else copy.deepcopy(obj.raw)
 
-    def _live_items(self, res: kmock.resource, namespace: str | None):
+    def _live_items(self, res: kmock.resource, namespace: str | None,
+                    match: Callable[[dict[str, Any]], bool] | None = None):
+        """Live objects of a resource (copies), those ``match`` accepts (tested on the stored object: the API
+        server filters before it serialises, so a selective list costs the matches, not the resource)."""
         for (r, ns, name), obj in list(self._objects.items()):
-            if r == res and not obj.deleted and (namespace is None or ns == namespace):
+            if r == res and not obj.deleted and (namespace is None or ns == namespace) and (
+                    match is None or match(obj.raw)):
                 yield (r, ns, name), copy.deepcopy(obj.raw)
 
     def find_by_uid(self, uid: str) -> tuple[tuple, dict[str, Any]] | None:
@@ -359,6 +492,8 @@ class KubeAPI(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         route = self._route(request)
+        if route is None and request.url.path.rstrip("/") == "/api/v1":
+            return aiohttp.web.json_response(self._core_discovery())
         if route is None:  # discovery, /version, unknown resources: KMock's own reactions
             return await apps.RawHandler._handle(self, request)
         method = str(request.method.value).upper()
@@ -372,17 +507,28 @@ class KubeAPI(kmock.KubernetesEmulator):
             return await self._watch(request, route, params)
         if route.info.namespaced and route.namespace is None and method != "GET":
             raise _err(404, "NotFound", f"the server could not find the requested resource ({route.resource.plural})")
+        if method == "GET" and route.subresource == "log":
+            return aiohttp.web.Response(text=self._pod_log(route, params), content_type="text/plain")
+        crd = self._crds.get(route.resource)
+        table = method == "GET" and crd is not None and "as=Table" in (request.headers.get("Accept") or "")
         if method == "GET" and route.name is None:
-            return aiohttp.web.json_response(self._list(route, params))
+            listed = self._list(route, params)
+            if table:
+                return aiohttp.web.json_response(to_table(crd.columns or [], listed["items"],
+                                                          listed["metadata"]["resourceVersion"]))
+            return aiohttp.web.json_response(self._as_served(route, listed))
         if method == "GET":
-            return aiohttp.web.json_response(self._get(route))
+            got = self._get(route)
+            if table:
+                return aiohttp.web.json_response(to_table(crd.columns or [], [got], got["metadata"]["resourceVersion"]))
+            return aiohttp.web.json_response(self._as_served(route, got))
         if method == "POST" and route.name is None:
-            return aiohttp.web.json_response(self._create(route, request.data), status=201)
+            return aiohttp.web.json_response(self._as_served(route, self._create(route, request.data)), status=201)
         if method == "PATCH" and route.name is not None:
             ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
-            return aiohttp.web.json_response(self._patch(route, request.data, ctype))
+            return aiohttp.web.json_response(self._as_served(route, self._patch(route, request.data, ctype)))
         if method == "PUT" and route.name is not None:
-            return aiohttp.web.json_response(self._replace(route, request.data))
+            return aiohttp.web.json_response(self._as_served(route, self._replace(route, request.data)))
         if method == "DELETE" and route.name is not None:
             opts = dict(request.data) if isinstance(request.data, dict) else {}
             opts.update(params)
@@ -393,18 +539,68 @@ class KubeAPI(kmock.KubernetesEmulator):
             return aiohttp.web.json_response({"apiVersion": "v1", "kind": "Status", "status": "Success"})
         raise _err(405, "MethodNotAllowed", f"{method} is not supported on {request.url.path}")
 
+    def _core_discovery(self) -> dict[str, Any]:
+        """/api/v1 as the API server lists it (KMock 0.8 writes groupVersion "/v1", which kubectl rejects)."""
+        resources = []
+        for res, info in self.resources.items():
+            if res.group or res.version != "v1":
+                continue
+            entry = {"name": res.plural, "singularName": info.singular or "", "namespaced": info.namespaced,
+                     "kind": info.kind, "verbs": sorted(info.verbs or ALL_VERBS),
+                     "shortNames": sorted(info.shortnames or [])}
+            resources.append(entry)
+            resources += [{"name": f"{res.plural}/{sub}", "singularName": "", "namespaced": info.namespaced,
+                           "kind": info.kind, "verbs": ["get", "patch", "update"] if sub != "log" else ["get"]}
+                          for sub in sorted(info.subresources or [])]
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources}
+
     def _select(self, route: Route, params: dict[str, str]):
         labels = parse_label_selector(params.get("labelSelector"))
-        fields = parse_field_selector(params.get("fieldSelector"))
-        for key, obj in self._live_items(route.resource, route.namespace if route.info.namespaced else None):
+        fields = parse_field_selector(params.get("fieldSelector"), route.resource.plural)
+
+        def match(obj: dict[str, Any]) -> bool:
             lb = (obj.get("metadata") or {}).get("labels") or {}
-            if all(p(lb) for p in labels) and all(p(obj) for p in fields):
-                yield key, obj
+            return all(p(lb) for p in labels) and all(p(obj) for p in fields)
+
+        yield from self._live_items(route.resource, route.namespace if route.info.namespaced else None, match)
 
     def _list(self, route: Route, params: dict[str, str]) -> dict[str, Any]:
+        """LIST, in key order, one page of ``limit`` items with a ``continue`` token when more remain (the API
+        server's chunking, apiserver pkg/storage/etcd3/store.go GetList). Unlike etcd, later pages are read
+        from the current state, not from the first page's resourceVersion (no compaction to emulate either)."""
         items = sorted(self._select(route, params), key=lambda kv: (kv[0][1] or "", kv[0][2]))
-        return {"apiVersion": route.api_version, "kind": f"{route.info.kind}List",
-                "metadata": {"resourceVersion": str(self._rv)}, "items": [obj for _, obj in items]}
+        rv = self._rv
+        if params.get("continue"):
+            rv, after = decode_continue(params["continue"])
+            items = [kv for kv in items if (kv[0][1] or "", kv[0][2]) > after]
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        limit = int(params.get("limit") or 0)
+        if 0 < limit < len(items):
+            last = items[limit - 1][0]
+            meta.update({"continue": encode_continue(rv, (last[1] or "", last[2])),
+                         "remainingItemCount": len(items) - limit})
+            items = items[:limit]
+        return {"apiVersion": route.api_version, "kind": f"{route.info.kind}List", "metadata": meta,
+                "items": [obj for _, obj in items]}
+
+    def _pod_log(self, route: Route, params: dict[str, str]) -> str:
+        """GET pods/NAME/log with tailLines and limitBytes; the text comes from ``pod_logs`` (the Job controller
+        fixture's pod output). A pod whose container has not started answers 400, as the kubelet makes it
+        ("container ... is waiting to start": pkg/kubelet/kubelet_pods.go, validateContainerLogStatus)."""
+        pod = self._get(Route(route.resource, route.info, route.namespace, route.name, None))
+        waiting = next(((cs.get("state") or {}).get("waiting") for cs in (pod.get("status") or {}).get(
+            "containerStatuses") or [] if (cs.get("state") or {}).get("waiting")), None)
+        if waiting is not None or not (pod.get("status") or {}).get("containerStatuses"):
+            raise _err(400, "BadRequest", f'container "{params.get("container", "")}" in pod "{route.name}" is '
+                                          "waiting to start: " + ((waiting or {}).get("reason") or "ContainerCreating"))
+        source = self.pod_logs.get((route.namespace or "", route.name or ""))
+        text = source() if source else ""
+        if params.get("tailLines"):
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(params["tailLines"]):]) if int(params["tailLines"]) else ""
+        if params.get("limitBytes"):
+            text = text.encode()[:int(params["limitBytes"])].decode(errors="ignore")
+        return text
 
     def _get(self, route: Route) -> dict[str, Any]:
         obj = self._live(self._key(route, route.name))
@@ -415,7 +611,7 @@ class KubeAPI(kmock.KubernetesEmulator):
 
     async def _watch(self, request: kmock.Request, route: Route, params: dict[str, str]) -> aiohttp.web.StreamResponse:
         labels = parse_label_selector(params.get("labelSelector"))
-        fields = parse_field_selector(params.get("fieldSelector"))
+        fields = parse_field_selector(params.get("fieldSelector"), route.resource.plural)
         if route.name:
             fields.append(lambda o, n=route.name: (o.get("metadata") or {}).get("name") == n)
         namespace = route.namespace if route.info.namespaced else None
@@ -484,7 +680,8 @@ class KubeAPI(kmock.KubernetesEmulator):
                                               "sent on the request")
             meta["namespace"] = route.namespace
             self._require_namespace(route)
-        if not meta.get("name"):
+        generated = not meta.get("name")
+        if generated:
             if not meta.get("generateName"):
                 raise _err(422, "Invalid", "name or generateName is required")
             meta["name"] = meta["generateName"] + "".join(random.choice(_SUFFIX_ALPHABET) for _ in range(5))
@@ -502,9 +699,20 @@ class KubeAPI(kmock.KubernetesEmulator):
         self._default(route, obj, None)
         for mutate in self.mutators:  # mutating admission runs after defaulting, before validation
             mutate(route, obj)
+        # admission plugins that may refuse (ResourceQuota, ServiceAccount, ...) see the object before its name
+        # is generated (apiserver pkg/admission/errors.go, extractResourceName: "name generation has not
+        # occurred yet", so a refusal names the generateName)
+        view = copy.deepcopy(obj)
+        if generated:
+            view["metadata"].pop("name", None)
+        for admit in self.admission:
+            admit(route, view)
         self._validate_builtin(route, obj, None)
         self._commit(key, obj, "ADDED")
         self.gc.check_owners(key, obj)
+        follow, self.after_create = self.after_create, []
+        for fn in follow:
+            fn()
         return self._live(key)
 
     def _default(self, route: Route, obj: dict[str, Any], old: dict[str, Any] | None) -> None:

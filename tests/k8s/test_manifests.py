@@ -20,6 +20,11 @@ def sample(name):
     return specmod.parse(yaml.safe_load((SAMPLES / name).read_text())["spec"])
 
 
+def expand(args, index="7"):
+    """The kubelet's $(VAR) expansion of a pod's args: the Job controller's index."""
+    return [a.replace("$(JOB_COMPLETION_INDEX)", index) for a in args]
+
+
 def all_jobs(spec):
     d = manifests.OperatorDefaults(gpu_node_selector={"gpu": "yes"}, queue_name="q1")
     return [manifests.predict_job("ij", "ns", "uid-1", spec, d),
@@ -34,7 +39,7 @@ def test_every_job_validates_strictly(name, version):
         kubernetes_validate.validate(job, version, strict=True)
 
 
-def test_predict_job_shape_and_cli_contract():
+def test_predict_job_shape_and_cli_contract(monkeypatch):
     s = sample("full.yaml")
     job = manifests.predict_job("ij", "scrolls", "u", s)
     js = job["spec"]
@@ -42,7 +47,8 @@ def test_predict_job_shape_and_cli_contract():
     assert js["backoffLimitPerIndex"] == 3 and js["maxFailedIndexes"] == 10 and js["podReplacementPolicy"] == "Failed"
     rules = js["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [2, 3]
+    # 79: the worker's refusal to start a part disrupted more than retry.maxDisruptionsPerPart times
+    assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [2, 3, 79]
     pod = js["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Never" and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -51,9 +57,17 @@ def test_predict_job_shape_and_cli_contract():
     assert not any("SECRET" in e["name"] for e in c["env"])  # credentials only through the Secret
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     assert job["metadata"]["ownerReferences"][0]["controller"] is True
-    args = [a.replace("$(JOB_COMPLETION_INDEX)", "7") for a in c["args"]]
-    assert args[0] == "predict"
+    args = expand(c["args"])
+    assert args[0] == "predict" and "--quiet" not in args  # pods log progress lines
     parsed = parse("predict", args[1:])  # the real parser: a manifest flag it lacks fails here
+    assert (parsed.disruptions, parsed.max_disruptions) == (0, 5)  # no annotation yet: none
+    monkeypatch.setenv("VESUVIUS_DISRUPTIONS", "2")  # the downward API's copy of the Job controller's count
+    assert parse("predict", args[1:]).disruptions == 2
+    env = {e["name"]: e for e in c["env"]}
+    assert env["VESUVIUS_DISRUPTIONS"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-index-ignored-failure-count']"
+    assert env["VESUVIUS_CPUS"]["valueFrom"]["resourceFieldRef"] == {
+        "containerName": "predict", "resource": "requests.cpu", "divisor": "1"}
     assert (parsed.part_id, parsed.num_parts, parsed.batch_size, parsed.folds, parsed.patch_size) == (
         7, 512, 4, ("0", "1", "2", "3", "4"), (192, 192, 192))
     assert parsed.input_dir == "s3://scrollprize-volumes/PHerc1218.zarr/0" and parsed.input_anon
@@ -62,23 +76,60 @@ def test_predict_job_shape_and_cli_contract():
     assert (parsed.final_output, parsed.mode, parsed.threshold) == (s["output"]["uri"], s["mode"], s["threshold"])
 
 
-def test_retry_job_maps_indexes_to_failed_parts():
+def podinfo_file(job, tmp_path):
+    """What the kubelet writes for the downward API volume: the pod's annotation (copied from the template)."""
+    pod = job["spec"]["template"]
+    item = next(v for v in pod["spec"]["volumes"] if v["name"] == "podinfo")["downwardAPI"]["items"][0]
+    key = item["fieldRef"]["fieldPath"].split("'")[1]
+    path = tmp_path / item["path"]
+    path.write_text(pod["metadata"]["annotations"][key])
+    mount = next(m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "podinfo")
+    return mount["mountPath"] + "/" + item["path"], str(path)
+
+
+def test_retry_job_maps_indexes_to_failed_parts(tmp_path):
+    from vesuvius_inference.podopts import resolve_part
+
     s = sample("minimal.yaml")
     s = specmod.parse(dict(s.raw, parts=100))
     job = manifests.predict_job("ij", "ns", "u", s, part_ids=[3, 17, 40, 41, 42], attempt=2)
     assert job["metadata"]["name"] == "ij-predict-r2" and job["spec"]["completions"] == 5
+    assert job["metadata"]["annotations"] == {"vesuvius.dev/part-ids": "3,17,40-42"}
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    parsed = parse("predict", [a.replace("$(JOB_COMPLETION_INDEX)", "1") for a in args[1:]])
-    assert parsed.part_ids == "3,17,40-42" and sorted(parse_ranges(parsed.part_ids))[parsed.part_id] == 17
-    assert parsed.num_parts == 100
+    assert "--part_ids" not in args and "3,17,40-42" not in args  # state lives in the API object, not in args
+    parsed = parse("predict", expand(args[1:], index="1"))
+    in_pod, on_disk = podinfo_file(job, tmp_path)
+    assert parsed.part_ids_file == in_pod and parsed.num_parts == 100
+    assert resolve_part(parsed.part_id, parsed.part_ids, on_disk) == 17
+
+
+def test_retried_part_ids_are_not_limited_by_argument_size(tmp_path):
+    """50,000 scattered ids of 100,000 parts: as ranges about 290 KB, past the kernel's 128 KiB per argument
+    and Kubernetes' 256 KiB for all annotations; encoded, a few KB, and every index maps back."""
+    from kmock_api import default_job
+    from vesuvius_inference.k8s.ranges import format_ranges
+    from vesuvius_inference.podopts import resolve_part
+
+    ids = list(range(1, 100000, 2))
+    assert len(format_ranges(ids)) > 256 * 1024
+    s = specmod.parse(dict(sample("minimal.yaml").raw, parts=100000))
+    job = manifests.predict_job("ij", "ns", "u", s, part_ids=ids, attempt=1)
+    annotation = job["metadata"]["annotations"]["vesuvius.dev/part-ids"]
+    assert len(annotation) < 64 * 1024 and job["spec"]["completions"] == 50000
+    assert max(len(a) for a in job["spec"]["template"]["spec"]["containers"][0]["args"]) < 200
+    _, on_disk = podinfo_file(job, tmp_path)
+    for index in (0, 1, 24999, 49999):
+        assert resolve_part(index, None, on_disk) == ids[index]
+    stored = dict(job, metadata=dict(job["metadata"], uid="00000000-0000-0000-0000-000000000001"))
+    default_job(stored)
+    assert _validated(job) == []
 
 
 def test_blend_and_finalize_jobs():
     s = sample("full.yaml")
     b = manifests.blend_job("ij", "ns", "u", s)
     assert b["spec"]["completionMode"] == "Indexed" and b["spec"]["completions"] == 32
-    parsed = parse("blend", [a.replace("$(JOB_COMPLETION_INDEX)", "3") for a in
-                                        b["spec"]["template"]["spec"]["containers"][0]["args"][1:]])
+    parsed = parse("blend", expand(b["spec"]["template"]["spec"]["containers"][0]["args"][1:], "3"))
     # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
     assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
     assert parsed.parts_dir == manifests.parts_dir(s)
@@ -132,10 +183,27 @@ def test_stage_scheduling_adds_to_the_spec_wide_settings():
     assert mp["nodeSelector"] == {"operator-default": "gpu"} and mp["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert "nodeSelector" not in mb and "tolerations" not in mb
     # per-stage caches reach the CLI
-    idx = "$(JOB_COMPLETION_INDEX)"
-    bargs = parse("blend", [a.replace(idx, "0") for a in manifests.blend_args(s)[1:]])
-    fargs = parse("finalize", [a.replace(idx, "0") for a in manifests.finalize_args(s)[1:]])
+    bargs = parse("blend", expand(manifests.blend_args(s)[1:], "0"))
+    fargs = parse("finalize", expand(manifests.finalize_args(s)[1:], "0"))
     assert (bargs.cache_gb, fargs.cache_gb) == (8.0, 4.0)
+
+
+def test_cpu_stages_never_inherit_the_gpu_queue():
+    """spec.queueName and the chart's worker.queueName are the predict (GPU) stage's; blend, finalize and the
+    check Jobs take their own queue or none."""
+    m = sample("minimal.yaml")
+    gpu_only = manifests.OperatorDefaults(queue_name="gpu-q")
+    both = manifests.OperatorDefaults(queue_name="gpu-q", cpu_queue_name="cpu-q")
+    own = specmod.parse(dict(m.raw, queueName="team-gpu", blend={"queueName": "team-cpu"}))
+
+    def queues(s, d):
+        jobs = [manifests.predict_job("ij", "ns", "u", s, d), manifests.blend_job("ij", "ns", "u", s, d),
+                manifests.finalize_job("ij", "ns", "u", s, d), manifests.check_job("ij", "ns", "u", s, "finalize", "lost-uid", d)]
+        return [j["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for j in jobs]
+
+    assert queues(m, gpu_only) == ["gpu-q", None, None, None]
+    assert queues(m, both) == ["gpu-q", "cpu-q", "cpu-q", "cpu-q"]
+    assert queues(own, gpu_only) == ["team-gpu", "team-cpu", None, None]
 
 
 def test_quantities_are_strings_and_finalize_removes_every_intermediate():
@@ -195,10 +263,12 @@ def test_max_failed_parts_is_clamped_per_job_and_only_on_predict():
 
 def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     s = specmod.parse(dict(sample("minimal.yaml").raw, retry={"nonRetryableExitCodes": []}))
-    for job in (manifests.predict_job("ij", "ns", "u", s), manifests.finalize_job("ij", "ns", "u", s)):
-        rules = job["spec"]["podFailurePolicy"]["rules"]
-        assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
-        assert _validated(job) == []
+    ignore = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    finalize = manifests.finalize_job("ij", "ns", "u", s)  # NonIndexed: no per-index disruption count
+    assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore] and _validated(finalize) == []
+    predict = manifests.predict_job("ij", "ns", "u", s)  # the disruption bound's exit code stays
+    assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, {"action": "FailIndex", "onExitCodes": {
+        "containerName": "predict", "operator": "In", "values": [79]}}] and _validated(predict) == []
     # what the API server says about the rule the operator used to write
     bad = manifests.predict_job("ij", "ns", "u", s)
     bad["spec"]["podFailurePolicy"]["rules"].append(
@@ -206,19 +276,47 @@ def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     assert any("onExitCodes.values: Invalid value: []: at least one value is required" in e for e in _validated(bad))
 
 
+MEM = {"requests": {"memory": "8704Mi"}, "limits": {"memory": "10880Mi"}}  # cacheGb 4 + 5 folds + CUDA runtime
+
+
 @pytest.mark.parametrize("resources, gpus, want", [
-    ({}, 1, {"limits": {"nvidia.com/gpu": "1"}}),
-    ({"limits": {"nvidia.com/gpu": 4}}, 1, {"limits": {"nvidia.com/gpu": "4"}}),  # the user's own count wins
-    ({"requests": {"nvidia.com/gpu": 2}}, 1, {"requests": {"nvidia.com/gpu": "2"}, "limits": {"nvidia.com/gpu": "2"}}),
-    ({"requests": {"cpu": "8"}}, 0, {"requests": {"cpu": "8"}}),
+    ({}, 1, {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"limits": {"nvidia.com/gpu": 4}}, 1,  # the user's own count wins
+     {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "4", **MEM["limits"]}}),
+    ({"requests": {"nvidia.com/gpu": 2}}, 1, {"requests": {"nvidia.com/gpu": "2", "cpu": "4", **MEM["requests"]},
+                                              "limits": {"nvidia.com/gpu": "2", **MEM["limits"]}}),
+    ({"requests": {"cpu": "8"}}, 0, {"requests": {"cpu": "8", **MEM["requests"]}, "limits": MEM["limits"]}),
     ({"requests": {"example.com/fpga": 1, "cpu": 2}}, 1,
-     {"requests": {"example.com/fpga": "1", "cpu": "2"}, "limits": {"example.com/fpga": "1", "nvidia.com/gpu": "1"}}),
+     {"requests": {"example.com/fpga": "1", "cpu": "2", **MEM["requests"]},
+      "limits": {"example.com/fpga": "1", "nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"limits": {"memory": "20Gi"}}, 1,  # Kubernetes makes the request equal to the limit: nothing added
+     {"requests": {"cpu": "4"}, "limits": {"memory": "20Gi", "nvidia.com/gpu": "1"}}),
 ])
 def test_gpu_and_extended_resources_end_up_where_kubernetes_wants_them(resources, gpus, want):
     s = specmod.parse(dict(sample("minimal.yaml").raw, predict={"gpus": gpus, "resources": resources}))
     job = manifests.predict_job("ij", "ns", "u", s)
     assert job["spec"]["template"]["spec"]["containers"][0].get("resources", {}) == want
     assert _validated(job) == []
+
+
+def test_no_stage_runs_best_effort_and_requests_follow_the_caches():
+    """Without resources in the spec every stage's pods request CPU and memory (Burstable QoS, never the
+    kubelet's first eviction victims) sized from their caches and the model; the spec overrides per resource."""
+    m = sample("minimal.yaml")
+    big = specmod.parse(dict(m.raw, inference={"cacheGb": 16, "folds": [0]}, blend={"cacheGb": 8}))
+    for s in (m, big):
+        for job in all_jobs(s) + [manifests.check_job("ij", "ns", "u", s, "predict", "lost-uid")]:
+            res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+            assert {"cpu", "memory"} <= set(res["requests"]), job["metadata"]["name"]
+            assert res["limits"]["memory"] > "0" and _validated(job) == []
+    def mem(s, make):
+        return make("ij", "ns", "u", s)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+    # one fold and a 16 GB cache against five folds and 4 GB: 16 + 0.5 + 2 GiB vs 4 + 2.5 + 2
+    assert (mem(m, manifests.predict_job), mem(big, manifests.predict_job)) == ("8704Mi", "18944Mi")
+    assert (mem(m, manifests.blend_job), mem(big, manifests.blend_job)) == ("4608Mi", "8704Mi")
+    cpu = specmod.parse(dict(m.raw, inference={"device": "cpu"}))
+    assert manifests.predict_job("ij", "ns", "u", cpu)["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["requests"]["cpu"] == "8"
 
 
 def test_the_api_server_refuses_what_the_operator_used_to_write():

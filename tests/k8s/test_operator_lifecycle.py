@@ -25,6 +25,7 @@ def spec_for(name: str, **changes) -> dict:
     body = yaml.safe_load(SAMPLE.read_text())
     body["metadata"]["name"] = name
     body["spec"]["output"]["uri"] = f"s3://results/{name}/surface.zarr"
+    body["spec"]["inference"] = {"device": "cpu"}  # the emulated nodes have no GPU (cuda would exit 69)
     body["spec"].update(changes)
     return body
 
@@ -115,8 +116,7 @@ def test_jobs_that_stop_early_fail_the_run_and_a_retry_runs_every_part_not_done(
     for name, parts in (("late", "1-2"), ("limit", "0-2")):
         done = cluster.wait_phase(name, "Succeeded", timeout=60)
         r1 = cluster.jobs(name)[f"{name}-predict-r1"]
-        args = r1["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert args[args.index("--part_ids") + 1] == parts
+        assert r1["metadata"]["annotations"]["vesuvius.dev/part-ids"] == parts
         assert done["status"]["parts"]["completedIndexes"] == "0-2" and done["status"]["retryAttempt"] == 1
 
 
@@ -200,7 +200,7 @@ def test_a_lost_event_or_a_failed_request_is_caught_by_the_resync(cluster, opera
 # ---- 6 and 9 (status keys) ------------------------------------------------------------------------
 
 def test_repeated_retry_bumps_and_replays_never_run_a_part_twice(cluster, operator, stub_controller):
-    from vesuvius_inference.k8s import handlers
+    from vesuvius_inference.k8s import act, handlers
 
     stub_controller.fail("twice-predict", 1, exit_code=3)
     stub_controller.stub(r"-predict-r\d+$", held=True)
@@ -220,8 +220,8 @@ def test_repeated_retry_bumps_and_replays_never_run_a_part_twice(cluster, operat
     again = manifests.predict_job("twice", cluster.namespace, body["metadata"]["uid"], specmod.parse(body["spec"]),
                                   handlers.defaults_from_env(), part_ids=[1], attempt=1)
     batch = kubernetes.client.BatchV1Api(cluster.client)
-    assert handlers._create(batch, cluster.namespace, again, body["metadata"]["uid"]) == "exists"
-    assert handlers._create(batch, cluster.namespace, again, "another-uid") == "foreign"
+    assert act.create_job(batch, cluster.namespace, again, body["metadata"]["uid"])[0] == "exists"
+    assert act.create_job(batch, cluster.namespace, again, "another-uid")[0] == "foreign"
     # a crash after creating r2's Job but before the status said so, replayed: the name is the value, so a 409
     cluster.custom.patch_namespaced_custom_object_status(
         "vesuvius.dev", "v1alpha1", cluster.namespace, "inferencejobs", "twice",
@@ -242,7 +242,7 @@ def test_repeated_retry_bumps_and_replays_never_run_a_part_twice(cluster, operat
 
 # ---- 7 -------------------------------------------------------------------------------------------
 
-def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_is_left_alone(
+def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_waits_for_the_queue(
         cluster, operator, stub_controller, kueue):
     stub_controller.stub(r"^queued-predict$", held=True)
     cluster.create_ij(spec_for("queued", parts=2, queueName="team-q"))
@@ -251,8 +251,8 @@ def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_is_left_al
     job = cluster.jobs("queued")["queued-predict"]
     assert ("started", "queued-predict", "Admitted by clusterQueue cluster-queue") in kueue.actions
 
-    def workload() -> dict:
-        items = cluster.custom.list_namespaced_custom_object("kueue.x-k8s.io", "v1beta1", cluster.namespace,
+    def workload(version: str = "v1beta2") -> dict:
+        items = cluster.custom.list_namespaced_custom_object("kueue.x-k8s.io", version, cluster.namespace,
                                                              "workloads")["items"]
         return next(w for w in items if w["metadata"]["labels"]["kueue.x-k8s.io/job-uid"] == job["metadata"]["uid"])
 
@@ -263,25 +263,33 @@ def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_is_left_al
     assert not stub_controller.running(), "Kueue restarted the suspended Job: its GPUs keep running"
     assert cluster.jobs("queued")["queued-predict"]["spec"]["suspend"] is True
     wl = workload()
-    assert wl["spec"]["active"] is False and cond(wl, "Evicted")["reason"] == "InactiveWorkload"
+    assert wl["spec"]["active"] is False and cond(wl, "Evicted")["reason"] == "Deactivated"  # today's reason
+    assert wl["metadata"]["annotations"]["vesuvius.dev/deactivated-by"] == "queued"  # marked as the operator's
+    assert workload("v1beta1")["apiVersion"] == "kueue.x-k8s.io/v1beta1"  # the same object, both versions
     assert ("stopped", "queued-predict", "Workload evicted") in kueue.actions
+    # while it waits without quota, a parallelism change is Kueue's to accept: the Workload follows the Job
+    cluster.patch_ij("queued", {"spec": {"parallelism": 1}})
+    cluster.wait("parallelism 1 on the queued Job", lambda: cluster.jobs("queued")["queued-predict"]["spec"][
+        "parallelism"] == 1, timeout=30)
+    cluster.wait("the Workload updated to 1 pod", lambda: workload()["spec"]["podSets"][0]["count"] == 1, timeout=30)
     cluster.patch_ij("queued", {"spec": {"suspend": False}})
     cluster.wait("re-admitted and running", lambda: len([1 for j, _ in stub_controller.running()
-                                                         if j == "queued-predict"]) == 2, timeout=30)
+                                                         if j == "queued-predict"]) == 1, timeout=30)
+    assert "vesuvius.dev/deactivated-by" not in (workload()["metadata"].get("annotations") or {})
     stops = len([a for a in kueue.actions if a[0] == "stopped"])
-    cluster.patch_ij("queued", {"spec": {"parallelism": 1}})
+    cluster.patch_ij("queued", {"spec": {"parallelism": 2}})  # while it runs: not applied, said why
     note = cluster.wait("parallelism refused with a condition", lambda: (o := cluster.ij("queued")) and cond_true(
         o, "ParallelismNotApplied") and o, timeout=30)
-    assert "Kueue manages them" in cond(note, "ParallelismNotApplied")["message"]
+    assert "while Kueue runs it" in cond(note, "ParallelismNotApplied")["message"]
     time.sleep(2.5)
-    assert cluster.jobs("queued")["queued-predict"]["spec"]["parallelism"] == 2
+    assert cluster.jobs("queued")["queued-predict"]["spec"]["parallelism"] == 1
     assert len([a for a in kueue.actions if a[0] == "stopped"]) == stops  # never re-queued
     stub_controller.release()
     done = cluster.wait_phase("queued", "Succeeded", timeout=60)
     assert not cond_true(done, "ParallelismNotApplied")
-    for name, j in cluster.jobs("queued").items():
-        assert j["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q", name
-        assert ("started", name, "Admitted by clusterQueue cluster-queue") in kueue.actions
+    labels = {n: j["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for n, j in cluster.jobs("queued").items()}
+    # the CPU stages do not inherit the GPU queue: they ran without Kueue
+    assert labels == {"queued-predict": "team-q", "queued-blend": None, "queued-finalize": None}
 
 
 # ---- 9 -------------------------------------------------------------------------------------------

@@ -62,8 +62,7 @@ def test_render_of_retries_passes_the_api_servers_rules(path):
     for ranges in {"0", f"{parts - 1}", "0-" + str(parts - 1)} | ({"3,17,40-42"} if parts > 42 else set()):
         (job,) = yaml.safe_load_all(render(["-f", str(path), "--retry-parts", ranges]).stdout)
         assert job["metadata"]["name"] == f"{doc['metadata']['name']}-predict-r1"
-        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-        assert parse_ranges(args[args.index("--part_ids") + 1]) == parse_ranges(ranges)
+        assert parse_ranges(job["metadata"]["annotations"]["vesuvius.dev/part-ids"]) == parse_ranges(ranges)
         assert accepted(job) == [], ranges
         kubernetes_validate.validate(job, "1.35.0", strict=True)
         if doc["spec"].get("retry", {}).get("maxFailedParts") is not None:

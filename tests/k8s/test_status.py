@@ -14,14 +14,15 @@ import yaml
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.ranges import format_ranges, parse_ranges
+from vesuvius_inference.k8s.stalls import stuck as stuck_pods
 from vesuvius_inference.k8s.status import (
+    checks_needed,
     classify,
     derive,
     missing_parts,
     next_stage,
     part_sets,
     status_patch,
-    stuck_pods,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
@@ -87,11 +88,12 @@ def test_a_predict_job_deleted_before_its_end_was_seen_is_read_from_its_deleted_
     gone = job("predict", s, done="0-1", condition="Complete")
     status, nxt = run(s, [], prev=status, gone=[gone])
     assert nxt == "blend" and status["parts"]["succeeded"] == 2
-    # and without that event (operator down): Lost, Failed, and nothing re-created behind the user's back
+    # and without that event (operator down): Lost, judged by a check Job, nothing re-created behind the user's back
     status, _ = run(s, [job("predict", s, active=2)], now=T0)
     status, nxt = run(s, [], prev=status)
-    assert nxt is None and status["phase"] == "Failed" and status["reason"] == "JobLost"
-    assert status["stages"]["predict"]["state"] == "Lost"
+    assert nxt is None and status["phase"] == "Predicting" and status["reason"] == "CheckingLostStage"
+    lost = status["stages"]["predict"]
+    assert lost["state"] == "Lost" and checks_needed(status, classify([], UID)) == [("predict", lost["uid"])]
 
 
 def test_succeeded_stays_succeeded_when_every_job_is_gone():
@@ -106,16 +108,57 @@ def test_succeeded_stays_succeeded_when_every_job_is_gone():
                                                                     "finalize": "Complete"}
 
 
-def test_lost_blend_is_created_again_but_lost_finalize_fails():
-    """blend re-runs from parts that stay until finalize; a finalize whose end nobody saw may have deleted them."""
+def check(s, stage, lost_uid, verdict):
+    """A check Job as the Job controller leaves it: Complete (exit 0), or Failed by its FailJob rule (exit 10)."""
+    j = manifests.check_job("ij", "ns", UID, s, stage, lost_uid)
+    j["metadata"]["uid"] = f"check-{stage}-{verdict}"
+    conds = {"Complete": [{"type": "Complete", "status": "True"}],
+             "Incomplete": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],
+             "Failed": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}], "Running": []}
+    j["status"] = {"conditions": conds[verdict], "active": int(verdict == "Running")}
+    return j
+
+
+def test_lost_blend_is_created_again_and_lost_finalize_is_checked_on_storage():
+    """blend re-runs from parts that stay until finalize; a finalize whose end nobody saw is judged by what it left
+    on storage: complete -> Succeeded, incomplete -> finalize again, no answer -> Failed with what to check."""
     s = spec()
     predict = job("predict", s, done="0", condition="Complete")
     status, _ = run(s, [predict, job("blend", s, active=1)], now=T0)
     status, nxt = run(s, [predict], prev=status)
     assert status["stages"]["blend"]["state"] == "Lost" and nxt == "blend"
-    status, _ = run(s, [predict, job("blend", s, condition="Complete"), job("finalize", s, active=1)], prev=status)
-    status, nxt = run(s, [predict, job("blend", s, condition="Complete")], prev=status)
-    assert status["phase"] == "Failed" and status["reason"] == "JobLost" and nxt is None
+    blend = job("blend", s, condition="Complete")
+    status, _ = run(s, [predict, blend, job("finalize", s, active=1)], prev=status)
+    lost, nxt = run(s, [predict, blend], prev=status)
+    uid = lost["stages"]["finalize"]["uid"]
+    assert (lost["phase"], lost["reason"], nxt) == ("Finalizing", "CheckingLostStage", None)
+    assert checks_needed(lost, classify([predict, blend], UID)) == [("finalize", uid)]
+    running = [predict, blend, check(s, "finalize", uid, "Running")]
+    assert checks_needed(run(s, running, prev=lost)[0], classify(running, UID)) == []  # one check at a time
+    done, nxt = run(s, [predict, blend, check(s, "finalize", uid, "Complete")], prev=lost)
+    assert done["phase"] == "Succeeded" and "verified on storage by ij-check-f" in done["message"] and nxt is None
+    again, nxt = run(s, [predict, blend, check(s, "finalize", uid, "Incomplete")], prev=lost,
+                     notes={"check-finalize-Incomplete": "incomplete: s3://x is not marked complete"})
+    assert (again["phase"], again["reason"], nxt) == ("Finalizing", "RerunningFinalize", "finalize")
+    assert "is not marked complete" in again["message"]
+    failed, nxt = run(s, [predict, blend, check(s, "finalize", uid, "Failed")], prev=lost)
+    assert (failed["phase"], failed["reason"], nxt) == ("Failed", "CheckFailed", None)
+    # a check Job of an earlier loss (another lost uid) is no verdict on this one
+    stale, _ = run(s, [predict, blend, check(s, "finalize", "some-other-uid", "Complete")], prev=lost)
+    assert stale["phase"] == "Finalizing" and stale["stages"]["finalize"]["state"] == "Lost"
+
+
+def test_a_lost_predict_job_is_judged_by_the_parts_markers():
+    s = spec(parts=3)
+    status, _ = run(s, [job("predict", s, done="0", active=2)], now=T0)
+    lost, _ = run(s, [], prev=status)
+    uid = lost["stages"]["predict"]["uid"]
+    done, nxt = run(s, [check(s, "predict", uid, "Complete")], prev=lost)
+    assert done["parts"]["completedIndexes"] == "0-2" and nxt == "blend"
+    missing, nxt = run(s, [check(s, "predict", uid, "Incomplete")], prev=lost,
+                       notes={"check-predict-Incomplete": "incomplete: 2 of 3 predict parts have no marker: parts 1-2"})
+    assert (missing["phase"], missing["reason"], nxt) == ("Failed", "PartsIncomplete", None)
+    assert "parts 1-2" in missing["message"] and "bump spec.retryFailedParts" in missing["message"]
 
 
 # ---- 2: failures without failed indexes -------------------------------------------------------------
@@ -219,3 +262,23 @@ def test_pods_that_cannot_start_are_reported_after_the_grace_period():
             pod("c", "ContainerCreating", 600)]
     assert stuck_pods(pods, now, 300) == [("a", "CreateContainerConfigError", "m")]
     assert [p for p, _, _ in stuck_pods(pods, now, 5)] == ["a", "b"]
+
+
+def test_the_operator_creates_stages_in_the_pipelines_order():
+    """The operator's next Job follows stages.STAGES, the order the local pipeline runs: each stage's Job
+    appears only once every earlier stage is complete, and each one exactly once."""
+    from vesuvius_inference import stages
+
+    s = spec(parts=2)
+    jobs: list = []
+    seen = []
+    status, nxt = run(s, jobs, now=T0)
+    while nxt is not None:
+        seen.append(nxt)
+        done = "0,1" if nxt == "predict" else ""
+        jobs.append(job(nxt, s, done=done, condition="Complete"))
+        status, nxt = run(s, jobs, prev=status, now=T1)
+        assert nxt not in seen, f"{nxt} created twice"
+    assert tuple(seen) == stages.STAGES and status["phase"] == "Succeeded"
+    half, nxt = run(s, [job("predict", s, done="0", active=1)], now=T1)
+    assert nxt is None and half["phase"] == "Predicting"  # blend waits for every part

@@ -80,6 +80,26 @@ def ome_zarr_py_nodes(path: str | Path) -> list[dict]:
     return res["nodes"]
 
 
+def zarr2_read(paths: Iterable[str | Path]) -> list[dict]:
+    """Open each path with zarr-python 2.x (its own venv) and read every multiscale level; see zarr2_read.py.
+
+    A Zarr v2 reader is what many tools of the field still embed: a 0.4 output must open there with the
+    bytes zarr 3 reads, and a v3 output does not open at all."""
+    from .checker_env import checker_python
+
+    proc = subprocess.run([str(checker_python(name="zarr2-reader")), str(HERE / "zarr2_read.py"),
+                           json.dumps([str(p) for p in paths])], capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ZARR2-READ:")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"zarr2_read.py failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("ZARR2-READ:"):])
+
+
+def ome_attrs(attrs: dict) -> dict:
+    """The OME metadata of a group's attributes, 0.5 (under ``ome``) or 0.4 (at the top)."""
+    return attrs.get("ome", attrs)
+
+
 # --- ngff-zarr -------------------------------------------------------------------------------
 
 def validate_ngff_zarr(path: str | Path):

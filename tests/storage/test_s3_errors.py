@@ -79,4 +79,5 @@ def test_missing_credentials(s3_input, model2, tmp_path, monkeypatch):
                AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
     r = cli("predict", "--model_path", model2, "--input_dir", s3_input, "--output_dir", tmp_path / "o", "--device",
             "cpu", "--quiet", env=env)
-    one_error_line(r, 3)
+    one_error_line(r, 3, "credentials", "--input_anon")  # public scans need no keys: say how to read them unsigned
+    assert not (tmp_path / "o").exists()

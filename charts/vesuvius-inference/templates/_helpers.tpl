@@ -74,12 +74,12 @@ same set from the operator's code and kopf's handler registry and checks that no
 {{- define "vesuvius-inference.namespacedRules" -}}
 # InferenceJobs: kopf lists and watches them (its watch streams for @kopf.on.create/resume/update)
 # and patches them (progress and diff-base annotations, AnnotationsProgressStorage /
-# AnnotationsDiffBaseStorage); handlers.reconcile gets one (get_namespaced_custom_object), the
+# AnnotationsDiffBaseStorage); each pass reads one (observe.py, get_namespaced_custom_object), the
 # periodic resync lists them (list_namespaced_custom_object, list_cluster_custom_object with -A).
 - apiGroups: [vesuvius.dev]
   resources: [inferencejobs]
   verbs: [get, list, patch, watch]
-# The status subresource: handlers._write_status (patch_namespaced_custom_object_status).
+# The status subresource: act.write_status (patch_namespaced_custom_object_status).
 - apiGroups: [vesuvius.dev]
   resources: [inferencejobs/status]
   verbs: [patch]
@@ -89,28 +89,34 @@ same set from the operator's code and kopf's handler registry and checks that no
 - apiGroups: [vesuvius.dev]
   resources: [inferencejobs/finalizers]
   verbs: [update]
-# Child Jobs: kopf lists and watches them (@kopf.on.event for batch/v1 jobs); handlers list
-# (child_jobs), create (_create), read one after a 409 to see whose it is, and patch them
-# (suspend, parallelism).
+# Child Jobs: kopf lists and watches them, selected by label on the server (@kopf.on.event for
+# batch/v1 jobs); each pass lists them by label (observe.py), creates the next stage's or a check Job
+# (act.create_job), reads one after a 409 to see whose it is, and patches suspend and parallelism.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, get, list, patch, watch]
-# Kueue Workloads: with a queue, handlers._sync_suspend suspends and resumes a Job through its
-# Workload's spec.active (Kueue restarts admitted Jobs suspended any other way). Harmless without Kueue.
+# Kueue Workloads (v1beta2, else v1beta1): a pass reads a queued Job's Workload to show Kueue's
+# decisions (kueue.find) and suspends or resumes it through spec.active (kueue.patch). Harmless without Kueue.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
   verbs: [list, patch]
-# Pods, read-only: handlers._failure_details lists a failed Job's pods for the termination messages,
-# handlers._stuck the pods of unfinished Jobs that cannot start (CreateContainerConfigError, ...).
+# Pods, read-only and selective: a small page of a stalled Job's Pending or Failed pods (by its
+# controller-uid label and status.phase, with a limit), a check Job's pod, and a few running pods for
+# progress (observe.py, list_namespaced_pod). Never a watch, never every pod.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# Events: kopf posts core v1 Events (kopf/_cogs/clients/events.py: POST .../namespaces/NS/events)
-# for kopf.info/kopf.warn and handler outcomes, and handlers._event posts them from the periodic
-# resync (create_namespaced_event). Neither uses events.k8s.io.
+# Pod logs: the last lines of a few running pods (tailLines, limitBytes) for the progress columns, and a
+# check Job's verdict line (observe.py, read_namespaced_pod_log). Worker pods themselves get no token.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+# Events: kopf posts core v1 Events for its handlers (kopf/_cogs/clients/events.py), the operator posts
+# its own on the InferenceJobs (act.post_event, create_namespaced_event), and reads a stalled Job's
+# FailedCreate Events (observe.py, list_namespaced_event by involvedObject.uid and reason).
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
 
 {{/* Cluster-scoped reads of kopf's runtime observation (kopf/_core/reactor/observation.py). */}}

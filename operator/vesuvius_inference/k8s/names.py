@@ -25,6 +25,15 @@ def job_name(name: str, stage: str, attempt: int = 0) -> str:
     return f"{name}-{stage}" + (f"-r{attempt}" if attempt else "")
 
 
+CHECK_SUFFIX = {"predict": "check-p", "finalize": "check-f"}
+
+
+def check_job_name(name: str, stage: str) -> str:
+    """``<name>-check-p`` / ``<name>-check-f``: 8 characters, shorter than ``-predict-<index>``, so every
+    name the predict Job's rule accepts fits (no rule of its own in the CRD)."""
+    return f"{name}-{CHECK_SUFFIX[stage]}"
+
+
 def hostname(job: str, completions: int) -> str:
     """The longest pod hostname of an Indexed Job (the job controller appends ``-<index>``)."""
     return f"{job}-{completions - 1}"

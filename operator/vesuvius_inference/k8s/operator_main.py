@@ -11,9 +11,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vesuvius-inference operator", description="Run the InferenceJob operator.",
         epilog="Environment: VESUVIUS_WORKER_IMAGE, VESUVIUS_WORKER_PULL_POLICY, VESUVIUS_GPU_NODE_SELECTOR, "
-               "VESUVIUS_GPU_TOLERATIONS, VESUVIUS_QUEUE_NAME (defaults of the child Jobs, set by the Helm chart); "
-               "VESUVIUS_RESYNC_SECONDS (reconcile every unfinished InferenceJob this often, default 60, 0 = off); "
-               "VESUVIUS_STUCK_POD_SECONDS (report pods that cannot start after this long, default 300).")
+               "VESUVIUS_GPU_TOLERATIONS, VESUVIUS_QUEUE_NAME, VESUVIUS_CPU_QUEUE_NAME (defaults of the child Jobs, "
+               "set by the Helm chart); VESUVIUS_RESYNC_SECONDS (reconcile every unfinished InferenceJob this "
+               "often, default 60, 0 = off); VESUVIUS_STUCK_POD_SECONDS (report pods that cannot start or be "
+               "scheduled after this long, default 300); VESUVIUS_DIAGNOSE_SECONDS (read pods or Events to explain "
+               "a stall at most this often per InferenceJob, default 30); VESUVIUS_PROGRESS_SECONDS and "
+               "VESUVIUS_PROGRESS_PODS (read the last log lines of this many running pods this often, defaults 60 "
+               "and 8, 0 = off); VESUVIUS_MIN_PASS_INTERVAL (seconds between two passes of one InferenceJob, "
+               "default 1).")
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
@@ -24,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                    help="let kopf watch CRDs (and Namespaces) for changes at runtime; needs cluster-scoped list/watch "
                         "(the chart's rbac.clusterDiscovery). Off: no cluster-scoped permission is used")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf liveness endpoint ('' = off)")
+    p.add_argument("--metrics-port", type=int, default=8081,
+                   help="serve Prometheus metrics on this port at /metrics (0 = off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -37,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from . import handlers  # registers the handlers
 
-    handlers.configure_scope(args.namespace, args.all_namespaces)
+    handlers.configure_scope(args.namespace, args.all_namespaces, args.metrics_port)
 
     @kopf.on.startup()
     def _scope(settings: kopf.OperatorSettings, **_: object) -> None:

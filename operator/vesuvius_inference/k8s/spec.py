@@ -18,7 +18,7 @@ DEFAULTS: dict[str, Any] = {
                   "compile": False, "leaseSeconds": 60},
     "input": {"level": 0},
     "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {"gpus": 1},
-    "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3]},
+    "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3], "maxDisruptionsPerPart": 5},
     "storage": {"anonymousInput": False},
 }
 URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "file://", "/")

@@ -5,7 +5,9 @@ Child Jobs do not live forever (``ttlSecondsAfterFinished``, a user's ``kubectl 
 status is a ledger, never a view of the Jobs that exist now: the parts done only grow, each stage's
 completion is recorded with its time, and Succeeded or Failed are never left except when a retry
 Job starts (spec.retryFailedParts). Part sets travel as index-range strings, as in a Job's
-``status.completedIndexes``; retry Jobs run chosen parts, mapped back through their ``--part_ids``.
+``status.completedIndexes``; retry Jobs run chosen parts, mapped back through their
+``vesuvius.dev/part-ids`` annotation. A stage whose Job vanished before its end was seen is Lost and
+judged by what it left on storage: a check Job (stagecheck.py) answers, and its verdict is recorded.
 """
 
 from __future__ import annotations
@@ -16,19 +18,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .ranges import count_ranges, format_ranges, parse_ranges
+from .. import stages as pipeline_order
+from .ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
 from .spec import JobSpec
 
 PHASES = ("Pending", "Predicting", "Blending", "Finalizing", "Succeeded", "Failed", "Suspended")
 LABEL_JOB = "vesuvius.dev/inferencejob"
 LABEL_STAGE = "vesuvius.dev/stage"
+LABEL_CHECK = "vesuvius.dev/checks"
+PART_IDS = "vesuvius.dev/part-ids"
+CHECKS_UID = "vesuvius.dev/checks-uid"
+CHECKED = ("predict", "finalize")  # stages whose lost Job is judged by a check Job (blend simply re-runs)
 RETRY = re.compile(r"-predict-r(\d+)$")
 MAX_MESSAGE = 1024  # status.message and condition messages stay far below the CRD's maxLength
 MAX_RANGES = 12  # part ranges quoted in a message; the rest is counted
-# Waiting reasons with which a container never starts on its own (pkg/kubelet/kuberuntime/kuberuntime_container.go
-# ErrCreateContainerConfig/ErrCreateContainer, pkg/kubelet/images/types.go ErrImagePull/ImagePullBackOff/...).
-STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull",
-                 "InvalidImageName", "ErrImageNeverPull")
 
 
 @dataclass
@@ -41,13 +44,15 @@ class ChildJobs:
     retries: list[tuple[dict[str, Any], list[int]]] = field(default_factory=list)
     blend: dict[str, Any] | None = None
     finalize: dict[str, Any] | None = None
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # by the stage they check
     foreign: list[dict[str, Any]] = field(default_factory=list)
 
     def predict_runs(self) -> list[tuple[dict[str, Any], list[int] | None]]:
         return ([(self.predict, None)] if self.predict else []) + [(j, ids) for j, ids in self.retries]
 
     def owned(self) -> list[dict[str, Any]]:
-        return [j for j, _ in self.predict_runs()] + [j for j in (self.blend, self.finalize) if j]
+        return [j for j, _ in self.predict_runs()] + [j for j in (self.blend, self.finalize) if j] + list(
+            self.checks.values())
 
 
 def owner_uids(job: Mapping[str, Any]) -> set[str]:
@@ -60,11 +65,21 @@ def retry_attempt(job: Mapping[str, Any]) -> int:
 
 
 def run_part_ids(job: Mapping[str, Any]) -> list[int] | None:
-    """The part ids a retry Job runs (its index i is part ids[i]); None for the first predict Job."""
+    """The part ids a retry Job runs (its index i is part ids[i]), from its ``vesuvius.dev/part-ids``
+    annotation (manifests.py); None for the first predict Job. State is read from the API object, never
+    from container args."""
     if not retry_attempt(job):
         return None
-    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    return sorted(parse_ranges(args[args.index("--part_ids") + 1]))
+    text = ((job.get("metadata") or {}).get("annotations") or {}).get(PART_IDS)
+    try:
+        return decode_part_ids(text) if text else []
+    except ValueError:
+        return []
+
+
+def checked_uid(job: Mapping[str, Any]) -> str:
+    """The uid of the lost Job a check Job was created for (its ``vesuvius.dev/checks-uid`` annotation)."""
+    return ((job.get("metadata") or {}).get("annotations") or {}).get(CHECKS_UID, "")
 
 
 def classify(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
@@ -75,8 +90,11 @@ def classify(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
         if uid not in owner_uids(j):
             out.foreign.append(j)
             continue
-        stage = (j["metadata"].get("labels") or {}).get(LABEL_STAGE)
-        if retry_attempt(j):
+        labels = j["metadata"].get("labels") or {}
+        stage = labels.get(LABEL_STAGE)
+        if stage == "check":
+            out.checks[labels.get(LABEL_CHECK, "")] = j
+        elif retry_attempt(j):
             out.retries.append((j, run_part_ids(j) or []))
         elif stage in ("predict", "blend", "finalize"):
             setattr(out, stage, j)
@@ -187,10 +205,9 @@ def _job_record(job: Mapping[str, Any], now: str) -> dict[str, Any]:
     return rec
 
 
-def _stages(prev: Mapping[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], now: str,
-            predict_done: bool, total: int) -> dict[str, Any]:
+def _stages(prev: Mapping[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
     """Per stage: the Job that ran it and how it ended. Complete and Failed are final; a Job recorded
-    Running that is gone without its final state having been seen is Lost."""
+    Running that is gone without its final state having been seen is Lost (then judged by a check Job)."""
     out = copy.deepcopy(dict(prev))
     gone_by_stage = {(g["metadata"].get("labels") or {}).get(LABEL_STAGE): g for g in gone if not retry_attempt(g)}
     for stage in ("predict", "blend", "finalize"):
@@ -205,18 +222,65 @@ def _stages(prev: Mapping[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str
             out[stage] = rec
         elif old and old.get("state") == "Running":
             old["state"] = "Lost"
-    if predict_done:
-        rec = out.setdefault("predict", {})
-        if rec.get("state") != "Complete" or "parts" not in rec:
-            rec.update(state="Complete", completionTime=rec.get("completionTime") if rec.get("state") == "Complete"
-                       else now, parts=f"{total}/{total}")
-            rec.pop("reason", None)
-            rec.pop("message", None)
     return out
+
+
+def check_verdict(job: Mapping[str, Any]) -> str:
+    """Running, Complete (the work is on storage), Incomplete (the check's FailJob rule on
+    stagecheck.EXIT_INCOMPLETE: pkg/controller/job/job_controller.go reports it as reason PodFailurePolicy)
+    or Failed (it could not tell: retries used up, a deadline)."""
+    if cond(job, "Complete"):
+        return "Complete"
+    failed = cond(job, "Failed")
+    if failed is None:
+        return "Running"
+    return "Incomplete" if failed.get("reason") == "PodFailurePolicy" else "Failed"
+
+
+def _apply_checks(stages: dict[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]],
+                  notes: Mapping[str, str]) -> None:
+    """Record, on each Lost stage, what its check Job found; a Complete verdict makes the stage Complete.
+    ``notes``: the check pods' own verdict lines by check Job uid (read from their termination message)."""
+    found = dict(jobs.checks)
+    for g in gone:
+        labels = (g.get("metadata") or {}).get("labels") or {}
+        if labels.get(LABEL_STAGE) == "check":
+            found.setdefault(labels.get(LABEL_CHECK, ""), g)
+    for stage in CHECKED:
+        rec = stages.get(stage)
+        if not rec or rec.get("state") != "Lost":
+            continue
+        job = found.get(stage)
+        old = rec.get("check") or {}
+        if job is None or checked_uid(job) != rec.get("uid"):
+            if old.get("state") == "Running":
+                old["state"] = "Lost"  # the check Job vanished unseen as well: it is created again
+            continue
+        verdict = check_verdict(job)
+        uid = job["metadata"].get("uid", "")
+        note = notes.get(uid) or old.get("message") or ""
+        rec["check"] = {"job": job["metadata"]["name"], "uid": uid, "state": verdict, "message": bounded(note)}
+        if verdict == "Complete":
+            rec.update(state="Complete", verifiedBy=job["metadata"]["name"])
+
+
+def _close_predict(stages: dict[str, Any], predict_done: bool, total: int, now: str) -> None:
+    if not predict_done:
+        return
+    rec = stages.setdefault("predict", {})
+    if rec.get("state") != "Complete" or "parts" not in rec:
+        rec.update(state="Complete", completionTime=rec.get("completionTime") if rec.get("state") == "Complete"
+                   else now, parts=f"{total}/{total}")
+        rec.pop("reason", None)
+        rec.pop("message", None)
 
 
 def _state(stages: Mapping[str, Any], stage: str) -> str | None:
     return (stages.get(stage) or {}).get("state")
+
+
+def _check_state(stages: Mapping[str, Any], stage: str) -> str | None:
+    return ((stages.get(stage) or {}).get("check") or {}).get("state")
 
 
 FAILURE_REASONS = {"FailedIndexes": "PartsFailed"}
@@ -236,125 +300,209 @@ def _predict_failure(jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages:
             reason = failed.get("reason") or "Failed"
             return FAILURE_REASONS.get(reason, reason), (f"{last['metadata']['name']} failed: {reason}: "
                                                          f"{failed.get('message', '')}").strip()
-    if _state(stages, "predict") == "Lost" and not jobs.retries:
-        return "JobLost", f"{stages['predict']['job']} was deleted before the operator saw it finish"
+    check = (stages.get("predict") or {}).get("check") or {}
+    if check.get("state") == "Incomplete" and not jobs.retries:
+        return "PartsIncomplete", (f"{stages['predict']['job']} was deleted before the operator saw it finish, "
+                                   f"and {check['job']} found: {check.get('message') or 'parts without markers'}")
+    if check.get("state") == "Failed" and not jobs.retries:
+        return "CheckFailed", (f"{stages['predict']['job']} was deleted before the operator saw it finish and "
+                               f"{check['job']} could not read the parts' markers (see its pod's log)")
     return "PartsIncomplete", "no predict Job is left to run them"
 
 
-def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, now: str, generation: int,
-           gone: Sequence[Mapping[str, Any]] = (), extra: Sequence[tuple[str, bool, str, str]] = (),
-           refused: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The full status.
+@dataclass
+class Ledger:
+    """What the operator knows of the parts: only ever grows from what it saw (Jobs, deleted Jobs, checks)."""
 
-    ``gone``: final bodies of deleted child Jobs (their watch DELETED events); ``extra``: (type, true?,
-    reason, message) of the operator's own conditions; ``refused``: (stage, message) when the API
-    server refused to create that stage's Job (4xx): the run fails with reason CreateFailed.
-    """
-    prev = dict(previous or {})
+    total: int
+    done: set[int]
+    failed: set[int]
+    sets: PartSets
+
+    @property
+    def predict_done(self) -> bool:
+        return len(self.done) >= self.total
+
+
+def ledger(spec: JobSpec, jobs: ChildJobs, prev: Mapping[str, Any], gone: Sequence[Mapping[str, Any]],
+           stages: Mapping[str, Any]) -> Ledger:
     total = spec.parts
     ps = part_sets(spec, jobs, gone)
     prev_parts = prev.get("parts") or {}
     done = ps.done | {i for i in parse_ranges(prev_parts.get("completedIndexes")) if 0 <= i < total}
+    if _check_state(stages, "predict") == "Complete":  # every part's marker is on storage
+        done = set(range(total))
     failed = (ps.failed | parse_ranges(prev_parts.get("failedIndexes"))) - done - ps.covered
-    failed = {i for i in failed if 0 <= i < total}
-    predict_done = len(done) >= total
-    stages = _stages(prev.get("stages") or {}, jobs, gone, now, predict_done, total)
+    return Ledger(total, done, {i for i in failed if 0 <= i < total}, ps)
+
+
+Phase = tuple[str, str, str, str]  # phase, stage, reason, message
+
+
+def _finalize_phase(spec: JobSpec, stages: Mapping[str, Any]) -> Phase | None:
+    state, check = _state(stages, "finalize"), _check_state(stages, "finalize")
+    rec = stages.get("finalize") or {}
+    if state == "Complete":
+        how = f" (verified on storage by {rec['verifiedBy']})" if rec.get("verifiedBy") else ""
+        return "Succeeded", "finalize", "Completed", f"output written to {spec['output']['uri']}{how}"
+    if state == "Failed":
+        return ("Failed", "finalize", "FinalizeFailed",
+                f"finalize Job failed: {rec.get('reason', '')} {rec.get('message', '')}")
+    if state == "Lost" and check == "Failed":
+        return ("Failed", "finalize", "CheckFailed",
+                f"{rec['job']} was deleted before the operator saw it finish and {rec['check']['job']} could not "
+                f"read the output's metadata; check {spec['output']['uri']} yourself")
+    if state == "Lost" and check == "Incomplete":
+        return "Finalizing", "finalize", "RerunningFinalize", (
+            f"{rec['job']} was deleted before it finished ({rec['check']['job']}: "
+            f"{rec['check'].get('message') or 'output incomplete'}); running finalize again")
+    if state == "Lost":
+        return "Finalizing", "finalize", "CheckingLostStage", (
+            f"{rec['job']} was deleted before the operator saw it finish; checking the output on storage")
+    if state == "Running":
+        return "Finalizing", "finalize", "Finalizing", "building the output's pyramid and metadata"
+    return None
+
+
+def _blend_phase(stages: Mapping[str, Any]) -> Phase | None:
+    state = _state(stages, "blend")
+    if state == "Complete":
+        return "Finalizing", "blend", "BlendComplete", "blend complete; starting finalize"
+    if state == "Failed":
+        rec = stages["blend"]
+        return "Failed", "blend", "BlendFailed", f"blend Job failed: {rec.get('reason', '')} {rec.get('message', '')}"
+    if state == "Running":
+        return "Blending", "blend", "Blending", "blending predicted parts"
+    return None
+
+
+def _predict_phase(jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: Mapping[str, Any],
+                   led: Ledger) -> Phase:
+    total, done, failed = led.total, led.done, led.failed
     unfinished = [j for j, _ in jobs.predict_runs() if not job_finished(j)]
-    missing = total - len(done)
-
-    stage, phase = "", "Pending"
-    reason, message = "Created", "waiting for the predict Job"
-    blend, finalize = _state(stages, "blend"), _state(stages, "finalize")
-    if finalize == "Complete":
-        phase, stage, reason, message = "Succeeded", "finalize", "Completed", f"output written to {spec['output']['uri']}"
-    elif finalize == "Failed":
-        phase, stage, reason = "Failed", "finalize", "FinalizeFailed"
-        message = f"finalize Job failed: {stages['finalize'].get('reason', '')} {stages['finalize'].get('message', '')}"
-    elif finalize == "Lost":
-        phase, stage, reason = "Failed", "finalize", "JobLost"
-        message = (f"{stages['finalize']['job']} was deleted before the operator saw it finish; check the output at "
-                   f"{spec['output']['uri']}")
-    elif finalize == "Running":
-        phase, stage, reason, message = "Finalizing", "finalize", "Finalizing", "building the output's pyramid and metadata"
-    elif blend == "Complete":
-        phase, stage, reason, message = "Finalizing", "blend", "BlendComplete", "blend complete; starting finalize"
-    elif blend == "Failed":
-        phase, stage, reason = "Failed", "blend", "BlendFailed"
-        message = f"blend Job failed: {stages['blend'].get('reason', '')} {stages['blend'].get('message', '')}"
-    elif blend == "Running":
-        phase, stage, reason, message = "Blending", "blend", "Blending", "blending predicted parts"
-    elif predict_done:
-        phase, stage, reason, message = "Predicting", "predict", "PredictComplete", "all parts predicted; starting blend"
-    elif unfinished:
-        phase, stage, reason = "Predicting", "predict", "Predicting"
-        message = f"{len(done)}/{total} parts done, {ps.active} running" + (f", {len(failed)} failed" if failed else "")
-    elif stages.get("predict") or jobs.retries or any(
+    if led.predict_done:
+        return "Predicting", "predict", "PredictComplete", "all parts predicted; starting blend"
+    if unfinished:
+        return "Predicting", "predict", "Predicting", (
+            f"{len(done)}/{total} parts done, {led.sets.active} running" + (f", {len(failed)} failed" if failed else ""))
+    if _state(stages, "predict") == "Lost" and _check_state(stages, "predict") in (None, "Running", "Lost") \
+            and not jobs.retries:
+        return "Predicting", "predict", "CheckingLostStage", (
+            f"{stages['predict']['job']} was deleted before the operator saw it finish; checking the parts' markers "
+            "on storage")
+    if stages.get("predict") or jobs.retries or any(
             (g["metadata"].get("labels") or {}).get(LABEL_STAGE) == "predict" for g in gone):
-        phase, stage = "Failed", "predict"
         reason, detail = _predict_failure(jobs, gone, stages)
+        missing = total - len(done)
         never = missing - len(failed)
-        message = (f"{missing} of {total} parts not done ({len(failed)} failed"
-                   + (f": parts {ranges_brief(failed)}" if failed else "")
-                   + (f"; {never} never ran" if never else "") + f"); {detail}; "
-                   "bump spec.retryFailedParts to re-run every part not done")
-    if refused is not None and phase not in ("Succeeded", "Failed"):
-        phase, stage, reason = "Failed", refused[0], "CreateFailed"
-        message = refused[1]
-    message = bounded(message)
+        return "Failed", "predict", reason, (
+            f"{missing} of {total} parts not done ({len(failed)} failed"
+            + (f": parts {ranges_brief(failed)}" if failed else "")
+            + (f"; {never} never ran" if never else "") + f"); {detail}; "
+            "bump spec.retryFailedParts to re-run every part not done")
+    return "Pending", "", "Created", "waiting for the predict Job"
 
-    prev_phase = prev.get("phase")
-    sticky = prev_phase == "Succeeded" or (prev_phase == "Failed" and prev.get("reason") != "InvalidSpec"
-                                           and not unfinished)
-    suspended = bool(spec["suspend"]) and phase not in ("Succeeded", "Failed") and not sticky
-    if suspended:
-        phase, reason, message = "Suspended", "Suspended", f"suspended during {stage or 'start'}"
-    conds = prev.get("conditions") or []
-    if sticky:
-        phase, stage, reason, message = prev_phase, prev.get("stage", stage), prev.get("reason", reason), \
-            prev.get("message", message)
+
+def _phase(spec: JobSpec, jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: Mapping[str, Any],
+           led: Ledger) -> Phase:
+    return _finalize_phase(spec, stages) or _blend_phase(stages) or _predict_phase(jobs, gone, stages, led)
+
+
+def _conditions(conds: Sequence[Mapping[str, Any]], led: Ledger, stages: Mapping[str, Any], phase: Phase,
+                suspended: tuple[str, str] | None, sticky: bool, extra: Sequence[tuple[str, bool, str, str]],
+                now: str, generation: int) -> list[dict[str, Any]]:
+    name, _, reason, message = phase
+    blend, finalize = _state(stages, "blend"), _state(stages, "finalize")
     blend_done = blend == "Complete" or finalize in ("Complete", "Running", "Failed", "Lost")
-    conditions = [
-        _condition(conds, "PredictComplete", predict_done, "AllPartsDone" if predict_done else "PartsPending",
-                   f"{len(done)}/{total} parts", now, generation),
+    out = [
+        _condition(conds, "PredictComplete", led.predict_done, "AllPartsDone" if led.predict_done else "PartsPending",
+                   f"{len(led.done)}/{led.total} parts", now, generation),
         _condition(conds, "BlendComplete", blend_done, "BlendJobComplete" if blend_done else "NotYet",
                    "seams written" if blend_done else "", now, generation),
-        _condition(conds, "Complete", phase == "Succeeded", reason if phase == "Succeeded" else "NotYet",
-                   message if phase == "Succeeded" else "", now, generation),
-        _condition(conds, "Failed", phase == "Failed", reason if phase == "Failed" else "NoFailure",
-                   message if phase == "Failed" else "", now, generation),
-        _condition(conds, "Suspended", suspended, "SpecSuspend" if suspended else "Running",
-                   "spec.suspend is true" if suspended else "", now, generation),
+        _condition(conds, "Complete", name == "Succeeded", reason if name == "Succeeded" else "NotYet",
+                   message if name == "Succeeded" else "", now, generation),
+        _condition(conds, "Failed", name == "Failed", reason if name == "Failed" else "NoFailure",
+                   message if name == "Failed" else "", now, generation),
+        _condition(conds, "Suspended", suspended is not None, suspended[0] if suspended else "Running",
+                   suspended[1] if suspended else "", now, generation),
     ]
     if sticky:  # the terminal conditions as they were when the run ended
         keep = {c.get("type"): c for c in conds}
-        conditions = [dict(keep[c["type"]]) if c["type"] in keep and c["type"] in ("Complete", "Failed") else c
-                      for c in conditions]
+        out = [dict(keep[c["type"]]) if c["type"] in keep and c["type"] in ("Complete", "Failed") else c
+               for c in out]
     present = {c.get("type") for c in conds}
     for kind, on, why, text in extra:
         if on or kind in present:
-            conditions.append(_condition(conds, kind, on, why if on else "Resolved", text if on else "", now,
-                                         generation))
+            out.append(_condition(conds, kind, on, why if on else "Resolved", text if on else "", now, generation))
+    return out
+
+
+def _names(jobs: ChildJobs) -> dict[str, Any]:
     names: dict[str, Any] = {}
-    if jobs.predict is not None:
-        names["predict"] = jobs.predict["metadata"]["name"]
-    for st in ("blend", "finalize"):
+    for st in ("predict", "blend", "finalize"):
         if getattr(jobs, st) is not None:
             names[st] = getattr(jobs, st)["metadata"]["name"]
     if jobs.retries:
         names["retries"] = [j["metadata"]["name"] for j, _ in jobs.retries]
+    if jobs.checks:
+        names["checks"] = sorted(j["metadata"]["name"] for j in jobs.checks.values())
+    return names
+
+
+def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, now: str, generation: int,
+           gone: Sequence[Mapping[str, Any]] = (), extra: Sequence[tuple[str, bool, str, str]] = (),
+           refused: tuple[str, str] | None = None, held: tuple[str, str] | None = None,
+           notes: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The full status.
+
+    ``gone``: final bodies of deleted child Jobs (their watch DELETED events); ``extra``: (type, true?,
+    reason, message) of the operator's own conditions; ``refused``: (stage, message) when the API
+    server refused to create that stage's Job (4xx): the run fails with reason CreateFailed; ``held``:
+    (reason, message) when something other than the spec keeps the run suspended (Kueue deactivated a
+    Workload); ``notes``: check Jobs' verdict lines by uid.
+    """
+    prev = dict(previous or {})
+    stages = _stages(prev.get("stages") or {}, jobs, gone, now)
+    _apply_checks(stages, jobs, gone, notes or {})
+    led = ledger(spec, jobs, prev, gone, stages)
+    _close_predict(stages, led.predict_done, led.total, now)
+    phase, stage, reason, message = _phase(spec, jobs, gone, stages, led)
+    if refused is not None and phase not in ("Succeeded", "Failed"):
+        phase, stage, reason, message = "Failed", refused[0], "CreateFailed", refused[1]
+    unfinished = any(not job_finished(j) for j, _ in jobs.predict_runs())
+    prev_phase = prev.get("phase")
+    sticky = prev_phase == "Succeeded" or (prev_phase == "Failed" and prev.get("reason") != "InvalidSpec"
+                                           and not unfinished)
+    suspended = None
+    if phase not in ("Succeeded", "Failed") and not sticky:
+        if spec["suspend"]:
+            suspended = ("SpecSuspend", "spec.suspend is true")
+        elif held is not None:
+            suspended = held
+    if suspended is not None:
+        phase, reason = "Suspended", "Suspended" if suspended[0] == "SpecSuspend" else suspended[0]
+        message = f"suspended during {stage or 'start'}" if suspended[0] == "SpecSuspend" else suspended[1]
+    if sticky:
+        phase, stage, reason, message = prev_phase, prev.get("stage", stage), prev.get("reason", reason), \
+            prev.get("message", message)
+    message = bounded(message)
+    conditions = _conditions(prev.get("conditions") or [], led, stages, (phase, stage, reason, message), suspended,
+                             sticky, extra, now, generation)
+    ps = led.sets
     status: dict[str, Any] = {
         "phase": phase, "stage": stage, "message": message, "reason": reason, "observedGeneration": generation,
-        "parts": {"total": total, "succeeded": len(done), "failed": len(failed), "active": ps.active,
-                  "completedIndexes": format_ranges(done), "failedIndexes": format_ranges(failed),
-                  "summary": f"{len(done)}/{total}"},
+        "parts": {"total": led.total, "succeeded": len(led.done), "failed": len(led.failed), "active": ps.active,
+                  "completedIndexes": format_ranges(led.done), "failedIndexes": format_ranges(led.failed),
+                  "summary": f"{len(led.done)}/{led.total}"},
         "conditions": conditions,
-        "jobs": names,
+        "jobs": _names(jobs),
         "stages": stages,
         "retryAttempt": max(int(prev.get("retryAttempt") or 0), len(jobs.retries)),
         "startTime": prev.get("startTime") or now,
     }
-    if prev.get("retryFailedPartsHandled") is not None:
-        status["retryFailedPartsHandled"] = prev["retryFailedPartsHandled"]
+    for key in ("retryFailedPartsHandled", "progress"):
+        if prev.get(key) is not None:
+            status[key] = prev[key]
     if phase in ("Succeeded", "Failed"):
         status["completionTime"] = (prev.get("completionTime") if prev_phase in ("Succeeded", "Failed") else None) \
             or now
@@ -362,21 +510,48 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
 
 
 def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
-    """Which stage's Job the operator should create now, if any. A stage that status records as
-    created (even if its Job is gone since) is never created again, except a blend Job that was lost
-    before its end was seen: blend is idempotent and its inputs stay until finalize runs."""
+    """Which stage's Job the operator should create now, if any: the pipeline's order (stages.next_stage)
+    over what the ledger records as complete, gated by what Kubernetes already holds. A stage that status
+    records as created (even if its Job is gone since) is never created again, except a blend Job that was
+    lost before its end was seen (blend is idempotent and its inputs stay until finalize runs) and a
+    finalize Job whose check found the output incomplete (finalize resumes). Predict is never created
+    again once recorded: parts not done are retried through spec.retryFailedParts."""
     if status.get("phase") in ("Failed", "Succeeded", "Suspended"):
         return None
     stages = status.get("stages") or {}
     parts = status.get("parts") or {}
-    if not stages.get("predict") and jobs.predict is None and not jobs.retries:
-        return "predict"
-    if parts.get("succeeded", 0) >= parts.get("total", 1) and jobs.blend is None and _state(stages, "blend") in (
-            None, "Lost"):
-        return "blend"
-    if _state(stages, "blend") == "Complete" and jobs.finalize is None and _state(stages, "finalize") is None:
-        return "finalize"
-    return None
+    done = {s for s in ("blend", "finalize") if _state(stages, s) == "Complete"}
+    if stages.get("predict") and parts.get("succeeded", 0) >= parts.get("total", 1):
+        done.add("predict")
+    stage = pipeline_order.next_stage(done)
+    if stage is None or getattr(jobs, stage) is not None:
+        return None
+    if stage == "predict":
+        return None if stages.get("predict") or jobs.retries else "predict"
+    if stage == "blend":
+        return "blend" if _state(stages, "blend") in (None, "Lost") else None
+    return "finalize" if _state(stages, "finalize") is None or _check_state(stages, "finalize") == "Incomplete" \
+        else None
+
+
+def checks_needed(status: Mapping[str, Any], jobs: ChildJobs) -> list[tuple[str, str]]:
+    """(stage, lost Job uid) for each Lost stage that needs a check Job now: none yet, or the last one lost.
+    A check Job of an earlier loss still listed is waited for (its name is taken until the TTL removes it)."""
+    if status.get("phase") in ("Failed", "Succeeded", "Suspended"):
+        return []
+    stages = status.get("stages") or {}
+    out = []
+    for stage in CHECKED:
+        rec = stages.get(stage) or {}
+        if rec.get("state") != "Lost" or _check_state(stages, stage) not in (None, "Lost"):
+            continue
+        if stage == "predict" and (jobs.retries or (status.get("parts") or {}).get("succeeded", 0) >= (
+                status.get("parts") or {}).get("total", 1)):
+            continue
+        if stage in jobs.checks:
+            continue
+        out.append((stage, rec.get("uid", "")))
+    return out
 
 
 def missing_parts(status: Mapping[str, Any], covered: set[int]) -> set[int]:
@@ -405,23 +580,5 @@ def status_patch(prev: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return patch
 
 
-def stuck_pods(pods: Iterable[Mapping[str, Any]], now_s: float, grace_s: float) -> list[tuple[str, str, str]]:
-    """(pod, reason, message) of pods waiting in a state that never resolves itself, for longer than grace."""
-    out = []
-    for p in pods:
-        st = p.get("status") or {}
-        if st.get("phase") not in (None, "Pending", "Running"):
-            continue
-        created = parse_time((p.get("metadata") or {}).get("creationTimestamp"))
-        if created is None or now_s - created < grace_s:
-            continue
-        for cs in st.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in STUCK_REASONS:
-                out.append((p["metadata"]["name"], waiting["reason"], waiting.get("message") or ""))
-                break
-    return out
-
-
 __all__ = ["ChildJobs", "classify", "derive", "next_stage", "part_sets", "job_finished", "count_ranges", "PHASES",
-           "status_patch", "stuck_pods", "missing_parts", "ranges_brief"]
+           "status_patch", "missing_parts", "ranges_brief", "checks_needed", "check_verdict"]

@@ -1,0 +1,348 @@
+"""The operator's pure middle: what it observed -> a plan of creates, patches, Events and the status.
+
+A pass is observe (observe.py: the InferenceJob, its Jobs by label, their Kueue Workloads, and only when
+the Jobs' counts call for it a bounded sample of pods and Events) -> decide (here, no I/O) -> act
+(act.py, with the API clients passed in), like the Job controller's syncJob with its injected
+podControl, updateStatusHandler and clock (kubernetes pkg/controller/job/job_controller.go). Deciding
+runs twice in a pass: once for the Jobs to create, and once more with what the creates returned (the
+Jobs as stored, or the API server's refusal) for everything else, so no pass re-lists after creating.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import kueue, manifests, progressview, stalls
+from .checks import refusals
+from .names import job_name
+from .spec import JobSpec, parse
+from .status import (
+    ChildJobs,
+    bounded,
+    checks_needed,
+    classify,
+    derive,
+    job_finished,
+    missing_parts,
+    next_stage,
+    owner_uids,
+    part_sets,
+    ranges_brief,
+)
+
+Event = tuple[str, str, str]  # type, reason, message
+Extra = tuple[str, bool, str, str]  # condition type, true?, reason, message
+KUEUE_KINDS = ("Queued", "Evicted")
+
+
+@dataclass
+class Diagnosis:
+    """A bounded sample read to explain one Job's stall (stalls.py); None: not read this pass."""
+
+    events: list[dict[str, Any]] | None = None
+    pending: list[dict[str, Any]] | None = None
+    failed: list[dict[str, Any]] | None = None
+
+    def covers(self, kind: str) -> bool:
+        """Whether this sample can tell if a stall of ``kind`` is there."""
+        source = {"PodsNotCreated": self.events, "PodsUnschedulable": self.pending, "PodsStuck": self.pending,
+                  "GPUUnavailable": self.failed}[kind]
+        return source is not None
+
+
+@dataclass
+class Observed:
+    namespace: str
+    body: dict[str, Any]  # the InferenceJob as read
+    jobs: list[dict[str, Any]]  # Jobs with its label (owned or not)
+    defaults: manifests.OperatorDefaults
+    now_s: float
+    gone: list[dict[str, Any]] = field(default_factory=list)  # final bodies of Jobs deleted since the last pass
+    workloads: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict)  # by Job uid
+    diagnoses: dict[str, Diagnosis] | None = None  # by Job uid; None: nothing was read this pass
+    notes: dict[str, str] = field(default_factory=dict)  # check Jobs' verdict lines by uid
+    progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
+    stall_grace_s: float = 300.0
+
+
+@dataclass
+class Outcomes:
+    """What the creates of the first round returned."""
+
+    created: list[tuple[str, dict[str, Any], tuple[str, str]]] = field(default_factory=list)  # stage, Job, event
+    refused: tuple[str, str] | None = None  # (stage, message): a 4xx other than 409/429
+    conflicts: list[str] = field(default_factory=list)  # names held by a Job of another owner
+
+
+@dataclass
+class Plan:
+    creates: list[tuple[str, dict[str, Any], tuple[str, str]]] = field(default_factory=list)
+    job_patches: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    workload_patches: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # name, version, patch
+    status: dict[str, Any] | None = None  # None: nothing to write
+    events: list[Event] = field(default_factory=list)
+
+
+def iso(now_s: float) -> str:
+    return dt.datetime.fromtimestamp(now_s, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Ctx:
+    obs: Observed
+    spec: JobSpec
+    prev: dict[str, Any]
+    uid: str
+    name: str
+    generation: int
+    now: str
+    children: ChildJobs
+    gone: list[dict[str, Any]]
+
+
+def _context(obs: Observed, outcomes: Outcomes | None) -> _Ctx:
+    meta = obs.body["metadata"]
+    uid = meta.get("uid", "")
+    jobs = list(obs.jobs) + [job for _, job, _ in (outcomes.created if outcomes else [])]
+    return _Ctx(obs, parse(obs.body.get("spec") or {}), dict(obs.body.get("status") or {}), uid, meta["name"],
+                int(meta.get("generation") or 1), iso(obs.now_s), classify(jobs, uid),
+                [g for g in obs.gone if uid in owner_uids(g)])
+
+
+def decide(obs: Observed, outcomes: Outcomes | None = None) -> Plan:
+    """The plan of this pass: without ``outcomes`` the Jobs to create; with them, everything else."""
+    ctx = _context(obs, outcomes)
+    prev = ctx.prev
+    if prev.get("reason") == "InvalidSpec" and prev.get("observedGeneration") == ctx.generation:
+        return Plan()
+    errors = refusals(ctx.name, ctx.spec, obs.defaults)
+    if errors:
+        return _invalid(ctx, bounded("; ".join(errors)))
+    if outcomes is None:
+        return Plan(creates=_creates(ctx))
+    return _settle(ctx, outcomes)
+
+
+def _invalid(ctx: _Ctx, text: str) -> Plan:
+    status = dict(ctx.prev, phase="Failed", reason="InvalidSpec", message=text, observedGeneration=ctx.generation,
+                  stage="", conditions=[{"type": "Failed", "status": "True", "reason": "InvalidSpec",
+                                         "message": text, "lastTransitionTime": ctx.now,
+                                         "observedGeneration": ctx.generation}])
+    return Plan(status=status, events=[("Warning", "InvalidSpec", text)])
+
+
+def _status0(ctx: _Ctx) -> dict[str, Any]:
+    return derive(ctx.spec, ctx.children, ctx.prev, ctx.now, ctx.generation, ctx.gone, notes=ctx.obs.notes)
+
+
+def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[str, str]] | None:
+    attempt, handled = int(ctx.spec["retryFailedParts"] or 0), int(ctx.prev.get("retryFailedPartsHandled") or 0)
+    if attempt <= handled:
+        return None
+    retry_name = job_name(ctx.name, "predict", attempt)
+    if any(j["metadata"]["name"] == retry_name for j, _ in ctx.children.retries):
+        return None
+    todo = missing_parts(status, part_sets(ctx.spec, ctx.children).covered)
+    if not todo:
+        return None
+    job = manifests.predict_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults,
+                                part_ids=sorted(todo), attempt=attempt)
+    return "predict", job, ("RetryingParts", f"re-running parts {ranges_brief(todo)} as {retry_name}")
+
+
+def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
+    status = _status0(ctx)
+    out = []
+    retry = _retry_create(ctx, status)
+    if retry is not None:
+        out.append(retry)
+    stage = next_stage(status, ctx.children)
+    if stage is not None and retry is None:
+        make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
+        job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults)
+        started = {"predict": ("PredictStarted", f"created {job['metadata']['name']} with {ctx.spec.parts} parts"),
+                   "blend": ("BlendStarted", "all parts predicted; created the blend Job"),
+                   "finalize": ("FinalizeStarted", "blend complete; created the finalize Job")}[stage]
+        out.append((stage, job, started))
+    for checked, lost_uid in checks_needed(status, ctx.children):
+        job = manifests.check_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, checked, lost_uid, ctx.obs.defaults)
+        lost = (status.get("stages") or {}).get(checked, {}).get("job", "")
+        out.append(("check", job, ("CheckingLostStage", f"{lost} was deleted before its end was seen; "
+                                                         f"{job['metadata']['name']} checks its work on storage")))
+    return out
+
+
+def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
+    plan = Plan()
+    plan.events += [("Normal", reason, message) for _, _, (reason, message) in outcomes.created if reason]
+    if outcomes.refused is not None:
+        plan.events.append(("Warning", "CreateFailed", outcomes.refused[1]))
+    prev = _handle_retry(ctx, outcomes, plan)
+    extra: list[Extra] = []
+    held = _kueue(ctx, plan, extra)
+    _sync_suspend(ctx, plan)
+    _sync_parallelism(ctx, plan, extra)
+    extra += _stall_conditions(ctx)
+    conflict_text = (f"{', '.join(outcomes.conflicts)} exists but belongs to another owner (a deleted InferenceJob "
+                     "of the same name whose Jobs are not garbage-collected yet?); waiting for it to go"
+                     ) if outcomes.conflicts else ""
+    extra.append(("ChildJobConflict", bool(outcomes.conflicts), "ForeignJob", conflict_text))
+    status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
+                    ctx.obs.notes)
+    status = _with_progress(ctx, status)
+    plan.events += _condition_events(ctx, extra) + _phase_events(ctx, status)
+    plan.status = status
+    return plan
+
+
+def _handle_retry(ctx: _Ctx, outcomes: Outcomes, plan: Plan) -> dict[str, Any]:
+    attempt, handled = int(ctx.spec["retryFailedParts"] or 0), int(ctx.prev.get("retryFailedPartsHandled") or 0)
+    if attempt <= handled:
+        return ctx.prev
+    retry_name = job_name(ctx.name, "predict", attempt)
+    if retry_name in outcomes.conflicts:
+        return ctx.prev  # tried again once the foreign Job is gone
+    exists = any(j["metadata"]["name"] == retry_name for j, _ in ctx.children.retries)
+    refused = outcomes.refused is not None and outcomes.refused[0] == "predict"
+    if not exists and not refused:
+        plan.events.append(("Normal", "NothingToRetry",
+                            f"spec.retryFailedParts={attempt}: every predict part is done or being run"))
+    return dict(ctx.prev, retryFailedPartsHandled=attempt)  # a refused create is not repeated until the next bump
+
+
+def _unfinished(ctx: _Ctx) -> list[dict[str, Any]]:
+    return [j for j in ctx.children.owned() if not job_finished(j)]
+
+
+def _kueue(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> tuple[str, str] | None:
+    """Kueue's decisions as conditions; Workloads follow spec.suspend when that undoes nothing of Kueue's."""
+    held = queued = evicted = None
+    managed = False
+    for job in _unfinished(ctx):
+        if not kueue.managed(job):
+            continue
+        managed = True
+        wl, version = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
+        if wl is None or version is None:
+            continue
+        d = kueue.decision(wl, job["metadata"]["name"])
+        held, queued, evicted = held or d.held, queued or d.queued, evicted or d.evicted
+        patch = kueue.suspend_patch(wl, bool(ctx.spec["suspend"]), ctx.name)
+        if patch is not None:
+            plan.workload_patches.append((wl["metadata"]["name"], version, patch))
+    present = {c.get("type") for c in ctx.prev.get("conditions") or []}
+    if managed or present & set(KUEUE_KINDS):
+        extra.append(("Queued", queued is not None, *(queued or ("", ""))))
+        extra.append(("Evicted", evicted is not None, *(evicted or ("", ""))))
+    return held
+
+
+def _sync_suspend(ctx: _Ctx, plan: Plan) -> None:
+    """A Job without Kueue follows spec.suspend directly (Kueue's are handled through their Workloads)."""
+    suspend = bool(ctx.spec["suspend"])
+    for job in _unfinished(ctx):
+        if not kueue.managed(job) and bool(job["spec"].get("suspend")) != suspend:
+            plan.job_patches.append((job["metadata"]["name"], {"spec": {"suspend": suspend}}))
+
+
+def _sync_parallelism(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> None:
+    refused = []
+    for job, _ in ctx.children.predict_runs():
+        if job_finished(job):
+            continue
+        want = min(ctx.spec.parallelism, int(job["spec"].get("completions") or 1))
+        if int(job["spec"].get("parallelism") or 1) == want:
+            continue
+        wl, _ = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
+        if kueue.parallelism_allowed(job, wl):
+            plan.job_patches.append((job["metadata"]["name"], {"spec": {"parallelism": want}}))
+        else:
+            refused.append(job["metadata"]["name"])
+    note = (f"spec.parallelism {ctx.spec.parallelism} is not applied to {', '.join(refused)} while Kueue runs it: "
+            "Kueue would suspend and re-queue a running Job whose pod count changed; it is applied when the Job "
+            "waits in the queue again, and Jobs created from now on (retries) use it") if refused else ""
+    extra.append(("ParallelismNotApplied", bool(refused), "KueueAdmitted", note))
+
+
+def _stall_conditions(ctx: _Ctx) -> list[Extra]:
+    """Stalls from this pass's sample; a kind the sample did not cover keeps its last state until the Jobs'
+    counts clear it (stalls.cleared)."""
+    unfinished = _unfinished(ctx)
+    prev = {c.get("type"): c for c in ctx.prev.get("conditions") or []}
+    samples = [d for j in unfinished if (d := (ctx.obs.diagnoses or {}).get(j["metadata"].get("uid", "")))]
+    found: dict[str, stalls.Stall] = {}
+    for job in unfinished:
+        d = (ctx.obs.diagnoses or {}).get(job["metadata"].get("uid", ""))
+        if d is not None:
+            for s in stalls.explain(d.events or [], d.pending or [], d.failed or [], job["metadata"]["name"],
+                                    ctx.obs.now_s, ctx.obs.stall_grace_s):
+                found.setdefault(s.kind, s)
+    out: list[Extra] = []
+    for kind in stalls.KINDS:
+        if kind in found:
+            out.append((kind, True, found[kind].reason, found[kind].message))
+            continue
+        old = prev.get(kind) or {}
+        covered = any(d.covers(kind) for d in samples)
+        still = old.get("status") == "True" and not covered and not stalls.cleared(kind, unfinished)
+        out.append((kind, still, old.get("reason", "") if still else "", old.get("message", "") if still else ""))
+    return out
+
+
+def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
+    phase, stage = status["phase"], status["stage"]
+    fresh = ctx.obs.progress
+    if phase == "Succeeded":
+        done = progressview.finished(status.get("progress"), "finalize")
+        if done is not None:
+            status["progress"] = done
+    elif fresh is not None and fresh.get("stage") == stage:
+        status["progress"] = fresh
+    elif phase not in ("Failed", "Suspended") and (status.get("progress") or {}).get("stage") != stage:
+        status.pop("progress", None)
+    return status
+
+
+def _condition_events(ctx: _Ctx, extra: Sequence[Extra]) -> list[Event]:
+    old = {c.get("type"): (c.get("status"), c.get("reason")) for c in ctx.prev.get("conditions") or []}
+    out = []
+    for kind, on, why, text in extra:
+        if on and old.get(kind) != ("True", why):
+            kind_reason = why if kind in stalls.KINDS else kind
+            out.append(("Normal" if kind == "Queued" else "Warning", kind_reason, text))
+    return out
+
+
+def _failure_detail(ctx: _Ctx, job_name_: str) -> str:
+    job = next((j for j in ctx.children.owned() if j["metadata"]["name"] == job_name_), None)
+    if job is None or ctx.obs.diagnoses is None:
+        return ""
+    d = ctx.obs.diagnoses.get(job["metadata"].get("uid", ""))
+    return stalls.failure_lines(d.failed) if d and d.failed else ""
+
+
+def _phase_events(ctx: _Ctx, status: Mapping[str, Any]) -> list[Event]:
+    old_phase = ctx.prev.get("phase")
+    phase = status["phase"]
+    if phase == old_phase:
+        return []
+    message = status["message"]
+    if phase == "Failed" and status["reason"] == "CreateFailed":
+        return []  # the CreateFailed Event says it already
+    if phase == "Failed":
+        if status["stage"] == "predict":
+            failing = ctx.children.retries[-1][0]["metadata"]["name"] if ctx.children.retries else \
+                job_name(ctx.name, "predict")
+        else:
+            failing = job_name(ctx.name, status["stage"])
+        detail = _failure_detail(ctx, failing)
+        return [("Warning", status["reason"], bounded(message + (f" ({detail})" if detail else "")))]
+    if phase == "Suspended" and status["reason"] != "Suspended":  # held by Kueue or a person, not by the spec
+        return [("Warning", status["reason"], message)]
+    return [("Normal", phase, message)]
+
+
+__all__ = ["Observed", "Outcomes", "Plan", "Diagnosis", "decide", "iso"]

@@ -1,0 +1,244 @@
+"""What one pass reads, with the clients passed in: O(what changed), never O(pods).
+
+Every pass reads the InferenceJob and its Jobs (one list, by label): the Jobs' own status (active,
+ready, failed, completedIndexes, failedIndexes, conditions) is the ledger. A Kueue-managed unfinished
+Job adds a read of its Workload. Pods and Events are read only to explain a stall the counts point
+at (stalls.wanted_reads), as one small page (``limit``) selected on the server by the Job's
+controller-uid label and ``status.phase`` (pods: pkg/registry/core/pod/strategy.go, ToSelectableFields)
+or ``involvedObject.uid`` and ``reason`` (events: pkg/registry/core/event/strategy.go), at most once
+per ``diagnose_s`` per InferenceJob. Progress reads the last lines of a few running pods' logs
+(``pods/log``, ``tailLines``) once per ``progress_s``, walking the running pods page by page with the
+list's ``continue`` token from one round to the next. What it keeps between passes is small and per
+InferenceJob: when it last read, the Jobs' failed counts then, the progress samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..progress import ProgressLine, last_progress
+from . import kueue, manifests, progressview, stalls
+from .clients import Clients
+from .decide import Diagnosis, Observed, iso
+from .ranges import count_ranges
+from .status import ChildJobs, check_verdict, classify, cond, job_finished
+
+GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
+STAGE_PHASES = {"Predicting": "predict", "Blending": "blend", "Finalizing": "finalize"}
+
+
+@dataclass
+class Settings:
+    """The operator's timing (env, set through the chart's extraEnv)."""
+
+    diagnose_s: float = 30.0  # VESUVIUS_DIAGNOSE_SECONDS: at most one stall read per InferenceJob this often
+    stall_grace_s: float = 300.0  # VESUVIUS_STUCK_POD_SECONDS: a pod may wait this long before it is a stall
+    progress_s: float = 60.0  # VESUVIUS_PROGRESS_SECONDS: progress sampling interval (0: off)
+    progress_pods: int = 8  # VESUVIUS_PROGRESS_PODS: pod logs read per interval and InferenceJob
+    page: int = 20  # pods or Events per stall read
+    log_lines: int = 20
+    kueue_recheck_s: float = 600.0  # how long a Kueue API version that 404'd is not asked again
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        return cls(diagnose_s=float(e.get("VESUVIUS_DIAGNOSE_SECONDS", "30")),
+                   stall_grace_s=float(e.get("VESUVIUS_STUCK_POD_SECONDS", "300")),
+                   progress_s=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60")),
+                   progress_pods=int(e.get("VESUVIUS_PROGRESS_PODS", "8")))
+
+
+@dataclass
+class _Samples:
+    next_at: float = 0.0
+    tokens: dict[str, str] = field(default_factory=dict)  # Job uid -> continue token of its running pods
+    lines: dict[str, tuple[ProgressLine, float]] = field(default_factory=dict)  # pod -> last line, when read
+
+
+def _raw(response: Any) -> dict[str, Any]:
+    return json.loads(response.data)
+
+
+class Observer:
+    def __init__(self, clients: Clients, settings: Settings, defaults: Callable[[], manifests.OperatorDefaults],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.c, self.settings, self.defaults, self.clock = clients, settings, defaults, clock
+        self.kueue_versions = list(kueue.VERSIONS)
+        self._kueue_checked = clock()
+        self._last_read: dict[tuple[str, str], float] = {}
+        self._failed_seen: dict[str, int] = {}
+        self._failure_read: set[str] = set()  # failed Jobs whose failed pods were read for the failure's Event
+        self._samples: dict[tuple[str, str], _Samples] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        for d in (self._last_read, self._samples):
+            d.pop((namespace, name), None)
+
+    def observe(self, namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) -> Observed | None:
+        body = self._get(namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return None
+        jobs = _raw(self.c.batch.list_namespaced_job(
+            namespace, label_selector=f"{manifests.LABEL_JOB}={name}", _preload_content=False)).get("items") or []
+        now = self.clock()
+        obs = Observed(namespace, body, jobs, self.defaults(), now, gone=list(gone),
+                       stall_grace_s=self.settings.stall_grace_s)
+        children = classify(jobs, body["metadata"].get("uid", ""))
+        obs.workloads = self._workloads(namespace, children)
+        obs.diagnoses = self._diagnose(namespace, name, body, children, now)
+        obs.notes = self._notes(namespace, body, children, gone)
+        obs.progress = self._progress(namespace, name, body, children, now)
+        return obs
+
+    def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        import kubernetes
+
+        try:
+            return self.c.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except kubernetes.client.ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def _workloads(self, namespace: str, children: ChildJobs) -> dict[str, tuple[dict[str, Any] | None, str | None]]:
+        if not self.kueue_versions and self.clock() - self._kueue_checked > self.settings.kueue_recheck_s:
+            self.kueue_versions, self._kueue_checked = list(kueue.VERSIONS), self.clock()
+        out = {}
+        for job in children.owned():
+            if kueue.managed(job) and not job_finished(job) and self.kueue_versions:
+                uid = job["metadata"]["uid"]
+                out[uid] = kueue.find(self.c.custom, namespace, uid, self.kueue_versions)
+        return out
+
+    def _diagnose(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+                  now: float) -> dict[str, Diagnosis] | None:
+        """Stall reads, when the Jobs' counts ask for them and the rate allows; a Job that just failed has its
+        failed pods read once for the failure's Event."""
+        key = (namespace, name)
+        due = now - self._last_read.get(key, 0.0) >= self.settings.diagnose_s
+        reporting = (body.get("status") or {}).get("phase") != "Failed"
+        out: dict[str, Diagnosis] = {}
+        for job in children.owned():
+            uid = job["metadata"]["uid"]
+            failed_now = int((job.get("status") or {}).get("failed") or 0)
+            reads = stalls.wanted_reads(job, self._failed_seen.get(uid))
+            just_failed = reporting and cond(job, "Failed") is not None and failed_now > 0 and \
+                uid not in self._failure_read
+            if not (reads and due) and not just_failed:
+                continue
+            d = Diagnosis()
+            if due and reads.events:
+                d.events = self._list("event", namespace, f"involvedObject.uid={uid},reason=FailedCreate", None)
+            if due and reads.pending:
+                d.pending = self._list("pod", namespace, "status.phase=Pending", f"{CONTROLLER_UID}={uid}")
+            if (due and reads.failed) or just_failed:
+                d.failed = self._list("pod", namespace, "status.phase=Failed", f"{CONTROLLER_UID}={uid}")
+            if just_failed:
+                self._failure_read.add(uid)
+            self._failed_seen[uid] = failed_now
+            out[uid] = d
+        if out:
+            self._last_read[key] = now
+        return out or None
+
+    def _list(self, kind: str, namespace: str, fields: str, labels: str | None) -> list[dict[str, Any]]:
+        if kind == "event":
+            resp = self.c.core.list_namespaced_event(namespace, field_selector=fields, limit=self.settings.page,
+                                                     _preload_content=False)
+        else:
+            resp = self.c.core.list_namespaced_pod(namespace, field_selector=fields, label_selector=labels,
+                                                   limit=self.settings.page, _preload_content=False)
+        return _raw(resp).get("items") or []
+
+    def _notes(self, namespace: str, body: dict[str, Any], children: ChildJobs,
+               gone: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """The verdict line of each finished check Job not yet in the status (its pod's termination message)."""
+        known = {(rec.get("check") or {}).get("uid") for rec in ((body.get("status") or {}).get("stages") or {}).values()
+                 if (rec.get("check") or {}).get("message")}
+        out = {}
+        for job in list(children.checks.values()):
+            uid = job["metadata"]["uid"]
+            if uid in known or check_verdict(job) == "Running":
+                continue
+            pods = self._list("pod", namespace, "", f"{CONTROLLER_UID}={uid}")
+            lines = [ln for p in pods for ln in (stalls.terminated(p).get("message") or "").splitlines() if ln.strip()]
+            if not lines and pods:  # exit 0 leaves no termination message with FallbackToLogsOnError: the log
+                lines = self._log_tail(namespace, pods[-1]["metadata"]["name"], "check", 5).splitlines()
+            lines = [ln for ln in lines if ln.strip()]
+            if lines:
+                out[uid] = lines[-1]
+        return out
+
+    def _log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        import kubernetes
+
+        try:
+            return self.c.core.read_namespaced_pod_log(pod, namespace, container=container, tail_lines=lines,
+                                                       limit_bytes=16384) or ""
+        except kubernetes.client.ApiException:
+            return ""  # gone, or not started
+
+    def _progress(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+                  now: float) -> dict[str, Any] | None:
+        status = body.get("status") or {}
+        stage = STAGE_PHASES.get(status.get("phase", ""))
+        if stage is None or self.settings.progress_s <= 0:
+            self._samples.pop((namespace, name), None)
+            return None
+        state = self._samples.setdefault((namespace, name), _Samples())
+        if now < state.next_at:
+            return None
+        state.next_at = now + self.settings.progress_s
+        jobs = [j for j, _ in children.predict_runs()] if stage == "predict" else [getattr(children, stage)]
+        jobs = [j for j in jobs if j is not None and not job_finished(j)]
+        budget = self.settings.progress_pods
+        for job in jobs:
+            budget -= self._sample_job(namespace, stage, job, state, budget, now)
+        for pod, (_, t) in list(state.lines.items()):
+            if now - t > 3 * self.settings.progress_s:
+                del state.lines[pod]
+        lines = [ln for ln, _ in state.lines.values()]
+        running = sum(int((j.get("status") or {}).get("active") or 0) for j in jobs)  # the Jobs' counts, now
+        if stage == "predict":
+            parts = status.get("parts") or {}
+            return progressview.aggregate(stage, int(parts.get("total") or 0), int(parts.get("succeeded") or 0),
+                                          running, lines, iso(now))
+        job = jobs[0] if jobs else getattr(children, stage)
+        st, spec = (job or {}).get("status") or {}, (job or {}).get("spec") or {}
+        done = count_ranges(st.get("completedIndexes")) if st.get("completedIndexes") else int(st.get("succeeded") or 0)
+        return progressview.aggregate(stage, int(spec.get("completions") or 1), done, running, lines, iso(now))
+
+    def _sample_job(self, namespace: str, stage: str, job: dict[str, Any], state: _Samples, budget: int,
+                    now: float) -> int:
+        """Read the last progress line of up to ``budget`` running pods of one Job; returns how many were read."""
+        import kubernetes
+
+        if budget <= 0:
+            return 0
+        uid = job["metadata"]["uid"]
+        try:
+            page = _raw(self.c.core.list_namespaced_pod(
+                namespace, field_selector="status.phase=Running", label_selector=f"{CONTROLLER_UID}={uid}",
+                limit=budget, _continue=state.tokens.get(uid) or None, _preload_content=False))
+        except kubernetes.client.ApiException as e:
+            if e.status != 410:  # an expired continue token: start the walk again next round
+                raise
+            state.tokens.pop(uid, None)
+            return 0
+        state.tokens[uid] = (page.get("metadata") or {}).get("continue") or ""
+        read = 0
+        for pod in page.get("items") or []:
+            pod_name = pod["metadata"]["name"]
+            text = self._log_tail(namespace, pod_name, stage, self.settings.log_lines)
+            read += 1
+            line = last_progress(text)
+            if line is not None:
+                state.lines[pod_name] = (line, now)
+        return max(read, 1)
