@@ -123,17 +123,22 @@ class ChunkAccumulator:
             self.remaining[idx] -= 1
 
     def _complete(self, idx: Shape3) -> None:
+        """Hand the completed chunk to ``on_complete``: its sums, or None when no patch of this part added
+        anything there (only skipped patches reached it; a seam's other part still needs to know)."""
         if idx not in self.cache and idx in self.where:
             self._buffer(idx)  # last touch was a skipped patch: bring the spilled sums back
         buf = self.cache.pop(idx, None)
         if buf is None:
+            self.on_complete(idx, None)
             return
         self.used -= buf.numel() * 8
         self.dirty.discard(idx)
         self.where.pop(idx, None)
-        self.completed.append(idx)
-        if idx in self.touched:  # else only skipped patches reached it: nothing was predicted there
+        if idx in self.touched:
+            self.completed.append(idx)
             self.on_complete(idx, buf)  # copies what it needs of buf (or queues the copy on the stream) before returning
+        else:
+            self.on_complete(idx, None)
         free = self._free.setdefault(tuple(buf.shape), [])
         if len(free) < 4:
             free.append(buf)

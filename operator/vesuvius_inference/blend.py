@@ -1,12 +1,15 @@
-"""blend: finish the output from the predict parts - the seam rows, and in the seed's layout the rest.
+"""blend: finish the output from the predict parts - the shared seam chunks, and in the seed's layout the rest.
 
-When predict was told where the output goes, every chunk row only one part covers is already
-there; blend writes the seam rows (from the parts' int64 sums and own slices): blended logits are
-then complete; a final output (finalized while blending: no float16 intermediate) gets its level-0
-marker, and finalize, a sibling stage, builds its pyramid and metadata. When predict
-was not told (``vesuvius.predict`` without an output, the seed's layout), blend also copies each
-part's own rows, as stored bytes, so ``vesuvius.blend_logits PARTS OUT`` still produces the whole
-blended array. Output chunks no part touched are never written (NaN logits: not predicted).
+When predict was told where the output goes, every chunk one part reaches is already there, and so is
+every chunk two parts reach (its second finisher merged it, seams.py) where the parts' store has
+conditional writes; blend merges the pieces the parts stored for the rest (chunks three or more parts
+reach, at the corners of 2D blocks; every seam on stores without conditional writes), and checks that
+no two-part seam was left out. Blended logits are then complete; a final output (finalized while
+blending: no float16 intermediate) gets its level-0 marker, and finalize, a sibling stage, builds its
+pyramid and metadata. When predict was not told (``vesuvius.predict`` without an output, the seed's
+layout), every seam is merged here and blend also copies each part's own chunks, as stored bytes, so
+``vesuvius.blend_logits PARTS OUT`` still produces the whole blended array. Output chunks no part
+touched are never written (NaN logits: not predicted).
 
 Disjoint sets of units can be blended by separate processes (``num_parts``/``part_id``); each holds
 a claim on its split and journals its progress; the output is marked complete by whichever
@@ -25,16 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from . import paths, storage
+from . import createonce, paths, storage
 from .config import BlendConfig
-from .errors import BadArguments
-from .fixedpoint import divide_np
+from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3, split_chunks
 from .iopool import WritePool
-from .layout import SUMS, Segment
+from .layout import PAIR, PartLayout
 from .ngff import ngff_for
 from .output import BLENDED, FINAL, Output, OutputSpec, list_chunk_coords, output_config
 from .partstore import PartSet, load_parts, open_store
+from .pieces import Chunk, decode
 from .stagesplit import Split
 
 log = logging.getLogger("vesuvius_inference.blend")
@@ -52,61 +55,64 @@ def copy_object(src: str, dst: str, so: dict[str, Any]) -> None:
 
 
 class Blender:
-    """Builds seam-row chunks (and finds the seed layout's own rows) from a PartSet."""
+    """Merges the pieces parts stored for blend (layout.SHARED chunks) and finds the seed layout's own chunks."""
 
     def __init__(self, parts: PartSet) -> None:
         self.parts = parts
         self.cgrid = ChunkGrid(parts.shape, parts.chunks)
-        self.layout = parts.layout()
         self.bits = parts.logit_bits
         so = parts.storage_options
-        self.groups = {int(m["part_id"]): open_store(m["store"], so, read_only=True) for m in parts.markers}
-        self.by_row: dict[int, list[Segment]] = {}
-        for seg in self.layout.segments():
-            self.by_row.setdefault(seg.z0 // self.layout.chunk_z, []).append(seg)
-        self.stored: dict[tuple[int, str], set[tuple[int, int]]] = {}
-        for segs in self.by_row.values():
-            for seg in segs:
-                coords = list_chunk_coords(self.groups[seg.part][seg.name])
-                self.stored[(seg.part, seg.name)] = {(int(c[2]), int(c[3])) for c in coords}
+        self.pieces: dict[Shape3, list[str]] = {}
+        for m in parts.markers:
+            where = paths.pieces_dir(m["store"])
+            for name in storage.list_names(where, so):
+                idx = tuple(int(v) for v in name.split("."))
+                self.pieces.setdefault(idx, []).append(storage.join(where, name))  # type: ignore[arg-type]
+        self.finals: dict[int, Any] = {}  # the seed layout's own chunks, per part
 
     def seam_units(self) -> list[Shape3]:
-        out = set()
-        for r, segs in self.by_row.items():
-            for seg in segs:
-                out.update((r, y, x) for y, x in self.stored[(seg.part, seg.name)])
-        return sorted(out)
+        return sorted(self.pieces)
 
     def own_chunks(self) -> list[tuple[int, Shape3]]:
-        """(part, chunk) of the rows each part wrote into its own store (seed layout only)."""
+        """(part, chunk) of the chunks each part wrote into its own store (seed layout only)."""
         out = []
-        for p, grp in self.groups.items():
+        for m in self.parts.markers:
+            grp = open_store(m["store"], self.parts.storage_options, read_only=True)
             if "final" in grp:
-                out.extend((p, tuple(int(v) for v in c[1:])) for c in list_chunk_coords(grp["final"]))
+                self.finals[int(m["part_id"])] = grp["final"]
+                out.extend((int(m["part_id"]), tuple(int(v) for v in c[1:])) for c in list_chunk_coords(grp["final"]))
         return sorted(out)  # type: ignore[arg-type]
 
-    def seam_chunk(self, idx: Shape3) -> np.ndarray:
-        """(C, box) float16 logits of a seam-row chunk."""
+    def seam_chunk(self, idx: Shape3, encode: Any) -> np.ndarray | None:
+        """The chunk as the output stores it, from every piece stored for it (None: nothing reached it)."""
         lo, hi = self.cgrid.box(idx)
-        c = self.parts.num_classes
-        box = tuple(b - a for a, b in zip(lo, hi))
-        sums = np.zeros((c + 1,) + box, dtype=np.int64)
-        out = np.full((c,) + box, np.nan, dtype=np.float16)
-        shared = np.zeros(box[0], dtype=bool)
-        yx = (slice(lo[1], hi[1]), slice(lo[2], hi[2]))
-        for seg in self.by_row.get(idx[0], []):
-            if (idx[1], idx[2]) not in self.stored[(seg.part, seg.name)]:
-                continue
-            data = np.asarray(self.groups[seg.part][seg.name][(slice(None), slice(None)) + yx])
-            zs = slice(seg.z0 - lo[0], seg.z1 - lo[0])
-            if seg.kind == SUMS:
-                sums[:, zs] += data
-                shared[zs] = True
-            else:
-                out[:, zs] = data
-        if shared.any():
-            out[:, shared] = divide_np(sums[:c, shared], sums[c, shared], self.bits)
-        return out
+        chunk = Chunk(lo, tuple(b - a for a, b in zip(lo, hi)), self.parts.num_classes)  # type: ignore[arg-type]
+        for url in self.pieces.get(idx, []):
+            raw = createonce.read(url, self.parts.storage_options)
+            if raw is None:
+                raise BadInput(f"{url} disappeared while blending; rerun predict for its part")
+            piece = decode(raw)
+            if piece.sums is not None and piece.shared is not None:
+                chunk.add(piece.shared, piece.sums, piece.sums[-1])
+            if piece.values is not None and piece.edge is not None:
+                chunk.add_edge(piece.shared, piece.edge, piece.values)
+        return chunk.result(self.bits, encode)
+
+
+def check_pairs(parts: PartSet, layout: PartLayout) -> None:
+    """Every two-part seam chunk was merged by its second finisher. Each participant completes the chunk
+    (also when its patches there were all skipped) before its marker is written, and the first of the
+    two leaves its piece, so with every marker present a missing piece means something removed it; the
+    merge itself cannot be checked from the output (a chunk of fill values is not stored)."""
+    pairs = layout.chunks_of(PAIR) if layout.pairs else []
+    if not pairs:
+        return
+    seams = paths.seams_dir(parts.parts_dir, paths.config_digest(parts.config))
+    found = set(storage.list_names(seams, parts.storage_options))
+    lost = [idx for idx in pairs if paths.chunk_key(idx) not in found]
+    if lost:
+        raise BadInput(f"{len(lost)} of {len(pairs)} two-part seam chunks have no piece in {seams} (chunk {lost[0]}): "
+                       "were the parts changed after predict? predict them again into a new output")
 
 
 def _target(cfg: BlendConfig, parts: PartSet) -> tuple[OutputSpec, bool]:
@@ -143,14 +149,19 @@ def _units(blender: Blender, seed_layout: bool) -> list[tuple[str, Any]]:
 
 
 def _processor(cfg: BlendConfig, blender: Blender, output: Output, byte_copy: bool) -> Any:
-    """Writes one unit: a seam chunk (merged sums), or a part's own chunk of the seed layout."""
+    """Writes one unit: a seam chunk (merged pieces), or a part's own chunk of the seed layout."""
     so, parts = cfg.storage_options, blender.parts
+
+    def seam(idx: Shape3) -> None:
+        data = blender.seam_chunk(idx, output.encode_full)
+        if data is not None:
+            output.store(idx, data)
 
     def process(unit: tuple[str, Any], io: WritePool) -> int:
         kind, what = unit
         if kind == "own":
             p, idx = what
-            src = blender.groups[p]["final"]
+            src = blender.finals[p]
             if byte_copy:  # the part's own rows are already blended logits: copy the stored bytes
                 key = src.metadata.encode_chunk_key((0,) + tuple(idx))
                 io.submit(("out", idx), copy_object, storage.join(parts.markers[p]["store"], "final", key),
@@ -160,7 +171,7 @@ def _processor(cfg: BlendConfig, blender: Blender, output: Output, byte_copy: bo
                 output.write(idx, np.asarray(src[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]), io)
         else:
             idx = what
-            output.write(idx, blender.seam_chunk(idx), io)
+            io.submit(("out", idx), seam, idx)
         lo, hi = blender.cgrid.box(idx)
         return int(np.prod(np.subtract(hi, lo)))
 
@@ -191,6 +202,7 @@ def run_blend(cfg: BlendConfig) -> Blended:
     units = _units(blender, seed_layout)
 
     def complete() -> None:
+        check_pairs(parts, parts.layout())
         if final:  # the pyramid and the OME metadata are finalize's (it waits for this marker)
             storage.write_json(level0, {"config": config}, so)
         else:

@@ -154,7 +154,7 @@ class _S3Backend(_Backend):
         try:
             out = self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=_encode(doc), **cond)
         except Exception as e:  # noqa: BLE001 - only precondition failures mean "someone else won"
-            if _is_precondition_failure(e):
+            if is_precondition_failure(e):
                 return None
             raise
         self.fs.invalidate_cache(f"{self.bucket}/{self.key}")
@@ -167,7 +167,7 @@ class _S3Backend(_Backend):
         return self._put(doc, IfMatch=tag)
 
 
-def _is_precondition_failure(e: BaseException) -> bool:
+def is_precondition_failure(e: BaseException) -> bool:
     """412 PreconditionFailed, or 409 ConditionalRequestConflict (S3's answer to a concurrent conditional
     write): someone else's write won. s3fs re-raises botocore's ClientError as an OSError, chained."""
     seen: BaseException | None = e

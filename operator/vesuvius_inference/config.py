@@ -36,6 +36,18 @@ INTENSITY_CHECKS = ("warn", "error", "off")
 PATCH_ORDERS = ("tiled", "rowmajor")
 FINALIZE_INPUTS = ("blended", "parts")
 NGFF_CHOICES = ("auto", "0.4", "0.5")  # ngff.py: 0.4 is stored on Zarr v2, 0.5 on Zarr v3
+AUTO, SLABS = "auto", "slabs"
+
+
+def partition_choice(text: str) -> str:
+    """``auto``, ``slabs`` or ``NZxNY`` (e.g. ``16x4``: 16 z-slabs, each cut into 4 runs of y)."""
+    t = str(text).strip().lower()
+    if t in (AUTO, SLABS):
+        return t
+    nz, sep, ny = t.partition("x")
+    if not sep or not nz.isdigit() or not ny.isdigit() or int(nz) < 1 or int(ny) < 1:
+        raise ValueError(f"expected auto, slabs or NZxNY (e.g. 16x4), got {text!r}")
+    return f"{int(nz)}x{int(ny)}"
 
 
 def _positive(name: str, value: float, strict: bool = True) -> None:
@@ -111,6 +123,15 @@ class PartCount:
 
     num_parts: int = setting(1, "--num_parts", parse=int, crd="parts",
                              help="predict parts the patches are split into (balanced by non-empty patches)")
+
+
+@dataclass(kw_only=True)
+class PartShape:
+    """How the patch grid is cut into parts (predict, pipeline, plan): where the seams lie, never an output byte."""
+
+    partition: str = setting(AUTO, "--partition", parse=partition_choice, metavar="auto|slabs|NZxNY",
+                             help="auto: the cut into z-slabs x y-columns with the fewest seam bytes (default); "
+                                  "slabs: z-slabs; NZxNY: that many slabs, each cut into that many columns")
 
 
 @dataclass(kw_only=True)
@@ -251,8 +272,8 @@ def _validate_predict_settings(c: Any) -> None:
 
 
 @dataclass(kw_only=True)
-class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartCount, Grid, InputChoice, ModelChoice,
-                    Storage):
+class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape, PartCount, Grid, InputChoice,
+                    ModelChoice, Storage):
     """One predict part: everything that determines its bytes, plus where they go and how it runs."""
 
     command: ClassVar[str] = "predict"
@@ -305,7 +326,7 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartCount,
 
 
 @dataclass(kw_only=True)
-class PipelineConfig(Run, FinalEncoding, Memory, Compute, Grid, InputChoice, ModelChoice, Storage):
+class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, InputChoice, ModelChoice, Storage):
     """predict -> blend -> finalize on this machine: every predict setting, and how to orchestrate."""
 
     command: ClassVar[str] = "pipeline"
@@ -419,7 +440,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
 
 
 @dataclass(kw_only=True)
-class PlanConfig(PartCount, Grid, InputChoice, ModelChoice, Storage):
+class PlanConfig(PartShape, PartCount, Grid, InputChoice, ModelChoice, Storage):
     """What a run will cost, from metadata only."""
 
     command: ClassVar[str] = "plan"

@@ -56,12 +56,19 @@ def divide_np(sums: np.ndarray, weights: np.ndarray, bits: int) -> np.ndarray:
 
     ``sums / (weights * 2**bits)`` equals ``(sums / weights) * 2**-bits`` bit for bit: the weights
     times a power of two stay exact in float64 (< 2**53), and scaling by a power of two commutes
-    with round-to-nearest away from under- and overflow; folding the scale saves a pass.
+    with round-to-nearest away from under- and overflow; folding the scale saves a pass. Slab by slab
+    along the first spatial axis, as ``divide_torch`` on the CPU (every step is elementwise).
     """
-    w = weights.astype(np.float64) * (2.0 ** bits)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (sums.astype(np.float64) / w).astype(np.float32).astype(np.float16)
-    out[:, weights == 0] = np.nan
+    out = np.empty(sums.shape, dtype=np.float16)
+    n = sums.shape[1] if sums.ndim > 1 else 0
+    plane = max(1, int(np.prod(sums.shape[2:])))
+    step = max(1, DIVIDE_SLAB_VOXELS // plane)
+    for z in range(0, n, step):
+        w = weights[z:z + step]
+        scaled = w.astype(np.float64) * (2.0 ** bits)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, z:z + step] = (sums[:, z:z + step].astype(np.float64) / scaled).astype(np.float32)
+        out[:, z:z + step][:, w == 0] = np.nan
     return out
 
 
@@ -83,4 +90,29 @@ def divide_torch(sums: Any, weights: Any, bits: int) -> Any:
         o = out[:, z:z + step]
         o.copy_(q.float())  # float64 -> float32 -> float16: two IEEE roundings, as in numpy
         o.masked_fill_(w == 0, float("nan"))
+    return out
+
+
+def weights_digest(wq: Any) -> str:
+    """What the second finisher of a seam checks before recomputing the first's weights: the same map."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(wq), dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
+def weights_for(grid: Any, wq: np.ndarray, ids: Sequence[int], lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """The summed weights over the box [lo, hi) of the patches ``ids`` (patch grid flat ids): exactly the
+    weight plane an accumulator holds there after adding those patches, because every patch adds
+    ``wq`` over its in-region part (integers: order free). Lets a seam piece leave its weights out."""
+    out = np.zeros(tuple(b - a for a, b in zip(lo, hi)), dtype=np.int64)
+    for i in ids:
+        start = grid.start(int(i))
+        rlo, rhi = grid.region(int(i))
+        a = [max(x, y) for x, y in zip(rlo, lo)]
+        b = [min(x, y) for x, y in zip(rhi, hi)]
+        if any(x >= y for x, y in zip(a, b)):
+            continue
+        dst = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo))
+        src = tuple(slice(x - o, y - o) for x, y, o in zip(a, b, start))
+        out[dst] += wq[src]
     return out

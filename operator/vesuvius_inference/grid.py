@@ -165,25 +165,29 @@ def nonempty_patches(grid: PatchGrid, occupancy: np.ndarray, chunks: Sequence[in
     return (total > 0).ravel()
 
 
-def tiled_order(grid: PatchGrid, part: tuple[int, int], budget_bytes: float, bytes_per_voxel: float) -> list[int]:
-    """The part's patches in columns of (y, x) tiles, each column through the part's whole depth.
+def tiled_order(grid: PatchGrid, members: np.ndarray, budget_bytes: float, bytes_per_voxel: float) -> list[int]:
+    """A part's patches (flat ids) in columns of (y, x) tiles, each column through the part's whole depth.
 
     Row-major order sweeps whole z-rows, whose footprint (patch depth x Y x X) outgrows any cache
     on a scroll, so every chunk is fetched again by the next row. A tile column's footprint is
     chosen to fit ``budget_bytes``, so each input chunk is fetched about once; the only repeats
-    are the overlap halos between neighbouring columns.
+    are the overlap halos between neighbouring columns. Rows of tiles run across the part's shorter
+    horizontal side (a block of a 2D split is long in x): the chunks left open behind the sweep
+    are then a front of depth x the short side, not x the long one.
     """
-    a, b = part
-    if b <= a:
+    idx = np.asarray(members, dtype=np.int64)
+    if idx.size == 0:
         return []
-    idx = np.arange(a, b)
     gz, gy, gx = np.unravel_index(idx, grid.counts)
     depth = (grid.starts[0][gz.max()] + grid.patch[0]) - grid.starts[0][gz.min()]
     step_y = max(1, grid.patch[1] - int(grid.patch[1] * grid.overlap))
     step_x = max(1, grid.patch[2] - int(grid.patch[2] * grid.overlap))
     side = (budget_bytes / max(depth * bytes_per_voxel, 1e-9)) ** 0.5  # voxels per side that fit
     tile = max(1, int((side - max(grid.patch[1], grid.patch[2])) // max(step_y, step_x)))
-    keys = np.lexsort((gx, gy, gz, gx // tile, gy // tile))
+    if gx.max() - gx.min() > gy.max() - gy.min():
+        keys = np.lexsort((gy, gx, gz, gy // tile, gx // tile))  # x tiles outermost: rows of tiles across y
+    else:
+        keys = np.lexsort((gx, gy, gz, gx // tile, gy // tile))
     return [int(i) for i in idx[keys]]
 
 
@@ -267,16 +271,36 @@ def chunks_touched(grid: PatchGrid, patches: np.ndarray, chunks: Sequence[int], 
     patch covers it on all three axes, so three small per-axis cover matrices contracted with the
     patch mask answer it for a million patches without a loop.
     """
-    sel = np.asarray(patches, dtype=np.int32).reshape(grid.counts)
+    out = np.zeros(tuple(chunk_counts), dtype=bool)
+    sel = np.asarray(patches, dtype=bool).reshape(grid.counts)
+    found = chunks_touched_box(grid, sel, (0, 0, 0), chunks)
+    if found is not None:
+        lo, sub = found
+        out[tuple(slice(a, a + n) for a, n in zip(lo, sub.shape))] = sub
+    return out
+
+
+def chunks_touched_box(grid: PatchGrid, sel: np.ndarray, g_lo: Sequence[int], chunks: Sequence[int]
+                       ) -> tuple[Shape3, np.ndarray] | None:
+    """The chunks touched by the selected patches of a sub-grid: ``sel`` is a boolean block of the patch
+    grid starting at grid index ``g_lo``. Returns (first chunk index, boolean block of chunks), or None
+    when nothing is selected. Cheap for one part of a scroll: only its own block is contracted."""
+    if not sel.any():
+        return None
+    cur = sel.astype(np.float32)  # 0/1 counts, exact in float32; BLAS contracts floats, not ints
+    first = []
     for d in range(3):
-        st = np.asarray(grid.starts[d]) + grid.origin[d]
+        n = cur.shape[d]
+        st = np.asarray(grid.starts[d][g_lo[d]:g_lo[d] + n]) + grid.origin[d]
         lo = np.maximum(st, grid.origin[d])
         hi = np.minimum(st + grid.patch[d], grid.origin[d] + grid.shape[d])
-        c0 = np.arange(chunk_counts[d]) * chunks[d]
-        cover = (c0[:, None] < hi[None, :]) & (c0[:, None] + chunks[d] > lo[None, :])  # (chunks, patches)
-        sel = np.moveaxis(np.tensordot(cover.astype(np.int32), np.moveaxis(sel, d, 0), axes=(1, 0)), 0, d)
-        sel = np.minimum(sel, 1)
-    return sel.astype(bool)
+        c0, c1 = int(lo.min()) // chunks[d], -(-int(hi.max()) // chunks[d])
+        c_lo = np.arange(c0, c1) * chunks[d]
+        cover = (c_lo[:, None] < hi[None, :]) & (c_lo[:, None] + chunks[d] > lo[None, :])  # (chunks, patches)
+        cur = np.moveaxis(np.tensordot(cover.astype(np.float32), np.moveaxis(cur, d, 0), axes=(1, 0)), 0, d)
+        cur = np.minimum(cur, 1)
+        first.append(c0)
+    return tuple(first), cur.astype(bool)  # type: ignore[return-value]
 
 
 def split_chunks(chunk_ids: Sequence[Shape3], num_parts: int, part_id: int) -> list[Shape3]:

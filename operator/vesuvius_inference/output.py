@@ -37,6 +37,8 @@ from .ngff import (
 )
 
 DATA_PATH = "0"
+# how the work was split and where seams were merged: recorded with the parts, never changing an output byte
+SPLIT_KEYS = ("num_parts", "partition", "seams")
 BLENDED, FINAL = "blended", "final"
 
 
@@ -120,7 +122,7 @@ class OutputSpec:
 
 def output_config(predict_config: dict[str, Any], spec: OutputSpec) -> dict[str, Any]:
     """What an output's bytes depend on: the predict configuration and the encoding (not the URL)."""
-    common = {k: v for k, v in predict_config.items() if k not in ("output", "num_parts")}
+    common = {k: v for k, v in predict_config.items() if k not in ("output", *SPLIT_KEYS)}
     enc = {k: v for k, v in spec.as_dict().items() if k != "url"}
     return {"predict": common, **enc}
 
@@ -293,12 +295,24 @@ class Output:
         self.config, self.so, self.labels, self.levels = {}, {}, False, 1
         return self
 
+    def encode_full(self, logits: np.ndarray) -> np.ndarray:
+        """float16 (C, box) logits -> what this output stores for them, with a channel axis even for a
+        label image: voxel-wise, so seam pieces finalise their own voxels ahead of the chunk."""
+        if self.spec.kind == FINAL:
+            return finalize_chunk(logits, self.spec.mode, self.spec.threshold)
+        return logits
+
     def encode(self, logits: np.ndarray) -> np.ndarray:
         """float16 (C, box) logits -> what this output stores for them (level 0)."""
-        if self.spec.kind == FINAL:
-            out = finalize_chunk(logits, self.spec.mode, self.spec.threshold)
-            return out[0] if self.labels else out
-        return logits
+        out = self.encode_full(logits)
+        return out[0] if self.labels else out
+
+    def store(self, idx: Shape3, encoded: np.ndarray) -> None:
+        """Store one whole level-0 chunk, ``encode_full``'s result, now (and its 2x block for the pyramid)."""
+        data = encoded[0] if self.labels else encoded
+        self.array[self.selection(0, idx)] = data
+        if self.staging is not None:  # the 2x block the pyramid's level 1 is made of: no second full-resolution read
+            self.staging[self.selection(1, idx, [c // 2 for c in self.chunks])] = downsample2(data, self.how)
 
     def selection(self, level: int, idx: Sequence[int], chunks: Sequence[int] | None = None) -> tuple[slice, ...]:
         """The index of chunk ``idx`` of ``level`` in its array (all channels)."""
@@ -357,7 +371,4 @@ def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:
 
 
 def _encode_store(out: Output, idx: Shape3, logits: np.ndarray | Callable[[], np.ndarray]) -> None:
-    data = out.encode(logits() if callable(logits) else logits)
-    out.array[out.selection(0, idx)] = data
-    if out.staging is not None:  # the 2x block the pyramid's level 1 is made of: no second full-resolution read
-        out.staging[out.selection(1, idx, [c // 2 for c in out.chunks])] = downsample2(data, out.how)
+    out.store(idx, out.encode_full(logits() if callable(logits) else logits))

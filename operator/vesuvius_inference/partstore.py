@@ -2,19 +2,21 @@
 
 ```
 PARTS_DIR/
-  part_00003.json          marker, written last; names the run whose store holds the part
+  part_00003.json          marker, written last; names the run whose store holds the part, its patches
+                           (``part``), which may hold data (``listed``) and which ran (``ran``)
   part_00003.claim.json    the run's claim (claims.py): the marker is trusted only if they agree
   part_00003/<run id>/     zarr v3 group of that run:
-     sums_<z0>_<z1>        int64 (C+1, z1-z0, Y, X): seam slices several parts cover (sum w*l, sum w)
-     edge_<z0>_<z1>        float16 (C, z1-z0, Y, X): this part's own slices of a seam row, final
-     final                 float16 (C, Z, Y, X): the chunk rows only this part covers, when predict
-                           was not told where the output goes (the seed's layout; blend copies them)
+     pieces/<z>.<y>.<x>    its pieces (pieces.py) of the chunks blend merges: int64 sums with the weight
+                           plane over the shared box, final values over the edge box
+     final                 float16 (C, Z, Y, X): the chunks only this part reaches, when predict was
+                           not told where the output goes (the seed's layout; blend copies them)
      spill0, spill1        int64 (C+1, Z, Y, X): partial sums evicted from the cache (scratch)
      checkpoint.json       resume point (scratch)
+  _seams/<config digest>/<z>.<y>.<x>   first finishers' pieces of two-part seams (seams.py)
 ```
-Segment arrays are chunked ``(C+1, z1-z0, chunk_y, chunk_x)``: one object per chunk column of a seam,
-a seam one patch overlap deep, not whole output chunks. Spills and the checkpoint are removed when
-the part completes; a run never writes into another run's store.
+A piece is one object per chunk a part shares, a seam one patch overlap deep, not whole output
+chunks. Spills and the checkpoint are removed when the part completes; a run never writes into
+another run's store.
 """
 
 from __future__ import annotations
@@ -29,13 +31,16 @@ import numpy as np
 from . import storage
 from .claims import trusted_complete
 from .errors import BadInput
-from .grid import Shape3
-from .layout import SUMS, PartLayout, Segment
+from .grid import PatchGrid, Shape3
+from .layout import PartLayout
 from .output import OutputSpec, blosc
+from .partition import Part
+from .partplan import make_grid
 from .paths import CHECKPOINT, claim_url, part_name, store_url
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SPILLS = ("spill0", "spill1")
+PAIRS, BLEND = "pairs", "blend"  # who merges two-part seams: their second finisher, or blend
 
 
 def pack_mask(mask: np.ndarray) -> str:
@@ -51,8 +56,8 @@ def _array(group: Any, name: str, shape: Sequence[int], chunks: Sequence[int], d
                               compressors=[blosc()], config={"write_empty_chunks": False}, overwrite=True)
 
 
-def create_store(url: str, attrs: dict[str, Any], n_classes: int, shape: Shape3, chunks: Shape3,
-                 segments: Sequence[Segment], seed_layout: bool, storage_options: dict[str, Any]) -> Any:
+def create_store(url: str, attrs: dict[str, Any], n_classes: int, shape: Shape3, chunks: Shape3, seed_layout: bool,
+                 storage_options: dict[str, Any]) -> Any:
     """A new, empty part store for one run."""
     import zarr
 
@@ -61,13 +66,6 @@ def create_store(url: str, attrs: dict[str, Any], n_classes: int, shape: Shape3,
     c = n_classes
     if seed_layout:
         _array(group, "final", (c,) + tuple(shape), (c,) + tuple(chunks), "float16", float("nan"))
-    for seg in segments:
-        depth = seg.z1 - seg.z0
-        if seg.kind == SUMS:
-            _array(group, seg.name, (c + 1, depth) + tuple(shape[1:]), (c + 1, depth) + tuple(chunks[1:]), "int64", 0)
-        else:
-            _array(group, seg.name, (c, depth) + tuple(shape[1:]), (c, depth) + tuple(chunks[1:]), "float16",
-                   float("nan"))
     for name in SPILLS:
         _array(group, name, (c + 1,) + tuple(shape), (c + 1,) + tuple(chunks), "int64", 0)
     return group
@@ -119,9 +117,27 @@ class PartSet:
     def output(self) -> OutputSpec | None:
         return OutputSpec.from_dict(self.config.get("output"))
 
+    @property
+    def pairs(self) -> bool:
+        return self.config.get("seams") == PAIRS
+
+    def grid(self) -> PatchGrid:
+        c = self.config
+        return make_grid(self.shape, tuple(c["patch_size"]), float(c["overlap"]), c.get("bbox"))  # type: ignore[arg-type]
+
+    def masks(self, key: str) -> np.ndarray:
+        """Per patch of the grid: the markers' ``listed`` (may hold data) or ``ran`` masks, together."""
+        grid = self.grid()
+        out = np.zeros(grid.n_patches, dtype=bool)
+        for m in self.markers:
+            ids = Part.from_dict(m["part"]).members(grid)
+            out[ids] = unpack_mask(m[key], len(ids))
+        return out
+
     def layout(self) -> PartLayout:
-        covers = tuple(tuple(m["cover"]) if m.get("cover") else None for m in self.markers)
-        return PartLayout(self.shape[0], self.chunks[0], covers)  # type: ignore[arg-type]
+        """The layout every part predicted with (the same pure function of the same split)."""
+        parts = [Part.from_dict(m["part"]) for m in self.markers]
+        return PartLayout.build(self.grid(), self.masks("listed"), parts, self.shape, self.chunks, self.pairs)
 
 
 def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) -> PartSet:
@@ -136,7 +152,7 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
     if not ref.get("complete") or "config" not in ref:
         raise BadInput(f"{parts_dir}/{names[0]} is not a completed predict part marker")
     config = ref["config"]
-    if config.get("format") != 2:
+    if config.get("format") != FORMAT_VERSION:
         raise BadInput(f"{parts_dir} holds parts of an older format; predict them again")
     n = int(config["num_parts"])
     by_id = {}

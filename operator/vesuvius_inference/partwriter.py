@@ -1,8 +1,14 @@
-"""Where a completed chunk of a predict part goes: the output, or the part's seam segments.
+"""Where a completed chunk of a predict part goes, by the chunk's kind (layout.py).
 
-The accumulator hands each completed chunk (int64 sums and weights, on the device) to the part's
-writer. Rows this part owns are divided on the device and written once into the output; in seam
-rows the chunk is cut into this part's segments of the part store (partstore.py).
+The accumulator hands each completed chunk (int64 sums and weights, on the device; None when none of
+the part's patches ran there) to the part's writer:
+
+- OWN (only this part reaches it): divided on the device, written once into the output (or into
+  the store's ``final`` array in the seed's layout);
+- PAIR (this part and one other): the seam protocol (seams.py), in a writer thread: the first of the
+  two stores a piece, the second merges it and writes the chunk;
+- SHARED (three or more parts, or two without the protocol): this part's piece, with its weights,
+  into its own run store for blend (partstore.py).
 """
 
 from __future__ import annotations
@@ -12,69 +18,61 @@ from typing import Any
 
 import numpy as np
 
-from .accumulate import box_slices
+from . import storage
 from .devicestep import to_host
 from .fixedpoint import divide_torch
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
-from .layout import EDGE, SEAM, SUMS, PartLayout, Segment
+from .layout import OWN, PAIR, PartLayout
 from .output import Output
+from .paths import chunk_key
+from .pieces import cut, encode
+from .seams import SeamMerge
 
 
 class PartWriter:
-    """Where a completed chunk of this part goes (the ``on_complete`` of the accumulator).
+    """The ``on_complete`` of the accumulator (see the module docstring)."""
 
-    Rows this part owns are divided on the device and written once, through ``owned`` (the output
-    itself, or the store's ``final`` array in the seed's layout). In seam rows the chunk is cut into
-    this part's segments: sums stay integers, its own slices are divided.
-    """
-
-    def __init__(self, layout: PartLayout, part: int, group: Any, owned: Output, cgrid: ChunkGrid,
-                 logit_bits: int, io: WritePool) -> None:
-        self.layout, self.part, self.group, self.owned, self.cgrid = layout, part, group, owned, cgrid
-        self.bits, self.io = logit_bits, io
-        self.by_row: dict[int, list[Segment]] = {}
-        for seg in layout.segments(part):
-            self.by_row.setdefault(seg.z0 // layout.chunk_z, []).append(seg)
-        self.arrays = {seg.name: group[seg.name] for segs in self.by_row.values() for seg in segs}
+    def __init__(self, layout: PartLayout, part: int, owned: Output, cgrid: ChunkGrid, logit_bits: int,
+                 io: WritePool, pieces_url: str, seams: SeamMerge | None, ran_ids: Callable[[Any], list[int]],
+                 edge_encode: Callable[[np.ndarray], np.ndarray], storage_options: dict[str, Any]) -> None:
+        self.layout, self.part, self.owned, self.cgrid = layout, part, owned, cgrid
+        self.bits, self.io, self.pieces_url, self.seams, self.ran_ids = logit_bits, io, pieces_url, seams, ran_ids
+        self.edge_encode, self.so = edge_encode, storage_options
         self.written: list[Shape3] = []
-        self.segments_stored: list[int] = []
+        self.pieces_stored: list[int] = []
 
     def __call__(self, idx: Shape3, buf: Any) -> None:
-        c = buf.shape[0] - 1
-        owner = self.layout.row_owner(idx[0])
-        if owner == self.part:
-            self.owned.write(idx, to_host(divide_torch(buf[:c], buf[c], self.bits)), self.io)
-            self.written.append(idx)
+        if not self.layout.reaches(self.part, idx):
+            if buf is not None:
+                raise RuntimeError(f"chunk {idx} completed with sums in part {self.part}, which the layout says has "
+                                   "no patch there: patch bookkeeping is inconsistent")
+            return  # only patches empty by the listing touched it
+        kind = self.layout.kind(idx)
+        if kind == OWN:
+            if buf is not None:
+                c = buf.shape[0] - 1
+                self.owned.write(idx, to_host(divide_torch(buf[:c], buf[c], self.bits)), self.io)
+                self.written.append(idx)
+        elif kind == PAIR:
+            assert self.seams is not None
+            shared, _ = self.layout.piece_boxes(self.part, idx)
+            ran = self.ran_ids(shared) if shared is not None and buf is not None else []
+            data = to_host(buf, copy=True) if buf is not None else None  # a buffer the accumulator reuses
+            self.io.submit(("pair", idx), self.seams.complete, idx, data, ran)
+        elif buf is not None:
+            self.io.submit(("piece", idx), self._store_piece, idx, to_host(buf, copy=True))
+
+    def _store_piece(self, idx: Shape3, data: Callable[[], np.ndarray]) -> None:
+        """In a writer thread: this part's piece of a chunk blend merges (with its weights)."""
+        shared, edge = self.layout.piece_boxes(self.part, idx)
+        lo, _ = self.cgrid.box(idx)
+        piece = cut(self.part, idx, lo, data(), shared, edge, True, self.bits, self.edge_encode)
+        if piece.empty:
             return
-        if owner != SEAM:
-            raise RuntimeError(f"chunk {idx} completed in part {self.part} but its row belongs to {owner}")
-        lo, hi = self.cgrid.box(idx)
-        for seg in self.by_row.get(idx[0], []):
-            zs = slice(seg.z0 - lo[0], seg.z1 - lo[0])
-            piece = buf[:, zs]
-            if seg.kind == SUMS:
-                data = to_host(piece, copy=True)  # a view of a buffer the accumulator reuses
-            else:
-                data = to_host(divide_torch(piece[:c], piece[c], self.bits))
-            sel = (slice(None), slice(None)) + box_slices(lo[1:], hi[1:])
-            self.io.submit(("seg", seg.name, idx[1:]), _store_segment, self.arrays[seg.name], sel, data, seg.kind,
-                           c, self.segments_stored)
+        storage.write_bytes(storage.join(self.pieces_url, chunk_key(idx)), encode(piece), self.so)
+        self.pieces_stored.append(1)  # list.append is atomic: writer threads count without a lock
 
     @property
-    def segment_chunks(self) -> int:
-        return len(self.segments_stored)
-
-
-def _store_segment(array: Any, sel: tuple[slice, ...], data: Callable[[], np.ndarray], kind: str, c: int,
-                   stored: list[int]) -> None:
-    """In a writer thread: wait for the download, store the segment unless nothing reached it."""
-    a = data()
-    if kind == EDGE and np.isnan(a).all():
-        return
-    if kind == SUMS and not a[c].any():
-        return
-    array[sel] = a
-    stored.append(1)  # list.append is atomic: writer threads count without a lock
-
-
+    def piece_count(self) -> int:
+        return len(self.pieces_stored)

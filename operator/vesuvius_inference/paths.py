@@ -5,7 +5,9 @@
   parts/                        predict's --output_dir: the part stores (partstore.py)
     part_00003.json             a part's marker, written last
     part_00003.claim.json       the part's claim (claims.py)
-    part_00003/<run id>/        the part store of one run
+    part_00003/<run id>/        the part store of one run (pieces/<z>.<y>.<x>: its pieces of shared chunks)
+    _seams/<config digest>/     the first finisher's piece of each two-part seam chunk, <z>.<y>.<x>
+                                (created once, never overwritten; the second finisher merges it)
     input_stats.json            whole-volume normalization statistics, computed once per run
     _blend/                     blend's split claims, journals, done markers; level0_complete.json
     _pyramid/                   2x blocks the level-0 writers of a final output staged for finalize
@@ -19,6 +21,10 @@ Torch-free and pure: the operator derives its Jobs' paths from the same function
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 from .storage import join
 
 PARTS = "parts"
@@ -29,6 +35,8 @@ FINALIZE_DIR = "_finalize"
 OUTPUT_JOURNAL = "_vesuvius"  # inside the output until it is complete
 INPUT_STATS = "input_stats.json"
 CHECKPOINT = "checkpoint.json"
+SEAMS_DIR = "_seams"
+PIECES = "pieces"
 
 
 def default_workdir(output: str) -> str:
@@ -57,6 +65,26 @@ def claim_url(parts: str, part_id: int) -> str:
 
 def store_url(parts: str, part_id: int, run: str) -> str:
     return join(parts, part_name(part_id), run)
+
+
+def chunk_key(idx: tuple[int, ...]) -> str:
+    """The name of a chunk's piece: ``z.y.x``."""
+    return ".".join(str(int(i)) for i in idx)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short name for a predict configuration (its marker's ``config``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def seams_dir(parts: str, config_digest: str) -> str:
+    """The first finishers' pieces of two-part seams, per configuration (a stale run's never match)."""
+    return join(parts, SEAMS_DIR, config_digest)
+
+
+def pieces_dir(store: str) -> str:
+    """A run store's pieces of the chunks that blend merges."""
+    return join(store, PIECES)
 
 
 def input_stats(parts: str) -> str:

@@ -196,7 +196,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     stage = _timed(times, _region_voxels(cfg, volume))
     if not cfg.skip_predict:
         log.info("== predict: %d part(s) on %s", len(devices) * cfg.parts_per_gpu, ", ".join(devices))
-        totals = {p: b - a for p, (a, b) in enumerate(the_plan(ctx).parts)}
+        totals = {p: part.size() for p, part in enumerate(the_plan(ctx).parts)}
         stage("predict", lambda: run_predict_stage(cfg, devices, totals))
     if not cfg.skip_blend:
         stage("blend", lambda: run_blend(blend_config(cfg)))

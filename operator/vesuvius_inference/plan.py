@@ -2,7 +2,7 @@
 
 No voxel is read and the model is not loaded, so this answers in seconds for a TB volume. The
 patch counts are exactly what predict will process (same grid, same listing-based emptiness, same
-part split); bytes are uncompressed sizes.
+part split and layout); bytes are uncompressed sizes, the seams' also compressed at measured ratios.
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import numpy as np
 
 from .config import PlanConfig
 from .errors import BadArguments
-from .grid import ChunkGrid, PatchGrid, chunks_touched, grid_parts
-from .layout import SUMS, PartLayout
+from .grid import PatchGrid, chunks_touched
+from .layout import PartLayout
 from .model_files import open_model_files
-from .partplan import make_grid, patch_nonempty
+from .partition import Part
+from .partplan import choose_parts, make_grid, patch_nonempty
 from .volume import open_volume
 
-# Typical blosc-zstd ratios of what the part stores hold, measured on this project's test models
-# (tests/bench/bench_engine.py prints the run's own): int64 fixed-point sums compress to about half,
-# float16 logits hardly at all.
-SUMS_RATIO, EDGE_RATIO = 0.5, 0.95
+# blosc-zstd ratios of what the pieces hold, measured on this project's test models (bench_scaleout prints
+# the run's own): int64 logit sums 0.65 (C planes; with the weight plane, C+1 planes, 0.5: the weights
+# compress to a seventh), float16 logits 0.93, finalised uint8 values 0.84.
+SUMS_RATIO, WEIGHTED_SUMS_RATIO, EDGE_RATIO, FINAL_EDGE_RATIO = 0.65, 0.5, 0.93, 0.84
 
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
@@ -38,8 +39,9 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)
-    parts = grid_parts(grid, nonempty, cfg.num_parts)
-    per_part = [int(nonempty[a:b].sum()) for a, b in parts]
+    parts, layout = choose_parts(grid, nonempty, cfg.num_parts, cfg.partition, volume.shape, chunks,  # type: ignore[arg-type]
+                                 pairs=True)
+    per_part = [int(nonempty[p.members(grid)].sum()) for p in parts]
     n_run = int(nonempty.sum())
     passes = n_run * n_folds * (8 if cfg.do_tta else 1)
     in_chunk_bytes = int(np.prod(volume.chunks)) * volume.channels * volume.dtype.itemsize
@@ -51,14 +53,14 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     out_vox = float(np.prod(volume.shape)) * (n_run / max(grid.n_patches, 1)) if occ is not None else float(
         np.prod(volume.shape))
     blended = out_vox * n_classes * 2
-    seams = seam_estimate(grid, nonempty, parts, volume.shape, chunks, n_classes)  # type: ignore[arg-type]
+    seams = seam_estimate(grid, nonempty, layout, n_classes)
     plan = {
         "input": {"url": cfg.input_dir, "shape": list(volume.shape), "channels": volume.channels,
                   "dtype": str(volume.dtype), "chunks": list(volume.chunks),
                   "stored_chunks": present, "total_chunks": int(np.prod(volume.chunk_grid.counts))},
         "grid": {"patch": list(patch), "overlap": cfg.overlap, "per_axis": list(grid.counts),
                  "patches": grid.n_patches, "non_empty": n_run, "skipped_empty": grid.n_patches - n_run},
-        "parts": {"count": cfg.num_parts, "non_empty_per_part": per_part,
+        "parts": {"count": cfg.num_parts, "non_empty_per_part": per_part, "partition": partition_name(parts),
                   "imbalance": (max(per_part) / max(1e-9, np.mean(per_part))) if n_run else 1.0},
         "model": {"folds": n_folds, "classes": n_classes, "tta": cfg.do_tta, "passes": passes},
         "bytes": {"read": to_read * in_chunk_bytes, "read_chunks": to_read, "blended_logits": int(blended),
@@ -73,31 +75,40 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     return plan
 
 
-def seam_estimate(grid: PatchGrid, nonempty: np.ndarray, parts: list[tuple[int, int]], shape: tuple[int, int, int],
-                  chunks: tuple[int, int, int], n_classes: int) -> dict[str, Any]:
-    """What the part stores will hold: the seam segments of the layout, over the chunk columns that get
-    predictions. Uncompressed bytes are exact from the geometry; compressed ones assume typical ratios."""
-    cg = ChunkGrid(shape, chunks)
-    touched = chunks_touched(grid, nonempty, chunks, cg.counts)
-    layout = PartLayout.build(grid, nonempty, parts, shape[0], chunks[0])
-    ys = np.minimum(np.arange(cg.counts[1]) * chunks[1] + chunks[1], shape[1]) - np.arange(cg.counts[1]) * chunks[1]
-    xs = np.minimum(np.arange(cg.counts[2]) * chunks[2] + chunks[2], shape[2]) - np.arange(cg.counts[2]) * chunks[2]
-    area = np.outer(ys, xs)
-    sums = edge = objects = 0
-    for seg in layout.segments():
-        cols = touched[seg.z0 // chunks[0]]
-        vox = int((area * cols).sum()) * (seg.z1 - seg.z0)
-        objects += int(cols.sum())
-        if seg.kind == SUMS:
-            sums += vox * (n_classes + 1) * 8
-        else:
-            edge += vox * n_classes * 2
-    logits = int(np.prod(shape)) * n_classes * 2
-    compressed = int(sums * SUMS_RATIO + edge * EDGE_RATIO)
-    return {"seam_rows": len(layout.seam_rows), "rows": layout.rows, "seam_depth": layout.seam_depth(),
-            "sums_bytes": sums, "edge_bytes": edge, "objects": objects, "compressed_estimate": compressed,
-            "output_chunks": int(touched.sum()),
-            "ratio_to_logits": compressed / max(logits, 1), "uncompressed_ratio_to_logits": (sums + edge) / max(logits, 1)}
+def partition_name(parts: list[Part]) -> str:
+    """``slabs``, or ``NZxNY`` of a block split."""
+    if parts[0].block is None:
+        return "slabs"
+    zs = {p.block[0] for p in parts if p.block}
+    return f"{len(zs)}x{len(parts) // len(zs)}"
+
+
+def seam_estimate(grid: PatchGrid, nonempty: np.ndarray, layout: PartLayout, n_classes: int) -> dict[str, Any]:
+    """What the seam pieces of a fused run will hold (layout.py's geometry, the one predict uses):
+    uncompressed bytes exact from the geometry, compressed at the measured ratios. Which side of a
+    two-part seam stores its edge depends on which part finishes first: ``expected`` takes each side
+    half the time, ``worst`` the larger edge every time."""
+    cg = layout.cgrid
+    touched = chunks_touched(grid, nonempty, cg.chunks, cg.counts)
+    v = layout.piece_voxels()
+    c_out = 1 if n_classes <= 2 else n_classes  # a binary model's probability, or every class's
+    pair_sums = v["pair_shared"] * n_classes * 8
+    shared_sums = v["shared_shared"] * (n_classes + 1) * 8
+    edges = {"expected": (v["pair_edge_low"] + v["pair_edge_high"]) / 2, "worst": v["pair_edge_max"]}
+    out: dict[str, Any] = {"own_chunks": v["own_chunks"], "pair_chunks": v["pair_chunks"],
+                           "shared_chunks": v["shared_chunks"], "objects": v["pair_chunks"] + v["shared_pieces"],
+                           "output_chunks": int(touched.sum())}
+    logits = int(np.prod(cg.shape)) * n_classes * 2
+    for name, pair_edge in edges.items():
+        edge = (pair_edge + v["shared_edge"]) * c_out
+        unc = pair_sums + shared_sums + edge
+        cmp_ = pair_sums * SUMS_RATIO + shared_sums * WEIGHTED_SUMS_RATIO + edge * FINAL_EDGE_RATIO
+        out[name] = {"sums_bytes": int(pair_sums + shared_sums), "edge_bytes": int(edge), "compressed": int(cmp_),
+                     "ratio_to_logits": cmp_ / max(logits, 1), "uncompressed_ratio_to_logits": unc / max(logits, 1)}
+    e = out["expected"]
+    out.update(compressed_estimate=e["compressed"], ratio_to_logits=e["ratio_to_logits"],
+               uncompressed_ratio_to_logits=e["uncompressed_ratio_to_logits"])
+    return out
 
 
 def format_plan(p: dict[str, Any]) -> str:
@@ -116,9 +127,11 @@ def format_plan(p: dict[str, Any]) -> str:
         f"{m['passes']:,} model passes",
         f"bytes      read {gb(b['read'])}, blended logits {gb(b['blended_logits'])}, "
         f"intermediates ~{gb(b['intermediates_estimate'])}, output {gb(b['output'])}",
-        f"seams      {p['seams']['seam_rows']} of {p['seams']['rows']} chunk rows, {p['seams']['seam_depth']:,} z-slices "
-        f"shared; intermediates ~{p['seams']['ratio_to_logits']:.2f}x the float16 logits "
-        f"({p['seams']['uncompressed_ratio_to_logits']:.2f}x uncompressed)",
+        f"seams      {parts['partition']}: {p['seams']['pair_chunks']:,} two-part chunks (merged by predict), "
+        f"{p['seams']['shared_chunks']:,} by blend, {p['seams']['own_chunks']:,} one part's; intermediates "
+        f"~{p['seams']['ratio_to_logits']:.2f}x the float16 logits ({p['seams']['uncompressed_ratio_to_logits']:.2f}x "
+        f"uncompressed; worst finish order {p['seams']['worst']['ratio_to_logits']:.2f}x, "
+        f"{p['seams']['worst']['uncompressed_ratio_to_logits']:.2f}x)",
         f"objects    output {p['objects']['output_chunks']:,} chunks, intermediates {p['objects']['intermediate_chunks']:,} "
         f"chunks + {p['objects']['markers']} markers",
     ]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
+from . import createonce
 from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
@@ -23,12 +24,19 @@ from .model_source import fold_parent
 from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
-from .partstore import FORMAT_VERSION
+from .partstore import BLEND, FORMAT_VERSION, PAIRS
 from .predict_part import PartContext, PartRun, drop_scratch_quietly, output_spec
 from .progress import ProgressLine
 from .volume import InputVolume, open_volume
 
 log = logging.getLogger("vesuvius_inference.predict")
+
+
+def seam_mode(cfg: PredictConfig) -> str:
+    """``pairs``: the second finisher of a two-part seam chunk merges and writes it (predict writes an
+    output, and the parts' store has create-if-absent writes); ``blend``: every part stores its pieces
+    and blend merges them (the seed's layout, or a store without conditional writes)."""
+    return PAIRS if output_spec(cfg) is not None and createonce.supported(cfg.output_dir) else BLEND
 
 
 def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
@@ -42,6 +50,7 @@ def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: S
         "patch_size": list(patch), "overlap": cfg.overlap, "tta": cfg.do_tta, "skip_empty": cfg.skip_empty_patches,
         "chunk_size": list(chunks), "num_parts": cfg.num_parts, "bbox": cfg.bbox,
         "output": spec.as_dict() if spec else None,
+        "partition": cfg.partition, "seams": seam_mode(cfg),
         "frame": volume.frame.as_dict(), "labels": labels,  # for the output's metadata
         "input_zarr_format": volume.zarr_format,  # outputs made later (blend --mode, finalize) follow the input
     }

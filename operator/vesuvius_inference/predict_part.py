@@ -25,16 +25,17 @@ from .claims import Lease
 from .config import PredictConfig
 from .devicestep import DeviceStep
 from .errors import BadInput
-from .fixedpoint import logit_bits_for, weight_q
+from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
 from .iopool import WritePool
 from .model_files import ModelFiles
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
-from .partstore import SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
+from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
 from .partwriter import PartWriter
 from .progress import ProgressLine, Reporter
 from .reader import Patch, PatchReader
+from .seams import FIRST, SECOND, SeamMerge
 from .volume import InputVolume
 
 log = logging.getLogger("vesuvius_inference.predict")
@@ -105,7 +106,8 @@ def the_plan(ctx: PartContext) -> PartPlan:
     src = Source(volume.shape, volume.chunks, volume.occupancy if cfg.skip_empty_patches else None,
                  volume.channels * volume.dtype.itemsize)
     return plan_part(src, ctx.patch, ctx.chunks, cfg.overlap, cfg.bbox, cfg.num_parts, cfg.part_id,
-                     cfg.skip_empty_patches, cfg.patch_order, cfg.input_cache_bytes)
+                     cfg.skip_empty_patches, cfg.patch_order, cfg.input_cache_bytes, cfg.partition,
+                     ctx.fp.get("seams") == PAIRS)
 
 
 def drop_scratch_quietly(cfg: PredictConfig, run: str) -> None:
@@ -140,8 +142,7 @@ class PartRun:
         self.store = paths.store_url(cfg.output_dir, cfg.part_id, lease.run_id)
         self.spec = output_spec(cfg)
         self.runner = Runner(self.model, self.device, cfg.do_tta, cfg.batch_size, compile=cfg.compile)
-        a, b = self.plan.part
-        self.ran = np.zeros(b - a, dtype=bool)
+        self.ran = np.zeros(len(self.plan.members), dtype=bool)  # per member of the part: did it run
         self.counts = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": self.plan.listed_empty}
         self.start = 0
         self.run_here = 0
@@ -171,25 +172,39 @@ class PartRun:
             group = open_store(self.store, so)
         else:
             group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
-                                 volume.shape, ctx.chunks, plan.layout.segments(cfg.part_id), self.spec is None, so)
+                                 volume.shape, ctx.chunks, self.spec is None, so)
         threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's
         self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
         owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
                        staging=paths.pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
         self.bits = logit_bits_for(plan.grid.max_coverage())
-        self.writer = PartWriter(plan.layout, cfg.part_id, group, owned, plan.cgrid, self.bits, self.io)
+        wq = weight_q(ctx.patch)
+        self.seams = SeamMerge(paths.seams_dir(cfg.output_dir, paths.config_digest(ctx.fp)), cfg.part_id,
+                               self.lease.run_id, plan.layout, plan.grid, wq.numpy(), weights_digest(wq), self.bits, c,
+                               owned, so) if plan.layout.pairs else None
+        self.writer = PartWriter(plan.layout, cfg.part_id, owned, plan.cgrid, self.bits, self.io,
+                                 paths.pieces_dir(self.store), self.seams, self.ran_ids, owned.encode_full, so)
         cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
         self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes, self.device,
                                       (group[SPILLS[0]], group[SPILLS[1]]), self.writer, self.io)
         self.step = DeviceStep(self.runner, self.normalizer, plan.grid, volume.channels, cfg.batch_size,
-                               weight_q(ctx.patch).to(self.device), self.bits, self.accum)
+                               wq.to(self.device), self.bits, self.accum)
+
+    def ran_ids(self, box: Any) -> list[int]:
+        """This part's patches that ran and reach ``box`` (a seam piece's shared box)."""
+        members = self.plan.members
+        ids = self.plan.grid.patches_touching(*box)
+        if members.size == 0 or ids.size == 0:
+            return []
+        pos = np.minimum(self.plan.position(ids), len(members) - 1)
+        mine = members[pos] == ids
+        return [int(i) for i in ids[mine][self.ran[pos[mine]]]]
 
     def _resume(self, ckpt: dict[str, Any]) -> None:
-        a, b = self.plan.part
         self.start = int(ckpt["position"])
         self.counts = dict(ckpt["stats"])
-        self.ran = unpack_mask(ckpt["ran"], b - a)
+        self.ran = unpack_mask(ckpt["ran"], len(self.plan.members))
         self.writer.written = [tuple(x) for x in ckpt["written"]]  # type: ignore[misc]
         for i in self.plan.todo[:self.start]:
             self.accum.replay_done(*self.plan.grid.region(i))
@@ -207,10 +222,9 @@ class PartRun:
         self.accum.committed()
 
     def _run_batch(self, batch: list[Patch], bar: Reporter) -> None:
-        a = self.plan.part[0]
         self.step(batch)
         for p in batch:
-            self.ran[p.index - a] = True
+            self.ran[int(self.plan.position(np.int64(p.index)))] = True
             self.accum.patch_done(p.lo, p.hi)
         self.counts["run"] += len(batch)
         self.run_here += len(batch)
@@ -219,10 +233,9 @@ class PartRun:
 
     def _loop(self, bar: Reporter) -> None:
         plan, cfg = self.plan, self.cfg
-        a, b = plan.part
-        for i in range(a, b):  # patches empty by the listing only count down chunks
+        for i in plan.members:  # patches empty by the listing only count down chunks
             if not plan.nonempty[i]:
-                self.accum.patch_done(*plan.grid.region(i))
+                self.accum.patch_done(*plan.grid.region(int(i)))
         reader = PatchReader(self.ctx.volume, plan.grid, plan.todo[self.start:], cfg.skip_empty_patches,
                              2 * cfg.batch_size + 2)
         self.t_loop, last_ckpt = time.perf_counter(), time.monotonic()
@@ -254,8 +267,7 @@ class PartRun:
         if resume is not None:
             self._resume(resume)
         cfg = self.cfg
-        a, b = self.plan.part
-        bar = Reporter("predict", cfg.part_id, cfg.num_parts, b - a, "patches",
+        bar = Reporter("predict", cfg.part_id, cfg.num_parts, self.plan.part.size(), "patches",
                        quiet=cfg.quiet or self.listener is not None, interval_s=cfg.progress_s,
                        done=self.plan.listed_empty + self.start, listener=self.listener)
         try:
@@ -273,23 +285,24 @@ class PartRun:
     def finish(self) -> dict[str, Any]:
         """The part's marker (claimedwork writes it once the lease is confirmed), and its summary line."""
         cfg, plan, writer = self.cfg, self.plan, self.writer
-        a, b = plan.part
+        seams = dict(self.seams.outcomes) if self.seams else {}
         marker = {
-            "config": self.ctx.fp, "complete": True, "part_id": cfg.part_id, "part": list(plan.part),
+            "config": self.ctx.fp, "complete": True, "part_id": cfg.part_id, "part": plan.part.as_dict(),
             "store": self.store, "num_classes": self.model.num_classes, "logit_bits": self.bits,
-            "normalization": self.stats,
-            "cover": list(plan.layout.covers[cfg.part_id]) if plan.layout.covers[cfg.part_id] else None,
+            "normalization": self.stats, "listed": pack_mask(plan.nonempty[plan.members]),
             "ran": pack_mask(self.ran), "written": [list(x) for x in writer.written],
-            "segments": [s.name for s in plan.layout.segments(cfg.part_id)],
-            "patches": {"total": b - a, **self.counts, "run_by_last_run": self.run_here, "resumed_at": self.start},
+            "pieces": writer.piece_count, "seams": seams,
+            "patches": {"total": plan.part.size(), **self.counts, "run_by_last_run": self.run_here,
+                        "resumed_at": self.start},
             "evictions": self.accum.evictions, "cache_peak_bytes": self.accum.peak,
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
         }
         dt = time.perf_counter() - self.t0
         skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
-        log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, %d seam pieces, %.1f s, "
-                 "%.2f Mvox/s", cfg.part_id, cfg.num_parts, self.counts["run"], skipped, len(writer.written),
-                 f" to {self.spec.url}" if self.spec else "", writer.segment_chunks, dt,
+        log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, seams: %d merged, %d "
+                 "pieces left for the other part, %d for blend, %.1f s, %.2f Mvox/s", cfg.part_id, cfg.num_parts,
+                 self.counts["run"], skipped, len(writer.written), f" to {self.spec.url}" if self.spec else "",
+                 seams.get(SECOND, 0), seams.get(FIRST, 0), writer.piece_count, dt,
                  self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6)
         return marker

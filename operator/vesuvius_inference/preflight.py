@@ -30,7 +30,8 @@ NAMES = {"input": "--input", "level": "--level", "shape": "the input's shape", "
          "labels": "the model's class names", "kind": "the output kind", "mode": "--mode", "threshold": "--threshold",
          "levels": "--levels", "num_parts": "the number of parts (--gpus, --devices, --parts-per-gpu)",
          "format": "the part format", "ngff": "--ngff_version (the output's format)",
-         "input_zarr_format": "the input's Zarr format"}
+         "input_zarr_format": "the input's Zarr format", "partition": "--partition",
+         "seams": "where seams are merged (pairs: by predict, on stores with conditional writes; blend: by blend)"}
 
 
 @dataclass(frozen=True)

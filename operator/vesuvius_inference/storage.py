@@ -76,11 +76,15 @@ def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[s
 
 
 def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
-    """Write JSON so that readers see the old object or the new one, never half of it.
+    """Write JSON so that readers see the old object or the new one, never half of it."""
+    write_bytes(url, json.dumps(obj, indent=1, sort_keys=True).encode(), storage_options)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+    """Write an object so that readers see the old one or the new one, never half of it.
 
     Object stores make a PUT atomic already; on local disks write a temporary file and rename it.
     """
-    data = json.dumps(obj, indent=1, sort_keys=True).encode()
     if is_local(url):
         path = local_path(url)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

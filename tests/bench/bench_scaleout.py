@@ -3,12 +3,14 @@
 Run: ``python tests/bench/bench_scaleout.py``. Prints ratios, never asserts on them.
 - intermediates: 8 parts over a 720 x 96 x 96 scroll, patch 32^3 (2.8 patch depths of Z per part, as
   PHerc1218 on 64 GPUs), fused pipeline with --keep-intermediates: bytes under the workdir / the
-  uncompressed float16 logits; the same bytes as plan estimated them; and the same seams stored as
-  float16 partial means + weights (the lossy alternative to exact int64 sums), compressed the same way;
-- plan's figure at PHerc1218's geometry (64 parts, patch 128), from metadata only;
-- blend + finalize I/O (bytes the processes read and wrote, /proc/self/io) of the fused path against the
-  seed's layout in the same build (predict without an output: blend copies every chunk, finalize
-  reads blended logits back): the "every output byte written three times" path;
+  uncompressed float16 logits, of which the seam pieces (the first finishers' under _seams/, and those
+  left for blend); the same bytes as plan estimated them;
+- plan's figure at PHerc1218's geometry (64 parts, patch 128), from metadata only, z-slabs and the
+  partition plan chooses;
+- blend + finalize I/O (bytes the processes read and wrote through zarr and fsspec) of the fused path
+  against the seed's layout in the same build (predict without an output: blend copies every chunk,
+  finalize reads blended logits back): the "every output byte written three times" path; and the bytes
+  the fused blend reads (what the second finishers left it);
 - peak RSS of predict for a volume and one 8x larger at the same --cache_gb.
 """
 
@@ -35,34 +37,43 @@ from helpers import smooth_volume, write_zarr  # noqa: E402
 CHILD = """
 import atexit, os, shutil, sys
 import zarr.storage
-moved = [0]
+from fsspec.implementations.local import LocalFileSystem
+moved = [0, 0]  # read, written
 get, set_ = zarr.storage.LocalStore.get, zarr.storage.LocalStore.set
 async def counted_get(self, key, *a, **k):
     out = await get(self, key, *a, **k)
     moved[0] += len(out) if out is not None else 0
     return out
 async def counted_set(self, key, value, *a, **k):
-    moved[0] += len(value)
+    moved[1] += len(value)
     return await set_(self, key, value, *a, **k)
 zarr.storage.LocalStore.get, zarr.storage.LocalStore.set = counted_get, counted_set
+cat = LocalFileSystem.cat_file
+def counted_cat(self, path, *a, **k):
+    out = cat(self, path, *a, **k)
+    moved[0] += len(out)
+    return out
+LocalFileSystem.cat_file = counted_cat
 copyfile = shutil.copyfile
 def counted_copy(src, dst, *a, **k):
-    moved[0] += 2 * os.path.getsize(src)
+    moved[0] += os.path.getsize(src)
+    moved[1] += os.path.getsize(src)
     return copyfile(src, dst, *a, **k)
 shutil.copyfile = counted_copy
-atexit.register(lambda: open(sys.argv[1], "w").write(str(moved[0])))
+atexit.register(lambda: open(sys.argv[1], "w").write(f"{moved[0]} {moved[1]}"))
 from vesuvius_inference.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
 
-def io_bytes(args: list[str]) -> int:
-    """Bytes one CLI process read from and wrote to its Zarr stores (every chunk and metadata object
-    passes through zarr's store; blend's byte copies through shutil)."""
+def io_bytes(args: list[str]) -> tuple[int, int]:
+    """(read, written): bytes one CLI process moved through its Zarr stores (every chunk and metadata
+    object), fsspec's whole-object reads (seam pieces, JSON) and blend's byte copies (shutil)."""
     with tempfile.NamedTemporaryFile("r", suffix=".io") as f:
         subprocess.run([sys.executable, "-c", CHILD, f.name, *map(str, args)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
-        return int(open(f.name).read())
+        r, w = open(f.name).read().split()
+        return int(r), int(w)
 
 
 def cli(*args) -> None:
@@ -70,26 +81,12 @@ def cli(*args) -> None:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def lossy_seam_bytes(parts_dir: Path) -> tuple[int, int]:
-    """(stored bytes of the int64 sums segments, bytes if stored as float16 means + weights instead)."""
-    import zarr
-    from numcodecs import Blosc
+def seam_bytes(parts_dir: Path) -> tuple[int, int]:
+    """(first finishers' pieces under _seams/, pieces the parts left for blend) in bytes."""
+    def size(files) -> int:
+        return sum(f.stat().st_size for f in files if f.is_file())
 
-    codec = Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE)
-    exact = lossy = 0
-    for store in parts_dir.glob("part_*/*/"):
-        g = zarr.open_group(str(store), mode="r")
-        for name in g.array_keys():
-            if not name.startswith("sums_"):
-                continue
-            exact += sum(f.stat().st_size for f in (store / name).rglob("*") if f.is_file() and f.name != "zarr.json")
-            s = g[name][:]
-            w = s[-1].astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean = (s[:-1] / np.where(w == 0, 1, w) * 2.0 ** -15).astype(np.float16)
-            for arr in (mean, (w / 2 ** 24).astype(np.float16)):
-                lossy += len(codec.encode(np.ascontiguousarray(arr)))
-    return exact, lossy
+    return size(parts_dir.glob("_seams/*/*")), size(parts_dir.glob("part_*/*/pieces/*"))
 
 
 def main() -> None:
@@ -107,33 +104,34 @@ def main() -> None:
         "--batch-size", "4")
     left = tree_bytes(str(work))
     parts = work / "parts"
-    seams = sum(f.stat().st_size for f in parts.glob("part_*/*/*/c/**/*") if f.is_file())
+    firsts, for_blend = seam_bytes(parts)
+    seams = firsts + for_blend
     plan = json.loads(subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "plan", "--input", inp,
                                       "--model", model, "--num_parts", "8", "--json"], capture_output=True,
                                      text=True, check=True).stdout)
     est = plan["seams"]["compressed_estimate"]
-    exact, lossy = lossy_seam_bytes(parts)
-    print(f"intermediates, 8 parts, {shape[0]}x{shape[1]}x{shape[2]}, patch 32: workdir {left / 1e6:.1f} MB / "
-          f"float16 logits {logits / 1e6:.1f} MB = {left / logits:.2f} (seam segments {seams / logits:.2f}); "
-          f"plan estimated {est / logits:.2f} ({est / max(seams, 1):.2f}x the segments written)")
-    print(f"seams as exact int64 sums {exact / 1e6:.1f} MB vs float16 partial means + weights {lossy / 1e6:.1f} MB "
-          f"(lossy, not part-count invariant): {lossy / max(exact, 1):.2f}x")
+    print(f"intermediates, 8 parts ({plan['parts']['partition']}), {shape[0]}x{shape[1]}x{shape[2]}, patch 32: "
+          f"workdir {left / 1e6:.2f} MB / float16 logits {logits / 1e6:.1f} MB = {left / logits:.3f} (seam pieces "
+          f"{seams / logits:.3f}: first finishers' {firsts / logits:.3f}, left for blend {for_blend / logits:.3f}); "
+          f"plan estimated {est / logits:.3f} ({est / max(seams, 1):.2f}x the pieces written)")
     # blend + finalize I/O: fused (parts wrote their rows) vs the seed's layout (predict without an output)
     seed = root / "seed"
     for p in range(8):
         cli("predict", "--model_path", model, "--input_dir", inp, "--output_dir", seed, "--part_id", p,
             "--num_parts", 8, "--device", "cpu", "--disable_tta", "--quiet", "--batch_size", 4)
-    old = io_bytes(["blend", seed, root / "seed_b.zarr", "--quiet"]) + \
-        io_bytes(["finalize", root / "seed_b.zarr", root / "seed_o.zarr", "--quiet"])
+    old = sum(io_bytes(["blend", seed, root / "seed_b.zarr", "--quiet"])) + \
+        sum(io_bytes(["finalize", root / "seed_b.zarr", root / "seed_o.zarr", "--quiet"]))
     fused = root / "fused"
     for p in range(8):
         cli("predict", "--model_path", model, "--input_dir", inp, "--output_dir", fused, "--part_id", p,
             "--num_parts", 8, "--device", "cpu", "--disable_tta", "--quiet", "--batch_size", 4,
             "--final_output", root / "fused_o.zarr")
-    new = io_bytes(["blend", fused, root / "fused_o.zarr", "--quiet", "--seams_only"]) + \
-        io_bytes(["finalize", fused, root / "fused_o.zarr", "--quiet"])
-    print(f"blend+finalize bytes read+written: fused {new / 1e6:.1f} MB, seed layout {old / 1e6:.1f} MB: "
-          f"{new / old:.2f}x")
+    blend_read, blend_written = io_bytes(["blend", fused, root / "fused_o.zarr", "--quiet", "--seams_only"])
+    new = blend_read + blend_written + sum(io_bytes(["finalize", fused, root / "fused_o.zarr", "--input_kind", "parts",
+                                                                  "--quiet"]))
+    print(f"blend reads {blend_read / 1e6:.3f} MB ({blend_read / logits:.3f}x the float16 logits), writes "
+          f"{blend_written / 1e6:.3f} MB; blend+finalize bytes read+written: fused {new / 1e6:.1f} MB, seed layout "
+          f"{old / 1e6:.1f} MB: {new / old:.2f}x")
     # plan at PHerc1218's geometry (metadata only: an empty array of that shape)
     import zarr
 
@@ -141,13 +139,17 @@ def main() -> None:
     zarr.create_array(str(big), shape=(23247, 7593, 7593), chunks=(128, 128, 128), dtype="uint8", zarr_format=3,
                       fill_value=0)
     m128 = model_folder(root / "m128", (128, 128, 128), features)
-    p = json.loads(subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "plan", "--input", big, "--model",
-                                   m128, "--num_parts", "64", "--no_skip_empty_patches", "--json"],
-                                  capture_output=True, text=True, check=True).stdout)
-    s = p["seams"]
-    print(f"plan, PHerc1218 on 64 parts, patch 128: intermediates ~{s['ratio_to_logits']:.2f}x the float16 logits "
-          f"({s['uncompressed_ratio_to_logits']:.2f}x uncompressed), {s['seam_rows']} of {s['rows']} chunk rows are "
-          f"seams, {p['objects']['output_chunks']:,} output chunks at level 0, {s['objects']:,} intermediate chunks")
+    for partition in ("slabs", "auto"):
+        p = json.loads(subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "plan", "--input", big,
+                                       "--model", m128, "--num_parts", "64", "--no_skip_empty_patches", "--partition",
+                                       partition, "--json"], capture_output=True, text=True, check=True).stdout)
+        s = p["seams"]
+        print(f"plan, PHerc1218 on 64 parts ({p['parts']['partition']}), patch 128: intermediates "
+              f"~{s['ratio_to_logits']:.3f}x the float16 logits compressed ({s['uncompressed_ratio_to_logits']:.3f}x "
+              f"uncompressed; worst finish order {s['worst']['ratio_to_logits']:.3f}x / "
+              f"{s['worst']['uncompressed_ratio_to_logits']:.3f}x), {s['pair_chunks']:,} two-part seam chunks, "
+              f"{s['shared_chunks']:,} for blend, {p['objects']['output_chunks']:,} output chunks at level 0, "
+              f"{s['objects']:,} intermediate objects")
     # peak RSS of predict, 1x and 8x volume, same --cache_gb
     rss = {}
     for scale, sh in (("1x", (128, 256, 256)), ("8x", (256, 512, 512))):

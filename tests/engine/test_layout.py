@@ -1,23 +1,13 @@
-"""Part split and chunk-row ownership: boundaries between patch rows, thin seams, one writer per row."""
+"""Part split and chunk ownership: boundaries between patch rows, participants per chunk from patch
+membership, piece boxes that hold every voxel another part reaches (one writer per chunk)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from vesuvius_inference.grid import PatchGrid, grid_parts, split_parts
-from vesuvius_inference.layout import EDGE, SEAM, SUMS, PartLayout
-
-
-def _z_cover_by_patches(grid: PatchGrid, nonempty: np.ndarray, parts, depth: int) -> list[set[int]]:
-    """Brute force: for every z-slice, the parts with a non-empty patch whose region contains it."""
-    cover: list[set[int]] = [set() for _ in range(depth)]
-    for k, (a, b) in enumerate(parts):
-        for i in range(a, b):
-            if nonempty[i]:
-                lo, hi = grid.region(i)
-                for z in range(lo[0], hi[0]):
-                    cover[z].add(k)
-    return cover
+from vesuvius_inference.grid import ChunkGrid, PatchGrid, split_parts
+from vesuvius_inference.layout import OWN, PAIR, SHARED, PartLayout
+from vesuvius_inference.partition import split
 
 
 def test_boundaries_fall_between_patch_rows_when_the_balance_allows():
@@ -38,51 +28,85 @@ def test_boundaries_fall_between_patch_rows_when_the_balance_allows():
     assert max(counts) - min(counts) <= 1
 
 
-@pytest.mark.parametrize("shape,patch,overlap,n,chunk_z,sparse", [
-    ((200, 40, 40), (32, 32, 32), 0.5, 5, 32, False),
-    ((300, 50, 40), (48, 32, 32), 0.25, 7, 40, True),
-    ((90, 64, 64), (32, 32, 32), 0.5, 12, 16, False),  # thin parts: several parts share slices
+def _reach_by_patches(grid: PatchGrid, nonempty: np.ndarray, parts, shape, chunks) -> tuple[dict, np.ndarray]:
+    """Brute force: per chunk the parts with a non-empty patch touching it; per voxel a bitmask of parts."""
+    cg = ChunkGrid(shape, chunks)
+    who: dict = {}
+    vox = np.zeros(shape, dtype=np.int64)
+    for k, part in enumerate(parts):
+        for i in part.members(grid):
+            if not nonempty[i]:
+                continue
+            lo, hi = grid.region(int(i))
+            vox[tuple(slice(a, b) for a, b in zip(lo, hi))] |= 1 << k
+            for idx in cg.touching(lo, hi):
+                who.setdefault(idx, set()).add(k)
+    return who, vox
+
+
+def _inside(box, lo, hi) -> np.ndarray:
+    """Mask over the chunk [lo, hi) of the voxels inside ``box``."""
+    m = np.zeros(tuple(b - a for a, b in zip(lo, hi)), dtype=bool)
+    if box is not None:
+        m[tuple(slice(max(a, o) - o, max(min(b, e), o) - o) for a, b, o, e in zip(box[0], box[1], lo, hi))] = True
+    return m
+
+
+@pytest.mark.parametrize("shape,patch,overlap,n,blocks,chunks,sparse", [
+    ((200, 40, 40), (32, 32, 32), 0.5, 5, None, (32, 16, 16), False),
+    ((150, 50, 40), (48, 32, 32), 0.25, 7, None, (40, 20, 20), True),
+    ((90, 64, 64), (32, 32, 32), 0.5, 12, None, (16, 32, 32), False),  # thin parts: several parts share a chunk
+    ((160, 96, 48), (32, 32, 32), 0.5, 6, (3, 2), (32, 32, 32), True),  # blocks: corners with 3-4 participants
+    ((128, 128, 40), (32, 32, 32), 0.5, 8, (2, 4), (24, 24, 24), False),
 ])
-def test_rows_are_owned_by_the_one_part_that_covers_them_and_seams_are_segments(shape, patch, overlap, n, chunk_z,
-                                                                                 sparse):
+def test_participants_and_piece_boxes_match_brute_force(shape, patch, overlap, n, blocks, chunks, sparse):
     grid = PatchGrid(shape, patch, overlap)
     rng = np.random.default_rng(n)
     nonempty = rng.random(grid.n_patches) > 0.3 if sparse else np.ones(grid.n_patches, dtype=bool)
-    parts = grid_parts(grid, nonempty, n)
-    layout = PartLayout.build(grid, nonempty, parts, shape[0], chunk_z)
-    cover = _z_cover_by_patches(grid, nonempty, parts, shape[0])
-    segs = layout.segments()
-    for r in range(layout.rows):
-        z0, z1 = r * chunk_z, min(shape[0], (r + 1) * chunk_z)
-        ks = set().union(*cover[z0:z1])
-        owner = layout.row_owner(r)
-        if not ks:
-            assert owner is None
-        elif len(ks) == 1:
-            assert owner == next(iter(ks))
-        else:
-            assert owner == SEAM
-            for z in range(z0, z1):  # every slice of a seam row is stored by exactly the parts covering it
-                here = [s for s in segs if s.z0 <= z < s.z1]
-                assert {s.part for s in here} == cover[z]
-                assert all(s.kind == (SUMS if len(cover[z]) > 1 else EDGE) for s in here)
-    for s in segs:  # segments never cross a row, so each segment chunk has one completion
-        assert s.z0 // chunk_z == (s.z1 - 1) // chunk_z
+    parts = split(grid, nonempty, n, blocks)
+    assert sorted(np.concatenate([p.members(grid) for p in parts]).tolist()) == list(range(grid.n_patches))
+    layout = PartLayout.build(grid, nonempty, parts, shape, chunks, pairs=True)
+    who, vox = _reach_by_patches(grid, nonempty, parts, shape, chunks)
+    cg = layout.cgrid
+    for idx in cg.all():
+        ks = who.get(idx, set())
+        assert set(layout.participants(idx)) == ks
+        assert layout.kind(idx) == (None if not ks else OWN if len(ks) == 1 else PAIR if len(ks) == 2 else SHARED)
+        if len(ks) < 2:
+            continue
+        lo, hi = cg.box(idx)
+        here = vox[tuple(slice(a, b) for a, b in zip(lo, hi))]
+        for k in ks:
+            shared, edge = layout.piece_boxes(k, idx)
+            mine = (here >> k) & 1 == 1
+            others = (here & ~(1 << k)) != 0
+            s, e = _inside(shared, lo, hi), _inside(edge, lo, hi)
+            assert not (mine & others & ~s).any()  # every voxel another part reaches is in the sums
+            assert not (mine & ~s & ~e).any()  # every voxel of mine is in one of the two boxes
 
 
 def test_seams_are_one_overlap_deep_at_the_scroll_geometry():
-    """PHerc1218 (23,247 x 7,593 x 7,593) on 64 GPUs, patch 128, overlap 0.5: 63 seams of 64 slices."""
+    """PHerc1218 (23,247 x 7,593 x 7,593) on 64 GPUs, patch 128, overlap 0.5, z-slabs: every boundary
+    between patch rows, and a two-part chunk's shared box one patch overlap deep (64 or 65 slices)."""
     shape, p = (23247, 7593, 7593), 128
     grid = PatchGrid(shape, (p, p, p), 0.5)
     nonempty = np.ones(grid.n_patches, dtype=bool)
-    parts = grid_parts(grid, nonempty, 64)
+    parts = split(grid, nonempty, 64, None)
     row = grid.counts[1] * grid.counts[2]
-    assert all(a % row == 0 for a, _ in parts)
-    weights = [b - a for a, b in parts]
+    assert all(part.start % row == 0 for part in parts)
+    weights = [part.size() for part in parts]
     assert max(weights) / np.mean(weights) < 1.1
-    layout = PartLayout.build(grid, nonempty, parts, shape[0], p)
-    # nnU-Net's step there is (23247 - 128) / 362 = 63.9 voxels, so each seam is 128 - 63.9 deep: 64 or 65
-    overlaps = [a[1] - b[0] for a, b in zip(layout.covers, layout.covers[1:])]
-    assert set(overlaps) <= {64, 65} and layout.seam_depth() == sum(overlaps)
-    owned = sum(1 for o in layout.owners if o is not None and o != SEAM)
-    assert owned + len(layout.seam_rows) == layout.rows and owned > 0.4 * layout.rows
+    layout = PartLayout.build(grid, nonempty, parts, shape, (p, p, p), pairs=True)
+    kinds = layout.kinds()
+    assert not (kinds == 3).any()  # slabs a whole number of patch rows deep: never three parts in a chunk
+    rows = np.argwhere((kinds == 2).any(axis=(1, 2))).ravel()
+    spans = []  # a seam may straddle two chunk rows: join the rows' shared z-ranges
+    for r in rows:
+        k = layout.participants((int(r), 0, 0))
+        shared, _ = layout.piece_boxes(k[0], (int(r), 0, 0))
+        if spans and spans[-1][1] == shared[0][0]:
+            spans[-1] = (spans[-1][0], shared[1][0])
+        else:
+            spans.append((shared[0][0], shared[1][0]))
+    assert len(spans) == 63 and {b - a for a, b in spans} <= {64, 65}
+    assert (kinds == 1).sum() > 0.4 * kinds.size

@@ -35,6 +35,7 @@ NON_DEFAULT = {
     "checkpoint_s": 30.0, "intensity_check": "error", "compile": True, "cache_gb": 2.5, "mode": "multiclass",
     "threshold": True, "levels": 3, "quiet": True, "overwrite": True, "lease_s": 17.0, "progress_s": 5.0,
     "ngff_version": "0.4", "debug": True,
+    "partition": "4x2",
 }
 SINGLE_VALUED = {"tta_type"}  # nnU-Net has one kind; no other value exists to carry
 PER_PART = {"output_dir", "part_id", "part_ids", "num_parts", "device", "blended_output", "final_output",  # the route's
@@ -49,6 +50,7 @@ NOT_IN_SPEC = {
     "progress_s": "the operator reads the default interval",
     "ngff_version": "outputs take the scan's format (auto); the InferenceJob has no field to choose another yet",
     "debug": "a pod's failure is its one error line (the termination message); tracebacks only when run by hand",
+    "partition": "auto picks the split with the fewest seam bytes from the volume's shape; not a spec knob yet",
     "mode": None, "threshold": None, "levels": None,  # set, but by spec.mode/threshold/output.levels (below)
 }
 

@@ -42,11 +42,12 @@ def test_pipeline_on_s3_equals_local(tmp_path, model2, s3):
 
 def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(model_factory, s3, s3_server):
     """moto's request log: every chunk object of the output (all levels) is PUT exactly once; of level 0,
-    blend PUTs only the seam rows, and the parts PUT the rest themselves."""
+    blend PUTs only the chunks three or more parts share (the corners of 2x2 blocks), and the parts PUT
+    the rest themselves, the two-part seams included (their second finisher merges them)."""
     import requests
     import s3fs
     from bench_storage import parse_recording
-    from vesuvius_inference.layout import SEAM
+    from vesuvius_inference.layout import OWN, PAIR, SHARED
 
     model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")
     vol = smooth_volume((80, 64, 64), seed=13)
@@ -56,9 +57,9 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     requests.post(f"{s3_server}/moto-api/recorder/reset-recording")
     requests.post(f"{s3_server}/moto-api/recorder/start-recording")
     stages = {}
-    base = ["--model_path", model, "--input_dir", s3_in, "--output_dir", f"{work}/parts", "--num_parts", "3",
+    base = ["--model_path", model, "--input_dir", s3_in, "--output_dir", f"{work}/parts", "--num_parts", "4", "--partition", "2x2",
             "--device", "cpu", "--disable_tta", "--final_output", out, "--chunk_size", "16,32,32", "--quiet"]
-    for p in range(3):
+    for p in range(4):
         assert cli("predict", *base, "--part_id", p).returncode == 0
         stages[f"predict{p}"] = len(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
     assert cli("blend", f"{work}/parts", out, "--quiet", "--seams_only").returncode == 0
@@ -79,14 +80,16 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     fs = s3fs.S3FileSystem()
     stored = {k.split("/results/out.zarr/", 1)[1] for k in fs.find(f"{bucket}/results/out.zarr") if "/c/" in k}
     assert set(every) == stored  # and every stored chunk came from one of those PUTs
-    blend_puts = puts(parse_recording(text[stages["predict2"]:stages["blend"]]))
+    blend_puts = puts(parse_recording(text[stages["predict3"]:stages["blend"]]))
     level0_by_blend = {tuple(int(v) for v in k.split("/")[-3:]) for k in blend_puts if k.startswith("0/")}
     from vesuvius_inference.partstore import load_parts
 
     layout = load_parts(f"{work}/parts").layout()
-    assert level0_by_blend and all(layout.row_owner(z) == SEAM for z, _, _ in level0_by_blend)
+    assert level0_by_blend and {layout.kind(idx) for idx in level0_by_blend} == {SHARED}
     level0 = {tuple(int(v) for v in k.split("/")[-3:]) for k in every if k.startswith("0/")}
-    assert level0 - level0_by_blend and all(layout.row_owner(z) != SEAM for z, _, _ in level0 - level0_by_blend)
+    by_parts = level0 - level0_by_blend
+    assert {layout.kind(idx) for idx in by_parts} == {OWN, PAIR}
+    assert {idx for idx in level0 if layout.kind(idx) == SHARED} == level0_by_blend
 
 
 def test_worker_processes_on_s3_take_endpoint_and_keys_from_the_command_line_only(tmp_path, model2, s3, s3_server):
