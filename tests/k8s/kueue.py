@@ -320,20 +320,19 @@ class KueueController:
         pod_set = wl["spec"]["podSets"][0]
         want = pod_set["count"] * gpus_per_pod(pod_set["template"])
         prefix = "couldn't assign flavors to pod set main: "
+        def pending(reason: str, message: str) -> bool:
+            if (_cond(wl, "QuotaReserved") or {}).get("message") != message:
+                _set(conds, "QuotaReserved", "False", reason, message)
+                self._status(wl, {"conditions": conds})
+            return True
+
         if self.quota_gpus is not None and want > self.quota_gpus:
-            message = (f"{prefix}insufficient quota for nvidia.com/gpu in flavor default, previously considered podsets "
-                       f"requests (0) + current podset request ({want}) > maximum capacity ({self.quota_gpus})")
-            if (_cond(wl, "QuotaReserved") or {}).get("message") != message:
-                _set(conds, "QuotaReserved", "False", "ExceedsMaxQuota", message)
-                self._status(wl, {"conditions": conds})
-            return True
+            return pending("ExceedsMaxQuota", f"{prefix}insufficient quota for nvidia.com/gpu in flavor default, "
+                           f"previously considered podsets requests (0) + current podset request ({want}) > maximum "
+                           f"capacity ({self.quota_gpus})")
         if self.quota_gpus is not None and self._used + want > self.quota_gpus:
-            message = (f"{prefix}insufficient unused quota for nvidia.com/gpu in flavor default, "
-                       f"{self._used + want - self.quota_gpus} more needed")
-            if (_cond(wl, "QuotaReserved") or {}).get("message") != message:
-                _set(conds, "QuotaReserved", "False", "WaitingForQuota", message)
-                self._status(wl, {"conditions": conds})
-            return True
+            return pending("WaitingForQuota", f"{prefix}insufficient unused quota for nvidia.com/gpu in flavor "
+                           f"default, {self._used + want - self.quota_gpus} more needed")
         self._used += want
         _set(conds, "QuotaReserved", "True", "QuotaReserved", "Quota reserved in ClusterQueue cluster-queue")
         _set(conds, "Admitted", "True", "Admitted", "The workload is admitted")
