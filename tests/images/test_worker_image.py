@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from job_controller import expand  # the kubelet's $(VAR) expansion
+from job_controller import (  # the kubelet's $(VAR) expansion, downward API
+    expand,
+    field_ref,
+    resource_field_ref,
+)
 from k8s.conftest import NAMESPACE, SAMPLE
 from vesuvius_inference.k8s import manifests, spec
 
@@ -69,6 +73,16 @@ def _spec(prefix: str) -> dict:
     return body
 
 
+def _env_value(meta: dict, container: dict, e: dict) -> str:
+    """One env entry as the kubelet resolves it: a literal, or the downward API (a pod annotation, a request)."""
+    ref = e.get("valueFrom") or {}
+    if "fieldRef" in ref:
+        return field_ref(meta, ref["fieldRef"]["fieldPath"])
+    if "resourceFieldRef" in ref:
+        return resource_field_ref(container, ref["resourceFieldRef"])
+    return e["value"]
+
+
 def _containers(body: dict) -> list[dict]:
     js = spec.parse(body["spec"])
     name = body["metadata"]["name"]
@@ -80,7 +94,7 @@ def _containers(body: dict) -> list[dict]:
         pod = job["spec"]["template"]["spec"]
         (container,) = pod["containers"]
         assert all("emptyDir" in v for v in pod["volumes"]), pod["volumes"]
-        env = {e["name"]: e["value"] for e in container["env"]}
+        env = {e["name"]: _env_value(job["spec"]["template"]["metadata"], container, e) for e in container["env"]}
         if job["spec"]["completionMode"] == "Indexed":
             env["JOB_COMPLETION_INDEX"] = "0"  # the Job controller injects it into Indexed pods
         out.append({"stage": container["name"], "args": [expand(a, env) for a in container["args"]], "env": env,

@@ -219,7 +219,7 @@ def test_stages_whose_jobs_vanished_unseen_are_judged_on_storage(cluster, operat
     """ttlSecondsAfterFinished 0 and the operator down while predict, then finalize, ended: both Jobs are
     gone unseen. Check Jobs (the real ``vesuvius-inference check`` against S3) find the parts' markers and
     the complete output: the run goes on and ends Succeeded, verified."""
-    cluster.create_ij(spec_for("unseen", inference={"tta": False}, ttlSecondsAfterFinished=0))
+    cluster.create_ij(spec_for("unseen", inference={"tta": False, "device": "cpu"}, ttlSecondsAfterFinished=0))
     cluster.wait("the predict Job", lambda: "unseen-predict" in cluster.jobs("unseen"), timeout=60)
     operator.kill()
     cluster.wait("predict done and deleted", lambda: any(r.job == "unseen-predict" and r.exit_code == 0
