@@ -50,6 +50,14 @@ def partition_choice(text: str) -> str:
     return f"{int(nz)}x{int(ny)}"
 
 
+def blocks_of(partition: str) -> tuple[int, int] | None:
+    """(nz, ny) of an explicit (normalised) ``NZxNY`` partition, else None."""
+    if partition in (AUTO, SLABS):
+        return None
+    nz, _, ny = partition.partition("x")
+    return int(nz), int(ny)
+
+
 def _positive(name: str, value: float, strict: bool = True) -> None:
     if value <= 0 if strict else value < 0:
         raise BadArguments(f"{name} must be {'>' if strict else '>='} 0, got {value}")
@@ -129,7 +137,7 @@ class PartCount:
 class PartShape:
     """How the patch grid is cut into parts (predict, pipeline, plan): where the seams lie, never an output byte."""
 
-    partition: str = setting(AUTO, "--partition", parse=partition_choice, metavar="auto|slabs|NZxNY",
+    partition: str = setting(AUTO, "--partition", parse=partition_choice, metavar="auto|slabs|NZxNY", crd="partition",
                              help="auto: the cut into z-slabs x y-columns with the fewest seam bytes (default); "
                                   "slabs: z-slabs; NZxNY: that many slabs, each cut into that many columns")
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import AUTO, SLABS
+from .config import AUTO, SLABS, blocks_of
 from .grid import PatchGrid, grid_parts
 
 __all__ = ["AUTO", "SLABS", "Part", "block_parts", "blocks_of", "factorisations", "slab_parts", "split"]
@@ -116,14 +116,6 @@ def factorisations(num_parts: int, grid: PatchGrid, keep: int | None = None) -> 
         return (f[0] - 1) * y * x + (f[1] - 1) * z * x
 
     return out[:1] + sorted(out[1:], key=area)[:keep]
-
-
-def blocks_of(partition: str) -> tuple[int, int] | None:
-    """(nz, ny) of an explicit ``NZxNY`` partition, else None."""
-    if partition in (AUTO, SLABS):
-        return None
-    nz, _, ny = partition.partition("x")
-    return int(nz), int(ny)
 
 
 def split(grid: PatchGrid, nonempty: np.ndarray, num_parts: int, blocks: Sequence[int] | None) -> list[Part]:

@@ -50,7 +50,6 @@ NOT_IN_SPEC = {
     "progress_s": "the operator reads the default interval",
     "ngff_version": "outputs take the scan's format (auto); the InferenceJob has no field to choose another yet",
     "debug": "a pod's failure is its one error line (the termination message); tracebacks only when run by hand",
-    "partition": "auto picks the split with the fewest seam bytes from the volume's shape; not a spec knob yet",
     "mode": None, "threshold": None, "levels": None,  # set, but by spec.mode/threshold/output.levels (below)
 }
 
@@ -126,13 +125,13 @@ def test_kubernetes_route_carries_every_setting_the_spec_holds():
             in_spec[f.name] = NON_DEFAULT[f.name]
         elif path is None and f.name not in PER_PART | SINGLE_VALUED:
             assert f.name in NOT_IN_SPEC, f"{f.name}: map it to the InferenceJob spec (crd=) or say why not"
-    body["spec"]["parts"] = 7
+    body["spec"]["parts"] = 8  # NON_DEFAULT's partition 4x2 makes 8 parts
     assert crd_errors(body) == [], "the test spec must be one the API server accepts"
     args = manifests.predict_args(specmod.parse(body["spec"]))
     parsed = cli.parse("predict", [a.replace("$(JOB_COMPLETION_INDEX)", "4") for a in args[1:]])
     for k, v in in_spec.items():
         assert getattr(parsed, k) == v, k
-    assert (parsed.part_id, parsed.num_parts, parsed.model_path) == (4, 7, raw["spec"]["model"]["uri"])
+    assert (parsed.part_id, parsed.num_parts, parsed.model_path) == (4, 8, raw["spec"]["model"]["uri"])
     assert parsed.final_output == raw["spec"]["output"]["uri"] and parsed.model_cache_dir == manifests.MODEL_CACHE
 
 

@@ -62,6 +62,8 @@ def minimal():
     (lambda s: s.update(retry={"nonRetryableExitCodes": [0]}), "less than the minimum"),
     (lambda s: s["output"].update(uri=s["input"]["uri"]), "output.uri must differ from input.uri"),
     (lambda s: s.update(parts=0), "less than the minimum"),
+    (lambda s: s.update(partition="4-2"), "does not match"),
+    (lambda s: s.update(partition="0x4"), "does not match"),
     (lambda s: s.update(parts=100001), "greater than the maximum"),
     (lambda s: s.update(parts=4, parallelism=8), "parallelism must not exceed parts"),
     (lambda s: s.update(mode="semantic"), "is not one of"),

@@ -151,6 +151,9 @@ def test_spec_validation_beyond_the_schema():
     assert any("duplicates" in e for e in specmod.validate(bad))
     bad = specmod.parse(dict(ok.raw, input={"uri": "ftp://x"}))
     assert any("no known scheme" in e for e in specmod.validate(bad))
+    bad = specmod.parse(dict(ok.raw, parts=7, partition="4x2"))
+    assert any("partition 4x2 makes 8 parts, but parts is 7" in e for e in specmod.validate(bad))
+    assert specmod.validate(specmod.parse(dict(ok.raw, parts=8, partition="4x2"))) == []
 
 
 def test_ranges_are_compact_for_100000_parts():

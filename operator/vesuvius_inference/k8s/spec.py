@@ -7,11 +7,12 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import blocks_of, partition_choice
 from ..paths import default_workdir
 from ..storage import READ_ONLY_SCHEMES
 
 DEFAULTS: dict[str, Any] = {
-    "mode": "binary", "threshold": False, "parts": 1, "suspend": False, "keepIntermediates": False,
+    "mode": "binary", "threshold": False, "parts": 1, "partition": "auto", "suspend": False, "keepIntermediates": False,
     "retryFailedParts": 0,
     "inference": {"overlap": 0.5, "batchSize": 1, "tta": True, "skipEmptyPatches": True, "cacheGb": 4,
                   "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "warn",
@@ -93,6 +94,7 @@ def validate(spec: JobSpec) -> list[str]:
         errors.append("workdir must not be the output, the input, or contain the output (it is deleted afterwards)")
     if not 1 <= spec.parts <= 100000:
         errors.append(f"parts must be in 1..100000, got {spec.parts}")
+    errors += _partition_errors(str(spec["partition"]), spec.parts)
     if spec.parallelism > spec.parts:
         errors.append(f"parallelism {spec.parallelism} exceeds parts {spec.parts}")
     inf = spec["inference"]
@@ -113,3 +115,15 @@ def validate(spec: JobSpec) -> list[str]:
     if 0 in codes:
         errors.append("retry.nonRetryableExitCodes must not contain 0 (success)")
     return errors
+
+
+def _partition_errors(partition: str, parts: int) -> list[str]:
+    """An ``NZxNY`` partition must make exactly ``parts`` parts (a product the schema's pattern cannot check)."""
+    try:
+        blocks = blocks_of(partition_choice(partition))
+    except ValueError as e:
+        return [f"partition: {e}"]
+    if blocks is not None and blocks[0] * blocks[1] != parts:
+        return [f"partition {partition} makes {blocks[0] * blocks[1]} parts, but parts is {parts}: "
+                f"choose NZxNY with NZ*NY = {parts}, or auto"]
+    return []
