@@ -173,3 +173,27 @@ def check_rerun_of_finished_parts(root: str, so: dict) -> None:
     assert set(case.complete(case.merger(0, "a2", seams, out, so), case.pairs)) == {"second"}
     assert snapshot(root, so) == before
     assert np.array_equal(out.array[:], case.expected(out))
+
+
+def check_frozen_holder_races_its_taker(root: str, so: dict) -> None:
+    """A frozen former claim holder of part 0 wakes while the run that took its claim over and part 1
+    complete the same seam chunks (claims.py: no fencing token, so it can still write). Per chunk one
+    create wins; a part-0 run that finds part 0's piece does nothing ("again"); if part 1 won, both part-0
+    runs merge and write the chunk, the same bytes (the one write a frozen holder can double). The output
+    is one part's view and one piece stays per chunk."""
+    case = SeamCase.make(seed=4)
+    out = case.output(storage.join(root, "out.zarr"), so)
+    seams = storage.join(root, "parts", "_seams", "cfg")
+    runs = [case.merger(0, "a-frozen", seams, out, so), case.merger(0, "a-taker", seams, out, so),
+            case.merger(1, "b", seams, out, so)]
+    got = race(case, runs)
+    for frozen, taker, other in zip(*got):
+        if other == "first":
+            assert (frozen, taker) == ("second", "second")
+        else:
+            assert sorted((frozen, taker)) == ["again", "first"] and other == "second"
+    assert np.array_equal(out.array[:], case.expected(out))
+    pieces = snapshot(seams, so)
+    assert len(pieces) == len(case.pairs)
+    assert set(case.complete(case.merger(0, "a-frozen", seams, out, so), case.pairs)) <= {"again", "second"}
+    assert snapshot(seams, so) == pieces and np.array_equal(out.array[:], case.expected(out))

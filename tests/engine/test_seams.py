@@ -14,7 +14,12 @@ import time
 import numpy as np
 import zarr
 from helpers import smooth_volume, write_zarr
-from seamcase import check_killed_mid_merge, check_race, check_rerun_of_finished_parts
+from seamcase import (
+    check_frozen_holder_races_its_taker,
+    check_killed_mid_merge,
+    check_race,
+    check_rerun_of_finished_parts,
+)
 from vesuvius_inference import createonce
 
 
@@ -35,6 +40,10 @@ def test_killed_mid_merge_then_rerun_on_disk(tmp_path):
 
 def test_rerun_of_finished_parts_on_disk(tmp_path):
     check_rerun_of_finished_parts(str(tmp_path), {})
+
+
+def test_a_frozen_former_holder_races_its_taker_on_disk(tmp_path):
+    check_frozen_holder_races_its_taker(str(tmp_path), {})
 
 
 def _predict(model, vol, parts, out, n, p, *extra):

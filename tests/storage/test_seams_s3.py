@@ -4,7 +4,12 @@ with If-None-Match: *, so of two parts finishing a chunk at once exactly one cre
 from __future__ import annotations
 
 import pytest
-from seamcase import check_killed_mid_merge, check_race, check_rerun_of_finished_parts
+from seamcase import (
+    check_frozen_holder_races_its_taker,
+    check_killed_mid_merge,
+    check_race,
+    check_rerun_of_finished_parts,
+)
 from vesuvius_inference import createonce
 
 
@@ -27,3 +32,7 @@ def test_killed_mid_merge_then_rerun_on_s3(s3):
 
 def test_rerun_of_finished_parts_on_s3(s3):
     check_rerun_of_finished_parts(s3, {})
+
+
+def test_a_frozen_former_holder_races_its_taker_on_s3(s3):
+    check_frozen_holder_races_its_taker(s3, {})
