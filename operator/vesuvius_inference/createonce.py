@@ -4,7 +4,10 @@ S3: PutObject with ``If-None-Match: *`` (412 PreconditionFailed, or 409 Conditio
 while another conditional write of the key is in flight: someone else's object exists or will).
 Local and network disks: the bytes go to a temporary file, which is then hard-linked to the name;
 ``link`` fails with EEXIST when the name exists, atomically (the classic NFS-safe exclusive create,
-unlike O_EXCL on old NFS). Other stores have no such write: callers check ``supported`` first.
+unlike O_EXCL on old NFS). On NFS a link whose reply was lost is retransmitted and answers EEXIST
+although it succeeded; open(2) (NOTES on O_EXCL) says to trust the temporary file's link count then,
+so a count of 2 means this call created the name. Other stores have no such write: callers check
+``supported`` first.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def create(url: str, data: bytes, storage_options: dict[str, Any] | None = None)
         try:
             os.link(tmp, path)
         except FileExistsError:
-            return False
+            return os.stat(tmp).st_nlink == 2  # 2: the link did land (a retransmitted NFS link)
         finally:
             os.unlink(tmp)
         return True

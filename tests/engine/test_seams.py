@@ -30,6 +30,24 @@ def test_create_once_on_disk_admits_one_writer(tmp_path):
     assert os.listdir(tmp_path / "x") == ["obj"]  # no temporary file left behind
 
 
+def test_create_once_trusts_the_link_count_when_nfs_answers_a_retransmitted_link(tmp_path, monkeypatch):
+    """NFS: the first link() lands but its reply is lost; the client's retransmission answers EEXIST.
+    open(2)'s recipe (the temporary file's link count is 2) tells the call that it did create the name;
+    a name someone else created leaves the count at 1."""
+    real_link = os.link
+
+    def link_then_lost_reply(src, dst):
+        real_link(src, dst)
+        raise FileExistsError(17, "File exists", dst)
+
+    monkeypatch.setattr(os, "link", link_then_lost_reply)
+    url = str(tmp_path / "obj")
+    assert createonce.create(url, b"one") and createonce.read(url) == b"one"
+    monkeypatch.setattr(os, "link", real_link)
+    assert not createonce.create(url, b"two") and createonce.read(url) == b"one"
+    assert os.listdir(tmp_path) == ["obj"]
+
+
 def test_both_parts_finishing_together_on_disk(tmp_path):
     check_race(str(tmp_path), {})
 
