@@ -12,6 +12,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt tests/ng
 # Debian packages `make test` installs when it runs as root on Debian (elsewhere it says so in one line
 # and the tests that need them skip): buildah podman runc debootstrap for the container image tests
 # (tests/images), chromium chromium-driver for the browser tests. One list: add a package here.
+# Test processes (pytest-xdist): CI has 2 cores and the suite waits on subprocesses, servers and emulated
+# clusters often enough that two workers finish it sooner than one.
+TEST_WORKERS ?= 2
 SYSTEM_PACKAGES ?= buildah podman runc debootstrap chromium chromium-driver
 
 $(DEMO_STAMP):
@@ -36,7 +39,7 @@ demo: $(DEMO_STAMP)
 	$(BIN)/vesuvius-inference demo
 
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -14,6 +14,22 @@ for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "bench"))
 
+from helpers import IMAGE_TIMES  # noqa: E402 - after the path it needs
+
+_image_times: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Runs where the terminal is (the xdist controller, or the only process): collects the build times."""
+    for name, value in report.user_properties:
+        if name == IMAGE_TIMES:  # tests/images' build times, whichever process built
+            _image_times.update(value)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _image_times:
+        terminalreporter.write_line("container images: " + "; ".join(f"{k} {v}" for k, v in _image_times.items()))
+
 
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory):

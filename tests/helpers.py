@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+IMAGE_TIMES = "image times"  # a test report's user property: tests/images' build times (tests/conftest.py sums up)
+
 
 def smooth_volume(shape, seed=0, dtype=np.uint8):
     """Structured random data (blurred noise), so logits vary smoothly like on real scans."""

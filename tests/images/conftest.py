@@ -32,11 +32,12 @@ sys.path.append(str(TESTS / "k8s"))  # kmock_api and job_controller, which k8s/c
 
 import ocibuild  # noqa: E402
 from helm.conftest import helm  # noqa: E402, F401 - the chart renderer (the operator runs with the chart's args)
+from helpers import IMAGE_TIMES  # noqa: E402 - the root conftest's summary reads it
 from k8s.conftest import NAMESPACE, cluster, e2e_storage, s3_env  # noqa: E402, F401 - KMock API server, moto S3
 from storage.conftest import s3_server  # noqa: E402, F401
 
 UNAVAILABLE = ocibuild.unavailable()
-TIMES: dict[str, str] = {}  # what the terminal summary reports
+TIMES: dict[str, str] = {}  # this process's image builds, for the terminal summary (tests/conftest.py)
 
 
 @dataclass(frozen=True)
@@ -46,17 +47,23 @@ class Image:
     user: str  # the image's USER, which the pods run as
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    if UNAVAILABLE:
-        here = Path(__file__).parent
-        for item in items:
-            if here in Path(item.fspath).parents:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            # one xdist worker runs every image test: the builds share base images and podman's store
+            item.add_marker(pytest.mark.xdist_group("images"))
+            if UNAVAILABLE:
                 item.add_marker(pytest.mark.skip(reason=UNAVAILABLE))
 
 
-def pytest_terminal_summary(terminalreporter):
-    if TIMES:
-        terminalreporter.write_line("container images: " + "; ".join(f"{k} {v}" for k, v in TIMES.items()))
+@pytest.fixture(autouse=True)
+def _report_image_times(request):
+    """The build times travel with each test's report to tests/conftest.py's summary (under pytest-xdist
+    this conftest is loaded by the workers only)."""
+    yield
+    request.node.user_properties.append((IMAGE_TIMES, dict(TIMES)))
 
 
 @pytest.fixture(scope="session")
