@@ -245,6 +245,9 @@ def test_progress_across_all_parts_from_a_sample_of_running_pods():
     # the worker's own line, parsed by the same module that formats it
     line = parse_line("progress predict 3/64: 1200/5000 patches (24.0%), 3.10 patches/s, ETA 20m25s")
     assert progressview.aggregate("predict", 1, 0, 1, [line], "t")["percent"] == "24.0%"
+    # a Job status that has not caught up with its pods (active 0, two pods reporting) counts those pods
+    lagging = progressview.aggregate("predict", 64, 16, 0, lines, "2026-01-01T00:00:00Z")
+    assert (lagging["done"], lagging["rate"]) == (16 * 5000 + 2 * 2000, "6.00/s")
 
 
 # ---- passes and metrics ---------------------------------------------------------------------------

@@ -10,6 +10,10 @@ their mean total for every part:
     done  = parts done x mean total + running x mean(done of a sampled part)
     rate  = running x mean(rate of a sampled part)           ETA = (total - done) / rate
 
+``running`` is the Jobs' ``status.active`` as last seen, which can lag the pods (the Job controller
+counts them from its own cache, the operator's view of the Job is older than its pod list): never
+fewer than the pods that just reported a line.
+
 With no sample yet, the parts alone give the percentage (unit ``parts``) and no ETA.
 """
 
@@ -49,7 +53,7 @@ def aggregate(stage: str, parts: int, parts_done: int, running: int, samples: Se
     unit = samples[0].unit
     per_part = _mean([s.total for s in samples])
     total = parts * per_part
-    running = max(0, min(running, parts - parts_done))
+    running = max(0, min(max(running, len(samples)), parts - parts_done))
     done = min(total, parts_done * per_part + running * _mean([s.done for s in samples]))
     rates = [s.rate for s in samples if s.rate is not None]
     rate = running * _mean(rates) if rates and running else None
