@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SAMPLE, cond, run_kueue
+from k8s.conftest import SAMPLE, cond, run_kueue
 
 pytestmark = pytest.mark.slow
 KUBECTL = "/usr/bin/kubectl"

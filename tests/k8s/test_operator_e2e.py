@@ -19,7 +19,7 @@ import kubernetes
 import numpy as np
 import pytest
 import yaml
-from conftest import SAMPLE, VOLUME_SHAPE, cond, cond_true
+from k8s.conftest import SAMPLE, VOLUME_SHAPE, cond, cond_true
 
 pytestmark = pytest.mark.slow
 
