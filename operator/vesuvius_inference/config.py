@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from . import storage
 from .errors import BadArguments
+from .locations import DELETE, READ, WRITE, Named, refuse_overlaps
 from .settings import (
     REQUIRED,
     dumps,
@@ -326,11 +327,13 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
         _validate_predict_settings(self)
         if self.blended_output and self.final_output:
             raise BadArguments("--blended_output and --final_output are exclusive: name one output")
+        out_flag = "--final_output" if self.final_output else "--blended_output"
         out = self.blended_output or self.final_output
         if out:
-            storage.require_writable(out, "--final_output" if self.final_output else "--blended_output")
-            if out.rstrip("/") in (self.input_dir.rstrip("/"), self.output_dir.rstrip("/")):
-                raise BadArguments(f"the output {out} must differ from --input_dir and --output_dir")
+            storage.require_writable(out, out_flag)
+        refuse_overlaps([Named("--input_dir", self.input_dir), Named("--model_path", self.model_path),
+                         Named("--output_dir", self.output_dir, WRITE), Named(out_flag, out or "", WRITE)],
+                        self.storage_options)
 
 
 @dataclass(kw_only=True)
@@ -365,8 +368,9 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
     def validate(self) -> None:
         if self.parts_per_gpu < 1:
             raise BadArguments(f"--parts-per-gpu must be >= 1, got {self.parts_per_gpu}")
-        if self.input_dir.rstrip("/") == self.output.rstrip("/"):
-            raise BadArguments("--output must differ from --input")
+        refuse_overlaps([Named("--input", self.input_dir), Named("--model", self.model_path),
+                         Named("--output", self.output, WRITE), Named("--workdir", self.work, WRITE)],
+                        self.storage_options)
         if self.devices is not None and not self.devices:
             raise BadArguments("--devices needs at least one device, e.g. cpu or cuda:0,cuda:1")
         storage.require_writable(self.output, "--output")
@@ -395,6 +399,8 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
 
     def validate(self) -> None:
         storage.require_writable(self.output, "OUTPUT")
+        refuse_overlaps([Named("PARTS_DIR", self.parts_dir), Named("OUTPUT", self.output, WRITE)],
+                        self.storage_options)
         self.validate_split()
         self.validate_run()
         self.validate_encoding()
@@ -432,12 +438,11 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
         storage.require_writable(self.output_path, "OUTPUT")
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
-        out = self.output_path.rstrip("/")
-        if self.input_path.rstrip("/") == out:
-            raise BadArguments("OUTPUT must differ from INPUT")
-        for url in (self.input_path, *self.also_delete) if self.delete_intermediates else ():
-            if url.rstrip("/") == out or out.startswith(url.rstrip("/") + "/"):
-                raise BadArguments(f"deleting {url} would delete the output {self.output_path}")
+        deleted = self.delete_intermediates
+        refuse_overlaps([Named("INPUT", self.input_path, DELETE if deleted else READ),
+                         Named("OUTPUT", self.output_path, WRITE),
+                         *(Named("--also_delete", url, DELETE) for url in self.also_delete if deleted)],
+                        self.storage_options)
         if self.mode not in MODES:
             raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
         if self.levels is not None and self.levels < 1:

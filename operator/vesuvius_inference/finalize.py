@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cpuquota, paths, storage
+from . import cpuquota, ownership, paths, storage
 from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
@@ -114,10 +114,22 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)  # type: ignore[arg-type]
 
 
+def _deleted(cfg: FinalizeConfig) -> list[tuple[str, str]]:
+    return [("INPUT", cfg.input_path), *(("--also_delete", u) for u in cfg.also_delete)] if cfg.delete_intermediates \
+        else []
+
+
+def _check_deletable(cfg: FinalizeConfig) -> None:
+    """Before any work: what --delete_intermediates would remove must be ours (ownership.py), or absent."""
+    for flag, url in _deleted(cfg):
+        if ownership.exists(url, cfg.storage_options) and ownership.mark_of(url, cfg.storage_options) is None:
+            raise BadArguments(f"--delete_intermediates: {flag} {url} was not written by vesuvius-inference (it carries "
+                               "no mark of ours); it would be left untouched, so drop it from the command")
+
+
 def _delete_intermediates(cfg: FinalizeConfig) -> None:
-    if cfg.delete_intermediates:
-        for url in (cfg.input_path, *cfg.also_delete):
-            storage.remove(url, cfg.storage_options)
+    for flag, url in _deleted(cfg):
+        if ownership.remove_ours(url, cfg.storage_options, flag=flag, strict=False):
             log.info("deleted intermediate %s", url)
 
 
@@ -131,6 +143,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     from .stagesplit import Split
 
     cfg.validate()
+    _check_deletable(cfg)
     t0 = time.perf_counter()
     so = cfg.storage_options
     io_ref: list = [None]

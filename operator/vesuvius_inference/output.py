@@ -35,6 +35,8 @@ from .ngff import (
     label_metadata,
     level_shapes,
 )
+from .ownership import remove_ours
+from .preflight import not_ours, settings_diff
 
 DATA_PATH = "0"
 # how the work was split and where seams were merged: recorded with the parts, never changing an output byte
@@ -181,6 +183,16 @@ def written_config(url: str, storage_options: dict[str, Any] | None = None,
     return ((read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}).get("config")
 
 
+def _refuse_foreign_root(url: str, storage_options: dict[str, Any]) -> None:
+    """An array or a group with attributes of somebody else's at ``url`` (a scan, an image) is never written
+    into. A group with no attributes yet may be ours being created by another part this very moment."""
+    attrs = read_attributes(url, storage_options)
+    meta = storage.read_json(storage.join(url, "zarr.json"), storage_options) or {}
+    array = meta.get("node_type") == "array" or storage.read_json(storage.join(url, ".zarray"), storage_options)
+    if attrs is not None and not isinstance(attrs.get("vesuvius"), dict) and (attrs or array):
+        raise not_ours(url)
+
+
 def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any,
                    config: dict[str, Any], overwrite: bool, storage_options: dict[str, Any],
                    attributes: dict[str, Any] | None = None, path: str | None = None,
@@ -198,14 +210,19 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
         if (existing.get("vesuvius") or {}).get("config") == config:
             return zarr.open_array(store=storage.zarr_store(url, storage_options), path=path or "", mode="r+",
                                    zarr_format=zarr_format)  # type: ignore[arg-type]
-        return False
+        return existing
 
+    if path:
+        _refuse_foreign_root(url, storage_options)
     found = same()
-    if found is False:
+    if isinstance(found, dict):
+        theirs = (found.get("vesuvius") or {}).get("config")
+        if not isinstance(theirs, dict):  # not ours: never replaced (ownership.py)
+            raise not_ours(url)
         if not overwrite:
-            raise BadInput(f"{url} already exists and was written by a different run; pass --overwrite to replace it "
-                           "(or choose another output)")
-        storage.remove(url, storage_options)
+            raise BadInput(f"{url} already exists and was written with other settings ({settings_diff(theirs, config)}); "
+                           "pass --overwrite to replace it, or choose another output")
+        remove_ours(url, storage_options, flag="the output")
     elif found is not None:
         return found
     store = storage.zarr_store(url, storage_options)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import preflight, storage
+from . import ownership, preflight, storage
 from .config import PipelineConfig
 from .errors import BadArguments, BadInput, VesuviusError
 from .progress import RunProgress, parse_line
@@ -155,14 +155,19 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
         return None
     stale = [] if cfg.skip_predict else preflight.foreign_parts(paths.parts_dir(cfg.work), ctx.fp, so)
     if stale and not cfg.overwrite:
-        raise BadInput(f"{paths.parts_dir(cfg.work)} holds predict parts of other settings ({'; '.join(stale[:4])}); "
-                       "pass --overwrite to replace them, or choose another --workdir")
+        raise BadInput(f"{paths.parts_dir(cfg.work)} holds predict parts of other settings (written with -> this run: "
+                       f"{'; '.join(stale[:4])}); pass --overwrite to replace them, or choose another --workdir")
+    work_mark = ownership.mark_of(cfg.work, so) if ownership.exists(cfg.work, so) else "absent"
+    if work_mark is None and storage.list_names(cfg.work, so):  # somebody's folder: never written into or removed
+        raise BadInput(f"--workdir {cfg.work} holds files vesuvius-inference did not write; it is left untouched: "
+                       "choose another --workdir (an empty or new folder)")
     if cfg.overwrite and (stale or found.state != preflight.ABSENT and not preflight.reusable(found, expected)):
-        for url in (cfg.output, cfg.work):  # this process is the only writer now; parts never delete a shared output
-            storage.remove(url, so)
-        log.info("--overwrite: removed %s and %s (another configuration)", cfg.output, cfg.work)
+        # this process is the only writer now; each is removed only if it carries our mark (ownership.py)
+        removed = [url for url in (cfg.output, cfg.work) if ownership.remove_ours(url, so, flag="--overwrite:")]
+        log.info("--overwrite: removed %s (written by vesuvius-inference with other settings)", " and ".join(removed))
     preflight.require_writable(cfg.output, so)
     preflight.require_writable(cfg.work, so, "--workdir")
+    ownership.mark(cfg.work, so, "workdir")  # before any part writes into it: later removals can tell it is ours
     return ctx
 
 
@@ -189,7 +194,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     if ctx is None:
         log.info("%s is already complete with these settings: nothing to do", cfg.output)
         if not cfg.keep_intermediates:
-            storage.remove(cfg.work, so)
+            ownership.remove_ours(cfg.work, so, flag="--workdir", strict=False)
         return {}
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     times: dict[str, float] = {}
@@ -205,7 +210,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
-        storage.remove(cfg.work, so)
-        log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
+        if ownership.remove_ours(cfg.work, so, flag="--workdir", strict=False):
+            log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
     log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input_dir, cfg.output)
     return times

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-from . import createonce
+from . import createonce, ownership
 from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
@@ -100,6 +100,7 @@ def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | N
     if cfg.part_ids or cfg.part_ids_file:
         cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None, part_ids_file=None)
     ctx = prepare(cfg)
+    ownership.mark(ctx.cfg.output_dir, ctx.cfg.storage_options, "parts")  # what may later remove it knows it is ours
     work = ctx.work
 
     def predict(lease: Lease) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
 from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
 from .partwriter import PartWriter
+from .preflight import settings_diff
 from .progress import ProgressLine, Reporter
 from .reader import Patch, PatchReader
 from .seams import FIRST, SECOND, SeamMerge
@@ -71,8 +72,9 @@ class PartContext:
             if marker.get("config") == self.fp:
                 return True
             if not cfg.overwrite:
-                raise BadInput(f"{paths.marker_url(cfg.output_dir, cfg.part_id)} was written by a different "
-                               "configuration; pass --overwrite to replace it")
+                diff = settings_diff({"predict": marker.get("config") or {}}, {"predict": self.fp})
+                raise BadInput(f"{paths.marker_url(cfg.output_dir, cfg.part_id)} was written with other settings "
+                               f"({diff}); pass --overwrite to replace it, or choose another --output_dir")
             return False
 
         return ClaimedWork(paths.claim_url(cfg.output_dir, cfg.part_id), paths.marker_url(cfg.output_dir, cfg.part_id),

@@ -2,9 +2,10 @@
 
 An output that is already complete with these settings is done (nothing is predicted again); one
 written with other settings is refused at once, naming each setting that differs (``--overwrite``
-replaces it); a path that holds something other than a Zarr store is refused and never touched,
-``--overwrite`` or not; a Zarr store vesuvius-inference did not write is replaced only with
-``--overwrite``. The same for predict parts left in a workdir. And the output must be writable.
+replaces it); a path that holds something other than a Zarr store, or a Zarr store vesuvius-inference
+did not write (a scan: ``--output`` spelled differently from ``--input`` once deleted one), is refused
+and never touched, ``--overwrite`` or not. The same for predict parts left in a workdir. And the
+output must be writable.
 The seed (and this project's previous release) found all of this out after predicting every part.
 """
 
@@ -25,13 +26,18 @@ IGNORED = ("from",)  # how an output was made (fused or from blended logits): th
 # What each recorded key means on the command line, for the message naming what differs.
 NAMES = {"input": "--input", "level": "--level", "shape": "the input's shape", "channels": "the input's channels",
          "dtype": "the input's dtype", "model": "the model's files", "folds": "--folds", "patch_size": "--patch_size",
-         "overlap": "--overlap", "tta": "--disable_tta", "skip_empty": "--no_skip_empty_patches",
+         "overlap": "--overlap", "tta": "TTA", "skip_empty": "skipping empty patches",
          "chunk_size": "--chunk_size", "bbox": "--bbox", "frame": "the input's frame (voxel size, offset, units)",
          "labels": "the model's class names", "kind": "the output kind", "mode": "--mode", "threshold": "--threshold",
          "levels": "--levels", "num_parts": "the number of parts (--gpus, --devices, --parts-per-gpu)",
          "format": "the part format", "ngff": "--ngff_version (the output's format)",
          "input_zarr_format": "the input's Zarr format", "partition": "--partition",
          "seams": "where seams are merged (pairs: by predict, on stores with conditional writes; blend: by blend)"}
+
+
+# Settings with an on and an off flag: a difference names the flag each run used (old -> new), never
+# "--disable_tta false -> true", which read backwards.
+SWITCHES = {"tta": ("--tta", "--disable_tta"), "skip_empty": ("--skip_empty_patches", "--no_skip_empty_patches")}
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,18 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
             name = NAMES.get(key, key)
             if key in ("model", "frame", "labels", "shape"):
                 out.append(f"{name} differ")
+            elif key in SWITCHES and isinstance(a.get(key), bool) and isinstance(b.get(key), bool):
+                on, off = SWITCHES[key]
+                out.append(f"{on if a[key] else off} -> {on if b[key] else off}")
             else:
                 out.append(f"{name} {_show(a.get(key))} -> {_show(b.get(key))}")
     return out
+
+
+def settings_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """The differences as one clause for a message: what the existing work was written with -> this run."""
+    diff = differences(old, new)
+    return "written with -> this run: " + "; ".join(diff) if diff else "no recorded setting differs"
 
 
 def _show(v: Any) -> str:
@@ -96,6 +111,12 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
+def not_ours(what: str) -> BadInput:
+    """The refusal for a Zarr store somebody else wrote: no --overwrite advice, since it would not apply."""
+    return BadInput(f"{what} is a Zarr store that vesuvius-inference did not write; it is left untouched "
+                    "(--overwrite replaces only outputs of this program): choose another output")
+
+
 def check_output(url: str, expected: Mapping[str, Any], so: Mapping[str, Any], overwrite: bool,
                  flag: str = "--output") -> Existing:
     """Refuse an output that cannot be (re)used; return what is there (``complete``: done already)."""
@@ -103,11 +124,10 @@ def check_output(url: str, expected: Mapping[str, Any], so: Mapping[str, Any], o
     if found.state == NOT_ZARR:
         raise BadInput(f"{flag} {url} exists and is not a Zarr store (it holds {_listing(found.names)}); it is left "
                        "untouched: choose another output, or remove it yourself")
-    if found.state == FOREIGN and not overwrite:
-        raise BadInput(f"{flag} {url} is a Zarr store that vesuvius-inference did not write; pass --overwrite to "
-                       "replace it, or choose another output")
+    if found.state == FOREIGN:  # a scan, or anybody's image: never ours to replace, --overwrite or not
+        raise not_ours(f"{flag} {url}")
     if found.state == OURS and differences(found.config or {}, expected) and not overwrite:
-        raise BadInput(f"{flag} {url} was written with other settings ({'; '.join(differences(found.config or {}, expected))}); "
+        raise BadInput(f"{flag} {url} was written with other settings ({settings_diff(found.config or {}, expected)}); "
                        "pass --overwrite to replace it, or choose another output")
     return found
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .. import ownership
 
 log = logging.getLogger("vesuvius_inference.demo")
 MODEL_DIR = Path(__file__).parent / "model"
@@ -36,9 +37,10 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     from .synthetic import write_zarr as write_volume
 
     out = Path(output_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if out.exists() and any(out.iterdir()):  # an earlier demo's folder is replaced; anybody else's is left alone
+        ownership.remove_ours(str(out), {}, flag="demo --output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    ownership.mark(str(out), {}, "demo")
     shape = tuple(shape or DEFAULT_SHAPE)
     t = time.perf_counter()
     volume, labels = make_scroll(shape=shape, seed=seed)
@@ -65,7 +67,7 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     prob = zarr.open_group(str(result), mode="r")["0"][0]
     score = dice(prob >= 128, labels > 0)
     write_preview(volume, prob, labels, str(out / "preview.png"))
-    shutil.rmtree(out / "work")
+    ownership.remove_ours(str(out / "work"), {}, flag="the demo's workdir")
     lines = [f"{'stage':<10}{'seconds':>9}{'Mvox/s':>9}"]
     for k, v in times.items():
         lines.append(f"{k:<10}{v:>9.1f}{nvox / max(v, 1e-9) / 1e6:>9.2f}")
