@@ -97,7 +97,7 @@ def _same_output(doc):
 
 @pytest.mark.parametrize("mutate, args, fragment", [
     (_long_name, [], "the predict pods' hostname"),
-    (_same_output, [], "workdir must not be the output"),
+    (_same_output, [], "are the same place"),
     (lambda d: d["spec"].update(predict={"resources": {"requests": {"nvidia.com/gpu": 1}, "limits": {
         "nvidia.com/gpu": 2}}}), [], "must equal limits[nvidia.com/gpu]"),
     (None, ["--retry-parts", "1"], "part ids must be in 0..0"),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import blocks_of, partition_choice
+from ..locations import WRITE, Named, overlaps
 from ..paths import default_workdir
 from ..storage import READ_ONLY_SCHEMES
 
@@ -87,11 +88,10 @@ def validate(spec: JobSpec) -> list[str]:
             errors.append(f"{path} {uri!r} is read-only over http(s): use s3://, gs://, file:// or /")
     if errors:
         return errors
-    out, work = spec["output"]["uri"].rstrip("/"), spec.workdir
-    if out == spec.input_uri.rstrip("/") or out == spec["input"]["uri"].rstrip("/"):
-        errors.append("output.uri must differ from input.uri")
-    if work in (out, spec["input"]["uri"].rstrip("/")) or out.startswith(work + "/"):
-        errors.append("workdir must not be the output, the input, or contain the output (it is deleted afterwards)")
+    clash = overlaps([Named("input.uri", spec["input"]["uri"]), Named("model.uri", spec["model"]["uri"]),
+                      Named("output.uri", spec["output"]["uri"], WRITE), Named("workdir", spec.workdir, WRITE)])
+    if clash:  # the same rule the pods apply (locations.py): every spelling of a place is that place
+        errors.append(f"{clash}: give each its own place (the workdir is deleted afterwards)")
     if not 1 <= spec.parts <= 100000:
         errors.append(f"parts must be in 1..100000, got {spec.parts}")
     errors += _partition_errors(str(spec["partition"]), spec.parts)
