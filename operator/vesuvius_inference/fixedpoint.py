@@ -34,14 +34,33 @@ def logit_bits_for(max_coverage: int) -> int:
     return max(4, min(15, bits))
 
 
-def weight_q(patch: Sequence[int]) -> Any:
-    """nnU-Net's Gaussian importance map as exact int64 (torch, on the CPU)."""
-    import torch
-    from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+def gaussian_q(patch: Sequence[int]) -> np.ndarray:
+    """nnU-Net's Gaussian importance map as exact int64, in numpy.
 
-    g = compute_gaussian(tuple(int(p) for p in patch), sigma_scale=1.0 / 8, value_scaling_factor=WEIGHT_SCALE,
-                         dtype=torch.float16, device=torch.device("cpu"))
-    return torch.round(g.double() * 2.0 ** WEIGHT_BITS).long()
+    Ported from nnunetv2 ``inference/sliding_window_prediction.py`` ``compute_gaussian`` (sigma = patch/8,
+    peak ``value_scaling_factor``, zeros floored to the smallest nonzero weight) with the same
+    ``scipy.ndimage.gaussian_filter``; its float64 -> float16 step goes through float32 because torch's
+    does (c10::Half is built from a float: two roundings, which differ from numpy's direct one for some
+    patch sizes). tests/engine/test_geometry_oracle.py holds it equal to nnU-Net's torch map."""
+    from scipy.ndimage import gaussian_filter
+
+    tile = tuple(int(p) for p in patch)
+    tmp = np.zeros(tile)
+    tmp[tuple(i // 2 for i in tile)] = 1
+    g = gaussian_filter(tmp, [i / 8 for i in tile], 0, mode="constant", cval=0)
+    g /= np.max(g) / WEIGHT_SCALE
+    half = g.astype(np.float32).astype(np.float16)
+    zero = half == 0
+    if zero.any():
+        half[zero] = half[~zero].min()
+    return np.round(half.astype(np.float64) * 2.0 ** WEIGHT_BITS).astype(np.int64)
+
+
+def weight_q(patch: Sequence[int]) -> Any:
+    """The same map as a torch tensor, for predict's device step."""
+    import torch
+
+    return torch.from_numpy(gaussian_q(patch))
 
 
 # z-planes per slab of the CPU division: its float64 temporaries stay in the cache (about 1 MB per
