@@ -44,7 +44,7 @@ class Location:
     local_path: str | None = None  # the resolved path of a local location (for identity checks)
 
     def __str__(self) -> str:
-        return f"{self.service}/{'/'.join(self.key)}"
+        return self.local_path if self.local_path is not None else f"{self.service}/{'/'.join(self.key)}"
 
     def contains(self, other: Location) -> bool:
         """``other`` is this location or lies inside it."""
