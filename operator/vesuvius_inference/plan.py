@@ -265,42 +265,59 @@ def _split_of(name: str, count: int) -> tuple[int, int]:
     return int(nz), int(ny)
 
 
+def _best_split(count: int, grid: PatchGrid) -> tuple[int, int]:
+    splits = [f for f in factorisations(count, grid) if f[0] <= grid.counts[0] or f[1] == 1]
+    return min(splits, key=lambda f: cut_area(f, grid))
+
+
 def suggest_parts(grid: PatchGrid, nonempty: np.ndarray, layout: PartLayout, parts: list[Part], shape: Shape3,
                   chunks: Shape3, n_classes: int, ratio: float) -> dict[str, Any] | None:
-    """The largest part count, with its partition, whose intermediates stay under INTERMEDIATE_LIMIT of
-    the logits. The seams grow with the split's cut area, so the ratio of this plan's layout per unit of
-    cut area predicts each candidate's; the pick is then measured with the real layout (seconds at
-    scroll scale) and the count lowered until the measurement agrees. None only when the current split
-    has no cut to scale from, or no count under it is found within a few measured rounds."""
+    """The largest part count under this plan's, with its partition, whose intermediates stay under
+    INTERMEDIATE_LIMIT of the logits. The seams grow with the split's cut area, so the ratio per unit of
+    cut area (this plan's, then each measured candidate's) predicts each count's; a candidate is then
+    measured with the real layout (seconds at scroll scale). Down until one measures under the limit,
+    then once more up towards this plan's count with the better calibration. None only when the current
+    split has no cut to scale from or no measured candidate fits."""
     n = len(parts)
     area = cut_area(_split_of(partition_name(parts), n), grid)
     if area <= 0:
         return None
     per_area = ratio / area
     target = INTERMEDIATE_LIMIT * SUGGEST_MARGIN
-    count = n - 1
-    for _ in range(6):  # each round measures one layout
-        best = None
-        while count >= 1:
-            splits = [f for f in factorisations(count, grid) if f[0] <= grid.counts[0] or f[1] == 1]
-            split = min(splits, key=lambda f: cut_area(f, grid))
-            if per_area * cut_area(split, grid) <= target:
-                best = (count, split)
-                break
-            count -= 1
-        if best is None:
-            return None
-        count, split = best
+
+    def predicted_fit(lo: int, hi: int) -> int | None:
+        """The largest count in [lo, hi] predicted under the target."""
+        for count in range(hi, lo - 1, -1):
+            if per_area * cut_area(_best_split(count, grid), grid) <= target:
+                return count
+        return None
+
+    def measure(count: int) -> dict[str, Any]:
+        split = _best_split(count, grid)
         name = "slabs" if split[1] == 1 else f"{split[0]}x{split[1]}"
-        if count == 1:
-            return {"num_parts": 1, "partition": "slabs", "ratio_to_logits": 0.0}
         new_parts, new_layout = choose_parts(grid, nonempty, count, name, shape, chunks, pairs=True)
-        measured = seam_estimate(grid, nonempty, new_layout, n_classes)["ratio_to_logits"]
-        if measured <= INTERMEDIATE_LIMIT:
-            return {"num_parts": count, "partition": partition_name(new_parts), "ratio_to_logits": measured}
-        per_area = max(per_area, measured / max(cut_area(split, grid), 1.0))
-        count -= 1
-    return None
+        return {"num_parts": count, "partition": partition_name(new_parts),
+                "ratio_to_logits": seam_estimate(grid, nonempty, new_layout, n_classes)["ratio_to_logits"]}
+
+    found: dict[str, Any] | None = None
+    hi = n - 1
+    for _ in range(4):  # each round measures one layout
+        count = predicted_fit(1, hi)
+        if count is None:
+            return found
+        if count == 1:
+            return found or {"num_parts": 1, "partition": "slabs", "ratio_to_logits": 0.0}
+        got = measure(count)
+        per_area = got["ratio_to_logits"] / max(cut_area(_best_split(count, grid), grid), 1.0)
+        if got["ratio_to_logits"] <= INTERMEDIATE_LIMIT:
+            found = got
+            up = predicted_fit(count + 1, n - 1)  # the measurement may allow more parts
+            if up is None:
+                return found
+            better = measure(up)
+            return better if better["ratio_to_logits"] <= INTERMEDIATE_LIMIT else found
+        hi = count - 1
+    return found
 
 
 def intermediates_warning(count: int, partition: str, seams: dict[str, Any], better: dict[str, Any] | None) -> str:
