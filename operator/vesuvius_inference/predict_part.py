@@ -296,11 +296,28 @@ class PartRun:
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
         }
-        dt = time.perf_counter() - self.t0
-        skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
-        log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, seams: %d merged, %d "
-                 "pieces left for the other part, %d for blend, %.1f s, %.2f Mvox/s", cfg.part_id, cfg.num_parts,
-                 self.counts["run"], skipped, len(writer.written), f" to {self.spec.url}" if self.spec else "",
-                 seams.get(SECOND, 0), seams.get(FIRST, 0), writer.piece_count, dt,
-                 self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6)
+        log.info("%s", self.summary(len(writer.written), seams, writer.piece_count))
         return marker
+
+    def summary(self, written: int, seams: dict[str, int], pieces: int) -> str:
+        """The part's summary line. Patches a checkpoint already had are counted as resumed, not run, and
+        the rate is over this process's work in voxels of the region (its share of the --bbox, or of the
+        level), the unit of the pipeline's stage line, so the two agree."""
+        cfg, plan = self.cfg, self.plan
+        dt = time.perf_counter() - self.t0
+        before = self.counts["run"] - self.run_here
+        skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
+        advanced = len(plan.todo) - self.start  # the part's patches this process read (run or found homogeneous)
+        vox = advanced * region_voxels_per_patch(plan.grid, self.ctx.volume.channels)
+        rate = f"{vox / max(dt, 1e-9) / 1e6:.2f} Mvox/s of the region" if advanced else "nothing left to run"
+        resumed = f" ({before} more run before, resumed from a checkpoint at {self.start})" if self.start else ""
+        return (f"predict part {cfg.part_id}/{cfg.num_parts}: {self.run_here} patches run{resumed}, {skipped} empty "
+                f"skipped, {written} chunks written{f' to {self.spec.url}' if self.spec else ''}, seams: "
+                f"{seams.get(SECOND, 0)} merged, {seams.get(FIRST, 0)} pieces left for the other part, {pieces} for "
+                f"blend, {dt:.1f} s, {rate}")
+
+
+def region_voxels_per_patch(grid: Any, channels: int = 1) -> float:
+    """Each patch's share of the region's voxels (the --bbox, or the level): how a count of patches becomes
+    voxels for a rate, the same for a part and for the stage."""
+    return float(np.prod(grid.shape)) * channels / max(grid.n_patches, 1)
