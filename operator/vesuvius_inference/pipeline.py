@@ -136,7 +136,7 @@ def _timed(times: dict[str, float]) -> Callable[[str, Callable[[], int]], None]:
             log.info("== %s done in %.1f s (%.2f Mvox/s over the %.3g Mvox it processed)", name, times[name],
                      vox / max(times[name], 1e-9) / 1e6, vox / 1e6)
         else:
-            log.info("== %s done in %.1f s: nothing left to do (complete from an earlier run)", name, times[name])
+            log.info("== %s done in %.1f s: nothing left to do", name, times[name])
 
     return stage
 
