@@ -325,9 +325,11 @@ def intermediates_warning(count: int, partition: str, seams: dict[str, Any], bet
             f"(~{_bytes(seams['compressed_estimate'])} compressed), above {INTERMEDIATE_LIMIT}x")
     if better is None:
         return head + ": fewer parts, or a smaller --overlap, make fewer seam bytes"
+    tail = "; run more parts at once with spec.parallelism, not more parts" if better["num_parts"] > 1 else \
+        " (the volume is small for its seams)"
     return (head + f"; --num_parts {better['num_parts']} --partition {better['partition']} (InferenceJob "
             f"spec.parts {better['num_parts']}, spec.partition {better['partition']}) stays at "
-            f"~{better['ratio_to_logits']:.2f}x; run more parts at once with spec.parallelism, not more parts")
+            f"~{better['ratio_to_logits']:.2f}x" + tail)
 
 
 def _bytes(b: float) -> str:
