@@ -189,7 +189,7 @@ class Reporter:
             from tqdm import tqdm
 
             tqdm.write(text.rstrip("\n"), file=self.stream)
-        elif not self.quiet or text.startswith(("warning", "error")):
+        else:  # passed on as it came (a quiet worker logs warnings and errors only)
             self.stream.write(text if text.endswith("\n") else text + "\n")
             self.stream.flush()
 
