@@ -129,6 +129,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as a dict (printed by the CLI as a table or JSON)."""
     if cfg.num_parts < 1:
         raise BadArguments("--num_parts must be >= 1")
+    if cfg.throughput is not None and not cfg.throughput > 0:
+        raise BadArguments(f"--throughput is model passes per second per GPU, > 0; got {cfg.throughput}")
     from .volume import open_volume
 
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
@@ -166,8 +168,8 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     blended = out_vox * n_classes * 2
     seams = seam_estimate(grid, nonempty, layout, n_classes)
     lo, hi = box if box is not None else ((0, 0, 0), volume.shape)
-    rate = (given_rate(cfg.throughput, model.configuration, patch, volume.channels, n_classes) if cfg.throughput
-            else default_rate(model.configuration, patch, volume.channels, n_classes))
+    rate = (given_rate(cfg.throughput, model.configuration, patch, volume.channels, n_classes)
+            if cfg.throughput is not None else default_rate(model.configuration, patch, volume.channels, n_classes))
     plan: dict[str, Any] = {
         "input": {"url": cfg.input_dir, "level": cfg.level, "where": volume.where, "shape": list(volume.shape),
                   "channels": volume.channels, "dtype": str(volume.dtype), "chunks": list(volume.chunks),

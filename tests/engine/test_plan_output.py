@@ -90,6 +90,8 @@ def test_gpu_hours_come_from_a_named_default_or_the_given_throughput(scroll, mod
     assert given["gpu"]["hours"] == pytest.approx(given["model"]["passes"] / 0.5 / 3600)
     rc, out, _ = plan(capsys, "--input", scroll.path, "--model", model, "--throughput", "0.5")
     assert "GPU-hours" in out and "(--throughput)" in out
+    rc, out, err = plan(capsys, "--input", scroll.path, "--model", model, "--throughput", "0")
+    assert rc == 2 and "error: --throughput is model passes per second per GPU, > 0; got 0.0" in err
 
 
 def test_the_default_throughput_is_the_reference_at_the_reference_network(model_factory):
