@@ -154,6 +154,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
     """The command's parser, from the config class's settings. Absent options stay absent
     (``SUPPRESS``) so that the config's own defaults and environment apply."""
     top = Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    top._optionals.title = "general"  # the settings of no section: how the command behaves (--quiet, --debug...)
     used = {help_group_of(cls, f.name, opt) for f, opt in options(cls)}
     sections = {g: top.add_argument_group(g) for g in HELP_GROUPS if g in used}
     for f, opt in options(cls):

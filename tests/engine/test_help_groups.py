@@ -32,7 +32,7 @@ def help_text(capsys, command: str) -> str:
 @pytest.mark.parametrize("command", ["predict", "pipeline", "blend", "finalize", "plan"])
 def test_help_is_grouped_and_every_option_is_in_one_section(capsys, command):
     found = sections(help_text(capsys, command))
-    assert {"input/output", "model", "performance", "storage"} & set(found) and set(found) - {"options", "usage",
+    assert {"input/output", "model", "performance", "storage"} & set(found) and set(found) - {"general", "usage",
            "positional arguments"} <= set(HELP_GROUPS)
     listed = [o for opts in found.values() for o in opts if o != "--help"]
     assert len(listed) == len(set(listed))
@@ -43,7 +43,7 @@ def test_help_is_grouped_and_every_option_is_in_one_section(capsys, command):
     for f, opt in options(cls):
         if opt.names and not opt.positional:
             group = help_group_of(cls, f.name, opt)
-            assert opt.names[0] in found[group or "options"], (f.name, group)
+            assert opt.names[0] in found[group or "general"], (f.name, group)
 
 
 def test_pod_only_flags_are_under_kubernetes(capsys):
