@@ -210,10 +210,13 @@ def run_blend(cfg: BlendConfig) -> Blended:
 
     split = Split("blend", paths.blend_work(cfg.parts_dir), cfg.part_id, cfg.num_parts, config, so, cfg.lease_s,
                   cfg.quiet, cfg.journal_s, cfg.progress_s)
-    n, done = split.run(units, _processor(cfg, blender, output, byte_copy=not final), complete, "blend")
+    _, done = split.run(units, _processor(cfg, blender, output, byte_copy=not final), complete, "blend")
     seams = sum(1 for k, _ in split_chunks(units, cfg.num_parts, cfg.part_id) if k == "seam")
-    log.info("blend %d/%d: %d seam chunks%s, %.1f s -> %s", cfg.part_id, cfg.num_parts, seams,
-             f" + {n - seams} copied from the parts" if seed_layout else "", time.perf_counter() - t0, cfg.output)
+    mine = len(split_chunks(units, cfg.num_parts, cfg.part_id))
+    log.info("blend %d/%d: %d seam chunks%s%s, %.1f s -> %s", cfg.part_id, cfg.num_parts, seams,
+             f" + {mine - seams} copied from the parts" if seed_layout else "",
+             f" ({split.resumed} units resumed from the journal)" if split.resumed else "",
+             time.perf_counter() - t0, cfg.output)
     return Blended(spec, done)
 
 

@@ -68,6 +68,8 @@ def _positive(name: str, value: float, strict: bool = True) -> None:
 class Storage:
     """Where data lives: options for every remote URL (every command)."""
 
+    help_group: ClassVar[str] = "storage"
+
     storage_options: dict[str, Any] = setting(
         dict, "--storage_options", parse=json_object, render=dumps, env="VESUVIUS_STORAGE_OPTIONS", merge=True,
         secret=True, metavar="JSON",
@@ -78,6 +80,8 @@ class Storage:
 @dataclass(kw_only=True)
 class ModelChoice:
     """Which model and folds (predict, pipeline, plan)."""
+
+    help_group: ClassVar[str] = "model"
 
     model_path: str = setting(REQUIRED, "--model_path", "--model", crd="model.uri",
                               help="nnU-Net v2 trained model folder (path, s3://, hf://)")
@@ -91,12 +95,14 @@ class ModelChoice:
 class InputChoice:
     """Which voxels (predict, pipeline, plan)."""
 
+    help_group: ClassVar[str] = "input/output"
+
     input_dir: str = setting(REQUIRED, "--input_dir", "--input",
                              help="input Zarr array or OME-Zarr group (path or URL)")
     level: int = setting(0, "--level", parse=int, crd="input.level", help="OME-Zarr level of the input (0 = full resolution)")
     bbox: str | None = setting(None, "--bbox", metavar="z0:z1,y0:y1,x0:x1", crd="inference.bbox",
                                help="region of interest (half-open, volume coordinates); outputs keep the volume's frame")
-    input_anon: bool = setting(False, "--input_anon", crd="storage.anonymousInput",
+    input_anon: bool = setting(False, "--input_anon", group="storage", crd="storage.anonymousInput",
                                help="read the input without credentials (public buckets)")
 
     @property
@@ -109,12 +115,14 @@ class InputChoice:
 class Grid:
     """What the model sees and where its logits go: these fix every output byte (predict, pipeline, plan)."""
 
+    help_group: ClassVar[str] = "model"
+
     overlap: float = setting(0.5, "--overlap", parse=float, render=number, crd="inference.overlap",
                              help="overlap fraction between neighbouring patches (tile step = 1 - overlap)")
     patch_size: tuple[int, int, int] | None = setting(None, "--patch_size", parse=ints3, render=join_commas,
                                                       metavar="z,y,x", crd="inference.patchSize",
                                                       help="patch size (default: the model's plans)")
-    chunk_size: tuple[int, int, int] | None = setting(None, "--chunk_size", parse=ints3, render=join_commas,
+    chunk_size: tuple[int, int, int] | None = setting(None, "--chunk_size", group="input/output", parse=ints3, render=join_commas,
                                                       metavar="z,y,x", crd="inference.chunkSize",
                                                       help="chunks of the output and the part stores (default: the patch size)")
     do_tta: bool = setting(True, "--tta", off=("--disable_tta",), crd="inference.tta",
@@ -130,6 +138,8 @@ class Grid:
 class PartCount:
     """Into how many predict parts the patches are split (predict, plan)."""
 
+    help_group: ClassVar[str] = "performance"
+
     num_parts: int = setting(1, "--num_parts", parse=int, crd="parts",
                              help="predict parts the patches are split into (balanced by non-empty patches)")
 
@@ -137,6 +147,8 @@ class PartCount:
 @dataclass(kw_only=True)
 class PartShape:
     """How the patch grid is cut into parts (predict, pipeline, plan): where the seams lie, never an output byte."""
+
+    help_group: ClassVar[str] = "performance"
 
     partition: str = setting(AUTO, "--partition", parse=partition_choice, metavar="auto|slabs|NZxNY", crd="partition",
                              help="auto: the cut into z-slabs x y-columns with the fewest seam bytes (default); "
@@ -147,8 +159,10 @@ class PartShape:
 class Compute:
     """How a part runs (predict, pipeline): none of these changes an output byte."""
 
+    help_group: ClassVar[str] = "performance"
+
     batch_size: int = setting(1, "--batch_size", parse=int, crd="inference.batchSize", help="patches per forward pass")
-    tta_type: str = setting("mirroring", "--tta_type", choices=("mirroring",), help="TTA kind (nnU-Net's mirroring)")
+    tta_type: str = setting("mirroring", "--tta_type", group="model", choices=("mirroring",), help="TTA kind (nnU-Net's mirroring)")
     input_cache_gb: float | None = setting(None, "--input_cache_gb", parse=float, render=number,
                                            crd="inference.inputCacheGb",
                                            help="input chunk cache, part of --cache_gb (default: a quarter of it); "
@@ -157,7 +171,7 @@ class Compute:
                                help="tiled: columns of tiles sized to the input cache (default); rowmajor: nnU-Net's order")
     checkpoint_s: float = setting(600.0, "--checkpoint_s", parse=float, render=number, crd="inference.checkpointSeconds",
                                   help="seconds between checkpoints a killed part resumes from (0: after every batch)")
-    intensity_check: str = setting("warn", "--intensity_check", choices=INTENSITY_CHECKS, crd="inference.intensityCheck",
+    intensity_check: str = setting("warn", "--intensity_check", group="model", choices=INTENSITY_CHECKS, crd="inference.intensityCheck",
                                    help="the input's intensities against the model's training range (plans): warn "
                                         "(default), error (exit 3), off")
     compile: bool = setting(False, "--compile", crd="inference.compile", help="torch.compile the networks")
@@ -166,6 +180,8 @@ class Compute:
 @dataclass(kw_only=True)
 class Memory:
     """The memory bound of a stage's caches (predict, pipeline, blend, finalize)."""
+
+    help_group: ClassVar[str] = "performance"
 
     cache_gb: float = setting(4.0, "--cache_gb", parse=float, render=number,
                               crd={"predict": "inference.cacheGb", "blend": "blend.cacheGb",
@@ -179,6 +195,8 @@ class FinalEncoding:
 
     On Kubernetes the predict parts are told (spec.mode, threshold, output.levels); blend and finalize
     read it from the parts' markers."""
+
+    help_group: ClassVar[str] = "input/output"
 
     mode: str = setting("binary", "--mode", choices=MODES, crd={"predict": "mode"},
                         help="binary: the foreground probability (or mask); multiclass: every class")
@@ -230,6 +248,8 @@ class Disruptions:
     this index disrupted (evicted or preempted: failures its podFailurePolicy ignored) and the bound past
     which the pod refuses to start, exit 79 (errors.disruption_refusal; podopts.guard)."""
 
+    help_group: ClassVar[str] = "Kubernetes"
+
     disruptions: int = setting(0, "--disruptions", parse=_count, env="VESUVIUS_DISRUPTIONS",
                                help="times this part's pods were disrupted so far (the pod's downward API)")
     max_disruptions: int | None = setting(5, "--max_disruptions", parse=int,
@@ -243,11 +263,13 @@ class Disruptions:
 class Split:
     """One of several processes sharing a blend or finalize (``--num_parts/--part_id``)."""
 
+    help_group: ClassVar[str] = "performance"
+
     num_parts: int = setting(1, "--num_parts", parse=int, crd={"blend": "blend.parallelism",
                                                                "finalize": "finalize.parallelism"},
                              help="split the output chunks over this many processes")
     part_id: int = setting(0, "--part_id", parse=int, help="which of them this is")
-    journal_s: float = setting(2.0, "--journal_s", parse=float, render=number, env="VESUVIUS_JOURNAL_INTERVAL_S",
+    journal_s: float = setting(2.0, "--journal_s", group="Kubernetes", parse=float, render=number, env="VESUVIUS_JOURNAL_INTERVAL_S",
                                help="seconds between progress journal writes (a killed split resumes after the last); "
                                     "0: after every unit")
 
@@ -286,22 +308,23 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
     """One predict part: everything that determines its bytes, plus where they go and how it runs."""
 
     command: ClassVar[str] = "predict"
-    output_dir: str = setting(REQUIRED, "--output_dir", help="directory of the part stores (blend's PARTS_DIR)")
-    part_id: int = setting(0, "--part_id", parse=int, help="which part (0-based)")
-    part_ids: str | None = setting(None, "--part_ids", metavar="RANGES",
+    output_dir: str = setting(REQUIRED, "--output_dir", group="input/output",
+                              help="directory of the part stores (blend's PARTS_DIR)")
+    part_id: int = setting(0, "--part_id", parse=int, group="performance", help="which part (0-based)")
+    part_ids: str | None = setting(None, "--part_ids", group="Kubernetes", metavar="RANGES",
                                    help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs "
                                         "map their indexes to parts")
-    device: str = setting("cuda", "--device", crd="inference.device",
+    device: str = setting("cuda", "--device", group="performance", crd="inference.device",
                           help="cuda, cuda:N, cpu, or auto (a CUDA GPU if one is visible, else the CPU, saying so); a GPU "
                                "asked for that this process cannot use exits 69 before anything is written")
-    part_ids_file: str | None = setting(None, "--part_ids_file", metavar="PATH",
+    part_ids_file: str | None = setting(None, "--part_ids_file", group="Kubernetes", metavar="PATH",
                                         help="the same list read from this file: how retry Jobs map their indexes to "
                                              "parts (the pod's copy of the Job's vesuvius.dev/part-ids annotation, "
                                              "ranges or a compressed bitmap: no argument-size limit)")
-    blended_output: str | None = setting(None, "--blended_output", metavar="URL",
+    blended_output: str | None = setting(None, "--blended_output", group="input/output", metavar="URL",
                                          help="write the chunks only this part covers straight into these blended "
                                               "float16 logits; blend then finishes the seams")
-    final_output: str | None = setting(None, "--final_output", metavar="URL",
+    final_output: str | None = setting(None, "--final_output", group="input/output", metavar="URL",
                                        help="the same, finalized (--mode, --threshold, --levels) into this uint8 "
                                             "OME-Zarr output")
 
@@ -341,20 +364,20 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
     """predict -> blend -> finalize on this machine: every predict setting, and how to orchestrate."""
 
     command: ClassVar[str] = "pipeline"
-    output: str = setting(REQUIRED, "--output", help="the output OME-Zarr image")
-    workdir: str | None = setting(None, "--workdir", help="intermediates (default: <output>_work)")
-    devices: tuple[str, ...] | None = setting(None, "--devices", parse=names_list, render=join_commas, metavar="LIST",
+    output: str = setting(REQUIRED, "--output", group="input/output", help="the output OME-Zarr image")
+    workdir: str | None = setting(None, "--workdir", group="input/output", help="intermediates (default: <output>_work)")
+    devices: tuple[str, ...] | None = setting(None, "--devices", group="performance", parse=names_list, render=join_commas, metavar="LIST",
                                               help="one worker process per entry, e.g. cuda:0,cuda:1 or cpu,cpu "
                                                    "(default: --gpus)")
-    gpus: str = setting("all", "--gpus", help="GPU ids, e.g. 0,1, or 'all' (the seed's shorthand for --devices); "
+    gpus: str = setting("all", "--gpus", group="performance", help="GPU ids, e.g. 0,1, or 'all' (the seed's shorthand for --devices); "
                                               "no GPU -> the CPU")
-    parts_per_gpu: int = setting(1, "--parts_per_gpu", "--parts_per_device", parse=int,
+    parts_per_gpu: int = setting(1, "--parts_per_gpu", "--parts_per_device", group="performance", parse=int,
                                  help="parts each device runs one after another")
     skip_predict: bool = setting(False, "--skip_predict", help="skip predict (its parts are there)")
     skip_blend: bool = setting(False, "--skip_blend", help="skip blend")
     skip_finalize: bool = setting(False, "--skip_finalize", help="skip finalize")
-    keep_intermediates: bool = setting(False, "--keep_intermediates", help="keep the workdir")
-    fuse_blend_finalize: bool = setting(False, "--fuse_blend_finalize",
+    keep_intermediates: bool = setting(False, "--keep_intermediates", group="input/output", help="keep the workdir")
+    fuse_blend_finalize: bool = setting(False, "--fuse_blend_finalize", group="performance",
                                         help="parts write the final output; no float16 intermediate")
 
     @property
@@ -389,10 +412,10 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     mode: str | None = variant(field_of(FinalEncoding, "mode"), default=None,
                                help="finalize while blending the seed's layout (uint8 output, no float16 "
                                     "intermediate); default: blended float16 logits")
-    seams_only: bool = setting(False, "--seams_only",
+    seams_only: bool = setting(False, "--seams_only", group="Kubernetes",
                                help="of a final output, write the seams only and leave the pyramid to finalize (a split "
                                     "stage, as on Kubernetes); by default an unsplit blend finishes the output")
-    sigma_scale: float = setting(8.0, "--sigma_scale", parse=float, render=number,
+    sigma_scale: float = setting(8.0, "--sigma_scale", group="model", parse=float, render=number,
                                  help="sigma = patch / sigma_scale (nnU-Net: 8, the only value)")
     chunk_size: tuple[int, int, int] | None = variant(field_of(Grid, "chunk_size"),
                                                       help="must match the parts' chunks when given")
@@ -427,11 +450,11 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     input_path: str = setting(REQUIRED, positional=True,
                               help="blended logits, or (--input_kind parts) the predict parts of an output they wrote")
     output_path: str = setting(REQUIRED, positional=True, help="the output OME-Zarr image")
-    input_kind: str = setting("blended", "--input_kind", choices=FINALIZE_INPUTS,
+    input_kind: str = setting("blended", "--input_kind", group="input/output", choices=FINALIZE_INPUTS,
                               help="blended: INPUT is blended float16 logits (default); parts: INPUT is the predict "
                                    "parts of the output they and blend wrote (the fused path)")
-    delete_intermediates: bool = setting(False, "--delete_intermediates", help="remove INPUT once the output is complete")
-    also_delete: tuple[str, ...] = setting(tuple, "--also_delete", repeat=True, metavar="URL",
+    delete_intermediates: bool = setting(False, "--delete_intermediates", group="input/output", help="remove INPUT once the output is complete")
+    also_delete: tuple[str, ...] = setting(tuple, "--also_delete", group="input/output", repeat=True, metavar="URL",
                                            help="with --delete_intermediates, also remove URL once the output is complete")
 
     def validate(self) -> None:
@@ -457,7 +480,7 @@ class PlanConfig(PartShape, PartCount, Grid, InputChoice, ModelChoice, Storage):
     """What a run will cost, from metadata only."""
 
     command: ClassVar[str] = "plan"
-    throughput: float | None = setting(None, "--throughput", parse=float, render=number,
+    throughput: float | None = setting(None, "--throughput", group="performance", parse=float, render=number,
                                        help="model passes per second per GPU, for a GPU-hours estimate")
     as_json: bool = setting(False, "--json", help="print JSON")
 

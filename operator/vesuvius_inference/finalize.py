@@ -186,8 +186,9 @@ def run_finalize(cfg: FinalizeConfig) -> str:
         if fused:
             storage.remove(paths.pyramid_staging(cfg.input_path), so)
         _delete_intermediates(cfg)
-    log.info("finalize %d/%d: %d units of level %d (%d levels), %.1f s -> %s%s", cfg.part_id, cfg.num_parts, n, unit,
-             out.levels, time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "")
+    log.info("finalize %d/%d: %d units of level %d (%d levels)%s, %.1f s -> %s%s", cfg.part_id, cfg.num_parts, n,
+             unit, out.levels, f", {split.resumed} of them resumed from the journal" if split.resumed else "",
+             time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "")
     return cfg.output_path
 
 

@@ -76,8 +76,7 @@ def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
         if line is not None:
             progress.observe(line)
         else:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+            progress.write(text)  # above the stage's bar in a terminal, never glued onto it
 
 
 def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progress: RunProgress) -> None:
@@ -108,7 +107,8 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
 
 
 def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int]) -> int:
-    """Every part, over the devices, shown as one progress bar or line with the stage's ETA."""
+    """Every part, over the devices, shown as one progress bar or line with the stage's ETA; returns the
+    patches run in this pipeline run (what parts had done before, resumed or listed empty, excluded)."""
     from .predict import run_predict
 
     num_parts = len(devices) * cfg.parts_per_gpu
@@ -122,17 +122,35 @@ def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int,
             _run_workers(cfg, devices, num_parts, progress)
     finally:
         progress.close()
-    return num_parts
+    return progress.reporter.done_here
 
 
-def _timed(times: dict[str, float], nvox: int) -> Callable[[str, Callable[[], Any]], None]:
-    def stage(name: str, fn: Callable[[], Any]) -> None:
+def _timed(times: dict[str, float]) -> Callable[[str, Callable[[], int]], None]:
+    """Each stage's summary: its time, and a rate over the voxels it processed in this run (``fn`` returns
+    them): a stage that found its work done says so instead of dividing the region by a few milliseconds."""
+    def stage(name: str, fn: Callable[[], int]) -> None:
         t = time.perf_counter()
-        fn()
+        vox = fn()
         times[name] = time.perf_counter() - t
-        log.info("== %s done in %.1f s (%.2f Mvox/s of input)", name, times[name], nvox / max(times[name], 1e-9) / 1e6)
+        if vox > 0:
+            log.info("== %s done in %.1f s (%.2f Mvox/s over the %.3g Mvox it processed)", name, times[name],
+                     vox / max(times[name], 1e-9) / 1e6, vox / 1e6)
+        else:
+            log.info("== %s done in %.1f s: nothing left to do", name, times[name])
 
     return stage
+
+
+def _stage_work(stage: str, fn: Callable[[], Any]) -> Callable[[], int]:
+    """``fn``, returning the voxels ``stage`` processed in this process while it ran (stagesplit's tally)."""
+    from .stagesplit import work_done
+
+    def run() -> int:
+        before = work_done(stage)
+        fn()
+        return work_done(stage) - before
+
+    return run
 
 
 def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
@@ -171,20 +189,11 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
     return ctx
 
 
-def _region_voxels(cfg: PipelineConfig, volume: Any) -> int:
-    """Voxels the run processes: the --bbox region, else the level (rates are per processed voxel)."""
-    from .partplan import region
-
-    box = region(cfg.bbox, volume.shape)
-    shape = volume.shape if box is None else [b - a for a, b in zip(*box)]
-    return int(volume.channels) * int(shape[0]) * int(shape[1]) * int(shape[2])
-
-
 def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     """Run the stages; returns seconds per stage. Each stage resumes where an earlier run stopped."""
     from .blend import run_blend
     from .finalize import run_finalize
-    from .predict_part import the_plan
+    from .predict_part import region_voxels_per_patch, the_plan
     from .volume import open_volume
 
     cfg.validate()
@@ -198,15 +207,17 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         return {}
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     times: dict[str, float] = {}
-    stage = _timed(times, _region_voxels(cfg, volume))
+    stage = _timed(times)
     if not cfg.skip_predict:
         log.info("== predict: %d part(s) on %s", len(devices) * cfg.parts_per_gpu, ", ".join(devices))
-        totals = {p: part.size() for p, part in enumerate(the_plan(ctx).parts)}
-        stage("predict", lambda: run_predict_stage(cfg, devices, totals))
+        plan = the_plan(ctx)
+        totals = {p: part.size() for p, part in enumerate(plan.parts)}
+        per_patch = region_voxels_per_patch(plan.grid, volume.channels)  # the part summaries' unit too
+        stage("predict", lambda: int(run_predict_stage(cfg, devices, totals) * per_patch))
     if not cfg.skip_blend:
-        stage("blend", lambda: run_blend(blend_config(cfg)))
+        stage("blend", _stage_work("blend", lambda: run_blend(blend_config(cfg))))
     if not cfg.skip_finalize:
-        stage("finalize", lambda: run_finalize(finalize_config(cfg)))
+        stage("finalize", _stage_work("finalize", lambda: run_finalize(finalize_config(cfg))))
     from .output import is_complete
 
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):

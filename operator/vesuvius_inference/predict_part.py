@@ -28,7 +28,7 @@ from .errors import BadInput
 from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
 from .iopool import WritePool
-from .model_files import ModelFiles
+from .model_files import ModelFiles, check_input_channels
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
 from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
@@ -132,9 +132,7 @@ class PartRun:
         self.ctx, self.cfg, self.lease, self.listener = ctx, ctx.cfg, lease, listener
         cfg, volume = ctx.cfg, ctx.volume
         self.model = load_model(ctx.model)
-        if self.model.num_input_channels != volume.channels:
-            raise BadInput(f"model expects {self.model.num_input_channels} input channel(s), {cfg.input_dir} has "
-                           f"{volume.channels}")
+        check_input_channels(self.model.num_input_channels, volume.channels, cfg.input_dir)
         self.device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
         self.plan = the_plan(ctx)
         self.normalizer = Normalizer.from_plans(self.model.configuration_manager, self.model.plans_manager,
@@ -300,11 +298,28 @@ class PartRun:
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
         }
-        dt = time.perf_counter() - self.t0
-        skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
-        log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, seams: %d merged, %d "
-                 "pieces left for the other part, %d for blend, %.1f s, %.2f Mvox/s", cfg.part_id, cfg.num_parts,
-                 self.counts["run"], skipped, len(writer.written), f" to {self.spec.url}" if self.spec else "",
-                 seams.get(SECOND, 0), seams.get(FIRST, 0), writer.piece_count, dt,
-                 self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6)
+        log.info("%s", self.summary(len(writer.written), seams, writer.piece_count))
         return marker
+
+    def summary(self, written: int, seams: dict[str, int], pieces: int) -> str:
+        """The part's summary line. Patches a checkpoint already had are counted as resumed, not run, and
+        the rate is over this process's work in voxels of the region (its share of the --bbox, or of the
+        level), the unit of the pipeline's stage line, so the two agree."""
+        cfg, plan = self.cfg, self.plan
+        dt = time.perf_counter() - self.t0
+        before = self.counts["run"] - self.run_here
+        skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
+        advanced = len(plan.todo) - self.start  # the part's patches this process read (run or found homogeneous)
+        vox = advanced * region_voxels_per_patch(plan.grid, self.ctx.volume.channels)
+        rate = f"{vox / max(dt, 1e-9) / 1e6:.2f} Mvox/s of the region" if advanced else "nothing left to run"
+        resumed = f" ({before} more run before, resumed from a checkpoint at {self.start})" if self.start else ""
+        return (f"predict part {cfg.part_id}/{cfg.num_parts}: {self.run_here} patches run{resumed}, {skipped} empty "
+                f"skipped, {written} chunks written{f' to {self.spec.url}' if self.spec else ''}, seams: "
+                f"{seams.get(SECOND, 0)} merged, {seams.get(FIRST, 0)} pieces left for the other part, {pieces} for "
+                f"blend, {dt:.1f} s, {rate}")
+
+
+def region_voxels_per_patch(grid: Any, channels: int = 1) -> float:
+    """Each patch's share of the region's voxels (the --bbox, or the level): how a count of patches becomes
+    voxels for a rate, the same for a part and for the stage."""
+    return float(np.prod(grid.shape)) * channels / max(grid.n_patches, 1)

@@ -12,6 +12,7 @@ InferenceJob, so its format lives here, with its parser, and is tested both ways
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import sys
@@ -90,6 +91,39 @@ def last_progress(log_text: str) -> ProgressLine | None:
     return None
 
 
+class _TqdmWrite(logging.Handler):
+    """A log handler that writes through ``tqdm.write``: the bar is cleared, the line written, the bar
+    drawn again below it (tqdm.contrib.logging's handler, for the handler that writes on the bar's stream)."""
+
+    def __init__(self, orig: logging.StreamHandler) -> None:  # type: ignore[type-arg]
+        super().__init__(orig.level)
+        self.setFormatter(orig.formatter)
+        self.filters = list(orig.filters)
+        self.stream = orig.stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own contract: a handler never raises
+            self.handleError(record)
+
+
+class AboveBar:
+    """While a bar is drawn on ``stream``, the root logger's handlers that write there write above it
+    (a part's summary, a warning), never onto the bar's line; ``restore`` puts them back."""
+
+    def __init__(self, stream: TextIO) -> None:
+        root = logging.getLogger()
+        self._saved = list(root.handlers)
+        root.handlers = [_TqdmWrite(h) if isinstance(h, logging.StreamHandler) and h.stream is stream
+                         and not isinstance(h, logging.FileHandler) else h for h in root.handlers]
+
+    def restore(self) -> None:
+        logging.getLogger().handlers = self._saved
+
+
 class Reporter:
     """A bar in a terminal, a line every ``interval_s`` elsewhere; nothing when ``quiet``.
 
@@ -108,11 +142,13 @@ class Reporter:
         self._t0 = self._last = time.monotonic()
         is_tty = tty if tty is not None else bool(getattr(self.stream, "isatty", lambda: False)())
         self._bar: Any = None
+        self._redirect: Any = None
         if not quiet and is_tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, initial=done, desc=name or f"{stage} {part}/{parts}", unit=unit.rstrip("s"),
+            self._bar = tqdm(total=total, initial=done, desc=name or f"{stage} {part}/{parts}", unit=unit,
                              file=self.stream, dynamic_ncols=True, mininterval=1.0)
+            self._redirect = AboveBar(self.stream)
         elif not quiet:
             self._emit()
         if listener is not None:
@@ -147,6 +183,26 @@ class Reporter:
         elif not self.quiet and time.monotonic() - self._last >= self.interval_s:
             self._emit()
 
+    def write(self, text: str) -> None:
+        """A line for people (a worker's log line) that must not land on the bar."""
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text.rstrip("\n"), file=self.stream)
+        else:  # passed on as it came (a quiet worker logs warnings and errors only)
+            self.stream.write(text if text.endswith("\n") else text + "\n")
+            self.stream.flush()
+
+    @property
+    def done_here(self) -> int:
+        """Units this process finished (resumed and listed work excluded)."""
+        return self.done - self._start_done
+
+    @property
+    def resumed(self) -> int:
+        """Units found done when this process started (a checkpoint, a journal, a listing)."""
+        return self._start_done
+
     def _emit(self) -> None:
         self._last = time.monotonic()
         text = self.line().format()
@@ -159,6 +215,9 @@ class Reporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+            if self._redirect is not None:
+                self._redirect.restore()
+                self._redirect = None
         elif not self.quiet and self.done != self._start_done:
             self._emit()
 
@@ -196,6 +255,11 @@ class RunProgress:
                 self.reporter.skip(delta)
             else:
                 self.reporter.update(delta)
+
+    def write(self, text: str) -> None:
+        """A worker's log line (not a progress line), above the bar in a terminal."""
+        with self._lock:
+            self.reporter.write(text)
 
     def part_done(self, part: int) -> None:
         self.observe(ProgressLine("", part, 0, self.totals.get(part, 0), 0, "", None, None))

@@ -49,6 +49,7 @@ class Opt:
     secret: bool = False  # to worker processes through the environment (``env``), never argv
     crd: str | Mapping[str, str] | None = None  # InferenceJob spec path (per command when a mapping)
     fallback: Any = None  # the default when ``env`` is unset (also what ``to_argv`` leaves out)
+    group: str | None = None  # its --help section; None: its declaring group's ``help_group`` (``help_group_of``)
 
     def crd_path(self, command: str) -> str | None:
         if isinstance(self.crd, Mapping):
@@ -123,6 +124,21 @@ def _help(f: dataclasses.Field, opt: Opt) -> str:
     return text
 
 
+# The --help sections, in this order; a setting's section is its ``group=``, else the ``help_group`` of the
+# settings dataclass that declares it (config.py), else argparse's general "options".
+HELP_GROUPS = ("input/output", "model", "performance", "storage", "Kubernetes")
+
+
+def help_group_of(cls: type, name: str, opt: Opt) -> str | None:
+    """The --help section of setting ``name`` of ``cls``: declared once, on the setting or on its group."""
+    if opt.group is not None:
+        return opt.group
+    for klass in reversed(cls.__mro__):  # the group that declared it first (a variant keeps its base's)
+        if name in klass.__dict__.get("__annotations__", {}) and "help_group" in klass.__dict__:
+            return klass.__dict__["help_group"]
+    return None
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a bad command line as one ``error:`` line like every other failure (exit 2)."""
 
@@ -137,13 +153,17 @@ class Parser(argparse.ArgumentParser):
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """The command's parser, from the config class's settings. Absent options stay absent
     (``SUPPRESS``) so that the config's own defaults and environment apply."""
-    p = Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    top = Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
+    top._optionals.title = "general"  # the settings of no section: how the command behaves (--quiet, --debug...)
+    used = {help_group_of(cls, f.name, opt) for f, opt in options(cls)}
+    sections = {g: top.add_argument_group(g) for g in HELP_GROUPS if g in used}
     for f, opt in options(cls):
         if not opt.names and not opt.positional:
             continue
         if opt.positional:
-            p.add_argument(f.name, help=opt.help, type=opt.parse, metavar=opt.metavar)
+            top.add_argument(f.name, help=opt.help, type=opt.parse, metavar=opt.metavar)
             continue
+        p: Any = sections.get(help_group_of(cls, f.name, opt) or "", top)
         kw: dict[str, Any] = {"dest": f.name, "help": _help(f, opt)}
         if opt.off or isinstance(static_default(f), bool):
             if opt.names:
@@ -158,7 +178,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
             kw["required"] = True
         p.add_argument(*spellings(opt.names), **kw)
-    return p
+    return top
 
 
 def from_args(cls: type[T], ns: argparse.Namespace | Mapping[str, Any], **extra: Any) -> T:

@@ -10,6 +10,7 @@ a finished split checks again).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,22 @@ def all_done(work: str, stage: str, num_parts: int, config: dict[str, Any], so: 
                for i in range(num_parts))
 
 
+_WORK: dict[str, int] = {}  # voxels each stage processed in this process (not what a journal had done)
+_WORK_LOCK = threading.Lock()
+
+
+def record_work(stage: str, voxels: int) -> None:
+    with _WORK_LOCK:
+        _WORK[stage] = _WORK.get(stage, 0) + int(voxels)
+
+
+def work_done(stage: str) -> int:
+    """Voxels ``stage`` processed in this process so far: what a stage's rate is over (the local pipeline
+    reads it before and after each stage; a stage that found its work done shows no rate)."""
+    with _WORK_LOCK:
+        return _WORK.get(stage, 0)
+
+
 @dataclass
 class Split:
     stage: str
@@ -94,7 +111,9 @@ class Split:
                        interval_s=self.progress_s, done=journal.start)
         try:
             for n, unit in enumerate(mine[journal.start:], start=journal.start):
-                vox += process(unit, io)
+                got = process(unit, io)
+                vox += got
+                record_work(self.stage, got)
                 bar.update(1, f"{vox / max(time.perf_counter() - t0, 1e-9) / 1e6:.1f} Mvox/s")
                 journal.update(n + 1, io.wait_all)
             io.close()
@@ -103,7 +122,10 @@ class Split:
             raise
         finally:
             bar.close()
+        self.resumed = journal.start
         return {"config": self.config, "units": len(mine)}
+
+    resumed: int = field(default=0, init=False)  # units of this split a journal had done before this process
 
     def _complete_if_all_done(self, on_complete: Callable[[], None]) -> bool:
         """The last split completes the stage, under a claim of its own: two splits finishing at the same

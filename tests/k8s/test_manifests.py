@@ -43,7 +43,7 @@ def test_predict_job_shape_and_cli_contract(monkeypatch):
     s = sample("full.yaml")
     job = manifests.predict_job("ij", "scrolls", "u", s)
     js = job["spec"]
-    assert js["completionMode"] == "Indexed" and js["completions"] == 512 and js["parallelism"] == 64
+    assert js["completionMode"] == "Indexed" and js["completions"] == 64 and js["parallelism"] == 64
     assert js["backoffLimitPerIndex"] == 3 and js["maxFailedIndexes"] == 10 and js["podReplacementPolicy"] == "Failed"
     rules = js["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
@@ -69,7 +69,7 @@ def test_predict_job_shape_and_cli_contract(monkeypatch):
     assert env["VESUVIUS_CPUS"]["valueFrom"]["resourceFieldRef"] == {
         "containerName": "predict", "resource": "requests.cpu", "divisor": "1"}
     assert (parsed.part_id, parsed.num_parts, parsed.batch_size, parsed.folds, parsed.patch_size) == (
-        7, 512, 4, ("0", "1", "2", "3", "4"), (192, 192, 192))
+        7, 64, 4, ("0", "1", "2", "3", "4"), (192, 192, 192))
     assert parsed.input_dir == "s3://scrollprize-volumes/PHerc1218.zarr/0" and parsed.input_anon
     assert parsed.output_dir == "s3://scratch/PHerc1218/work/parts"
     # each part writes the output rows it alone covers, finalized: the spec's output, mode and threshold
