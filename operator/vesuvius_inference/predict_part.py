@@ -27,6 +27,7 @@ from .devicestep import DeviceStep
 from .errors import BadInput
 from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
+from .intensity import ATTRIBUTE, IntensityFinding
 from .iopool import WritePool
 from .model_files import ModelFiles
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
@@ -62,6 +63,7 @@ class PartContext:
     chunks: Shape3
     fp: dict[str, Any]
     device: Any = None  # a GPU asked for, checked before anything else (auto and cpu: resolved by PartRun)
+    intensity: dict[str, Any] | None = None  # the input's intensities against the model's (intensity.py), if off
 
     @property
     def work(self) -> ClaimedWork:
@@ -78,6 +80,13 @@ class PartContext:
         return ClaimedWork(paths.claim_url(cfg.output_dir, cfg.part_id), paths.marker_url(cfg.output_dir, cfg.part_id),
                            f"predict part {cfg.part_id} of {cfg.output_dir}", cfg.storage_options, cfg.lease_s,
                            {"part_id": cfg.part_id}, matches)
+
+
+def brief(finding: dict[str, Any] | None) -> str:
+    """The intensity finding repeated at the end of a summary line ("" without one): a warning logged once
+    at the start scrolls away under the progress lines of a long run."""
+    found = IntensityFinding.from_dict(finding)
+    return f"; {found.brief()}" if found else ""
 
 
 def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict]:
@@ -297,12 +306,13 @@ class PartRun:
             "evictions": self.accum.evictions, "cache_peak_bytes": self.accum.peak,
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
+            ATTRIBUTE: self.ctx.intensity,  # blend and finalize carry it into the output's attributes
         }
         dt = time.perf_counter() - self.t0
         skipped = self.counts["skipped_homogeneous"] + self.counts["skipped_absent"]
         log.info("predict part %d/%d: %d patches run, %d empty skipped, %d chunks written%s, seams: %d merged, %d "
-                 "pieces left for the other part, %d for blend, %.1f s, %.2f Mvox/s", cfg.part_id, cfg.num_parts,
+                 "pieces left for the other part, %d for blend, %.1f s, %.2f Mvox/s%s", cfg.part_id, cfg.num_parts,
                  self.counts["run"], skipped, len(writer.written), f" to {self.spec.url}" if self.spec else "",
                  seams.get(SECOND, 0), seams.get(FIRST, 0), writer.piece_count, dt,
-                 self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6)
+                 self.counts["run"] * int(np.prod(self.ctx.patch)) / max(dt, 1e-9) / 1e6, brief(self.ctx.intensity))
         return marker
