@@ -128,20 +128,19 @@ def test_a_mild_mismatch_is_warned_by_default_and_refused_by_error(capsys, scans
     assert code == 3 and err.strip().splitlines()[-1].startswith("error: the input's intensities do not match"), err
 
 
-def test_the_training_scale_passes_silently_and_off_skips_the_check(capsys, scans, ct_model, tmp_path):
+def test_no_finding_on_the_training_scale_with_a_scale_free_scheme_or_with_off(capsys, scans, ct_model,
+                                                                               model_factory, tmp_path):
+    """ZScore normalises by the volume's own mean and std: x * 257 gives the network the same input, so
+    it has no trained range (the plans still record one: nnU-Net's fingerprint always does)."""
+    zscore = model_factory(patch=(16, 32, 32), folds=(0,), normalization="ZScoreNormalization")
+    code, err = _pipeline(capsys, scans["uint16"], tmp_path / "z.zarr", zscore)
+    assert code == 0 and "intensit" not in err, err
+    assert "intensity_warning" not in _attrs(tmp_path / "z.zarr")["vesuvius"]
     code, err = _pipeline(capsys, scans["uint8"], tmp_path / "a.zarr", ct_model, "--intensity_check", "error")
     assert code == 0 and "intensit" not in err, err
     assert "intensity_warning" not in _attrs(tmp_path / "a.zarr")["vesuvius"]
     code, err = _pipeline(capsys, scans["uint16"], tmp_path / "b.zarr", ct_model, "--intensity_check", "off")
     assert code == 0 and "intensit" not in err, err
-
-
-def test_zscore_has_no_trained_range_so_a_uint16_scan_is_no_finding(capsys, scans, model_factory, tmp_path):
-    """ZScore normalises by the volume's own mean and std: x * 257 gives the network the same input."""
-    zscore = model_factory(patch=(16, 32, 32), folds=(0,), normalization="ZScoreNormalization")
-    code, err = _pipeline(capsys, scans["uint16"], tmp_path / "z.zarr", zscore)
-    assert code == 0 and "intensit" not in err, err
-    assert "intensity_warning" not in _attrs(tmp_path / "z.zarr")["vesuvius"]
 
 
 def _readme_snippet() -> str:
