@@ -95,6 +95,8 @@ class IntensityFinding:
         d = asdict(self)
         d["input_range"], d["trained_range"] = list(self.input_range), list(self.trained_range)
         d["fraction_outside"] = round(self.fraction_outside, 6)
+        if self.rescaled_inside is not None:
+            d["rescaled_inside"] = round(self.rescaled_inside, 4)
         d.update(check=check, message=self.message(check))
         return d
 

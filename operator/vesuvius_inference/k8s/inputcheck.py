@@ -52,8 +52,10 @@ def condition(report: Reported, now: str, generation: int) -> dict[str, Any]:
                            "(or its normalization has none)", "lastTransitionTime": now,
                 "observedGeneration": generation}
     said = "refused the input" if report.refused else "ran on with a warning"
+    # the spec is immutable once created: the line's "--intensity_check warn" is a new InferenceJob here
+    hint = " (on Kubernetes: spec.inference.intensityCheck, in a new InferenceJob)" if report.refused else ""
     return {"type": CONDITION, "status": "True", "reason": "OnAnotherScale" if report.another_scale else
-            "OutsideTrainingRange", "message": bounded(f"predict pod {report.pod} {said}: {report.message}"),
+            "OutsideTrainingRange", "message": bounded(f"predict pod {report.pod} {said}: {report.message}{hint}"),
             "lastTransitionTime": now, "observedGeneration": generation}
 
 
