@@ -76,7 +76,7 @@ class IntensityFinding:
         after = f", which puts {self.rescaled_inside:.0%} of the sampled voxels in that range" \
             if self.rescaled_inside is not None else ""
         how = (f"rescale the input to the training intensities: {self.rescale}{after} (README, "
-               f"'{README_SECTION}', has the snippet)")
+               f"'{README_SECTION}', has the snippet)") if self.another_scale or after else self.rescale
         if self.refuses(check):
             tail = "or pass --intensity_check warn to run anyway (off: no check)"
         else:

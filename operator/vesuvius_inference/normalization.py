@@ -169,19 +169,24 @@ INTENSITY_SAMPLE_CHUNKS = 16
 PERCENTILE_SAMPLE = 1 << 20  # voxels the advice and the scale test look at (a strided subsample)
 
 
-def _rescale_advice(values: np.ndarray, dtype: np.dtype, lo: float, hi: float) -> tuple[str, np.ndarray | None]:
+def _rescale_advice(values: np.ndarray, dtype: np.dtype, lo: float, hi: float,
+                    another_scale: bool) -> tuple[str, np.ndarray | None]:
     """How to bring ``values`` onto the trained range [lo, hi], in words, and the sample so rescaled.
 
     uint16 -> uint8 is the top byte (x // 256), as the community's converter of the scroll TIFFs does
     (KhartesViewer/scroll2zarr, zarr_to_ome.py: ``// divisor`` with divisor 256); a [0, 1] float scan is
     x * 255. Anything else: its own 0.5-99.5 percentiles mapped linearly onto the trained range."""
     top = float(values.max())
-    if np.issubdtype(dtype, np.integer) and dtype.itemsize == 2 and hi <= 255 < top:
+    if dtype.kind == "u" and dtype.itemsize == 2 and hi <= 255 < top:
         return "divide by 256 (uint16 -> uint8: x // 256, i.e. x >> 8)", values // 256
     if np.issubdtype(dtype, np.floating) and float(values.min()) >= 0 and top <= 1 and hi > 1:
         return "multiply by 255 (a [0, 1] float scan -> 0..255: round(x * 255) as uint8)", np.rint(values * 255)
     a, b = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    return f"map the input's own percentiles 0.5-99.5 [{a:g}, {b:g}] linearly onto [{lo:g}, {hi:g}]", None
+    mapping = f"map the input's own percentiles 0.5-99.5 [{a:g}, {b:g}] linearly onto [{lo:g}, {hi:g}]"
+    if another_scale:
+        return mapping, None
+    return (f"check that the region holds papyrus (air around the scroll lies below the range); if the scan has "
+            f"another contrast, {mapping}"), None
 
 
 def _another_scale(values: np.ndarray, dtype: np.dtype, lo: float, hi: float) -> bool:
@@ -237,8 +242,9 @@ def check_intensities(volume: InputVolume, plans: dict[str, Any], schemes: Seque
             continue
         dtype = np.dtype(volume.dtype)
         sub = values[::max(1, values.size // PERCENTILE_SAMPLE)].astype(np.float64)  # percentiles: every k-th
-        how, rescaled = _rescale_advice(sub, dtype, lo, hi)
+        scale = _another_scale(sub, dtype, lo, hi)
+        how, rescaled = _rescale_advice(sub, dtype, lo, hi, scale)
         after = None if rescaled is None else float(((rescaled >= lo) & (rescaled <= hi)).mean())
         return IntensityFinding(c, str(dtype), schemes[c], (float(values.min()), float(values.max())), (lo, hi),
-                                1.0 - inside, int(values.size), _another_scale(sub, dtype, lo, hi), how, after)
+                                1.0 - inside, int(values.size), scale, how, after)
     return None

@@ -122,7 +122,7 @@ def test_a_mild_mismatch_is_warned_by_default_and_refused_by_error(capsys, scans
     assert code == 0, err
     warned = [ln for ln in err.splitlines() if ln.startswith("warning: the input's intensities do not match")]
     assert len(warned) == 1 and "on another scale" not in warned[0] and "[0, 3] (uint8)" in warned[0], err
-    assert "--intensity_check error refuses it" in warned[0]
+    assert "--intensity_check error refuses it" in warned[0] and "check that the region holds papyrus" in warned[0]
     assert "outside the model's training range" in err.strip().splitlines()[-1]
     code, err = _pipeline(capsys, scans["air"], tmp_path / "b.zarr", ct_model, "--intensity_check", "error")
     assert code == 3 and err.strip().splitlines()[-1].startswith("error: the input's intensities do not match"), err
