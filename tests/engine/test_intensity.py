@@ -99,6 +99,20 @@ def test_a_warned_run_repeats_the_finding_and_records_it_in_the_output(capsys, s
     assert marker["intensity_warning"] == note  # what blend and finalize carried into the output
 
 
+def test_worker_processes_do_not_repeat_the_warning_but_their_summaries_carry_it(capsys, scans, ct_model, tmp_path):
+    """Two CPU workers (subprocesses): the preflight's line once, each part's summary with the finding."""
+    out = tmp_path / "out.zarr"
+    code = cli.main(["pipeline", "--input", str(scans["float"]), "--output", str(out), "--model", str(ct_model),
+                     "--devices", "cpu,cpu", "--disable-tta", "--intensity_check", "warn"])
+    err = capsys.readouterr().err  # the workers' lines pass through this process's stderr
+    lines = err.splitlines()
+    assert code == 0, err
+    assert sum(ln.startswith("warning: the input's intensities do not match") for ln in lines) == 1, err
+    parts = [ln for ln in lines if re.match(r"predict part [01]/2: ", ln)]
+    assert len(parts) == 2 and all("; warning: input intensities on another scale" in ln for ln in parts), err
+    assert _attrs(out)["vesuvius"]["intensity_warning"]["dtype"] == "float32"
+
+
 def test_the_finding_travels_from_the_parts_through_blended_logits_to_the_final_output(capsys, scans, ct_model,
                                                                                       tmp_path):
     parts, blended, final = tmp_path / "parts", tmp_path / "blended.zarr", tmp_path / "final.zarr"
