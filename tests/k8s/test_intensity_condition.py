@@ -85,3 +85,26 @@ def test_a_scan_on_the_training_scale_gets_the_condition_false(cluster, operator
     c = cond(done, "IntensityOutOfRange")
     assert c and c["status"] == "False" and c["reason"] == "NoneReported", done["status"]
     assert not _warnings(cluster, "u8-ct")
+
+
+def test_the_first_word_is_kept_and_stops_the_reads():
+    """Pure: a pod's report sets the condition once (with one Warning Event); later passes keep it as it was
+    and the observer no longer reads (``wanted``); ``intensityCheck: off`` never reads."""
+    from vesuvius_inference.intensity import Reported
+    from vesuvius_inference.k8s import inputcheck
+
+    line = "the input's intensities do not match the model's training data: 0.5% of 10 sampled voxels ..."
+    conds, events = inputcheck.carry([], [], Reported(True, "ij-predict-0-abc", line), "T1", 1)
+    assert [(c["type"], c["status"], c["reason"]) for c in conds] == [
+        ("IntensityOutOfRange", "True", "OutsideTrainingRange")]
+    assert events == [("Warning", "IntensityOutOfRange", conds[0]["message"])]
+    assert conds[0]["message"] == f"predict pod ij-predict-0-abc ran on with a warning: {line}"
+    kept, again = inputcheck.carry([], conds, Reported(False, "ij-predict-1-def"), "T2", 1)
+    assert kept == conds and not again
+    assert not inputcheck.wanted({"spec": {}, "status": {"conditions": conds}})
+    assert inputcheck.wanted({"spec": {}, "status": {}})
+    assert not inputcheck.wanted({"spec": {"inference": {"intensityCheck": "off"}}, "status": {}})
+    pod = {"metadata": {"name": "p"}, "status": {"phase": "Running"}}
+    assert inputcheck.from_pod(pod, "loading the model\n") is None  # not checked yet: read again later
+    said = inputcheck.from_pod(pod, "progress predict 0/1: 0/8 patches (0.0%), - patches/s, ETA -\n")
+    assert said == Reported(False, "p")
