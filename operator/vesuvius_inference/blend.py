@@ -32,6 +32,7 @@ from . import createonce, paths, storage
 from .config import BlendConfig
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3, split_chunks
+from .intensity import notes
 from .iopool import WritePool
 from .layout import PAIR, PartLayout
 from .ngff import ngff_for
@@ -193,7 +194,7 @@ def run_blend(cfg: BlendConfig) -> Blended:
     final = spec.kind == FINAL
     output = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so,
                     overwrite=cfg.overwrite and seed_layout,
-                    staging=paths.pyramid_staging(cfg.parts_dir) if final else None)
+                    staging=paths.pyramid_staging(cfg.parts_dir) if final else None, notes=notes(parts.intensity))
     level0 = paths.level0_marker(cfg.parts_dir)
     if (storage.read_json(level0, so) or {}).get("config") == config if final else output.is_complete():
         log.info("blend of %s is already complete: nothing to do", cfg.output)

@@ -16,7 +16,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import storage
+from . import intensity, storage
 from .errors import BadArguments
 from .locations import DELETE, READ, WRITE, Named, refuse_overlaps
 from .settings import (
@@ -33,7 +33,7 @@ from .settings import (
 )
 
 MODES = ("binary", "multiclass")
-INTENSITY_CHECKS = ("warn", "error", "off")
+INTENSITY_CHECKS = intensity.CHECKS  # auto (default), warn, error, off: what each does is intensity.py's
 PATCH_ORDERS = ("tiled", "rowmajor")
 FINALIZE_INPUTS = ("blended", "parts")
 NGFF_CHOICES = ("auto", "0.4", "0.5")  # ngff.py: 0.4 is stored on Zarr v2, 0.5 on Zarr v3
@@ -171,9 +171,12 @@ class Compute:
                                help="tiled: columns of tiles sized to the input cache (default); rowmajor: nnU-Net's order")
     checkpoint_s: float = setting(600.0, "--checkpoint_s", parse=float, render=number, crd="inference.checkpointSeconds",
                                   help="seconds between checkpoints a killed part resumes from (0: after every batch)")
-    intensity_check: str = setting("warn", "--intensity_check", group="model", choices=INTENSITY_CHECKS, crd="inference.intensityCheck",
-                                   help="the input's intensities against the model's training range (plans): warn "
-                                        "(default), error (exit 3), off")
+    intensity_check: str = setting(intensity.AUTO, "--intensity_check", group="model", choices=INTENSITY_CHECKS,
+                                   crd="inference.intensityCheck",
+                                   help="the input's intensities against the model's training range (plans): auto "
+                                        "(default: exit 3 for an input on another scale, e.g. uint16 or [0, 1] "
+                                        "floats through a uint8 model; a warning otherwise), warn, error (exit 3), "
+                                        "off")
     compile: bool = setting(False, "--compile", crd="inference.compile", help="torch.compile the networks")
 
 

@@ -18,6 +18,7 @@ from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3
+from .intensity import ATTRIBUTE, IntensityFinding, notes
 from .ngff import NGFF_VERSION, ngff_for
 from .output import (
     DATA_PATH,
@@ -63,7 +64,7 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     if (storage.read_json(paths.level0_marker(cfg.input_path), so) or {}).get("config") != config:
         raise BadInput(f"the seams of {cfg.output_path} are not finished: run blend (vesuvius.blend_logits "
                        f"{cfg.input_path} {cfg.output_path}) first")
-    out = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so)
+    out = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so, notes=notes(parts.intensity))
     staging_url = paths.pyramid_staging(cfg.input_path)
     staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
         if out.levels > 1 else None
@@ -98,7 +99,8 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
     spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels, ngff)
     config = {**output_config({}, spec), "predict": predicted or None, "from": "blended"}
-    out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite)
+    out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite,
+                 notes=notes(blended_state.get(ATTRIBUTE)))  # the parts' finding, carried by the blended logits
     cgrid = ChunkGrid(shape, chunks)
     present = {tuple(k[1:]) for k in list_chunk_coords(src)}
 
@@ -186,9 +188,11 @@ def run_finalize(cfg: FinalizeConfig) -> str:
         if fused:
             storage.remove(paths.pyramid_staging(cfg.input_path), so)
         _delete_intermediates(cfg)
-    log.info("finalize %d/%d: %d units of level %d (%d levels)%s, %.1f s -> %s%s", cfg.part_id, cfg.num_parts, n,
+    found = IntensityFinding.from_dict(out.notes.get(ATTRIBUTE))
+    log.info("finalize %d/%d: %d units of level %d (%d levels)%s, %.1f s -> %s%s%s", cfg.part_id, cfg.num_parts, n,
              unit, out.levels, f", {split.resumed} of them resumed from the journal" if split.resumed else "",
-             time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "")
+             time.perf_counter() - t0, cfg.output_path, " (complete)" if finished else "",
+             f"; {found.brief()} (recorded in its vesuvius.{ATTRIBUTE} attribute)" if found else "")
     return cfg.output_path
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInput
+from .intensity import MIN_INSIDE, RANGED_SCHEMES, SCALE_FACTOR, IntensityFinding
 from .volume import InputVolume
 
 EXACT_LIMIT_VOXELS = 1 << 30
@@ -165,44 +166,85 @@ class Normalizer:
 
 
 INTENSITY_SAMPLE_CHUNKS = 16
-INTENSITY_MIN_FRACTION = 0.01
+PERCENTILE_SAMPLE = 1 << 20  # voxels the advice and the scale test look at (a strided subsample)
 
 
-def intensity_mismatch(volume: InputVolume, plans: dict[str, Any],
-                       region: tuple[Sequence[int], Sequence[int]] | None = None) -> str | None:
-    """One line if the input's intensities lie far outside the model's training intensities, else None.
+def _rescale_advice(values: np.ndarray, dtype: np.dtype, lo: float, hi: float,
+                    another_scale: bool) -> tuple[str, np.ndarray | None]:
+    """How to bring ``values`` onto the trained range [lo, hi], in words, and the sample so rescaled.
 
-    A uint16 scan, or floats in [0, 1], through a model trained on uint8 runs without error and gives
-    garbage (CT normalisation clips every voxel). nnU-Net's plans record the training foreground's
-    intensity percentiles; if fewer than 1% of a deterministic sample of the input's stored voxels (up
-    to 16 chunks, every k-th in row-major order) fall inside [percentile_00_5, percentile_99_5] of a
-    channel, the input is on another scale. With a ``region`` (a --bbox: lo, hi) only the chunks the
-    model will see are sampled: they are chunks predict reads anyway, so with its input cache on the
-    check costs no extra fetch.
+    uint16 -> uint8 is the top byte (x // 256), as the community's converter of the scroll TIFFs does
+    (KhartesViewer/scroll2zarr, zarr_to_ome.py: ``// divisor`` with divisor 256); a [0, 1] float scan is
+    x * 255. Anything else: its own 0.5-99.5 percentiles mapped linearly onto the trained range."""
+    top = float(values.max())
+    if dtype.kind == "u" and dtype.itemsize == 2 and hi <= 255 < top:
+        return "divide by 256 (uint16 -> uint8: x // 256, i.e. x >> 8)", values // 256
+    if np.issubdtype(dtype, np.floating) and float(values.min()) >= 0 and top <= 1 and hi > 1:
+        return "multiply by 255 (a [0, 1] float scan -> 0..255: round(x * 255) as uint8)", np.rint(values * 255)
+    a, b = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    mapping = f"map the input's own percentiles 0.5-99.5 [{a:g}, {b:g}] linearly onto [{lo:g}, {hi:g}]"
+    if another_scale:
+        return mapping, None
+    return (f"check that the region holds papyrus (air around the scroll lies below the range); if the scan has "
+            f"another contrast, {mapping}"), None
+
+
+def _another_scale(values: np.ndarray, dtype: np.dtype, lo: float, hi: float) -> bool:
+    """The input cannot be on the training scale: its values lie more than SCALE_FACTOR times above the
+    trained range (uint16 through a uint8 model), a float scan lies that far below it ([0, 1] through a
+    0..255 model), or its integer type cannot reach the range at all (uint8 through a uint16 model). An
+    integer scan a bit below the range (air around the scroll) is on the training scale."""
+    top = float(np.percentile(np.abs(values), 99.5))
+    if top > SCALE_FACTOR * max(abs(hi), 1.0):
+        return True
+    if np.issubdtype(dtype, np.floating):
+        return hi > 0 and top * SCALE_FACTOR < hi
+    return bool(np.issubdtype(dtype, np.integer) and np.iinfo(dtype).max < lo)
+
+
+def check_intensities(volume: InputVolume, plans: dict[str, Any], schemes: Sequence[str],
+                      region: tuple[Sequence[int], Sequence[int]] | None = None) -> IntensityFinding | None:
+    """The first channel whose intensities lie far outside the model's training intensities, else None.
+
+    nnU-Net's plans record the training foreground's intensity percentiles; if fewer than 1% of a
+    deterministic sample of the input's stored voxels (up to 16 chunks, every k-th in row-major order)
+    fall inside [percentile_00_5, percentile_99_5] of a channel whose scheme uses absolute intensities
+    (intensity.RANGED_SCHEMES: not ZScore or RescaleTo01, which are scale-free), the input is off the
+    training range (intensity.py says what each --intensity_check does with that). Constant chunks are
+    left out of the sample: predict skips constant patches, the model never sees them. With a
+    ``region`` (a --bbox: lo, hi) only the chunks the model will see are sampled: they are chunks
+    predict reads anyway, so with its input cache on the check costs no extra fetch.
     """
     props = plans.get("foreground_intensity_properties_per_channel") or {}
+    ranged = [c for c in range(volume.channels) if c < len(schemes) and schemes[c] in RANGED_SCHEMES]
     grid = volume.chunk_grid
     occ = volume.occupancy
     present = [idx for idx in grid.all() if occ is None or occ[idx]]
     if region is not None:
         in_region = set(grid.touching(*region))
         present = [idx for idx in present if idx in in_region]
-    if not present or not props:
+    if not present or not props or not ranged:
         return None
     k = max(1, math.ceil(len(present) / INTENSITY_SAMPLE_CHUNKS))
     samples = [volume.read(*grid.box(idx)) for idx in present[::k][:INTENSITY_SAMPLE_CHUNKS]]
-    for c in range(volume.channels):
+    for c in ranged:
         p = props.get(str(c)) or {}
         lo, hi = p.get("percentile_00_5"), p.get("percentile_99_5")
         if lo is None or hi is None:
             continue
-        values = np.concatenate([s[c].ravel() for s in samples])
+        lo, hi = float(lo), float(hi)
+        varying = [s[c].ravel() for s in samples if s[c].size and s[c].min() != s[c].max()]
+        if not varying:
+            continue
+        values = np.concatenate(varying)  # the stored dtype: 16 chunks of 128^3 uint8 are 32 MiB, not 256
         inside = float(((values >= lo) & (values <= hi)).mean())
-        if inside < INTENSITY_MIN_FRACTION:
-            return (f"the input's intensities do not match the model's training data: {inside:.1%} of "
-                    f"{values.size:,} sampled voxels of channel {c} lie in the model's foreground range "
-                    f"[{lo:g}, {hi:g}] (plans.json, percentiles 0.5-99.5), while the input spans "
-                    f"[{float(values.min()):g}, {float(values.max()):g}] ({volume.dtype}); predictions will be poor. "
-                    "Rescale the input to the training intensities (e.g. uint16 -> uint8), or pass "
-                    "--intensity_check off")
+        if inside >= MIN_INSIDE:
+            continue
+        dtype = np.dtype(volume.dtype)
+        sub = values[::max(1, values.size // PERCENTILE_SAMPLE)].astype(np.float64)  # percentiles: every k-th
+        scale = _another_scale(sub, dtype, lo, hi)
+        how, rescaled = _rescale_advice(sub, dtype, lo, hi, scale)
+        after = None if rescaled is None else float(((rescaled >= lo) & (rescaled <= hi)).mean())
+        return IntensityFinding(c, str(dtype), schemes[c], (float(values.min()), float(values.max())), (lo, hi),
+                                1.0 - inside, int(values.size), scale, how, after)
     return None

@@ -249,9 +249,9 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
         return found
 
 
-def set_complete(array: Any) -> None:
+def set_complete(array: Any, notes: dict[str, Any] | None = None) -> None:
     v = dict(array.attrs.get("vesuvius", {}))
-    v["complete"] = True
+    v.update(notes or {}, complete=True)
     array.attrs.update({"vesuvius": v})
 
 
@@ -266,9 +266,13 @@ class Output:
     one array per pyramid level, ``"0"`` full resolution)."""
 
     def __init__(self, spec: OutputSpec, num_classes: int, shape: Shape3, chunks: Shape3, config: dict[str, Any],
-                 storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None) -> None:
+                 storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None, *,
+                 notes: dict[str, Any] | None = None) -> None:
         self.spec, self.num_classes, self.shape, self.chunks = spec, num_classes, tuple(shape), tuple(chunks)
         self.config, self.so = config, storage_options
+        # what the output's ``vesuvius`` attributes say beside its configuration once complete (e.g. the
+        # input-intensity finding of the parts, intensity.notes): facts about the run, not its identity
+        self.notes = dict(notes or {})
         self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
         predict = config.get("predict", {})
         self.frame = Frame.from_dict(predict.get("frame"))
@@ -309,7 +313,7 @@ class Output:
         self.num_classes = self.channels = int(array.shape[0])
         self.shape, self.chunks = tuple(array.shape[1:]), tuple(array.chunks[1:])
         self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
-        self.config, self.so, self.labels, self.levels = {}, {}, False, 1
+        self.config, self.so, self.labels, self.levels, self.notes = {}, {}, False, 1, {}
         return self
 
     def encode_full(self, logits: np.ndarray) -> np.ndarray:
@@ -368,16 +372,16 @@ class Output:
 
         if self.spec.kind == FINAL:
             for a in self.arrays:
-                set_complete(a)
+                set_complete(a, self.notes)
             grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+",
                                   zarr_format=self.spec.zarr_format)  # type: ignore[arg-type]
             info = {"mode": self.spec.mode, "threshold": self.spec.threshold, "levels": self.levels,
                     "encoding": "class ids" if self.spec.threshold else "round(probability * 255)",
                     "not_predicted": 0, "input": self.config.get("predict", {}).get("input")}
             grp.attrs.update({**group_attributes(self.metadata()), "vesuvius_output": info,
-                              "vesuvius": {"config": self.config, "complete": True}})
+                              "vesuvius": {"config": self.config, **self.notes, "complete": True}})
         else:
-            set_complete(self.array)
+            set_complete(self.array, self.notes)
 
     def is_complete(self) -> bool:
         return (is_complete(self.spec.url, self.so) or {}).get("config") == self.config

@@ -32,6 +32,7 @@ from . import storage
 from .claims import trusted_complete
 from .errors import BadInput
 from .grid import PatchGrid, Shape3
+from .intensity import ATTRIBUTE
 from .layout import PartLayout
 from .output import OutputSpec, blosc
 from .partition import Part
@@ -116,6 +117,11 @@ class PartSet:
     @property
     def output(self) -> OutputSpec | None:
         return OutputSpec.from_dict(self.config.get("output"))
+
+    @property
+    def intensity(self) -> dict[str, Any] | None:
+        """The input-intensity finding the parts recorded (intensity.py; every part checks the same sample)."""
+        return next((m[ATTRIBUTE] for m in self.markers if m.get(ATTRIBUTE)), None)
 
     @property
     def pairs(self) -> bool:

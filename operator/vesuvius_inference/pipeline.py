@@ -22,6 +22,7 @@ from typing import Any
 from . import ownership, preflight, storage
 from .config import PipelineConfig
 from .errors import BadArguments, BadInput, VesuviusError
+from .intensity import ATTRIBUTE, IntensityFinding, is_line
 from .progress import RunProgress, parse_line
 from .settings import to_argv, to_env
 from .stages import blend_config, finalize_config, predict_config
@@ -75,7 +76,7 @@ def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
         line = parse_line(text)
         if line is not None:
             progress.observe(line)
-        else:
+        elif not is_line(text):  # each worker's intensity warning is the preflight's, shown once already
             progress.write(text)  # above the stage's bar in a terminal, never glued onto it
 
 
@@ -116,7 +117,7 @@ def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int,
     try:
         if len(devices) == 1:
             for p in range(num_parts):
-                run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe)
+                run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe, announce=False)
                 progress.part_done(p)
         else:
             _run_workers(cfg, devices, num_parts, progress)
@@ -223,5 +224,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
         if ownership.remove_ours(cfg.work, so, flag="--workdir", strict=False):
             log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
-    log.info("== pipeline done in %.1f s: %s -> %s", sum(times.values()), cfg.input_dir, cfg.output)
+    found = IntensityFinding.from_dict(ctx.intensity)
+    log.info("== pipeline done in %.1f s: %s -> %s%s", sum(times.values()), cfg.input_dir, cfg.output,
+             f"; {found.brief()} (recorded in the output's vesuvius.{ATTRIBUTE} attribute)" if found else "")
     return times

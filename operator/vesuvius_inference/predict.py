@@ -19,13 +19,14 @@ from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
 from .grid import Shape3
+from .intensity import OFF, IntensityFinding
 from .model_files import ModelFiles, open_model_files
 from .model_source import fold_parent
 from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
-from .predict_part import PartContext, PartRun, drop_scratch_quietly, output_spec
+from .predict_part import PartContext, PartRun, brief, drop_scratch_quietly, output_spec
 from .progress import ProgressLine
 from .volume import InputVolume, open_volume
 
@@ -56,20 +57,28 @@ def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: S
     }
 
 
-def _check_intensities(cfg: PredictConfig, volume: InputVolume, model: ModelFiles) -> None:
-    from .normalization import intensity_mismatch
+def _check_intensities(cfg: PredictConfig, volume: InputVolume, model: ModelFiles,
+                       announce: bool = True) -> IntensityFinding | None:
+    """The input against the model's training intensities (intensity.py): refused (exit 3) or warned
+    about, per --intensity_check; the finding goes on to the part's marker and summary line."""
+    from .normalization import check_intensities
 
-    if cfg.intensity_check == "off":
-        return
-    problem = intensity_mismatch(volume, model.plans, region(cfg.bbox, volume.shape, volume.where))
-    if problem and cfg.intensity_check == "error":
-        raise BadInput(problem)
-    if problem:
-        log.warning("warning: %s", problem)
+    if cfg.intensity_check == OFF:
+        return None
+    found = check_intensities(volume, model.plans, model.normalization_schemes,
+                              region(cfg.bbox, volume.shape, volume.where))
+    if found is None:
+        return None
+    if found.refuses(cfg.intensity_check):
+        raise BadInput(found.message(cfg.intensity_check))
+    if announce:
+        log.warning("warning: %s", found.message(cfg.intensity_check))
+    return found
 
 
-def prepare(cfg: PredictConfig) -> PartContext:
-    """Open the input, read the model folder, refuse what would fail later: all before any work."""
+def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
+    """Open the input, read the model folder, refuse what would fail later: all before any work.
+    ``announce``: log an intensity warning (the pipeline's parts do not: its preflight said it)."""
     from .normalization import check_schemes
 
     cfg.validate()
@@ -87,19 +96,22 @@ def prepare(cfg: PredictConfig) -> PartContext:
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model.num_classes)  # refuse a bad mode before any work
     check_schemes(model.normalization_schemes)
-    _check_intensities(cfg, volume, model)
+    found = _check_intensities(cfg, volume, model, announce)
     patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
     fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
-    return PartContext(cfg, volume, model, patch, chunks, fp, device)
+    return PartContext(cfg, volume, model, patch, chunks, fp, device,
+                       intensity=found.as_dict(cfg.intensity_check) if found else None)
 
 
-def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | None = None) -> tuple[str, str]:
+def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | None = None,
+                announce: bool = True) -> tuple[str, str]:
     """Run one part; return (part store URL, marker URL). Idempotent: a finished part returns at once.
-    ``listener`` receives the part's progress instead of the terminal (the pipeline shows all parts as one)."""
+    ``listener`` receives the part's progress instead of the terminal (the pipeline shows all parts as one);
+    ``announce``: see prepare."""
     if cfg.part_ids or cfg.part_ids_file:
         cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None, part_ids_file=None)
-    ctx = prepare(cfg)
+    ctx = prepare(cfg, announce)
     ownership.mark(ctx.cfg.output_dir, ctx.cfg.storage_options, "parts")  # what may later remove it knows it is ours
     work = ctx.work
 
@@ -108,8 +120,8 @@ def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | N
 
     marker, ran = work.run(predict)
     if not ran:
-        log.info("predict part %d/%d is already complete (%s): nothing to do", cfg.part_id, cfg.num_parts,
-                 work.marker_url)
+        log.info("predict part %d/%d is already complete (%s): nothing to do%s", cfg.part_id, cfg.num_parts,
+                 work.marker_url, brief(ctx.intensity))
     else:
         drop_scratch_quietly(cfg, marker["run"])
     return marker["store"], work.marker_url

@@ -27,6 +27,7 @@ from .devicestep import DeviceStep
 from .errors import BadInput
 from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
+from .intensity import ATTRIBUTE, IntensityFinding
 from .iopool import WritePool
 from .model_files import ModelFiles, check_input_channels
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
@@ -63,6 +64,7 @@ class PartContext:
     chunks: Shape3
     fp: dict[str, Any]
     device: Any = None  # a GPU asked for, checked before anything else (auto and cpu: resolved by PartRun)
+    intensity: dict[str, Any] | None = None  # the input's intensities against the model's (intensity.py), if off
 
     @property
     def work(self) -> ClaimedWork:
@@ -80,6 +82,13 @@ class PartContext:
         return ClaimedWork(paths.claim_url(cfg.output_dir, cfg.part_id), paths.marker_url(cfg.output_dir, cfg.part_id),
                            f"predict part {cfg.part_id} of {cfg.output_dir}", cfg.storage_options, cfg.lease_s,
                            {"part_id": cfg.part_id}, matches)
+
+
+def brief(finding: dict[str, Any] | None) -> str:
+    """The intensity finding repeated at the end of a summary line ("" without one): a warning logged once
+    at the start scrolls away under the progress lines of a long run."""
+    found = IntensityFinding.from_dict(finding)
+    return f"; {found.brief()}" if found else ""
 
 
 def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict]:
@@ -297,6 +306,7 @@ class PartRun:
             "evictions": self.accum.evictions, "cache_peak_bytes": self.accum.peak,
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
+            ATTRIBUTE: self.ctx.intensity,  # blend and finalize carry it into the output's attributes
         }
         log.info("%s", self.summary(len(writer.written), seams, writer.piece_count))
         return marker
@@ -316,7 +326,7 @@ class PartRun:
         return (f"predict part {cfg.part_id}/{cfg.num_parts}: {self.run_here} patches run{resumed}, {skipped} empty "
                 f"skipped, {written} chunks written{f' to {self.spec.url}' if self.spec else ''}, seams: "
                 f"{seams.get(SECOND, 0)} merged, {seams.get(FIRST, 0)} pieces left for the other part, {pieces} for "
-                f"blend, {dt:.1f} s, {rate}")
+                f"blend, {dt:.1f} s, {rate}{brief(self.ctx.intensity)}")
 
 
 def region_voxels_per_patch(grid: Any, channels: int = 1) -> float:

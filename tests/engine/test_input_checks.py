@@ -37,9 +37,9 @@ def test_input_on_another_intensity_scale_is_named_and_can_be_refused(scrolls, t
     r = _predict(scrolls[kind], tmp_path / "parts", "--intensity_check", "error")
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 3 and last.startswith("error: the input's intensities do not match"), r.stderr
-    assert "[72, 199]" in last and "--intensity_check off" in last  # the model's range, from its plans
+    assert "[72, 199]" in last and "--intensity_check warn" in last  # the model's range, from its plans
     assert not (tmp_path / "parts").exists()  # refused before any work
-    r = _predict(scrolls[kind], tmp_path / "warned", "--quiet")
+    r = _predict(scrolls[kind], tmp_path / "warned", "--quiet", "--intensity_check", "warn")  # auto would refuse
     assert r.returncode == 0 and sum("intensities do not match" in ln for ln in r.stderr.splitlines()) == 1
 
 

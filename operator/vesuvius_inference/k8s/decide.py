@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import kueue, manifests, progressview, stalls
+from ..intensity import Reported
+from . import inputcheck, kueue, manifests, progressview, stalls
 from .checks import refusals
 from .names import job_name
 from .spec import JobSpec, parse
@@ -65,6 +66,7 @@ class Observed:
     diagnoses: dict[str, Diagnosis] | None = None  # by Job uid; None: nothing was read this pass
     notes: dict[str, str] = field(default_factory=dict)  # check Jobs' verdict lines by uid
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
+    intensity: Reported | None = None  # a predict pod's word on the input's intensities (None: none this pass)
     stall_grace_s: float = 300.0
 
 
@@ -193,7 +195,9 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
     status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
                     ctx.obs.notes)
     status = _with_progress(ctx, status)
-    plan.events += _condition_events(ctx, extra) + _phase_events(ctx, status)
+    status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
+                                                   ctx.obs.intensity, ctx.now, ctx.generation)
+    plan.events += _condition_events(ctx, extra) + found + _phase_events(ctx, status)
     plan.status = status
     return plan
 

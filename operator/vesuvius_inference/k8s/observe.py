@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..intensity import Reported
 from ..progress import ProgressLine, last_progress
-from . import kueue, manifests, progressview, stalls
+from . import inputcheck, kueue, manifests, progressview, stalls
 from .clients import Clients
 from .decide import Diagnosis, Observed, iso
 from .ranges import count_ranges
@@ -75,9 +76,11 @@ class Observer:
         self._failed_seen: dict[str, int] = {}
         self._failure_read: set[str] = set()  # failed Jobs whose failed pods were read for the failure's Event
         self._samples: dict[tuple[str, str], _Samples] = {}
+        self._head_read: dict[tuple[str, str], float] = {}  # when a running predict pod's log head was last read
+        self._heads_after_end: set[str] = set()  # finished predict Jobs whose pods' log heads were read
 
     def forget(self, namespace: str, name: str) -> None:
-        for d in (self._last_read, self._samples):
+        for d in (self._last_read, self._samples, self._head_read):
             d.pop((namespace, name), None)
 
     def observe(self, namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) -> Observed | None:
@@ -95,6 +98,7 @@ class Observer:
         obs.diagnoses = self._diagnose(namespace, name, body, children, now)
         obs.notes = self._notes(namespace, body, children, gone)
         obs.progress = self._progress(namespace, name, body, children, now)
+        obs.intensity = self._intensity(namespace, name, body, children, now)
         return obs
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -175,6 +179,41 @@ class Observer:
             if lines:
                 out[uid] = lines[-1]
         return out
+
+    def _intensity(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+                   now: float) -> Reported | None:
+        """A predict pod's word on the input's intensities (inputcheck.py), until the status records one: the
+        head of up to a few started pods' logs, at most once per diagnose interval while a predict Job runs
+        and once after it ended; nothing while its pods have not started (the Job's counts say so)."""
+        if not inputcheck.wanted(body):
+            return None
+        for job, _ in children.predict_runs():
+            uid, st = job["metadata"]["uid"], job.get("status") or {}
+            if not any(int(st.get(k) or 0) for k in ("active", "succeeded", "failed")):
+                continue
+            if job_finished(job):
+                if uid in self._heads_after_end:
+                    continue
+                self._heads_after_end.add(uid)
+            elif now - self._head_read.get((namespace, name), 0.0) < self.settings.diagnose_s:
+                continue
+            else:
+                self._head_read[(namespace, name)] = now
+            pods = self._list("pod", namespace, "status.phase!=Pending", f"{CONTROLLER_UID}={uid}")
+            for pod in pods[:inputcheck.PODS_PER_READ]:
+                head = self._log_head(namespace, pod["metadata"]["name"], "predict", inputcheck.HEAD_BYTES)
+                said = inputcheck.from_pod(pod, head)
+                if said is not None:
+                    return said
+        return None
+
+    def _log_head(self, namespace: str, pod: str, container: str, limit: int) -> str:
+        import kubernetes
+
+        try:
+            return self.c.core.read_namespaced_pod_log(pod, namespace, container=container, limit_bytes=limit) or ""
+        except kubernetes.client.ApiException:
+            return ""  # gone, or not started
 
     def _log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
         import kubernetes

@@ -16,7 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "mode": "binary", "threshold": False, "parts": 1, "partition": "auto", "suspend": False, "keepIntermediates": False,
     "retryFailedParts": 0,
     "inference": {"overlap": 0.5, "batchSize": 1, "tta": True, "skipEmptyPatches": True, "cacheGb": 4,
-                  "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "warn",
+                  "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "auto",
                   "compile": False, "leaseSeconds": 60},
     "input": {"level": 0},
     "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {"gpus": 1},
