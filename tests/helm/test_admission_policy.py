@@ -10,10 +10,12 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from k8s import vap
 from vesuvius_inference.k8s import operator_main
 from vesuvius_inference.k8s.policy import Policy, SecretFacts, violations
 
+from helm.helmtool import CHART
 from helm.scenarios import NAMESPACE, WORKER_REPO, by_kind, one
 
 WORKER_SA = "rel-vesuvius-inference-worker"
@@ -53,9 +55,32 @@ def inference_job(namespace: str, **spec: Any) -> dict[str, Any]:
                      "model": {"uri": "s3://models/m"}, "storage": {}, **copy.deepcopy(spec)}}
 
 
+SERVED = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+
+
+def render(helm, values: dict[str, Any], served: bool = True) -> list[dict[str, Any]]:
+    """`helm template` as `helm install` renders for a cluster that serves (or not) the v1 policy API
+    (Helm's .Capabilities.APIVersions; offline, --api-versions adds it)."""
+    proc = helm.run("template", "rel", str(CHART), "--namespace", NAMESPACE,
+                    *(["--api-versions", SERVED] if served else []), values=values)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
 @pytest.fixture(scope="module")
 def rendered(helm):
-    return {name: helm.template(values) for name, values in POLICIES.items()}
+    return {name: render(helm, values) for name, values in POLICIES.items()}
+
+
+def test_admission_policy_only_where_the_cluster_serves_it(helm, rendered):
+    """auto (the default) ships it to clusters that serve admissionregistration.k8s.io/v1 policies (1.30+) only,
+    so `helm install` works on 1.29; the operator's policy is set either way."""
+    kinds = {o["kind"] for o in render(helm, {}, served=False)}
+    assert "ValidatingAdmissionPolicy" not in kinds and "Deployment" in kinds
+    assert "ValidatingAdmissionPolicy" in {o["kind"] for o in rendered["default"]}
+    forced = {o["kind"] for o in render(helm, {"policy": {"admission": True}}, served=False)}
+    assert "ValidatingAdmissionPolicy" in forced
+    assert _operator_policy(render(helm, {}, served=False)) == _operator_policy(rendered["default"])
 
 
 def _operator_policy(objs: list[dict[str, Any]]) -> Policy:

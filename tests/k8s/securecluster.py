@@ -46,10 +46,15 @@ PLURALS = {"Role": "rbac.authorization.k8s.io/v1/roles", "RoleBinding": "rbac.au
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    from helm.helmtool import Helm, helm_binary
+    """`helm template` for a cluster that serves the v1 admission policy API (Kubernetes 1.30+)."""
+    from helm.helmtool import CHART, Helm, helm_binary
 
     with tempfile.TemporaryDirectory() as home:
-        return Helm(helm_binary(), Path(home)).template(values)
+        proc = Helm(helm_binary(), Path(home)).run(
+            "template", "rel", str(CHART), "--namespace", NAMESPACE, "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy", values=values)
+        assert proc.returncode == 0, proc.stderr
+        return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 def operator_env(objs: list[dict[str, Any]]) -> dict[str, str]:
