@@ -342,6 +342,8 @@ def _phase_events(ctx: _Ctx, status: Mapping[str, Any]) -> list[Event]:
     message = status["message"]
     if phase == "Failed" and status["reason"] == "CreateFailed":
         return []  # the CreateFailed Event says it already
+    if status["reason"] == policy.REASON:
+        return []  # the PolicyViolation Warning says it already
     if phase == "Failed":
         if status["stage"] == "predict":
             failing = ctx.children.retries[-1][0]["metadata"]["name"] if ctx.children.retries else \
