@@ -220,3 +220,13 @@ def test_operator_refuses_to_start_with_a_malformed_policy(monkeypatch, capsys):
     monkeypatch.setenv("VESUVIUS_POLICY", '{"images": "not-a-list"}')
     assert operator_main.main(["-n", "x"]) == 2
     assert capsys.readouterr().err.startswith("error: VESUVIUS_POLICY: images must be a list")
+
+
+def test_every_setting_the_chart_passes_is_one_the_operator_declares(rendered):
+    """The env and args the chart sets are the operator's declared ones: its argument parser accepts the args,
+    its --help epilog names every VESUVIUS_ variable."""
+    c = one(rendered["default"], "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = operator_main.parser().parse_args(c["args"])
+    assert args.metrics_auth == "kubernetes"
+    epilog = operator_main.parser().epilog
+    assert [e["name"] for e in c["env"] if e["name"].startswith("VESUVIUS_") and e["name"] not in epilog] == []

@@ -108,3 +108,20 @@ def test_a_narrower_policy_stops_the_next_stage_but_not_the_running_one():
     assert plan.status["phase"] == "Predicting" and plan.status["reason"] != "PolicyViolation"  # it runs on
     assert not [p for p in plan.job_patches if p[1].get("spec", {}).get("suspend")]  # never stopped
     assert next(c for c in plan.status["conditions"] if c["type"] == "PolicyViolation")["status"] == "True"
+
+
+def test_render_refuses_what_the_policy_refuses(tmp_path, monkeypatch, capsys):
+    from vesuvius_inference.k8s import render
+
+    doc = {"apiVersion": "vesuvius.dev/v1alpha1", "kind": "InferenceJob", "metadata": {"name": "x"},
+           "spec": _body(image="evil.io/x:1", storage={"secretName": "creds"})["spec"]}
+    path = tmp_path / "ij.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("VESUVIUS_POLICY", json.dumps({"images": [WORKER], "secretLabel": "a=b"}))
+    assert render.main(["-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: x: the operator would refuse it: spec.image 'evil.io/x:1' is not allowed")
+    assert "secretName" not in err  # its labels are the cluster's to tell
+    doc["spec"]["image"] = f"{WORKER}:2"
+    path.write_text(yaml.safe_dump(doc))
+    assert render.main(["-f", str(path)]) == 0

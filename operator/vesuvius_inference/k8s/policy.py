@@ -144,9 +144,11 @@ class SecretFacts:
     labels: dict[str, str] | None
 
 
-def violations(spec: Mapping[str, Any], policy: Policy, secret: SecretFacts | None = None) -> list[str]:
+def violations(spec: Mapping[str, Any], policy: Policy, secret: SecretFacts | None = None, *,
+               judge_labels: bool = True) -> list[str]:
     """One message per field the policy does not allow ([] = allowed). ``secret``: the labels read, needed only
-    when :meth:`Policy.secret_needs_labels` (without them such a Secret is refused: the operator fails closed)."""
+    when :meth:`Policy.secret_needs_labels` (without them such a Secret is refused: the operator fails closed).
+    ``judge_labels`` False: leave such a Secret alone (what the admission policy and ``render`` can know)."""
     if not policy.enforced:
         return []
     out = []
@@ -157,7 +159,7 @@ def violations(spec: Mapping[str, Any], policy: Policy, secret: SecretFacts | No
     if account and not _listed(account, policy.service_accounts):
         out.append(service_account_message(account, policy))
     name = (spec.get("storage") or {}).get("secretName")
-    if name and not _listed(name, policy.secrets):
+    if name and not _listed(name, policy.secrets) and (judge_labels or policy.label is None):
         label = policy.label
         labels = secret.labels if secret is not None and secret.name == name else None
         if label is None or labels is None or labels.get(label[0]) != label[1]:
