@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import time
+
+import pytest
 import urllib.error
 import urllib.request
 
@@ -151,3 +153,61 @@ def test_health_metrics():
     assert 'vesuvius_operator_api_errors_total{code="503"} 2' in lines
     assert 'vesuvius_operator_api_errors_total{code="none"} 1' in lines
     assert "vesuvius_operator_last_successful_pass_timestamp_seconds 1234.5" in lines
+
+
+def _self_signed(directory, cn: str) -> None:
+    """tls.crt and tls.key for ``cn`` (127.0.0.1 as a SAN), written as a kubernetes.io/tls Secret's files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .sign(key, hashes.SHA256()))
+    (directory / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def test_metrics_over_https_with_a_certificate_reloaded_when_renewed(tmp_path):
+    import os
+    import ssl
+
+    from vesuvius_inference.k8s.metrics import serve
+    from vesuvius_inference.k8s.metricsauth import CertFiles
+
+    _self_signed(tmp_path, "first")
+    server = serve(Registry(health=Health()), 0, host="127.0.0.1", tls=CertFiles(str(tmp_path), check_s=0))
+    port = server.server_address[1]
+    try:
+        def fetch() -> tuple[int, str]:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "tls.crt"))
+            with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", timeout=10, context=ctx) as r:
+                return r.status, r.read().decode()
+
+        status, body = fetch()
+        assert status == 200 and "vesuvius_operator_queue_depth" in body
+        with pytest.raises(OSError):  # plain HTTP gets no answer from a TLS port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        # cert-manager renews the Secret; the kubelet rewrites the files: the next connection gets the new one
+        old = (tmp_path / "tls.crt").read_text()
+        _self_signed(tmp_path, "renewed")
+        later = os.stat(tmp_path / "tls.crt").st_mtime + 5
+        os.utime(tmp_path / "tls.crt", (later, later))
+        assert ssl.get_server_certificate(("127.0.0.1", port)).strip() == (tmp_path / "tls.crt").read_text().strip()
+        assert fetch()[0] == 200 and old != (tmp_path / "tls.crt").read_text()
+        # a broken renewal keeps the last good certificate
+        (tmp_path / "tls.key").write_text("garbage")
+        os.utime(tmp_path / "tls.key", (later + 5, later + 5))
+        assert fetch()[0] == 200
+    finally:
+        server.shutdown()

@@ -37,18 +37,19 @@ from .passes import Passes
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 log = logging.getLogger("vesuvius_inference.operator")
 
-_scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "metrics_auth": "none"}
+_scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "metrics_auth": "none",
+                          "metrics_cert_dir": ""}
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _guard = threading.Lock()
 defaults_from_env = manifests.defaults_from_env  # what the Helm chart's env sets
 
 
 def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0,
-                    metrics_auth: str = "none") -> None:
-    """Where the periodic resync looks (the operator's --namespace / --all-namespaces), --metrics-port and
-    --metrics-auth."""
+                    metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
+    """Where the periodic resync looks (the operator's --namespace / --all-namespaces), --metrics-port,
+    --metrics-auth and --metrics-cert-dir."""
     _scope.update(namespaces=list(namespaces), all=all_namespaces, metrics_port=metrics_port,
-                  metrics_auth=metrics_auth)
+                  metrics_auth=metrics_auth, metrics_cert_dir=metrics_cert_dir)
 
 
 def resync_seconds() -> float:
@@ -188,12 +189,14 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def _start(memo: kopf.Memo, **_: Any) -> None:
     rt = await asyncio.to_thread(runtime)
     if _scope["metrics_port"]:
-        auth = None
-        if _scope["metrics_auth"] == "kubernetes":  # TokenReview + SubjectAccessReview (metricsauth.py)
-            from .metricsauth import ReviewAuth
+        from .metricsauth import CertFiles, ReviewAuth
 
+        auth = tls = None
+        if _scope["metrics_auth"] == "kubernetes":  # TokenReview + SubjectAccessReview (metricsauth.py)
             auth = ReviewAuth(rt.clients.core.api_client)
-        memo["metrics"] = serve(rt.registry, int(_scope["metrics_port"]), auth=auth)
+        if _scope["metrics_cert_dir"]:
+            tls = CertFiles(_scope["metrics_cert_dir"])
+        memo["metrics"] = serve(rt.registry, int(_scope["metrics_port"]), auth=auth, tls=tls)
     interval = resync_seconds()
     if interval > 0 and (_scope["all"] or _scope["namespaces"]):
         memo["resync"] = asyncio.get_running_loop().create_task(_resync_loop(interval))

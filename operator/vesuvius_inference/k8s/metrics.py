@@ -188,11 +188,13 @@ class Registry:
         return "\n".join(out) + "\n"
 
 
-def serve(registry: Registry, port: int, host: str = "0.0.0.0", auth: Any = None) -> ThreadingHTTPServer:
+def serve(registry: Registry, port: int, host: str = "0.0.0.0", auth: Any = None, tls: Any = None
+          ) -> ThreadingHTTPServer:
     """Serve ``/metrics`` in a daemon thread; returns the server (``server_address`` has the bound port).
 
     ``auth``: a metricsauth.ReviewAuth (every request authenticated and authorised by the API server, as
-    controller-runtime's filters.WithAuthenticationAndAuthorization does); None: served to anyone."""
+    controller-runtime's filters.WithAuthenticationAndAuthorization does); None: served to anyone.
+    ``tls``: a metricsauth.CertFiles: HTTPS with its current certificate (reloaded when the files change)."""
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.split("?")[0]
@@ -221,7 +223,14 @@ def serve(registry: Registry, port: int, host: str = "0.0.0.0", auth: Any = None
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        def get_request(self) -> Any:
+            conn, addr = self.socket.accept()
+            if tls is not None:  # the handshake happens on the handler's thread, at its first read
+                conn = tls.context().wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            return conn, addr
+
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -20,6 +20,11 @@ authorizerfactory.DelegatingAuthorizerConfig AllowCacheTTL 5 min, DenyCacheTTL 3
 
 The operator needs ``create`` on ``tokenreviews`` and ``subjectaccessreviews`` (cluster-scoped: the
 chart's ``<release>-metrics-auth`` ClusterRole, what controller-runtime documents for the filter).
+
+Bearer tokens should not cross the pod network in clear: with ``--metrics-cert-dir`` the endpoint is
+HTTPS (:class:`CertFiles`: ``tls.crt`` and ``tls.key``, the layout of a ``kubernetes.io/tls`` Secret and
+controller-runtime's metrics server CertDir/CertName/KeyName defaults), reloaded when the files change
+(cert-manager renews them in place, as controller-runtime's certwatcher expects).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -130,4 +137,51 @@ class ReviewAuth:
         return Verdict(200, "")
 
 
-__all__ = ["ReviewAuth", "Verdict", "User"]
+@dataclass
+class CertFiles:
+    """The serving certificate in ``directory`` (tls.crt, tls.key), reloaded at most every ``check_s`` when
+    the files changed; a broken new pair keeps the last good one (and logs)."""
+
+    directory: str
+    check_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    _ctx: ssl.SSLContext | None = None
+    _stamp: tuple[float, float] | None = None
+    _checked: float = float("-inf")
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def cert(self) -> str:
+        return os.path.join(self.directory, "tls.crt")
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.directory, "tls.key")
+
+    def _load(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def context(self) -> ssl.SSLContext:
+        """The context for the next connection. ValueError (at startup) when no usable pair is there."""
+        with self._lock:
+            now = self.clock()
+            if self._ctx is not None and now - self._checked < self.check_s:
+                return self._ctx
+            self._checked = now
+            try:
+                stamp = (os.stat(self.cert).st_mtime, os.stat(self.key).st_mtime)
+                if stamp != self._stamp:
+                    self._ctx, self._stamp = self._load(), stamp
+            except (OSError, ssl.SSLError) as e:
+                if self._ctx is None:
+                    raise ValueError(f"--metrics-cert-dir {self.directory}: no usable tls.crt and tls.key ({e})"
+                                     ) from None
+                log.warning("metrics: the new certificate in %s is not usable (%s); serving the last one",
+                            self.directory, e)
+            return self._ctx
+
+
+__all__ = ["ReviewAuth", "Verdict", "User", "CertFiles"]

@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
                    help="who may read /metrics: kubernetes (default) = a bearer token the API server authenticates "
                         "(TokenReview) for a user it allows `get` on the non-resource URL /metrics "
                         "(SubjectAccessReview); none = anyone who reaches the port")
+    p.add_argument("--metrics-cert-dir", default="",
+                   help="serve /metrics over HTTPS with tls.crt and tls.key from this directory (a kubernetes.io/tls "
+                        "Secret, e.g. cert-manager's; reloaded when they change); default: plain HTTP")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -64,7 +67,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from . import handlers  # registers the handlers
 
-    handlers.configure_scope(args.namespace, args.all_namespaces, args.metrics_port, args.metrics_auth)
+    if args.metrics_cert_dir and args.metrics_port:
+        from .metricsauth import CertFiles
+
+        try:
+            CertFiles(args.metrics_cert_dir).context()
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    handlers.configure_scope(args.namespace, args.all_namespaces, args.metrics_port, args.metrics_auth,
+                             args.metrics_cert_dir)
 
     @kopf.on.startup()
     def _scope(settings: kopf.OperatorSettings, **_: object) -> None:
