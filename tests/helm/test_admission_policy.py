@@ -34,6 +34,7 @@ POLICIES: dict[str, dict[str, Any]] = {
 # What authors try: (name, spec fields) over a valid minimal spec.
 ATTEMPTS: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "empty-image": {"image": ""},  # the CRD allows it; the operator then runs the chart's image
     "worker-image-tag": {"image": f"{WORKER_REPO}:0.2.0"},
     "worker-image-digest": {"image": f"{WORKER_REPO}@sha256:{'a' * 64}"},
     "foreign-image": {"image": "docker.io/attacker/miner:latest"},
