@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import re
 import time
-
-import pytest
 import urllib.error
 import urllib.request
 
+import pytest
 from k8s.conftest import GROUP, NAMESPACE, PLURAL, VERSION
 from securecluster import secure_cluster
 from vesuvius_inference.k8s.metrics import BUCKETS, Health, Registry
