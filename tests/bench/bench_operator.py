@@ -194,7 +194,7 @@ def measure(parts: int, passes: int, every: float) -> dict[str, Any]:
         log = open(Path(tmp) / "operator.log", "wb")
         proc = subprocess.Popen([sys.executable, "-m", "vesuvius_inference.cli", "operator", "-n", NS,
                                  "--liveness", f"http://127.0.0.1:{live_port}/healthz",
-                                 "--metrics-port", str(metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--metrics-port", str(metrics_port), "--metrics-auth=none"], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait("the operator's first status", lambda: _ij_status(server).get("parts", {}).get("succeeded") == done)
             time.sleep(2)  # its start-up passes settle

@@ -80,7 +80,19 @@ def expected_defaults(values: dict[str, Any]) -> manifests.OperatorDefaults:
         gpu_tolerations=get(values, "worker.gpu.tolerations", manifests.OperatorDefaults().gpu_tolerations),
         queue_name=get(values, "worker.queueName") or None,
         cpu_queue_name=get(values, "worker.cpuQueueName") or None,
+        service_account=expected_worker_service_account(values),
     )
+
+
+def expected_worker_service_account(values: dict[str, Any]) -> str | None:
+    """worker.serviceAccount.name, else <fullname>-worker when the chart creates it (not with allNamespaces)."""
+    name = get(values, "worker.serviceAccount.name")
+    if name:
+        return name
+    if get(values, "worker.serviceAccount.create", True) and not values.get("allNamespaces"):
+        full = values.get("fullnameOverride") or f"{RELEASE}-vesuvius-inference"
+        return f"{full}-worker"
+    return None
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -74,12 +74,23 @@ def test_every_object_validates(rendered, scenario, version):
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} invalid for {version}: {e.message} at {e.path}")
 
 
+def _component(obj: dict[str, Any]) -> str:
+    return (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/component", "")
+
+
+def _operator_sas(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operator's ServiceAccount (the workers' are labelled component=worker)."""
+    return [o for o in by_kind(objs, "ServiceAccount") if _component(o) == "operator"]
+
+
 def test_objects_land_in_the_right_namespaces(rendered):
     for scenario, objs in rendered.items():
         values = SCENARIOS[scenario]
         for obj in objs:
             ns = obj["metadata"].get("namespace")
-            if obj["kind"] in ("Deployment", "ServiceAccount", "Service", "ServiceMonitor"):
+            if obj["kind"] == "ServiceAccount" and _component(obj) == "worker":  # one per watched namespace
+                assert ns in watched_namespaces(values), (scenario, obj["kind"], ns)
+            elif obj["kind"] in ("Deployment", "ServiceAccount", "Service", "ServiceMonitor"):
                 assert ns == NAMESPACE, (scenario, obj["kind"])
             elif obj["kind"] in ("Role", "RoleBinding"):
                 assert ns in watched_namespaces(values), (scenario, obj["kind"], ns)
@@ -115,9 +126,9 @@ def test_deployment(rendered, scenario):
 
     sa_name = pod["serviceAccountName"]
     if get(values, "serviceAccount.create", True):
-        assert one(objs, "ServiceAccount")["metadata"]["name"] == sa_name
+        assert one(_operator_sas(objs), "ServiceAccount")["metadata"]["name"] == sa_name
     else:
-        assert not by_kind(objs, "ServiceAccount") and sa_name == get(values, "serviceAccount.name")
+        assert not _operator_sas(objs) and sa_name == get(values, "serviceAccount.name")
     assert pod.get("automountServiceAccountToken", True) is True
 
 
@@ -171,7 +182,10 @@ def test_metrics_service_and_service_monitor_are_optional_and_point_at_the_opera
     assert svc["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
     assert mon["apiVersion"] == SERVICE_MONITOR and mon["metadata"]["labels"]["release"] == "prometheus"
     assert mon["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
-    assert mon["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    # /metrics asks for a token (--metrics-auth=kubernetes, the default): Prometheus presents its own
+    assert args.metrics_auth == "kubernetes"
+    assert mon["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
+                                         "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}]
     assert mon["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 

@@ -55,7 +55,15 @@ CLIENT_CALLS: dict[str, Rule] = {
     "read_namespaced_pod_log": ("", "pods/log", "get"),
     "create_namespaced_event": ("", "events", "create"),
     "list_namespaced_event": ("", "events", "list"),
+    "read_namespaced_secret": ("", "secrets", "get"),  # policy.SecretLabels: metadata of a named Secret
+    "create_token_review": ("authentication.k8s.io", "tokenreviews", "create"),  # metricsauth.py
+    "create_subject_access_review": ("authorization.k8s.io", "subjectaccessreviews", "create"),  # metricsauth.py
 }
+# Cluster-scoped reviews of /metrics' callers (--metrics-auth=kubernetes): the chart's metrics-auth ClusterRole.
+METRICS_AUTH: set[Rule] = {("authentication.k8s.io", "tokenreviews", "create"),
+                           ("authorization.k8s.io", "subjectaccessreviews", "create")}
+# Granted only when the policy checks Secrets' labels (policy.secrets.label, on by default).
+SECRET_LABELS: Rule = ("", "secrets", "get")
 # CustomObjectsApi methods: (subresource suffix, verb, position of the plural argument); group (the first
 # argument) and plural come from the call's arguments.
 CUSTOM_CALLS: dict[str, tuple[str, str, int]] = {
@@ -243,14 +251,15 @@ def test_operator_code_calls_are_found():
         ("vesuvius.dev", "inferencejobs/status", "patch"),
         ("vesuvius.dev", "inferencejobs/finalizers", "update"),  # blockOwnerDeletion on the child Jobs
         ("kueue.x-k8s.io", "workloads", "list"), ("kueue.x-k8s.io", "workloads", "patch"),  # suspend with Kueue
-    }
+        SECRET_LABELS,  # the policy's label check of a named Secret
+    } | METRICS_AUTH
 
 
 def test_scanner_rejects_unmapped_and_unresolvable_calls():
     with pytest.raises(AssertionError, match="delete_collection_namespaced_job"):
         scan_source("def f(batch):\n    batch.delete_collection_namespaced_job('ns')\n")
-    with pytest.raises(AssertionError, match="read_namespaced_secret"):
-        scan_source("def f(core):\n    core.read_namespaced_secret('s', 'ns')\n")
+    with pytest.raises(AssertionError, match="list_namespaced_secret"):
+        scan_source("def f(core):\n    core.list_namespaced_secret('ns')\n")
     with pytest.raises(AssertionError, match="cannot resolve"):
         scan_source("def f(c, g):\n    c.get_namespaced_custom_object(g, 'v1', 'ns', 'things', 'x')\n")
     assert scan_source("G, P = 'x.io', 'things'\ndef f(c):\n    c.patch_namespaced_custom_object_status("
@@ -307,11 +316,21 @@ def test_rbac_grants_exactly_what_is_used(rendered, scenario):
     all_ns = bool(values.get("allNamespaces"))
     discovery = get(values, "rbac.clusterDiscovery", False)
     kopf_namespaced, kopf_cluster = kopf_rules(all_ns)
-    namespaced = operator_code_rules() | kopf_namespaced
+    namespaced = (operator_code_rules() - METRICS_AUTH) | kopf_namespaced
+    if not get(values, "policy.secrets.label", "vesuvius.dev/inference-credentials=true"):
+        namespaced.discard(SECRET_LABELS)
     assert not {(g, r) for g, r, _ in namespaced} & CLUSTER_SCOPED
     assert kopf_cluster <= {(g, r, v) for g, r in CLUSTER_SCOPED for v in ("list", "watch")}
     roles, role_bindings = by_kind(objs, "Role"), by_kind(objs, "RoleBinding")
-    cluster_roles, cluster_bindings = by_kind(objs, "ClusterRole"), by_kind(objs, "ClusterRoleBinding")
+    metrics_objs = [o for o in objs if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
+                    and o["metadata"]["name"].endswith(("-metrics-auth", "-metrics-reader"))]
+    cluster_roles = [o for o in by_kind(objs, "ClusterRole") if o not in metrics_objs]
+    cluster_bindings = [o for o in by_kind(objs, "ClusterRoleBinding") if o not in metrics_objs]
+    if get(values, "metrics.port", 8081) and get(values, "metrics.auth", "kubernetes") == "kubernetes":
+        auth = next(o for o in metrics_objs if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-auth"))
+        assert rules_of(auth) == METRICS_AUTH  # exactly the reviews metricsauth.py makes, cluster-scoped
+    else:
+        assert not metrics_objs
     sa = _sa(objs)
 
     if all_ns:
@@ -349,7 +368,8 @@ def test_rbac_grants_exactly_what_is_used(rendered, scenario):
 def test_rbac_can_be_left_to_the_user(rendered):
     objs = rendered["external-rbac"]
     assert not [o for o in objs if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
-                                                  "ServiceAccount")]
+                                                  "ServiceAccount")
+                and (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component") != "worker"]
     assert _sa(objs)["name"] == "ops-vesuvius"
 
 

@@ -205,6 +205,7 @@ class OperatorProcess:
         self.env = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3",
                     "VESUVIUS_DIAGNOSE_SECONDS": "1", "VESUVIUS_PROGRESS_SECONDS": "1", "VESUVIUS_MIN_PASS_INTERVAL": "0.2"}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = ["--metrics-auth=none"]  # metrics read without a token here (test_metrics_auth.py: with)
         self.starts = 0
         self.port = 0
         self.metrics_port = 0
@@ -222,7 +223,7 @@ class OperatorProcess:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vesuvius_inference.cli", "operator", "-n", self.namespace,
                  "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--log-level", "INFO",
-                 "--metrics-port", str(self.metrics_port)],
+                 "--metrics-port", str(self.metrics_port), *self.extra_args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:  # the liveness endpoint answers once kopf runs

@@ -117,6 +117,15 @@ same set from the operator's code and kopf's handler registry and checks that no
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
+{{- if .Values.policy.secrets.label }}
+# Secrets, metadata only: the policy's label check (policy.secrets.label) of the Secret an InferenceJob
+# names (policy.SecretLabels, read_namespaced_secret as PartialObjectMetadata: the data never leaves the
+# API server). RBAC has no narrower verb than get; the operator can create Jobs, which could mount any
+# Secret of the namespace anyway, so this widens nothing.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- end }}
 {{- end }}
 
 {{/* Cluster-scoped reads of kopf's runtime observation (kopf/_core/reactor/observation.py). */}}
@@ -132,4 +141,37 @@ same set from the operator's code and kopf's handler registry and checks that no
   resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
+{{- end }}
+
+{{/* The worker pods' ServiceAccount when an InferenceJob names none ("" = the namespace's default). */}}
+{{- define "vesuvius-inference.workerServiceAccount" -}}
+{{- if .Values.worker.serviceAccount.name }}
+{{- .Values.worker.serviceAccount.name }}
+{{- else if and .Values.worker.serviceAccount.create (not .Values.allNamespaces) }}
+{{- printf "%s-worker" (include "vesuvius-inference.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The cluster admin's policy as ONE JSON document, the single source of both enforcements: the operator
+reads it from VESUVIUS_POLICY (vesuvius_inference.k8s.policy.Policy.from_json) and the
+ValidatingAdmissionPolicy inlines it as CEL variables (admissionpolicy.yaml).
+*/}}
+{{- define "vesuvius-inference.policy" -}}
+{{- $account := include "vesuvius-inference.workerServiceAccount" . }}
+{{- $accounts := .Values.policy.serviceAccounts.allowed | default list }}
+{{- if and $account (not (has $account $accounts)) }}
+{{- $accounts = append $accounts $account }}
+{{- end }}
+{{- $images := .Values.policy.images.allowed | default (list .Values.worker.image.repository) }}
+{{- $secrets := .Values.policy.secrets.allowed | default list }}
+{{- dict "images" $images "serviceAccounts" $accounts "secrets" $secrets "secretLabel" (.Values.policy.secrets.label | default "") | toJson }}
+{{- end }}
+
+{{/* Metrics readers' and the operator's metrics-auth ClusterRoles (cluster-wide names). */}}
+{{- define "vesuvius-inference.metricsReader" -}}
+{{- printf "%s-metrics-reader" (include "vesuvius-inference.clusterName" .) }}
+{{- end }}
+{{- define "vesuvius-inference.metricsAuth" -}}
+{{- printf "%s-metrics-auth" (include "vesuvius-inference.clusterName" .) }}
 {{- end }}

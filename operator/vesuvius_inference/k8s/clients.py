@@ -32,9 +32,18 @@ class Clients:
 
 
 def _counting(request: Any, counter: Counter) -> Any:
+    from .metrics import count_api_error
+
     def counted(*args: Any, **kwargs: Any) -> Any:
         counter.add()
-        return request(*args, **kwargs)
+        try:
+            response = request(*args, **kwargs)
+        except Exception as e:  # no answer (connection refused, timeout): the operator's health metrics count it
+            count_api_error(getattr(e, "status", 0) or "none")
+            raise
+        if int(getattr(response, "status", 200) or 200) >= 400:
+            count_api_error(response.status)
+        return response
 
     return counted
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..intensity import Reported
-from . import inputcheck, kueue, manifests, progressview, stalls
+from . import inputcheck, kueue, manifests, policy, progressview, stalls
 from .checks import refusals
 from .names import job_name
 from .spec import JobSpec, parse
@@ -68,6 +68,8 @@ class Observed:
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
     intensity: Reported | None = None  # a predict pod's word on the input's intensities (None: none this pass)
     stall_grace_s: float = 300.0
+    policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
+    secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
 
 
 @dataclass
@@ -123,9 +125,13 @@ def decide(obs: Observed, outcomes: Outcomes | None = None) -> Plan:
     errors = refusals(ctx.name, ctx.spec, obs.defaults)
     if errors:
         return _invalid(ctx, bounded("; ".join(errors)))
+    # The admin's policy (policy.py): nothing is created while the spec asks for what it does not allow. Not
+    # terminal, unlike InvalidSpec: every pass (and the resync) checks again, so a Secret labelled or a policy
+    # widened later lets the run go on, as the Job controller retries pods an admission plugin refused.
+    refused = policy.violations(ctx.spec.raw, obs.policy, obs.secret)
     if outcomes is None:
-        return Plan(creates=_creates(ctx))
-    return _settle(ctx, outcomes)
+        return Plan(creates=[] if refused else _creates(ctx))
+    return _settle(ctx, outcomes, refused)
 
 
 def _invalid(ctx: _Ctx, text: str) -> Plan:
@@ -177,7 +183,7 @@ def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
     return out
 
 
-def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
+def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     plan = Plan()
     plan.events += [("Normal", reason, message) for _, _, (reason, message) in outcomes.created if reason]
     if outcomes.refused is not None:
@@ -192,8 +198,12 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
                      "of the same name whose Jobs are not garbage-collected yet?); waiting for it to go"
                      ) if outcomes.conflicts else ""
     extra.append(("ChildJobConflict", bool(outcomes.conflicts), "ForeignJob", conflict_text))
+    policy_text = bounded("; ".join(refused))
+    extra.append((policy.REASON, bool(refused), policy.REASON, policy_text))
     status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
                     ctx.obs.notes)
+    if refused and status["phase"] not in ("Succeeded", "Failed", "Suspended") and not _unfinished(ctx):
+        status.update(reason=policy.REASON, message=policy_text)  # nothing runs: the policy is why
     status = _with_progress(ctx, status)
     status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
                                                    ctx.obs.intensity, ctx.now, ctx.generation)
@@ -336,6 +346,8 @@ def _phase_events(ctx: _Ctx, status: Mapping[str, Any]) -> list[Event]:
     message = status["message"]
     if phase == "Failed" and status["reason"] == "CreateFailed":
         return []  # the CreateFailed Event says it already
+    if status["reason"] == policy.REASON:
+        return []  # the PolicyViolation Warning says it already
     if phase == "Failed":
         if status["stage"] == "predict":
             failing = ctx.children.retries[-1][0]["metadata"]["name"] if ctx.children.retries else \

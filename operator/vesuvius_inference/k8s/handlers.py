@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from . import act, clients, manifests
+from . import act, clients, manifests, metrics, policy
 from .decide import decide
 from .metrics import Registry, serve
 from .observe import Observer, Settings
@@ -37,15 +37,19 @@ from .passes import Passes
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 log = logging.getLogger("vesuvius_inference.operator")
 
-_scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0}
+_scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "metrics_auth": "none",
+                          "metrics_cert_dir": ""}
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _guard = threading.Lock()
 defaults_from_env = manifests.defaults_from_env  # what the Helm chart's env sets
 
 
-def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0) -> None:
-    """Where the periodic resync looks (the operator's --namespace / --all-namespaces) and --metrics-port."""
-    _scope.update(namespaces=list(namespaces), all=all_namespaces, metrics_port=metrics_port)
+def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0,
+                    metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
+    """Where the periodic resync looks (the operator's --namespace / --all-namespaces), --metrics-port,
+    --metrics-auth and --metrics-cert-dir."""
+    _scope.update(namespaces=list(namespaces), all=all_namespaces, metrics_port=metrics_port,
+                  metrics_auth=metrics_auth, metrics_cert_dir=metrics_cert_dir)
 
 
 def resync_seconds() -> float:
@@ -62,6 +66,8 @@ class Runtime:
     passes: Passes
     registry: Registry
     stats: dict[str, float]
+    policy: policy.Policy
+    secrets: policy.SecretLabels
 
 
 _runtime: list[Runtime] = []
@@ -79,7 +85,8 @@ def runtime() -> Runtime:
                 "vesuvius_operator_api_requests_total": lambda: c.requests.value})
             passes = Passes(lambda ns, name, gone: reconcile(ns, name, gone),
                             float(os.environ.get("VESUVIUS_MIN_PASS_INTERVAL", "1")))
-            _runtime.append(Runtime(c, Observer(c, Settings.from_env(), lambda: defaults), passes, registry, stats))
+            _runtime.append(Runtime(c, Observer(c, Settings.from_env(), lambda: defaults), passes, registry, stats,
+                                    policy.Policy.from_env(), policy.SecretLabels(c.core)))
         return _runtime[0]
 
 
@@ -99,14 +106,20 @@ def reconcile(namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) ->
 
     rt = runtime()
     with _lock(namespace, name):
-        for _ in range(3):
-            try:
-                return _pass(rt, namespace, name, gone)
-            except kubernetes.client.ApiException as e:
-                if e.status != 409:
-                    raise
-                log.info("%s/%s changed during the pass; again", namespace, name)
-        return None
+        began, ok = time.monotonic(), False
+        try:
+            for _ in range(3):
+                try:
+                    status = _pass(rt, namespace, name, gone)
+                    ok = True
+                    return status
+                except kubernetes.client.ApiException as e:
+                    if e.status != 409:
+                        raise
+                    log.info("%s/%s changed during the pass; again", namespace, name)
+            return None
+        finally:
+            metrics.observe_pass(time.monotonic() - began, ok)
 
 
 def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -115,6 +128,8 @@ def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]
     if obs is None:
         rt.registry.record(namespace, name, None)
         return None
+    obs.policy = rt.policy
+    obs.secret = rt.secrets.for_spec(namespace, obs.body.get("spec") or {}, rt.policy)
     plan = decide(obs)
     outcomes = act.create(rt.clients, namespace, plan, obs.body["metadata"].get("uid", ""))
     plan = decide(obs, outcomes)
@@ -174,7 +189,14 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def _start(memo: kopf.Memo, **_: Any) -> None:
     rt = await asyncio.to_thread(runtime)
     if _scope["metrics_port"]:
-        memo["metrics"] = serve(rt.registry, int(_scope["metrics_port"]))
+        from .metricsauth import CertFiles, ReviewAuth
+
+        auth = tls = None
+        if _scope["metrics_auth"] == "kubernetes":  # TokenReview + SubjectAccessReview (metricsauth.py)
+            auth = ReviewAuth(rt.clients.core.api_client)
+        if _scope["metrics_cert_dir"]:
+            tls = CertFiles(_scope["metrics_cert_dir"])
+        memo["metrics"] = serve(rt.registry, int(_scope["metrics_port"]), auth=auth, tls=tls)
     interval = resync_seconds()
     if interval > 0 and (_scope["all"] or _scope["namespaces"]):
         memo["resync"] = asyncio.get_running_loop().create_task(_resync_loop(interval))
@@ -202,6 +224,15 @@ async def on_job_event(body: kopf.Body, namespace: str, type: str | None, **_: A
     owner = body.get("metadata", {}).get("labels", {}).get(manifests.LABEL_JOB)
     if owner:
         runtime().passes.request(namespace, owner, gone=[dict(body)] if type == "DELETED" else ())
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_inferencejob_event(name: str, namespace: str, type: str | None, **_: Any) -> None:
+    """A deleted InferenceJob's metrics series go at once (no finalizer needed: an event handler adds none)."""
+    if type == "DELETED":
+        rt = runtime()
+        rt.registry.record(namespace, name, None)
+        rt.observer.forget(namespace, name)
 
 
 @kopf.on.probe(id="reconciler")

@@ -57,6 +57,7 @@ class OperatorDefaults:
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
     queue_name: str | None = None  # predict (GPU) Jobs
     cpu_queue_name: str | None = None  # blend, finalize and check Jobs: never the GPU queue by inheritance
+    service_account: str | None = None  # the pods' ServiceAccount when a spec names none (None: the namespace's default)
 
 
 def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
@@ -72,6 +73,7 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
             gpu_tolerations=json.loads(e.get("VESUVIUS_GPU_TOLERATIONS", json.dumps(base.gpu_tolerations))),
             queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
             cpu_queue_name=e.get("VESUVIUS_CPU_QUEUE_NAME") or None,
+            service_account=e.get("VESUVIUS_WORKER_SERVICE_ACCOUNT") or None,
         )
     except json.JSONDecodeError as err:
         raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
@@ -246,9 +248,11 @@ def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: Operato
     tolerations += [t for t in stage_spec.get("tolerations") or [] if t not in tolerations]
     if tolerations:
         pod["tolerations"] = tolerations
-    for key in ("priorityClassName", "serviceAccountName"):
-        if spec.get(key):
-            pod[key] = spec[key]
+    if spec.get("priorityClassName"):
+        pod["priorityClassName"] = spec["priorityClassName"]
+    account = spec.get("serviceAccountName") or defaults.service_account  # the chart's worker.serviceAccountName
+    if account:
+        pod["serviceAccountName"] = account
     return pod
 
 

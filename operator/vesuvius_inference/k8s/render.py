@@ -3,7 +3,8 @@ would create, as YAML documents, the way ``helm template`` shows a chart.
 
 The Jobs come from the same functions the operator calls (manifests.py), with the defaults it reads
 from the environment the Helm chart sets (handlers.defaults_from_env's variables), and a spec the
-operator would refuse (checks.refusals) exits 2 with one line. Needs neither torch nor a cluster.
+operator would refuse (checks.refusals, or the admin's policy in VESUVIUS_POLICY: policy.py, all but
+a Secret's labels) exits 2 with one line. Needs neither torch nor a cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from . import manifests
 from .checks import refusals
+from .policy import Policy, violations
 from .ranges import parse_ranges
 from .spec import parse
 
@@ -72,7 +74,12 @@ def render(doc: dict[str, Any], retry_parts: str | None = None,
             raise RenderError(f"--retry-parts {retry_parts!r}: part ids must be in 0..{spec.parts - 1}")
         attempt = int(spec["retryFailedParts"] or 0) + 1
         spec = parse(dict(spec.raw, retryFailedParts=attempt))
-    problems = refusals(name, spec, d)
+    try:
+        policy = Policy.from_env()
+    except ValueError as e:
+        raise RenderError(str(e)) from None
+    # the admin's policy too (VESUVIUS_POLICY, as the chart sets it); a Secret's labels are the cluster's
+    problems = refusals(name, spec, d) or violations(spec.raw, policy, judge_labels=False)
     if problems:
         raise RenderError(f"{name}: the operator would refuse it: {'; '.join(problems)}")
     if retry_parts is not None:
