@@ -284,11 +284,12 @@ MEM = {"requests": {"memory": "8704Mi"}, "limits": {"memory": "10880Mi"}}  # cac
 
 @pytest.mark.parametrize("resources, gpus, want", [
     ({}, 1, {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
-    ({"limits": {"nvidia.com/gpu": 4}}, 1,  # the user's own count wins
-     {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "4", **MEM["limits"]}}),
-    ({"requests": {"nvidia.com/gpu": 2}}, 1, {"requests": {"nvidia.com/gpu": "2", "cpu": "4", **MEM["requests"]},
-                                              "limits": {"nvidia.com/gpu": "2", **MEM["limits"]}}),
-    ({"requests": {"cpu": "8"}}, 0, {"requests": {"cpu": "8", **MEM["requests"]}, "limits": MEM["limits"]}),
+    ({"limits": {"nvidia.com/gpu": 1}}, None,  # the device's count, named by the user too
+     {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"requests": {"nvidia.com/gpu": 1}}, 1, {"requests": {"nvidia.com/gpu": "1", "cpu": "4", **MEM["requests"]},
+                                              "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"requests": {"cpu": "8"}}, None, {"requests": {"cpu": "8", **MEM["requests"]},
+                                        "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
     ({"requests": {"example.com/fpga": 1, "cpu": 2}}, 1,
      {"requests": {"example.com/fpga": "1", "cpu": "2", **MEM["requests"]},
       "limits": {"example.com/fpga": "1", "nvidia.com/gpu": "1", **MEM["limits"]}}),
@@ -296,7 +297,8 @@ MEM = {"requests": {"memory": "8704Mi"}, "limits": {"memory": "10880Mi"}}  # cac
      {"requests": {"cpu": "4"}, "limits": {"memory": "20Gi", "nvidia.com/gpu": "1"}}),
 ])
 def test_gpu_and_extended_resources_end_up_where_kubernetes_wants_them(resources, gpus, want):
-    s = specmod.parse(dict(sample("minimal.yaml").raw, predict={"gpus": gpus, "resources": resources}))
+    predict = {"resources": resources} if gpus is None else {"gpus": gpus, "resources": resources}
+    s = specmod.parse(dict(sample("minimal.yaml").raw, predict=predict))
     job = manifests.predict_job("ij", "ns", "u", s)
     assert job["spec"]["template"]["spec"]["containers"][0].get("resources", {}) == want
     assert _validated(job) == []
