@@ -35,7 +35,7 @@ from .status import (
 
 Event = tuple[str, str, str]  # type, reason, message
 Extra = tuple[str, bool, str, str]  # condition type, true?, reason, message
-KUEUE_KINDS = ("Queued", "Evicted")
+KUEUE_KINDS = ("Queued", "Evicted", "KueueMissing")
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Observed:
     diagnoses: dict[str, Diagnosis] | None = None  # by Job uid; None: nothing was read this pass
     notes: dict[str, str] = field(default_factory=dict)  # check Jobs' verdict lines by uid
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
+    kueue_missing: bool = False  # Jobs carry a queue label but the cluster serves no Kueue Workload API
     stall_grace_s: float = 300.0
 
 
@@ -116,6 +117,10 @@ def decide(obs: Observed, outcomes: Outcomes | None = None) -> Plan:
     """The plan of this pass: without ``outcomes`` the Jobs to create; with them, everything else."""
     ctx = _context(obs, outcomes)
     prev = ctx.prev
+    if obs.body["metadata"].get("deletionTimestamp"):
+        # Being deleted (foreground deletion waits for the children): create nothing, patch nothing. A Job
+        # made now would outlive the garbage collector's pass over the dependents it already listed.
+        return Plan()
     if prev.get("reason") == "InvalidSpec" and prev.get("observedGeneration") == ctx.generation:
         return Plan()
     errors = refusals(ctx.name, ctx.spec, obs.defaults)
@@ -217,12 +222,20 @@ def _unfinished(ctx: _Ctx) -> list[dict[str, Any]]:
     return [j for j in ctx.children.owned() if not job_finished(j)]
 
 
+def _queued(ctx: _Ctx, job: Mapping[str, Any]) -> bool:
+    """Whether Kueue runs this Job: it has a queue label and the cluster has Kueue. Without Kueue the label
+    does nothing (nobody admits or suspends the Job), so the operator suspends such Jobs itself."""
+    return kueue.managed(job) and not ctx.obs.kueue_missing
+
+
 def _kueue(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> tuple[str, str] | None:
     """Kueue's decisions as conditions; Workloads follow spec.suspend when that undoes nothing of Kueue's."""
     held = queued = evicted = None
     managed = False
-    for job in _unfinished(ctx):
-        if not kueue.managed(job):
+    labelled = [j for j in _unfinished(ctx) if kueue.managed(j)]
+    missing = ctx.obs.kueue_missing and bool(labelled)
+    for job in labelled:
+        if not _queued(ctx, job):
             continue
         managed = True
         wl, version = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
@@ -234,9 +247,16 @@ def _kueue(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> tuple[str, str] | None:
         if patch is not None:
             plan.workload_patches.append((wl["metadata"]["name"], version, patch))
     present = {c.get("type") for c in ctx.prev.get("conditions") or []}
-    if managed or present & set(KUEUE_KINDS):
+    if managed or missing or present & set(KUEUE_KINDS):
         extra.append(("Queued", queued is not None, *(queued or ("", ""))))
         extra.append(("Evicted", evicted is not None, *(evicted or ("", ""))))
+        queues = sorted({j["metadata"]["labels"][kueue.QUEUE_LABEL] for j in labelled})
+        text = (f"queue {', '.join(queues)} is set (kueue.x-k8s.io/queue-name on {len(labelled)} Job(s)) but this "
+                "cluster serves no Kueue Workload API (kueue.x-k8s.io v1beta2 or v1beta1): nothing queues these "
+                "Jobs, they run as soon as they are created, and the operator suspends them itself on "
+                "spec.suspend. Install Kueue, or leave queueName (and the chart's worker.queueName) out"
+                ) if missing else ""
+        extra.append(("KueueMissing", missing, "KueueNotInstalled" if missing else "", text))
     return held
 
 
@@ -244,7 +264,7 @@ def _sync_suspend(ctx: _Ctx, plan: Plan) -> None:
     """A Job without Kueue follows spec.suspend directly (Kueue's are handled through their Workloads)."""
     suspend = bool(ctx.spec["suspend"])
     for job in _unfinished(ctx):
-        if not kueue.managed(job) and bool(job["spec"].get("suspend")) != suspend:
+        if not _queued(ctx, job) and bool(job["spec"].get("suspend")) != suspend:
             plan.job_patches.append((job["metadata"]["name"], {"spec": {"suspend": suspend}}))
 
 
@@ -257,7 +277,9 @@ def _sync_parallelism(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> None:
         if int(job["spec"].get("parallelism") or 1) == want:
             continue
         wl, _ = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
-        if kueue.parallelism_allowed(job, wl):
+        if kueue.partially_admitted(job, want):
+            continue  # Kueue admitted fewer pods than asked (minParallelism): its parallelism, not ours to undo
+        if not _queued(ctx, job) or kueue.parallelism_allowed(job, wl):
             plan.job_patches.append((job["metadata"]["name"], {"spec": {"parallelism": want}}))
         else:
             refused.append(job["metadata"]["name"])
