@@ -198,6 +198,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
     status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
                     ctx.obs.notes)
     status = _with_progress(ctx, status)
+    status["reason"] = _waiting_reason(status, extra)
     plan.events += _condition_events(ctx, extra) + _phase_events(ctx, status)
     plan.status = status
     return plan
@@ -312,6 +313,19 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
         still = old.get("status") == "True" and not covered and not stalls.cleared(kind, unfinished)
         out.append((kind, still, old.get("reason", "") if still else "", old.get("message", "") if still else ""))
     return out
+
+
+# What keeps a running run from running, most telling first: the Reason column of kubectl get ij.
+WAITING = ("KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnschedulable", "PodsStuck", "Evicted", "Queued")
+
+
+def _waiting_reason(status: Mapping[str, Any], extra: Sequence[Extra]) -> str:
+    """status.reason of a run in a running phase: the first true condition of :data:`WAITING` (a stalled or
+    queued run reads as such in kubectl get), else the phase's own reason."""
+    if status["phase"] not in ("Pending", "Predicting", "Blending", "Finalizing"):
+        return str(status.get("reason") or "")
+    on = {kind for kind, true, _, _ in extra if true}
+    return next((kind for kind in WAITING if kind in on), str(status.get("reason") or ""))
 
 
 def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
