@@ -134,10 +134,13 @@ def test_pods_no_node_takes_and_a_gpu_the_container_cannot_see(cluster, operator
 def test_a_part_evicted_past_the_bound_fails_with_the_reason(cluster, operator, stub_controller):
     """The kubelet evicts the part's pods (DisruptionTarget, which the Ignore rule also matches): twice is
     allowed with maxDisruptionsPerPart 1, the third pod refuses to start (exit 79) and FailIndex ends the part.
-    The third pod runs the real CLI: its refusal is the product's, not the stub's."""
+    The third pod runs the real CLI: its refusal is the product's, not the stub's. The spec's own resources
+    request less memory than they allow, which leaves the kubelet a reason of the part's own to evict it: only
+    such pods are bounded (the operator's own request their limit: tests/k8s/test_disruptions.py)."""
     stub_controller.unstub(r"^evicted-predict$")
     stub_controller.evict("evicted-predict", 0, after=0.3, attempts=range(2))
-    cluster.create_ij(spec_for("evicted", parts=1, retry={"maxDisruptionsPerPart": 1}))
+    cluster.create_ij(spec_for("evicted", parts=1, retry={"maxDisruptionsPerPart": 1}, predict={
+        "resources": {"requests": {"memory": "6Gi"}, "limits": {"memory": "12Gi"}}}))
     failed = cluster.wait_phase("evicted", "Failed", timeout=90)["status"]
     assert failed["reason"] == "PartsFailed" and failed["parts"]["failedIndexes"] == "0"
     runs = [(r.attempt, r.exit_code, r.action, r.conditions) for r in stub_controller.results_of("evicted-predict")]

@@ -41,7 +41,7 @@ from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids
-from .resources import fill_in
+from .resources import fill_in, memory_within_request
 from .spec import JobSpec
 
 LABEL_JOB = "vesuvius.dev/inferencejob"
@@ -145,6 +145,29 @@ def uses_gpu(spec: JobSpec, stage: str) -> bool:
     return stage == "predict" and spec.gpus > 0
 
 
+def disruptions_bounded(spec: JobSpec, stage: str) -> bool:
+    """Whether this stage's pods are told their disruption count (and so refuse to start past
+    retry.maxDisruptionsPerPart, exit 79): only pods whose memory may exceed their request.
+
+    The Job controller counts every failure the podFailurePolicy ignored in one number per index
+    (pkg/controller/job/indexed_job_utils.go, getNewIndexFailureCounts: matchPodFailurePolicy's countFailed
+    false -> ignored count + 1), and a rule matches DisruptionTarget by type and status only
+    (pod_failure_policy.go, matchOnPodConditions), never by its reason; so neither can tell a drain
+    (EvictionByEvictionAPI), a preemption (PreemptionByScheduler), Karpenter's consolidation (the eviction API
+    again), a node lost (DeletionByPodGC) or a taint (DeletionByTaintManager) from the kubelet evicting the pod
+    for its own memory use (TerminationByKubelet). Kueue's evictions are not counted at all: Kueue suspends the
+    Job, and the Job controller removes the tracking finalizer of the pods it deletes for that (job_controller.go,
+    deleteJobPods), so no failed pod is left to count from. The pod's resources tell them apart instead: a pod
+    whose memory request equals its limit (the derived resources, resources.py) is OOM-killed above it (a failure
+    of its own, counted against retry.perPartLimit) and never chosen by the kubelet for its own use, so every
+    disruption it sees is the cluster's, costs it nothing, and is not bounded. Only a spec's own resources with
+    a memory request below the limit (or no limit) leave room for a part to be evicted for its own use; those
+    pods keep the bound."""
+    if stage == "check":
+        return False
+    return not memory_within_request(container_resources(spec, stage))
+
+
 def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     st = spec["storage"]
     env: list[dict[str, Any]] = [
@@ -154,7 +177,7 @@ def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]]
                                                                       "divisor": "1"}}}]
     if not uses_gpu(spec, stage):
         env.append(dict(NO_GPU_ENV))
-    if indexed:
+    if indexed and disruptions_bounded(spec, stage):
         env.append({"name": "VESUVIUS_DISRUPTIONS", "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{IGNORED_FAILURES}']"}}})
     if st.get("endpointUrl"):
@@ -204,14 +227,15 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
 
     The Ignore rule on DisruptionTarget matches preemptions and the kubelet's node-pressure evictions
     alike (the kubelet sets DisruptionTarget, reason TerminationByKubelet: pkg/kubelet/eviction/
-    eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. So disruptions are not
-    retried without bound through this rule alone: on Indexed Jobs the worker compares the Job
-    controller's count of ignored failures of its index with retry.maxDisruptionsPerPart and exits
-    EXIT_DISRUPTION_LIMIT, which fails the index here."""
+    eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. Pods whose memory may
+    exceed their request (:func:`disruptions_bounded`) are therefore not retried without bound through this
+    rule alone: on Indexed Jobs the worker compares the Job controller's count of ignored failures of its
+    index with retry.maxDisruptionsPerPart and exits EXIT_DISRUPTION_LIMIT, which fails the index here. The
+    operator's own resources leave the kubelet no reason of the part's to evict it, and need no bound."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
-    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None:
+    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None and disruptions_bounded(spec, stage):
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
