@@ -201,3 +201,27 @@ def test_kueues_partial_admission_is_not_a_parallelism_the_operator_fights():
                            workloads={"job-1": (wl, "v1beta2")}), Outcomes())
     assert plan.job_patches == []
     assert (cond(plan.status, "ParallelismNotApplied") or {}).get("status") != "True"
+
+
+def test_a_job_kueue_deleted_after_deactivating_it_is_reported_as_such():
+    """Kueue's retention policy (afterDeactivatedByKueue) deletes the Job of a Workload it deactivated. The run
+    was shown Suspended with Kueue's reason; the Job's disappearance is Kueue's decision, not a lost Job: no
+    check Job, Failed with reason DeletedByKueue and what to do, and it stays so."""
+    held = {"phase": "Suspended", "stage": "predict", "reason": "DeactivatedByKueueRequeuingLimitExceeded",
+            "message": "Kueue deactivated Workload job-ij-predict-1 of ij-predict (RequeuingLimitExceeded: ...)",
+            "stages": {"predict": {"job": "ij-predict", "uid": "job-1", "state": "Running"}},
+            "parts": {"total": 1, "succeeded": 0, "failed": 0, "completedIndexes": "", "failedIndexes": ""}}
+    body = ij(status=held, queueName="gpu")
+    last = job_of(body, suspend=True)
+    obs = Observed("ns", body, [], manifests.OperatorDefaults(), NOW, gone=[last])
+    assert decide(obs).creates == []
+    plan = decide(obs, Outcomes())
+    st = plan.status
+    assert st["phase"] == "Failed" and st["reason"] == "DeletedByKueue"
+    assert "Kueue deleted ij-predict" in st["message"] and "retryFailedParts" in st["message"]
+    assert cond(st, "Failed")["reason"] == "DeletedByKueue"
+    assert [e[1] for e in plan.events if e[0] == "Warning"] == ["DeletedByKueue"]
+    # the next pass: still so, and still no check Job of the "lost" stage
+    after = Observed("ns", ij(status=st, queueName="gpu"), [], manifests.OperatorDefaults(), NOW + 5)
+    assert decide(after).creates == []
+    assert decide(after, Outcomes()).status["reason"] == "DeletedByKueue"

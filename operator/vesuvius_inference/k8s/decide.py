@@ -158,12 +158,34 @@ def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, 
     return "predict", job, ("RetryingParts", f"re-running parts {ranges_brief(todo)} as {retry_name}")
 
 
+def deleted_by_kueue(ctx: _Ctx) -> tuple[str, str] | None:
+    """(stage, message) when a stage's Job vanished while Kueue held the run deactivated: Kueue's retention
+    policy deletes the Job of a Workload it deactivated (Configuration objectRetentionPolicies.workloads.
+    afterDeactivatedByKueue; kueue pkg/controller/jobframework/reconciler.go, ReconcileGenericJob deletes the
+    job once the Workload has been deactivated by Kueue for that long). That is Kueue's decision, not a lost Job:
+    no check Job judges it and the run fails with Kueue's reason; spec.retryFailedParts re-runs what is left."""
+    reason = str(ctx.prev.get("reason") or "")
+    if not reason.startswith("DeactivatedByKueue"):
+        return None
+    present = {j["metadata"]["name"] for j in ctx.children.owned()}
+    for stage in ("predict", "blend", "finalize"):
+        rec = (ctx.prev.get("stages") or {}).get(stage) or {}
+        if rec.get("state") in ("Running", "Lost") and rec.get("job") and rec["job"] not in present:
+            return stage, (f"Kueue deleted {rec['job']} after deactivating its Workload ({reason}: "
+                           f"{ctx.prev.get('message') or ''}); its retention policy (objectRetentionPolicies.workloads."
+                           "afterDeactivatedByKueue) removes such Jobs. Fix the cause, then bump "
+                           "spec.retryFailedParts to run what is not done")
+    return None
+
+
 def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
     status = _status0(ctx)
     out = []
     retry = _retry_create(ctx, status)
     if retry is not None:
         out.append(retry)
+    if deleted_by_kueue(ctx) is not None:
+        return out  # nothing else: neither the next stage nor a check of a Job Kueue deleted on purpose
     stage = next_stage(status, ctx.children)
     if stage is not None and retry is None:
         make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
@@ -199,6 +221,9 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
                     ctx.obs.notes)
     status = _with_progress(ctx, status)
     status["reason"] = _waiting_reason(status, extra)
+    kueue_deleted = deleted_by_kueue(ctx)
+    if kueue_deleted is not None and not any(not job_finished(j) for j, _ in ctx.children.retries):
+        status = _failed_by_kueue(ctx, status, *kueue_deleted)
     plan.events += _condition_events(ctx, extra) + _phase_events(ctx, status)
     plan.status = status
     return plan
@@ -339,6 +364,17 @@ def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
         status["progress"] = fresh
     elif phase not in ("Failed", "Suspended") and (status.get("progress") or {}).get("stage") != stage:
         status.pop("progress", None)
+    return status
+
+
+def _failed_by_kueue(ctx: _Ctx, status: dict[str, Any], stage: str, message: str) -> dict[str, Any]:
+    text = bounded(message)
+    status.update(phase="Failed", stage=stage, reason="DeletedByKueue", message=text,
+                  completionTime=status.get("completionTime") or ctx.now)
+    conds = [c for c in status.get("conditions") or [] if c.get("type") != "Failed"]
+    conds.append({"type": "Failed", "status": "True", "reason": "DeletedByKueue", "message": text,
+                  "lastTransitionTime": ctx.now, "observedGeneration": ctx.generation})
+    status["conditions"] = conds
     return status
 
 
