@@ -131,3 +131,31 @@ def test_a_part_drained_and_preempted_past_the_old_bound_completes(cluster, oper
     annotations = cluster.ij("spot")["metadata"].get("annotations") or {}
     assert not any("last-handled-configuration" in k for k in annotations), annotations
     assert "last-handled-configuration" in (cluster.ij("spot")["status"].get("kopf") or {})
+
+
+@pytest.mark.parametrize("stage", ["blend", "finalize"])
+def test_a_single_blend_or_finalize_pod_that_can_outgrow_its_request_is_bounded_too(stage):
+    """One pod: NonIndexed Jobs carry no per-index counts, so such a pod evicted for its own use restarted
+    forever. It becomes an Indexed Job of one, told its count, failing its index at exit 79."""
+    from vesuvius_inference.k8s.checks import refusals
+
+    make = manifests.blend_job if stage == "blend" else manifests.finalize_job
+    plain = make("ij", "ns", "u", spec())
+    assert plain["spec"]["completionMode"] == "NonIndexed" and not told_count(plain)
+    s = spec(**{stage: {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "4Gi"}}}})
+    job = make("ij", "ns", "u", s)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 1
+    assert told_count(job) and refuses_79(job)
+    from job_validation import validate_job
+    from kmock_api import default_job
+
+    job["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+    default_job(job)
+    assert validate_job(job) == []
+    # the name must leave room for the pod's hostname <name>-<stage>-0: 53 characters fit predict's
+    # <name>-predict-0 exactly, and finalize's <name>-finalize-0 by no means
+    said = refusals("a" * 53, s)
+    if stage == "finalize":
+        assert any("finalize pod's hostname" in m for m in said), said
+    else:
+        assert said == [], said

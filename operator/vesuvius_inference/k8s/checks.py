@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifests import DO_NOT_DISRUPT, SAFE_TO_EVICT, OperatorDefaults, is_overcommit_allowed, uses_gpu
-from .names import is_dns_subdomain, is_label_value, is_qualified_name, name_problems
+from .manifests import DO_NOT_DISRUPT, SAFE_TO_EVICT, OperatorDefaults, is_indexed, is_overcommit_allowed, uses_gpu
+from .names import hostname, is_dns_subdomain, is_label_value, is_qualified_name, job_name, name_problems
 from .quantity import parse_quantity
 from .spec import JobSpec, device_problems, validate
 
@@ -171,6 +171,13 @@ def refusals(name: str, spec: JobSpec, defaults: OperatorDefaults | None = None)
     if secret and not is_dns_subdomain(secret):
         errors.append(f"storage.secretName {secret!r} is not a valid Secret name (a DNS-1123 subdomain)")
     errors += device_problems(spec) + _metadata_problems(spec) + _pod_field_problems(spec)
+    for stage in ("blend", "finalize"):  # one pod, Indexed for its disruption count: <job>-0 is its hostname
+        if int(spec[stage]["parallelism"]) == 1 and is_indexed(spec, stage, 1) and not errors:
+            host = hostname(job_name(name, stage), 1)
+            if len(host) > 63:
+                errors.append(f"metadata.name {name!r} is too long: the {stage} pod's hostname {host!r} (an Indexed "
+                              f"Job, since {stage}.resources request less memory than they allow) has {len(host)} "
+                              "characters and Kubernetes allows 63")
     if not (spec.get("image") or d.image):
         errors.append("no worker image: set spec.image or the chart's worker.image")
     return errors

@@ -168,6 +168,16 @@ def disruptions_bounded(spec: JobSpec, stage: str) -> bool:
     return not memory_within_request(container_resources(spec, stage))
 
 
+def is_indexed(spec: JobSpec, stage: str, completions: int) -> bool:
+    """Predict, and blend or finalize split over several pods, are Indexed Jobs; so is a single blend or finalize
+    pod that must be told its disruption count (:func:`disruptions_bounded`): only an Indexed Job's pods carry
+    the Job controller's per-index counts (indexed_job_utils.go, addIndexFailureCountAnnotation), and without
+    them a pod evicted for its own memory use would be restarted forever."""
+    if stage == "check":
+        return False
+    return completions > 1 or stage == "predict" or disruptions_bounded(spec, stage)
+
+
 def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     st = spec["storage"]
     env: list[dict[str, Any]] = [
@@ -375,7 +385,7 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
          completions: int, parallelism: int, defaults: OperatorDefaults,
          part_ids: Sequence[int] | None = None) -> dict[str, Any]:
     labels = _labels(ij_name, stage, spec, defaults)
-    indexed = stage != "check" and (completions > 1 or stage == "predict")
+    indexed = is_indexed(spec, stage, completions)
     container = _container(stage, spec, args, defaults, indexed, part_ids is not None)
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)},
                                 "spec": _pod(stage, spec, container, defaults, part_ids is not None)}
