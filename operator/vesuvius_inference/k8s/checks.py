@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifests import DO_NOT_DISRUPT, SAFE_TO_EVICT, OperatorDefaults, is_indexed, is_overcommit_allowed, uses_gpu
+from .manifests import (
+    DO_NOT_DISRUPT,
+    SAFE_TO_EVICT,
+    OperatorDefaults,
+    is_indexed,
+    is_overcommit_allowed,
+    uses_gpu,
+)
 from .names import hostname, is_dns_subdomain, is_label_value, is_qualified_name, job_name, name_problems
 from .quantity import parse_quantity
 from .spec import JobSpec, device_problems, validate
