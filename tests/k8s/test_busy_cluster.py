@@ -261,8 +261,9 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     # 2 of 4 parts running at 1200 of 5000 patches, 3/s each: 2400 of 20000 patches, 6/s
     assert (p["percent"], p["rate"], p["eta"], p["summary"]) == ("12.0%", "6.00/s", "48m53s", "2400/20.0k patches")
     table = kubectl(cluster, "get", "ij", capture="run-get")
-    assert table.split("\n")[0].split() == ["NAME", "PHASE", "PARTS", "DONE", "ETA", "STAGE", "AGE"]
-    assert table.split("\n")[1].split()[:6] == ["watch", "Predicting", "0/4", "12.0%", "48m53s", "predict"]
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "REASON", "PARTS", "DONE", "ETA", "STAGE", "AGE"]
+    assert table.split("\n")[1].split()[:7] == ["watch", "Predicting", "Predicting", "0/4", "12.0%", "48m53s",
+                                                 "predict"]
     wide = kubectl(cluster, "get", "ij", "-o", "wide", capture="run-get-wide")
     assert "2400/20.0k patches" in wide and "6.00/s" in wide
     pod = next(p["metadata"]["name"] for p in cluster.pods("watch-predict"))
