@@ -223,7 +223,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
     status["reason"] = _waiting_reason(status, extra)
     kueue_deleted = deleted_by_kueue(ctx)
     if kueue_deleted is not None and not any(not job_finished(j) for j, _ in ctx.children.retries):
-        status = _failed_by_kueue(ctx, status, *kueue_deleted)
+        status = _failed_by_kueue(ctx, status, kueue_deleted)
     plan.events += _condition_events(ctx, extra) + _phase_events(ctx, status)
     plan.status = status
     return plan
@@ -367,7 +367,8 @@ def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
     return status
 
 
-def _failed_by_kueue(ctx: _Ctx, status: dict[str, Any], stage: str, message: str) -> dict[str, Any]:
+def _failed_by_kueue(ctx: _Ctx, status: dict[str, Any], deleted: tuple[str, str]) -> dict[str, Any]:
+    stage, message = deleted
     text = bounded(message)
     status.update(phase="Failed", stage=stage, reason="DeletedByKueue", message=text,
                   completionTime=status.get("completionTime") or ctx.now)
