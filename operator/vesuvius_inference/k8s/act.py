@@ -102,7 +102,8 @@ def post_event(core: Any, body: dict[str, Any], kind: str, reason: str, message:
 def write_status(custom: Any, namespace: str, name: str, rv: str | None, prev: dict[str, Any],
                  status: dict[str, Any]) -> bool:
     """Merge-patch the status to ``status``; False when nothing changed."""
-    patch = status_patch({k: v for k, v in prev.items() if k != KOPF_STATUS}, status)  # kopf's own: not ours
+    patch = status_patch({k: v for k, v in prev.items() if k != KOPF_STATUS},  # kopf's own: neither removed
+                         {k: v for k, v in status.items() if k != KOPF_STATUS})  # nor written back stale
     if not patch:
         return False
     body: dict[str, Any] = {"status": patch}
