@@ -66,6 +66,8 @@ def gpus_asked(job):
 @pytest.mark.parametrize("inference, predict, gpu, visible", [
     ({"device": "cpu"}, {}, {}, "void"),
     ({"device": "cpu"}, {"gpus": 0}, {}, "void"),
+    ({"device": "cpu"}, {"gpus": 1}, {}, "void"),  # stored by the CRD's old default: ignored, not refused
+    ({"device": "cuda:0"}, {}, {"limits": "1"}, None),  # held by objects of earlier versions: the pod's GPU
     ({"device": "cuda"}, {}, {"limits": "1"}, None),
     ({}, {"gpus": 1}, {"limits": "1"}, None),
     ({}, {"resources": {"requests": {GPU: 1}}}, {"requests": "1", "limits": "1"}, None),
@@ -102,7 +104,7 @@ REFUSED = [
     ({"inference": {"device": "mps"}}, "'mps' is refused", "is not one of ['cuda', 'cpu']"),
     ({"predict": {"gpus": 0}}, "predict.gpus 0 with inference.device cuda", "predict.gpus 0 with inference.device"),
     ({"predict": {"gpus": 4}}, "3 of 4 would idle", "so 3 would idle"),
-    ({"inference": {"device": "cpu"}, "predict": {"gpus": 1}}, "a CPU run uses no GPU", "cpu uses no GPU"),
+    ({"inference": {"device": "cpu"}, "predict": {"gpus": 2}}, "a CPU run uses no GPU", "cpu uses no GPU"),
     ({"inference": {"device": "cpu"}, "predict": {"resources": {"limits": {GPU: 1}}}},
      "contradicts inference.device cpu", None),
     ({"predict": {"resources": {"limits": {GPU: 2}}}}, "contradicts inference.device cuda", None),

@@ -70,7 +70,9 @@ class JobSpec:
 
     @property
     def device(self) -> str:
-        return str(self.raw["inference"].get("device") or "cuda")
+        """cuda or cpu; ``cuda:0``, which objects of earlier versions may hold, is the pod's one GPU: cuda."""
+        device = str(self.raw["inference"].get("device") or "cuda")
+        return "cuda" if device == "cuda:0" else device
 
     @property
     def gpus(self) -> int:
@@ -139,7 +141,7 @@ def device_problems(spec: JobSpec) -> list[str]:
     would idle: more parts, one GPU each, use them instead) and anything else are refused before any
     Job exists. The CRD refuses the same at apply time (enum and CEL rules)."""
     errors: list[str] = []
-    device = str(spec["inference"].get("device") or "cuda")
+    device = spec.device
     if device not in DEVICES:
         if device == "auto":
             why = ("auto would let a pod that got no GPU run 10-100x slower on the CPU while its GPU request holds a "
@@ -152,7 +154,9 @@ def device_problems(spec: JobSpec) -> list[str]:
     predict = spec.get("predict") or {}
     asked = predict.get("gpus")
     want = 1 if device == "cuda" else 0
-    if asked is not None and int(asked) != want:
+    # predict.gpus 1 with cpu: the CRD's default before the device decided the count, so objects stored
+    # then hold it; it is ignored (a cpu pod asks for no GPU), not refused, or those runs would break
+    if asked is not None and int(asked) != want and not (device == "cpu" and int(asked) == 1):
         if device == "cpu":
             errors.append(f"predict.gpus {asked} with inference.device cpu: a CPU run uses no GPU; leave predict.gpus "
                           "out (or 0), or set inference.device cuda")
