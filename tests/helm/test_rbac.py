@@ -14,8 +14,9 @@ Two sources, unioned:
    - every watched resource (on.create/resume/update/event/...): list + watch
      (kopf/_cogs/clients/watching.py continuous_watch -> fetching.fetch_objs + watch_objs);
    - resources with state-keeping handlers (on.create/update/resume, daemons, timers): patch, for the
-     progress and diff-base annotations (kopf/_cogs/clients/patching.py patch_obj; the operator uses
-     AnnotationsProgressStorage/AnnotationsDiffBaseStorage, so kopf never writes /status itself);
+     progress annotations (kopf/_cogs/clients/patching.py patch_obj; AnnotationsProgressStorage) and, through
+     the status subresource, the diff-base in status.kopf (StatusDiffBaseStorage: patch_obj sends the status
+     part of its patch to /status, which the operator may patch anyway for its own status);
    - core v1 events: create (kopf/_core/engines/posting.py poster -> kopf/_cogs/clients/events.py);
    - cluster-scoped: customresourcedefinitions list + watch (kopf/_core/reactor/observation.py
      resource_observer), namespaces list + watch only when serving named namespaces
@@ -292,10 +293,12 @@ def test_kopf_assumptions():
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True
     assert list(peering.guess_selectors(settings=settings)) == []
-    # the operator keeps kopf's state in annotations: kopf patches the object, never its /status
+    # kopf's progress in annotations, its diff-base in status.kopf (patched through /status: patch_obj)
     handlers._configure(settings=settings)
     assert type(settings.persistence.progress_storage) is kopf.AnnotationsProgressStorage
-    assert type(settings.persistence.diffbase_storage) is kopf.AnnotationsDiffBaseStorage
+    assert type(settings.persistence.diffbase_storage) is kopf.StatusDiffBaseStorage
+    from kopf._cogs.clients import patching
+    assert "'status' in resource.subresources" in inspect.getsource(patching.patch_obj)
 
 
 # ---- the rendered RBAC ---------------------------------------------------------------------------

@@ -142,6 +142,7 @@ class Hook:
     exit_code: int | None = None
     message: str = ""
     preempt_after: float | None = None
+    preempt_reason: str = "PreemptionByScheduler"
     evict_after: float | None = None
     sleep: float = 0.0
     wait_for: Path | None = None  # the one-liner waits until this file exists
@@ -166,6 +167,7 @@ class PodRun:
     root: Path
     started: float
     preempt_at: float | None = None
+    preempt_reason: str = "PreemptionByScheduler"
     preempted: bool = False
     evict_at: float | None = None
     evicted: bool = False
@@ -247,6 +249,13 @@ class JobController:
     def preempt(self, job: str, index: int | None, after: float = 1.0, attempt: int = 0) -> None:
         """Preempt ``attempt`` of ``index`` ``after`` seconds: DisruptionTarget condition, then SIGKILL (137)."""
         self._hooks[(job, index, attempt)] = Hook(preempt_after=after)
+
+    def drain(self, job: str, index: int | None, after: float = 0.5, attempts: range = range(1)) -> None:
+        """``kubectl drain`` (or an autoscaler's consolidation) evicts these attempts of ``index`` ``after``
+        seconds through the eviction API: the API server adds DisruptionTarget with reason EvictionByEvictionAPI
+        before it deletes the pod (pkg/registry/core/pod/storage/eviction.go, addConditionAndDeletePod)."""
+        for attempt in attempts:
+            self._hooks[(job, index, attempt)] = Hook(preempt_after=after, preempt_reason="EvictionByEvictionAPI")
 
     def evict(self, job: str, index: int | None, after: float = 0.5, attempts: range = range(1)) -> None:
         """The kubelet evicts these attempts of ``index`` under memory pressure ``after`` seconds (their
@@ -399,9 +408,14 @@ class JobController:
             return
         # 4. suspend / resume
         if suspended:
-            for run in list(st.running.values()):  # deleted, not counted as failures
+            for slot, run in list(st.running.items()):  # deleted, not counted as failures
                 self._kill(run)
                 self._delete_pod(run.name)
+                # deleteJobPods removes the tracking finalizer before deleting, so the pod is no "pod being
+                # replaced" for the index's next pod (getPodsWithDelayedDeletionPerIndex lists only pods that
+                # still have it): that pod starts from counts of 0 (indexed_job_utils.go, getNewIndexFailureCounts)
+                st.index_failures.pop(slot, None)
+                st.index_ignored.pop(slot, None)
             st.running.clear()
             if not self._cond_true(st, "Suspended"):
                 self._set_cond(st, "Suspended", "True", "JobSuspended", "Job suspended")
@@ -435,9 +449,11 @@ class JobController:
         if run.proc is None or run.proc.poll() is not None or run.preempted or run.evicted:
             return
         if run.preempt_at is not None and now >= run.preempt_at:
+            message = {"PreemptionByScheduler": "Preempted in order to admit critical pod",
+                       "EvictionByEvictionAPI": "Eviction API: evicting"}[run.preempt_reason]
             self._patch_pod_status(run.name, {"conditions": [
-                {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                 "message": "Preempted in order to admit critical pod", "lastTransitionTime": now_iso()}]})
+                {"type": "DisruptionTarget", "status": "True", "reason": run.preempt_reason,
+                 "message": message, "lastTransitionTime": now_iso()}]})
             run.preempted = True
         elif run.evict_at is not None and now >= run.evict_at:
             message = EVICTION_MESSAGE.format(c=container, use="9Gi", req="0")
@@ -586,7 +602,7 @@ class JobController:
                                             start_new_session=True)
             run.started = time.monotonic()
             if hook is not None and hook.preempt_after:
-                run.preempt_at = run.started + hook.preempt_after
+                run.preempt_at, run.preempt_reason = run.started + hook.preempt_after, hook.preempt_reason
             if hook is not None and hook.evict_after:
                 run.evict_at = run.started + hook.evict_after
             if self.api is not None:  # the pod's output is its log (pods/log)
@@ -743,8 +759,10 @@ class JobController:
         t = now_iso()
         conds = [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": t}]
         if run.preempted:
-            conds.append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
-                          "message": "Preempted in order to admit critical pod", "lastTransitionTime": t})
+            conds.append({"type": "DisruptionTarget", "status": "True", "reason": run.preempt_reason,
+                          "message": {"PreemptionByScheduler": "Preempted in order to admit critical pod",
+                                      "EvictionByEvictionAPI": "Eviction API: evicting"}[run.preempt_reason],
+                          "lastTransitionTime": t})
         if run.evicted:
             conds.append({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
                           "message": EVICTION_MESSAGE.format(c=container, use="9Gi", req="0"),

@@ -134,10 +134,13 @@ def test_pods_no_node_takes_and_a_gpu_the_container_cannot_see(cluster, operator
 def test_a_part_evicted_past_the_bound_fails_with_the_reason(cluster, operator, stub_controller):
     """The kubelet evicts the part's pods (DisruptionTarget, which the Ignore rule also matches): twice is
     allowed with maxDisruptionsPerPart 1, the third pod refuses to start (exit 79) and FailIndex ends the part.
-    The third pod runs the real CLI: its refusal is the product's, not the stub's."""
+    The third pod runs the real CLI: its refusal is the product's, not the stub's. The spec's own resources
+    request less memory than they allow, which leaves the kubelet a reason of the part's own to evict it: only
+    such pods are bounded (the operator's own request their limit: tests/k8s/test_disruptions.py)."""
     stub_controller.unstub(r"^evicted-predict$")
     stub_controller.evict("evicted-predict", 0, after=0.3, attempts=range(2))
-    cluster.create_ij(spec_for("evicted", parts=1, retry={"maxDisruptionsPerPart": 1}))
+    cluster.create_ij(spec_for("evicted", parts=1, retry={"maxDisruptionsPerPart": 1}, predict={
+        "resources": {"requests": {"memory": "6Gi"}, "limits": {"memory": "12Gi"}}}))
     failed = cluster.wait_phase("evicted", "Failed", timeout=90)["status"]
     assert failed["reason"] == "PartsFailed" and failed["parts"]["failedIndexes"] == "0"
     runs = [(r.attempt, r.exit_code, r.action, r.conditions) for r in stub_controller.results_of("evicted-predict")]
@@ -258,8 +261,9 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     # 2 of 4 parts running at 1200 of 5000 patches, 3/s each: 2400 of 20000 patches, 6/s
     assert (p["percent"], p["rate"], p["eta"], p["summary"]) == ("12.0%", "6.00/s", "48m53s", "2400/20.0k patches")
     table = kubectl(cluster, "get", "ij", capture="run-get")
-    assert table.split("\n")[0].split() == ["NAME", "PHASE", "PARTS", "DONE", "ETA", "STAGE", "AGE"]
-    assert table.split("\n")[1].split()[:6] == ["watch", "Predicting", "0/4", "12.0%", "48m53s", "predict"]
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "REASON", "PARTS", "DONE", "ETA", "STAGE", "AGE"]
+    assert table.split("\n")[1].split()[:7] == ["watch", "Predicting", "Predicting", "0/4", "12.0%", "48m53s",
+                                                 "predict"]
     wide = kubectl(cluster, "get", "ij", "-o", "wide", capture="run-get-wide")
     assert "2400/20.0k patches" in wide and "6.00/s" in wide
     pod = next(p["metadata"]["name"] for p in cluster.pods("watch-predict"))

@@ -19,7 +19,7 @@ def test_crd_is_valid_apiextensions_v1(version):
     kubernetes_validate.validate(crd, version, strict=True)
     v = crd["spec"]["versions"][0]
     assert crd["spec"]["names"]["shortNames"] == ["ij"] and v["subresources"] == {"status": {}}
-    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Parts", "Done", "ETA", "Stage", "Age", "Work", "Rate", "Message"]
+    assert [c["name"] for c in v["additionalPrinterColumns"]] == ["Phase", "Reason", "Parts", "Done", "ETA", "Stage", "Age", "Work", "Rate", "Message"]
 
 
 def _schema_defaults(schema: dict) -> dict:

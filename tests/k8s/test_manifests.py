@@ -40,7 +40,11 @@ def test_every_job_validates_strictly(name, version):
 
 
 def test_predict_job_shape_and_cli_contract(monkeypatch):
+    # memory requested below its limit: the kubelet may evict such a pod for its own use, so it keeps the bound
+    # on disruptions (a request equal to the limit needs none: test_disruptions.py)
     s = sample("full.yaml")
+    s = specmod.parse(dict(s.raw, predict=dict(s["predict"], resources={"requests": {"cpu": "8", "memory": "40Gi"},
+                                                                         "limits": {"memory": "48Gi"}})))
     job = manifests.predict_job("ij", "scrolls", "u", s)
     js = job["spec"]
     assert js["completionMode"] == "Indexed" and js["completions"] == 64 and js["parallelism"] == 64
@@ -265,7 +269,8 @@ def test_max_failed_parts_is_clamped_per_job_and_only_on_predict():
 
 
 def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
-    s = specmod.parse(dict(sample("minimal.yaml").raw, retry={"nonRetryableExitCodes": []}))
+    s = specmod.parse(dict(sample("minimal.yaml").raw, retry={"nonRetryableExitCodes": []},
+                           predict={"resources": {"requests": {"memory": "8Gi"}}}))  # may exceed: bounded
     ignore = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     finalize = manifests.finalize_job("ij", "ns", "u", s)  # NonIndexed: no per-index disruption count
     assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore] and _validated(finalize) == []
@@ -279,16 +284,17 @@ def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     assert any("onExitCodes.values: Invalid value: []: at least one value is required" in e for e in _validated(bad))
 
 
-MEM = {"requests": {"memory": "8704Mi"}, "limits": {"memory": "10880Mi"}}  # cacheGb 4 + 5 folds + CUDA runtime
+MEM = {"requests": {"memory": "10880Mi"}, "limits": {"memory": "10880Mi"}}  # (cacheGb 4 + 5 folds + CUDA) * 1.25
 
 
 @pytest.mark.parametrize("resources, gpus, want", [
     ({}, 1, {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
-    ({"limits": {"nvidia.com/gpu": 4}}, 1,  # the user's own count wins
-     {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "4", **MEM["limits"]}}),
-    ({"requests": {"nvidia.com/gpu": 2}}, 1, {"requests": {"nvidia.com/gpu": "2", "cpu": "4", **MEM["requests"]},
-                                              "limits": {"nvidia.com/gpu": "2", **MEM["limits"]}}),
-    ({"requests": {"cpu": "8"}}, 0, {"requests": {"cpu": "8", **MEM["requests"]}, "limits": MEM["limits"]}),
+    ({"limits": {"nvidia.com/gpu": 1}}, None,  # the device's count, named by the user too
+     {"requests": {"cpu": "4", **MEM["requests"]}, "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"requests": {"nvidia.com/gpu": 1}}, 1, {"requests": {"nvidia.com/gpu": "1", "cpu": "4", **MEM["requests"]},
+                                              "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
+    ({"requests": {"cpu": "8"}}, None, {"requests": {"cpu": "8", **MEM["requests"]},
+                                        "limits": {"nvidia.com/gpu": "1", **MEM["limits"]}}),
     ({"requests": {"example.com/fpga": 1, "cpu": 2}}, 1,
      {"requests": {"example.com/fpga": "1", "cpu": "2", **MEM["requests"]},
       "limits": {"example.com/fpga": "1", "nvidia.com/gpu": "1", **MEM["limits"]}}),
@@ -296,7 +302,8 @@ MEM = {"requests": {"memory": "8704Mi"}, "limits": {"memory": "10880Mi"}}  # cac
      {"requests": {"cpu": "4"}, "limits": {"memory": "20Gi", "nvidia.com/gpu": "1"}}),
 ])
 def test_gpu_and_extended_resources_end_up_where_kubernetes_wants_them(resources, gpus, want):
-    s = specmod.parse(dict(sample("minimal.yaml").raw, predict={"gpus": gpus, "resources": resources}))
+    predict = {"resources": resources} if gpus is None else {"gpus": gpus, "resources": resources}
+    s = specmod.parse(dict(sample("minimal.yaml").raw, predict=predict))
     job = manifests.predict_job("ij", "ns", "u", s)
     assert job["spec"]["template"]["spec"]["containers"][0].get("resources", {}) == want
     assert _validated(job) == []
@@ -314,9 +321,10 @@ def test_no_stage_runs_best_effort_and_requests_follow_the_caches():
             assert res["limits"]["memory"] > "0" and _validated(job) == []
     def mem(s, make):
         return make("ij", "ns", "u", s)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
-    # one fold and a 16 GB cache against five folds and 4 GB: 16 + 0.5 + 2 GiB vs 4 + 2.5 + 2
-    assert (mem(m, manifests.predict_job), mem(big, manifests.predict_job)) == ("8704Mi", "18944Mi")
-    assert (mem(m, manifests.blend_job), mem(big, manifests.blend_job)) == ("4608Mi", "8704Mi")
+    # one fold and a 16 GB cache against five folds and 4 GB: 16 + 0.5 + 2 GiB vs 4 + 2.5 + 2, plus a quarter
+    # (at least 1 GiB): the memory a pod may use is the memory it asks for (request = limit)
+    assert (mem(m, manifests.predict_job), mem(big, manifests.predict_job)) == ("10880Mi", "23680Mi")
+    assert (mem(m, manifests.blend_job), mem(big, manifests.blend_job)) == ("5760Mi", "10880Mi")
     cpu = specmod.parse(dict(m.raw, inference={"device": "cpu"}))
     assert manifests.predict_job("ij", "ns", "u", cpu)["spec"]["template"]["spec"]["containers"][0][
         "resources"]["requests"]["cpu"] == "8"

@@ -19,6 +19,10 @@ from .clients import Clients
 from .decide import Outcomes, Plan
 from .status import bounded, owner_uids, status_patch
 
+# status.kopf holds kopf's last-handled-configuration (handlers._configure: status, not an annotation, so that
+# kubectl describe does not open with it); the operator's status writes leave it alone.
+KOPF_STATUS = "kopf"
+
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 log = logging.getLogger("vesuvius_inference.operator")
 
@@ -98,7 +102,8 @@ def post_event(core: Any, body: dict[str, Any], kind: str, reason: str, message:
 def write_status(custom: Any, namespace: str, name: str, rv: str | None, prev: dict[str, Any],
                  status: dict[str, Any]) -> bool:
     """Merge-patch the status to ``status``; False when nothing changed."""
-    patch = status_patch(prev, status)
+    patch = status_patch({k: v for k, v in prev.items() if k != KOPF_STATUS},  # kopf's own: neither removed
+                         {k: v for k, v in status.items() if k != KOPF_STATUS})  # nor written back stale
     if not patch:
         return False
     body: dict[str, Any] = {"status": patch}

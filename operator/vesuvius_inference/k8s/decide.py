@@ -36,7 +36,7 @@ from .status import (
 
 Event = tuple[str, str, str]  # type, reason, message
 Extra = tuple[str, bool, str, str]  # condition type, true?, reason, message
-KUEUE_KINDS = ("Queued", "Evicted")
+KUEUE_KINDS = ("Queued", "Evicted", "KueueMissing")
 
 
 @dataclass
@@ -67,6 +67,7 @@ class Observed:
     notes: dict[str, str] = field(default_factory=dict)  # check Jobs' verdict lines by uid
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
     intensity: Reported | None = None  # a predict pod's word on the input's intensities (None: none this pass)
+    kueue_missing: bool = False  # Jobs carry a queue label but the cluster serves no Kueue Workload API
     stall_grace_s: float = 300.0
     policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
     secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
@@ -120,6 +121,10 @@ def decide(obs: Observed, outcomes: Outcomes | None = None) -> Plan:
     """The plan of this pass: without ``outcomes`` the Jobs to create; with them, everything else."""
     ctx = _context(obs, outcomes)
     prev = ctx.prev
+    if obs.body["metadata"].get("deletionTimestamp"):
+        # Being deleted (foreground deletion waits for the children): create nothing, patch nothing. A Job
+        # made now would outlive the garbage collector's pass over the dependents it already listed.
+        return Plan()
     if prev.get("reason") == "InvalidSpec" and prev.get("observedGeneration") == ctx.generation:
         return Plan()
     errors = refusals(ctx.name, ctx.spec, obs.defaults)
@@ -161,12 +166,34 @@ def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, 
     return "predict", job, ("RetryingParts", f"re-running parts {ranges_brief(todo)} as {retry_name}")
 
 
+def deleted_by_kueue(ctx: _Ctx) -> tuple[str, str] | None:
+    """(stage, message) when a stage's Job vanished while Kueue held the run deactivated: Kueue's retention
+    policy deletes the Job of a Workload it deactivated (Configuration objectRetentionPolicies.workloads.
+    afterDeactivatedByKueue; kueue pkg/controller/jobframework/reconciler.go, ReconcileGenericJob deletes the
+    job once the Workload has been deactivated by Kueue for that long). That is Kueue's decision, not a lost Job:
+    no check Job judges it and the run fails with Kueue's reason; spec.retryFailedParts re-runs what is left."""
+    reason = str(ctx.prev.get("reason") or "")
+    if not reason.startswith("DeactivatedByKueue"):
+        return None
+    present = {j["metadata"]["name"] for j in ctx.children.owned()}
+    for stage in ("predict", "blend", "finalize"):
+        rec = (ctx.prev.get("stages") or {}).get(stage) or {}
+        if rec.get("state") in ("Running", "Lost") and rec.get("job") and rec["job"] not in present:
+            return stage, (f"Kueue deleted {rec['job']} after deactivating its Workload ({reason}: "
+                           f"{ctx.prev.get('message') or ''}); its retention policy (objectRetentionPolicies.workloads."
+                           "afterDeactivatedByKueue) removes such Jobs. Fix the cause, then bump "
+                           "spec.retryFailedParts to run what is not done")
+    return None
+
+
 def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
     status = _status0(ctx)
     out = []
     retry = _retry_create(ctx, status)
     if retry is not None:
         out.append(retry)
+    if deleted_by_kueue(ctx) is not None:
+        return out  # nothing else: neither the next stage nor a check of a Job Kueue deleted on purpose
     stage = next_stage(status, ctx.children)
     if stage is not None and retry is None:
         make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
@@ -205,6 +232,10 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     if refused and status["phase"] not in ("Succeeded", "Failed", "Suspended") and not _unfinished(ctx):
         status.update(reason=policy.REASON, message=policy_text)  # nothing runs: the policy is why
     status = _with_progress(ctx, status)
+    status["reason"] = _waiting_reason(status, extra)
+    kueue_deleted = deleted_by_kueue(ctx)
+    if kueue_deleted is not None and not any(not job_finished(j) for j, _ in ctx.children.retries):
+        status = _failed_by_kueue(ctx, status, kueue_deleted)
     status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
                                                    ctx.obs.intensity, ctx.now, ctx.generation)
     plan.events += _condition_events(ctx, extra) + found + _phase_events(ctx, status)
@@ -231,12 +262,20 @@ def _unfinished(ctx: _Ctx) -> list[dict[str, Any]]:
     return [j for j in ctx.children.owned() if not job_finished(j)]
 
 
+def _queued(ctx: _Ctx, job: Mapping[str, Any]) -> bool:
+    """Whether Kueue runs this Job: it has a queue label and the cluster has Kueue. Without Kueue the label
+    does nothing (nobody admits or suspends the Job), so the operator suspends such Jobs itself."""
+    return kueue.managed(job) and not ctx.obs.kueue_missing
+
+
 def _kueue(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> tuple[str, str] | None:
     """Kueue's decisions as conditions; Workloads follow spec.suspend when that undoes nothing of Kueue's."""
     held = queued = evicted = None
     managed = False
-    for job in _unfinished(ctx):
-        if not kueue.managed(job):
+    labelled = [j for j in _unfinished(ctx) if kueue.managed(j)]
+    missing = ctx.obs.kueue_missing and bool(labelled)
+    for job in labelled:
+        if not _queued(ctx, job):
             continue
         managed = True
         wl, version = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
@@ -248,9 +287,16 @@ def _kueue(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> tuple[str, str] | None:
         if patch is not None:
             plan.workload_patches.append((wl["metadata"]["name"], version, patch))
     present = {c.get("type") for c in ctx.prev.get("conditions") or []}
-    if managed or present & set(KUEUE_KINDS):
+    if managed or missing or present & set(KUEUE_KINDS):
         extra.append(("Queued", queued is not None, *(queued or ("", ""))))
         extra.append(("Evicted", evicted is not None, *(evicted or ("", ""))))
+        queues = sorted({j["metadata"]["labels"][kueue.QUEUE_LABEL] for j in labelled})
+        text = (f"queue {', '.join(queues)} is set (kueue.x-k8s.io/queue-name on {len(labelled)} Job(s)) but this "
+                "cluster serves no Kueue Workload API (kueue.x-k8s.io v1beta2 or v1beta1): nothing queues these "
+                "Jobs, they run as soon as they are created, and the operator suspends them itself on "
+                "spec.suspend. Install Kueue, or leave queueName (and the chart's worker.queueName) out"
+                ) if missing else ""
+        extra.append(("KueueMissing", missing, "KueueNotInstalled" if missing else "", text))
     return held
 
 
@@ -258,7 +304,7 @@ def _sync_suspend(ctx: _Ctx, plan: Plan) -> None:
     """A Job without Kueue follows spec.suspend directly (Kueue's are handled through their Workloads)."""
     suspend = bool(ctx.spec["suspend"])
     for job in _unfinished(ctx):
-        if not kueue.managed(job) and bool(job["spec"].get("suspend")) != suspend:
+        if not _queued(ctx, job) and bool(job["spec"].get("suspend")) != suspend:
             plan.job_patches.append((job["metadata"]["name"], {"spec": {"suspend": suspend}}))
 
 
@@ -271,7 +317,9 @@ def _sync_parallelism(ctx: _Ctx, plan: Plan, extra: list[Extra]) -> None:
         if int(job["spec"].get("parallelism") or 1) == want:
             continue
         wl, _ = ctx.obs.workloads.get(job["metadata"].get("uid", ""), (None, None))
-        if kueue.parallelism_allowed(job, wl):
+        if kueue.partially_admitted(job, want):
+            continue  # Kueue admitted fewer pods than asked (minParallelism): its parallelism, not ours to undo
+        if not _queued(ctx, job) or kueue.parallelism_allowed(job, wl):
             plan.job_patches.append((job["metadata"]["name"], {"spec": {"parallelism": want}}))
         else:
             refused.append(job["metadata"]["name"])
@@ -306,6 +354,19 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
     return out
 
 
+# What keeps a running run from running, most telling first: the Reason column of kubectl get ij.
+WAITING = ("KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnschedulable", "PodsStuck", "Evicted", "Queued")
+
+
+def _waiting_reason(status: Mapping[str, Any], extra: Sequence[Extra]) -> str:
+    """status.reason of a run in a running phase: the first true condition of :data:`WAITING` (a stalled or
+    queued run reads as such in kubectl get), else the phase's own reason."""
+    if status["phase"] not in ("Pending", "Predicting", "Blending", "Finalizing"):
+        return str(status.get("reason") or "")
+    on = {kind for kind, true, _, _ in extra if true}
+    return next((kind for kind in WAITING if kind in on), str(status.get("reason") or ""))
+
+
 def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
     phase, stage = status["phase"], status["stage"]
     fresh = ctx.obs.progress
@@ -317,6 +378,18 @@ def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
         status["progress"] = fresh
     elif phase not in ("Failed", "Suspended") and (status.get("progress") or {}).get("stage") != stage:
         status.pop("progress", None)
+    return status
+
+
+def _failed_by_kueue(ctx: _Ctx, status: dict[str, Any], deleted: tuple[str, str]) -> dict[str, Any]:
+    stage, message = deleted
+    text = bounded(message)
+    status.update(phase="Failed", stage=stage, reason="DeletedByKueue", message=text,
+                  completionTime=status.get("completionTime") or ctx.now)
+    conds = [c for c in status.get("conditions") or [] if c.get("type") != "Failed"]
+    conds.append({"type": "Failed", "status": "True", "reason": "DeletedByKueue", "message": text,
+                  "lastTransitionTime": ctx.now, "observedGeneration": ctx.generation})
+    status["conditions"] = conds
     return status
 
 

@@ -177,7 +177,10 @@ async def _resync_loop(interval: float) -> None:
 @kopf.on.startup()
 def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vesuvius.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="vesuvius.dev")
+    # kopf's last-handled-configuration (the spec as last handled, JSON) in status.kopf, not in an annotation:
+    # kubectl describe prints annotations first, so an annotation made every describe open with a screen of
+    # JSON (kopf docs, "Persistence": StatusDiffBaseStorage). act.write_status leaves status.kopf alone.
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name="kopf")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # only the operator's Jobs, selected by the API server (not every Job of the namespace, filtered here)

@@ -40,6 +40,7 @@ from typing import Any
 GROUP, PLURAL = "kueue.x-k8s.io", "workloads"
 VERSIONS = ("v1beta2", "v1beta1")
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"  # partial admission (pkg/controller/jobs/job)
 JOB_UID = "kueue.x-k8s.io/job-uid"  # pkg/controller/constants/constants.go, JobUIDLabel
 OURS = "vesuvius.dev/deactivated-by"  # value: the InferenceJob's name
 DEACTIVATED = "Deactivated"  # apis/kueue/v1beta2/workload_types.go, WorkloadDeactivated
@@ -131,6 +132,17 @@ def parallelism_allowed(job: Mapping[str, Any], wl: Mapping[str, Any] | None) ->
     if not managed(job):
         return True
     return bool((job.get("spec") or {}).get("suspend")) and not (wl is not None and _true(wl, "QuotaReserved"))
+
+
+def partially_admitted(job: Mapping[str, Any], want: int) -> bool:
+    """A running Job with partial admission whose parallelism Kueue lowered to what it admitted (at least the
+    kueue.x-k8s.io/job-min-parallelism annotation; kueue pkg/controller/jobs/job/job_controller.go, RunWithPodSetsInfo,
+    restored by RestorePodSetsInfo on eviction)."""
+    low = ((job.get("metadata") or {}).get("annotations") or {}).get(MIN_PARALLELISM)
+    spec = job.get("spec") or {}
+    if low is None or not managed(job) or spec.get("suspend"):
+        return False
+    return int(low) <= int(spec.get("parallelism") or 1) < want
 
 
 def find(custom: Any, namespace: str, job_uid: str, versions: list[str]) -> tuple[dict[str, Any] | None, str | None]:

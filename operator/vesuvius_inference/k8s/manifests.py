@@ -7,6 +7,23 @@ downward API, never a token: a retry Job's part ids (the Job's ``vesuvius.dev/pa
 copied to its pods, as a file), how often its index was disrupted (the Job controller's
 ``job-index-ignored-failure-count`` annotation, as ``VESUVIUS_DISRUPTIONS``: config.py's
 ``--disruptions``), its CPU request (threads).
+
+A pod asks for the devices it uses (spec.device_problems refuses the rest): a predict pod of a ``cuda`` run
+asks for one ``nvidia.com/gpu`` and gets the chart's GPU node selector and tolerations; every other pod
+(``cpu`` predict, blend, finalize, check) asks for none, gets none of the GPU scheduling, and carries
+``NVIDIA_VISIBLE_DEVICES=void``: the worker image is built on a CUDA base whose ``NVIDIA_VISIBLE_DEVICES=all``
+makes the NVIDIA container runtime (where it is the node's default runtime) hand every GPU of the node to a
+container that asked for none (NVIDIA container toolkit: "void" or "none" exposes no device).
+
+What the spec passes through to the Jobs and pods, never interpreted here (:func:`passthrough`): labels and
+annotations, ``runtimeClassName``, ``affinity``, ``imagePullSecrets``, the autoscalers' pod annotations
+(cluster-autoscaler's ``cluster-autoscaler.kubernetes.io/safe-to-evict``: cluster-autoscaler
+utils/drain/drain.go, GetPodsForDeletionOnNodeDrain / HasSafeToEvictAnnotation; Karpenter's
+``karpenter.sh/do-not-disrupt``: karpenter pkg/apis/v1/labels.go, DoNotDisruptAnnotationKey) and Kueue's
+Job-level knobs (the ``kueue.x-k8s.io/priority-class`` label: pkg/constants, WorkloadPriorityClassLabel;
+partial admission's ``kueue.x-k8s.io/job-min-parallelism`` annotation: pkg/controller/jobs/job/
+job_controller.go, JobMinParallelismAnnotation, which its webhook wants in 1..parallelism-1:
+job_webhook.go, validatePartialAdmissionCreate).
 """
 
 from __future__ import annotations
@@ -24,7 +41,7 @@ from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids
-from .resources import fill_in
+from .resources import fill_in, memory_within_request
 from .spec import JobSpec
 
 LABEL_JOB = "vesuvius.dev/inferencejob"
@@ -34,6 +51,11 @@ LABEL_CHECK = "vesuvius.dev/checks"  # on a check Job: the stage whose work it c
 CHECKS_UID = "vesuvius.dev/checks-uid"  # on a check Job: the uid of the lost Job it judges
 PART_IDS = "vesuvius.dev/part-ids"  # a retry Job's part ids (ranges.encode_part_ids), Job and pod annotation
 GPU = "nvidia.com/gpu"
+NO_GPU_ENV = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+KUEUE_PRIORITY = "kueue.x-k8s.io/priority-class"
+KUEUE_MIN_PARALLELISM = "kueue.x-k8s.io/job-min-parallelism"
 MODEL_CACHE = "/var/cache/vesuvius"
 PODINFO = "/etc/vesuvius"  # the downward API volume
 PART_IDS_FILE = PODINFO + "/part-ids"
@@ -120,6 +142,44 @@ def check_args(spec: JobSpec, stage: str) -> list[str]:
     return ["check", "finalize", "--output", spec["output"]["uri"]]
 
 
+def uses_gpu(spec: JobSpec, stage: str) -> bool:
+    """Whether this stage's pods ask for a GPU: predict pods of a cuda run, nothing else."""
+    return stage == "predict" and spec.gpus > 0
+
+
+def disruptions_bounded(spec: JobSpec, stage: str) -> bool:
+    """Whether this stage's pods are told their disruption count (and so refuse to start past
+    retry.maxDisruptionsPerPart, exit 79): only pods whose memory may exceed their request.
+
+    The Job controller counts every failure the podFailurePolicy ignored in one number per index
+    (pkg/controller/job/indexed_job_utils.go, getNewIndexFailureCounts: matchPodFailurePolicy's countFailed
+    false -> ignored count + 1), and a rule matches DisruptionTarget by type and status only
+    (pod_failure_policy.go, matchOnPodConditions), never by its reason; so neither can tell a drain
+    (EvictionByEvictionAPI), a preemption (PreemptionByScheduler), Karpenter's consolidation (the eviction API
+    again), a node lost (DeletionByPodGC) or a taint (DeletionByTaintManager) from the kubelet evicting the pod
+    for its own memory use (TerminationByKubelet). Kueue's evictions are not counted at all: Kueue suspends the
+    Job, and the Job controller removes the tracking finalizer of the pods it deletes for that (job_controller.go,
+    deleteJobPods), so no failed pod is left to count from. The pod's resources tell them apart instead: a pod
+    whose memory request equals its limit (the derived resources, resources.py) is OOM-killed above it (a failure
+    of its own, counted against retry.perPartLimit) and never chosen by the kubelet for its own use, so every
+    disruption it sees is the cluster's, costs it nothing, and is not bounded. Only a spec's own resources with
+    a memory request below the limit (or no limit) leave room for a part to be evicted for its own use; those
+    pods keep the bound."""
+    if stage == "check":
+        return False
+    return not memory_within_request(container_resources(spec, stage))
+
+
+def is_indexed(spec: JobSpec, stage: str, completions: int) -> bool:
+    """Predict, and blend or finalize split over several pods, are Indexed Jobs; so is a single blend or finalize
+    pod that must be told its disruption count (:func:`disruptions_bounded`): only an Indexed Job's pods carry
+    the Job controller's per-index counts (indexed_job_utils.go, addIndexFailureCountAnnotation), and without
+    them a pod evicted for its own memory use would be restarted forever."""
+    if stage == "check":
+        return False
+    return completions > 1 or stage == "predict" or disruptions_bounded(spec, stage)
+
+
 def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     st = spec["storage"]
     env: list[dict[str, Any]] = [
@@ -127,7 +187,9 @@ def _env(spec: JobSpec, stage: str, indexed: bool) -> tuple[list[dict[str, Any]]
         # threads follow the CPU request when no CPU limit sets a quota (cpuquota.py)
         {"name": "VESUVIUS_CPUS", "valueFrom": {"resourceFieldRef": {"containerName": stage, "resource": "requests.cpu",
                                                                       "divisor": "1"}}}]
-    if indexed:
+    if not uses_gpu(spec, stage):
+        env.append(dict(NO_GPU_ENV))
+    if indexed and disruptions_bounded(spec, stage):
         env.append({"name": "VESUVIUS_DISRUPTIONS", "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{IGNORED_FAILURES}']"}}})
     if st.get("endpointUrl"):
@@ -145,13 +207,14 @@ def is_overcommit_allowed(resource: str) -> bool:
     return native and not resource.startswith("hugepages-")
 
 
-def container_resources(spec: JobSpec, stage: str, gpu: bool) -> dict[str, dict[str, str]]:
+def container_resources(spec: JobSpec, stage: str) -> dict[str, dict[str, str]]:
     """A stage's requests and limits as the pod needs them.
 
     Kubernetes requires a limit for every resource that cannot be overcommitted and, when both are
     set, an equal request (pkg/apis/core/validation/validation.go, ValidateResourceRequirements): a
-    GPU named only under requests is copied to limits. A user's own GPU count wins over predict.gpus.
-    CPU and memory the spec leaves out are derived (resources.py: no BestEffort pods).
+    GPU named only under requests is copied to limits. The GPU count is the device's (:func:`uses_gpu`;
+    spec.device_problems refuses resources that name another). CPU and memory the spec leaves out are
+    derived (resources.py: no BestEffort pods).
     Quantities are strings, as the API server returns them (kubernetes-client 37 refuses integers).
     """
     res = (spec.get(stage) or {}).get("resources") or {} if stage != "check" else {}
@@ -160,8 +223,13 @@ def container_resources(spec: JobSpec, stage: str, gpu: bool) -> dict[str, dict[
     for resource, value in requests.items():
         if not is_overcommit_allowed(resource) and resource not in limits:
             limits[resource] = value
-    if gpu and GPU not in limits and int(spec["predict"]["gpus"]) > 0:
-        limits[GPU] = str(int(spec["predict"]["gpus"]))
+    if uses_gpu(spec, stage):
+        limits[GPU] = str(spec.gpus)
+        if GPU in requests:
+            requests[GPU] = str(spec.gpus)
+    else:
+        requests.pop(GPU, None)
+        limits.pop(GPU, None)
     return fill_in({"requests": requests, "limits": limits}, spec, stage)
 
 
@@ -171,14 +239,15 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
 
     The Ignore rule on DisruptionTarget matches preemptions and the kubelet's node-pressure evictions
     alike (the kubelet sets DisruptionTarget, reason TerminationByKubelet: pkg/kubelet/eviction/
-    eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. So disruptions are not
-    retried without bound through this rule alone: on Indexed Jobs the worker compares the Job
-    controller's count of ignored failures of its index with retry.maxDisruptionsPerPart and exits
-    EXIT_DISRUPTION_LIMIT, which fails the index here."""
+    eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. Pods whose memory may
+    exceed their request (:func:`disruptions_bounded`) are therefore not retried without bound through this
+    rule alone: on Indexed Jobs the worker compares the Job controller's count of ignored failures of its
+    index with retry.maxDisruptionsPerPart and exits EXIT_DISRUPTION_LIMIT, which fails the index here. The
+    operator's own resources leave the kubelet no reason of the part's to evict it, and need no bound."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
-    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None:
+    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None and disruptions_bounded(spec, stage):
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
@@ -188,15 +257,16 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
 def queue_name(spec: JobSpec, stage: str, defaults: OperatorDefaults) -> str | None:
     """The Kueue LocalQueue of a stage's Jobs: spec.queueName (or the chart's worker.queueName) for the GPU
     stage only; blend and finalize take their own (spec.blend/finalize.queueName, the chart's
-    worker.cpuQueueName), never the GPU queue; check Jobs take finalize's."""
+    worker.cpuQueueName), never the GPU queue; check Jobs take finalize's. A predict stage on the CPU
+    (inference.device cpu) asks for no GPU and defaults to the CPU queue too."""
     if stage == "predict":
-        return spec.get("queueName") or defaults.queue_name
+        return spec.get("queueName") or (defaults.queue_name if uses_gpu(spec, stage) else defaults.cpu_queue_name)
     own = (spec.get("finalize" if stage == "check" else stage) or {}).get("queueName")
     return own or defaults.cpu_queue_name
 
 
 def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults) -> dict[str, str]:
-    labels = {LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
+    labels = {**(spec.get("labels") or {}), LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
               "app.kubernetes.io/name": "vesuvius-inference"}
     queue = queue_name(spec, stage, defaults)
     if queue:
@@ -204,8 +274,8 @@ def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults)
     return labels
 
 
-def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, gpu: bool,
-               indexed: bool, part_ids: bool) -> dict[str, Any]:
+def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, indexed: bool,
+               part_ids: bool) -> dict[str, Any]:
     env, env_from = _env(spec, stage, indexed)
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-cache", "mountPath": MODEL_CACHE}]
     if part_ids:
@@ -216,7 +286,7 @@ def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDef
         "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
         "args": args,
         "env": env,
-        "resources": container_resources(spec, stage, gpu),
+        "resources": container_resources(spec, stage),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
@@ -227,8 +297,8 @@ def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDef
     return container
 
 
-def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: OperatorDefaults, gpu: bool,
-         part_ids: bool) -> dict[str, Any]:
+def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: OperatorDefaults, part_ids: bool
+         ) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}]
     if part_ids:
         volumes.append({"name": "podinfo", "downwardAPI": {"items": [
@@ -240,6 +310,7 @@ def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: Operato
         "volumes": volumes,
     }
     stage_spec = (spec.get(stage) or {}) if stage != "check" else {}
+    gpu = uses_gpu(spec, stage)
     node_selector = dict(spec.get("nodeSelector") or (defaults.gpu_node_selector if gpu else {}))
     node_selector.update(stage_spec.get("nodeSelector") or {})
     if node_selector:
@@ -253,7 +324,45 @@ def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: Operato
     account = spec.get("serviceAccountName") or defaults.service_account  # the chart's worker.serviceAccountName
     if account:
         pod["serviceAccountName"] = account
+    pod.update(passthrough(spec, stage))
     return pod
+
+
+def passthrough(spec: JobSpec, stage: str) -> dict[str, Any]:
+    """Pod fields the spec sets as they are: ``runtimeClassName`` and ``affinity`` (a stage's own replaces the
+    spec-wide one), ``imagePullSecrets`` (every stage's pods)."""
+    stage_spec = (spec.get(stage) or {}) if stage != "check" else {}
+    out: dict[str, Any] = {}
+    for key in ("runtimeClassName", "affinity"):
+        value = stage_spec.get(key) or spec.get(key)
+        if value:
+            out[key] = value
+    if spec.get("imagePullSecrets"):
+        out["imagePullSecrets"] = [{"name": s["name"]} for s in spec["imagePullSecrets"]]
+    return out
+
+
+def pod_annotations(spec: JobSpec) -> dict[str, str]:
+    """The spec's annotations and the autoscalers' (safeToEvict, doNotDisrupt) for every pod."""
+    out = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
+    if spec.get("safeToEvict") is not None:
+        out[SAFE_TO_EVICT] = "true" if spec["safeToEvict"] else "false"
+    if spec.get("doNotDisrupt"):
+        out[DO_NOT_DISRUPT] = "true"
+    return out
+
+
+def job_metadata(spec: JobSpec, stage: str, parallelism: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, annotations) a Job carries for Kueue beyond its queue: the WorkloadPriorityClass label, and
+    partial admission on the predict Job when it can start with fewer pods than it asks for."""
+    labels: dict[str, str] = {}
+    annotations = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
+    if spec.get("workloadPriorityClassName"):
+        labels[KUEUE_PRIORITY] = spec["workloadPriorityClassName"]
+    low = spec.get("minParallelism")
+    if stage == "predict" and low is not None and 0 < int(low) < parallelism:
+        annotations[KUEUE_MIN_PARALLELISM] = str(int(low))
+    return labels, annotations
 
 
 def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool) -> dict[str, Any]:
@@ -277,18 +386,22 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool) -> d
 
 
 def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
-         completions: int, parallelism: int, defaults: OperatorDefaults, gpu: bool,
+         completions: int, parallelism: int, defaults: OperatorDefaults,
          part_ids: Sequence[int] | None = None) -> dict[str, Any]:
     labels = _labels(ij_name, stage, spec, defaults)
-    indexed = stage != "check" and (completions > 1 or stage == "predict")
-    container = _container(stage, spec, args, defaults, gpu, indexed, part_ids is not None)
+    indexed = is_indexed(spec, stage, completions)
+    container = _container(stage, spec, args, defaults, indexed, part_ids is not None)
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)},
-                                "spec": _pod(stage, spec, container, defaults, gpu, part_ids is not None)}
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+                                "spec": _pod(stage, spec, container, defaults, part_ids is not None)}
+    kueue_labels, job_annotations = job_metadata(spec, stage, parallelism)
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {**labels, **kueue_labels}}
+    pod_notes = pod_annotations(spec)
     if part_ids is not None:  # the ledger of which part each index runs, read back from here (never from args)
-        annotations = {PART_IDS: encode_part_ids(part_ids)}
-        meta["annotations"] = dict(annotations)
-        template["metadata"]["annotations"] = annotations
+        job_annotations[PART_IDS] = pod_notes[PART_IDS] = encode_part_ids(part_ids)
+    if job_annotations:
+        meta["annotations"] = job_annotations
+    if pod_notes:
+        template["metadata"]["annotations"] = pod_notes
     job_spec: dict[str, Any] = {"completions": completions, "parallelism": parallelism,
                                 "suspend": bool(spec["suspend"]), "template": template,
                                 **_completion(spec, stage, completions, indexed)}
@@ -311,21 +424,21 @@ def predict_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: Op
     ids = sorted(set(int(i) for i in part_ids)) if part_ids is not None else None
     n = len(ids) if ids is not None else spec.parts
     return _job(job_name(name, "predict", attempt), namespace, uid, name, "predict", spec,
-                predict_args(spec, ids), n, min(spec.parallelism, n), d, gpu=True, part_ids=ids)
+                predict_args(spec, ids), n, min(spec.parallelism, n), d, part_ids=ids)
 
 
 def blend_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
               ) -> dict[str, Any]:
     n = int(spec["blend"]["parallelism"])
     return _job(job_name(name, "blend"), namespace, uid, name, "blend", spec, blend_args(spec), n, n,
-                defaults or OperatorDefaults(), gpu=False)
+                defaults or OperatorDefaults())
 
 
 def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
                  ) -> dict[str, Any]:
     n = int(spec["finalize"]["parallelism"])
     return _job(job_name(name, "finalize"), namespace, uid, name, "finalize", spec, finalize_args(spec), n, n,
-                defaults or OperatorDefaults(), gpu=False)
+                defaults or OperatorDefaults())
 
 
 def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str, lost_uid: str = "",
@@ -333,8 +446,8 @@ def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str, lo
     """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py);
     ``lost_uid``, the uid of the Job that vanished unseen, ties its verdict to that loss."""
     job = _job(check_job_name(name, stage), namespace, uid, name, "check", spec, check_args(spec, stage), 1, 1,
-               defaults or OperatorDefaults(), gpu=False)
-    job["metadata"]["annotations"] = {CHECKS_UID: lost_uid}
+               defaults or OperatorDefaults())
+    job["metadata"].setdefault("annotations", {})[CHECKS_UID] = lost_uid
     job["metadata"]["labels"][LABEL_CHECK] = stage
     job["spec"]["template"]["metadata"]["labels"][LABEL_CHECK] = stage
     return job

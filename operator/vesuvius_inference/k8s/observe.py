@@ -95,6 +95,9 @@ class Observer:
                        stall_grace_s=self.settings.stall_grace_s)
         children = classify(jobs, body["metadata"].get("uid", ""))
         obs.workloads = self._workloads(namespace, children)
+        # both Workload API versions 404'd (now, or within kueue_recheck_s) while Jobs carry a queue label
+        obs.kueue_missing = not self.kueue_versions and any(
+            kueue.managed(j) and not job_finished(j) for j in children.owned())
         obs.diagnoses = self._diagnose(namespace, name, body, children, now)
         obs.notes = self._notes(namespace, body, children, gone)
         obs.progress = self._progress(namespace, name, body, children, now)

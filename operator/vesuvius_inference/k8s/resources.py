@@ -14,8 +14,14 @@ Benchmarks):
   host memory, torch on the CPU about 0.7 GB (bench_storage: "model alone 708 MB").
 - blend and finalize: their ``cacheGb`` plus 0.5 GiB (measured peaks at cacheGb 1: 104 and 123 MB).
 
-The memory limit is the request plus a quarter (at least 1 GiB): above its limit a container is
-OOM-killed, a counted failure with exit 137, instead of an eviction that costs no retry. No CPU limit
+The pod asks for the memory it may use: its request equals its limit, the estimate plus a quarter (at least
+1 GiB). Above the limit the kernel OOM-kills the container, a failure of the part's own (exit 137, no
+DisruptionTarget: counted against retry.perPartLimit). At or below its request the kubelet's node-pressure
+eviction never picks it for its own use: rankMemoryPressure orders pods using more than they request first
+(exceedMemoryRequests), and a pod within its request is evicted only once none of those is left, i.e. when
+the node itself ran short. So every disruption of such a pod (DisruptionTarget: preemption, drain,
+consolidation, a taint, node loss, or that last-resort eviction) is the cluster's doing, and none of them
+counts against the part (manifests.disruptions_bounded). No CPU limit
 (CFS quotas throttle the host path's bursts); the worker sizes its threads to the CPU request it is
 given through the downward API (cpuquota.py). A resource the spec names, under requests or limits, is
 the spec's: Kubernetes sets a missing request to its limit (pkg/apis/core/v1/defaults.go,
@@ -62,15 +68,28 @@ def stage_cpus(spec: Any, stage: str) -> int:
     return CPUS[stage]
 
 
-def memory_limit_mib(request_mib: int) -> int:
-    return request_mib + max(GIB, _mib(request_mib / GIB / 4))
+def memory_limit_mib(estimate_mib: int) -> int:
+    return estimate_mib + max(GIB, _mib(estimate_mib / GIB / 4))
 
 
 def derived(spec: Any, stage: str) -> dict[str, dict[str, str]]:
-    """The requests and limits the operator adds when the spec names neither for a resource."""
-    memory = stage_memory_mib(spec, stage)
+    """The requests and limits the operator adds when the spec names neither for a resource: memory requested
+    as limited (the module docstring)."""
+    memory = memory_limit_mib(stage_memory_mib(spec, stage))
     return {"requests": {"cpu": str(stage_cpus(spec, stage)), "memory": f"{memory}Mi"},
-            "limits": {"memory": f"{memory_limit_mib(memory)}Mi"}}
+            "limits": {"memory": f"{memory}Mi"}}
+
+
+def memory_within_request(resources: dict[str, dict[str, str]]) -> bool:
+    """Whether a container's memory can never exceed its request: a limit, and a request equal to it (or none,
+    which Kubernetes sets to the limit: pkg/apis/core/v1/defaults.go, SetDefaults_Pod)."""
+    from .quantity import parse_quantity
+
+    limit = (resources.get("limits") or {}).get("memory")
+    request = (resources.get("requests") or {}).get("memory")
+    if limit is None:
+        return False
+    return request is None or parse_quantity(request) >= parse_quantity(limit)
 
 
 def fill_in(user: dict[str, dict[str, str]], spec: Any, stage: str) -> dict[str, dict[str, str]]:

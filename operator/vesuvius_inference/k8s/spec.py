@@ -19,11 +19,13 @@ DEFAULTS: dict[str, Any] = {
                   "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "auto",
                   "compile": False, "leaseSeconds": 60},
     "input": {"level": 0},
-    "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {"gpus": 1},
+    "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {},
     "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3], "maxDisruptionsPerPart": 5},
     "storage": {"anonymousInput": False},
 }
 URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "file://", "/")
+DEVICES = ("cuda", "cpu")  # what a predict pod can be given: one GPU, or none (the CRD's enum)
+GPU = "nvidia.com/gpu"
 
 
 def with_defaults(spec: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +68,18 @@ class JobSpec:
     @property
     def parallelism(self) -> int:
         return int(self.raw.get("parallelism") or self.parts)
+
+    @property
+    def device(self) -> str:
+        """cuda or cpu; ``cuda:0``, which objects of earlier versions may hold, is the pod's one GPU: cuda."""
+        device = str(self.raw["inference"].get("device") or "cuda")
+        return "cuda" if device == "cuda:0" else device
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per predict pod, the other side of ``inference.device``: cuda uses one, cpu none
+        (:func:`device_problems` refuses every spec where predict.gpus or the resources say otherwise)."""
+        return 1 if self.device == "cuda" else 0
 
 
 def parse(spec: dict[str, Any]) -> JobSpec:
@@ -114,6 +128,50 @@ def validate(spec: JobSpec) -> list[str]:
     codes = spec["retry"]["nonRetryableExitCodes"]
     if 0 in codes:
         errors.append("retry.nonRetryableExitCodes must not contain 0 (success)")
+    return errors
+
+
+def device_problems(spec: JobSpec) -> list[str]:
+    """The device and the GPUs a predict pod asks for are one setting seen from both sides.
+
+    A predict part runs its model on one device (predict_part.PartRun): ``cuda`` is the one GPU its pod
+    asks for (the device plugin exposes it as cuda:0 whatever its number on the node), ``cpu`` asks for
+    none. So ``auto`` (a pod that got no GPU would run 10-100x slower on the CPU while the GPU it holds
+    idles), ``cuda:N`` (the pod never sees GPU N), a GPU count other than the device's (a second GPU
+    would idle: more parts, one GPU each, use them instead) and anything else are refused before any
+    Job exists. The CRD refuses the same at apply time (enum and CEL rules)."""
+    errors: list[str] = []
+    device = spec.device
+    if device not in DEVICES:
+        if device == "auto":
+            why = ("auto would let a pod that got no GPU run 10-100x slower on the CPU while its GPU request holds a "
+                   "GPU idle")
+        elif device.startswith("cuda:"):
+            why = "a predict pod sees only the GPU Kubernetes gave it, always as cuda"
+        else:
+            why = "it is not a device"
+        return [f"inference.device {device!r} is refused ({why}): say cuda (one GPU per predict pod) or cpu (none)"]
+    predict = spec.get("predict") or {}
+    asked = predict.get("gpus")
+    want = 1 if device == "cuda" else 0
+    # predict.gpus 1 with cpu: the CRD's default before the device decided the count, so objects stored
+    # then hold it; it is ignored (a cpu pod asks for no GPU), not refused, or those runs would break
+    if asked is not None and int(asked) != want and not (device == "cpu" and int(asked) == 1):
+        if device == "cpu":
+            errors.append(f"predict.gpus {asked} with inference.device cpu: a CPU run uses no GPU; leave predict.gpus "
+                          "out (or 0), or set inference.device cuda")
+        elif int(asked) == 0:
+            errors.append("predict.gpus 0 with inference.device cuda: a cuda part needs its GPU; set inference.device "
+                          "cpu to run without one")
+        else:
+            errors.append(f"predict.gpus {asked}: a predict part runs its model on one GPU, so {int(asked) - 1} of "
+                          f"{asked} would idle; use more parts (parts, parallelism), one GPU each")
+    res = predict.get("resources") or {}
+    for kind in ("requests", "limits"):
+        named = (res.get(kind) or {}).get(GPU)
+        if named is not None and str(named).strip() != str(want):
+            errors.append(f"predict.resources.{kind}[{GPU}] {named} contradicts inference.device {device} (which "
+                          f"uses {want}): leave {GPU} out of resources, the device decides it")
     return errors
 
 
