@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from .config import PlanConfig
-from .errors import BadArguments
 from .grid import PatchGrid, chunks_touched
 from .layout import PartLayout
 from .model_files import open_model_files
 from .partition import Part
 from .partplan import choose_parts, make_grid, patch_nonempty
+from .prechecks import check_pyramid, chunks_source
 from .volume import open_volume
 
 # blosc-zstd ratios of what the pieces hold, measured on this project's test models (bench_scaleout prints
@@ -29,13 +29,13 @@ SUMS_RATIO, WEIGHTED_SUMS_RATIO, EDGE_RATIO, FINAL_EDGE_RATIO = 0.65, 0.5, 0.93,
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as a dict (printed by the CLI as a table or JSON)."""
-    if cfg.num_parts < 1:
-        raise BadArguments("--num_parts must be >= 1")
+    cfg.validate()
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
     patch = tuple(cfg.patch_size or model.patch_size)
     n_folds, n_classes = len(model.checkpoints), model.num_classes
     chunks = tuple(cfg.chunk_size or patch)
+    check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)

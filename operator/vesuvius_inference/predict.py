@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-from . import createonce
+from . import createonce, storage
 from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
@@ -25,7 +25,9 @@ from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
+from .prechecks import check_pyramid, chunks_source
 from .predict_part import PartContext, PartRun, drop_scratch_quietly, output_spec
+from .preflight import require_writable
 from .progress import ProgressLine
 from .volume import InputVolume, open_volume
 
@@ -73,9 +75,13 @@ def prepare(cfg: PredictConfig) -> PartContext:
     from .normalization import check_schemes
 
     cfg.validate()
-    from .runner import resolve_device
+    from .runner import AUTO, resolve_device
 
-    device = resolve_device(cfg.device) if cfg.device.startswith("cuda") else None  # a GPU asked for: first
+    device = None if cfg.device == AUTO else resolve_device(cfg.device)  # first: nothing opened or claimed yet
+    for flag, url in (("--output_dir", cfg.output_dir), ("--final_output", cfg.final_output),
+                      ("--blended_output", cfg.blended_output)):
+        if url and storage.is_local(url):  # a folder this user cannot write: said so, before the claim
+            require_writable(url, cfg.storage_options, flag)  # (object stores: the claim's write says it)
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     cfg = replace(cfg, model_path=model_path, folds=folds,  # a fold_N folder: its parent with that fold
@@ -90,6 +96,8 @@ def prepare(cfg: PredictConfig) -> PartContext:
     _check_intensities(cfg, volume, model)
     patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
+    if spec is not None and spec.kind == FINAL:  # the output's pyramid, checked before any patch is run
+        check_pyramid(volume.shape, chunks, spec.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
     return PartContext(cfg, volume, model, patch, chunks, fp, device)
 
