@@ -219,13 +219,20 @@ def _chain(url: str) -> list[str]:
     return out
 
 
+def _near(key: str, accepted: Sequence[str]) -> list[str]:
+    """The accepted key ``key`` most likely misspells: one it begins (``region`` -> ``region_name``), else
+    the closest by difflib's ratio."""
+    prefixed = sorted((k for k in accepted if k.startswith(key) or key.startswith(k)), key=len)
+    return prefixed[:1] or difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+
+
 def _unknown(given: Iterable[str], accepted: Mapping[str, Iterable[str]], what: str, flag: str) -> str | None:
     """The message for the first key of ``given`` that none of ``accepted`` (protocol -> keys) takes."""
     keys = {p: sorted(set(k) - set(ALWAYS)) for p, k in accepted.items()}
     for key in sorted(given):
         if any(key in k for k in keys.values()):
             continue
-        close = {p: difflib.get_close_matches(key, k, n=1, cutoff=0.75) for p, k in keys.items()}
+        close = {p: _near(key, k) for p, k in keys.items()}
         order = sorted(keys, key=lambda p: not close[p])  # the protocol with a near miss first
         hint = next((f" (did you mean {close[p][0]!r}?)" for p in order if close[p]), "")
         where = " nor ".join(f"{p}://" for p in order)
