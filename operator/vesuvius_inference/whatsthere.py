@@ -39,19 +39,17 @@ def zip_store_root(names: Iterable[str]) -> str | None:
 
 
 def _zip_words(url: str, fs: Any, path: str) -> str:
-    """A zip archive: the ``zip://`` URL of the store inside it, read from its listing when it is local."""
-    if storage.is_local(url):
-        try:
-            with zipfile.ZipFile(storage.local_path(url)) as z:
-                names = z.namelist()
-        except (OSError, zipfile.BadZipFile):
-            names = None
-        if names is not None:
-            root = zip_store_root(names)
-            if root is None:
-                return f"it is a zip archive with no Zarr store inside (it holds {listing(names)})"
-            return f"it is a zip archive: read the Zarr store inside it as zip://{root}::{url}"
-    return f"it is a zip archive: read a Zarr store inside it as zip://<folder in the archive>::{url}"
+    """A zip archive: the ``zip://`` URL of the store inside it, from the archive's directory (zipfile reads
+    it from the end of the file: a few range reads on object storage)."""
+    try:
+        with fs.open(path, "rb") as f, zipfile.ZipFile(f) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return f"it is a zip archive: read a Zarr store inside it as zip://<folder in the archive>::{url}"
+    root = zip_store_root(names)
+    if root is None:
+        return f"it is a zip archive with no Zarr store inside (it holds {listing(names)})"
+    return f"it is a zip archive: read the Zarr store inside it as zip://{root}::{url}"
 
 
 def not_zarr(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:

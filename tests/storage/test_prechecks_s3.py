@@ -55,3 +55,24 @@ def test_the_keys_s3fs_takes_pass(capsys, s3, s3_server, s3_input, model2):
     code, last = run(capsys, "plan", "--input", s3_input, "--model", model2, "--json", "--storage_options",
                      json.dumps(so))
     assert code == 0, last
+
+
+def test_a_zip_archive_on_s3_names_the_url_that_reads_it(capsys, s3, model2, tmp_path):
+    """The .zip itself given as the input: "exists but is not a Zarr store", with the chained zip:// URL
+    read from the archive's own directory (range reads); that URL runs."""
+    import zipfile
+    from pathlib import Path
+
+    import s3fs
+
+    local = Path(write_zarr(tmp_path / "scan.zarr", smooth_volume((24, 32, 32), seed=4), chunks=(24, 32, 32)))
+    archive = tmp_path / "scan.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in local.rglob("*"):
+            z.write(f, str(Path("scan.zarr") / f.relative_to(local)))
+    s3fs.S3FileSystem(skip_instance_cache=True).put_file(str(archive), f"{s3[5:]}/scan.zip")
+    code, last = run(capsys, "plan", "--input", f"{s3}/scan.zip", "--model", model2)
+    url = f"zip://scan.zarr::{s3}/scan.zip"
+    assert code == 3 and "exists but is not a Zarr store: it is a zip archive" in last and url in last, last
+    code, last = run(capsys, "plan", "--input", url, "--model", model2, "--json")
+    assert code == 0, last
