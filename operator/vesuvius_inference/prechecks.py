@@ -91,6 +91,13 @@ RUNS_ON = ("cpu", "cuda")  # the device types this program runs the model on
 _DEVICE = re.compile(r"^([a-z]+)(?::(\d+))?$")
 
 
+def runs_on(name: str) -> bool:
+    """Whether ``name`` is a device this program runs the model on (auto, cpu, cuda, cuda:N), by name only:
+    what a Kubernetes pod will be given, checked where no torch is (the operator, k8s/spec.py)."""
+    m = _DEVICE.match(name)
+    return name == "auto" or (m is not None and m.group(1) in RUNS_ON)
+
+
 def check_device_name(name: str, flag: str = "--device", allow_auto: bool = True) -> None:
     """Refuse (exit 2) a name that is no torch device at all (``banana``, ``cuda:x``). A real device type
     this program does not run on (``mps``) passes here: whether this process can use it is a question for

@@ -266,3 +266,23 @@ def test_finalize_given_the_scan_says_what_it_was_given(capsys, scan, finished, 
         assert not out.exists()
     code, last = run(capsys, "finalize", tmp_path / "nothing.zarr", tmp_path / "final.zarr")
     assert code == EXIT_BAD_INPUT and "does not exist: run blend first" in last, last  # the one case that is so
+
+
+# ---- the same on Kubernetes: refused by the operator, not by 64 pods ---------------------------------------------
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"inference": {"device": "mps"}}, "inference.device 'mps'"),
+    ({"inference": {"chunkSize": [63, 64, 64]}}, "needs even chunk sizes"),
+])
+def test_the_operator_refuses_what_every_predict_pod_would(changes, fragment):
+    import yaml
+    from vesuvius_inference.k8s import spec as specmod
+    from vesuvius_inference.k8s.checks import refusals
+
+    raw = yaml.safe_load((Path(__file__).parents[2] / "crds/samples/minimal.yaml").read_text())["spec"]
+    assert refusals("minimal", specmod.parse(raw)) == []
+    errors = refusals("minimal", specmod.parse({**raw, **changes}))
+    assert any(fragment in e for e in errors), errors
+    no_pyramid = {**raw, "inference": {"chunkSize": [63, 64, 64]}, "output": {**raw["output"], "levels": 1}}
+    assert refusals("minimal", specmod.parse(no_pyramid)) == []

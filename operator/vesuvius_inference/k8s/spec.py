@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import blocks_of, partition_choice
 from ..paths import default_workdir
+from ..prechecks import runs_on
 from ..storage import READ_ONLY_SCHEMES
 
 DEFAULTS: dict[str, Any] = {
@@ -106,6 +107,7 @@ def validate(spec: JobSpec) -> list[str]:
     folds = inf.get("folds")
     if folds is not None and len(set(folds)) != len(folds):
         errors.append(f"inference.folds has duplicates: {folds}")
+    errors += _compute_errors(spec)
     if spec["mode"] not in ("binary", "multiclass"):
         errors.append(f"mode must be binary or multiclass, got {spec['mode']!r}")
     for stage in ("blend", "finalize"):
@@ -114,6 +116,20 @@ def validate(spec: JobSpec) -> list[str]:
     codes = spec["retry"]["nonRetryableExitCodes"]
     if 0 in codes:
         errors.append("retry.nonRetryableExitCodes must not contain 0 (success)")
+    return errors
+
+
+def _compute_errors(spec: JobSpec) -> list[str]:
+    """What a predict pod would refuse at start (prechecks.py), refused here instead: pods exit 69 on a device
+    type they do not run on (retried, as a GPU a node may lack) and 2 on odd chunks with a pyramid."""
+    inf, errors = spec["inference"], []
+    device = str(inf.get("device") or "cuda")
+    if not runs_on(device):
+        errors.append(f"inference.device {device!r}: the worker runs the model on cpu, cuda or cuda:N (or auto)")
+    chunks, levels = inf.get("chunkSize"), (spec.get("output") or {}).get("levels")
+    if chunks and levels != 1 and any(int(c) % 2 for c in chunks):
+        errors.append(f"inference.chunkSize {chunks}: the output's pyramid needs even chunk sizes on every axis; "
+                      "choose even ones, or set output.levels: 1")
     return errors
 
 
