@@ -123,10 +123,13 @@ FORWARDED: dict[str, tuple[tuple[str, ...], str | None]] = {
     "fsspec.implementations.http.HTTPFileSystem": (("aiohttp:ClientSession._request",), "super"),
 }
 # Options whose value is a dict of another class's keyword arguments.
-NESTED: dict[str, dict[str, str]] = {
-    "s3fs.core.S3FileSystem": {"client_kwargs": "botocore.session:Session.create_client",
-                               "config_kwargs": "botocore.config:Config.OPTION_DEFAULTS"},
-    "fsspec.implementations.http.HTTPFileSystem": {"client_kwargs": "aiohttp:ClientSession.__init__"},
+# (s3fs: ``AioConfig(**config_kwargs)``, then ``session.create_client("s3", config=conf, **client_kwargs)``;
+# fsspec's HTTP filesystem: ``aiohttp.ClientSession(**client_kwargs)``.)
+NESTED: dict[str, dict[str, tuple[str, ...]]] = {
+    "s3fs.core.S3FileSystem": {
+        "client_kwargs": ("botocore.session:Session.create_client",),
+        "config_kwargs": ("aiobotocore.config:AioConfig.__init__", "botocore.config:Config.OPTION_DEFAULTS")},
+    "fsspec.implementations.http.HTTPFileSystem": {"client_kwargs": ("aiohttp:ClientSession.__init__",)},
 }
 ALWAYS = ("skip_instance_cache",)  # fsspec's _Cached metaclass takes it for every filesystem
 
@@ -206,13 +209,17 @@ def _nested_keys(protocol: str) -> dict[str, frozenset[str]]:
     except (ImportError, ValueError):
         return {}
     for base in cls.__mro__:
-        for option, ref in NESTED.get(_qualname(base), {}).items():
+        for option, refs in NESTED.get(_qualname(base), {}).items():
+            keys: set[str] = set()
             try:
-                names, open_ended = _named(_resolve(ref), forwarded=True)
+                for ref in refs:
+                    names, open_ended = _named(_resolve(ref), forwarded=True)
+                    keys |= names
+                    if open_ended and ref == refs[-1]:
+                        raise ValueError(ref)  # takes anything: nothing to check
             except (ImportError, AttributeError, TypeError, ValueError):
                 continue
-            if not open_ended:
-                out.setdefault(option, frozenset(names - {"service_name"}))
+            out.setdefault(option, frozenset(keys - {"service_name", "config"}))
     return out
 
 

@@ -51,7 +51,8 @@ def test_a_misspelled_storage_option_is_a_bad_argument_naming_it(capsys, s3, s3_
 
 def test_the_keys_s3fs_takes_pass(capsys, s3, s3_server, s3_input, model2):
     so = {"endpoint_url": s3_server, "client_kwargs": {"region_name": "us-east-1"},
-          "config_kwargs": {"retries": {"max_attempts": 2}}, "s3": {"anon": False}}
+          "config_kwargs": {"retries": {"max_attempts": 2}, "connector_args": {"keepalive_timeout": 5}},
+          "s3": {"anon": False}}
     code, last = run(capsys, "plan", "--input", s3_input, "--model", model2, "--json", "--storage_options",
                      json.dumps(so))
     assert code == 0, last
