@@ -18,7 +18,7 @@ from .layout import PartLayout
 from .model_files import open_model_files
 from .partition import Part
 from .partplan import choose_parts, make_grid, patch_nonempty
-from .prechecks import check_pyramid, chunks_source
+from .prechecks import check_channels, check_pyramid, chunks_source
 from .volume import open_volume
 
 # blosc-zstd ratios of what the pieces hold, measured on this project's test models (bench_scaleout prints
@@ -34,6 +34,7 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
     patch = tuple(cfg.patch_size or model.patch_size)
     n_folds, n_classes = len(model.checkpoints), model.num_classes
+    check_channels(model.num_input_channels, volume.channels, cfg.input_dir)  # what predict would refuse
     chunks = tuple(cfg.chunk_size or patch)
     check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]

@@ -82,6 +82,17 @@ def check_pyramid(shape: Sequence[int], chunks: Sequence[int], levels: int | Non
     return n
 
 
+def check_channels(model_channels: int, volume_channels: int, input_url: str) -> None:
+    """The input's channels against the model's (its dataset.json ``channel_names``; no torch): BadInput
+    (exit 3), from predict before its claim and from plan, instead of from the part run after it."""
+    if model_channels != volume_channels:
+        from .errors import BadInput
+
+        raise BadInput(f"the model expects {model_channels} input channel(s), but {input_url} has {volume_channels} "
+                       "(a (C,Z,Y,X) array has C channels, a (Z,Y,X) one has 1): give the input the model was "
+                       "trained on")
+
+
 # ---- device names --------------------------------------------------------------------------------------
 
 # torch's device types (c10/core/DeviceType.cpp, parse_type): what ``torch.device`` accepts before ":N".

@@ -25,7 +25,7 @@ from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
-from .prechecks import check_pyramid, chunks_source
+from .prechecks import check_channels, check_pyramid, chunks_source
 from .predict_part import PartContext, PartRun, drop_scratch_quietly, output_spec
 from .preflight import require_writable
 from .progress import ProgressLine
@@ -92,6 +92,7 @@ def prepare(cfg: PredictConfig) -> PartContext:
     spec = output_spec(cfg)
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model.num_classes)  # refuse a bad mode before any work
+    check_channels(model.num_input_channels, volume.channels, cfg.input_dir)
     check_schemes(model.normalization_schemes)
     _check_intensities(cfg, volume, model)
     patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]

@@ -286,3 +286,17 @@ def test_the_operator_refuses_what_every_predict_pod_would(changes, fragment):
     assert any(fragment in e for e in errors), errors
     no_pyramid = {**raw, "inference": {"chunkSize": [63, 64, 64]}, "output": {**raw["output"], "levels": 1}}
     assert refusals("minimal", specmod.parse(no_pyramid)) == []
+
+
+# ---- channels against the model, in plan too ----------------------------------------------------------------------
+
+
+def test_an_input_with_other_channels_than_the_model_is_refused_before_the_claim(capsys, model, tmp_path):
+    two = write_zarr(tmp_path / "two.zarr", np.stack([smooth_volume(SHAPE, seed=s) for s in (1, 2)]),
+                     chunks=(1, 16, 32, 32))
+    code, last = run(capsys, "plan", "--input", two, "--model", model)
+    assert code == EXIT_BAD_INPUT and "expects 1 input channel(s), but" in last and "has 2" in last, last
+    parts = tmp_path / "parts"
+    code, last = run(capsys, *predict(two, model, parts, "--device", "cpu"))
+    assert code == EXIT_BAD_INPUT and "expects 1 input channel(s)" in last, last
+    assert not parts.exists()  # refused before the claim, not by the part run after it
