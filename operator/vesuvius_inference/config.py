@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from . import intensity, storage
 from .errors import BadArguments
 from .locations import DELETE, READ, WRITE, Named, refuse_overlaps
+from .prechecks import check_device_name, check_storage_options
 from .settings import (
     REQUIRED,
     dumps,
@@ -76,6 +77,14 @@ class Storage:
         help="fsspec options for remote URLs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}'; updates the "
              "environment's")
 
+    def validate_storage(self, *urls: str | None) -> None:
+        """Storage option keys against the filesystems of these URLs (prechecks.check_storage_options)."""
+        import os
+
+        env = "VESUVIUS_STORAGE_OPTIONS"  # the declaration's env (merged under the command line's)
+        check_storage_options(urls, self.storage_options,
+                              f"--storage_options (with ${env})" if os.environ.get(env) else "--storage_options")
+
 
 @dataclass(kw_only=True)
 class ModelChoice:
@@ -89,6 +98,11 @@ class ModelChoice:
                                             help="folds to ensemble, e.g. 0,1 (default: every fold present)")
     model_cache_dir: str | None = setting(None, "--model_cache_dir", env="VESUVIUS_MODEL_CACHE_DIR",
                                           help="cache for s3:// and hf:// models (else ~/.cache/vesuvius-inference/models)")
+
+    @property
+    def model_url(self) -> str | None:
+        """The model's URL where storage options reach it (hf:// goes through huggingface_hub instead)."""
+        return None if self.model_path.startswith("hf://") else self.model_path
 
 
 @dataclass(kw_only=True)
@@ -345,6 +359,9 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
 
     def validate(self) -> None:
         storage.require_writable(self.output_dir, "--output_dir")
+        check_device_name(self.device)
+        self.validate_storage(self.input_dir, self.model_url, self.output_dir, self.blended_output,
+                              self.final_output)
         if self.num_parts < 1:
             raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
         if not 0 <= self.part_id < self.num_parts:
@@ -399,6 +416,9 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
                         self.storage_options)
         if self.devices is not None and not self.devices:
             raise BadArguments("--devices needs at least one device, e.g. cpu or cuda:0,cuda:1")
+        for d in self.devices or ():
+            check_device_name(d, "--devices")
+        self.validate_storage(self.input_dir, self.model_url, self.output, self.work)
         storage.require_writable(self.output, "--output")
         storage.require_writable(self.work, "--workdir")
         _validate_predict_settings(self)
@@ -427,6 +447,7 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
         storage.require_writable(self.output, "OUTPUT")
         refuse_overlaps([Named("PARTS_DIR", self.parts_dir), Named("OUTPUT", self.output, WRITE)],
                         self.storage_options)
+        self.validate_storage(self.parts_dir, self.output)
         self.validate_split()
         self.validate_run()
         self.validate_encoding()
@@ -462,6 +483,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
 
     def validate(self) -> None:
         storage.require_writable(self.output_path, "OUTPUT")
+        self.validate_storage(self.input_path, self.output_path, *self.also_delete)
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
         deleted = self.delete_intermediates
@@ -486,6 +508,16 @@ class PlanConfig(PartShape, PartCount, Grid, InputChoice, ModelChoice, Storage):
     throughput: float | None = setting(None, "--throughput", group="performance", parse=float, render=number,
                                        help="model passes per second per GPU, for a GPU-hours estimate")
     as_json: bool = setting(False, "--json", help="print JSON")
+    levels: int | None = variant(field_of(FinalEncoding, "levels"),
+                                 help="resolution levels the run's output will have (checked against the volume "
+                                      "and the chunks, as the run checks them)")
+
+    def validate(self) -> None:
+        if self.num_parts < 1:
+            raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
+        if self.levels is not None and self.levels < 1:
+            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        self.validate_storage(self.input_dir, self.model_url)
 
 
 @dataclass(kw_only=True)

@@ -174,6 +174,27 @@ def _text(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the library put in it
 
 
+def _local_denial(exc: BaseException) -> str | None:
+    """A local file system's permission error, in its own words: the path and this user, not credentials
+    and bucket policies (an object store's PermissionError comes from a botocore or aiohttp error)."""
+    import os
+
+    chain = list(_chain(exc))
+    if any(n.split(".")[0] in ("botocore", "aiohttp", "s3fs", "gcsfs") for e in chain for n in _names(e)):
+        return None
+    denied = next((e for e in chain if isinstance(e, PermissionError)), None)
+    if denied is None or not denied.filename:
+        return None
+    try:
+        import pwd
+
+        user = f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except (ImportError, KeyError, AttributeError):
+        user = "this user"
+    return (f"permission denied on {denied.filename}: {user} may not write there (or read it); choose a location "
+            "this user can write, or change the folder's permissions")
+
+
 def classify(exc: BaseException, doing: str = "") -> VesuviusError:
     """Every failure as one actionable line and its exit code; ``doing`` says what was being done.
 
@@ -190,6 +211,9 @@ def classify(exc: BaseException, doing: str = "") -> VesuviusError:
     if found == "credentials":
         return BadInput(f"{what}{CREDENTIALS_HELP}")
     if found == "denied":
+        local = _local_denial(exc)
+        if local is not None:
+            return BadInput(f"{what}{local}")
         return BadInput(f"{what}access denied ({_text(exc)}); check the credentials and the bucket policy "
                         "(write access for outputs)")
     if found == "missing":

@@ -21,6 +21,7 @@ from .grid import ChunkGrid, Shape3
 from .intensity import ATTRIBUTE, IntensityFinding, notes
 from .ngff import NGFF_VERSION, ngff_for
 from .output import (
+    BLENDED,
     DATA_PATH,
     FINAL,
     Output,
@@ -30,6 +31,7 @@ from .output import (
     list_chunk_coords,
     output_channels,
     output_config,
+    read_attributes,
     written_config,
 )
 from .pyramid import Pyramid, unit_level, units_with_data
@@ -41,6 +43,52 @@ __all__ = ["run_finalize", "finalize_chunk", "finalize_logits", "output_channels
 def _looks_like_parts(url: str, so: dict[str, Any]) -> bool:
     """Only for the error message when --input_kind does not match what INPUT holds."""
     return any(n.startswith("part_") and n.endswith(".json") for n in storage.list_names(url, so))
+
+
+EXPECTED = ("finalize's INPUT is the blended float16 logits (C,Z,Y,X) that blend writes "
+            "(vesuvius.blend_logits PARTS OUTPUT)")
+
+
+def _describe_zarr(url: str, so: dict[str, Any]) -> tuple[str, str]:
+    """("array" or "group", ``uint8 48x80x80`` of the array or of an OME-Zarr image's level 0); ("", "")
+    when it cannot be opened."""
+    import zarr
+
+    try:
+        node = zarr.open(store=storage.zarr_store(url, so, read_only=True), mode="r")
+        kind = "group" if isinstance(node, zarr.Group) else "array"
+        if isinstance(node, zarr.Group):
+            attrs = dict(node.attrs)
+            ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
+            node = node[ms[0]["datasets"][0]["path"]]
+        return kind, f"{node.dtype} {'x'.join(map(str, node.shape))}"
+    except Exception:  # noqa: BLE001 - only the message's detail depends on it
+        return "", ""
+
+
+def not_blended(url: str, so: dict[str, Any]) -> BadInput:
+    """INPUT is not complete blended logits: say what it is (absent, not Zarr, a scan, a finished output,
+    another program's array, blend's unfinished output) and what finalize expects."""
+    from .whatsthere import not_zarr
+
+    attrs = read_attributes(url, so)
+    if attrs is None:
+        found = not_zarr(url, so)
+        if found is None:
+            return BadInput(f"INPUT {url} does not exist: run blend first ({EXPECTED})")
+        return BadInput(f"INPUT {url} exists but is not a Zarr store: {found}; {EXPECTED}")
+    ours = (attrs.get("vesuvius") or {}).get("config") or {}
+    node, what = _describe_zarr(url, so)
+    detail = f" ({what})" if what else ""
+    if ours.get("kind") == BLENDED:
+        return BadInput(f"INPUT {url} is incomplete (blend has not finished every part); finish blend first")
+    if ours.get("kind") == FINAL:
+        return BadInput(f"INPUT {url} is an output vesuvius-inference already finalized{detail}, not blended logits; "
+                        f"{EXPECTED}")
+    if "multiscales" in attrs or "multiscales" in (attrs.get("ome") or {}):
+        return BadInput(f"INPUT {url} is an OME-Zarr image{detail}, a scan perhaps, not blended logits; {EXPECTED}")
+    return BadInput(f"INPUT {url} is a Zarr {node or 'store'} vesuvius-inference did not write{detail}, not blended "
+                    f"logits; {EXPECTED}")
 
 
 def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
@@ -83,13 +131,11 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
 
     so = cfg.storage_options
     blended_state = is_complete(cfg.input_path, so)
-    if blended_state is None:
+    if blended_state is None or (blended_state.get("config") or {}).get("kind") != BLENDED:
         if _looks_like_parts(cfg.input_path, so):
             raise BadArguments(f"{cfg.input_path} holds predict parts, not blended logits: pass --input_kind parts "
                                "(the parts wrote the output themselves), or blend them first")
-        if storage.read_json(storage.join(cfg.input_path, "zarr.json"), so) is None:
-            raise BadInput(f"{cfg.input_path} does not exist: run blend first")
-        raise BadInput(f"{cfg.input_path} is incomplete (blend has not finished every part); finish blend first")
+        raise not_blended(cfg.input_path, so)
     src = zarr.open_array(store=storage.zarr_store(cfg.input_path, so, read_only=True), mode="r", zarr_format=3)
     c = int(src.shape[0])
     shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]

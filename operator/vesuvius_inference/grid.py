@@ -140,10 +140,10 @@ def parse_bbox(text: str | None, shape: Sequence[int], where: str = "the input")
         try:
             a_i, b_i = (int(a) if a else 0), (int(b) if b else int(n))
         except ValueError:
-            a_i = b_i = -1
-        if not sep or a_i < 0:
+            sep = ""
+        if not sep:
             raise ValueError(f"--bbox {axis} range {rng!r} is not of the form start:stop (integers, half-open)")
-        if not 0 <= a_i < b_i <= n:
+        if not 0 <= a_i < b_i <= n:  # negative starts too: volume coordinates, not Python's from-the-end
             problem = "is empty, in" if a_i >= b_i else "is outside"
             raise ValueError(f"--bbox {axis} range {rng!r} {problem} {where} (shape z,y,x = {dims}): "
                              f"{axis} must lie within 0:{n}")

@@ -60,13 +60,6 @@ def find_checkpoints(folder: str, folds: Sequence[int | str] | None = None) -> d
     return chosen
 
 
-def check_input_channels(expected: int, found: int, input_url: str) -> None:
-    """The input must have the channels the model was trained on: one message for predict (at start) and
-    plan (before any GPU is booked), exit 3."""
-    if int(expected) != int(found):
-        raise BadInput(f"model expects {expected} input channel(s), {input_url} has {found}")
-
-
 @dataclass(frozen=True)
 class ModelFiles:
     """A resolved (local) model folder and the folds a run uses."""

@@ -28,7 +28,6 @@ from .iopool import WritePool
 from .ngff import (
     NGFF_VERSION,
     NGFF_VERSIONS,
-    auto_levels,
     class_names,
     group_attributes,
     image_metadata,
@@ -36,6 +35,7 @@ from .ngff import (
     level_shapes,
 )
 from .ownership import remove_ours
+from .prechecks import check_pyramid
 from .preflight import not_ours, settings_diff
 
 DATA_PATH = "0"
@@ -282,10 +282,8 @@ class Output:
             self.channels = output_channels(spec.mode, spec.threshold, num_classes)
             self.labels = spec.threshold  # class ids: a label image of three spatial axes
             self.how = MODE if self.labels else MEAN
-            self.levels = spec.levels or auto_levels(self.shape, self.chunks)
-            if self.levels > 1 and any(c % 2 for c in self.chunks):
-                raise BadArguments(f"a pyramid needs even chunk sizes on every axis, got {self.chunks}: "
-                                   "choose --chunk_size or pass --levels 1")
+            self.levels = check_pyramid(self.shape, self.chunks, spec.levels,  # predict, blend and finalize: at start
+                                        "the chunks predict wrote (its --chunk_size)", predicted=True)
             lead, names = ((), self.frame.dimension_names(False)) if self.labels else \
                 ((self.channels,), self.frame.dimension_names(True))
             self.arrays = [create_or_open(spec.url, lead + s, lead + self.chunks, "uint8", 0, config, overwrite,

@@ -23,6 +23,7 @@ from . import ownership, preflight, storage
 from .config import PipelineConfig
 from .errors import BadArguments, BadInput, VesuviusError
 from .intensity import ATTRIBUTE, IntensityFinding, is_line
+from .prechecks import check_pyramid, chunks_source
 from .progress import RunProgress, parse_line
 from .settings import to_argv, to_env
 from .stages import blend_config, finalize_config, predict_config
@@ -36,8 +37,8 @@ def select_devices(cfg: PipelineConfig) -> list[str]:
     from .runner import resolve_device
 
     if cfg.devices:
-        for d in cfg.devices:  # a GPU asked for is a GPU used: exit 69 before any stage starts
-            if d.startswith("cuda"):
+        for d in cfg.devices:  # a device asked for is a device used: exit 69 before any stage starts
+            if d != "auto":
                 resolve_device(d, asked=f"--devices {','.join(cfg.devices)}", cpu_hint="--devices cpu")
         return list(cfg.devices)
     import torch
@@ -167,6 +168,8 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
     ctx = prepare(predict_config(cfg, 0, num_parts, devices[0]))  # the input and the model: checked
     if not cfg.skip_finalize:
         output_channels(cfg.mode, cfg.threshold, ctx.model.num_classes)  # what finalize would refuse
+        check_pyramid(ctx.volume.shape, ctx.chunks, cfg.levels,  # and the pyramid it would fail to build
+                      chunks_source(cfg.chunk_size, cfg.patch_size, ctx.chunks))
     expected = output_config(ctx.fp, OutputSpec(cfg.output, FINAL, cfg.mode, cfg.threshold, cfg.levels,
                                                 ctx.cfg.ngff_version))  # the version prepare chose (auto: the input's)
     found = preflight.check_output(cfg.output, expected, so, cfg.overwrite)

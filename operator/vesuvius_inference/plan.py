@@ -27,10 +27,12 @@ from .errors import BadArguments
 from .frame import Frame
 from .grid import ChunkGrid, PatchGrid, Shape3, chunks_touched
 from .layout import PartLayout
-from .model_files import check_input_channels, open_model_files
+from .model_files import open_model_files
 from .partition import Part, factorisations
 from .partplan import choose_parts, make_grid, patch_nonempty, region
+from .prechecks import check_channels, check_pyramid, chunks_source
 from .throughput import Rate, default_rate, given_rate
+from .volume import open_volume
 
 log = logging.getLogger("vesuvius_inference.plan")
 
@@ -127,12 +129,9 @@ def region_voxels(touched: np.ndarray, cgrid: ChunkGrid) -> int:
 
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as a dict (printed by the CLI as a table or JSON)."""
-    if cfg.num_parts < 1:
-        raise BadArguments("--num_parts must be >= 1")
+    cfg.validate()
     if cfg.throughput is not None and not cfg.throughput > 0:
         raise BadArguments(f"--throughput is model passes per second per GPU, > 0; got {cfg.throughput}")
-    from .volume import open_volume
-
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
     return plan_of(cfg, input_meta(volume), model)
@@ -141,11 +140,12 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
 def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     """The plan of ``cfg`` over an input described by ``volume`` with the model files ``model``: pure
     but for the stored sizes ``volume`` may read."""
-    check_input_channels(model.num_input_channels, volume.channels, cfg.input_dir)
     patch = tuple(cfg.patch_size or model.patch_size)
     n_folds, n_classes = len(model.checkpoints), model.num_classes
+    check_channels(model.num_input_channels, volume.channels, cfg.input_dir)  # what predict would refuse
     chunks = tuple(cfg.chunk_size or patch)
     box = region(cfg.bbox, volume.shape, volume.where)
+    check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-from . import createonce, ownership
+from . import createonce, ownership, storage
 from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
@@ -26,7 +26,9 @@ from .ngff import ngff_for
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
+from .prechecks import check_channels, check_pyramid, chunks_source
 from .predict_part import PartContext, PartRun, brief, drop_scratch_quietly, output_spec
+from .preflight import require_writable
 from .progress import ProgressLine
 from .volume import InputVolume, open_volume
 
@@ -82,9 +84,13 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     from .normalization import check_schemes
 
     cfg.validate()
-    from .runner import resolve_device
+    from .runner import AUTO, resolve_device
 
-    device = resolve_device(cfg.device) if cfg.device.startswith("cuda") else None  # a GPU asked for: first
+    device = None if cfg.device == AUTO else resolve_device(cfg.device)  # first: nothing opened or claimed yet
+    for flag, url in (("--output_dir", cfg.output_dir), ("--final_output", cfg.final_output),
+                      ("--blended_output", cfg.blended_output)):
+        if url and storage.is_local(url):  # a folder this user cannot write: said so, before the claim
+            require_writable(url, cfg.storage_options, flag)  # (object stores: the claim's write says it)
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
     cfg = replace(cfg, model_path=model_path, folds=folds,  # a fold_N folder: its parent with that fold
@@ -95,10 +101,13 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     spec = output_spec(cfg)
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model.num_classes)  # refuse a bad mode before any work
+    check_channels(model.num_input_channels, volume.channels, cfg.input_dir)
     check_schemes(model.normalization_schemes)
     found = _check_intensities(cfg, volume, model, announce)
     patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]
     chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
+    if spec is not None and spec.kind == FINAL:  # the output's pyramid, checked before any patch is run
+        check_pyramid(volume.shape, chunks, spec.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
     return PartContext(cfg, volume, model, patch, chunks, fp, device,
                        intensity=found.as_dict(cfg.intensity_check) if found else None)

@@ -29,11 +29,12 @@ from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
 from .intensity import ATTRIBUTE, IntensityFinding
 from .iopool import WritePool
-from .model_files import ModelFiles, check_input_channels
+from .model_files import ModelFiles
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
 from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
 from .partwriter import PartWriter
+from .prechecks import check_channels
 from .preflight import settings_diff
 from .progress import ProgressLine, Reporter
 from .reader import Patch, PatchReader
@@ -141,7 +142,7 @@ class PartRun:
         self.ctx, self.cfg, self.lease, self.listener = ctx, ctx.cfg, lease, listener
         cfg, volume = ctx.cfg, ctx.volume
         self.model = load_model(ctx.model)
-        check_input_channels(self.model.num_input_channels, volume.channels, cfg.input_dir)
+        check_channels(self.model.num_input_channels, volume.channels, cfg.input_dir)
         self.device = ctx.device if ctx.device is not None else resolve_device(cfg.device)
         self.plan = the_plan(ctx)
         self.normalizer = Normalizer.from_plans(self.model.configuration_manager, self.model.plans_manager,

@@ -23,7 +23,9 @@ _CHECK = ("check CUDA_VISIBLE_DEVICES (now {visible}), the NVIDIA driver (nvidia
 def resolve_device(requested: str, asked: str | None = None, cpu_hint: str = "--device cpu") -> Any:
     """The torch device for ``--device``. ``auto`` takes a CUDA GPU when one is visible, else the CPU
     (one line says so); ``cuda``/``cuda:N`` asked for and unusable raises DeviceUnavailable (exit 69):
-    never a silent CPU run on a GPU node. Called before the part is claimed, so nothing is written."""
+    never a silent CPU run on a GPU node. A device type torch knows but this program does not run on
+    (``mps``, a Mac habit; ``xpu``) is exit 69 too, naming what this process can use; a name that is no
+    device at all is a bad argument (exit 2). Called before the part is claimed, so nothing is written."""
     import os
 
     import torch
@@ -35,16 +37,22 @@ def resolve_device(requested: str, asked: str | None = None, cpu_hint: str = "--
             return torch.device("cuda")
         log.warning("no CUDA GPU is visible: running on the CPU (--device cuda makes this an error)")
         return torch.device("cpu")
+    asked = asked or f"--device {requested}"
     try:
         device = torch.device(requested)
     except RuntimeError:
-        raise BadArguments(f"--device {requested!r} is not a torch device (use auto, cuda, cuda:1 or cpu)") from None
-    if device.type != "cuda":
+        raise BadArguments(f"{asked}: {requested!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cpu":
         return device
-    asked = asked or f"--device {requested}"
+    if device.type != "cuda":  # mps, xpu, ...: torch knows the name, this program runs on the CPU and CUDA only
+        usable = f"cpu and cuda:0..cuda:{n - 1}" if n else \
+            f"the CPU only (no CUDA device: torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
+        raise DeviceUnavailable(f"{asked}: this program runs the model on the CPU or a CUDA GPU, not on "
+                                f"{device.type}; this process can use {usable}: pass {cpu_hint}"
+                                f"{' or cuda' if n else ''}")
     check = _CHECK.format(cpu=cpu_hint, visible=repr(os.environ["CUDA_VISIBLE_DEVICES"]) if "CUDA_VISIBLE_DEVICES" in os.environ
                           else "unset")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n == 0:
         raise DeviceUnavailable(f"{asked}: this process sees no CUDA GPU (torch {torch.__version__}, "
                                 f"CUDA build {torch.version.cuda or 'none'}); {check}")

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from .errors import BadArguments
 
 T = TypeVar("T")
 REQUIRED: Any = MISSING
+NEGATIVE_VALUE = re.compile(r"^-[\d.:]")  # a value such as -5:10,0:20,0:20 or -1; never an option's spelling
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,24 @@ class Parser(argparse.ArgumentParser):
         line = f"error: {self.prog}: {message} (see {self.prog} --help)\n"
         write_termination_message(line)  # for Kubernetes, as every failure's line
         self.exit(2, line)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        return super().parse_known_args(self.values_attached(args), namespace)
+
+    def values_attached(self, args: Sequence[str] | None) -> list[str] | None:
+        """``--bbox -5:10,0:20,0:20`` as ``--bbox=-5:10,...``: argparse takes a word that starts with '-'
+        for an option unless it is a plain negative number (``_negative_number_matcher``), so a value like
+        ``-5:10,...`` or ``-1,2,3`` reached it as "expected one argument" instead of reaching the setting's
+        own check. A word after an option that takes a value, starting with '-' and then a digit, '.' or
+        ':' (no option is spelt so), is that option's value."""
+        if args is None:
+            return None
+        out = list(args)
+        for i in range(len(out) - 1, 0, -1):
+            action = self._option_string_actions.get(out[i - 1])
+            if action is not None and action.nargs != 0 and NEGATIVE_VALUE.match(out[i]):
+                out[i - 1:i + 1] = [f"{out[i - 1]}={out[i]}"]
+        return out
 
 
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:

@@ -209,6 +209,21 @@ def _array_frame(url: str, storage_options: dict[str, Any] | None, node: Any, le
     return Frame(), "the input"
 
 
+def _missing(url: str, storage_options: dict[str, Any] | None) -> BadInput:
+    """No Zarr node at ``url``: nothing there, or something else (a file, a zip archive, a folder of notes)."""
+    from .whatsthere import not_zarr
+
+    try:
+        found = not_zarr(url, storage_options)
+    except Exception as e:  # noqa: BLE001 - only the message depends on it; storage trouble shows on the read
+        if kind(e) == "transient":
+            raise classify(e, f"opening the input {url}") from e
+        found = None
+    if found is None:
+        return BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)")
+    return BadInput(f"input {url} exists but is not a Zarr store: {found}")
+
+
 def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None = None) -> InputVolume:
     """Open ``url`` as the model's input; one clear BadInput line for anything unusable.
 
@@ -221,7 +236,7 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         store = storage.zarr_store(url, storage_options, read_only=True)
         node = zarr.open(store=store, mode="r")
     except FileNotFoundError:
-        raise BadInput(f"input {url} does not exist (expected a Zarr array or OME-Zarr group)") from None
+        raise _missing(url, storage_options) from None
     except Exception as e:  # zarr raises a variety of errors for non-zarr paths; storage trouble is not one
         if kind(e) is not None:
             raise classify(e, f"opening the input {url}") from e

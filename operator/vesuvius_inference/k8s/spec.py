@@ -120,6 +120,7 @@ def validate(spec: JobSpec) -> list[str]:
     folds = inf.get("folds")
     if folds is not None and len(set(folds)) != len(folds):
         errors.append(f"inference.folds has duplicates: {folds}")
+    errors += _compute_errors(spec)
     if spec["mode"] not in ("binary", "multiclass"):
         errors.append(f"mode must be binary or multiclass, got {spec['mode']!r}")
     for stage in ("blend", "finalize"):
@@ -172,6 +173,17 @@ def device_problems(spec: JobSpec) -> list[str]:
         if named is not None and str(named).strip() != str(want):
             errors.append(f"predict.resources.{kind}[{GPU}] {named} contradicts inference.device {device} (which "
                           f"uses {want}): leave {GPU} out of resources, the device decides it")
+    return errors
+
+
+def _compute_errors(spec: JobSpec) -> list[str]:
+    """What a predict pod would refuse at start (prechecks.py), refused here instead: odd chunks with a
+    pyramid exit 2 in every pod (the device is device_problems')."""
+    inf, errors = spec["inference"], []
+    chunks, levels = inf.get("chunkSize"), (spec.get("output") or {}).get("levels")
+    if chunks and levels != 1 and any(int(c) % 2 for c in chunks):
+        errors.append(f"inference.chunkSize {chunks}: the output's pyramid needs even chunk sizes on every axis; "
+                      "choose even ones, or set output.levels: 1")
     return errors
 
 
