@@ -66,7 +66,7 @@ def test_a_channel_mismatch_is_refused_by_plan_as_predict_refuses_it(scroll, mod
     two = model_factory(patch=(48, 48, 48), folds=(0,), features=(2, 4, 8), channels=2)
     rc, out, err = plan(capsys, "--input", scroll.path, "--model", two)
     assert rc == 3 and out == ""
-    line = f"error: model expects 2 input channel(s), {scroll.path} has 1"
+    line = f"error: the model expects 2 input channel(s), but {scroll.path} has 1"
     assert line in err
     rc = main(["predict", "--input", str(scroll.path), "--model", str(two), "--output_dir", str(tmp_path / "parts"),
                "--device", "cpu", "--disable_tta", "--quiet"])
