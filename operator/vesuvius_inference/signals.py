@@ -92,8 +92,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if signum == PARENT_DEATH_SIGNAL:
         _silence_stderr()  # the pipeline read our stderr through a pipe nobody reads now: writes would fail
     if _state.deferring == 0:
-        raise Stopped(f"stopped by {_state.signame} before any patch of this run was computed: nothing to "
-                      "checkpoint; completed work is kept and a rerun resumes")
+        raise Stopped(f"stopped by {_state.signame} (nothing in flight needed a checkpoint); completed work is "
+                      "kept and a rerun resumes")
 
 
 def _silence_stderr() -> None:
