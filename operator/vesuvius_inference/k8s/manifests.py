@@ -19,9 +19,10 @@ from typing import Any
 
 from .. import __version__, paths
 from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT
+from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED
 from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
+from .grace import predict_grace_seconds
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids
 from .resources import fill_in
@@ -172,9 +173,18 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
     eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. So disruptions are not
     retried without bound through this rule alone: on Indexed Jobs the worker compares the Job
     controller's count of ignored failures of its index with retry.maxDisruptionsPerPart and exits
-    EXIT_DISRUPTION_LIMIT, which fails the index here."""
+    EXIT_DISRUPTION_LIMIT, which fails the index here.
+
+    A predict pod told to stop (SIGTERM: preemption, drain, Kueue eviction, Job suspension) finishes its
+    batch, checkpoints and exits EXIT_STOPPED (signals.py): ignored too, second, before any rule that
+    could fail the index on it (rules are evaluated in order and the first match wins: pkg/controller/
+    job/pod_failure_policy.go, matchPodFailurePolicy), so a stopped part never costs a retry even when
+    the pod got no DisruptionTarget condition (a drain's eviction of a pod, a deleted pod)."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    if stage == "predict":
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                          "values": [EXIT_STOPPED]}})
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
     if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None:
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
@@ -249,6 +259,8 @@ def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: Operato
     for key in ("priorityClassName", "serviceAccountName"):
         if spec.get(key):
             pod[key] = spec[key]
+    if stage == "predict":  # one batch and the stop's checkpoint (k8s/grace.py)
+        pod["terminationGracePeriodSeconds"] = predict_grace_seconds(spec)
     return pod
 
 
