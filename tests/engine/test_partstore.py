@@ -105,7 +105,7 @@ def _run(arrays, patches, cache_chunks: int, kill_at: list[int], ckpt_every: int
 def test_resume_from_checkpoint_gives_identical_bytes(seed, cache_chunks, kills, every):
     patches = _patches(seed)
     _, ref_arrays = _arrays()
-    ref = _run(ref_arrays, patches, 1000, [], 10 ** 9)
+    _run(ref_arrays, patches, 1000, [], 10 ** 9)
     _, arrays = _arrays()
     out = _run(arrays, patches, cache_chunks, kills, every)
     assert out.evictions > 0 or cache_chunks == 64

@@ -13,7 +13,6 @@ from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.grace import MIN_GRACE_S, predict_grace_seconds
 
-
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
 
 
