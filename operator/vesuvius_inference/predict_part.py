@@ -317,11 +317,8 @@ class PartRun:
             reader.close()
 
     def run(self) -> dict[str, Any]:
-        """Inside ``signals.deferred``: a stop signal ends the loop at a batch boundary, with a checkpoint."""
-        with signals.deferred():
-            return self._run()
-
-    def _run(self) -> dict[str, Any]:
+        """Called inside ``signals.deferred`` (predict.run_predict): a stop signal ends the loop at a batch
+        boundary, with a checkpoint."""
         resume = self._previous_checkpoint()
         self._build()
         if resume is not None:

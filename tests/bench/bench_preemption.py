@@ -129,6 +129,8 @@ def main() -> None:
         code = run.finish()
         resumed = run.last(RESUME)
         start = int(resumed.group(1)) if resumed else 0
+        if runs and any("is already complete" in line for line in run.lines):
+            start = runs[-1][1]  # the previous run completed the part after all: nothing was thrown away
         if runs:  # what the previous run did past the point this one resumed from was thrown away
             lost += max(0, runs[-1][1] - start)
         if code == 0:
