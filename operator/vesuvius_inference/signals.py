@@ -19,7 +19,8 @@ Two modes, chosen by the code that runs:
 - *immediate* (everywhere else once :func:`installed`: claiming the part, loading the model, the
   pipeline's blend and finalize): nothing is in flight that a checkpoint would save, so the handler
   raises :class:`errors.Stopped` at once, as Python's own KeyboardInterrupt would, with the same exit
-  code. Blend and finalize keep their journals; claims are released on the way out.
+  code. Blend and finalize keep their journals; claims are released on the way out, and signals after
+  the first are only counted, so they cannot interrupt that.
 
 Handlers can only be installed from the main thread (``signal.signal``); elsewhere (an API caller's
 thread) this module does nothing and signals keep their previous meaning.
@@ -91,7 +92,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         _state.signame = _name(signum)
     if signum == PARENT_DEATH_SIGNAL:
         _silence_stderr()  # the pipeline read our stderr through a pipe nobody reads now: writes would fail
-    if _state.deferring == 0:
+    if _state.deferring == 0 and _state.received == 1:  # later ones must not cut the way out (releasing the claim)
         raise Stopped(f"stopped by {_state.signame} (nothing in flight needed a checkpoint); completed work is "
                       "kept and a rerun resumes")
 
