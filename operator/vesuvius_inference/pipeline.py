@@ -132,7 +132,7 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
                         _signal(proc, signal.SIGTERM)
             for t in threads:
                 t.join(0.1)
-    name = signals.requested()
+    name = signals.requested() or ("a signal to a worker" if stopped else None)  # a worker stopped alone
     if name is not None:
         raise Stopped(f"stopped by {name}: {len(stopped)} worker(s) checkpointed and stopped (part "
                       f"{', '.join(map(str, sorted(stopped))) or '-'}); {len(completed)} of {num_parts} predict "

@@ -2,8 +2,8 @@
 
 Run: ``python tests/bench/bench_preemption.py [--signals 5] [--shape 64,160,160] [--batch 2] [--seed 0]``.
 Never asserts on time. One predict part on the CPU runs uninterrupted once (the reference), then again
-with SIGTERM at ``--signals`` random moments of its compute, each followed by a rerun, until a rerun
-finishes. Then it prints::
+with SIGTERM at ``--signals`` random moments of its compute (when its progress lines pass random patch
+counts drawn at the start), each followed by a rerun, until a rerun finishes. Then it prints::
 
     preemption: N SIGTERMs, R patches recomputed of P (R/N per preemption, batch B), bytes identical to an
     uninterrupted run: yes|no
@@ -110,22 +110,23 @@ def main() -> None:
     ref = Run(argv("reference"))
     assert ref.finish() == 0, "\n".join(ref.lines)
     assert ref.first_progress is not None
-    compute_s = time.monotonic() - ref.first_progress  # the loop's duration, roughly
     total = int(ref.last(PROGRESS).group(2))  # type: ignore[union-attr]
-    print(f"reference: {total} patches, about {compute_s:.1f} s of compute", file=sys.stderr)
+    print(f"reference: {total} patches, {time.monotonic() - ref.first_progress:.1f} s of compute", file=sys.stderr)
 
+    # the moments: random patch counts of the order (progress lines every 0.05 s), whatever the machine's speed
+    targets = sorted(rng.sample(range(1, total - 1), a.signals))
     sent, lost, stops = 0, 0, []
     runs: list[tuple[int, int]] = []  # (started at, got to) of each interrupted run
     while True:
         run = Run(argv("preempted"))
-        if sent < a.signals:
-            while run.first_progress is None and run.proc.poll() is None:
+        if sent < len(targets):
+            while run.proc.poll() is None:
+                m = run.last(PROGRESS)
+                if m and int(m.group(1)) >= targets[sent]:
+                    run.proc.send_signal(15)
+                    sent += 1
+                    break
                 time.sleep(0.01)
-            remaining = compute_s * (1 - (runs[-1][1] / total if runs else 0))
-            time.sleep(rng.uniform(0, 0.8 * max(remaining, 0.1)))
-            if run.proc.poll() is None:
-                run.proc.send_signal(15)
-                sent += 1
         code = run.finish()
         resumed = run.last(RESUME)
         start = int(resumed.group(1)) if resumed else 0
