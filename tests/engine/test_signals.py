@@ -222,6 +222,8 @@ def test_kill_9_of_the_pipeline_leaves_no_worker_and_no_claim(setup, tmp_path):
         assert time.monotonic() < deadline, f"workers {[w for w in workers if _running(w)]} outlived the pipeline"
         time.sleep(0.05)
     parts = tmp_path / "out.zarr_work" / "parts"
-    for p in (0, 1):  # each stopped through its checkpoint and gave its claim up: a rerun need not wait
+    for p in (0, 1):  # each stopped through its checkpoint and gave its claim up (an orphan would have run on
+        # to the end of its part): a rerun need not wait
         claim = json.loads((parts / f"part_0000{p}.claim.json").read_text())
-        assert claim["state"] in ("released", "complete"), claim
+        assert claim["state"] == "released" and not (parts / f"part_0000{p}.json").exists(), claim
+        assert any((parts / f"part_0000{p}").glob("*/checkpoint.json"))
