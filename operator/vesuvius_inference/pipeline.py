@@ -10,7 +10,8 @@ and what each reads are stages.py's.
 Workers never outlive the pipeline: each asks the kernel for SIGHUP when the pipeline process dies and
 checks that the pipeline is still its parent (signals.die_with_parent; ``$VESUVIUS_PARENT_PID``), then
 stops like a signalled part: after its batch, with a checkpoint, its claim released, so a rerun finds
-no live claim to wait for. SIGTERM or SIGINT to the pipeline is passed on to every worker as SIGTERM;
+no live claim to wait for. (Linux sends the death signal when the *thread* that forked the child ends:
+each worker process is started, and waited for, by its device's thread, which outlives it.) SIGTERM or SIGINT to the pipeline is passed on to every worker as SIGTERM;
 they checkpoint and exit EXIT_STOPPED, no new part starts, and the pipeline exits EXIT_STOPPED too.
 """
 
