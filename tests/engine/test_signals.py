@@ -135,7 +135,9 @@ def test_a_second_signal_during_the_stop_changes_nothing(setup, reference, tmp_p
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
         os.kill(proc.pid, s)
     assert log.finish() == STOPPED, log.text()
-    assert log.lines[-1].startswith("stopped by SIGTERM after patch "), log.text()
+    # pending signals are handled in signal-number order, so SIGINT may be the one named; there is one stop
+    assert re.fullmatch(r"stopped by SIG(TERM|INT) after patch \d+ of 75 .*; rerun resumes", log.lines[-1]), log.text()
+    assert sum(line.startswith("stopped by") for line in log.lines) == 1
     assert "Traceback" not in log.text()
     rerun = subprocess.run(_cmd("predict", *_predict_args(setup, tmp_path, "--quiet")), capture_output=True,
                            text=True)
