@@ -132,7 +132,7 @@ def read_head(store: str, storage_options: dict[str, Any]) -> dict[str, Any] | N
     return head
 
 
-def fold(store: str, head: dict[str, Any], members: int, storage_options: dict[str, Any]) -> State | None:
+def fold(store: str, head: dict[str, Any], *, members: int, storage_options: dict[str, Any]) -> State | None:
     """The state a head names: its base and the deltas after it (None if a segment is missing)."""
     first, last = (int(x) for x in head["segments"])
     ran = np.zeros(members, dtype=bool)

@@ -166,7 +166,7 @@ class PartRun:
             head = read_head(theirs, so)
             if head is None or any(head.get(k) != v for k, v in self.key.items()):
                 continue
-            state = fold(theirs, head, len(self.plan.members), so)
+            state = fold(theirs, head, members=len(self.plan.members), storage_options=so)
             if state is None:
                 continue
             log.info("predict part %d/%d: resuming after patch %d (the checkpoint of run %s)", cfg.part_id,
