@@ -210,7 +210,9 @@ def test_sigterm_to_the_pipeline_stops_its_workers_through_their_checkpoint(setu
 
 
 def test_kill_9_of_the_pipeline_leaves_no_worker_and_no_claim(setup, tmp_path):
-    proc = subprocess.Popen(_pipeline(setup, tmp_path), stderr=subprocess.DEVNULL)
+    """--quiet: workers that print nothing never notice a dead pipe on their stderr (before, those ran on as
+    orphans to the end of their parts, holding their claims and devices all along)."""
+    proc = subprocess.Popen(_pipeline(setup, tmp_path, "--quiet"), stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not _both_parts_checkpointed(tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline
