@@ -8,8 +8,9 @@ device, and a chunk leaves only when it is complete (its last patch of this part
 divided or as seam sums (``on_complete`` decides). When the cache is full the least recently used
 chunk is spilled to the part store and read back when a later patch touches it.
 
-Checkpoints: ``checkpoint()`` stores every changed cached chunk and returns the state that, saved by
-the caller after it returns, lets ``restore`` continue after the patches done so far. A chunk's
+Checkpoints: ``checkpoint()`` stores every changed cached chunk and returns what changed in the map of
+stored sums since the last one (checkpoint.py journals it), which, saved by the caller after it
+returns, lets ``restore`` continue after the patches done so far. A chunk's
 checkpointed copy lives in one spill array; until the next checkpoint, later spills of that chunk
 go to the other one, so a run killed at any moment leaves the checkpoint intact. Integer sums make
 the resumed result the same bytes as an uninterrupted run.
@@ -50,7 +51,7 @@ class ChunkAccumulator:
         self.where: dict[Shape3, int] = {}  # chunk -> spill array holding its latest stored sums
         self.ckpt: dict[Shape3, int] = {}  # chunk -> spill array holding its checkpointed sums
         self.dirty: set[Shape3] = set()  # cached chunks changed since they were last stored
-        self.completed: list[Shape3] = []
+        self.moved: set[Shape3] = set()  # chunks whose entry in ``where`` changed since the last checkpoint
         self.evictions = 0
         self.touched: set[Shape3] = set()  # chunks that received a contribution (others hold only zeros)
         self._free: dict[tuple[int, ...], list[Any]] = {}
@@ -91,6 +92,7 @@ class ChunkAccumulator:
         self.dirty.discard(idx)
         target = 1 - self.ckpt.get(idx, 1)
         self.where[idx] = target
+        self.moved.add(idx)
         lo, hi = self.cgrid.box(idx)
         self.io.submit(("spill", idx), _store, self.spills[target], (slice(None),) + box_slices(lo, hi),
                        buf.cpu().numpy())
@@ -133,9 +135,9 @@ class ChunkAccumulator:
             return
         self.used -= buf.numel() * 8
         self.dirty.discard(idx)
-        self.where.pop(idx, None)
+        if self.where.pop(idx, None) is not None:
+            self.moved.add(idx)
         if idx in self.touched:
-            self.completed.append(idx)
             self.on_complete(idx, buf)  # copies what it needs of buf (or queues the copy on the stream) before returning
         else:
             self.on_complete(idx, None)
@@ -143,25 +145,30 @@ class ChunkAccumulator:
         if len(free) < 4:
             free.append(buf)
 
-    def checkpoint(self) -> dict[str, Any]:
-        """Store every changed cached chunk; return the state to save (then call ``committed``)."""
+    def checkpoint(self) -> dict[Shape3, int]:
+        """Store every changed cached chunk; return the spill slots changed since the last checkpoint
+        (-1: the chunk completed) for the caller to save, then call ``committed``. O(what changed)."""
         for idx in list(self.dirty):
             self._spill(idx, self.cache[idx])
         self.io.wait_all()
-        return {"where": [[*idx, p] for idx, p in self.where.items()],
-                "completed": [list(c) for c in self.completed], "evictions": self.evictions}
+        return {idx: self.where.get(idx, -1) for idx in self.moved}
 
     def committed(self) -> None:
-        """The state returned by ``checkpoint`` is saved: its chunk copies are now the ones to keep."""
-        self.ckpt = dict(self.where)
+        """The changes returned by ``checkpoint`` are saved: their chunk copies are now the ones to keep."""
+        for idx in self.moved:
+            if idx in self.where:
+                self.ckpt[idx] = self.where[idx]
+            else:
+                self.ckpt.pop(idx, None)
+        self.moved.clear()
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, where: dict[Shape3, int], evictions: int) -> None:
         """Continue from a saved checkpoint (after ``replay_done`` of the patches it covers)."""
-        self.where = {tuple(w[:3]): int(w[3]) for w in state["where"]}  # type: ignore[misc]
+        self.where = dict(where)
         self.ckpt = dict(self.where)
+        self.moved.clear()
         self.touched = set(self.where)  # every unfinished chunk touched before the checkpoint was spilled
-        self.completed = [tuple(c) for c in state["completed"]]  # type: ignore[misc]
-        self.evictions = int(state.get("evictions", 0))
+        self.evictions = int(evictions)
 
     def finish(self) -> None:
         """Every patch is done: every touched chunk must have completed."""

@@ -2,22 +2,25 @@
 
 Every option accepts ``--a_b`` and ``--a-b``. Stage modules are imported only when their command
 runs, so ``vesuvius-inference operator`` works without torch installed. Exit codes (errors.py): 0 done,
-2 bad arguments, 3 bad input data or model, anything else a transient failure worth a retry; every
-failure ends as one ``error:`` line (failure.py).
+2 bad arguments, 3 bad input data or model, 80 stopped on request after a checkpoint (SIGTERM, SIGINT:
+signals.py), anything else a transient failure worth a retry; every failure ends as one ``error:`` line
+(failure.py), a stop as one ``stopped by ...`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import config
-from .errors import EXIT_BAD_ARGUMENTS, VesuviusError, classify
-from .failure import debug_requested, report
+from . import config, signals
+from .errors import EXIT_BAD_ARGUMENTS, Stopped, VesuviusError, classify
+from .failure import debug_requested, report, report_stop
 from .podopts import guard  # Kubernetes pods: the disruption bound
 from .settings import build_parser, from_args
 from .stagecheck import run_check  # the operator's check Jobs
@@ -124,6 +127,10 @@ def _cmd_render(argv: Sequence[str]) -> int:
     return render_main(list(argv))
 
 
+# Commands that stop on SIGTERM/SIGINT after a checkpoint (signals.py) and exit EXIT_STOPPED.
+STOPPABLE = ("predict", "pipeline")
+
+
 def run_command(name: str, argv: Sequence[str]) -> int:
     """Parse and run one command. Every failure ends as one ``error:`` line and its exit code (errors.py)."""
     try:
@@ -132,9 +139,14 @@ def run_command(name: str, argv: Sequence[str]) -> int:
         return report(e, e, debug_requested())
     debug = debug_requested(getattr(cfg, "debug", False))
     _setup_logging(getattr(cfg, "quiet", False), debug)
+    stoppable = name in STOPPABLE
     try:
-        guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
-        COMMANDS[name].run(cfg)
+        with signals.installed(parent_death=signals.ENV_PARENT_PID in os.environ) if stoppable \
+                else contextlib.nullcontext():
+            guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
+            COMMANDS[name].run(cfg)
+    except Stopped as e:
+        return report_stop(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -160,7 +172,8 @@ commands:
 'vesuvius-inference <command> --help' shows a command's options.
 exit codes: 0 done, 2 bad arguments, 3 bad input data or model, 69 the device asked for is unavailable,
             74 storage unreachable, 75 another live run holds the work, 79 this part was disrupted too often
-            (Kubernetes), 1 other failure (all but 2, 3 and 79: rerun)"""
+            (Kubernetes), 80 stopped on request (SIGTERM, SIGINT) after a checkpoint: rerun, it resumes,
+            1 other failure (all but 2, 3 and 79: rerun)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

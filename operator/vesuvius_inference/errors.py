@@ -1,8 +1,8 @@
 """Errors that map to the documented exit codes, and the one classifier every failure crosses.
 
 0 done, 2 bad arguments, 3 bad input data or model (both never retried), 69 the device asked for
-cannot be used here, 74 storage unreachable or failing, 75 another live run holds the work, 1 any
-other failure; everything but 2 and 3 is transient (the Kubernetes Job retries it,
+cannot be used here, 74 storage unreachable or failing, 75 another live run holds the work, 80 stopped
+on request (SIGTERM, SIGINT) after a checkpoint, 1 any other failure; everything but 2 and 3 is transient (the Kubernetes Job retries it,
 ``podFailurePolicy`` fails the part at once on 2 and 3).
 
 Whether a failure is worth a retry is decided here and nowhere else (kopf's TemporaryError /
@@ -26,6 +26,11 @@ EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry
 # A Kubernetes pod whose part was disrupted (evicted, preempted) more often than allowed: never retried
 # (the operator's podFailurePolicy fails the index on it). Outside sysexits' 64-78 on purpose.
 EXIT_DISRUPTION_LIMIT = 79
+# Stopped on request (SIGTERM, SIGINT; a pipeline worker whose pipeline died) after the batch in flight, with
+# a checkpoint written and the claim released: rerun me, the rerun resumes there. Not 143 (128 + SIGTERM):
+# that is also what a process killed by SIGTERM before it could checkpoint reports. The predict Job's
+# podFailurePolicy ignores it (k8s/manifests.py): a preempted part costs no retry.
+EXIT_STOPPED = 80
 
 
 class VesuviusError(Exception):
@@ -85,6 +90,12 @@ def disruption_refusal(part: int, disruptions: int, limit: int | None) -> Disrup
         f"retry.maxDisruptionsPerPart={limit}): not starting it again. Node-pressure evictions pick pods that use "
         "more memory than they request first: raise the stage's memory request (spec.predict.resources) or "
         "lower inference.cacheGb, then bump spec.retryFailedParts")
+
+
+class Stopped(VesuviusError):
+    """Stopped on request (signals.py): completed work and the checkpoint are kept; a rerun resumes."""
+
+    exit_code = EXIT_STOPPED
 
 
 class StorageUnavailable(VesuviusError):

@@ -20,7 +20,7 @@ import sys
 import traceback
 from typing import Any
 
-from .errors import VesuviusError
+from .errors import Stopped, VesuviusError
 
 ENV_TERMINATION_LOG = "VESUVIUS_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -89,3 +89,16 @@ def report(err: VesuviusError, exc: BaseException, debug: bool) -> int:
     if not debug:
         sys.unraisablehook = _quiet_unraisable
     return err.exit_code
+
+
+def report_stop(stop: Stopped) -> int:
+    """End a command stopped on request (signals.py): its one line, not an error, and EXIT_STOPPED."""
+    line = " ".join(str(stop).split())
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:  # a pipeline worker whose pipeline died: nobody reads stderr any more
+        pass
+    write_termination_message(line + "\n")
+    cancel_pending_io()
+    sys.unraisablehook = _quiet_unraisable
+    return stop.exit_code

@@ -11,7 +11,8 @@ PARTS_DIR/
      final                 float16 (C, Z, Y, X): the chunks only this part reaches, when predict was
                            not told where the output goes (the seed's layout; blend copies them)
      spill0, spill1        int64 (C+1, Z, Y, X): partial sums evicted from the cache (scratch)
-     checkpoint.json       resume point (scratch)
+     checkpoint.json       resume point: the journal's head (scratch)
+     checkpoint/<n>.json   the journal's segments (checkpoint.py; scratch)
   _seams/<config digest>/<z>.<y>.<x>   first finishers' pieces of two-part seams (seams.py)
 ```
 A piece is one object per chunk a part shares, a seam one patch overlap deep, not whole output
@@ -37,7 +38,7 @@ from .layout import PartLayout
 from .output import OutputSpec, blosc
 from .partition import Part
 from .partplan import make_grid
-from .paths import CHECKPOINT, claim_url, part_name, store_url
+from .paths import CHECKPOINT, CHECKPOINT_SEGMENTS, claim_url, part_name, store_url
 
 FORMAT_VERSION = 3
 SPILLS = ("spill0", "spill1")
@@ -82,7 +83,7 @@ def open_store(url: str, storage_options: dict[str, Any], read_only: bool = Fals
 def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[str, Any]) -> None:
     """After the marker: spills and the checkpoint, and the stores of earlier runs, go."""
     url = store_url(parts_dir, part_id, run)
-    for name in (*SPILLS, CHECKPOINT):
+    for name in (*SPILLS, CHECKPOINT, CHECKPOINT_SEGMENTS):
         storage.remove(storage.join(url, name), storage_options)
     for other in storage.list_names(storage.join(parts_dir, part_name(part_id)), storage_options):
         if other != run:

@@ -35,6 +35,7 @@ FINALIZE_DIR = "_finalize"
 OUTPUT_JOURNAL = "_vesuvius"  # inside the output until it is complete
 INPUT_STATS = "input_stats.json"
 CHECKPOINT = "checkpoint.json"
+CHECKPOINT_SEGMENTS = "checkpoint"  # the checkpoint's journal segments (checkpoint.py)
 SEAMS_DIR = "_seams"
 PIECES = "pieces"
 

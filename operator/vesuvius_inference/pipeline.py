@@ -6,12 +6,20 @@ pipeline's predict settings: ``settings.to_argv`` of the part's configuration, w
 (storage options carrying keys) in its environment instead of its argv. With a single device
 everything runs in this process, so the model and nnU-Net are imported once. The order of the stages
 and what each reads are stages.py's.
+
+Workers never outlive the pipeline: each asks the kernel for SIGHUP when the pipeline process dies and
+checks that the pipeline is still its parent (signals.die_with_parent; ``$VESUVIUS_PARENT_PID``), then
+stops like a signalled part: after its batch, with a checkpoint, its claim released, so a rerun finds
+no live claim to wait for. (Linux sends the death signal when the *thread* that forked the child ends:
+each worker process is started, and waited for, by its device's thread, which outlives it.) SIGTERM or SIGINT to the pipeline is passed on to every worker as SIGTERM;
+they checkpoint and exit EXIT_STOPPED, no new part starts, and the pipeline exits EXIT_STOPPED too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,9 +27,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import ownership, preflight, storage
+from . import ownership, preflight, signals, storage
 from .config import PipelineConfig
-from .errors import BadArguments, BadInput, VesuviusError
+from .errors import EXIT_STOPPED, BadArguments, BadInput, Stopped, VesuviusError
 from .intensity import ATTRIBUTE, IntensityFinding, is_line
 from .prechecks import check_pyramid, chunks_source
 from .progress import RunProgress, parse_line
@@ -67,7 +75,7 @@ def worker_command(cfg: PipelineConfig, part_id: int, num_parts: int, device: st
     """The command line and extra environment of the worker process that runs one part."""
     argv = [sys.executable, "-m", "vesuvius_inference.cli", "predict",
             *to_argv(predict_config(cfg, part_id, num_parts, device))]
-    return argv, to_env(predict_config(cfg, part_id, num_parts, device))
+    return argv, {**to_env(predict_config(cfg, part_id, num_parts, device)), signals.ENV_PARENT_PID: str(os.getpid())}
 
 
 def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
@@ -84,28 +92,64 @@ def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
 def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progress: RunProgress) -> None:
     failures: list[str] = []
     codes: set[int] = set()
+    stopped: list[int] = []  # parts whose worker stopped on request, after its checkpoint
+    completed: list[int] = []
+    live: dict[int, subprocess.Popen] = {}
+    lock = threading.Lock()
 
     def worker(d: int, device: str) -> None:
         for k in range(cfg.parts_per_gpu):
             part = d * cfg.parts_per_gpu + k
             argv, env = worker_command(cfg, part, num_parts, device)
-            proc = subprocess.Popen(argv, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True, bufsize=1)
+            with lock:  # no new part once a stop was asked for
+                if signals.requested():
+                    return
+                proc = subprocess.Popen(argv, env={**os.environ, **env}, stderr=subprocess.PIPE, text=True,
+                                        bufsize=1)
+                live[part] = proc
             _follow(proc, progress)
-            if proc.wait() != 0:
-                failures.append(f"part {part} on {device} exited {proc.returncode}")
-                codes.add(proc.returncode)
+            code = proc.wait()
+            with lock:
+                live.pop(part, None)
+            if code == EXIT_STOPPED or (code < 0 and signals.requested()):
+                stopped.append(part)
                 return
+            if code != 0:
+                failures.append(f"part {part} on {device} exited {code}")
+                codes.add(code)
+                return
+            completed.append(part)
             progress.part_done(part)
 
-    threads = [threading.Thread(target=worker, args=(d, dev)) for d, dev in enumerate(devices)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    threads = [threading.Thread(target=worker, args=(d, dev), daemon=True) for d, dev in enumerate(devices)]
+    forwarded = False
+    with signals.deferred():  # the main thread only waits: a signal is passed on to the workers
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            if signals.requested() and not forwarded:
+                forwarded = True
+                with lock:
+                    for proc in live.values():
+                        _signal(proc, signal.SIGTERM)
+            for t in threads:
+                t.join(0.1)
+    name = signals.requested() or ("a signal to a worker" if stopped else None)  # a worker stopped alone
+    if name is not None:
+        raise Stopped(f"stopped by {name}: {len(stopped)} worker(s) checkpointed and stopped (part "
+                      f"{', '.join(map(str, sorted(stopped))) or '-'}); {len(completed)} of {num_parts} predict "
+                      "parts complete; rerun resumes")
     if failures:
         err = VesuviusError("predict failed: " + "; ".join(failures) + " (completed parts are kept; rerun to resume)")
         err.exit_code = codes.pop() if len(codes) == 1 else err.exit_code  # the workers' class of failure, if one
         raise err
+
+
+def _signal(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        proc.send_signal(signum)
+    except ProcessLookupError:  # it just ended
+        pass
 
 
 def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int]) -> int:
@@ -118,6 +162,7 @@ def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int,
     try:
         if len(devices) == 1:
             for p in range(num_parts):
+                signals.raise_if_requested(f"after {p} of {num_parts} predict parts")
                 run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe, announce=False)
                 progress.part_done(p)
         else:

@@ -9,12 +9,13 @@ part covers, into thin seam segments otherwise. The marker is written last and n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from typing import Any
 
-from . import createonce, ownership, storage
+from . import createonce, ownership, signals, storage
 from .claims import Lease
 from .config import PredictConfig
 from .errors import BadArguments, BadInput
@@ -123,16 +124,27 @@ def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | N
     ctx = prepare(cfg, announce)
     ownership.mark(ctx.cfg.output_dir, ctx.cfg.storage_options, "parts")  # what may later remove it knows it is ours
     work = ctx.work
+    # From the loop to the marker, a stop signal is only noted (signals.py): the loop stops at a batch
+    # boundary with a checkpoint; once past the loop the part completes (a stop between the marker and the
+    # claim's "complete" would make the rerun do the whole part again). Before it (waiting for the claim,
+    # loading the model) nothing is in flight and a signal stops the run at once.
+    until_marker = contextlib.ExitStack()
 
     def predict(lease: Lease) -> dict[str, Any]:
-        return PartRun(ctx, lease, listener).run()
+        part = PartRun(ctx, lease, listener)
+        until_marker.enter_context(signals.deferred())
+        return part.run()
 
-    marker, ran = work.run(predict)
+    with until_marker:
+        marker, ran = work.run(predict)
+        if ran:
+            drop_scratch_quietly(cfg, marker["run"])
     if not ran:
         log.info("predict part %d/%d is already complete (%s): nothing to do%s", cfg.part_id, cfg.num_parts,
                  work.marker_url, brief(ctx.intensity))
-    else:
-        drop_scratch_quietly(cfg, marker["run"])
+    elif signals.requested():
+        log.info("predict part %d/%d: %s came after its last batch: the part is complete", cfg.part_id,
+                 cfg.num_parts, signals.requested())
     return marker["store"], work.marker_url
 
 

@@ -4,7 +4,9 @@ Called by ``predict.run_predict`` under the part's claim (claimedwork.py). Every
 interrupt is recoverable: the checkpoint (every ``--checkpoint_s``) records how many patches are
 done, which ran, and where the partial sums of unfinished chunks are; a rerun (after a kill, or a
 takeover of a dead run's claim) copies that run's store into its own and continues, giving the same
-bytes. The loop: patches read ahead (reader.py) -> the device step (devicestep.py) -> the chunk
+bytes. A stop signal (signals.py) ends the loop at the next batch boundary with a checkpoint; the
+checkpoint is a journal (checkpoint.py), so writing it costs what changed since the last one. The
+loop: patches read ahead (reader.py) -> the device step (devicestep.py) -> the chunk
 countdown of the accumulator (accumulate.py) -> completed chunks to the part's writer (partwriter.py).
 """
 
@@ -18,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from . import cpuquota, paths, storage
-from .accumulate import ChunkAccumulator
+from . import cpuquota, paths, signals, storage
+from .accumulate import ChunkAccumulator, box_slices
+from .checkpoint import Delta, Journal, State, fold, read_head
 from .claimedwork import ClaimedWork
 from .claims import Lease
 from .config import PredictConfig
 from .devicestep import DeviceStep
-from .errors import BadInput
+from .errors import BadInput, Stopped
 from .fixedpoint import logit_bits_for, weight_q, weights_digest
 from .grid import Shape3
 from .intensity import ATTRIBUTE, IntensityFinding
@@ -32,7 +35,7 @@ from .iopool import WritePool
 from .model_files import ModelFiles
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
-from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask, unpack_mask
+from .partstore import PAIRS, SPILLS, create_store, drop_scratch, open_store, pack_mask
 from .partwriter import PartWriter
 from .prechecks import check_channels
 from .preflight import settings_diff
@@ -156,33 +159,56 @@ class PartRun:
         self.counts = {"run": 0, "skipped_homogeneous": 0, "skipped_absent": self.plan.listed_empty}
         self.start = 0
         self.run_here = 0
+        self.ran_new: list[int] = []  # member positions that ran since the last checkpoint
+        self.written_saved = 0  # how many of the writer's written chunks the last checkpoint holds
+        self.journal = Journal(self.store, cfg.storage_options)
+        self.ckpt_times: list[float] = []
 
     # ---- building --------------------------------------------------------------------------------
 
-    def _previous_checkpoint(self) -> dict[str, Any] | None:
-        """The latest usable checkpoint of an earlier run of this part, copied into this run's store."""
+    def _previous_checkpoint(self) -> tuple[str, State] | None:
+        """The latest usable checkpoint of an earlier run of this part: (its store, its state)."""
         cfg, so, prev = self.cfg, self.cfg.storage_options, self.lease.previous
         if cfg.overwrite or prev is None:
             return None
         for run in [prev.run, *reversed(prev.doc.get("prev_runs", []))]:
             theirs = paths.store_url(cfg.output_dir, cfg.part_id, run)
-            ckpt = storage.read_json(storage.join(theirs, paths.CHECKPOINT), so)
-            if ckpt is None or any(ckpt.get(k) != v for k, v in self.key.items()):
+            head = read_head(theirs, so)
+            if head is None or any(head.get(k) != v for k, v in self.key.items()):
                 continue
-            storage.copy_tree(theirs, self.store, so)
+            state = fold(theirs, head, members=len(self.plan.members), storage_options=so)
+            if state is None:
+                continue
             log.info("predict part %d/%d: resuming after patch %d (the checkpoint of run %s)", cfg.part_id,
-                     cfg.num_parts, ckpt["position"], run)
-            return ckpt
+                     cfg.num_parts, state.position, run)
+            return theirs, state
         return None
 
-    def _build(self, resume: dict[str, Any] | None) -> None:
+    def _adopt(self, theirs: str, state: State, group: Any) -> None:
+        """Copy into this run's new store what the earlier run's checkpoint refers to, and nothing else:
+        the checkpointed sums of its unfinished chunks (each in the same spill slot), its pieces and, in
+        the seed's layout, its final chunks. Not the whole store: its spill arrays also keep the stale
+        sums of every chunk that completed since, which grow with the part. This run's own checkpoint
+        (the journal's base) is written after the copies, so a kill mid-copy leaves nothing to resume
+        from here, never a checkpoint whose sums are missing."""
+        so, cgrid = self.cfg.storage_options, self.plan.cgrid
+        old = open_store(theirs, so, read_only=True)
+        for idx, slot in state.where.items():
+            sel = (slice(None),) + box_slices(*cgrid.box(idx))
+            self.io.submit(("adopt", idx), _copy, old[SPILLS[slot]], group[SPILLS[slot]], sel)
+        self.io.wait_all()
+        fs, _ = storage.filesystem(theirs, so)
+        for sub in (paths.PIECES, "final/c"):
+            src = storage.join(theirs, sub)
+            if fs.exists(storage.filesystem(src, so)[1]):
+                storage.copy_tree(src, storage.join(self.store, sub), so)
+
+    def _build(self) -> None:
         ctx, cfg, so, plan = self.ctx, self.cfg, self.cfg.storage_options, self.plan
         c, volume = self.model.num_classes, ctx.volume
-        if resume is not None:
-            group = open_store(self.store, so)
-        else:
-            group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
-                                 volume.shape, ctx.chunks, self.spec is None, so)
+        group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
+                             volume.shape, ctx.chunks, self.spec is None, so)
+        self.group = group
         threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's
         self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
@@ -211,30 +237,56 @@ class PartRun:
         mine = members[pos] == ids
         return [int(i) for i in ids[mine][self.ran[pos[mine]]]]
 
-    def _resume(self, ckpt: dict[str, Any]) -> None:
-        self.start = int(ckpt["position"])
-        self.counts = dict(ckpt["stats"])
-        self.ran = unpack_mask(ckpt["ran"], len(self.plan.members))
-        self.writer.written = [tuple(x) for x in ckpt["written"]]  # type: ignore[misc]
+    def _resume(self, theirs: str, state: State) -> None:
+        self._adopt(theirs, state, self.group)
+        self.start = state.position
+        self.counts = dict(state.stats)
+        self.ran = state.ran
+        self.writer.written = list(state.written)
         for i in self.plan.todo[:self.start]:
             self.accum.replay_done(*self.plan.grid.region(i))
-        self.accum.restore(ckpt["accumulator"])
+        self.accum.restore(state.where, state.evictions)
+        self.checkpoint(self.start)  # this run's own base, after the copies it names
 
-    # ---- running ---------------------------------------------------------------------------------
+    def _state(self, position: int) -> State:
+        return State(position, dict(self.counts), self.accum.evictions, self.ran, list(self.writer.written),
+                     dict(self.accum.where))
 
-    def checkpoint(self, position: int) -> None:
+    def checkpoint(self, position: int, stopping: bool = False) -> float:
+        """Write a checkpoint after ``position`` patches of the order; returns its seconds. A stop's checkpoint
+        writes only its delta (never a compaction), so what a grace period must cover stays small."""
+        t = time.perf_counter()
         self.step.check()  # a NaN must not reach a checkpoint
-        state = self.accum.checkpoint()
-        storage.write_json(storage.join(self.store, paths.CHECKPOINT),
-                           {**self.key, "position": position, "stats": self.counts, "ran": pack_mask(self.ran),
-                            "written": [list(x) for x in self.writer.written], "accumulator": state},
-                           self.cfg.storage_options)
+        moved = self.accum.checkpoint()
+        written = self.writer.written[self.written_saved:]
+        head = {**self.key, "position": position, "stats": self.counts, "evictions": self.accum.evictions,
+                "run": self.lease.run_id}
+        self.journal.write(head, Delta(self.ran_new, written, moved),
+                           None if stopping and self.journal.next > 0 else lambda: self._state(position))
         self.accum.committed()
+        self.ran_new = []
+        self.written_saved += len(written)
+        dt = time.perf_counter() - t
+        self.ckpt_times.append(dt)
+        return dt
+
+    def _stop_if_asked(self, position: int) -> None:
+        """At a batch boundary: on a stop signal, checkpoint here and stop (signals.py)."""
+        name = signals.requested()
+        if name is None:
+            return
+        cfg = self.cfg
+        dt = self.checkpoint(position, stopping=True)
+        raise Stopped(f"stopped by {name} after patch {self.plan.listed_empty + position} of "
+                      f"{self.plan.part.size()} (predict part {cfg.part_id}/{cfg.num_parts}); checkpoint written "
+                      f"({dt:.2f} s, {self.journal.last_bytes} bytes); rerun resumes")
 
     def _run_batch(self, batch: list[Patch], bar: Reporter) -> None:
         self.step(batch)
         for p in batch:
-            self.ran[int(self.plan.position(np.int64(p.index)))] = True
+            pos = int(self.plan.position(np.int64(p.index)))
+            self.ran[pos] = True
+            self.ran_new.append(pos)
             self.accum.patch_done(p.lo, p.hi)
         self.counts["run"] += len(batch)
         self.run_here += len(batch)
@@ -258,11 +310,14 @@ class PartRun:
                     self.counts["skipped_homogeneous"] += 1
                     self.accum.patch_done(item.lo, item.hi)
                     bar.update(1)
+                    if not batch:  # a batch boundary: the resumed run batches exactly as this one would
+                        self._stop_if_asked(position)
                     continue
                 batch.append(item)
                 if len(batch) == cfg.batch_size:
                     self._run_batch(batch, bar)
                     batch = []
+                    self._stop_if_asked(position)
                     if time.monotonic() - last_ckpt >= cfg.checkpoint_s:
                         self.checkpoint(position)  # every patch drained so far is finished
                         last_ckpt = time.monotonic()
@@ -272,15 +327,20 @@ class PartRun:
             reader.close()
 
     def run(self) -> dict[str, Any]:
+        """Called inside ``signals.deferred`` (predict.run_predict): a stop signal ends the loop at a batch
+        boundary, with a checkpoint."""
         resume = self._previous_checkpoint()
-        self._build(resume)
+        self._build()
         if resume is not None:
-            self._resume(resume)
+            self._resume(*resume)
         cfg = self.cfg
         bar = Reporter("predict", cfg.part_id, cfg.num_parts, self.plan.part.size(), "patches",
                        quiet=cfg.quiet or self.listener is not None, interval_s=cfg.progress_s,
                        done=self.plan.listed_empty + self.start, listener=self.listener)
         try:
+            signals.raise_if_requested(f"before this run computed a patch of predict part {cfg.part_id}/"
+                                       f"{cfg.num_parts}" + (f" (its checkpoint after patch {self.start} is kept)"
+                                                             if resume is not None else ""))
             self._loop(bar)
             self.step.check()
             self.accum.finish()
@@ -305,6 +365,8 @@ class PartRun:
             "patches": {"total": plan.part.size(), **self.counts, "run_by_last_run": self.run_here,
                         "resumed_at": self.start},
             "evictions": self.accum.evictions, "cache_peak_bytes": self.accum.peak,
+            "checkpoints": {"count": len(self.ckpt_times), "seconds": round(sum(self.ckpt_times), 4),
+                            "max_seconds": round(max(self.ckpt_times, default=0.0), 4)},
             "input_chunks_fetched": self.ctx.volume.fetched_chunks,
             "model_passes": self.counts["run"] * self.runner.passes_per_patch,
             ATTRIBUTE: self.ctx.intensity,  # blend and finalize carry it into the output's attributes
@@ -334,3 +396,6 @@ def region_voxels_per_patch(grid: Any, channels: int = 1) -> float:
     """Each patch's share of the region's voxels (the --bbox, or the level): how a count of patches becomes
     voxels for a rate, the same for a part and for the stage."""
     return float(np.prod(grid.shape)) * channels / max(grid.n_patches, 1)
+
+def _copy(src: Any, dst: Any, sel: tuple[slice, ...]) -> None:
+    dst[sel] = src[sel]

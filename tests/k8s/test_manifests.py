@@ -51,8 +51,11 @@ def test_predict_job_shape_and_cli_contract(monkeypatch):
     assert js["backoffLimitPerIndex"] == 3 and js["maxFailedIndexes"] == 10 and js["podReplacementPolicy"] == "Failed"
     rules = js["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    # 80: stopped on request after a checkpoint (SIGTERM): ignored before anything could fail the index on it
+    assert rules[1] == {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In",
+                                                            "values": [80]}}
     # 79: the worker's refusal to start a part disrupted more than retry.maxDisruptionsPerPart times
-    assert rules[1]["action"] == "FailIndex" and rules[1]["onExitCodes"]["values"] == [2, 3, 79]
+    assert rules[2]["action"] == "FailIndex" and rules[2]["onExitCodes"]["values"] == [2, 3, 79]
     pod = js["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Never" and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -275,7 +278,8 @@ def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     finalize = manifests.finalize_job("ij", "ns", "u", s)  # NonIndexed: no per-index disruption count
     assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore] and _validated(finalize) == []
     predict = manifests.predict_job("ij", "ns", "u", s)  # the disruption bound's exit code stays
-    assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, {"action": "FailIndex", "onExitCodes": {
+    stopped = {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [80]}}
+    assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, stopped, {"action": "FailIndex", "onExitCodes": {
         "containerName": "predict", "operator": "In", "values": [79]}}] and _validated(predict) == []
     # what the API server says about the rule the operator used to write
     bad = manifests.predict_job("ij", "ns", "u", s)

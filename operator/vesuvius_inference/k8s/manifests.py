@@ -36,9 +36,10 @@ from typing import Any
 
 from .. import __version__, paths
 from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT
+from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED
 from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
+from .grace import predict_grace_seconds
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids
 from .resources import fill_in, memory_within_request
@@ -243,9 +244,18 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
     exceed their request (:func:`disruptions_bounded`) are therefore not retried without bound through this
     rule alone: on Indexed Jobs the worker compares the Job controller's count of ignored failures of its
     index with retry.maxDisruptionsPerPart and exits EXIT_DISRUPTION_LIMIT, which fails the index here. The
-    operator's own resources leave the kubelet no reason of the part's to evict it, and need no bound."""
+    operator's own resources leave the kubelet no reason of the part's to evict it, and need no bound.
+
+    A predict pod told to stop (SIGTERM: preemption, drain, Kueue eviction, Job suspension) finishes its
+    batch, checkpoints and exits EXIT_STOPPED (signals.py): ignored too, second, before any rule that
+    could fail the index on it (rules are evaluated in order and the first match wins: pkg/controller/
+    job/pod_failure_policy.go, matchPodFailurePolicy), so a stopped part never costs a retry even when
+    the pod got no DisruptionTarget condition (a drain's eviction of a pod, a deleted pod)."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
+    if stage == "predict":
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                          "values": [EXIT_STOPPED]}})
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
     if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None and disruptions_bounded(spec, stage):
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
@@ -325,6 +335,8 @@ def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: Operato
     if account:
         pod["serviceAccountName"] = account
     pod.update(passthrough(spec, stage))
+    if stage == "predict":  # one batch and the stop's checkpoint (k8s/grace.py)
+        pod["terminationGracePeriodSeconds"] = predict_grace_seconds(spec)
     return pod
 
 
