@@ -106,20 +106,20 @@ def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence
 
 
 def label_metadata(name: str, frame: Frame, levels: int, names: Sequence[str],
-                   version: str = NGFF_VERSION) -> dict[str, Any]:
-    """``ome`` attributes of a label image (Z, Y, X) of class ids: 0 (background) is transparent."""
+                   version: str = NGFF_VERSION, source: str | None = None) -> dict[str, Any]:
+    """``ome`` attributes of a label image (Z, Y, X) of class ids: 0 (background) is transparent.
+
+    ``source``: the image the labels were predicted from, as the relative path NGFF asks for
+    ("image-label": "source": {"image": "../../"}); None leaves the optional key out (the input lies on
+    another store, or no relative path reaches it)."""
     colors = [{"label-value": 0, "rgba": [0, 0, 0, 0]}]
     colors += [{"label-value": i, "rgba": _rgba(PALETTE[(i - 1) % len(PALETTE)])} for i in range(1, len(names))]
-    return {
-        "version": version,
-        "multiscales": [multiscales(name, frame, levels, channel=False, how="mode")],
-        "image-label": {
-            "version": version,
-            "colors": colors,
-            "properties": [{"label-value": i, "class": n} for i, n in enumerate(names)],
-            "source": {"image": "the input volume this was predicted from (see vesuvius_output.input)"},
-        },
-    }
+    label: dict[str, Any] = {"version": version, "colors": colors,
+                             "properties": [{"label-value": i, "class": n} for i, n in enumerate(names)]}
+    if source:
+        label["source"] = {"image": source}
+    return {"version": version, "multiscales": [multiscales(name, frame, levels, channel=False, how="mode")],
+            "image-label": label}
 
 
 def chunk_counts(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ stage that finishes the output, so an incomplete output never looks like an imag
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from .errors import BadArguments, BadInput
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
+from .locations import locate
 from .ngff import (
     NGFF_VERSION,
     NGFF_VERSIONS,
@@ -181,6 +183,16 @@ def written_config(url: str, storage_options: dict[str, Any] | None = None,
                    path: str | None = None) -> dict[str, Any] | None:
     """The configuration recorded in an existing output of ours (None: nothing there, or not ours)."""
     return ((read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}).get("config")
+
+
+def relative_source(output: str, source: str | None, so: dict[str, Any]) -> str | None:
+    """The input as a path relative to the output (NGFF's label ``source``), when both lie in one place."""
+    if not source:
+        return None
+    out, src = locate(output, so), locate(source, so)
+    if out.service != src.service:
+        return None
+    return posixpath.relpath("/" + "/".join(src.key), "/" + "/".join(out.key))
 
 
 def _refuse_foreign_root(url: str, storage_options: dict[str, Any]) -> None:
@@ -357,7 +369,9 @@ class Output:
         name = storage.local_path(self.spec.url).rstrip("/").split("/")[-1]
         if self.labels:
             names = self.class_names if self.num_classes > 1 else ["background", self.class_names[0]]
-            return label_metadata(name, self.frame, self.levels, names, self.spec.ngff)
+            return label_metadata(name, self.frame, self.levels, names, self.spec.ngff,
+                                  source=relative_source(self.spec.url, self.config.get("predict", {}).get("input"),
+                                                         self.so))
         if self.spec.mode == "binary":
             channel_names = [f"p({self.class_names[-1]})"]
         else:
