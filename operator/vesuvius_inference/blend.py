@@ -36,7 +36,7 @@ from .intensity import notes
 from .iopool import WritePool
 from .layout import PAIR, PartLayout
 from .ngff import ngff_for
-from .output import BLENDED, FINAL, Output, OutputSpec, list_chunk_coords, output_config
+from .output import BLENDED, FINAL, PARTS_NOTE, Output, OutputSpec, list_chunk_coords, output_config
 from .partstore import PartSet, load_parts, open_store
 from .pieces import Chunk, decode
 from .stagesplit import Split
@@ -194,7 +194,8 @@ def run_blend(cfg: BlendConfig) -> Blended:
     final = spec.kind == FINAL
     output = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so,
                     overwrite=cfg.overwrite and seed_layout,
-                    staging=paths.pyramid_staging(cfg.parts_dir) if final else None, notes=notes(parts.intensity))
+                    staging=paths.pyramid_staging(cfg.parts_dir) if final else None,
+                    notes={**notes(parts.intensity), **({} if final else {PARTS_NOTE: cfg.parts_dir})})
     level0 = paths.level0_marker(cfg.parts_dir)
     if (storage.read_json(level0, so) or {}).get("config") == config if final else output.is_complete():
         log.info("blend of %s is already complete: nothing to do", cfg.output)

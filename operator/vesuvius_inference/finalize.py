@@ -24,6 +24,7 @@ from .output import (
     BLENDED,
     DATA_PATH,
     FINAL,
+    PARTS_NOTE,
     Output,
     OutputSpec,
     finalize_chunk,
@@ -163,8 +164,16 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
 
 
 def _deleted(cfg: FinalizeConfig) -> list[tuple[str, str]]:
-    return [("INPUT", cfg.input_path), *(("--also_delete", u) for u in cfg.also_delete)] if cfg.delete_intermediates \
-        else []
+    """What --delete_intermediates removes, in order: the predict parts blended logits were made from (their
+    record, output.PARTS_NOTE; first, so a kill in between cannot lose the record), INPUT, --also_delete."""
+    if not cfg.delete_intermediates:
+        return []
+    out = [("INPUT", cfg.input_path), *(("--also_delete", u) for u in cfg.also_delete)]
+    if cfg.input_kind == "blended":
+        v = (read_attributes(cfg.input_path, cfg.storage_options) or {}).get("vesuvius") or {}
+        if v.get(PARTS_NOTE):
+            out.insert(0, ("the predict parts INPUT was blended from", str(v[PARTS_NOTE])))
+    return out
 
 
 def _check_deletable(cfg: FinalizeConfig) -> None:

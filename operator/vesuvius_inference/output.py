@@ -41,6 +41,8 @@ from .prechecks import check_pyramid
 from .preflight import not_ours, settings_diff
 
 DATA_PATH = "0"
+# Blended logits record the parts they were blended from: finalize --delete_intermediates removes both.
+PARTS_NOTE = "parts"
 # how the work was split and where seams were merged: recorded with the parts, never changing an output byte
 SPLIT_KEYS = ("num_parts", "partition", "seams")
 BLENDED, FINAL = "blended", "final"
