@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import config
-from .errors import EXIT_BAD_ARGUMENTS, VesuviusError, classify
+from .errors import EXIT_BAD_ARGUMENTS, BadArguments, VesuviusError, classify
 from .failure import debug_requested, report
 from .podopts import guard  # Kubernetes pods: the disruption bound
 from .settings import build_parser, from_args
@@ -124,6 +124,16 @@ def _cmd_render(argv: Sequence[str]) -> int:
     return render_main(list(argv))
 
 
+def _storage_wait(cfg: Any) -> None:
+    """This process waits out storage outages for --storage_wait_s (storagewait.py)."""
+    from . import storagewait
+
+    wait = float(getattr(cfg, "storage_wait_s", 0.0) or 0.0)
+    if wait < 0:
+        raise BadArguments(f"--storage_wait_s must be >= 0, got {wait:g}")
+    storagewait.configure(wait)
+
+
 def run_command(name: str, argv: Sequence[str]) -> int:
     """Parse and run one command. Every failure ends as one ``error:`` line and its exit code (errors.py)."""
     try:
@@ -133,6 +143,7 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     debug = debug_requested(getattr(cfg, "debug", False))
     _setup_logging(getattr(cfg, "quiet", False), debug)
     try:
+        _storage_wait(cfg)
         guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
         COMMANDS[name].run(cfg)
     except KeyboardInterrupt:
