@@ -255,10 +255,11 @@ class JobController:
             self._hooks[(job, index, attempt)] = Hook(evict_after=after)
 
     def hook(self, job: str, index: int | None, attempt: int = 0, exit_code: int = 0, sleep: float = 0.0,
-             held: bool = False, message: str = "") -> None:
-        """One attempt of one index: wait ``sleep`` s (or, ``held``, until :meth:`release`), then exit."""
+             held: bool = False, message: str = "", lines: tuple[str, ...] = ()) -> None:
+        """One attempt of one index: print ``lines``, wait ``sleep`` s (or, ``held``, until :meth:`release`),
+        then exit."""
         self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
-                                                  wait_for=self.release_dir / "go" if held else None)
+                                                  wait_for=self.release_dir / "go" if held else None, lines=lines)
 
     def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False,
              lines: tuple[str, ...] = ()) -> None:

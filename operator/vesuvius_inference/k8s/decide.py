@@ -65,6 +65,7 @@ class Observed:
     diagnoses: dict[str, Diagnosis] | None = None  # by Job uid; None: nothing was read this pass
     notes: dict[str, str] = field(default_factory=dict)  # check Jobs' verdict lines by uid
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
+    storage_waits: list[tuple[str, str]] | None = None  # (pod, line) waiting for storage; None: no sample
     stall_grace_s: float = 300.0
 
 
@@ -186,6 +187,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes) -> Plan:
     _sync_suspend(ctx, plan)
     _sync_parallelism(ctx, plan, extra)
     extra += _stall_conditions(ctx)
+    extra.append(_storage_condition(ctx))
     conflict_text = (f"{', '.join(outcomes.conflicts)} exists but belongs to another owner (a deleted InferenceJob "
                      "of the same name whose Jobs are not garbage-collected yet?); waiting for it to go"
                      ) if outcomes.conflicts else ""
@@ -290,6 +292,29 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
         still = old.get("status") == "True" and not covered and not stalls.cleared(kind, unfinished)
         out.append((kind, still, old.get("reason", "") if still else "", old.get("message", "") if still else ""))
     return out
+
+
+def _storage_condition(ctx: _Ctx) -> Extra:
+    """``StorageUnreachable`` while sampled pods wait for storage (their log ends in storagewait.py's line): the
+    run is not stuck and not failing, it waits. Kept between samples; over when a sample shows no pod waiting
+    or no Job runs."""
+    kind = "StorageUnreachable"
+    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == kind), {})
+    waits = ctx.obs.storage_waits
+    if not _unfinished(ctx):
+        return (kind, False, "", "")
+    if waits is None:
+        on = old.get("status") == "True"
+        return (kind, on, old.get("reason", "") if on else "", old.get("message", "") if on else "")
+    if not waits:
+        return (kind, False, "", "")
+    pod, line = waits[0]
+    more = f" (and {len(waits) - 1} more of the sampled pods)" if len(waits) > 1 else ""
+    wait_s = (ctx.spec.get("storage") or {}).get("waitSeconds", 300)
+    return (kind, True, "WaitingForStorage", bounded(
+        f"pod {pod}{more} waits for storage: {line}. Pods retry for up to storage.waitSeconds={wait_s:g}s, then "
+        "exit 74, which costs the part none of its retries (each such exit counts toward "
+        "retry.maxDisruptionsPerPart); check the object store (endpoint, health, throttling)"))
 
 
 def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__, paths
 from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT
+from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STORAGE
 from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
 from .names import check_job_name, job_name
@@ -172,14 +172,28 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
     eviction_manager.go, evictPod), and a rule cannot tell them apart by reason. So disruptions are not
     retried without bound through this rule alone: on Indexed Jobs the worker compares the Job
     controller's count of ignored failures of its index with retry.maxDisruptionsPerPart and exits
-    EXIT_DISRUPTION_LIMIT, which fails the index here."""
+    EXIT_DISRUPTION_LIMIT, which fails the index here.
+
+    A storage outage is the cluster's trouble too, not the part's: the worker waited ``storage.waitSeconds``
+    for the store before it exited EXIT_STORAGE (storagewait.py), so a second Ignore rule keeps a long
+    outage from spending the part's ``backoffLimitPerIndex`` (the Job controller re-creates the pod at once,
+    pkg/controller/job/job_controller.go: an Ignore'd failure is neither counted in ``failed`` nor backed
+    off). "Ignore" alone would loop for ever on a permanent outage; the bound is the same per-index count
+    of ignored failures: each outage pod adds one (indexed_job_utils.go, getNewIndexFailureCounts), and
+    past ``maxDisruptionsPerPart`` the pod refuses to start (exit 79, FailIndex). So a part tolerates about
+    ``(maxDisruptionsPerPart + 1) x waitSeconds`` of outage (30 min by default). Only with that bound:
+    NonIndexed Jobs and ``maxDisruptionsPerPart: null`` keep counting 74 as a failure."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
-    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None:
+    bounded = indexed and spec["retry"].get("maxDisruptionsPerPart") is not None
+    if bounded:
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
+    if bounded and EXIT_STORAGE not in codes:
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                          "values": [EXIT_STORAGE]}})
     return rules
 
 

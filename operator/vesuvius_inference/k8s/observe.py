@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..progress import ProgressLine, last_progress
+from ..storagewait import waiting_line
 from . import kueue, manifests, progressview, stalls
 from .clients import Clients
 from .decide import Diagnosis, Observed, iso
@@ -59,6 +60,8 @@ class _Samples:
     next_at: float = 0.0
     tokens: dict[str, str] = field(default_factory=dict)  # Job uid -> continue token of its running pods
     lines: dict[str, tuple[ProgressLine, float]] = field(default_factory=dict)  # pod -> last line, when read
+    waits: dict[str, tuple[str, float]] = field(default_factory=dict)  # pod -> its storage-wait line, when read
+    sampled_at: float = -1.0
 
 
 def _raw(response: Any) -> dict[str, Any]:
@@ -95,7 +98,16 @@ class Observer:
         obs.diagnoses = self._diagnose(namespace, name, body, children, now)
         obs.notes = self._notes(namespace, body, children, gone)
         obs.progress = self._progress(namespace, name, body, children, now)
+        obs.storage_waits = self._storage_waits(namespace, name, now)
         return obs
+
+    def _storage_waits(self, namespace: str, name: str, now: float) -> list[tuple[str, str]] | None:
+        """(pod, line) of the sampled pods whose log ends waiting for storage (storagewait.py); None: no
+        sample this pass. From the same log tails as progress: no extra request."""
+        state = self._samples.get((namespace, name))
+        if state is None or state.sampled_at != now:
+            return None
+        return sorted((pod, line) for pod, (line, _) in state.waits.items())
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         import kubernetes
@@ -201,9 +213,11 @@ class Observer:
         budget = self.settings.progress_pods
         for job in jobs:
             budget -= self._sample_job(namespace, stage, job, state, budget, now)
-        for pod, (_, t) in list(state.lines.items()):
-            if now - t > 3 * self.settings.progress_s:
-                del state.lines[pod]
+        for d in (state.lines, state.waits):
+            for pod, (_, t) in list(d.items()):
+                if now - t > 3 * self.settings.progress_s:
+                    del d[pod]
+        state.sampled_at = now
         lines = [ln for ln, _ in state.lines.values()]
         running = sum(int((j.get("status") or {}).get("active") or 0) for j in jobs)  # the Jobs' counts, now
         if stage == "predict":
@@ -241,4 +255,9 @@ class Observer:
             line = last_progress(text)
             if line is not None:
                 state.lines[pod_name] = (line, now)
+            waiting = waiting_line(text)
+            if waiting is not None:
+                state.waits[pod_name] = (waiting, now)
+            else:
+                state.waits.pop(pod_name, None)
         return max(read, 1)
