@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import storage
-from .storagewait import call as waiting_call
 from .errors import BadArguments, BadInput, classify, is_transient
+from .storagewait import call as waiting_call
 
 log = logging.getLogger("vesuvius_inference.model")
 FOLD = re.compile(r"^fold_(\w+)$")

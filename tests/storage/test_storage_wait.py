@@ -21,7 +21,6 @@ import pytest
 from helpers import smooth_volume, write_zarr
 from outage import Outage, free_port, proxy, serve_folder
 from test_outages import PREDICT, final_of
-
 from vesuvius_inference.storagewait import Outage as Clock
 from vesuvius_inference.storagewait import call, waiting_line
 
@@ -197,7 +196,6 @@ def test_model_download_waits_for_the_store(s3, s3_server, tmp_path, tiny_model,
     import threading
 
     import s3fs
-
     from vesuvius_inference import storagewait
     from vesuvius_inference.model_source import resolve_model
 
