@@ -344,6 +344,7 @@ class KubeAPI(kmock.KubernetesEmulator):
         self.ttl = TTLController(self)
         declare = self.declare
         declare("v1/namespaces", "Namespace", namespaced=False, subresources={"status"})
+        declare("v1/nodes", "Node", namespaced=False, subresources={"status"}, singular="node")
         declare("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
                 subresources={"status"})
         declare("v1/events", "Event")

@@ -45,11 +45,12 @@ class Diagnosis:
     events: list[dict[str, Any]] | None = None
     pending: list[dict[str, Any]] | None = None
     failed: list[dict[str, Any]] | None = None
+    terminating: list[dict[str, Any]] | None = None  # pods being deleted, not terminal yet
 
     def covers(self, kind: str) -> bool:
         """Whether this sample can tell if a stall of ``kind`` is there."""
         source = {"PodsNotCreated": self.events, "PodsUnschedulable": self.pending, "PodsStuck": self.pending,
-                  "GPUUnavailable": self.failed}[kind]
+                  "GPUUnavailable": self.failed, "PodsStuckTerminating": self.terminating}[kind]
         return source is not None
 
 
@@ -280,7 +281,7 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
         d = (ctx.obs.diagnoses or {}).get(job["metadata"].get("uid", ""))
         if d is not None:
             for s in stalls.explain(d.events or [], d.pending or [], d.failed or [], job["metadata"]["name"],
-                                    ctx.obs.now_s, ctx.obs.stall_grace_s):
+                                    ctx.obs.now_s, ctx.obs.stall_grace_s, d.terminating or []):
                 found.setdefault(s.kind, s)
     out: list[Extra] = []
     for kind in stalls.KINDS:

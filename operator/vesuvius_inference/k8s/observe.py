@@ -43,6 +43,7 @@ class Settings:
     progress_s: float = 60.0  # VESUVIUS_PROGRESS_SECONDS: progress sampling interval (0: off)
     progress_pods: int = 8  # VESUVIUS_PROGRESS_PODS: pod logs read per interval and InferenceJob
     page: int = 20  # pods or Events per stall read
+    terminating_pages: int = 5  # pages per read when looking for pods stuck terminating
     log_lines: int = 20
     kueue_recheck_s: float = 600.0  # how long a Kueue API version that 404'd is not asked again
 
@@ -78,6 +79,7 @@ class Observer:
         self._failed_seen: dict[str, int] = {}
         self._failure_read: set[str] = set()  # failed Jobs whose failed pods were read for the failure's Event
         self._samples: dict[tuple[str, str], _Samples] = {}
+        self._walks: dict[str, str] = {}  # Job uid -> continue token of the walk for terminating pods
 
     def forget(self, namespace: str, name: str) -> None:
         for d in (self._last_read, self._samples):
@@ -150,6 +152,8 @@ class Observer:
                 d.events = self._list("event", namespace, f"involvedObject.uid={uid},reason=FailedCreate", None)
             if due and reads.pending:
                 d.pending = self._list("pod", namespace, "status.phase=Pending", f"{CONTROLLER_UID}={uid}")
+            if due and reads.terminating:
+                d.terminating = self._terminating(namespace, uid)
             if (due and reads.failed) or just_failed:
                 d.failed = self._list("pod", namespace, "status.phase=Failed", f"{CONTROLLER_UID}={uid}")
             if just_failed:
@@ -159,6 +163,31 @@ class Observer:
         if out:
             self._last_read[key] = now
         return out or None
+
+    def _terminating(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The Job's pods that are being deleted. No selector picks ``deletionTimestamp`` (pod fields:
+        pkg/registry/core/pod/strategy.go, ToSelectableFields), so this walks the Job's unfinished pods a few
+        pages per read, from where the last read stopped (the list's ``continue`` token), and keeps those
+        with a deletionTimestamp: bounded per read however many pods the Job runs."""
+        import kubernetes
+
+        found: list[dict[str, Any]] = []
+        for _ in range(self.settings.terminating_pages):
+            try:
+                page = _raw(self.c.core.list_namespaced_pod(
+                    namespace, field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                    label_selector=f"{CONTROLLER_UID}={uid}", limit=self.settings.page,
+                    _continue=self._walks.get(uid) or None, _preload_content=False))
+            except kubernetes.client.ApiException as e:
+                if e.status != 410:  # an expired continue token: from the start next time
+                    raise
+                self._walks.pop(uid, None)
+                break
+            found += [p for p in page.get("items") or [] if (p.get("metadata") or {}).get("deletionTimestamp")]
+            self._walks[uid] = (page.get("metadata") or {}).get("continue") or ""
+            if found or not self._walks[uid]:
+                break
+        return found
 
     def _list(self, kind: str, namespace: str, fields: str, labels: str | None) -> list[dict[str, Any]]:
         if kind == "event":
