@@ -31,6 +31,7 @@ class Registry:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.counters: dict[str, Callable[[], float]] = {}
+        self.sections: list[Callable[[], list[str]]] = []  # more metric lines (the work queue's: handlers.py)
 
     def record(self, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
         with self._lock:
@@ -67,6 +68,8 @@ class Registry:
                     for (ns, n), j in sorted(jobs.items()) if j["stage"]]
         for metric, value in sorted(self.counters.items()):
             out += [f"# TYPE {metric} counter", f"{metric} {value()}"]
+        for section in self.sections:
+            out += section()
         return "\n".join(out) + "\n"
 
 
