@@ -295,6 +295,17 @@ class JobController:
         with self._lock:
             return [r for r in self.results if r.job == job]
 
+    def preempt_running(self, job_pattern: str = ".*") -> int:
+        """Preempt every pod of the matching Jobs whose container runs now (DisruptionTarget, then SIGKILL), as
+        an eviction of the whole Workload does; returns how many."""
+        pattern, n = re.compile(job_pattern), 0
+        for st in list(self.jobs.values()):
+            if pattern.search(st.name):
+                for run in list(st.running.values()):
+                    if run.proc is not None and run.proc.poll() is None and not run.stranded:
+                        run.preempt_at, n = time.monotonic(), n + 1
+        return n
+
     def lose_node(self, name: str) -> None:
         """Node ``name`` stops answering (module docstring): it becomes NotReady with the unreachable taint (a
         Node object in the API), and its pods are deleted by the taint manager and stay Terminating."""
