@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import storage
+from . import storage, storagewait
 from .errors import Busy, classify, is_transient
 
 log = logging.getLogger("vesuvius_inference.claims")
@@ -326,10 +326,18 @@ class Lease:
             except Exception as e:  # noqa: BLE001 - transient storage errors: retry until the renew deadline
                 log.debug("claim renewal failed: %s", e)
                 self._renew_error = e
-            if time.monotonic() - self._last_ok > self.lease_s / 2:
+            if time.monotonic() - self._last_ok > self.lease_s / 2 and not self._outage_wait():
                 self._lost = (f"{self.what}: could not renew the claim for {self.lease_s / 2:g} s; stopping so that "
                               "another run can take over")
                 return
+
+    def _outage_wait(self) -> bool:
+        """Whether an unrenewed claim is a storage outage still worth waiting out (--storage_wait_s,
+        storagewait.py). Safe: writes wait in :meth:`check` meanwhile, and the renewal that ends the wait is
+        a compare-and-swap on this run's tag, which fails if another run took the claim over meanwhile."""
+        err = self._renew_error
+        return err is not None and is_transient(err) and \
+            storagewait.OUTAGE.delay(err, f"renewing the claim of {self.what}") is not None
 
     def _lost_error(self) -> Exception:
         """Why this run must stop writing: storage that stopped answering is a storage outage (exit 74),
@@ -365,9 +373,13 @@ class Lease:
         longer write (call before each write)."""
         if self._lost:
             raise self._lost_error()
-        if time.monotonic() - self._last_ok > self.lease_s / 2:
-            self._lost = f"{self.what}: the claim was not renewed for {self.lease_s / 2:g} s; stopping"
-            raise self._lost_error()
+        while time.monotonic() - self._last_ok > self.lease_s / 2:
+            if not self._outage_wait():  # else: wait for the heartbeat's renewal, as long as the outage wait allows
+                self._lost = f"{self.what}: the claim was not renewed for {self.lease_s / 2:g} s; stopping"
+                raise self._lost_error()
+            time.sleep(max(0.05, min(1.0, self.lease_s / 8)))
+            if self._lost:
+                raise self._lost_error()
 
     def confirm(self) -> None:
         """Renew now and fail unless the claim is still ours (before writing a completion marker)."""

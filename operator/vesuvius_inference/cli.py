@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import config, signals
-from .errors import EXIT_BAD_ARGUMENTS, Stopped, VesuviusError, classify
+from .errors import EXIT_BAD_ARGUMENTS, BadArguments, Stopped, VesuviusError, classify
 from .failure import debug_requested, report, report_stop
 from .podopts import guard  # Kubernetes pods: the disruption bound
 from .settings import build_parser, from_args
@@ -129,6 +129,14 @@ def _cmd_render(argv: Sequence[str]) -> int:
 
 # Commands that stop on SIGTERM/SIGINT after a checkpoint (signals.py) and exit EXIT_STOPPED.
 STOPPABLE = ("predict", "pipeline")
+def _storage_wait(cfg: Any) -> None:
+    """This process waits out storage outages for --storage_wait_s (storagewait.py)."""
+    from . import storagewait
+
+    wait = float(getattr(cfg, "storage_wait_s", 0.0) or 0.0)
+    if wait < 0:
+        raise BadArguments(f"--storage_wait_s must be >= 0, got {wait:g}")
+    storagewait.configure(wait)
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:
@@ -143,6 +151,7 @@ def run_command(name: str, argv: Sequence[str]) -> int:
     try:
         with signals.installed(parent_death=signals.ENV_PARENT_PID in os.environ) if stoppable \
                 else contextlib.nullcontext():
+            _storage_wait(cfg)
             guard(cfg)  # a Kubernetes pod whose part was disrupted too often stops here
             COMMANDS[name].run(cfg)
     except Stopped as e:

@@ -76,6 +76,11 @@ class Storage:
         secret=True, metavar="JSON",
         help="fsspec options for remote URLs, e.g. '{\"endpoint_url\": \"http://minio:9000\"}'; updates the "
              "environment's")
+    storage_wait_s: float = setting(
+        300.0, "--storage_wait_s", parse=float, render=number, env="VESUVIUS_STORAGE_WAIT_S",
+        crd={"predict": "storage.waitSeconds", "blend": "storage.waitSeconds", "finalize": "storage.waitSeconds"},
+        help="wait this long for storage that stops answering (connection refused or reset, timeouts, 5xx, "
+             "throttling), retrying with backoff, before exiting 74; 0: exit at once (storagewait.py)")
 
     def validate_storage(self, *urls: str | None) -> None:
         """Storage option keys against the filesystems of these URLs (prechecks.check_storage_options)."""

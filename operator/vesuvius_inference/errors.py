@@ -86,7 +86,8 @@ def disruption_refusal(part: int, disruptions: int, limit: int | None) -> Disrup
     if limit is None or disruptions <= limit:
         return None
     return DisruptedTooOften(
-        f"part {part} was disrupted {disruptions} times (evicted by the kubelet or preempted; the limit is "
+        f"part {part} was disrupted {disruptions} times (evicted by the kubelet, preempted, or its storage "
+        f"unreachable for storage.waitSeconds; the limit is "
         f"retry.maxDisruptionsPerPart={limit}): not starting it again. Node-pressure evictions pick pods that use "
         "more memory than they request first: raise the stage's memory request (spec.predict.resources) or "
         "lower inference.cacheGb, then bump spec.retryFailedParts")

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import storage
 from .errors import BadArguments, BadInput, classify, is_transient
+from .storagewait import call as waiting_call
 
 log = logging.getLogger("vesuvius_inference.model")
 FOLD = re.compile(r"^fold_(\w+)$")
@@ -75,8 +76,11 @@ def remote_identity(url: str, so: dict[str, Any]) -> str:
 
 
 def _fetch_remote(url: str, so: dict[str, Any], cache_dir: str) -> str:
-    fs, root, files = _remote_listing(url, so)
-    key = remote_identity(url, so)
+    """Download into the cache; an outage while listing or downloading waits (storagewait.py): a pod that
+    would otherwise fail, be re-created and download the model again waits for the store instead."""
+    doing = f"downloading the model {url}"
+    fs, root, files = waiting_call(_remote_listing, url, so, doing=doing)
+    key = waiting_call(remote_identity, url, so, doing=doing)
     target = os.path.join(cache_dir, key)
     with _locked(target + ".lock"):
         if os.path.exists(os.path.join(target, ".complete")):
@@ -89,7 +93,7 @@ def _fetch_remote(url: str, so: dict[str, Any], cache_dir: str) -> str:
         for rel, info in sorted(files.items()):
             dst = os.path.join(tmp, rel)
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            fs.get_file(f"{root}/{rel}", dst)
+            waiting_call(fs.get_file, f"{root}/{rel}", dst, doing=doing)
             total += int(info.get("size") or 0)
         Path(tmp, ".complete").write_text(url)
         shutil.rmtree(target, ignore_errors=True)
@@ -108,7 +112,7 @@ def _fetch_hf(url: str, cache_dir: str) -> str:
     if repo.count("/") != 1:
         raise BadArguments(f"expected hf://org/model[@revision], got {url!r}")
     try:
-        path = snapshot_download(repo_id=repo, revision=revision or None, cache_dir=os.path.join(cache_dir, "hf"),
+        path = waiting_call(snapshot_download, doing=f"downloading the model {url}", repo_id=repo, revision=revision or None, cache_dir=os.path.join(cache_dir, "hf"),
                                  allow_patterns=["plans.json", "dataset.json", "*checkpoint_final.pth",
                                                  "*checkpoint_best.pth"], token=os.environ.get("HF_TOKEN"))
     except Exception as e:  # offline without a cached snapshot, unknown repo, no permission

@@ -16,6 +16,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from .errors import BadArguments, BadInput
+from .storagewait import waiting, waiting_store
 
 READ_ONLY_SCHEMES = ("http://", "https://")
 
@@ -51,18 +52,20 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 
 def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
-    """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise)."""
+    """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise), whose requests
+    wait out storage outages (storagewait.py)."""
     import zarr.storage
 
     if is_local(url):
         path = local_path(url)
         if not read_only:
             os.makedirs(path, exist_ok=True)
-        return zarr.storage.LocalStore(path, read_only=read_only)
+        return waiting_store(zarr.storage.LocalStore(path, read_only=read_only), url)
     opts = dict(storage_options or {})
-    return zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only)
+    return waiting_store(zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only), url)
 
 
+@waiting("reading")
 def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The JSON object at ``url``, or None when absent."""
     fs, path = filesystem(url, storage_options)
@@ -80,6 +83,7 @@ def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None
     write_bytes(url, json.dumps(obj, indent=1, sort_keys=True).encode(), storage_options)
 
 
+@waiting("writing")
 def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write an object so that readers see the old one or the new one, never half of it.
 
@@ -97,6 +101,7 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = 
     fs.pipe_file(path, data)
 
 
+@waiting("deleting")
 def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = True) -> None:
     """Delete ``url`` (a tree when recursive); absent is fine."""
     fs, path = filesystem(url, storage_options)
@@ -106,6 +111,7 @@ def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: b
         pass
 
 
+@waiting("listing")
 def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Base names directly under ``url`` (empty when absent)."""
     fs, path = filesystem(url, storage_options)
@@ -116,6 +122,7 @@ def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[
     return sorted(os.path.basename(str(e).rstrip("/")) for e in entries)
 
 
+@waiting("measuring")
 def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
     """Total size of the objects under ``url``: how intermediates are measured."""
     fs, path = filesystem(url, storage_options)
@@ -125,6 +132,7 @@ def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
         return 0
 
 
+@waiting("copying")
 def copy_tree(src: str, dst: str, storage_options: dict[str, Any] | None = None) -> None:
     """Copy everything under ``src`` to ``dst`` (server-side on object stores)."""
     if is_local(src) and is_local(dst):

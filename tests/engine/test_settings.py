@@ -34,7 +34,7 @@ NON_DEFAULT = {
     "skip_empty_patches": False, "batch_size": 3, "input_cache_gb": 0.5, "patch_order": "rowmajor",
     "checkpoint_s": 30.0, "intensity_check": "error", "compile": True, "cache_gb": 2.5, "mode": "multiclass",
     "threshold": True, "levels": 3, "quiet": True, "overwrite": True, "lease_s": 17.0, "progress_s": 5.0,
-    "ngff_version": "0.4", "debug": True,
+    "ngff_version": "0.4", "debug": True, "storage_wait_s": 45.0,
     "partition": "4x2",
 }
 SINGLE_VALUED = {"tta_type"}  # nnU-Net has one kind; no other value exists to carry

@@ -71,6 +71,18 @@ and starts once the Secret appears (pkg/kubelet/kubelet_pods.go makeEnvironmentV
 the pod workers); an image in :attr:`JobController.unpullable` waits in ErrImagePull, then
 ImagePullBackOff, forever.
 
+A node that stops answering (:meth:`JobController.lose_node`): the node lifecycle controller marks it
+NotReady and taints it ``node.kubernetes.io/unreachable:NoExecute``; the taint manager deletes its pods
+(``DisruptionTarget`` reason ``DeletionByTaintManager``, pkg/controller/tainteviction/taint_eviction.go);
+with the Job controller's ``batch.kubernetes.io/job-tracking`` finalizer the pod stays, Terminating, with a
+``deletionTimestamp``, because no kubelet confirms that its container stopped. The Job counts it in
+``status.terminating``, not ``active``, and with ``podReplacementPolicy: Failed`` creates no replacement
+for its index until it is terminal (pkg/controller/job/job_controller.go, manageJob; indexed_job_utils.go,
+getPodsWithDelayedDeletionPerIndex). PodGC (pkg/controller/podgc/gc_controller.go, gcTerminating): a
+terminating pod whose node is NotReady and carries the ``node.kubernetes.io/out-of-service`` taint is
+marked Failed and force-deleted (markFailedAndDeletePod); the Job controller then sees a failed pod whose
+DisruptionTarget condition its podFailurePolicy Ignores, and re-creates the index elsewhere.
+
 Test hooks (:meth:`JobController.fail`, :meth:`JobController.preempt`, :meth:`JobController.stub`)
 change what pods do, here and not in product code: ``fail`` replaces one attempt's command with a
 Python one-liner that prints a message and exits with a code; ``preempt`` runs the real command, then
@@ -168,6 +180,7 @@ class PodRun:
     started: float
     preempt_at: float | None = None
     preempt_reason: str = "PreemptionByScheduler"
+    stranded: bool = False  # deleted on a node that stopped answering: Terminating until PodGC removes it
     preempted: bool = False
     evict_at: float | None = None
     evicted: bool = False
@@ -233,6 +246,7 @@ class JobController:
         self._stubs: list[tuple[re.Pattern[str], Hook | None]] = []
         self.unpullable: set[str] = set()  # images no registry serves
         self.nodes: list[Node] | None = None  # None: every pod is scheduled at once
+        self.lost_nodes: set[str] = set()  # nodes that stopped answering (lose_node)
         self.api: Any = None  # a kmock_api.KubeAPI: pods' output served as their logs
         self.events: dict[tuple[str, str], tuple[str, int]] = {}  # (job uid, message) -> (Event name, count)
         self.release_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self.workdir))
@@ -264,10 +278,11 @@ class JobController:
             self._hooks[(job, index, attempt)] = Hook(evict_after=after)
 
     def hook(self, job: str, index: int | None, attempt: int = 0, exit_code: int = 0, sleep: float = 0.0,
-             held: bool = False, message: str = "") -> None:
-        """One attempt of one index: wait ``sleep`` s (or, ``held``, until :meth:`release`), then exit."""
+             held: bool = False, message: str = "", lines: tuple[str, ...] = ()) -> None:
+        """One attempt of one index: print ``lines``, wait ``sleep`` s (or, ``held``, until :meth:`release`),
+        then exit."""
         self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
-                                                  wait_for=self.release_dir / "go" if held else None)
+                                                  wait_for=self.release_dir / "go" if held else None, lines=lines)
 
     def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False,
              lines: tuple[str, ...] = ()) -> None:
@@ -289,10 +304,40 @@ class JobController:
         with self._lock:
             return [r for r in self.results if r.job == job]
 
+    def preempt_running(self, job_pattern: str = ".*") -> int:
+        """Preempt every pod of the matching Jobs whose container runs now (DisruptionTarget, then SIGKILL), as
+        an eviction of the whole Workload does; returns how many."""
+        pattern, n = re.compile(job_pattern), 0
+        for st in list(self.jobs.values()):
+            if pattern.search(st.name):
+                for run in list(st.running.values()):
+                    if run.proc is not None and run.proc.poll() is None and not run.stranded:
+                        run.preempt_at, n = time.monotonic(), n + 1
+        return n
+
+    def lose_node(self, name: str) -> None:
+        """Node ``name`` stops answering (module docstring): it becomes NotReady with the unreachable taint (a
+        Node object in the API), and its pods are deleted by the taint manager and stay Terminating."""
+        import kubernetes
+
+        t = now_iso()
+        node = {"metadata": {"name": name}, "spec": {"taints": [
+            {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": t}]},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                                       "message": "Kubelet stopped posting node status.", "lastTransitionTime": t}]}}
+        try:
+            self.core.create_node(node)
+        except kubernetes.client.ApiException as e:
+            if e.status != 409:
+                raise
+            self.core.patch_node(name, {"spec": node["spec"]})
+        self.core.patch_node_status(name, {"status": node["status"]})
+        self.lost_nodes.add(name)
+
     def running(self) -> list[tuple[str, int | None]]:
         """(Job, index) of the pods whose container runs now (list() copies are atomic under the GIL)."""
         return [(st.name, i) for st in list(self.jobs.values()) for i, r in list(st.running.items())
-                if r.proc is not None]
+                if r.proc is not None and not r.stranded]
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -348,18 +393,26 @@ class JobController:
         container = spec["template"]["spec"]["containers"][0]["name"]
         # 1. finished and preempted pods; containers the kubelet could not start yet are retried
         for slot, run in list(st.running.items()):
-            if run.proc is None:
+            if run.node is not None and run.node in self.lost_nodes and not run.stranded:
+                self._strand(run)
+            if run.stranded:
+                if not self._pod_gc(run):
+                    continue  # Terminating: its index waits (podReplacementPolicy: Failed)
+                code = -signal.SIGKILL
+            elif run.proc is None:
                 run.launch()
                 continue
-            self._disrupt(run, container)
-            code = run.proc.poll()
-            if code is None:
-                continue
+            else:
+                self._disrupt(run, container)
+                code = run.proc.poll()
+                if code is None:
+                    continue
             del st.running[slot]
             exit_code = 128 - code if code < 0 else code
-            conditions = ["DisruptionTarget"] if run.preempted or run.evicted else []
+            conditions = ["DisruptionTarget"] if run.preempted or run.evicted or run.stranded else []
             action, rule = ("Succeeded", -1) if exit_code == 0 else match_rule(rules, container, exit_code, conditions)
-            self._finish_pod(run, exit_code, container, job, conditions)
+            if not run.stranded:  # PodGC wrote a stranded pod's end, and deleted it
+                self._finish_pod(run, exit_code, container, job, conditions)
             with self._lock:
                 self.results.append(PodResult(st.name, run.index, run.attempt, run.name, exit_code, conditions,
                                               action, time.monotonic() - run.started))
@@ -443,6 +496,39 @@ class JobController:
             st.running[i] = run
         self._write_status(st, job)
 
+    def _strand(self, run: PodRun) -> None:
+        """The taint manager deletes a pod of a node that stopped answering; no kubelet confirms the end, so
+        the pod stays Terminating (the Job controller's tracking finalizer keeps the object)."""
+        self._signal(run, signal.SIGKILL)  # the node is gone: so is whatever ran there, unseen
+        run.stranded = True
+        with contextlib.suppress(Exception):
+            self.core.patch_namespaced_pod(run.name, self.namespace, {"metadata": {
+                "finalizers": ["batch.kubernetes.io/job-tracking"]}}, _content_type="application/merge-patch+json")
+        self._patch_pod_status(run.name, {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+             "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": now_iso()}]})
+        self._delete_pod(run.name)
+
+    def _pod_gc(self, run: PodRun) -> bool:
+        """PodGC's gcTerminating for one stranded pod: True once it marked it Failed and force-deleted it."""
+        import kubernetes
+
+        try:
+            node = self.core.read_node(run.node)
+        except kubernetes.client.ApiException as e:
+            if e.status != 404:
+                raise
+            return False
+        ready = any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+        if ready or not any(t.key == "node.kubernetes.io/out-of-service" for t in (node.spec.taints or [])):
+            return False
+        self._patch_pod_status(run.name, {"phase": "Failed"})
+        with contextlib.suppress(Exception):
+            self.core.patch_namespaced_pod(run.name, self.namespace, {"metadata": {"finalizers": []}},
+                                           _content_type="application/merge-patch+json")
+        self._delete_pod(run.name)
+        return True
+
     def _disrupt(self, run: PodRun, container: str) -> None:
         """A preemption or a kubelet eviction that is due: the pod's conditions first, then SIGKILL."""
         now = time.monotonic()
@@ -510,9 +596,11 @@ class JobController:
         self._write_status(st, job, completion=final == "Complete")
 
     def _write_status(self, st: JobState, job: dict[str, Any], terminating: int = 0, completion: bool = False) -> None:
+        stranded = sum(r.stranded for r in st.running.values())
         status: dict[str, Any] = {
-            "active": len(st.running), "ready": sum(r.proc is not None for r in st.running.values()),
-            "terminating": terminating,
+            "active": len(st.running) - stranded,
+            "ready": sum(r.proc is not None and not r.stranded for r in st.running.values()),
+            "terminating": terminating + stranded,
             "succeeded": st.succeeded, "failed": st.failed, "uncountedTerminatedPods": {},
             "startTime": st.start_time, "conditions": [dict(c) for c in st.conditions] or None,
         }
@@ -654,18 +742,25 @@ class JobController:
                 if other.node is not None:
                     used[other.node] = used.get(other.node, 0) + other.gpus
         short = mismatch = 0
+        tainted = 0
         for node in self.nodes:
-            if any(node.labels.get(k) != v for k, v in selector.items()):
+            if node.name in self.lost_nodes:  # NotReady, unreachable NoExecute taint (TaintToleration filter)
+                tainted += 1
+            elif any(node.labels.get(k) != v for k, v in selector.items()):
                 mismatch += 1
             elif node.gpus - used.get(node.name, 0) < want:
                 short += 1
             else:
                 run.node, run.gpus = node.name, want
+                with contextlib.suppress(Exception):  # the binding (pods/binding sets spec.nodeName)
+                    self.core.patch_namespaced_pod(run.name, self.namespace, {"spec": {"nodeName": node.name}},
+                                                   _content_type="application/merge-patch+json")
                 self._patch_pod_status(run.name, {"conditions": [
                     {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
                 return True
         n = len(self.nodes)
         why = [f"{short} Insufficient nvidia.com/gpu"] if short else []
+        why += [f"{tainted} node(s) had untolerated taint {{node.kubernetes.io/unreachable: }}"] if tainted else []
         why += [f"{mismatch} node(s) didn't match Pod's node affinity/selector"] if mismatch else []
         message = (f"0/{n} nodes are available: {', '.join(why)}. preemption: 0/{n} nodes are available: {n} "
                    "Preemption is not helpful for scheduling.")

@@ -46,7 +46,7 @@ kube-apiserver does for the parts we use:
   (pkg/controller/ttlafterfinished/ttlafterfinished_controller.go, processJob/processTTL/jobFinishTime):
   a finished Job with ``ttlSecondsAfterFinished`` is deleted, Foreground, with a uid precondition,
   that many seconds after its Complete/Failed condition's lastTransitionTime.
-- Fault injection: :meth:`KubeAPI.fail_requests` answers matching requests with an error status a
+- Fault injection: :meth:`KubeAPI.fail_requests` answers matching requests (after ``hang_s`` of silence) with an error status a
   given number of times; :meth:`KubeAPI.drop_watch_events` loses matching watch events (every watch
   stream skips them, as if the connection had broken and resumed after them).
 
@@ -246,6 +246,7 @@ class Fault:
     times: int = 1
     when: Callable[[Any], bool] | None = None
     hits: int = 0
+    hang_s: float = 0.0  # first answer nothing for this long (a server or connection that went silent)
 
 
 @dataclass
@@ -344,6 +345,7 @@ class KubeAPI(kmock.KubernetesEmulator):
         self.ttl = TTLController(self)
         declare = self.declare
         declare("v1/namespaces", "Namespace", namespaced=False, subresources={"status"})
+        declare("v1/nodes", "Node", namespaced=False, subresources={"status"}, singular="node")
         declare("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", namespaced=False,
                 subresources={"status"})
         declare("v1/events", "Event")
@@ -502,6 +504,8 @@ class KubeAPI(kmock.KubernetesEmulator):
             if fault.hits < fault.times and fault.method == method and re.search(fault.path, request.url.path) and (
                     fault.when is None or fault.when(request.data)):
                 fault.hits += 1
+                if fault.hang_s:
+                    await asyncio.sleep(fault.hang_s)
                 raise _err(fault.status, _REASONS.get(fault.status, "InternalError"), fault.message)
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, route, params)
@@ -878,8 +882,8 @@ class KubeAPI(kmock.KubernetesEmulator):
     # ---- fault injection (from other threads through ServerThread.call) ------------------------
 
     def fail_requests(self, method: str, path: str, status: int = 500, message: str = "injected fault",
-                      times: int = 1, when: Callable[[Any], bool] | None = None) -> Fault:
-        fault = Fault(method.upper(), path, status, message, times, when)
+                      times: int = 1, when: Callable[[Any], bool] | None = None, hang_s: float = 0.0) -> Fault:
+        fault = Fault(method.upper(), path, status, message, times, when, hang_s=hang_s)
         self.faults.append(fault)
         return fault
 

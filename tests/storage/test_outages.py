@@ -23,8 +23,9 @@ from outage import Outage, free_port, proxy, serve_folder
 
 # small enough for a few seconds of model time, large enough for checkpoints between batches
 SHAPE, CHUNKS = (16, 64, 96), (8, 32, 32)
+# --storage_wait_s 0: fail at the first outage, as these tests are about (test_storage_wait.py: the wait)
 PREDICT = ["--device", "cpu", "--disable_tta", "--checkpoint_s", "0", "--chunk_size", "8,16,16",
-           "--input_cache_gb", "0", "--intensity_check", "off"]
+           "--input_cache_gb", "0", "--intensity_check", "off", "--storage_wait_s", "0"]
 
 
 def cli(*args, env=None):

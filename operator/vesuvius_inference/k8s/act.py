@@ -114,6 +114,23 @@ def write_status(custom: Any, namespace: str, name: str, rv: str | None, prev: d
     return True
 
 
+def label_finished(c: Clients, namespace: str, body: dict[str, Any], label: str, finished: bool) -> None:
+    """Set (or remove) the label the periodic resync selects on, when it differs: one request at completion
+    and one when a retry starts again, none otherwise."""
+    has = ((body.get("metadata") or {}).get("labels") or {}).get(label) == "true"
+    if has == finished:
+        return
+    import kubernetes
+
+    try:
+        c.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body["metadata"]["name"],
+                                                {"metadata": {"labels": {label: "true" if finished else None}}},
+                                                _content_type="application/merge-patch+json")
+    except kubernetes.client.ApiException as e:
+        if e.status != 404:  # deleted meanwhile: nothing to label
+            raise
+
+
 def apply(c: Clients, namespace: str, body: dict[str, Any], plan: Plan) -> None:
     for name, patch in plan.job_patches:
         c.batch.patch_namespaced_job(name, namespace, patch, _content_type="application/merge-patch+json",

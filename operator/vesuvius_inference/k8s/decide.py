@@ -46,11 +46,12 @@ class Diagnosis:
     events: list[dict[str, Any]] | None = None
     pending: list[dict[str, Any]] | None = None
     failed: list[dict[str, Any]] | None = None
+    terminating: list[dict[str, Any]] | None = None  # pods being deleted, not terminal yet
 
     def covers(self, kind: str) -> bool:
         """Whether this sample can tell if a stall of ``kind`` is there."""
         source = {"PodsNotCreated": self.events, "PodsUnschedulable": self.pending, "PodsStuck": self.pending,
-                  "GPUUnavailable": self.failed}[kind]
+                  "GPUUnavailable": self.failed, "PodsStuckTerminating": self.terminating}[kind]
         return source is not None
 
 
@@ -68,6 +69,7 @@ class Observed:
     progress: dict[str, Any] | None = None  # a fresh status.progress (None: no sample this pass)
     intensity: Reported | None = None  # a predict pod's word on the input's intensities (None: none this pass)
     kueue_missing: bool = False  # Jobs carry a queue label but the cluster serves no Kueue Workload API
+    storage_waits: list[tuple[str, str]] | None = None  # (pod, line) waiting for storage; None: no sample
     stall_grace_s: float = 300.0
     policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
     secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
@@ -221,6 +223,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     _sync_suspend(ctx, plan)
     _sync_parallelism(ctx, plan, extra)
     extra += _stall_conditions(ctx)
+    extra.append(_storage_condition(ctx))
     conflict_text = (f"{', '.join(outcomes.conflicts)} exists but belongs to another owner (a deleted InferenceJob "
                      "of the same name whose Jobs are not garbage-collected yet?); waiting for it to go"
                      ) if outcomes.conflicts else ""
@@ -340,7 +343,7 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
         d = (ctx.obs.diagnoses or {}).get(job["metadata"].get("uid", ""))
         if d is not None:
             for s in stalls.explain(d.events or [], d.pending or [], d.failed or [], job["metadata"]["name"],
-                                    ctx.obs.now_s, ctx.obs.stall_grace_s):
+                                    ctx.obs.now_s, ctx.obs.stall_grace_s, d.terminating or []):
                 found.setdefault(s.kind, s)
     out: list[Extra] = []
     for kind in stalls.KINDS:
@@ -355,7 +358,8 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
 
 
 # What keeps a running run from running, most telling first: the Reason column of kubectl get ij.
-WAITING = ("KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnschedulable", "PodsStuck", "Evicted", "Queued")
+WAITING = ("KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnschedulable", "PodsStuckTerminating",
+           "StorageUnreachable", "PodsStuck", "Evicted", "Queued")
 
 
 def _waiting_reason(status: Mapping[str, Any], extra: Sequence[Extra]) -> str:
@@ -365,6 +369,30 @@ def _waiting_reason(status: Mapping[str, Any], extra: Sequence[Extra]) -> str:
         return str(status.get("reason") or "")
     on = {kind for kind, true, _, _ in extra if true}
     return next((kind for kind in WAITING if kind in on), str(status.get("reason") or ""))
+
+
+def _storage_condition(ctx: _Ctx) -> Extra:
+    """``StorageUnreachable`` while sampled pods wait for storage (their log ends in storagewait.py's line): the
+    run is not stuck and not failing, it waits. Kept between samples; over when a sample shows no pod waiting
+    or no Job runs."""
+    kind = "StorageUnreachable"
+    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == kind), {})
+    waits = ctx.obs.storage_waits
+    if not _unfinished(ctx):
+        return (kind, False, "", "")
+    if waits is None:
+        on = old.get("status") == "True"
+        return (kind, on, old.get("reason", "") if on else "", old.get("message", "") if on else "")
+    if not waits:
+        return (kind, False, "", "")
+    pod, line = waits[0]
+    more = f" (and {len(waits) - 1} more of the sampled pods)" if len(waits) > 1 else ""
+    wait_s = (ctx.spec.get("storage") or {}).get("waitSeconds", 300)
+    return (kind, True, "WaitingForStorage", bounded(
+        f"pod {pod}{more} waits for storage: {line}. Pods retry for up to storage.waitSeconds={wait_s:g}s, then "
+        "exit 74, which costs the part none of its retries where its disruptions are bounded "
+        "(retry.maxDisruptionsPerPart; else it counts as one of retry.perPartLimit); check the object store "
+        "(endpoint, health, throttling)"))
 
 
 def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,15 @@ kopf/_cogs/clients/watching.py): only the operator's Jobs reach it, whatever els
 namespace. No finalizer: deletion cascades through ownerReferences even with the operator down (which
 is also why the resync is an operator-wide task, not a kopf timer: kopf puts a finalizer on every
 object with a timer or daemon, kopf/on.py).
+
+The resync lists only unfinished InferenceJobs: a pass that leaves one Succeeded or Failed (no retry
+pending) labels it ``vesuvius.dev/finished=true``, and the resync asks the API server for
+``!vesuvius.dev/finished``, a page (``limit``/``continue``) at a time: at 20,000 InferenceJobs, mostly
+finished, listing them all every minute cost ~414 MiB (issue 24). Liveness (kopf's ``--liveness``
+endpoint runs every ``@kopf.on.probe`` handler, kopf/_core/engines/probing.py; a handler that raises
+makes it answer 500) fails when work has waited for a pass for ``VESUVIUS_LIVENESS_RESYNCS`` resync
+periods (default 3) and no pass finished in that time, or when the resync itself stopped: every thread
+hung is then a restart, not an operator that looks healthy and does nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from .observe import Observer, Settings
 from .passes import Passes
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
+FINISHED = "vesuvius.dev/finished"  # label: set at completion, removed when a retry starts; the resync skips it
+RESYNC_PAGE = 500
 log = logging.getLogger("vesuvius_inference.operator")
 
 _scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "metrics_auth": "none",
@@ -78,16 +89,53 @@ def runtime() -> Runtime:
         if not _runtime:
             c = clients.build()
             defaults = manifests.defaults_from_env()
-            stats = {"passes": 0.0}
+            stats = {"passes": 0.0, "resync_at": time.monotonic()}
             registry = Registry()
             registry.counters.update({
                 "vesuvius_operator_reconcile_passes_total": lambda: stats["passes"],
                 "vesuvius_operator_api_requests_total": lambda: c.requests.value})
             passes = Passes(lambda ns, name, gone: reconcile(ns, name, gone),
                             float(os.environ.get("VESUVIUS_MIN_PASS_INTERVAL", "1")))
+            registry.sections.append(lambda: queue_metrics(passes))
             _runtime.append(Runtime(c, Observer(c, Settings.from_env(), lambda: defaults), passes, registry, stats,
                                     policy.Policy.from_env(), policy.SecretLabels(c.core)))
         return _runtime[0]
+
+
+def queue_metrics(passes: Passes) -> list[str]:
+    """The work queue's depth and the passes' latency, in the exposition format (metrics.py renders them)."""
+    with passes._lock:
+        pass_lines = passes.pass_latency.lines(
+            "vesuvius_operator_pass_seconds", "Time of one reconcile pass.")
+        queue_lines = passes.queue_latency.lines(
+            "vesuvius_operator_pass_wait_seconds", "From the request that made an InferenceJob dirty to the end "
+                                                   "of its pass (queueing included).")
+        failed = passes.failed
+    return ["# HELP vesuvius_operator_queue_depth InferenceJobs waiting for a pass.",
+            "# TYPE vesuvius_operator_queue_depth gauge", f"vesuvius_operator_queue_depth {passes.queue.depth()}",
+            "# HELP vesuvius_operator_queue_processing Passes running now.",
+            "# TYPE vesuvius_operator_queue_processing gauge",
+            f"vesuvius_operator_queue_processing {passes.queue.processing()}",
+            "# HELP vesuvius_operator_queue_oldest_seconds How long the oldest waiting work has waited.",
+            "# TYPE vesuvius_operator_queue_oldest_seconds gauge",
+            f"vesuvius_operator_queue_oldest_seconds {passes.queue.oldest_s():.3f}",
+            "# TYPE vesuvius_operator_pass_failures_total counter", f"vesuvius_operator_pass_failures_total {failed}",
+            *pass_lines, *queue_lines]
+
+
+def liveness_problem(passes: Passes, resync_at: float, resync_s: float, now: float,
+                     periods: float = 3.0) -> str | None:
+    """Why the operator is not alive (None: it is): work has waited ``periods`` resync periods and no pass
+    finished meanwhile, or the resync has not listed for that long. Idle (nothing to do) is alive."""
+    limit = periods * (resync_s if resync_s > 0 else 60.0)
+    waited, since = passes.queue.oldest_s(), now - passes.last_finished
+    if waited > limit and since > limit:
+        return (f"no reconcile pass has finished for {since:.0f} s while work waits (the oldest for {waited:.0f} s, "
+                f"{passes.queue.depth()} InferenceJobs queued, {passes.queue.processing()} passes running); "
+                f"limit {limit:.0f} s = {periods:g} resync periods")
+    if resync_s > 0 and now - resync_at > limit:
+        return f"the periodic resync has not listed InferenceJobs for {now - resync_at:.0f} s (limit {limit:.0f} s)"
+    return None
 
 
 def _lock(namespace: str, name: str) -> threading.Lock:
@@ -135,6 +183,7 @@ def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]
     plan = decide(obs, outcomes)
     act.apply(rt.clients, namespace, obs.body, plan)
     status = plan.status if plan.status is not None else obs.body.get("status")
+    act.label_finished(rt.clients, namespace, obs.body, FINISHED, finished(obs.body, status))
     rt.registry.record(namespace, name, status)
     rt.stats["passes"] += 1
     log.debug("pass %s/%s: %d API requests, %.0f ms", namespace, name, rt.clients.requests.value - requests,
@@ -142,19 +191,36 @@ def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]
     return status
 
 
-def _candidates(custom: Any) -> list[tuple[str, str]]:
-    """(namespace, name) of the InferenceJobs a resync should look at: unfinished, or with a retry pending."""
-    if _scope["all"]:
-        pages = [custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)]
-    else:
-        pages = [custom.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL) for ns in _scope["namespaces"]]
+def finished(body: dict[str, Any], status: dict[str, Any] | None) -> bool:
+    """Succeeded or Failed with no retry pending: nothing will change unless its spec does (which kopf's
+    update handler sees)."""
+    st = status or {}
+    pending_retry = int((body.get("spec") or {}).get("retryFailedParts") or 0) > int(
+        st.get("retryFailedPartsHandled") or 0)
+    return st.get("phase") in ("Succeeded", "Failed") and not pending_retry
+
+
+def _pages(custom: Any, namespace: str | None, page: int) -> Any:
+    """Every unfinished InferenceJob (label selector ``!vesuvius.dev/finished``), one page per request."""
+    token = None
+    while True:
+        kw: dict[str, Any] = {"label_selector": f"!{FINISHED}", "limit": page, "_continue": token}
+        resp = (custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **kw) if namespace is None
+                else custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw))
+        yield from resp.get("items") or []
+        token = (resp.get("metadata") or {}).get("continue")
+        if not token:
+            return
+
+
+def _candidates(custom: Any, page: int = RESYNC_PAGE) -> list[tuple[str, str]]:
+    """(namespace, name) of the InferenceJobs a resync should look at: unfinished, or with a retry pending
+    (objects finished before the label existed are listed once more, and their pass labels them)."""
+    scopes: list[str | None] = [None] if _scope["all"] else list(_scope["namespaces"])
     out = []
-    for page in pages:
-        for item in page.get("items") or []:
-            st = item.get("status") or {}
-            pending_retry = int((item.get("spec") or {}).get("retryFailedParts") or 0) > int(
-                st.get("retryFailedPartsHandled") or 0)
-            if st.get("phase") not in ("Succeeded", "Failed") or pending_retry:
+    for ns in scopes:
+        for item in _pages(custom, ns, page):
+            if not finished(item, item.get("status")):
                 out.append((item["metadata"]["namespace"], item["metadata"]["name"]))
     return out
 
@@ -168,6 +234,7 @@ async def _resync_loop(interval: float) -> None:
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("resync: listing InferenceJobs failed")
             continue
+        rt.stats["resync_at"] = time.monotonic()
         for namespace, name in items:
             rt.passes.request(namespace, name)
 
@@ -186,6 +253,10 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # only the operator's Jobs, selected by the API server (not every Job of the namespace, filtered here)
     settings.watching.label_selectors["batch", "v1", "jobs"] = manifests.LABEL_JOB
     settings.watching.chunk_size = 500  # kopf's initial list, page by page
+    # kopf's own requests time out too (its default is aiohttp's 5 minutes; watches end server-side first)
+    connect, read = clients.timeout_s()
+    settings.networking.request_timeout, settings.networking.connect_timeout = read, connect
+    settings.watching.connect_timeout, settings.watching.client_timeout = connect, settings.watching.server_timeout + read
 
 
 @kopf.on.startup()
@@ -240,6 +311,14 @@ async def on_inferencejob_event(name: str, namespace: str, type: str | None, **_
 
 @kopf.on.probe(id="reconciler")
 def _alive(**_: Any) -> str:
+    """kopf's liveness endpoint answers 500 when this raises (see the module docstring)."""
+    rt = runtime()
+    resync = resync_seconds() if _scope["all"] or _scope["namespaces"] else 0.0  # else no resync task runs
+    problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, time.monotonic(),
+                               float(os.environ.get("VESUVIUS_LIVENESS_RESYNCS", "3")))
+    if problem is not None:
+        log.error("liveness: %s", problem)
+        raise kopf.PermanentError(problem)
     return "ok"
 
 

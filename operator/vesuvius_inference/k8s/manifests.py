@@ -36,7 +36,7 @@ from typing import Any
 
 from .. import __version__, paths
 from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED
+from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED, EXIT_STORAGE
 from ..settings import crd_values, to_argv
 from ..stagecheck import EXIT_INCOMPLETE
 from .grace import predict_grace_seconds
@@ -250,17 +250,31 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
     batch, checkpoints and exits EXIT_STOPPED (signals.py): ignored too, second, before any rule that
     could fail the index on it (rules are evaluated in order and the first match wins: pkg/controller/
     job/pod_failure_policy.go, matchPodFailurePolicy), so a stopped part never costs a retry even when
-    the pod got no DisruptionTarget condition (a drain's eviction of a pod, a deleted pod)."""
+    the pod got no DisruptionTarget condition (a drain's eviction of a pod, a deleted pod).
+
+    A storage outage is the cluster's trouble too, not the part's: the worker waited ``storage.waitSeconds``
+    for the store before it exited EXIT_STORAGE (storagewait.py), so where the per-index count of ignored
+    failures is bounded (the pods above, told their count: past ``maxDisruptionsPerPart`` they exit 79)
+    a further Ignore rule keeps a long outage from spending the part's ``backoffLimitPerIndex`` (an
+    Ignore'd failure is neither counted in ``failed`` nor backed off, pkg/controller/job/job_controller.go;
+    each outage pod adds one to the index's ignored count, indexed_job_utils.go getNewIndexFailureCounts),
+    so a part tolerates about ``(maxDisruptionsPerPart + 1) x waitSeconds`` of outage. Where nothing bounds
+    that count (the operator's own resources: disruptions are free and uncounted) an Ignore would loop for
+    ever on a permanent outage, so 74 counts as one of the part's retries there, after the worker's wait."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     if stage == "predict":
         rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
                                                           "values": [EXIT_STOPPED]}})
     codes = sorted(set(int(c) for c in spec["retry"]["nonRetryableExitCodes"]))
-    if indexed and spec["retry"].get("maxDisruptionsPerPart") is not None and disruptions_bounded(spec, stage):
+    bounded = indexed and spec["retry"].get("maxDisruptionsPerPart") is not None and disruptions_bounded(spec, stage)
+    if bounded:
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
+    if bounded and EXIT_STORAGE not in codes:
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
+                                                          "values": [EXIT_STORAGE]}})
     return rules
 
 

@@ -129,6 +129,7 @@ class Registry:
         self.stale_s = float(env.get("VESUVIUS_METRICS_STALE_SECONDS", "900")) if stale_s is None else stale_s
         self.clock = clock
         self.health = HEALTH if health is None else health
+        self.sections: list[Callable[[], list[str]]] = []  # more metric lines (the work queue's: handlers.py)
 
     def record(self, namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
         with self._lock:
@@ -185,6 +186,8 @@ class Registry:
         for metric, value in sorted(self.counters.items()):
             out += [f"# TYPE {metric} counter", f"{metric} {value()}"]
         out += self.health.render()
+        for section in self.sections:
+            out += section()
         return "\n".join(out) + "\n"
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..intensity import Reported
 from ..progress import ProgressLine, last_progress
+from ..storagewait import waiting_line
 from . import inputcheck, kueue, manifests, progressview, stalls
 from .clients import Clients
 from .decide import Diagnosis, Observed, iso
@@ -43,6 +44,7 @@ class Settings:
     progress_s: float = 60.0  # VESUVIUS_PROGRESS_SECONDS: progress sampling interval (0: off)
     progress_pods: int = 8  # VESUVIUS_PROGRESS_PODS: pod logs read per interval and InferenceJob
     page: int = 20  # pods or Events per stall read
+    terminating_pages: int = 5  # pages per read when looking for pods stuck terminating
     log_lines: int = 20
     kueue_recheck_s: float = 600.0  # how long a Kueue API version that 404'd is not asked again
 
@@ -60,6 +62,8 @@ class _Samples:
     next_at: float = 0.0
     tokens: dict[str, str] = field(default_factory=dict)  # Job uid -> continue token of its running pods
     lines: dict[str, tuple[ProgressLine, float]] = field(default_factory=dict)  # pod -> last line, when read
+    waits: dict[str, tuple[str, float]] = field(default_factory=dict)  # pod -> its storage-wait line, when read
+    sampled_at: float = -1.0
 
 
 def _raw(response: Any) -> dict[str, Any]:
@@ -78,6 +82,7 @@ class Observer:
         self._samples: dict[tuple[str, str], _Samples] = {}
         self._head_read: dict[tuple[str, str], float] = {}  # when a running predict pod's log head was last read
         self._heads_after_end: set[str] = set()  # finished predict Jobs whose pods' log heads were read
+        self._walks: dict[str, str] = {}  # Job uid -> continue token of the walk for terminating pods
 
     def forget(self, namespace: str, name: str) -> None:
         for d in (self._last_read, self._samples, self._head_read):
@@ -102,7 +107,16 @@ class Observer:
         obs.notes = self._notes(namespace, body, children, gone)
         obs.progress = self._progress(namespace, name, body, children, now)
         obs.intensity = self._intensity(namespace, name, body, children, now)
+        obs.storage_waits = self._storage_waits(namespace, name, now)
         return obs
+
+    def _storage_waits(self, namespace: str, name: str, now: float) -> list[tuple[str, str]] | None:
+        """(pod, line) of the sampled pods whose log ends waiting for storage (storagewait.py); None: no
+        sample this pass. From the same log tails as progress: no extra request."""
+        state = self._samples.get((namespace, name))
+        if state is None or state.sampled_at != now:
+            return None
+        return sorted((pod, line) for pod, (line, _) in state.waits.items())
 
     def _get(self, namespace: str, name: str) -> dict[str, Any] | None:
         import kubernetes
@@ -145,6 +159,8 @@ class Observer:
                 d.events = self._list("event", namespace, f"involvedObject.uid={uid},reason=FailedCreate", None)
             if due and reads.pending:
                 d.pending = self._list("pod", namespace, "status.phase=Pending", f"{CONTROLLER_UID}={uid}")
+            if due and reads.terminating:
+                d.terminating = self._terminating(namespace, uid)
             if (due and reads.failed) or just_failed:
                 d.failed = self._list("pod", namespace, "status.phase=Failed", f"{CONTROLLER_UID}={uid}")
             if just_failed:
@@ -154,6 +170,31 @@ class Observer:
         if out:
             self._last_read[key] = now
         return out or None
+
+    def _terminating(self, namespace: str, uid: str) -> list[dict[str, Any]]:
+        """The Job's pods that are being deleted. No selector picks ``deletionTimestamp`` (pod fields:
+        pkg/registry/core/pod/strategy.go, ToSelectableFields), so this walks the Job's unfinished pods a few
+        pages per read, from where the last read stopped (the list's ``continue`` token), and keeps those
+        with a deletionTimestamp: bounded per read however many pods the Job runs."""
+        import kubernetes
+
+        found: list[dict[str, Any]] = []
+        for _ in range(self.settings.terminating_pages):
+            try:
+                page = _raw(self.c.core.list_namespaced_pod(
+                    namespace, field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                    label_selector=f"{CONTROLLER_UID}={uid}", limit=self.settings.page,
+                    _continue=self._walks.get(uid) or None, _preload_content=False))
+            except kubernetes.client.ApiException as e:
+                if e.status != 410:  # an expired continue token: from the start next time
+                    raise
+                self._walks.pop(uid, None)
+                break
+            found += [p for p in page.get("items") or [] if (p.get("metadata") or {}).get("deletionTimestamp")]
+            self._walks[uid] = (page.get("metadata") or {}).get("continue") or ""
+            if found or not self._walks[uid]:
+                break
+        return found
 
     def _list(self, kind: str, namespace: str, fields: str, labels: str | None) -> list[dict[str, Any]]:
         if kind == "event":
@@ -243,9 +284,11 @@ class Observer:
         budget = self.settings.progress_pods
         for job in jobs:
             budget -= self._sample_job(namespace, stage, job, state, budget, now)
-        for pod, (_, t) in list(state.lines.items()):
-            if now - t > 3 * self.settings.progress_s:
-                del state.lines[pod]
+        for d in (state.lines, state.waits):
+            for pod, (_, t) in list(d.items()):
+                if now - t > 3 * self.settings.progress_s:
+                    del d[pod]
+        state.sampled_at = now
         lines = [ln for ln, _ in state.lines.values()]
         running = sum(int((j.get("status") or {}).get("active") or 0) for j in jobs)  # the Jobs' counts, now
         if stage == "predict":
@@ -283,4 +326,9 @@ class Observer:
             line = last_progress(text)
             if line is not None:
                 state.lines[pod_name] = (line, now)
+            waiting = waiting_line(text)
+            if waiting is not None:
+                state.waits[pod_name] = (waiting, now)
+            else:
+                state.waits.pop(pod_name, None)
         return max(read, 1)

@@ -19,6 +19,15 @@ pods or Events, and these functions say what the sample shows, each with what to
   CreateContainerConfigError, CreateContainerError).
 - ``GPUUnavailable``: a pod that exited 69 (errors.EXIT_NO_DEVICE): the container cannot see the GPU it
   was given; its termination message is the worker's own ``error:`` line.
+- ``PodsStuckTerminating``: a pod deleted (preempted, evicted by the taint manager from a NotReady node,
+  drained) whose node never confirms that its container stopped: an unreachable node, a hung kubelet or
+  GPU driver. The Job's ``status.terminating`` counts it (pkg/controller/job/job_controller.go,
+  syncJob: countTerminatingPods), and with ``podReplacementPolicy: Failed`` the Job controller creates
+  no replacement until the pod is terminal, so its part waits for ever ("3/4 parts done, 0 running").
+  Nothing in Kubernetes ends that by itself: PodGC force-deletes terminating pods only on nodes that are
+  NotReady *and* carry the ``node.kubernetes.io/out-of-service`` taint (pkg/controller/podgc/
+  gc_controller.go, gcTerminating -> markFailedAndDeletePod), a taint a person (or a node-health
+  operator) sets once they know the node is down. The condition names the pod, its node and that taint.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ from .status import bounded, cond, job_finished, parse_time
 
 STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull",
                  "InvalidImageName", "ErrImageNeverPull")
-KINDS = ("PodsNotCreated", "PodsUnschedulable", "PodsStuck", "GPUUnavailable")
+KINDS = ("PodsNotCreated", "PodsUnschedulable", "PodsStuck", "GPUUnavailable", "PodsStuckTerminating")
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"  # v1.TaintNodeOutOfService
 _SECRET = re.compile(r'secret "([^"]+)" not found')
 _CONFIGMAP = re.compile(r'configmap "([^"]+)" not found')
 
@@ -52,9 +62,10 @@ class Reads:
     events: bool = False  # FailedCreate Events of the Job
     pending: bool = False  # its Pending pods
     failed: bool = False  # its Failed pods
+    terminating: bool = False  # its pods that are being deleted (not terminal yet)
 
     def __bool__(self) -> bool:
-        return self.events or self.pending or self.failed
+        return self.events or self.pending or self.failed or self.terminating
 
 
 def expected_active(job: Mapping[str, Any]) -> int:
@@ -81,7 +92,8 @@ def wanted_reads(job: Mapping[str, Any], failed_seen: int | None) -> Reads:
     failed = int(st.get("failed") or 0)
     return Reads(events=terminating == 0 and active < expected_active(job),
                  pending=ready < active,
-                 failed=failed > (failed_seen or 0))
+                 failed=failed > (failed_seen or 0),
+                 terminating=terminating > 0)
 
 
 def _quota_advice(message: str) -> tuple[str, str]:
@@ -198,6 +210,45 @@ def no_device(pods: Iterable[Mapping[str, Any]]) -> Stall | None:
         "Kubernetes retries the part, possibly on another node"))
 
 
+def _since(seconds: float) -> str:
+    from ..progress import format_duration
+
+    return format_duration(seconds)
+
+
+def stuck_terminating(pods: Iterable[Mapping[str, Any]], now_s: float, grace_s: float) -> Stall | None:
+    """Pods deleted longer than ``grace_s`` past their deletionTimestamp (the API server sets it to the time of
+    deletion plus the grace period: the moment by which the kubelet should have killed the container) and
+    still not terminal."""
+    found = []
+    for p in pods:
+        meta, st = p.get("metadata") or {}, p.get("status") or {}
+        deleted = parse_time(meta.get("deletionTimestamp"))
+        if deleted is None or st.get("phase") in ("Succeeded", "Failed") or now_s - deleted < grace_s:
+            continue
+        found.append((deleted, meta.get("name", "?"), (p.get("spec") or {}).get("nodeName") or "",
+                      ((meta.get("annotations") or {}).get("batch.kubernetes.io/job-completion-index"))))
+    if not found:
+        return None
+    found.sort()
+    deleted, pod, node, index = found[0]
+    nodes = sorted({n for _, _, n, _ in found if n})
+    more = f" (and {len(found) - 1} more pods, on {', '.join(nodes)})" if len(found) > 1 else ""
+    part = f"part {index}" if index is not None else "its work"
+    if node:
+        remedy = (f"if node {node} is down or will not recover (kubectl describe node {node}), mark it out of service: "
+                  f"kubectl taint nodes {node} {OUT_OF_SERVICE}=nodeshutdown:NoExecute (Kubernetes then "
+                  f"force-deletes its terminating pods and the part runs elsewhere; remove the taint when the node is "
+                  f"back), or force-delete the pod: kubectl delete pod {pod} --grace-period=0 --force")
+    else:
+        remedy = f"force-delete the pod: kubectl delete pod {pod} --grace-period=0 --force"
+    where = f" on node {node}" if node else ""
+    return Stall("PodsStuckTerminating", "StuckTerminating", bounded(
+        f"pod {pod}{where} has been terminating for {_since(now_s - deleted)} past its grace period{more}: its "
+        f"node has not confirmed that the container stopped (node unreachable, kubelet or GPU driver hung), and "
+        f"the Job does not replace the pod before it has (podReplacementPolicy: Failed), so {part} waits; {remedy}"))
+
+
 def failure_lines(pods: Iterable[Mapping[str, Any]], limit: int = 5) -> str:
     """The last lines of failed pods' termination messages, for a failure's Event."""
     lines = []
@@ -212,11 +263,13 @@ def failure_lines(pods: Iterable[Mapping[str, Any]], limit: int = 5) -> str:
 
 
 def explain(events: Iterable[Mapping[str, Any]], pending: Iterable[Mapping[str, Any]],
-            failed: Iterable[Mapping[str, Any]], job_name: str, now_s: float, grace_s: float) -> list[Stall]:
+            failed: Iterable[Mapping[str, Any]], job_name: str, now_s: float, grace_s: float,
+            terminating: Iterable[Mapping[str, Any]] = ()) -> list[Stall]:
     """Every stall the sample shows, at most one per kind."""
     pending = list(pending)
     found = [not_created(events, job_name), unschedulable(pending, now_s, grace_s),
-             cannot_start(pending, now_s, grace_s), no_device(failed)]
+             cannot_start(pending, now_s, grace_s), no_device(failed),
+             stuck_terminating(terminating, now_s, grace_s)]
     return [s for s in found if s is not None]
 
 
@@ -230,6 +283,8 @@ def cleared(kind: str, jobs: Iterable[Mapping[str, Any]]) -> bool:
         return True
     if kind == "PodsNotCreated":
         return all(int((j.get("status") or {}).get("active") or 0) >= expected_active(j) for j in jobs)
+    if kind == "PodsStuckTerminating":
+        return all(int((j.get("status") or {}).get("terminating") or 0) == 0 for j in jobs)
     if kind in ("PodsUnschedulable", "PodsStuck"):
         return all(int((j.get("status") or {}).get("ready") or 0) >= int((j.get("status") or {}).get("active") or 0)
                    for j in jobs)
