@@ -280,7 +280,8 @@ def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     predict = manifests.predict_job("ij", "ns", "u", s)  # the disruption bound's exit code stays
     stopped = {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [80]}}
     assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, stopped, {"action": "FailIndex", "onExitCodes": {
-        "containerName": "predict", "operator": "In", "values": [79]}}] and _validated(predict) == []
+        "containerName": "predict", "operator": "In", "values": [79]}}, {"action": "Ignore", "onExitCodes": {
+            "containerName": "predict", "operator": "In", "values": [74]}}] and _validated(predict) == []
     # what the API server says about the rule the operator used to write
     bad = manifests.predict_job("ij", "ns", "u", s)
     bad["spec"]["podFailurePolicy"]["rules"].append(

@@ -54,11 +54,18 @@ def test_storage_unreachable_condition(before, waits, running, after):
         assert ("Warning", "StorageUnreachable", c["message"]) in plan.events
 
 
+# A memory request below what the pod may use: the Job controller's per-index count of ignored failures is
+# then told to the pod and bounded (manifests.disruptions_bounded); with the operator's own resources it is not.
+LOOSE = {"resources": {"requests": {"memory": "8Gi"}}}
+
+
 def test_exit_74_is_ignored_only_where_the_disruption_count_bounds_it():
-    s = specmod.parse(body()["spec"])
+    s = specmod.parse(dict(body()["spec"], predict=LOOSE))
     rules = manifests.predict_job("ij", "ns", "u", s)["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [74]}} in rules
-    unbounded = specmod.parse(dict(body()["spec"], retry={"maxDisruptionsPerPart": None}))
+    own = manifests.predict_job("ij", "ns", "u", specmod.parse(body()["spec"]))["spec"]["podFailurePolicy"]["rules"]
+    assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in own)  # nothing would bound it
+    unbounded = specmod.parse(dict(body()["spec"], predict=LOOSE, retry={"maxDisruptionsPerPart": None}))
     rules = manifests.predict_job("ij", "ns", "u", unbounded)["spec"]["podFailurePolicy"]["rules"]
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in rules)  # would loop for ever
     finalize = manifests.finalize_job("ij", "ns", "u", s)["spec"]["podFailurePolicy"]["rules"]  # NonIndexed
@@ -76,7 +83,7 @@ def test_pods_waiting_for_storage_show_and_an_outage_costs_no_retry(cluster, ope
     ctl.hook("outage-predict", 0, attempt=0, exit_code=74, held=True, lines=(LINE,),
              message="error: reading s3://scrolls/in.zarr/c/0/1/2: storage unreachable for longer than ...")
     ctl.hook("outage-predict", 0, attempt=1, sleep=0.2)
-    cluster.create_ij(spec_for("outage", parts=2, retry={"perPartLimit": 0}))  # no retry to spare
+    cluster.create_ij(spec_for("outage", parts=2, retry={"perPartLimit": 0}, predict=LOOSE))  # no retry to spare
     obj = condition(cluster, "outage", "StorageUnreachable", timeout=60)
     c = cond(obj, "StorageUnreachable")
     assert c["reason"] == "WaitingForStorage" and "outage-predict-0-" in c["message"] and LINE in c["message"]
