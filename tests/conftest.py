@@ -31,6 +31,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("container images: " + "; ".join(f"{k} {v}" for k, v in _image_times.items()))
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """``cli.main`` called in-process points the root logger at the test's captured stderr (logging.basicConfig
+    force=True); once that stream is closed, a later test's log record (aiohttp's access log of an emulated
+    API server) would print 'Logging error'. Each test gets the root logger back as it found it."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory):
     """Build (and cache) nnU-Net model folders with random weights."""
