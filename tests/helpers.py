@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
@@ -18,6 +19,39 @@ def smooth_volume(shape, seed=0, dtype=np.uint8):
     x = (x - x.min()) / (x.max() - x.min())
     hi = 255 if dtype == np.uint8 else 4000
     return (x * hi).astype(dtype)
+
+
+def tool(name: str) -> ModuleType:
+    """A module of the repository's tools/ (ocibuild, neuroglancer_overlay), loaded from its file once.
+
+    tools/ holds scripts, not a package: they are loaded by path instead of putting tools/ on ``sys.path``.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "tools" / f"{name}.py")
+        assert spec is not None and spec.loader is not None, name
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses and pickling look their module up by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def parse_recording(text: str) -> list[dict]:
+    """moto's request recording is concatenated JSON objects (bodies may hold newlines): decode them in turn."""
+    import json
+
+    dec, out, i = json.JSONDecoder(), [], 0
+    while i < len(text):
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            break
+        obj, i = dec.raw_decode(text, i)
+        out.append(obj)
+    return out
 
 
 def write_zarr(path, data, chunks=(32, 32, 32), zarr_format=3, **kw):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from helpers import run_cli
-from k8s.conftest import SAMPLE, VOLUME_SHAPE, cond, cond_true
+from plugins.k8s import SAMPLE, VOLUME_SHAPE, cond, cond_true
 
 pytestmark = pytest.mark.slow
 

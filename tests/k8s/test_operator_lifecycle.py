@@ -14,7 +14,7 @@ import time
 import kubernetes
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, cond, cond_true
+from plugins.k8s import SAMPLE, cond, cond_true
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 

@@ -12,8 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 from helpers import run_cli
-from job_validation import validate_job
-from kmock_api import default_job
+from k8s.job_validation import validate_job
+from k8s.kmock_api import default_job
 from vesuvius_inference.cli import main as cli_main
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod

@@ -42,7 +42,7 @@ def test_s3_model_one_download_for_concurrent_parts(tmp_path, model2, s3, s3_ser
     errs = [p.communicate()[1] for p in procs]
     requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
     assert all(p.returncode == 0 for p in procs), errs
-    from bench_storage import parse_recording
+    from helpers import parse_recording
 
     log = parse_recording(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)
     ckpt_gets = [r for r in log if r.get("method") == "GET" and "checkpoint_final.pth" in r.get("url", "")]

@@ -19,7 +19,7 @@ def test_plan_on_1e11_voxels_on_s3_reads_metadata_only(s3, s3_server, model2):
     """No chunk of the input is fetched: the plan comes from metadata and one listing (the README gives
     the seconds it takes; a timed assert would measure the machine's load)."""
     import requests
-    from bench_storage import parse_recording
+    from helpers import parse_recording
 
     shape = (4096, 4096, 6000)  # 1.0e11 voxels, uint8: 100 GB if it were stored
     arr = zarr.create_array(f"{s3}/huge.zarr", shape=shape, chunks=(128, 128, 128), dtype="uint8", zarr_format=3,

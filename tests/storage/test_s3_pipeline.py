@@ -39,7 +39,7 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     the rest themselves, the two-part seams included (their second finisher merges them)."""
     import requests
     import s3fs
-    from bench_storage import parse_recording
+    from helpers import parse_recording
     from vesuvius_inference.layout import OWN, PAIR, SHARED
 
     model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")

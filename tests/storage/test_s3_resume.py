@@ -13,8 +13,7 @@ import time
 import numpy as np
 import requests
 import zarr
-from bench_storage import parse_recording
-from helpers import run_cli, smooth_volume, write_zarr
+from helpers import parse_recording, run_cli, smooth_volume, write_zarr
 
 
 def cli(*args):
