@@ -242,6 +242,22 @@ class OperatorProcess:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def passes(self) -> float:
+        """The reconcile passes this operator process has made (its ``/metrics`` counter)."""
+        for line in self.metrics().splitlines():
+            if line.startswith("vesuvius_operator_reconcile_passes_total"):
+                return float(line.split()[-1])
+        raise AssertionError("no vesuvius_operator_reconcile_passes_total in /metrics")
+
+    def wait_passes(self, n: float, timeout: float = 60.0) -> None:
+        """Until this process has made ``n`` passes in all: a bounded wait on what a fixed sleep hoped for."""
+        deadline = time.monotonic() + timeout
+        while self.passes() < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the operator made {self.passes():.0f} of {n} passes in {timeout:.0f}s:\n"
+                                     + self.tail())
+            time.sleep(0.1)
+
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, whatever handler is running dies with it."""
         if self.proc is not None and self.proc.poll() is None:
