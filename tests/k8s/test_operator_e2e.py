@@ -221,7 +221,7 @@ def test_suspend_resume_and_operator_restarts_mid_predict_and_mid_blend(cluster,
     assert job["spec"]["suspend"] is True and job["status"]["active"] == 0
     assert cond(job, "Suspended")["reason"] == "JobSuspended"
     assert controller.running() == [] and cluster.pods("pause-predict") == []
-    time.sleep(2)  # nothing starts while suspended
+    operator.wait_passes(operator.passes() + 2)  # passes over the suspended object (resyncs): nothing starts
     assert controller.running() == [] and "pause-blend" not in cluster.jobs("pause")
     cluster.patch_ij("pause", {"spec": {"suspend": False}})
     cluster.wait("a predict pod again", lambda: ("pause-predict", 0) in controller.running(), timeout=60)
