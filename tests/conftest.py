@@ -1,20 +1,23 @@
-"""Shared fixtures: nnU-Net env, small real model folders, input volumes."""
+"""The suite's root: the nnU-Net environment, the shared fixtures as plugins, the image build summary.
+
+Shared fixtures live in tests/plugins/ (models and reference runs, moto's S3, the emulated cluster and
+the real operator, helm) and reach every directory through ``pytest_plugins``: no test or conftest
+imports another conftest, and nothing edits ``sys.path`` (pytest's default import mode puts tests/ on
+it for this file, which is how ``helpers``, ``oracle``, ``seamcase`` and ``plugins`` import).
+"""
 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 for _v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ.setdefault(_v, "/tmp/nnunet-unused")
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "bench"))
+from helpers import IMAGE_TIMES  # noqa: E402 - after the environment nnU-Net reads at import
 
-from helpers import IMAGE_TIMES  # noqa: E402 - after the path it needs
+pytest_plugins = ["plugins.models", "plugins.s3", "plugins.k8s", "plugins.helm"]
 
 _image_times: dict[str, str] = {}
 
@@ -43,30 +46,3 @@ def _root_logging_restored():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-
-
-@pytest.fixture(scope="session")
-def model_factory(tmp_path_factory):
-    """Build (and cache) nnU-Net model folders with random weights."""
-    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
-
-    made: dict[tuple, Path] = {}
-
-    def make(patch=(80, 48, 48), folds=(0, 1), num_classes=2, normalization="ZScoreNormalization",
-             features=(2, 4, 8), mirror_axes=(0, 1, 2), checkpoint="checkpoint_final.pth", channels=1) -> Path:
-        key = (patch, folds, num_classes, normalization, features, mirror_axes, checkpoint, channels)
-        if key not in made:
-            folder = tmp_path_factory.mktemp("model")
-            write_model_folder(folder, make_plans(patch, features, normalization, num_input_channels=channels),
-                               make_dataset_json(num_classes, channels), folds=folds, mirror_axes=mirror_axes,
-                               seed=sum(map(ord, repr(key))) % 1000, checkpoint_name=checkpoint)
-            made[key] = folder
-        return made[key]
-
-    return make
-
-
-@pytest.fixture(scope="session")
-def model2(model_factory):
-    """The default test model: 2 folds, patch 80x48x48, 2 classes, ZScore normalization."""
-    return model_factory()

@@ -38,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests" / "k8s"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import yaml  # noqa: E402
-from kmock_api import KubeAPI, ServerThread  # noqa: E402
+from k8s.kmock_api import KubeAPI, ServerThread  # noqa: E402
 
 NS = "bench"
 INDEX = "batch.kubernetes.io/job-completion-index"
@@ -135,7 +134,7 @@ def populate(server: ServerThread, parts: int) -> tuple[str, int]:
 
 def _route(api: KubeAPI, res: str, name: str, sub: str | None = None) -> Any:
     import kmock
-    from kmock_api import Route
+    from k8s.kmock_api import Route
 
     r = kmock.resource(res)
     return Route(r, api.resources[r], NS, name, sub)

@@ -105,7 +105,7 @@ def main() -> int:
     import admission
     import kubernetes
     from job_controller import JobController, Node
-    from k8s.conftest import OperatorProcess
+    from plugins.k8s import OperatorProcess
     from kmock_api import KubeAPI, ServerThread
     from outage import Outage, free_port, proxy
 

@@ -11,7 +11,6 @@ Run: ``python tests/bench/bench_storage.py [--quick]``. Every number comes from 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import subprocess
@@ -25,7 +24,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import model_folder, peak_rss_mb  # noqa: E402
-from helpers import smooth_volume  # noqa: E402
+from helpers import parse_recording, smooth_volume  # noqa: E402
 
 
 def start_s3() -> tuple[object, str]:
@@ -47,19 +46,6 @@ def start_s3() -> tuple[object, str]:
 
     boto3.client("s3", endpoint_url=url).create_bucket(Bucket="bench")
     return server, url
-
-
-def parse_recording(text: str) -> list[dict]:
-    """moto's recording is concatenated JSON objects (bodies may hold newlines): decode them in turn."""
-    dec, out, i = json.JSONDecoder(), [], 0
-    while i < len(text):
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i >= len(text):
-            break
-        obj, i = dec.raw_decode(text, i)
-        out.append(obj)
-    return out
 
 
 def fetched_input_bytes(url: str, s3: str, prefix: str, args: list[str]) -> tuple[int, int, int]:

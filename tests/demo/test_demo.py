@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import zarr
+from helpers import run_cli
 from vesuvius_inference.demo.synthetic import dice, make_scroll
 
 
@@ -22,8 +20,7 @@ def test_synthetic_scroll_is_deterministic_and_has_absent_air():
 
 def test_demo_command_reaches_dice(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "demo", "--output_dir", str(out),
-                        "--shape", "64,128,128", "--quiet"], capture_output=True, text=True, timeout=600)
+    r = run_cli("demo", "--output_dir", out, "--shape", "64,128,128", "--quiet")  # in-process
     assert r.returncode == 0, r.stderr
     line = [x for x in r.stdout.splitlines() if x.startswith("Dice")][0]
     reported = float(line.split()[4])

@@ -11,10 +11,13 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
+
+cli = run_cli  # in-process: the entry function, its exit code and stderr (test_missing_input keeps a real process)
 
 
-def cli(*args):
+def real_process(*args):
+    """The console entry as its own interpreter: the exit status the OS sees, and nothing printed at exit."""
     return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
@@ -41,7 +44,7 @@ def predict_args(model, inp, out, *extra):
 
 
 def test_missing_input(tmp_path, model2):
-    r = cli(*predict_args(model2, tmp_path / "nope.zarr", tmp_path / "out"))
+    r = real_process(*predict_args(model2, tmp_path / "nope.zarr", tmp_path / "out"))
     assert_one_line_error(r, 3, "does not exist")
     assert not (tmp_path / "out").exists()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 
 LEASE = "2"
 BUSY = 75
@@ -23,6 +23,12 @@ BUSY = 75
 
 def _cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)]
+
+
+def _run(argv: list[str]):
+    """The run beside the live (or killed, or frozen) process: the entry function in this process, another
+    pid on the same host, like a second process (helpers.run_cli)."""
+    return run_cli(*argv[3:])
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +91,7 @@ def test_second_run_of_a_live_part_stops_and_the_result_is_clean(setup, clean, o
     first = subprocess.Popen(_predict(setup, root, 0, "--quiet"), stderr=subprocess.PIPE, text=True)
     if offset == "mid-run":
         _wait_for(lambda: _checkpointed(root), first)
-    second = subprocess.run(_predict(setup, root, 0, "--quiet"), capture_output=True, text=True)
+    second = _run(_predict(setup, root, 0, "--quiet"))
     first_err = first.communicate()[1]
     codes = sorted([first.returncode, second.returncode])
     assert codes == [0, BUSY], (first_err, second.stderr)
@@ -99,11 +105,11 @@ def test_kill_and_restart_while_another_run_is_alive(setup, clean, tmp_path):
     root = tmp_path / "kill"
     first = subprocess.Popen(_predict(setup, root, 0, "--quiet"), stderr=subprocess.DEVNULL)
     _wait_for(lambda: _checkpointed(root), first)
-    busy = subprocess.run(_predict(setup, root, 0, "--quiet"), capture_output=True, text=True)
+    busy = _run(_predict(setup, root, 0, "--quiet"))
     assert busy.returncode == BUSY, busy.stderr
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    restart = subprocess.run(_predict(setup, root, 0), capture_output=True, text=True)
+    restart = _run(_predict(setup, root, 0))
     assert restart.returncode == 0, restart.stderr
     assert "taking over" in restart.stderr and "resuming after patch" in restart.stderr
     marker = json.loads((root / "parts" / "part_00000.json").read_text())
@@ -113,9 +119,9 @@ def test_kill_and_restart_while_another_run_is_alive(setup, clean, tmp_path):
     marker_path = root / "parts" / "part_00001.json"
     tampered = dict(json.loads(marker_path.read_text()), run="a-run-that-lost-its-claim")
     marker_path.write_text(json.dumps(tampered))
-    r = subprocess.run(_cmd("blend", root / "parts", root / "out.zarr"), capture_output=True, text=True)
+    r = _run(_cmd("blend", root / "parts", root / "out.zarr"))
     assert r.returncode == 3 and "does not hold its claim" in r.stderr.strip().splitlines()[-1]
-    r = subprocess.run(_predict(setup, root, 1), capture_output=True, text=True)
+    r = _run(_predict(setup, root, 1))
     assert r.returncode == 0 and "does not hold the claim as complete: doing predict part 1" in r.stderr
 
 
@@ -131,7 +137,7 @@ def test_a_frozen_run_loses_its_claim_and_cannot_complete_the_part(setup, clean,
     claim["host"] = "partitioned-node"  # its death cannot be seen from here: only the lease tells
     (root / "parts" / "part_00000.claim.json").write_text(json.dumps(claim))
     t = time.monotonic()
-    taker = subprocess.run(_predict(setup, root, 0), capture_output=True, text=True)
+    taker = _run(_predict(setup, root, 0))
     assert taker.returncode == 0, taker.stderr
     assert time.monotonic() - t >= float(LEASE) and "has not renewed its claim" in taker.stderr
     marker = json.loads((root / "parts" / "part_00000.json").read_text())

@@ -9,10 +9,12 @@ import subprocess
 import sys
 
 import pytest
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
+
+cli = run_cli  # in-process; the first unusable device runs as a real process (its exit status, its termination log)
 
 
-def cli(*args, env=None):
+def real_process(*args, env=None):
     return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, **(env or {})})
 
@@ -36,7 +38,8 @@ def volume(tmp_path_factory):
 @pytest.mark.parametrize("device", unusable_devices())
 def test_a_gpu_asked_for_and_not_usable_exits_69_before_writing(volume, model2, tmp_path, device):
     term = tmp_path / "termination-log"
-    r = cli("predict", "--model_path", model2, "--input_dir", volume, "--output_dir", tmp_path / "parts",
+    run = real_process if device == unusable_devices()[0] else cli
+    r = run("predict", "--model_path", model2, "--input_dir", volume, "--output_dir", tmp_path / "parts",
             "--device", device, "--disable_tta", env={"VESUVIUS_TERMINATION_LOG": str(term)})
     assert r.returncode == 69, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr and "running on the CPU" not in r.stderr

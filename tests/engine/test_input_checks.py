@@ -3,18 +3,13 @@ the model was trained on, and a finalize mode the model cannot serve, found only
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers import run_cli
 from vesuvius_inference.demo.run import MODEL_DIR
 from vesuvius_inference.demo.synthetic import make_scroll, write_zarr
 
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=300)
+_cli = run_cli  # in-process
 
 
 @pytest.fixture(scope="module")

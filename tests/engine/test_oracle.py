@@ -27,18 +27,35 @@ def run_ours(tmp, model, inp, parts, tta, chunk=(32, 48, 48)):
     return zarr.open_array(str(blended), mode="r")[:], zarr.open_group(str(out), mode="r")["0"][:]
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory, model2):
+# Mirroring (8x the passes, in ours and in both of nnU-Net's references) on a smaller volume, which still
+# holds what the flips can get wrong: z shorter than the patch (the padded patch is flipped, then cropped),
+# 2 patches along y and along x overlapping by half (Gaussian-weighted seams between mirrored patches;
+# y != x, so a flip of the wrong axis shows), 2 folds averaged. The flips and their mean are per patch;
+# the grid, padding and part arithmetic at the full size are the no-TTA case's. 20 patches -> 4.
+MIRROR_SHAPE = (77, 64, 56)
+
+
+def _case(tmp_path_factory, model, shape):
     tmp = tmp_path_factory.mktemp("oracle")
-    vol = smooth_volume(SHAPE, seed=3)
+    vol = smooth_volume(shape, seed=3)
     inp = write_zarr(tmp / "in.zarr", vol, chunks=(40, 64, 64))
-    normalized = normalize_like_nnunet(model2, vol[None])
+    normalized = normalize_like_nnunet(model, vol[None])
     return tmp, inp, normalized
 
 
+@pytest.fixture(scope="module")
+def case(tmp_path_factory, model2):
+    return _case(tmp_path_factory, model2, SHAPE)
+
+
+@pytest.fixture(scope="module")
+def mirror_case(tmp_path_factory, model2):
+    return _case(tmp_path_factory, model2, MIRROR_SHAPE)
+
+
 @pytest.mark.parametrize("tta", [False, True], ids=["no-tta", "mirroring"])
-def test_matches_nnunet_for_1_3_7_parts(case, model2, tta):
-    tmp, inp, normalized = case
+def test_matches_nnunet_for_1_3_7_parts(request, model2, tta):
+    tmp, inp, normalized = request.getfixturevalue("mirror_case" if tta else "case")
     ref32 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=True)
     ref16 = nnunet_logits(model2, normalized, mirroring=tta, fp32_accumulation=False)
     # part-count invariance does not depend on TTA (tested without it): with mirroring (8x the passes)

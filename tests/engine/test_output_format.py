@@ -7,13 +7,11 @@ that looks at an existing output (complete? same settings?) reads both formats."
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.blend import run_blend
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.errors import BadInput
@@ -101,8 +99,7 @@ def test_two_stage_finalize_follows_the_input_that_was_predicted(tmp_path, model
     for x, y in zip(levels(tmp_path / "out.zarr"), levels(tmp_path / "out5.zarr")):
         np.testing.assert_array_equal(x, y)
     # the seed's vesuvius.blend_and_finalize: the same parts straight to the final output, binary by default
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "blend_and_finalize", str(tmp_path / "parts"),
-                        str(tmp_path / "fused.zarr"), "--quiet"], capture_output=True, text=True, timeout=300)
+    r = run_cli("blend_and_finalize", tmp_path / "parts", tmp_path / "fused.zarr", "--quiet")
     assert r.returncode == 0, r.stderr
     assert fmt(tmp_path / "fused.zarr") == (2, "0.4")
     for x, y in zip(levels(tmp_path / "fused.zarr"), levels(tmp_path / "out.zarr")):
@@ -111,8 +108,7 @@ def test_two_stage_finalize_follows_the_input_that_was_predicted(tmp_path, model
 
 def test_blend_and_finalize_refuses_parts_that_wrote_blended_logits(tmp_path, model, inputs):
     run_predict(predict_cfg(model, inputs[3], tmp_path / "parts", blended_output=str(tmp_path / "b.zarr")))
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "blend_and_finalize", str(tmp_path / "parts"),
-                        str(tmp_path / "out.zarr")], capture_output=True, text=True, timeout=300)
+    r = run_cli("blend_and_finalize", tmp_path / "parts", tmp_path / "out.zarr")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "vesuvius.finalize_outputs" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out.zarr").exists()

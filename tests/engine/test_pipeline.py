@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.blend import run_blend
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.finalize import run_finalize
@@ -17,9 +16,8 @@ from vesuvius_inference.predict import run_predict
 def test_pipeline_cli_matches_stages_and_cleans_up(tmp_path, model2):
     vol = write_zarr(tmp_path / "in.zarr", smooth_volume((48, 80, 80), seed=2), chunks=(24, 40, 40))
     out = tmp_path / "out.zarr"
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "pipeline", "--input", vol, "--output",
-                        str(out), "--model", str(model2), "--gpus", "all", "--parts-per-gpu", "3", "--disable-tta",
-                        "--threshold"], capture_output=True, text=True)
+    r = run_cli("pipeline", "--input", vol, "--output", out, "--model", model2, "--gpus", "all", "--parts-per-gpu", "3",
+                "--disable-tta", "--threshold")  # in-process; its parts are its own worker processes
     assert r.returncode == 0, r.stderr
     assert "no CUDA GPU found" in r.stderr
     for stage in ("predict", "blend", "finalize"):

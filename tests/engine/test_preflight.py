@@ -6,18 +6,12 @@ part), a complete output is not predicted again.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.progress import parse_line
 
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+cli = run_cli  # in-process (the pipeline's parts still run as its own worker processes)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from seamcase import (
     check_frozen_holder_races_its_taker,
     check_killed_mid_merge,
@@ -70,9 +70,14 @@ def _predict(model, vol, parts, out, n, p, *extra):
             "--device", "cpu", "--disable_tta", "--chunk_size", "16,16,16", "--quiet", *extra]
 
 
+def _in_process(argv):
+    """A run that is neither raced nor killed: the entry function in this process (helpers.run_cli)."""
+    r = run_cli(*argv[3:])  # without "python -m vesuvius_inference.cli"
+    assert r.returncode == 0, r.stderr
+
+
 def _blend(parts, out):
-    subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "blend", str(parts), str(out), "--quiet"],
-                   check=True)
+    _in_process([sys.executable, "-m", "vesuvius_inference.cli", "blend", str(parts), str(out), "--quiet"])
     return zarr.open_group(str(out), mode="r")["0"][:]
 
 
@@ -82,7 +87,7 @@ def test_predict_processes_race_and_one_is_killed_mid_merge(tmp_path, model_fact
     equal one part's, and the markers show each seam chunk merged once, by predict."""
     model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")
     vol = write_zarr(tmp_path / "in.zarr", smooth_volume((96, 48, 48), seed=21), chunks=(16, 32, 32))
-    subprocess.run(_predict(model, vol, tmp_path / "p1", tmp_path / "o1.zarr", 1, 0, "--levels", "1"), check=True)
+    _in_process(_predict(model, vol, tmp_path / "p1", tmp_path / "o1.zarr", 1, 0, "--levels", "1"))
     ref = _blend(tmp_path / "p1", tmp_path / "o1.zarr")
     procs = [subprocess.Popen(_predict(model, vol, tmp_path / "race", tmp_path / "race.zarr", 2, p, "--levels", "1"))
              for p in (0, 1)]
@@ -94,7 +99,7 @@ def test_predict_processes_race_and_one_is_killed_mid_merge(tmp_path, model_fact
     assert np.array_equal(_blend(tmp_path / "race", tmp_path / "race.zarr"), ref)
 
     kill, out = tmp_path / "kill", tmp_path / "kill.zarr"
-    subprocess.run(_predict(model, vol, kill, out, 2, 0, "--levels", "1"), check=True)
+    _in_process(_predict(model, vol, kill, out, 2, 0, "--levels", "1"))
     seam_rows = {int(k.name.split(".")[0]) for k in (kill / "_seams").glob("*/*")}
     before = {p for p in (out / "0" / "c").rglob("*") if p.is_file()}
     proc = subprocess.Popen(_predict(model, vol, kill, out, 2, 1, "--levels", "1", "--cache_gb", "0.000001"))
@@ -110,7 +115,7 @@ def test_predict_processes_race_and_one_is_killed_mid_merge(tmp_path, model_fact
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert merged() and not (kill / "part_00001.json").exists()
-    subprocess.run(_predict(model, vol, kill, out, 2, 1, "--levels", "1"), check=True)
+    _in_process(_predict(model, vol, kill, out, 2, 1, "--levels", "1"))
     assert np.array_equal(_blend(kill, out), ref)
 
 

@@ -4,9 +4,8 @@ CLI pieces pods get from the downward API (retried part ids as a file, the disru
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
+from helpers import run_cli  # in-process
 from vesuvius_inference import paths, stagecheck
 from vesuvius_inference.errors import EXIT_DISRUPTION_LIMIT
 
@@ -15,11 +14,6 @@ def test_markers_are_found_by_the_names_predict_gives_them():
     names = [paths.marker_url("d", i).rsplit("/", 1)[1] for i in (0, 7, 12345, 99999)]
     names += [paths.claim_url("d", 3).rsplit("/", 1)[1], "part_00003", "_blend"]
     assert stagecheck.markers_present(names, 100000) == {0, 7, 12345, 99999}
-
-
-def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
 
 
 def test_check_predict_and_finalize_on_a_local_store(tmp_path):

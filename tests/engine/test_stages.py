@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.blend import run_blend
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.finalize import finalize_chunk, run_finalize
@@ -34,37 +34,36 @@ def blended(path):
 
 
 @pytest.fixture(scope="module")
-def vol_path(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stages")
-    return write_zarr(tmp / "in.zarr", smooth_volume(SHAPE, seed=5), chunks=(32, 32, 32))
+def vol_path(volume_factory):
+    return volume_factory(SHAPE, seed=5, chunks=(32, 32, 32))
 
 
-def test_one_vs_five_parts_identical_final_bytes(tmp_path, model2, vol_path):
-    outs = {}
-    for n in (1, 5):
-        predict_all(model2, vol_path, tmp_path / f"p{n}", n, chunk_size=(16, 32, 32))
-        run_blend(BlendConfig(parts_dir=str(tmp_path / f"p{n}"), output=str(tmp_path / f"b{n}.zarr"), quiet=True))
-        run_finalize(FinalizeConfig(input_path=str(tmp_path / f"b{n}.zarr"), output_path=str(tmp_path / f"o{n}.zarr"), quiet=True))
-        outs[n] = zarr.open_group(str(tmp_path / f"o{n}.zarr"), mode="r")["0"][:]
-    assert np.array_equal(outs[1], outs[5])
-    assert np.array_equal(blended(tmp_path / "b1.zarr"), blended(tmp_path / "b5.zarr"), equal_nan=True)
+@pytest.fixture(scope="module")
+def reference(reference_run, model2, vol_path):
+    """One part with the default cache (conftest.reference_run, shared with whoever asks for the same run)."""
+    return reference_run(model2, vol_path, chunk_size=(16, 32, 32))
 
 
-def test_tiny_cache_spills_and_gives_same_bytes(tmp_path, model2, vol_path):
-    """A cache smaller than one chunk forces evictions; write-back must not change a bit."""
-    predict_all(model2, vol_path, tmp_path / "big", 2, chunk_size=(16, 32, 32))
+def test_one_vs_five_parts_identical_final_bytes(tmp_path, model2, vol_path, reference):
+    n = 5
+    predict_all(model2, vol_path, tmp_path / f"p{n}", n, chunk_size=(16, 32, 32))
+    run_blend(BlendConfig(parts_dir=str(tmp_path / f"p{n}"), output=str(tmp_path / f"b{n}.zarr"), quiet=True))
+    run_finalize(FinalizeConfig(input_path=str(tmp_path / f"b{n}.zarr"), output_path=str(tmp_path / f"o{n}.zarr"), quiet=True))
+    assert np.array_equal(reference.output, zarr.open_group(str(tmp_path / f"o{n}.zarr"), mode="r")["0"][:])
+    assert np.array_equal(reference.blended, blended(tmp_path / "b5.zarr"), equal_nan=True)
+
+
+def test_tiny_cache_spills_and_gives_same_bytes(tmp_path, model2, vol_path, reference):
+    """A cache smaller than one chunk forces evictions; write-back must not change a bit (against the
+    default cache's run: 1 part, byte-identical to 2 by test_one_vs_five_parts_identical_final_bytes)."""
     predict_all(model2, vol_path, tmp_path / "tiny", 2, chunk_size=(16, 32, 32), cache_gb=1e-6)
     marker = __import__("json").loads((tmp_path / "tiny" / "part_00000.json").read_text())
     assert marker["evictions"] > 0
-    for d in ("big", "tiny"):
-        run_blend(BlendConfig(parts_dir=str(tmp_path / d), output=str(tmp_path / f"{d}.zarr"), quiet=True))
-    assert np.array_equal(blended(tmp_path / "big.zarr"), blended(tmp_path / "tiny.zarr"), equal_nan=True)
+    run_blend(BlendConfig(parts_dir=str(tmp_path / "tiny"), output=str(tmp_path / "tiny.zarr"), quiet=True))
+    assert np.array_equal(reference.blended, blended(tmp_path / "tiny.zarr"), equal_nan=True)
 
 
-def _cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *args], capture_output=True, text=True,
-                          **kw)
-
+_cli = run_cli  # in-process; the run that is killed is a real process
 
 def test_killed_part_rerun_gives_identical_bytes_and_finished_part_does_no_work(tmp_path, model2):
     vol = write_zarr(tmp_path / "in.zarr", smooth_volume((96, 96, 96), seed=9), chunks=(32, 32, 32))

@@ -16,6 +16,7 @@ import venv
 from pathlib import Path
 
 import pytest
+from helpers import tool
 
 from helm import dockerfile
 from helm.helmtool import REPO
@@ -40,10 +41,7 @@ def _dockerfile_pip_install() -> list[str]:
 
 
 def _images_testable() -> bool:
-    sys.path.append(str(REPO / "tools"))
-    import ocibuild
-
-    return ocibuild.unavailable() is None
+    return tool("ocibuild").unavailable() is None
 
 
 @pytest.mark.skipif(_images_testable(), reason="tests/images builds and runs the real operator image here")

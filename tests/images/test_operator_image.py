@@ -10,9 +10,9 @@ import time
 import urllib.request
 
 import yaml
-from k8s.conftest import SAMPLE, _free_port
+from plugins.k8s import SAMPLE, _free_port
 
-from images.conftest import Container, Image, python_in, writable_paths
+from images.containers import Container, Image, python_in, writable_paths
 
 NO_TORCH = """
 import importlib.metadata, importlib.util, json, os, sys

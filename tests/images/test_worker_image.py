@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from job_controller import (  # the kubelet's $(VAR) expansion, downward API
+from k8s.job_controller import (  # the kubelet's $(VAR) expansion, downward API
     expand,
     field_ref,
     resource_field_ref,
 )
-from k8s.conftest import NAMESPACE, SAMPLE
+from plugins.k8s import NAMESPACE, SAMPLE
 from vesuvius_inference.k8s import manifests, spec
 
-from images.conftest import Container, Image, podman, python_in, writable_paths
+from images.containers import Container, Image, podman, python_in, writable_paths
 
 pytestmark = pytest.mark.slow
 

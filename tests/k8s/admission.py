@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import Any
 
 import kmock
-from kmock_api import KubeAPI, Route, _err
+from k8s.kmock_api import KubeAPI, Route, _err
 from vesuvius_inference.k8s.quantity import parse_quantity
 
 PODS = kmock.resource("v1/pods")

@@ -723,7 +723,7 @@ class KubeAPI(kmock.KubernetesEmulator):
         """Defaulting and validation, as the API server does before storing."""
         crd = self._crds.get(route.resource)
         if crd is not None:
-            from crd_check import apply_defaults
+            from k8s.crd_check import apply_defaults
 
             apply_defaults(crd.schema, obj)
             if self.validate_crds:
@@ -743,7 +743,7 @@ class KubeAPI(kmock.KubernetesEmulator):
         """kube-apiserver's own validation of built-in kinds (Jobs: tests/k8s/job_validation.py)."""
         if route.resource != JOBS:
             return
-        from job_validation import status_message, validate_job, validate_job_update
+        from k8s.job_validation import status_message, validate_job, validate_job_update
 
         errors = validate_job(obj) if old is None else validate_job_update(obj, old)
         if errors:
@@ -753,7 +753,7 @@ class KubeAPI(kmock.KubernetesEmulator):
                        name=obj["metadata"].get("name"))
 
     def _validate_crd(self, crd: CrdSchema, obj: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
-        from crd_check import CompiledSchema
+        from k8s.crd_check import CompiledSchema
 
         if crd.validator is None:
             crd.validator = CompiledSchema(crd.schema)

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 from authz import Identity, SecureKubeAPI, kubeconfig, service_account
-from k8s.conftest import GROUP, NAMESPACE, PLURAL, ROOT, VERSION, OperatorProcess
 from kmock_api import ServerThread
+from plugins.k8s import GROUP, NAMESPACE, PLURAL, ROOT, VERSION, OperatorProcess
 
 RELEASE_SA = "rel-vesuvius-inference"
 TOKENS = {"alice-token": Identity("alice", "uid-alice", ("authors", "system:authenticated")),

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, cond, run_kueue
+from plugins.k8s import SAMPLE, cond, run_kueue
 
 pytestmark = pytest.mark.slow
 KUBECTL = "/usr/bin/kubectl"
@@ -100,7 +100,7 @@ def test_pods_the_api_server_refuses_show_why_and_what_to_do(cluster, operator, 
 # ---- pods that are never scheduled, and GPUs a container cannot see ---------------------------------
 
 def test_pods_no_node_takes_and_a_gpu_the_container_cannot_see(cluster, operator, stub_controller):
-    from job_controller import Node
+    from k8s.job_controller import Node
 
     stub_controller.nodes = [Node("gpu-a", gpus=1, labels={"pool": "gpu"}), Node("cpu-a", labels={"pool": "cpu"})]
     stub_controller.stub(r"^wait-predict$", held=True)
@@ -159,7 +159,7 @@ def test_a_part_evicted_past_the_bound_fails_with_the_reason(cluster, operator, 
 def test_the_operators_pods_are_not_the_kubelets_first_victims():
     """rankMemoryPressure puts pods above their memory request first: a pod with no request (what the
     operator used to create) is above it at any usage; the derived request keeps ours below it."""
-    from job_controller import rank_memory_pressure
+    from k8s.job_controller import rank_memory_pressure
     from vesuvius_inference.k8s import manifests
     from vesuvius_inference.k8s import spec as specmod
 

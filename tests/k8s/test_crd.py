@@ -8,7 +8,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from crd_check import load_crd, validate
+from k8s.crd_check import load_crd, validate
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
 

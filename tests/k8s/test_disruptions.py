@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, cond_true
+from plugins.k8s import SAMPLE, cond_true
 from vesuvius_inference.cli import parse
 from vesuvius_inference.errors import EXIT_DISRUPTION_LIMIT
 from vesuvius_inference.k8s import manifests

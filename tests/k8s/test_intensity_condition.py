@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import yaml
 import zarr
-from k8s.conftest import SAMPLE, VOLUME_CHUNKS, cond
+from plugins.k8s import SAMPLE, VOLUME_CHUNKS, cond
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from job_validation import validate_job, validate_job_update
-from kmock_api import default_job
+from k8s.job_validation import validate_job, validate_job_update
+from k8s.kmock_api import default_job
 
 
 def job(**spec):

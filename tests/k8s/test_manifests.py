@@ -113,7 +113,7 @@ def test_retry_job_maps_indexes_to_failed_parts(tmp_path):
 def test_retried_part_ids_are_not_limited_by_argument_size(tmp_path):
     """50,000 scattered ids of 100,000 parts: as ranges about 290 KB, past the kernel's 128 KiB per argument
     and Kubernetes' 256 KiB for all annotations; encoded, a few KB, and every index maps back."""
-    from kmock_api import default_job
+    from k8s.kmock_api import default_job
     from vesuvius_inference.k8s.ranges import format_ranges
     from vesuvius_inference.podopts import resolve_part
 
@@ -237,8 +237,8 @@ def _validated(job):
     """The Job as the API server stores it (defaulting, a uid) and its validation errors."""
     import copy
 
-    from job_validation import validate_job
-    from kmock_api import default_job
+    from k8s.job_validation import validate_job
+    from k8s.kmock_api import default_job
 
     obj = copy.deepcopy(job)
     obj["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
@@ -375,7 +375,7 @@ def test_operator_defaults_are_checked_too():
 
 @functools.cache
 def _crd_schema():
-    from crd_check import CompiledSchema, schema
+    from k8s.crd_check import CompiledSchema, schema
 
     return CompiledSchema(schema())
 
@@ -383,7 +383,7 @@ def _crd_schema():
 def _crd_errors(doc):
     import copy
 
-    from crd_check import apply_defaults
+    from k8s.crd_check import apply_defaults
 
     return _crd_schema().errors(apply_defaults(_crd_schema().schema, copy.deepcopy(doc)))
 

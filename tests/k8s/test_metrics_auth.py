@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from k8s.conftest import GROUP, NAMESPACE, PLURAL, VERSION
+from plugins.k8s import GROUP, NAMESPACE, PLURAL, VERSION
 from securecluster import secure_cluster
 from vesuvius_inference.k8s.metrics import BUCKETS, Health, Registry
 from vesuvius_inference.k8s.metricsauth import ReviewAuth

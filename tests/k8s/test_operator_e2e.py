@@ -11,15 +11,14 @@ GPU node whose GPU the container cannot see (tests/engine/test_devices.py).
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 import time
 
 import kubernetes
 import numpy as np
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, VOLUME_SHAPE, cond, cond_true
+from helpers import run_cli
+from plugins.k8s import SAMPLE, VOLUME_SHAPE, cond, cond_true
 
 pytestmark = pytest.mark.slow
 
@@ -105,10 +104,8 @@ def test_minimal_sample_runs_to_success_and_matches_the_local_pipeline(cluster, 
 
     # the output equals what the local pipeline makes of the same input, model and settings
     ref = tmp_path / "reference.zarr"
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "pipeline",
-                        "--input", "s3://scrolls/PHerc0332/volume.zarr", "--model", "s3://models/surface-nnunet",
-                        "--output", str(ref), "--workdir", str(tmp_path / "work"), "--overlap", "0.5", "--quiet"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_cli("pipeline", "--input", "s3://scrolls/PHerc0332/volume.zarr", "--model", "s3://models/surface-nnunet",
+                "--output", ref, "--workdir", tmp_path / "work", "--overlap", "0.5", "--quiet")  # in-process
     assert r.returncode == 0, r.stderr
     out, local = arrays(open_output("s3://results/PHerc0332/surface.zarr")), arrays(open_output(str(ref)))
     assert set(out) == set(local) and "0" in out
@@ -224,7 +221,7 @@ def test_suspend_resume_and_operator_restarts_mid_predict_and_mid_blend(cluster,
     assert job["spec"]["suspend"] is True and job["status"]["active"] == 0
     assert cond(job, "Suspended")["reason"] == "JobSuspended"
     assert controller.running() == [] and cluster.pods("pause-predict") == []
-    time.sleep(2)  # nothing starts while suspended
+    operator.wait_passes(operator.passes() + 2)  # passes over the suspended object (resyncs): nothing starts
     assert controller.running() == [] and "pause-blend" not in cluster.jobs("pause")
     cluster.patch_ij("pause", {"spec": {"suspend": False}})
     cluster.wait("a predict pod again", lambda: ("pause-predict", 0) in controller.running(), timeout=60)

@@ -14,7 +14,7 @@ import time
 import kubernetes
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, cond, cond_true
+from plugins.k8s import SAMPLE, cond, cond_true
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 
@@ -80,7 +80,8 @@ def test_ttl_deleted_jobs_are_never_run_again(cluster, operator, stub_controller
     before = {n: cluster.ij(n)["status"] for n in ("ttl", "ttl0")}
     operator.kill()
     operator.start()
-    time.sleep(5)  # resume handlers and two resyncs
+    # the restarted operator's resume handlers: one pass per InferenceJob (resyncs skip finished ones)
+    operator.wait_passes(2)
     for name in ("ttl", "ttl0"):
         after = cluster.ij(name)["status"]
         assert after["phase"] == "Succeeded" and after["completionTime"] == before[name]["completionTime"]

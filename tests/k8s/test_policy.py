@@ -17,7 +17,7 @@ import json
 import time
 
 import pytest
-from k8s.conftest import NAMESPACE, cond
+from plugins.k8s import NAMESPACE, cond
 from securecluster import secure_cluster
 
 WORKER_REPO = "ghcr.io/scrollprize/vesuvius-inference-worker"

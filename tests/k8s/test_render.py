@@ -11,8 +11,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from job_validation import validate_job
-from kmock_api import default_job
+from helpers import run_cli
+from k8s.job_validation import validate_job
+from k8s.kmock_api import default_job
 from vesuvius_inference.cli import main as cli_main
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
@@ -23,8 +24,13 @@ SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))
 CLI = [sys.executable, "-m", "vesuvius_inference.cli"]
 
 
-def render(args, env=None, check=True):
-    r = subprocess.run([*CLI, "render", *args], capture_output=True, text=True, timeout=120, env=env)
+def real_process(*args, env=None):
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def render(args, env=None, check=True, run=run_cli):
+    """In-process (helpers.run_cli); ``run=real_process`` for the test whose process is the point."""
+    r = run("render", *args, env=env)
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -74,8 +80,7 @@ def test_render_takes_the_operators_defaults_from_the_charts_env(tmp_path):
     doc["metadata"].update(namespace="scrolls", uid="1234-abcd")
     path = tmp_path / "ij.yaml"
     path.write_text(yaml.safe_dump(doc))
-    env = dict(__import__("os").environ, VESUVIUS_WORKER_IMAGE="registry.example.com/worker:9",
-               VESUVIUS_QUEUE_NAME="gpu-queue", VESUVIUS_GPU_NODE_SELECTOR='{"pool": "gpu"}')
+    env = dict(VESUVIUS_WORKER_IMAGE="registry.example.com/worker:9", VESUVIUS_QUEUE_NAME="gpu-queue", VESUVIUS_GPU_NODE_SELECTOR='{"pool": "gpu"}')
     predict, blend, _ = yaml.safe_load_all(render(["-f", str(path)], env=env).stdout)
     pod = predict["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/worker:9" and pod["nodeSelector"] == {"pool": "gpu"}
@@ -119,7 +124,7 @@ def test_refused_specs_exit_2_with_one_line(tmp_path, capsys, mutate, args, frag
 def test_render_exits_2_in_a_subprocess_and_imports_neither_torch_nor_kubernetes(tmp_path):
     path = tmp_path / "ij.yaml"
     path.write_text("kind: InferenceJob\nmetadata: {name: UPPER}\nspec: {}\n")
-    r = render(["-f", str(path)], check=False)
+    r = render(["-f", str(path)], check=False, run=real_process)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     probe = ("import sys\nfrom vesuvius_inference.cli import main\n"
              f"rc = main(['render', '-f', {str(ROOT / 'crds' / 'samples' / 'full.yaml')!r}])\n"

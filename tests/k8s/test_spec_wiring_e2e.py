@@ -19,7 +19,7 @@ import subprocess
 import kubernetes
 import pytest
 import yaml
-from k8s.conftest import SAMPLE, cond
+from plugins.k8s import SAMPLE, cond
 
 pytestmark = pytest.mark.slow
 KUBECTL = "/usr/bin/kubectl"

@@ -242,7 +242,7 @@ def test_status_patch_removes_what_the_new_status_lacks():
     patch = status_patch(prev, new)
     assert patch == {"phase": "Predicting", "completionTime": None, "parts": {"failed": 0, "failedIndexes": ""},
                      "jobs": {"predict": None, "retries": ["x-r2"]}}
-    from kmock_api import merge_patch  # RFC 7386, as the API server applies it
+    from k8s.kmock_api import merge_patch  # RFC 7386, as the API server applies it
 
     assert merge_patch(prev, patch) == new
     assert status_patch(new, copy.deepcopy(new)) == {}

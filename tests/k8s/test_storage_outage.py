@@ -11,9 +11,9 @@ counted in ``failed`` and adds to the index's ``job-index-ignored-failure-count`
 from __future__ import annotations
 
 import pytest
-from k8s.conftest import cond
 from k8s.test_busy_cluster import condition, spec_for
 from k8s.test_decide import NOW, body, predict
+from plugins.k8s import cond
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.decide import Observed, Outcomes, decide

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import pytest
 from job_controller import Node
-from k8s.conftest import cond
 from k8s.test_busy_cluster import condition, kubectl, spec_for
 from k8s.test_decide import NOW, body, predict
+from plugins.k8s import cond
 from vesuvius_inference.k8s import stalls
 from vesuvius_inference.k8s.decide import iso
 

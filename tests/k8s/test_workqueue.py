@@ -20,8 +20,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from k8s.conftest import GROUP, PLURAL, VERSION
 from k8s.test_busy_cluster import spec_for
+from plugins.k8s import GROUP, PLURAL, VERSION
 from vesuvius_inference.k8s import clients, handlers
 from vesuvius_inference.k8s.passes import Passes
 from vesuvius_inference.k8s.workqueue import WorkQueue

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from helpers import tool
 from vesuvius_inference.config import PipelineConfig
 from vesuvius_inference.demo.run import MODEL_DIR
 from vesuvius_inference.pipeline import run_local_pipeline
@@ -188,8 +189,7 @@ def test_labels_and_probabilities_say_what_they_are(outputs):
 def test_neuroglancer_shows_the_mask_on_the_papyrus(outputs, scroll, tmp_path, name):
     """Both are OME-Zarr 0.4 on Zarr v2 (neuroglancer's zarr://); the second was predicted from the array
     scroll.zarr/1, whose frame only the enclosing group's multiscales give (without it: 0 pixels on the scan)."""
-    sys.path.insert(0, str(TOOL.parent))
-    from neuroglancer_overlay import chromium_missing
+    chromium_missing = tool("neuroglancer_overlay").chromium_missing
 
     if chromium_missing():
         pytest.skip(chromium_missing())
@@ -206,8 +206,7 @@ def test_neuroglancer_shows_the_mask_on_the_papyrus(outputs, scroll, tmp_path, n
 
 def test_the_overlay_tool_draws_probabilities_above_one_half_and_any_label(outputs):
     """Without --threshold a probability output would be drawn red wherever p > 0 (all of the volume)."""
-    sys.path.insert(0, str(TOOL.parent))
-    from neuroglancer_overlay import default_threshold
+    default_threshold = tool("neuroglancer_overlay").default_threshold
 
     assert default_threshold(outputs["probabilities"]) == 127.5
     assert default_threshold(outputs["multiclass-probabilities"]) == 127.5

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 
 
 class _Quiet(SimpleHTTPRequestHandler):
@@ -31,9 +29,7 @@ def http_root(tmp_path):
     server.server_close()
 
 
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=600)
+cli = run_cli  # in-process (the HTTP server is a thread of this process either way)
 
 
 def test_http_input_gives_the_local_bytes_and_http_output_is_refused(http_root, tmp_path, model2):

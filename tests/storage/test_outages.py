@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 from outage import Outage, free_port, proxy, serve_folder
 
 # small enough for a few seconds of model time, large enough for checkpoints between batches
@@ -33,8 +33,10 @@ def cli(*args, env=None):
                           text=True, env={**os.environ, **(env or {})}, timeout=600)
 
 
-def predict(model, inp, out, *extra, env=None):
-    return cli("predict", "--model_path", model, "--input_dir", inp, "--output_dir", out, *PREDICT, *extra, env=env)
+def predict(model, inp, out, *extra, env=None, run=cli):
+    """A run that fails on storage is a real process (its exit and what it prints at exit are checked);
+    the clean runs and the reruns pass ``run=run_cli`` (in-process)."""
+    return run("predict", "--model_path", model, "--input_dir", inp, "--output_dir", out, *PREDICT, *extra, env=env)
 
 
 def assert_transient(r, *needles):
@@ -84,7 +86,7 @@ def test_http_input_down_at_start_and_gone_mid_run(http_input, tmp_path, tiny_mo
     assert not (tmp_path / "clean").exists()
     # back on the same port: the rerun works (the clean run of this test)
     with serve_folder(http_input, port) as store:
-        r = predict(tiny_model, url, tmp_path / "clean", "--quiet")
+        r = predict(tiny_model, url, tmp_path / "clean", "--quiet", run=run_cli)
         requests = store.outage.count
     assert r.returncode == 0, r.stderr[-2000:]
     # gone half-way through a run: connections reset, then refused
@@ -95,7 +97,7 @@ def test_http_input_down_at_start_and_gone_mid_run(http_input, tmp_path, tiny_mo
     assert list((tmp_path / "work").glob("part_00000/*/checkpoint.json")), "the outage came before any checkpoint"
     # back again: the rerun resumes from the checkpoint and gives the clean run's bytes
     with serve_folder(http_input, port):
-        r = predict(tiny_model, url, tmp_path / "work")
+        r = predict(tiny_model, url, tmp_path / "work", run=run_cli)
     assert r.returncode == 0 and "resuming after patch" in r.stderr, r.stderr[-2000:]
     np.testing.assert_array_equal(final_of(str(tmp_path / "work")), final_of(str(tmp_path / "clean")))
 
@@ -110,7 +112,7 @@ def test_s3_down_at_start_and_gone_mid_run(s3, s3_server, tiny_model):
     r = predict(tiny_model, inp, f"{s3}/clean", env=fewer_retries)
     assert_transient(r, "EndpointConnectionError")
     with proxy(s3_server, port):
-        r = predict(tiny_model, inp, f"{s3}/clean", "--quiet", env=env)
+        r = predict(tiny_model, inp, f"{s3}/clean", "--quiet", env=env, run=run_cli)
     assert r.returncode == 0, r.stderr[-2000:]
     # gone a few requests after the run's first checkpoint: reads, writes and the claim's renewals all fail
     bucket = s3[5:]
@@ -121,6 +123,6 @@ def test_s3_down_at_start_and_gone_mid_run(s3, s3_server, tiny_model):
     assert not fs.exists(f"{bucket}/work/part_00000.json")
     assert fs.glob(f"{bucket}/work/part_00000/*/checkpoint.json")
     with proxy(s3_server, port):
-        r = predict(tiny_model, inp, f"{s3}/work", env=env)
+        r = predict(tiny_model, inp, f"{s3}/work", env=env, run=run_cli)
     assert r.returncode == 0 and "resuming after patch" in r.stderr, r.stderr[-2000:]
     np.testing.assert_array_equal(final_of(f"{s3}/work"), final_of(f"{s3}/clean"))

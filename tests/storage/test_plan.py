@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 
 
 def plan(*args):
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "plan", *map(str, args), "--json"],
-                       capture_output=True, text=True, timeout=120)
+    r = run_cli("plan", *args, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -22,7 +19,7 @@ def test_plan_on_1e11_voxels_on_s3_reads_metadata_only(s3, s3_server, model2):
     """No chunk of the input is fetched: the plan comes from metadata and one listing (the README gives
     the seconds it takes; a timed assert would measure the machine's load)."""
     import requests
-    from bench_storage import parse_recording
+    from helpers import parse_recording
 
     shape = (4096, 4096, 6000)  # 1.0e11 voxels, uint8: 100 GB if it were stored
     arr = zarr.create_array(f"{s3}/huge.zarr", shape=shape, chunks=(128, 128, 128), dtype="uint8", zarr_format=3,
@@ -49,9 +46,8 @@ def test_plan_counts_match_predict(tmp_path, model2):
     p = plan("--input", inp, "--model", model2, "--num_parts", "2")
     seen = []
     for part in range(2):
-        r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "predict", "--model_path", str(model2),
-                            "--input_dir", inp, "--output_dir", str(tmp_path / "parts"), "--part_id", str(part),
-                            "--num_parts", "2", "--device", "cpu", "--disable_tta", "--quiet"])
+        r = run_cli("predict", "--model_path", model2, "--input_dir", inp, "--output_dir", tmp_path / "parts",
+                    "--part_id", part, "--num_parts", "2", "--device", "cpu", "--disable_tta", "--quiet")
         assert r.returncode == 0
         m = json.loads((tmp_path / "parts" / f"part_0000{part}.json").read_text())
         seen.append(m["patches"]["total"] - m["patches"]["skipped_absent"])
@@ -70,9 +66,8 @@ def test_plan_bytes_to_read_are_the_chunks_predict_fetches(tmp_path, model_facto
     bbox = "8:40,20:120,0:60"
     roi = plan("--input", inp, "--model", model, "--bbox", bbox)
     assert 0 < roi["bytes"]["read_chunks"] < whole["bytes"]["read_chunks"] <= whole["input"]["stored_chunks"]
-    r = subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", "predict", "--model_path", str(model),
-                        "--input_dir", inp, "--output_dir", str(tmp_path / "parts"), "--bbox", bbox,
-                        "--device", "cpu", "--disable_tta", "--quiet"])
+    r = run_cli("predict", "--model_path", model, "--input_dir", inp, "--output_dir", tmp_path / "parts", "--bbox", bbox,
+                "--device", "cpu", "--disable_tta", "--quiet")
     assert r.returncode == 0
     m = json.loads((tmp_path / "parts" / "part_00000.json").read_text())
     assert m["input_chunks_fetched"] == roi["bytes"]["read_chunks"]

@@ -8,10 +8,12 @@ import subprocess
 import sys
 
 import pytest
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
+
+cli = run_cli  # in-process; test_missing_bucket_and_key keeps a real process (nothing printed at its exit)
 
 
-def cli(*args, env=None):
+def real_process(*args, env=None):
     return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)
 
@@ -32,13 +34,14 @@ def s3_input(s3):
     return url
 
 
-def predict(model, inp, out, *extra):
-    return cli("predict", "--model_path", model, "--input_dir", inp, "--output_dir", out, "--device", "cpu",
+def predict(model, inp, out, *extra, run=cli):
+    return run("predict", "--model_path", model, "--input_dir", inp, "--output_dir", out, "--device", "cpu",
                "--disable_tta", "--quiet", *extra)
 
 
 def test_missing_bucket_and_key(s3, model2, tmp_path):
-    one_error_line(predict(model2, "s3://no-such-bucket-here/in.zarr", tmp_path / "o"), 3, "does not exist")
+    one_error_line(predict(model2, "s3://no-such-bucket-here/in.zarr", tmp_path / "o", run=real_process), 3,
+                   "does not exist")
     one_error_line(predict(model2, f"{s3}/missing.zarr", tmp_path / "o"), 3, "does not exist")
     assert not (tmp_path / "o").exists()
 
@@ -69,14 +72,16 @@ def test_denied_write_by_bucket_policy(s3_input, model2, s3, s3_server):
 
 def test_malformed_storage_options(s3_input, model2, tmp_path):
     one_error_line(predict(model2, s3_input, tmp_path / "o", "--storage-options", "[1, 2]"), 2, "JSON object")
-    env = dict(os.environ, VESUVIUS_STORAGE_OPTIONS="{not json")
+    env = {"VESUVIUS_STORAGE_OPTIONS": "{not json"}
     one_error_line(cli("blend", f"{s3_input}/x", tmp_path / "b.zarr", env=env), 2, "VESUVIUS_STORAGE_OPTIONS")
 
 
 def test_missing_credentials(s3_input, model2, tmp_path, monkeypatch):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(AWS_ENDPOINT_URL=os.environ["AWS_ENDPOINT_URL"], AWS_CONFIG_FILE="/nonexistent",
-               AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(k)
+    env = dict(AWS_ENDPOINT_URL=endpoint, AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               AWS_EC2_METADATA_DISABLED="true")
     r = cli("predict", "--model_path", model2, "--input_dir", s3_input, "--output_dir", tmp_path / "o", "--device",
             "cpu", "--quiet", env=env)
     one_error_line(r, 3, "credentials", "--input_anon")  # public scans need no keys: say how to read them unsigned

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import zarr
-from helpers import smooth_volume, write_zarr
+from helpers import run_cli, smooth_volume, write_zarr
 
-
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "vesuvius_inference.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=600)
+cli = run_cli  # in-process: the pipeline's parts still run in its own worker processes
 
 
 def test_pipeline_on_s3_equals_local(tmp_path, model2, s3):
@@ -24,11 +18,10 @@ def test_pipeline_on_s3_equals_local(tmp_path, model2, s3):
     s3_in = f"{s3}/scroll/in.zarr"
     write_zarr(s3_in, vol, chunks=(24, 32, 32))
     common = ["--model", model2, "--parts-per-gpu", "3", "--disable-tta", "--quiet"]
-    env = dict(os.environ)
     r = cli("pipeline", "--input", local_in, "--output", tmp_path / "out.zarr", *common)
     assert r.returncode == 0, r.stderr
     r = cli("pipeline", "--input", s3_in, "--output", f"{s3}/results/out.zarr", "--workdir", f"{s3}/work",
-            "--keep-intermediates", *common, env=env)
+            "--keep-intermediates", *common, env=dict(os.environ))
     assert r.returncode == 0, r.stderr
     local = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     remote = zarr.open_group(f"{s3}/results/out.zarr", mode="r")
@@ -46,7 +39,7 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     the rest themselves, the two-part seams included (their second finisher merges them)."""
     import requests
     import s3fs
-    from bench_storage import parse_recording
+    from helpers import parse_recording
     from vesuvius_inference.layout import OWN, PAIR, SHARED
 
     model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")
@@ -92,7 +85,9 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     assert {idx for idx in level0 if layout.kind(idx) == SHARED} == level0_by_blend
 
 
-def test_worker_processes_on_s3_take_endpoint_and_keys_from_the_command_line_only(tmp_path, model2, s3, s3_server):
+def test_worker_processes_on_s3_take_endpoint_and_keys_from_the_command_line_only(tmp_path, model2, s3, s3_server,
+                                                                                  monkeypatch, volume_factory,
+                                                                                  reference_run):
     """--devices cpu,cpu: one worker process per entry, each given every setting; the endpoint and keys
     exist only in --storage-options (the route that once lost them), never in a worker's argv."""
     import json
@@ -103,19 +98,20 @@ def test_worker_processes_on_s3_take_endpoint_and_keys_from_the_command_line_onl
     vol = smooth_volume((40, 48, 64), seed=11)
     s3_in = f"{s3}/scroll/in.zarr"
     write_zarr(s3_in, vol, chunks=(20, 24, 32))
-    local_in = write_zarr(tmp_path / "in.zarr", vol, chunks=(20, 24, 32))
     common = ["--model", model2, "--parts-per-gpu", "2", "--disable-tta", "--quiet", "--overlap", "0.25"]
-    r = cli("pipeline", "--input", local_in, "--output", tmp_path / "one.zarr", "--devices", "cpu", *common)
-    assert r.returncode == 0, r.stderr
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "VESUVIUS_STORAGE_OPTIONS")}
+    # one process: the same volume's plain local run with these settings (conftest.reference_run)
+    one = reference_run(model2, volume_factory((40, 48, 64), seed=11, chunks=(20, 24, 32)), overlap=0.25).output
+    saved = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    for k in (*saved, "VESUVIUS_STORAGE_OPTIONS"):
+        monkeypatch.delenv(k, raising=False)
     so = json.dumps({"endpoint_url": s3_server, "key": "testing", "secret": "testing"})
     r = cli("pipeline", "--input", s3_in, "--output", f"{s3}/multi.zarr", "--workdir", f"{s3}/mwork",
-            "--devices", "cpu,cpu", "--keep-intermediates", "--storage-options", so, *common, env=env)
+            "--devices", "cpu,cpu", "--keep-intermediates", "--storage-options", so, *common)
     assert r.returncode == 0, r.stderr
-    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
+    for k, v in saved.items():  # the test reads the outputs with the endpoint and keys again
+        monkeypatch.setenv(k, v)
     multi = zarr.open_group(f"{s3}/multi.zarr", mode="r")
-    assert np.array_equal(one["0"][:], multi["0"][:])
+    assert np.array_equal(one, multi["0"][:])
     fs = s3fs.S3FileSystem()
     pids = [json.loads(fs.cat(f"{s3[5:]}/mwork/parts/part_{p:05d}.claim.json"))["pid"] for p in range(4)]
     assert len(set(pids)) == 4 and os.getpid() not in pids, pids  # every part ran in a worker process

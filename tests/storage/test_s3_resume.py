@@ -13,8 +13,7 @@ import time
 import numpy as np
 import requests
 import zarr
-from bench_storage import parse_recording
-from helpers import smooth_volume, write_zarr
+from helpers import parse_recording, run_cli, smooth_volume, write_zarr
 
 
 def cli(*args):
@@ -38,15 +37,16 @@ def test_kill_predict_and_blend_on_s3(s3, s3_server, model2):
     inp = write_zarr(f"{s3}/in.zarr", smooth_volume((32, 96, 96), seed=12), chunks=(16, 32, 32))
     pred = ["predict", "--model_path", model2, "--input_dir", inp, "--device", "cpu", "--disable_tta", "--quiet",
             "--chunk_size", "8,16,16"]
-    assert subprocess.run(cli(*pred, "--output_dir", f"{s3}/clean")).returncode == 0
-    assert subprocess.run(cli("blend", f"{s3}/clean", f"{s3}/clean.zarr", "--quiet")).returncode == 0
+    # the runs that are not killed run in this process (helpers.run_cli)
+    assert run_cli(*pred, "--output_dir", f"{s3}/clean").returncode == 0
+    assert run_cli("blend", f"{s3}/clean", f"{s3}/clean.zarr", "--quiet").returncode == 0
     # predict killed once it has checkpointed (after every batch here), then rerun: it resumes
     proc = subprocess.Popen(cli(*pred, "--output_dir", f"{s3}/work", "--checkpoint_s", "0"))
     ckpts = lambda: fs.invalidate_cache() or fs.glob(f"{bucket}/work/part_00000/*/checkpoint.json")  # noqa: E731
     kill_when(proc, lambda: bool(ckpts()))
     assert not fs.exists(f"{bucket}/work/part_00000.json")
     loud = [a for a in pred if a != "--quiet"]
-    r = subprocess.run(cli(*loud, "--output_dir", f"{s3}/work"), capture_output=True, text=True)
+    r = run_cli(*loud, "--output_dir", f"{s3}/work")
     assert r.returncode == 0 and "resuming after patch" in r.stderr, r.stderr
     marker = json.loads(fs.cat(f"{bucket}/work/part_00000.json"))
     clean_marker = json.loads(fs.cat(f"{bucket}/clean/part_00000.json"))
@@ -69,7 +69,7 @@ def test_kill_predict_and_blend_on_s3(s3, s3_server, model2):
     assert out.attrs["vesuvius"]["complete"] is False
     requests.post(f"{s3_server}/moto-api/recorder/reset-recording")
     requests.post(f"{s3_server}/moto-api/recorder/start-recording")
-    r = subprocess.run(cli("blend", f"{s3}/work", f"{s3}/out.zarr"), capture_output=True, text=True)
+    r = run_cli("blend", f"{s3}/work", f"{s3}/out.zarr")
     requests.post(f"{s3_server}/moto-api/recorder/stop-recording")
     assert r.returncode == 0 and "resuming after" in r.stderr, r.stderr
     log = parse_recording(requests.get(f"{s3_server}/moto-api/recorder/download-recording").text)

@@ -1,9 +1,11 @@
-"""Fixtures of the chart and image tests: a helm binary (downloaded once per machine) and rendering."""
+"""Fixtures of the chart and image tests: a helm binary (downloaded once per machine) and rendering.
+
+A pytest plugin (tests/conftest.py's ``pytest_plugins``).
+"""
 
 from __future__ import annotations
 
 import pytest
-
 from helm.helmtool import Helm, HelmUnavailable, helm_binary
 
 

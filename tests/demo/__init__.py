@@ -1,0 +1,1 @@
+"""The demo: the synthetic scroll and the bundled model."""
