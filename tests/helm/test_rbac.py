@@ -250,6 +250,7 @@ def test_operator_code_calls_are_found():
         ("", "pods/log", "get"), ("", "events", "list"),  # progress from pod logs; FailedCreate Events of a stall
         ("vesuvius.dev", "inferencejobs", "get"), ("vesuvius.dev", "inferencejobs", "list"),
         ("vesuvius.dev", "inferencejobs/status", "patch"),
+        ("vesuvius.dev", "inferencejobs", "patch"),  # the vesuvius.dev/finished label the resync selects on
         ("vesuvius.dev", "inferencejobs/finalizers", "update"),  # blockOwnerDeletion on the child Jobs
         ("kueue.x-k8s.io", "workloads", "list"), ("kueue.x-k8s.io", "workloads", "patch"),  # suspend with Kueue
         SECRET_LABELS,  # the policy's label check of a named Secret
