@@ -105,9 +105,9 @@ def main() -> int:
     import admission
     import kubernetes
     from job_controller import JobController, Node
-    from plugins.k8s import OperatorProcess
     from kmock_api import KubeAPI, ServerThread
     from outage import Outage, free_port, proxy
+    from plugins.k8s import OperatorProcess
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     moto, moto_url = _storage(tmp)
