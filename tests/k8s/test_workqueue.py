@@ -238,3 +238,20 @@ def test_resync_skips_finished_runs_and_liveness_sees_a_silent_api_server(cluste
     cluster.wait("liveness failing", lambda: _health(operator) == 500, timeout=60, interval=1.0)
     fault.times = 0  # it answers again
     cluster.wait("liveness back", lambda: _health(operator) == 200, timeout=60, interval=1.0)
+
+
+def test_every_metric_family_is_exposed_once():
+    """Two modules measured the queue and the passes; a second TYPE line for a family makes Prometheus
+    reject the whole scrape ("second TYPE line for metric name"), so each family is written once."""
+    from vesuvius_inference.k8s.handlers import queue_metrics
+    from vesuvius_inference.k8s.metrics import Registry
+    from vesuvius_inference.k8s.passes import Passes
+
+    passes = Passes(lambda *a: None, workers=0)
+    registry = Registry()
+    registry.sections.append(lambda: queue_metrics(passes))
+    passes.request("ns", "a", [])
+    text = registry.render()
+    types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+    assert "vesuvius_operator_queue_depth 1" in text.splitlines()  # the depth of this scrape, not the last one

@@ -103,24 +103,22 @@ def runtime() -> Runtime:
 
 
 def queue_metrics(passes: Passes) -> list[str]:
-    """The work queue's depth and the passes' latency, in the exposition format (metrics.py renders them)."""
+    """The work queue's own families, in the exposition format (metrics.py renders them after the health
+    families). Its depth goes to the health metrics (metrics.set_queue_depth) and pass durations and failures
+    are observed there (reconcile -> metrics.observe_pass): each family is exposed once, or a Prometheus
+    scrape would fail on a second TYPE line."""
+    metrics.set_queue_depth(passes.queue.depth())
     with passes._lock:
-        pass_lines = passes.pass_latency.lines(
-            "vesuvius_operator_pass_seconds", "Time of one reconcile pass.")
         queue_lines = passes.queue_latency.lines(
             "vesuvius_operator_pass_wait_seconds", "From the request that made an InferenceJob dirty to the end "
                                                    "of its pass (queueing included).")
-        failed = passes.failed
-    return ["# HELP vesuvius_operator_queue_depth InferenceJobs waiting for a pass.",
-            "# TYPE vesuvius_operator_queue_depth gauge", f"vesuvius_operator_queue_depth {passes.queue.depth()}",
-            "# HELP vesuvius_operator_queue_processing Passes running now.",
+    return ["# HELP vesuvius_operator_queue_processing Passes running now.",
             "# TYPE vesuvius_operator_queue_processing gauge",
             f"vesuvius_operator_queue_processing {passes.queue.processing()}",
             "# HELP vesuvius_operator_queue_oldest_seconds How long the oldest waiting work has waited.",
             "# TYPE vesuvius_operator_queue_oldest_seconds gauge",
             f"vesuvius_operator_queue_oldest_seconds {passes.queue.oldest_s():.3f}",
-            "# TYPE vesuvius_operator_pass_failures_total counter", f"vesuvius_operator_pass_failures_total {failed}",
-            *pass_lines, *queue_lines]
+            *queue_lines]
 
 
 def liveness_problem(passes: Passes, resync_at: float, resync_s: float, now: float,

@@ -185,9 +185,9 @@ class Registry:
                     for (ns, n), j in sorted(jobs.items()) if j["stage"]]
         for metric, value in sorted(self.counters.items()):
             out += [f"# TYPE {metric} counter", f"{metric} {value()}"]
+        extra = [line for section in self.sections for line in section()]  # may update the health figures
         out += self.health.render()
-        for section in self.sections:
-            out += section()
+        out += extra
         return "\n".join(out) + "\n"
 
 
