@@ -84,7 +84,8 @@ SITUATIONS = [
               ("is a file",)),
     Situation("finalize given the scan instead of blended logits",
               lambda w: ["finalize", w["scan"], "o.zarr", "--quiet"], 3, ("not blended logits",)),
-    Situation("the HTTP input's server is not there", lambda w: predict(w, f"http://127.0.0.1:{w['port']}/in.zarr"), 74,
+    Situation("the HTTP input's server is not there", lambda w: predict(w, f"http://127.0.0.1:{w['port']}/in.zarr",
+                                                                          "--storage_wait_s", "0"), 74,
               ("storage unreachable",)),
 ]
 

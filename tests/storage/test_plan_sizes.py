@@ -14,7 +14,7 @@ from vesuvius_inference.cli import main
 def test_plan_reads_compressed_sizes_from_s3_without_fetching_a_chunk(s3, s3_server, model2, capsys):
     import requests
     import s3fs
-    from bench_storage import parse_recording
+    from helpers import parse_recording
 
     data = smooth_volume((64, 96, 96), seed=11)
     data[:, :, 48:] = 0  # half the chunks are never stored
