@@ -125,6 +125,17 @@ def configure(wait_s: float) -> None:
     OUTAGE.configure(wait_s)
 
 
+def _retry_in(o: Outage, e: Exception, doing: str) -> float:
+    """Seconds until the next try of a failed request (the sync and async loops share it); re-raises what
+    is not an outage, and gives up (exit 74) once the outage outlasts the wait."""
+    if not is_transient(e):
+        raise e
+    d = o.delay(e, doing)
+    if d is None:
+        raise o.gave_up(e, doing)  # noqa: B904 - chained in gave_up: the cause is the point
+    return d
+
+
 def call(fn: Callable[..., T], *args: Any, doing: str = "", outage: Outage | None = None,
          sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``, tried again while storage is unreachable and the wait allows."""
@@ -133,12 +144,7 @@ def call(fn: Callable[..., T], *args: Any, doing: str = "", outage: Outage | Non
         try:
             result = fn(*args, **kwargs)
         except Exception as e:
-            if not is_transient(e):
-                raise
-            d = o.delay(e, doing)
-            if d is None:
-                raise o.gave_up(e, doing)  # noqa: B904 - chained in gave_up: the cause is the point
-            sleep(d)
+            sleep(_retry_in(o, e, doing))
             continue
         o.recovered()
         return result
@@ -152,12 +158,7 @@ async def acall(fn: Callable[..., Awaitable[T]], *args: Any, doing: str = "", ou
         try:
             result = await fn(*args, **kwargs)
         except Exception as e:
-            if not is_transient(e):
-                raise
-            d = o.delay(e, doing)
-            if d is None:
-                raise o.gave_up(e, doing)  # noqa: B904 - chained in gave_up: the cause is the point
-            await asyncio.sleep(d)
+            await asyncio.sleep(_retry_in(o, e, doing))
             continue
         o.recovered()
         return result
