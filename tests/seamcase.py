@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from vesuvius_inference import storage
-from vesuvius_inference.fixedpoint import divide_np, logit_bits_for, weight_q, weights_digest
+from vesuvius_inference.fixedpoint import divide_np, gaussian_q, logit_bits_for, weights_digest
 from vesuvius_inference.grid import PatchGrid, Shape3
 from vesuvius_inference.layout import PAIR, PartLayout
+from vesuvius_inference.locations import join
 from vesuvius_inference.output import FINAL, Output, OutputSpec
 from vesuvius_inference.partition import split
 from vesuvius_inference.seams import SeamMerge
@@ -42,7 +43,7 @@ class SeamCase:
         nonempty = np.ones(grid.n_patches, dtype=bool)
         parts = split(grid, nonempty, 2, None)
         layout = PartLayout.build(grid, nonempty, parts, SHAPE, CHUNKS, pairs=True)
-        wq = weight_q(PATCH).numpy()
+        wq = gaussian_q(PATCH)
         rng = np.random.default_rng(seed)
         sums, ran = [], []
         for part in parts:
@@ -132,8 +133,8 @@ def check_race(root: str, so: dict) -> None:
     """Both parts complete every seam chunk at the same moment: per chunk exactly one create wins, the
     other part merges, and the output is what one part would have written."""
     case = SeamCase.make(seed=1)
-    out = case.output(storage.join(root, "out.zarr"), so)
-    seams = storage.join(root, "parts", "_seams", "cfg")
+    out = case.output(join(root, "out.zarr"), so)
+    seams = join(root, "parts", "_seams", "cfg")
     got = race(case, [case.merger(p, f"run{p}", seams, out, so) for p in (0, 1)])
     for a, b in zip(*got):
         assert sorted((a, b)) == ["first", "second"]
@@ -146,17 +147,17 @@ def check_killed_mid_merge(root: str, so: dict) -> None:
     merging half the chunks (some written, the rest not), its rerun merges everything again: the output
     is byte for byte what an uninterrupted pair writes, and the rewritten chunks did not change."""
     case = SeamCase.make(seed=2)
-    out = case.output(storage.join(root, "out.zarr"), so)
-    seams = storage.join(root, "parts", "_seams", "cfg")
+    out = case.output(join(root, "out.zarr"), so)
+    seams = join(root, "parts", "_seams", "cfg")
     half = len(case.pairs) // 2
     assert set(case.complete(case.merger(0, "a1", seams, out, so), case.pairs[:half])) == {"first"}
     assert case.complete(case.merger(0, "a2", seams, out, so), case.pairs) == ["again"] * half + ["first"] * (
         len(case.pairs) - half)
     assert set(case.complete(case.merger(1, "b1", seams, out, so), case.pairs[half:])) == {"second"}
-    merged_once = snapshot(storage.join(root, "out.zarr"), so)
+    merged_once = snapshot(join(root, "out.zarr"), so)
     assert set(case.complete(case.merger(1, "b2", seams, out, so), case.pairs)) == {"second"}
     assert np.array_equal(out.array[:], case.expected(out))
-    after = snapshot(storage.join(root, "out.zarr"), so)
+    after = snapshot(join(root, "out.zarr"), so)
     assert all(after[k] == v for k, v in merged_once.items() if "/c/" in k)
 
 
@@ -164,8 +165,8 @@ def check_rerun_of_finished_parts(root: str, so: dict) -> None:
     """Both parts done; each runs again (a retried Job, a frozen former holder): no piece changes, the
     output's bytes do not change, and the part that stored a piece recognises it as its own."""
     case = SeamCase.make(seed=3)
-    out = case.output(storage.join(root, "out.zarr"), so)
-    seams = storage.join(root, "parts", "_seams", "cfg")
+    out = case.output(join(root, "out.zarr"), so)
+    seams = join(root, "parts", "_seams", "cfg")
     case.complete(case.merger(1, "b1", seams, out, so), case.pairs)
     case.complete(case.merger(0, "a1", seams, out, so), case.pairs)
     before = snapshot(root, so)
@@ -182,8 +183,8 @@ def check_frozen_holder_races_its_taker(root: str, so: dict) -> None:
     runs merge and write the chunk, the same bytes (the one write a frozen holder can double). The output
     is one part's view and one piece stays per chunk."""
     case = SeamCase.make(seed=4)
-    out = case.output(storage.join(root, "out.zarr"), so)
-    seams = storage.join(root, "parts", "_seams", "cfg")
+    out = case.output(join(root, "out.zarr"), so)
+    seams = join(root, "parts", "_seams", "cfg")
     runs = [case.merger(0, "a-frozen", seams, out, so), case.merger(0, "a-taker", seams, out, so),
             case.merger(1, "b", seams, out, so)]
     got = race(case, runs)

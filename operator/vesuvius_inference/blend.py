@@ -35,7 +35,9 @@ from .grid import ChunkGrid, Shape3, split_chunks
 from .intensity import notes
 from .iopool import WritePool
 from .layout import PAIR, PartLayout
+from .locations import join
 from .ngff import ngff_for
+from .optioncheck import check_options
 from .output import BLENDED, FINAL, PARTS_NOTE, Output, OutputSpec, list_chunk_coords, output_config
 from .partstore import PartSet, load_parts, open_store
 from .pieces import Chunk, decode
@@ -68,7 +70,7 @@ class Blender:
             where = paths.pieces_dir(m["store"])
             for name in storage.list_names(where, so):
                 idx = tuple(int(v) for v in name.split("."))
-                self.pieces.setdefault(idx, []).append(storage.join(where, name))  # type: ignore[arg-type]
+                self.pieces.setdefault(idx, []).append(join(where, name))  # type: ignore[arg-type]
         self.finals: dict[int, Any] = {}  # the seed layout's own chunks, per part
 
     def seam_units(self) -> list[Shape3]:
@@ -165,8 +167,8 @@ def _processor(cfg: BlendConfig, blender: Blender, output: Output, byte_copy: bo
             src = blender.finals[p]
             if byte_copy:  # the part's own rows are already blended logits: copy the stored bytes
                 key = src.metadata.encode_chunk_key((0,) + tuple(idx))
-                io.submit(("out", idx), copy_object, storage.join(parts.markers[p]["store"], "final", key),
-                          storage.join(cfg.output, output.chunk_key(idx)), so)
+                io.submit(("out", idx), copy_object, join(parts.markers[p]["store"], "final", key),
+                          join(cfg.output, output.chunk_key(idx)), so)
             else:
                 lo, hi = blender.cgrid.box(idx)
                 output.write(idx, np.asarray(src[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]), io)
@@ -183,6 +185,7 @@ def run_blend(cfg: BlendConfig) -> Blended:
     """Finish this process's share of the output's level 0. A final output's pyramid and metadata are
     finalize's (stages.py runs it after an unsplit blend); blended logits are complete here."""
     cfg.validate()
+    check_options(cfg)
     t0 = time.perf_counter()
     so = cfg.storage_options
     parts = load_parts(cfg.parts_dir, so)

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import storage
 from .grid import Shape3
+from .locations import join
 from .partstore import pack_mask, unpack_mask
 from .paths import CHECKPOINT, CHECKPOINT_SEGMENTS
 
@@ -67,7 +68,7 @@ class Delta:
 
 
 def _segment_url(store: str, n: int) -> str:
-    return storage.join(store, SEGMENTS, f"{n:08d}.json")
+    return join(store, SEGMENTS, f"{n:08d}.json")
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
@@ -113,7 +114,7 @@ class Journal:
             self.delta_bytes += len(raw)
         self.next = n + 1
         head_raw = _encode({**head, "segments": [self.first, n]})
-        storage.write_bytes(storage.join(self.store, CHECKPOINT), head_raw, self.so)
+        storage.write_bytes(join(self.store, CHECKPOINT), head_raw, self.so)
         if compact:
             for k in range(old_first, n):  # superseded; a leftover only costs space
                 try:
@@ -126,7 +127,7 @@ class Journal:
 
 def read_head(store: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     """The head of a store's checkpoint (None: none, or one of an older format without segments)."""
-    head = storage.read_json(storage.join(store, CHECKPOINT), storage_options)
+    head = storage.read_json(join(store, CHECKPOINT), storage_options)
     if head is None or "segments" not in head:
         return None
     return head

@@ -45,7 +45,7 @@ def _predict(cfg: Any) -> None:
 
 
 def _blend(cfg: Any) -> None:
-    from .stages import finish_from_blend
+    from .finish import finish_from_blend
 
     finish_from_blend(cfg)
 

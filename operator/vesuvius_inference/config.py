@@ -16,10 +16,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from . import intensity, storage
+from . import intensity
 from .errors import BadArguments
-from .locations import DELETE, READ, WRITE, Named, refuse_overlaps
-from .prechecks import check_device_name, check_storage_options
+from .locations import DELETE, READ, WRITE, Named, refuse_overlaps, require_writable
+from .prechecks import check_device_name
 from .settings import (
     REQUIRED,
     dumps,
@@ -82,13 +82,10 @@ class Storage:
         help="wait this long for storage that stops answering (connection refused or reset, timeouts, 5xx, "
              "throttling), retrying with backoff, before exiting 74; 0: exit at once (storagewait.py)")
 
-    def validate_storage(self, *urls: str | None) -> None:
-        """Storage option keys against the filesystems of these URLs (prechecks.check_storage_options)."""
-        import os
-
-        env = "VESUVIUS_STORAGE_OPTIONS"  # the declaration's env (merged under the command line's)
-        check_storage_options(urls, self.storage_options,
-                              f"--storage_options (with ${env})" if os.environ.get(env) else "--storage_options")
+    def storage_urls(self) -> tuple[str | None, ...]:
+        """The URLs whose filesystems receive ``storage_options`` (their keys are checked against those
+        filesystems by optioncheck.check_options, which needs fsspec: not here)."""
+        return ()
 
 
 @dataclass(kw_only=True)
@@ -362,11 +359,12 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
 
         return resolve_part(self.part_id, self.part_ids, self.part_ids_file)
 
+    def storage_urls(self) -> tuple[str | None, ...]:
+        return (self.input_dir, self.model_url, self.output_dir, self.blended_output, self.final_output)
+
     def validate(self) -> None:
-        storage.require_writable(self.output_dir, "--output_dir")
+        require_writable(self.output_dir, "--output_dir")
         check_device_name(self.device)
-        self.validate_storage(self.input_dir, self.model_url, self.output_dir, self.blended_output,
-                              self.final_output)
         if self.num_parts < 1:
             raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
         if not 0 <= self.part_id < self.num_parts:
@@ -378,7 +376,7 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
         out_flag = "--final_output" if self.final_output else "--blended_output"
         out = self.blended_output or self.final_output
         if out:
-            storage.require_writable(out, out_flag)
+            require_writable(out, out_flag)
         refuse_overlaps([Named("--input_dir", self.input_dir), Named("--model_path", self.model_path),
                          Named("--output_dir", self.output_dir, WRITE), Named(out_flag, out or "", WRITE)],
                         self.storage_options)
@@ -413,6 +411,9 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
     def fused(self) -> bool:
         return self.fuse_blend_finalize and not (self.skip_blend or self.skip_finalize)
 
+    def storage_urls(self) -> tuple[str | None, ...]:
+        return (self.input_dir, self.model_url, self.output, self.work)
+
     def validate(self) -> None:
         if self.parts_per_gpu < 1:
             raise BadArguments(f"--parts-per-gpu must be >= 1, got {self.parts_per_gpu}")
@@ -423,9 +424,8 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
             raise BadArguments("--devices needs at least one device, e.g. cpu or cuda:0,cuda:1")
         for d in self.devices or ():
             check_device_name(d, "--devices")
-        self.validate_storage(self.input_dir, self.model_url, self.output, self.work)
-        storage.require_writable(self.output, "--output")
-        storage.require_writable(self.work, "--workdir")
+        require_writable(self.output, "--output")
+        require_writable(self.work, "--workdir")
         _validate_predict_settings(self)
 
 
@@ -448,11 +448,13 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     chunk_size: tuple[int, int, int] | None = variant(field_of(Grid, "chunk_size"),
                                                       help="must match the parts' chunks when given")
 
+    def storage_urls(self) -> tuple[str | None, ...]:
+        return (self.parts_dir, self.output)
+
     def validate(self) -> None:
-        storage.require_writable(self.output, "OUTPUT")
+        require_writable(self.output, "OUTPUT")
         refuse_overlaps([Named("PARTS_DIR", self.parts_dir), Named("OUTPUT", self.output, WRITE)],
                         self.storage_options)
-        self.validate_storage(self.parts_dir, self.output)
         self.validate_split()
         self.validate_run()
         self.validate_encoding()
@@ -486,9 +488,11 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     also_delete: tuple[str, ...] = setting(tuple, "--also_delete", group="input/output", repeat=True, metavar="URL",
                                            help="with --delete_intermediates, also remove URL once the output is complete")
 
+    def storage_urls(self) -> tuple[str | None, ...]:
+        return (self.input_path, self.output_path, *self.also_delete)
+
     def validate(self) -> None:
-        storage.require_writable(self.output_path, "OUTPUT")
-        self.validate_storage(self.input_path, self.output_path, *self.also_delete)
+        require_writable(self.output_path, "OUTPUT")
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
         deleted = self.delete_intermediates
@@ -517,12 +521,14 @@ class PlanConfig(PartShape, PartCount, Grid, InputChoice, ModelChoice, Storage):
                                  help="resolution levels the run's output will have (checked against the volume "
                                       "and the chunks, as the run checks them)")
 
+    def storage_urls(self) -> tuple[str | None, ...]:
+        return (self.input_dir, self.model_url)
+
     def validate(self) -> None:
         if self.num_parts < 1:
             raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
         if self.levels is not None and self.levels < 1:
             raise BadArguments(f"--levels must be >= 1, got {self.levels}")
-        self.validate_storage(self.input_dir, self.model_url)
 
 
 @dataclass(kw_only=True)

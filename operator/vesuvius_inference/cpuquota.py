@@ -110,16 +110,3 @@ def plan(cpus: int | None = None) -> ThreadPlan:
     n = available_cpus() if cpus is None else max(1, int(cpus))
     return ThreadPlan(cpus=n, torch_intra=n, torch_interop=min(n, 4), io_threads=min(16, max(2, 2 * n)),
                       writers=min(4, n))
-
-
-def size_torch(p: ThreadPlan | None = None) -> ThreadPlan:
-    """Set torch's pools to the plan (torch is imported by the caller already: the engine's)."""
-    import torch
-
-    p = p or plan()
-    torch.set_num_threads(p.torch_intra)
-    try:
-        torch.set_num_interop_threads(p.torch_interop)
-    except RuntimeError:  # only before the first inter-op parallel work; later it keeps what it has
-        pass
-    return p

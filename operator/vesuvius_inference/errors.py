@@ -22,6 +22,7 @@ EXIT_BAD_ARGUMENTS = 2
 EXIT_BAD_INPUT = 3
 EXIT_NO_DEVICE = 69  # sysexits' EX_UNAVAILABLE: the device asked for cannot be used here; retried elsewhere
 EXIT_STORAGE = 74  # sysexits' EX_IOERR: storage unreachable or failing after the client's retries
+EXIT_INCOMPLETE = 10  # `check`: the stage's work on storage is not complete (stagecheck.py; a FailJob rule)
 EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: another live run holds this work; retry later
 # A Kubernetes pod whose part was disrupted (evicted, preempted) more often than allowed: never retried
 # (the operator's podFailurePolicy fails the index on it). Outside sysexits' 64-78 on purpose.

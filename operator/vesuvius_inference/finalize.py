@@ -20,6 +20,7 @@ from .errors import BadArguments, BadInput
 from .grid import ChunkGrid, Shape3
 from .intensity import ATTRIBUTE, IntensityFinding, notes
 from .ngff import NGFF_VERSION, ngff_for
+from .optioncheck import check_options
 from .output import (
     BLENDED,
     DATA_PATH,
@@ -200,6 +201,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     from .stagesplit import Split
 
     cfg.validate()
+    check_options(cfg)
     _check_deletable(cfg)
     t0 = time.perf_counter()
     so = cfg.storage_options

@@ -56,13 +56,6 @@ def gaussian_q(patch: Sequence[int]) -> np.ndarray:
     return np.round(half.astype(np.float64) * 2.0 ** WEIGHT_BITS).astype(np.int64)
 
 
-def weight_q(patch: Sequence[int]) -> Any:
-    """The same map as a torch tensor, for predict's device step."""
-    import torch
-
-    return torch.from_numpy(gaussian_q(patch))
-
-
 # z-planes per slab of the CPU division: its float64 temporaries stay in the cache (about 1 MB per
 # plane of a 128^2 chunk), instead of a 128^3 chunk's ~160 MB of them, which glibc maps and unmaps
 # afresh each time (over its 32 MB mmap threshold: a page fault per 4 KB, measured 1.1-1.6 s of
@@ -76,7 +69,7 @@ def divide_np(sums: np.ndarray, weights: np.ndarray, bits: int) -> np.ndarray:
     ``sums / (weights * 2**bits)`` equals ``(sums / weights) * 2**-bits`` bit for bit: the weights
     times a power of two stay exact in float64 (< 2**53), and scaling by a power of two commutes
     with round-to-nearest away from under- and overflow; folding the scale saves a pass. Slab by slab
-    along the first spatial axis, as ``divide_torch`` on the CPU (every step is elementwise).
+    along the first spatial axis, as fixedpoint_torch.divide_torch on the CPU (every step is elementwise).
     """
     out = np.empty(sums.shape, dtype=np.float16)
     n = sums.shape[1] if sums.ndim > 1 else 0
@@ -88,27 +81,6 @@ def divide_np(sums: np.ndarray, weights: np.ndarray, bits: int) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             out[:, z:z + step] = (sums[:, z:z + step].astype(np.float64) / scaled).astype(np.float32)
         out[:, z:z + step][:, w == 0] = np.nan
-    return out
-
-
-def divide_torch(sums: Any, weights: Any, bits: int) -> Any:
-    """The same as ``divide_np`` on a torch device (bit-identical results), into a new float16 tensor.
-
-    On the CPU the chunk goes slab by slab along its first spatial axis (the values do not depend on
-    it: every step is elementwise); on a GPU in one pass.
-    """
-    import torch
-
-    out = torch.empty(sums.shape, dtype=torch.float16, device=sums.device)
-    n = sums.shape[1]
-    plane = max(1, int(np.prod(sums.shape[2:])))
-    step = n if sums.device.type == "cuda" else max(1, DIVIDE_SLAB_VOXELS // plane)
-    for z in range(0, n, step):
-        w = weights[z:z + step]
-        q = sums[:, z:z + step].double().div_(w.double().mul_(2.0 ** bits))
-        o = out[:, z:z + step]
-        o.copy_(q.float())  # float64 -> float32 -> float16: two IEEE roundings, as in numpy
-        o.masked_fill_(w == 0, float("nan"))
     return out
 
 

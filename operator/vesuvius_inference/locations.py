@@ -33,6 +33,21 @@ from .errors import BadArguments
 FAMILIES = {"s3a": "s3", "gcs": "gs", "abfs": "az", "abfss": "az", "https": "http", "local": "file"}
 OBJECT_STORES = ("s3", "gs", "az")
 DEFAULT_PORTS = {"http": "80", "https": "443"}
+READ_ONLY_SCHEMES = ("http://", "https://")
+
+
+def join(url: str, *parts: str) -> str:
+    """``url`` and path parts with one slash between each: URLs are not OS paths (no os.path.join)."""
+    out = url.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+def require_writable(url: str, flag: str) -> None:
+    """Refuse an output on a read-only scheme before any work is done."""
+    if str(url).lower().startswith(READ_ONLY_SCHEMES):
+        raise BadArguments(f"{flag} {url}: http(s) is read-only; write to a local path, file://, s3:// or gs://")
 
 
 @dataclass(frozen=True)

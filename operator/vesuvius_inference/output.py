@@ -26,7 +26,7 @@ from .errors import BadArguments, BadInput
 from .frame import Frame
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
-from .locations import locate
+from .locations import join, locate, require_writable
 from .ngff import (
     NGFF_VERSION,
     NGFF_VERSIONS,
@@ -168,15 +168,15 @@ def read_attributes(url: str, storage_options: dict[str, Any] | None = None,
                     path: str | None = None) -> dict[str, Any] | None:
     """The user attributes of the Zarr node at ``url``/``path`` (v3 ``zarr.json``, else v2 ``.zattrs``);
     None when there is no node. Every place that asks "what is already there?" reads it here."""
-    base = storage.join(url, path) if path else url
-    meta = storage.read_json(storage.join(base, "zarr.json"), storage_options)
+    base = join(url, path) if path else url
+    meta = storage.read_json(join(base, "zarr.json"), storage_options)
     if meta is not None:
         return dict(meta.get("attributes") or {})
-    attrs = storage.read_json(storage.join(base, ".zattrs"), storage_options)
+    attrs = storage.read_json(join(base, ".zattrs"), storage_options)
     if attrs is not None:
         return attrs
     for marker in (".zarray", ".zgroup"):
-        if storage.read_json(storage.join(base, marker), storage_options) is not None:
+        if storage.read_json(join(base, marker), storage_options) is not None:
             return {}
     return None
 
@@ -201,8 +201,8 @@ def _refuse_foreign_root(url: str, storage_options: dict[str, Any]) -> None:
     """An array or a group with attributes of somebody else's at ``url`` (a scan, an image) is never written
     into. A group with no attributes yet may be ours being created by another part this very moment."""
     attrs = read_attributes(url, storage_options)
-    meta = storage.read_json(storage.join(url, "zarr.json"), storage_options) or {}
-    array = meta.get("node_type") == "array" or storage.read_json(storage.join(url, ".zarray"), storage_options)
+    meta = storage.read_json(join(url, "zarr.json"), storage_options) or {}
+    array = meta.get("node_type") == "array" or storage.read_json(join(url, ".zarray"), storage_options)
     if attrs is not None and not isinstance(attrs.get("vesuvius"), dict) and (attrs or array):
         raise not_ours(url)
 
@@ -291,7 +291,7 @@ class Output:
         predict = config.get("predict", {})
         self.frame = Frame.from_dict(predict.get("frame"))
         self.class_names = class_names(predict.get("labels"), num_classes)
-        storage.require_writable(spec.url, "the output")
+        require_writable(spec.url, "the output")
         if spec.kind == FINAL:
             self.channels = output_channels(spec.mode, spec.threshold, num_classes)
             self.labels = spec.threshold  # class ids: a label image of three spatial axes

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import storage
 from .errors import BadInput
+from .locations import join
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -34,30 +35,30 @@ WORK_NAMES = {"parts", "blended.zarr", MARK}  # paths.PARTS, paths.BLENDED: what
 
 def mark(url: str, so: Mapping[str, Any], what: str) -> None:
     """Mark ``url`` as a tree this program writes (idempotent: every part of a run may call it)."""
-    target = storage.join(url, MARK)
+    target = join(url, MARK)
     if storage.read_json(target, dict(so)) is None:
         storage.write_json(target, {"written_by": WRITER, "what": what}, dict(so))
 
 
 def _zarr_attrs(url: str, so: dict[str, Any]) -> dict[str, Any] | None:
-    meta = storage.read_json(storage.join(url, "zarr.json"), so)
+    meta = storage.read_json(join(url, "zarr.json"), so)
     if meta is not None:
         return meta.get("attributes") or {}
-    return storage.read_json(storage.join(url, ".zattrs"), so)
+    return storage.read_json(join(url, ".zattrs"), so)
 
 
 def _is_parts_dir(url: str, so: dict[str, Any], names: list[str]) -> bool:
     markers = [n for n in names if n.startswith("part_") and n.endswith(".json") and not n.endswith(".claim.json")]
     if not markers:
         return False
-    doc = storage.read_json(storage.join(url, markers[0]), so) or {}
+    doc = storage.read_json(join(url, markers[0]), so) or {}
     return "config" in doc and "run" in doc
 
 
 def mark_of(url: str, so: Mapping[str, Any]) -> str | None:
     """What of ours ``url`` is ("output", "workdir", "parts", "demo"...), or None: not ours (or absent)."""
     opts = dict(so)
-    doc = storage.read_json(storage.join(url, MARK), opts)
+    doc = storage.read_json(join(url, MARK), opts)
     if isinstance(doc, dict) and doc.get("written_by") == WRITER:
         return str(doc.get("what") or "work")
     attrs = _zarr_attrs(url, opts)
@@ -67,7 +68,7 @@ def mark_of(url: str, so: Mapping[str, Any]) -> str | None:
     if _is_parts_dir(url, opts, names):
         return "parts"
     if names and set(names) <= WORK_NAMES and "parts" in names:  # a workdir written before the mark existed
-        parts = storage.join(url, "parts")
+        parts = join(url, "parts")
         return "workdir" if _is_parts_dir(parts, opts, storage.list_names(parts, opts)) else None
     return None
 

@@ -35,6 +35,7 @@ from .errors import BadInput
 from .grid import PatchGrid, Shape3
 from .intensity import ATTRIBUTE
 from .layout import PartLayout
+from .locations import join
 from .output import OutputSpec, blosc
 from .partition import Part
 from .partplan import make_grid
@@ -84,8 +85,8 @@ def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[s
     """After the marker: spills and the checkpoint, and the stores of earlier runs, go."""
     url = store_url(parts_dir, part_id, run)
     for name in (*SPILLS, CHECKPOINT, CHECKPOINT_SEGMENTS):
-        storage.remove(storage.join(url, name), storage_options)
-    for other in storage.list_names(storage.join(parts_dir, part_name(part_id)), storage_options):
+        storage.remove(join(url, name), storage_options)
+    for other in storage.list_names(join(parts_dir, part_name(part_id)), storage_options):
         if other != run:
             storage.remove(store_url(parts_dir, part_id, other), storage_options)
 
@@ -154,7 +155,7 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
              if n.startswith("part_") and n.endswith(".json") and not n.endswith(".claim.json")]
     if not names:
         raise BadInput(f"{parts_dir} holds no completed predict parts (part_NNNNN.json); run predict first")
-    markers = [storage.read_json(storage.join(parts_dir, n), so) or {} for n in names]
+    markers = [storage.read_json(join(parts_dir, n), so) or {} for n in names]
     ref = markers[0]
     if not ref.get("complete") or "config" not in ref:
         raise BadInput(f"{parts_dir}/{names[0]} is not a completed predict part marker")

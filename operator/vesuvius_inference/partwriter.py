@@ -20,10 +20,11 @@ import numpy as np
 
 from . import storage
 from .devicestep import to_host
-from .fixedpoint import divide_torch
+from .fixedpoint_torch import divide_torch
 from .grid import ChunkGrid, Shape3
 from .iopool import WritePool
 from .layout import OWN, PAIR, PartLayout
+from .locations import join
 from .output import Output
 from .paths import chunk_key
 from .pieces import cut, encode
@@ -70,7 +71,7 @@ class PartWriter:
         piece = cut(self.part, idx, lo, data(), shared, edge, True, self.bits, self.edge_encode)
         if piece.empty:
             return
-        storage.write_bytes(storage.join(self.pieces_url, chunk_key(idx)), encode(piece), self.so)
+        storage.write_bytes(join(self.pieces_url, chunk_key(idx)), encode(piece), self.so)
         self.pieces_stored.append(1)  # list.append is atomic: writer threads count without a lock
 
     @property

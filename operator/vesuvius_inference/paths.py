@@ -25,7 +25,7 @@ import hashlib
 import json
 from typing import Any
 
-from .storage import join
+from .locations import join
 
 PARTS = "parts"
 BLENDED = "blended.zarr"

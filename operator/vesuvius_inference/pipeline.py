@@ -5,7 +5,7 @@ shorthand), each running its ``--parts-per-gpu`` parts one after another. A work
 pipeline's predict settings: ``settings.to_argv`` of the part's configuration, with the secret ones
 (storage options carrying keys) in its environment instead of its argv. With a single device
 everything runs in this process, so the model and nnU-Net are imported once. The order of the stages
-and what each reads are stages.py's.
+and what each reads are stageplan.py's.
 
 Workers never outlive the pipeline: each asks the kernel for SIGHUP when the pipeline process dies and
 checks that the pipeline is still its parent (signals.die_with_parent; ``$VESUVIUS_PARENT_PID``), then
@@ -31,10 +31,11 @@ from . import ownership, preflight, signals, storage
 from .config import PipelineConfig
 from .errors import EXIT_STOPPED, BadArguments, BadInput, Stopped, VesuviusError
 from .intensity import ATTRIBUTE, IntensityFinding, is_line
+from .optioncheck import check_options
 from .prechecks import check_pyramid, chunks_source
 from .progress import RunProgress, parse_line
 from .settings import to_argv, to_env
-from .stages import blend_config, finalize_config, predict_config
+from .stageplan import blend_config, finalize_config, predict_config
 
 log = logging.getLogger("vesuvius_inference.pipeline")
 
@@ -246,6 +247,7 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     from .volume import open_volume
 
     cfg.validate()
+    check_options(cfg)
     so = cfg.storage_options
     devices = select_devices(cfg) if not cfg.skip_predict else ["cpu"]
     ctx = _preflight(cfg, devices)

@@ -28,6 +28,7 @@ from .frame import Frame
 from .grid import ChunkGrid, PatchGrid, Shape3, chunks_touched
 from .layout import PartLayout
 from .model_files import open_model_files
+from .optioncheck import check_options
 from .partition import Part, factorisations
 from .partplan import choose_parts, make_grid, patch_nonempty, region
 from .prechecks import check_channels, check_pyramid, chunks_source
@@ -130,6 +131,7 @@ def region_voxels(touched: np.ndarray, cgrid: ChunkGrid) -> int:
 def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     """The plan as a dict (printed by the CLI as a table or JSON)."""
     cfg.validate()
+    check_options(cfg)
     if cfg.throughput is not None and not cfg.throughput > 0:
         raise BadArguments(f"--throughput is model passes per second per GPU, > 0; got {cfg.throughput}")
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)

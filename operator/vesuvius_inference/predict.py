@@ -24,6 +24,7 @@ from .intensity import OFF, IntensityFinding
 from .model_files import ModelFiles, open_model_files
 from .model_source import fold_parent
 from .ngff import ngff_for
+from .optioncheck import check_options
 from .output import FINAL, output_channels
 from .partplan import region
 from .partstore import BLEND, FORMAT_VERSION, PAIRS
@@ -85,6 +86,7 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     from .normalization import check_schemes
 
     cfg.validate()
+    check_options(cfg)
     from .runner import AUTO, resolve_device
 
     device = None if cfg.device == AUTO else resolve_device(cfg.device)  # first: nothing opened or claimed yet

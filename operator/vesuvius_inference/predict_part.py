@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import cpuquota, paths, signals, storage
+from . import paths, signals, storage
 from .accumulate import ChunkAccumulator, box_slices
 from .checkpoint import Delta, Journal, State, fold, read_head
 from .claimedwork import ClaimedWork
@@ -28,10 +28,12 @@ from .claims import Lease
 from .config import PredictConfig
 from .devicestep import DeviceStep
 from .errors import BadInput, Stopped
-from .fixedpoint import logit_bits_for, weight_q, weights_digest
+from .fixedpoint import logit_bits_for, weights_digest
+from .fixedpoint_torch import weight_q
 from .grid import Shape3
 from .intensity import ATTRIBUTE, IntensityFinding
 from .iopool import WritePool
+from .locations import join
 from .model_files import ModelFiles
 from .output import BLENDED, FINAL, Output, OutputSpec, output_config
 from .partplan import PartPlan, Source, plan_part
@@ -41,6 +43,7 @@ from .prechecks import check_channels
 from .preflight import settings_diff
 from .progress import ProgressLine, Reporter
 from .reader import Patch, PatchReader
+from .runner import size_torch
 from .seams import FIRST, SECOND, SeamMerge
 from .volume import InputVolume
 
@@ -199,9 +202,9 @@ class PartRun:
         self.io.wait_all()
         fs, _ = storage.filesystem(theirs, so)
         for sub in (paths.PIECES, "final/c"):
-            src = storage.join(theirs, sub)
+            src = join(theirs, sub)
             if fs.exists(storage.filesystem(src, so)[1]):
-                storage.copy_tree(src, storage.join(self.store, sub), so)
+                storage.copy_tree(src, join(self.store, sub), so)
 
     def _build(self) -> None:
         ctx, cfg, so, plan = self.ctx, self.cfg, self.cfg.storage_options, self.plan
@@ -209,7 +212,7 @@ class PartRun:
         group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
                              volume.shape, ctx.chunks, self.spec is None, so)
         self.group = group
-        threads = cpuquota.size_torch()  # torch and the writers follow the container's CPU quota, not the node's
+        threads = size_torch()  # torch and the writers follow the container's CPU quota, not the node's
         self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
         owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import storage
 from .errors import BadInput
+from .locations import join
 
 ABSENT, NOT_ZARR, FOREIGN, OURS = "absent", "not a Zarr store", "foreign", "ours"
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
@@ -63,8 +64,8 @@ def inspect(url: str, so: Mapping[str, Any]) -> Existing:
         return Existing(ABSENT)  # an empty folder (or an S3 prefix with nothing under it)
     if not any(n in names for n in ZARR_METADATA):
         return Existing(NOT_ZARR, names=names)
-    meta = storage.read_json(storage.join(url, "zarr.json"), dict(so)) or {}
-    attrs = meta.get("attributes") if meta else storage.read_json(storage.join(url, ".zattrs"), dict(so))
+    meta = storage.read_json(join(url, "zarr.json"), dict(so)) or {}
+    attrs = meta.get("attributes") if meta else storage.read_json(join(url, ".zattrs"), dict(so))
     v = (attrs or {}).get("vesuvius")
     if not isinstance(v, dict) or "config" not in v:
         return Existing(FOREIGN, names=names)
@@ -141,7 +142,7 @@ def foreign_parts(parts_dir: str, expected_fp: Mapping[str, Any], so: Mapping[st
     """The differences of the first predict part in ``parts_dir`` made with another configuration."""
     for name in storage.list_names(parts_dir, dict(so)):
         if name.startswith("part_") and name.endswith(".json") and not name.endswith(".claim.json"):
-            marker = storage.read_json(storage.join(parts_dir, name), dict(so)) or {}
+            marker = storage.read_json(join(parts_dir, name), dict(so)) or {}
             diff = differences({"predict": marker.get("config") or {}}, {"predict": dict(expected_fp)})
             if diff:
                 return [f"{name}: {d}" for d in diff]
@@ -157,6 +158,6 @@ def require_writable(url: str, so: Mapping[str, Any], flag: str = "--output") ->
         if not os.access(path, os.W_OK | os.X_OK):
             raise BadInput(f"{flag} {url}: {path} is not writable by this user; choose another output")
         return
-    probe = storage.join(url, f".vesuvius-write-probe-{uuid.uuid4().hex[:8]}")
+    probe = join(url, f".vesuvius-write-probe-{uuid.uuid4().hex[:8]}")
     storage.write_json(probe, {"probe": True}, dict(so))  # PermissionError / NoCredentialsError -> one line, exit 3
     storage.remove(probe, dict(so), recursive=False)

@@ -12,6 +12,8 @@ import itertools
 import logging
 from typing import Any
 
+from . import cpuquota
+
 log = logging.getLogger("vesuvius_inference.runner")
 
 
@@ -134,3 +136,17 @@ class Runner:
             if len(self.networks) > 1:
                 total /= len(self.networks)
         return total
+
+
+def size_torch(p: cpuquota.ThreadPlan | None = None) -> cpuquota.ThreadPlan:
+    """Set torch's pools to the plan (torch is imported by the caller already: the engine's). Here, not in
+    cpuquota.py, because finalize and blend size their threads from the same plan without torch."""
+    import torch
+
+    p = p or cpuquota.plan()
+    torch.set_num_threads(p.torch_intra)
+    try:
+        torch.set_num_interop_threads(p.torch_interop)
+    except RuntimeError:  # only before the first inter-op parallel work; later it keeps what it has
+        pass
+    return p

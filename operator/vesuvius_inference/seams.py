@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from . import createonce, storage
+from . import createonce
 from .errors import BadInput
 from .fixedpoint import weights_for
 from .grid import PatchGrid, Shape3
 from .layout import PartLayout
+from .locations import join
 from .output import Output
 from .paths import chunk_key
 from .pieces import Chunk, Piece, cut, decode, encode
@@ -63,7 +64,7 @@ class SeamMerge:
         """In a writer thread: this part completed chunk ``idx`` (``data``: its (C+1, chunk) sums, None
         when none of its patches ran there; ``ran``: its patches that ran and reach the shared box)."""
         buf = data() if data is not None else None
-        key = storage.join(self.url, chunk_key(idx))
+        key = join(self.url, chunk_key(idx))
         so = self.storage_options
         raw = createonce.read(key, so)
         if raw is None:

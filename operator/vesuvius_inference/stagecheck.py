@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import paths
+from .errors import EXIT_INCOMPLETE
 
 EXIT_COMPLETE = 0
-EXIT_INCOMPLETE = 10
 TERMINATION_LOG = "/dev/termination-log"
 MAX_MESSAGE = 3072  # the kubelet keeps at most 4096 bytes of a termination message
 

@@ -21,6 +21,7 @@ from .claimedwork import ClaimedWork
 from .claims import Lease
 from .grid import split_chunks
 from .iopool import WritePool
+from .locations import join
 from .paths import split_marker_dir
 from .progress import Reporter
 
@@ -33,7 +34,7 @@ class Journal:
 
     def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
                  every_s: float) -> None:
-        self.url = storage.join(split_marker_dir(url), f"{stage}_{part_id:05d}.progress.json")
+        self.url = join(split_marker_dir(url), f"{stage}_{part_id:05d}.progress.json")
         self.config, self.so, self.every_s = config, so, every_s
         prev = storage.read_json(self.url, so) or {}
         self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0
@@ -51,7 +52,7 @@ def all_done(work: str, stage: str, num_parts: int, config: dict[str, Any], so: 
     names = set(storage.list_names(mdir, so))
     if not all(f"{stage}_{i:05d}.json" in names for i in range(num_parts)):
         return False
-    return all((storage.read_json(storage.join(mdir, f"{stage}_{i:05d}.json"), so) or {}).get("config") == config
+    return all((storage.read_json(join(mdir, f"{stage}_{i:05d}.json"), so) or {}).get("config") == config
                for i in range(num_parts))
 
 
@@ -90,8 +91,8 @@ class Split:
         returns (units processed, whether the whole stage is now complete)."""
         name = f"{self.stage}_{self.part_id:05d}"
         mine = split_chunks(list(units), self.num_parts, self.part_id)
-        work = ClaimedWork(storage.join(self.work, f"{name}.claim.json"),
-                           storage.join(split_marker_dir(self.work), f"{name}.json"),
+        work = ClaimedWork(join(self.work, f"{name}.claim.json"),
+                           join(split_marker_dir(self.work), f"{name}.json"),
                            f"{what} {self.part_id}/{self.num_parts}", self.storage_options, self.lease_s,
                            matches=lambda marker: marker.get("config") == self.config)
         _, ran = work.run(lambda lease: self._process(mine, process, lease, what))
@@ -135,7 +136,7 @@ class Split:
         so = self.storage_options
         if not all_done(self.work, self.stage, self.num_parts, self.config, so):
             return False
-        lease = Lease(storage.join(self.work, f"{self.stage}_complete.claim.json"), f"completing {self.stage}", so,
+        lease = Lease(join(self.work, f"{self.stage}_complete.claim.json"), f"completing {self.stage}", so,
                       self.lease_s)
         try:
             lease.acquire(take_complete=True)

@@ -18,14 +18,6 @@ from fsspec.core import url_to_fs
 from .errors import BadArguments, BadInput
 from .storagewait import waiting, waiting_store
 
-READ_ONLY_SCHEMES = ("http://", "https://")
-
-
-def require_writable(url: str, flag: str) -> None:
-    """Refuse an output on a read-only scheme before any work is done."""
-    if str(url).lower().startswith(READ_ONLY_SCHEMES):
-        raise BadArguments(f"{flag} {url}: http(s) is read-only; write to a local path, file://, s3:// or gs://")
-
 
 def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
@@ -33,13 +25,6 @@ def is_local(url: str) -> bool:
 
 def local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
-
-
-def join(url: str, *parts: str) -> str:
-    out = url.rstrip("/")
-    for p in parts:
-        out = f"{out}/{p.strip('/')}"
-    return out
 
 
 def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:

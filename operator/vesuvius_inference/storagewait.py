@@ -19,7 +19,7 @@ per attempt window (not per failing request) says what failed and how much longe
 
 and one line when it answers again. The operator reads the last line of a pod's log (progress
 sampling, k8s/observe.py) and shows the ``StorageUnreachable`` condition while pods wait
-(:func:`waiting_line` is the parser it uses; this module imports no I/O library at module level).
+(storagelines.waiting_line is the parser it uses).
 
 Where it applies: every Zarr store the stages open (:func:`waiting_store` wraps storage.zarr_store's
 stores: input reads, part stores, output chunks), storage.py's small-object helpers (markers, JSON,
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,12 +40,10 @@ from typing import Any, TypeVar
 
 from .errors import StorageUnavailable, VesuviusError, is_transient
 from .progress import format_duration as duration
+from .storagelines import PREFIX, RECOVERED
 
 log = logging.getLogger("vesuvius_inference.storage")
 T = TypeVar("T")
-PREFIX = "storage unreachable ("
-RECOVERED = "storage reachable again"
-_WAITING = re.compile(r"^storage unreachable \((?P<error>.*)\) ?(?P<doing>.*?): retrying for up to (?P<left>\S+)")
 
 
 def _text(exc: BaseException) -> str:
@@ -225,14 +222,3 @@ def waiting_store(store: Any, url: str) -> Any:
                 yield k
 
     return Waiting(store)
-
-
-def waiting_line(text: str) -> str | None:
-    """The storage-wait line a log tail ends in (a pod waiting on storage now), else None. For the operator:
-    a later progress line or the 'reachable again' line means the wait is over."""
-    for line in reversed([ln.strip() for ln in text.splitlines() if ln.strip()]):
-        if line.startswith(PREFIX) and _WAITING.match(line):
-            return line
-        if line.startswith(RECOVERED) or line.startswith("progress ") or line.startswith("error:"):
-            return None
-    return None

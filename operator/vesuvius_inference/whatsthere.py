@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import storage
+from .locations import join
 
 ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # a Zarr v3 node, a v2 array, a v2 group
 ZIP_MAGIC = b"PK\x03\x04"
@@ -86,7 +87,7 @@ def not_zarr(url: str, storage_options: Mapping[str, Any] | None = None) -> str 
 def child(url: str, name: str) -> str:
     """``url``/``name``; in a chained URL the path of its first filesystem (``zip://a::x.zip`` -> ``zip://a/b::x.zip``)."""
     if "::" not in url:
-        return storage.join(url, name)
+        return join(url, name)
     head, _, tail = url.partition("::")
     proto, _, inner = head.partition("://")
     return f"{proto}://{(inner.strip('/') + '/' + name).strip('/')}::{tail}"

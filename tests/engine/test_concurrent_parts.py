@@ -59,7 +59,7 @@ def _in_process(setup, root: Path, part: int) -> None:
 def _finish(setup, root: Path) -> np.ndarray:
     """Part 1 and blend, in this process (the races under test are all about part 0)."""
     from vesuvius_inference.config import BlendConfig
-    from vesuvius_inference.stages import finish_from_blend
+    from vesuvius_inference.finish import finish_from_blend
 
     _in_process(setup, root, 1)
     finish_from_blend(BlendConfig(parts_dir=str(root / "parts"), output=str(root / "out.zarr"), quiet=True))

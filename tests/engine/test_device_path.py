@@ -94,7 +94,8 @@ def test_device_step_gives_the_host_paths_sums(model_factory):
     kernels: the accumulated int64 sums equal the previous host path's, bit for bit."""
     from vesuvius_inference.accumulate import ChunkAccumulator
     from vesuvius_inference.devicestep import DeviceStep
-    from vesuvius_inference.fixedpoint import logit_bits_for, weight_q
+    from vesuvius_inference.fixedpoint import logit_bits_for
+    from vesuvius_inference.fixedpoint_torch import weight_q
     from vesuvius_inference.grid import ChunkGrid, PatchGrid
     from vesuvius_inference.iopool import WritePool
     from vesuvius_inference.model import load_model
@@ -154,6 +155,7 @@ def test_division_is_the_contracts_arithmetic(shape, monkeypatch):
     planes, a division in float32, or numpy's one direct float64 -> float16 rounding (it differs from
     the two-step one for about 1 value in 17,000; the 64^3 case has 45 of them) fails."""
     import vesuvius_inference.fixedpoint as fp
+    import vesuvius_inference.fixedpoint_torch as fpt
 
     rng = np.random.default_rng(sum(shape))
     bits = fp.logit_bits_for(8)
@@ -171,9 +173,9 @@ def test_division_is_the_contracts_arithmetic(shape, monkeypatch):
     expected[:, weights == 0] = np.nan
 
     monkeypatch.setattr(fp, "DIVIDE_SLAB_VOXELS", 2 * int(np.prod(shape[2:])) - 1)  # slabs of 1 plane
-    got_torch = fp.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
+    got_torch = fpt.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
     monkeypatch.setattr(fp, "DIVIDE_SLAB_VOXELS", 1 << 30)  # one slab
-    got_whole = fp.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
+    got_whole = fpt.divide_torch(torch.from_numpy(sums), torch.from_numpy(weights), bits).numpy()
     got_np = fp.divide_np(sums, weights, bits)
     nan = np.array(np.nan, dtype=np.float16).view(np.uint16)
     for got in (got_torch, got_whole, got_np):

@@ -16,9 +16,9 @@ from vesuvius_inference.blend import run_blend
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.errors import BadInput
 from vesuvius_inference.finalize import run_finalize
+from vesuvius_inference.finish import finish_from_blend
 from vesuvius_inference.output import is_complete, written_config
 from vesuvius_inference.predict import run_predict
-from vesuvius_inference.stages import finish_from_blend
 
 SHAPE = (32, 64, 64)
 

@@ -1,6 +1,6 @@
 """Every predict setting, declared once in config.py, reaches predict unchanged by every route.
 
-The routes: the pipeline in one process (``stages.predict_config``), the pipeline's worker processes
+The routes: the pipeline in one process (``stageplan.predict_config``), the pipeline's worker processes
 (``pipeline.worker_command``: argv and environment, parsed back by the real ``predict`` parser), the
 Python API (``Inferer``), and Kubernetes (the operator's manifest args from an InferenceJob spec,
 parsed by the same parser). Each test fails if a setting is added without reaching a route, or if a
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vesuvius_inference import cli, pipeline, stages
+from vesuvius_inference import cli, pipeline, stageplan
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PipelineConfig, PredictConfig
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
@@ -70,7 +70,7 @@ def test_every_shared_setting_has_a_test_value():
 
 
 def test_one_process_route_carries_every_setting():
-    pc = stages.predict_config(_pipeline(), 2, 5, "cpu")
+    pc = stageplan.predict_config(_pipeline(), 2, 5, "cpu")
     for k, v in NON_DEFAULT.items():
         assert getattr(pc, k) == v, k
     assert (pc.part_id, pc.num_parts, pc.device, pc.final_output) == (2, 5, "cpu", "s3://out/surface.zarr")
@@ -87,7 +87,7 @@ def test_worker_process_route_carries_every_setting_and_keeps_keys_out_of_argv(m
     for name in ("VESUVIUS_LEASE_S", "VESUVIUS_PROGRESS_S", "VESUVIUS_MODEL_CACHE_DIR"):
         monkeypatch.delenv(name, raising=False)  # the worker must not depend on the parent's environment
     parsed = cli.parse("predict", argv[4:])
-    assert parsed == stages.predict_config(cfg, 2, 5, "cuda:1")
+    assert parsed == stageplan.predict_config(cfg, 2, 5, "cuda:1")
 
 
 def test_python_api_route_carries_every_setting():
@@ -183,10 +183,10 @@ def test_environment_defaults_are_read_when_a_configuration_is_made(monkeypatch)
 
 
 def test_stage_order_is_one_description():
-    assert stages.STAGES == ("predict", "blend", "finalize")
-    assert stages.next_stage(()) == "predict" and stages.next_stage({"predict"}) == "blend"
-    assert stages.next_stage({"predict", "blend"}) == "finalize" and stages.next_stage(set(stages.STAGES)) is None
+    assert stageplan.STAGES == ("predict", "blend", "finalize")
+    assert stageplan.next_stage(()) == "predict" and stageplan.next_stage({"predict"}) == "blend"
+    assert stageplan.next_stage({"predict", "blend"}) == "finalize" and stageplan.next_stage(set(stageplan.STAGES)) is None
     fused, two = _pipeline(), dataclasses.replace(_pipeline(), fuse_blend_finalize=False)
-    assert stages.finalize_config(fused).input_kind == "parts" and stages.finalize_config(two).input_kind == "blended"
-    assert stages.blend_config(fused).output == fused.output
-    assert stages.blend_config(two).output == stages.finalize_config(two).input_path
+    assert stageplan.finalize_config(fused).input_kind == "parts" and stageplan.finalize_config(two).input_kind == "blended"
+    assert stageplan.blend_config(fused).output == fused.output
+    assert stageplan.blend_config(two).output == stageplan.finalize_config(two).input_path

@@ -17,8 +17,8 @@ from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.blend import run_blend
 from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.finalize import finalize_chunk, run_finalize
+from vesuvius_inference.finish import finish_from_blend
 from vesuvius_inference.predict import Inferer, run_predict
-from vesuvius_inference.stages import finish_from_blend
 
 SHAPE = (64, 96, 96)
 

@@ -267,7 +267,7 @@ def test_pods_that_cannot_start_are_reported_after_the_grace_period():
 def test_the_operator_creates_stages_in_the_pipelines_order():
     """The operator's next Job follows stages.STAGES, the order the local pipeline runs: each stage's Job
     appears only once every earlier stage is complete, and each one exactly once."""
-    from vesuvius_inference import stages
+    from vesuvius_inference import stageplan as stages
 
     s = spec(parts=2)
     jobs: list = []

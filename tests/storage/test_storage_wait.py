@@ -21,8 +21,9 @@ import pytest
 from helpers import smooth_volume, write_zarr
 from outage import Outage, free_port, proxy, serve_folder
 from test_outages import PREDICT, final_of
+from vesuvius_inference.storagelines import waiting_line
 from vesuvius_inference.storagewait import Outage as Clock
-from vesuvius_inference.storagewait import call, waiting_line
+from vesuvius_inference.storagewait import call
 
 SHAPE, CHUNKS = (16, 64, 96), (8, 32, 32)
 WAITING = "storage unreachable ("

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..stageplan import STAGES
 from .manifests import (
     DO_NOT_DISRUPT,
     SAFE_TO_EVICT,
@@ -26,7 +27,6 @@ from .names import hostname, is_dns_subdomain, is_label_value, is_qualified_name
 from .quantity import parse_quantity
 from .spec import JobSpec, device_problems, validate
 
-STAGES = ("predict", "blend", "finalize")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 # Keys the operator sets itself, or that have their own spec field (one setting, one place).
 RESERVED_PREFIXES = ("vesuvius.dev/", "batch.kubernetes.io/", "kueue.x-k8s.io/")

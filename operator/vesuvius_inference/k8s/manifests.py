@@ -36,9 +36,8 @@ from typing import Any
 
 from .. import __version__, paths
 from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED, EXIT_STORAGE
+from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_INCOMPLETE, EXIT_STOPPED, EXIT_STORAGE
 from ..settings import crd_values, to_argv
-from ..stagecheck import EXIT_INCOMPLETE
 from .grace import predict_grace_seconds
 from .names import check_job_name, job_name
 from .ranges import encode_part_ids

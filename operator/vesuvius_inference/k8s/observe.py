@@ -23,7 +23,7 @@ from typing import Any
 
 from ..intensity import Reported
 from ..progress import ProgressLine, last_progress
-from ..storagewait import waiting_line
+from ..storagelines import waiting_line
 from . import inputcheck, kueue, manifests, progressview, stalls
 from .clients import Clients
 from .decide import Diagnosis, Observed, iso

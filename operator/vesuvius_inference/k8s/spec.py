@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import blocks_of, partition_choice
-from ..locations import WRITE, Named, overlaps
+from ..locations import READ_ONLY_SCHEMES, WRITE, Named, overlaps
 from ..paths import default_workdir
-from ..storage import READ_ONLY_SCHEMES
 
 DEFAULTS: dict[str, Any] = {
     "mode": "binary", "threshold": False, "parts": 1, "partition": "auto", "suspend": False, "keepIntermediates": False,

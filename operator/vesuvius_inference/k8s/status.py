@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import stages as pipeline_order
+from .. import stageplan as pipeline_order
 from .ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
 from .spec import JobSpec
 
@@ -510,7 +510,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
 
 
 def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
-    """Which stage's Job the operator should create now, if any: the pipeline's order (stages.next_stage)
+    """Which stage's Job the operator should create now, if any: the pipeline's order (stageplan.next_stage)
     over what the ledger records as complete, gated by what Kubernetes already holds. A stage that status
     records as created (even if its Job is gone since) is never created again, except a blend Job that was
     lost before its end was seen (blend is idempotent and its inputs stay until finalize runs) and a

@@ -10,7 +10,8 @@ Two data paths, one order:
   rows, blend writes its seam rows, finalize builds the pyramid from the parts' staged 2x blocks;
 - two-step (the pipeline's default): parts write blended float16 logits, blend completes them,
   finalize converts them into the output with its pyramid.
-Torch-free and pure (the operator imports it).
+Torch-free and pure (the operator imports it). The ``blend`` command that runs finalize after blend is
+finish.py's, in the stages layer.
 """
 
 from __future__ import annotations
@@ -58,18 +59,3 @@ def finalize_after_blend(cfg: BlendConfig, mode: str, threshold: bool, levels: i
     """The finalize that completes a final output an unsplit blend has just finished level 0 of."""
     return derive(FinalizeConfig, replace(cfg, mode=mode), input_path=cfg.parts_dir, output_path=cfg.output,
                   input_kind="parts", threshold=threshold, levels=levels, overwrite=False, num_parts=1, part_id=0)
-
-
-def finish_from_blend(cfg: BlendConfig) -> str:
-    """The ``blend`` command: blend, then (a final output, one process, not ``--seams_only``) finalize,
-    so that ``vesuvius.blend_logits PARTS OUT`` leaves a finished output as the seed's did."""
-    from .blend import run_blend
-    from .output import FINAL
-
-    done = run_blend(cfg)
-    spec = done.output
-    if spec.kind == FINAL and done.complete and cfg.num_parts == 1 and not cfg.seams_only:
-        from .finalize import run_finalize
-
-        run_finalize(finalize_after_blend(cfg, spec.mode, spec.threshold, spec.levels))
-    return spec.url
