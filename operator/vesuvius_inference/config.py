@@ -567,6 +567,7 @@ class DemoConfig:
     command: ClassVar[str] = "demo"
     output_dir: str = setting("demo-output", "--output_dir", help="where the demo writes")
     shape: tuple[int, int, int] | None = setting(None, "--shape", parse=ints3, render=join_commas, metavar="z,y,x",
+                                                 bounds=Bounds(1),
                                                  help="z,y,x of the synthetic volume")
     parts: int = setting(2, "--parts", parse=int, help="predict parts")
     seed: int = setting(1234, "--seed", parse=int, help="seed of the synthetic scroll")

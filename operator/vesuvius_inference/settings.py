@@ -52,7 +52,7 @@ class Bounds:
 
     def __str__(self) -> str:
         """``[0, 1)``, ``[1, 256]``; one-sided: ``> 0``, ``>= 1``."""
-        lo, hi = number(self.low) if self.low is not None else None, number(self.high) if self.high is not None else None
+        lo, hi = _end(self.low), _end(self.high)
         if lo is None or hi is None:
             return (f"{'>' if self.low_open else '>='} {lo}" if lo is not None
                     else f"{'<' if self.high_open else '<='} {hi}")
@@ -70,6 +70,10 @@ class Bounds:
             if self.high_open:
                 out["exclusiveMaximum"] = True
         return out
+
+
+def _end(value: float | None) -> str | None:
+    return None if value is None else str(int(value)) if float(value).is_integer() else repr(value)
 
 
 @dataclass(frozen=True)
@@ -384,13 +388,13 @@ def crd_problems(cls: type, command: str, spec: Mapping[str, Any]) -> list[str]:
 # ---- parsers and renderers shared by the declarations ----------------------------------------------
 
 def ints3(text: str) -> tuple[int, int, int]:
-    """``z,y,x`` as three positive integers."""
+    """``z,y,x`` as three integers (how large each may be is the setting's ``bounds``)."""
     try:
         vals = tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128,128, got {text!r}") from None
-    if len(vals) != 3 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers z,y,x, got {text!r}")
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three integers z,y,x, got {text!r}")
     return vals  # type: ignore[return-value]
 
 

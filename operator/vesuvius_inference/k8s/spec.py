@@ -83,7 +83,7 @@ class JobSpec:
     @property
     def device(self) -> str:
         """cuda or cpu; ``cuda:0``, which objects of earlier versions may hold, is the pod's one GPU: cuda."""
-        device = str(self.raw["inference"].get("device") or "cuda")
+        device = str(self.raw["inference"]["device"])  # the setting's default applied by parse
         return "cuda" if device == "cuda:0" else device
 
     @property
