@@ -71,12 +71,12 @@ def _values(f: dataclasses.Field, b: Bounds) -> tuple[list, list]:
     integer = "int" in str(f.type) and "float" not in str(f.type)
     step = 1 if integer else 0.5
     inside, outside = [], []
-    if b.low is not None:
-        (outside if b.low_open else inside).append(b.low)
-        outside.append(b.low - step) if not b.low_open else inside.append(b.low + step / 100)
+    if b.low is not None:  # an open end: the end itself is out, a hair above it in
+        inside += [b.low + step / 100] if b.low_open else [b.low]
+        outside += [b.low] if b.low_open else [b.low - step]
     if b.high is not None:
-        (outside if b.high_open else inside).append(b.high)
-        outside.append(b.high + step) if not b.high_open else inside.append(b.high - step / 100)
+        inside += [b.high - step / 100] if b.high_open else [b.high]
+        outside += [b.high] if b.high_open else [b.high + step]
     cast = int if integer else float
     return [cast(v) for v in inside], [cast(v) for v in outside]
 

@@ -204,7 +204,8 @@ def generate(text: str, fields: dict[str, SpecField] | None = None) -> str:
         parent = m["path"]
         while i < len(lines) and not END.match(lines[i]):
             i += 1
-        if i == len(lines) or END.match(lines[i])["path"] != parent:  # type: ignore[index]  # matched above
+        end = END.match(lines[i]) if i < len(lines) else None
+        if end is None or end["path"] != parent:
             raise ValueError(f"the generated region {parent} has no '# end of generated {parent}' line")
         out += region_lines(parent, fields, m["indent"])
         out.append(lines[i])
