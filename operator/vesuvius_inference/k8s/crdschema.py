@@ -9,9 +9,9 @@ narrower enum, the spec's item type) all come from that one declaration, so the 
 crds/inferencejob.yaml stays hand-written around them (status, printer columns, the CEL rules that span
 fields, the object layout): the generated fields sit in marked regions, one per spec object, and
 ``python -m vesuvius_inference.k8s.crdschema`` (from the repository root) rewrites those regions in
-crds/inferencejob.yaml and copies the result to the chart; ``--check`` exits 1 when either differs. A region holds every setting whose
-spec path's parent is that object, in declaration order; a setting whose object has no region is an
-error (add the region where the field belongs). The pattern is controller-gen's (kubebuilder): the
+crds/inferencejob.yaml and copies the result to the chart; ``--check`` exits 1 when either differs.
+A region holds every setting whose spec path's parent is that object, in declaration order; a
+setting whose object has no region is an error (add the region where the field belongs). The pattern is controller-gen's (kubebuilder): the
 schema from the types' markers, never by hand.
 
 Pure: imports config.py and settings.py only (no Kubernetes client, no torch).
