@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import run_cli
-from k8s.crd_check import validate as crd_errors
+from k8s.crd_check import CompiledSchema, apply_defaults, schema
 from vesuvius_inference import cli
 from vesuvius_inference.config import STAGE_CONFIGS, PredictConfig
 from vesuvius_inference.errors import BadArguments
@@ -28,6 +29,16 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = yaml.safe_load((REPO / "crds/samples/minimal.yaml").read_text())
 ARGS = {"predict": ["--model", "m", "--input", "i", "--output_dir", "o"], "blend": ["p", "o"],
         "finalize": ["i", "o"]}
+
+
+@functools.cache
+def _api_server() -> CompiledSchema:
+    return CompiledSchema(schema())  # the CEL rules compiled once for the module (crd_check.validate: per call)
+
+
+def crd_errors(obj: dict) -> list[str]:
+    """What the API server says to creating ``obj`` (structural defaulting, schema, CEL)."""
+    return _api_server().errors(apply_defaults(_api_server().schema, copy.deepcopy(obj)))
 
 
 def test_committed_crd_and_chart_copy_equal_the_generated_one():
