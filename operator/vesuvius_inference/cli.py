@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import config, signals
-from .errors import EXIT_BAD_ARGUMENTS, BadArguments, Stopped, VesuviusError, classify
+from .errors import EXIT_BAD_ARGUMENTS, Stopped, VesuviusError, classify
 from .failure import debug_requested, report, report_stop
 from .podopts import guard  # Kubernetes pods: the disruption bound
-from .settings import build_parser, from_args
+from .settings import build_parser, check_values, from_args
 from .stagecheck import run_check  # the operator's check Jobs
 
 log = logging.getLogger("vesuvius_inference")
@@ -104,8 +104,12 @@ def parser(name: str) -> argparse.ArgumentParser:
 
 
 def parse(name: str, argv: Sequence[str]) -> Any:
-    """The configuration a command line gives (exits 2 on bad arguments, as argparse does)."""
-    return from_args(COMMANDS[name].config, parser(name).parse_args(list(argv)))
+    """The configuration a command line gives (exits 2 on bad arguments, as argparse does); BadArguments
+    for a value outside its setting's declared bounds or choices (from the command line or the environment),
+    before anything acts on it (--storage_wait_s, the disruption guard)."""
+    cfg = from_args(COMMANDS[name].config, parser(name).parse_args(list(argv)))
+    check_values(cfg)
+    return cfg
 
 
 def _setup_logging(quiet: bool, debug: bool = False) -> None:
@@ -133,10 +137,7 @@ def _storage_wait(cfg: Any) -> None:
     """This process waits out storage outages for --storage_wait_s (storagewait.py)."""
     from . import storagewait
 
-    wait = float(getattr(cfg, "storage_wait_s", 0.0) or 0.0)
-    if wait < 0:
-        raise BadArguments(f"--storage_wait_s must be >= 0, got {wait:g}")
-    storagewait.configure(wait)
+    storagewait.configure(float(getattr(cfg, "storage_wait_s", 0.0) or 0.0))  # within its bounds: parse's check
 
 
 def run_command(name: str, argv: Sequence[str]) -> int:

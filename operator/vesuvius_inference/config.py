@@ -22,6 +22,8 @@ from .locations import DELETE, READ, WRITE, Named, refuse_overlaps, require_writ
 from .prechecks import check_device_name
 from .settings import (
     REQUIRED,
+    Bounds,
+    check_values,
     dumps,
     field_of,
     ints3,
@@ -39,6 +41,15 @@ PATCH_ORDERS = ("tiled", "rowmajor")
 FINALIZE_INPUTS = ("blended", "parts")
 NGFF_CHOICES = ("auto", "0.4", "0.5")  # ngff.py: 0.4 is stored on Zarr v2, 0.5 on Zarr v3
 AUTO, SLABS = "auto", "slabs"
+POD_DEVICES = ("cuda", "cpu")  # what a predict pod can be given: one GPU, or none (k8s/spec.py device_problems)
+OVERLAP = Bounds(0.0, 1.0, high_open=True)  # tile step = 1 - overlap > 0 (grid.PatchGrid holds to it too)
+GB = Bounds(0.0, 4096.0, low_open=True)  # a cache's size
+SECONDS = Bounds(0.0, 86400.0)  # an interval or a wait: at most a day
+EDGE = Bounds(1, 4096)  # a patch's or a chunk's edge, voxels
+# The CRD's descriptions of settings that several stages share (crd_help)
+STAGE_CACHE_HELP = ("Memory bound of a {stage} pod's cache (GB); with no resources given, the pods request this "
+                    "plus 0.5 GiB of memory.")
+PARALLELISM_HELP = "{stage} pods; > 1 makes an Indexed Job over disjoint sets of output chunks."
 
 
 def partition_choice(text: str) -> str:
@@ -60,11 +71,6 @@ def blocks_of(partition: str) -> tuple[int, int] | None:
     return int(nz), int(ny)
 
 
-def _positive(name: str, value: float, strict: bool = True) -> None:
-    if value <= 0 if strict else value < 0:
-        raise BadArguments(f"{name} must be {'>' if strict else '>='} 0, got {value}")
-
-
 @dataclass(kw_only=True)
 class Storage:
     """Where data lives: options for every remote URL (every command)."""
@@ -79,6 +85,10 @@ class Storage:
     storage_wait_s: float = setting(
         300.0, "--storage_wait_s", parse=float, render=number, env="VESUVIUS_STORAGE_WAIT_S",
         crd={"predict": "storage.waitSeconds", "blend": "storage.waitSeconds", "finalize": "storage.waitSeconds"},
+        bounds=SECONDS,
+        crd_help="How long a pod waits for storage that stops answering (connection refused or reset, timeouts, 5xx, "
+                 "throttling), retrying with backoff, before it exits 74. Such an exit does not count against "
+                 "retry.perPartLimit; each counts toward retry.maxDisruptionsPerPart. 0: exit at once.",
         help="wait this long for storage that stops answering (connection refused or reset, timeouts, 5xx, "
              "throttling), retrying with backoff, before exiting 74; 0: exit at once (storagewait.py)")
 
@@ -96,8 +106,11 @@ class ModelChoice:
 
     model_path: str = setting(REQUIRED, "--model_path", "--model", crd="model.uri",
                               help="nnU-Net v2 trained model folder (path, s3://, hf://)")
-    folds: tuple[str, ...] | None = setting(None, "--folds", parse=names_list, render=join_commas, crd="inference.folds",
-                                            help="folds to ensemble, e.g. 0,1 (default: every fold present)")
+    folds: tuple[str, ...] | None = setting(
+        None, "--folds", parse=names_list, render=join_commas, crd="inference.folds",
+        crd_help="Folds to ensemble (default every fold in the model folder).",
+        crd_schema={"items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 1, "maxItems": 16},
+        help="folds to ensemble, e.g. 0,1 (default: every fold present)")
     model_cache_dir: str | None = setting(None, "--model_cache_dir", env="VESUVIUS_MODEL_CACHE_DIR",
                                           help="cache for s3:// and hf:// models (else ~/.cache/vesuvius-inference/models)")
 
@@ -115,10 +128,15 @@ class InputChoice:
 
     input_dir: str = setting(REQUIRED, "--input_dir", "--input",
                              help="input Zarr array or OME-Zarr group (path or URL)")
-    level: int = setting(0, "--level", parse=int, crd="input.level", help="OME-Zarr level of the input (0 = full resolution)")
+    level: int = setting(0, "--level", parse=int, crd="input.level", bounds=Bounds(0, 32),
+                         crd_help="OME-Zarr resolution level (0 = full resolution).",
+                         help="OME-Zarr level of the input (0 = full resolution)")
     bbox: str | None = setting(None, "--bbox", metavar="z0:z1,y0:y1,x0:x1", crd="inference.bbox",
+                               crd_help="Region of interest z0:z1,y0:y1,x0:x1 (half-open, volume coordinates).",
+                               crd_schema={"maxLength": 256, "pattern": r"^\d+:\d+,\d+:\d+,\d+:\d+$"},
                                help="region of interest (half-open, volume coordinates); outputs keep the volume's frame")
     input_anon: bool = setting(False, "--input_anon", group="storage", crd="storage.anonymousInput",
+                               crd_help="Read the input without credentials (public buckets).",
                                help="read the input without credentials (public buckets)")
 
     @property
@@ -133,19 +151,25 @@ class Grid:
 
     help_group: ClassVar[str] = "model"
 
-    overlap: float = setting(0.5, "--overlap", parse=float, render=number, crd="inference.overlap",
+    overlap: float = setting(0.5, "--overlap", parse=float, render=number, crd="inference.overlap", bounds=OVERLAP,
+                             crd_help="Overlap fraction between neighbouring patches (tile step = 1 - overlap).",
                              help="overlap fraction between neighbouring patches (tile step = 1 - overlap)")
     patch_size: tuple[int, int, int] | None = setting(None, "--patch_size", parse=ints3, render=join_commas,
-                                                      metavar="z,y,x", crd="inference.patchSize",
+                                                      metavar="z,y,x", crd="inference.patchSize", bounds=EDGE,
+                                                      crd_help="z, y, x patch size (default the model's plans).",
                                                       help="patch size (default: the model's plans)")
-    chunk_size: tuple[int, int, int] | None = setting(None, "--chunk_size", group="input/output", parse=ints3, render=join_commas,
-                                                      metavar="z,y,x", crd="inference.chunkSize",
-                                                      help="chunks of the output and the part stores (default: the patch size)")
+    chunk_size: tuple[int, int, int] | None = setting(
+        None, "--chunk_size", group="input/output", parse=ints3, render=join_commas, metavar="z,y,x",
+        crd="inference.chunkSize", bounds=EDGE,
+        crd_help="z, y, x chunks of the output and the part stores (default the patch size).",
+        help="chunks of the output and the part stores (default: the patch size)")
     do_tta: bool = setting(True, "--tta", off=("--disable_tta",), crd="inference.tta",
+                           crd_help="Mirroring test-time augmentation (about 8x the compute).",
                            help="mirroring test-time augmentation over the model's axes (default); --disable_tta: "
                                 "none, about 8x faster")
     skip_empty_patches: bool = setting(True, "--skip_empty_patches", off=("--no_skip_empty_patches",),
                                        crd="inference.skipEmptyPatches",
+                                       crd_help="Do not run the model on homogeneous patches.",
                                        help="do not run the model on homogeneous patches (default); "
                                             "--no_skip_empty_patches: run every patch")
 
@@ -156,7 +180,9 @@ class PartCount:
 
     help_group: ClassVar[str] = "performance"
 
-    num_parts: int = setting(1, "--num_parts", parse=int, crd="parts",
+    num_parts: int = setting(1, "--num_parts", parse=int, crd="parts", bounds=Bounds(1, 100000),
+                             crd_help="Number of predict parts; one pod (one GPU) each. Becomes the predict Job's "
+                                      "completions.",
                              help="predict parts the patches are split into (balanced by non-empty patches)")
 
 
@@ -167,6 +193,10 @@ class PartShape:
     help_group: ClassVar[str] = "performance"
 
     partition: str = setting(AUTO, "--partition", parse=partition_choice, metavar="auto|slabs|NZxNY", crd="partition",
+                             crd_help="How the patch grid is cut into parts, which decides where the seams lie (never "
+                                      "an output byte): auto (the cut into z-slabs x y-columns with the fewest seam "
+                                      "bytes for the volume's shape), slabs (z-slabs), or NZxNY with NZ*NY = parts.",
+                             crd_schema={"maxLength": 16, "pattern": "^(auto|slabs|[1-9][0-9]{0,5}x[1-9][0-9]{0,5})$"},
                              help="auto: the cut into z-slabs x y-columns with the fewest seam bytes (default); "
                                   "slabs: z-slabs; NZxNY: that many slabs, each cut into that many columns")
 
@@ -177,23 +207,36 @@ class Compute:
 
     help_group: ClassVar[str] = "performance"
 
-    batch_size: int = setting(1, "--batch_size", parse=int, crd="inference.batchSize", help="patches per forward pass")
+    batch_size: int = setting(1, "--batch_size", parse=int, crd="inference.batchSize", bounds=Bounds(1, 256),
+                              crd_help="Patches per forward pass.", help="patches per forward pass")
     tta_type: str = setting("mirroring", "--tta_type", group="model", choices=("mirroring",), help="TTA kind (nnU-Net's mirroring)")
     input_cache_gb: float | None = setting(None, "--input_cache_gb", parse=float, render=number,
-                                           crd="inference.inputCacheGb",
+                                           crd="inference.inputCacheGb", bounds=Bounds(0.0, 4096.0),
+                                           crd_help="Input chunk cache of a predict pod, part of cacheGb (GB; default "
+                                                    "a quarter of cacheGb; 0 = none).",
                                            help="input chunk cache, part of --cache_gb (default: a quarter of it); "
                                                 "0 = no cache")
     patch_order: str = setting("tiled", "--patch_order", choices=PATCH_ORDERS, crd="inference.patchOrder",
+                               crd_help="tiled: columns of tiles sized to the input cache; rowmajor: nnU-Net's order.",
                                help="tiled: columns of tiles sized to the input cache (default); rowmajor: nnU-Net's order")
     checkpoint_s: float = setting(600.0, "--checkpoint_s", parse=float, render=number, crd="inference.checkpointSeconds",
+                                  bounds=SECONDS,
+                                  crd_help="Seconds between checkpoints a killed or evicted part resumes from (0: "
+                                           "after every batch).",
                                   help="seconds between checkpoints a killed part resumes from (0: after every batch)")
     intensity_check: str = setting(intensity.AUTO, "--intensity_check", group="model", choices=INTENSITY_CHECKS,
                                    crd="inference.intensityCheck",
+                                   crd_help="The input's intensities against the model's training range (plans.json): "
+                                            "auto (a part fails with exit 3 for an input on another scale, e.g. uint16 "
+                                            "or [0, 1] floats through a uint8 model, and warns otherwise), warn, error "
+                                            "(any mismatch fails the part, exit 3) or off. A mismatch raises the "
+                                            "IntensityOutOfRange condition.",
                                    help="the input's intensities against the model's training range (plans): auto "
                                         "(default: exit 3 for an input on another scale, e.g. uint16 or [0, 1] "
                                         "floats through a uint8 model; a warning otherwise), warn, error (exit 3), "
                                         "off")
-    compile: bool = setting(False, "--compile", crd="inference.compile", help="torch.compile the networks")
+    compile: bool = setting(False, "--compile", crd="inference.compile", crd_help="torch.compile the networks.",
+                            help="torch.compile the networks")
 
 
 @dataclass(kw_only=True)
@@ -204,7 +247,10 @@ class Memory:
 
     cache_gb: float = setting(4.0, "--cache_gb", parse=float, render=number,
                               crd={"predict": "inference.cacheGb", "blend": "blend.cacheGb",
-                                   "finalize": "finalize.cacheGb"},
+                                   "finalize": "finalize.cacheGb"}, bounds=GB,
+                              crd_help={"predict": "Memory bound of a predict pod's accumulation cache (GB).",
+                                        "blend": STAGE_CACHE_HELP.format(stage="blend"),
+                                        "finalize": STAGE_CACHE_HELP.format(stage="finalize")},
                               help="memory bound of the stage's caches, GB")
 
 
@@ -218,18 +264,18 @@ class FinalEncoding:
     help_group: ClassVar[str] = "input/output"
 
     mode: str = setting("binary", "--mode", choices=MODES, crd={"predict": "mode"},
+                        crd_help="binary (foreground probability of class 1) or multiclass (one channel per class).",
                         help="binary: the foreground probability (or mask); multiclass: every class")
     threshold: bool = setting(False, "--threshold", crd={"predict": "threshold"},
+                              crd_help="Write class ids (mask / argmax) instead of probabilities.",
                               help="class ids (mask / argmax) instead of probabilities")
-    levels: int | None = setting(None, "--levels", parse=int, crd={"predict": "output.levels"},
+    levels: int | None = setting(None, "--levels", parse=int, crd={"predict": "output.levels"}, bounds=Bounds(1, 24),
+                                 crd_help="Resolution levels of the output's pyramid (2x per axis). Default down to "
+                                          "where every axis fits in one chunk.",
                                  help="resolution levels of the output's pyramid, 2x per axis (default: down to one chunk)")
     ngff_version: str = setting("auto", "--ngff_version", choices=NGFF_CHOICES,
                                 help="the output's format: OME-Zarr 0.4 on Zarr v2, or 0.5 on Zarr v3; auto (default): "
                                      "the input's (a Zarr v2 scan gets 0.4, a v3 one 0.5)")
-
-    def validate_encoding(self) -> None:
-        if self.ngff_version not in NGFF_CHOICES:
-            raise BadArguments(f"--ngff_version must be one of {', '.join(NGFF_CHOICES)}; got {self.ngff_version!r}")
 
 
 @dataclass(kw_only=True)
@@ -239,17 +285,16 @@ class Run:
     quiet: bool = setting(False, "--quiet", help="no progress output; warnings and errors only")
     overwrite: bool = setting(False, "--overwrite", help="replace an existing output written by a different configuration")
     lease_s: float = setting(60.0, "--lease_s", parse=float, render=number, env="VESUVIUS_LEASE_S",
-                             crd={"predict": "inference.leaseSeconds"},
+                             crd={"predict": "inference.leaseSeconds"}, bounds=Bounds(1.0, 86400.0),
+                             crd_help="Claim lease of a part: a pod that has not renewed it for this long is presumed "
+                                      "dead and its part taken over.",
                              help="claim lease: a run that has not renewed its claim for this long is presumed dead "
                                   "and taken over")
     progress_s: float = setting(30.0, "--progress_s", parse=float, render=number, env="VESUVIUS_PROGRESS_S",
+                                bounds=Bounds(0.0),
                                 help="seconds between progress lines when the output is not a terminal (pod logs)")
     debug: bool = setting(False, "--debug", help="print a failure's traceback before its error line (also "
                                                   "$VESUVIUS_DEBUG=1)")
-
-    def validate_run(self) -> None:
-        _positive("--lease_s", self.lease_s)
-        _positive("--progress_s", self.progress_s, strict=False)
 
 
 def _count(text: str) -> int:
@@ -274,7 +319,15 @@ class Disruptions:
     max_disruptions: int | None = setting(5, "--max_disruptions", parse=int,
                                           crd={"predict": "retry.maxDisruptionsPerPart",
                                                "blend": "retry.maxDisruptionsPerPart",
-                                               "finalize": "retry.maxDisruptionsPerPart"},
+                                               "finalize": "retry.maxDisruptionsPerPart"}, bounds=Bounds(0, 1000),
+                                          crd_help="Only for pods whose memory request is below their limit (a "
+                                                   "stage's own resources): a part whose pods were disrupted more "
+                                                   "often than this fails (exit 79) instead of starting again, since "
+                                                   "the podFailurePolicy ignores disruptions, kubelet evictions for "
+                                                   "the pod's own memory use included. Pods with the operator's "
+                                                   "resources request the memory they may use, are never evicted for "
+                                                   "their own use, and are not bounded: a drain, a preemption, "
+                                                   "consolidation or a Kueue eviction costs them nothing.",
                                           help="refuse to start (exit 79) once --disruptions exceeds this")
 
 
@@ -286,6 +339,9 @@ class Split:
 
     num_parts: int = setting(1, "--num_parts", parse=int, crd={"blend": "blend.parallelism",
                                                                "finalize": "finalize.parallelism"},
+                             bounds=Bounds(1, 10000),
+                             crd_help={"blend": PARALLELISM_HELP.format(stage="Blend"),
+                                       "finalize": PARALLELISM_HELP.format(stage="Finalize")},
                              help="split the output chunks over this many processes")
     part_id: int = setting(0, "--part_id", parse=int, help="which of them this is")
     journal_s: float = setting(2.0, "--journal_s", group="Kubernetes", parse=float, render=number, env="VESUVIUS_JOURNAL_INTERVAL_S",
@@ -298,27 +354,11 @@ class Split:
 
 
 def _validate_predict_settings(c: Any) -> None:
-    """The checks predict and the pipeline share (the pipeline hands these settings to predict)."""
-    if not 0 <= c.overlap < 1:
-        raise BadArguments(f"--overlap is the overlap fraction between patches, in [0, 1); got {c.overlap}")
-    if c.batch_size < 1:
-        raise BadArguments(f"--batch_size must be >= 1, got {c.batch_size}")
-    _positive("--cache_gb", c.cache_gb)
-    _positive("--checkpoint_s", c.checkpoint_s, strict=False)
-    if c.input_cache_gb is not None:
-        _positive("--input_cache_gb", c.input_cache_gb, strict=False)
-    for name, value, allowed in (("--patch_order", c.patch_order, PATCH_ORDERS), ("--mode", c.mode, MODES),
-                                 ("--intensity_check", c.intensity_check, INTENSITY_CHECKS),
-                                 ("--tta_type", c.tta_type, ("mirroring",))):
-        if value not in allowed:
-            raise BadArguments(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    """The checks predict and the pipeline share beyond the declared bounds and choices (``check_values``):
+    a tuple of the wrong length can come from the Python API."""
     for name, v in (("--patch_size", c.patch_size), ("--chunk_size", c.chunk_size)):
-        if v is not None and (len(v) != 3 or min(v) < 1):
+        if v is not None and len(v) != 3:
             raise BadArguments(f"{name} needs three positive integers z,y,x, got {v}")
-    if c.levels is not None and c.levels < 1:
-        raise BadArguments(f"--levels must be >= 1, got {c.levels}")
-    c.validate_encoding()
-    c.validate_run()
 
 
 @dataclass(kw_only=True)
@@ -334,6 +374,11 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
                                    help="run the part_id-th entry of this index list (e.g. 3,17,40-42): how retry Jobs "
                                         "map their indexes to parts")
     device: str = setting("cuda", "--device", group="performance", crd="inference.device",
+                          crd_schema={"enum": list(POD_DEVICES)},
+                          crd_help="cuda: each predict pod asks for one nvidia.com/gpu and runs on it; cpu: the pods "
+                                   "ask for no GPU (no GPU node selector or toleration, NVIDIA_VISIBLE_DEVICES=void). "
+                                   "auto and cuda:N are refused: a pod sees only the GPU it was given, and auto would "
+                                   "hold a GPU while running on the CPU.",
                           help="cuda, cuda:N, cpu, or auto (a CUDA GPU if one is visible, else the CPU, saying so); a GPU "
                                "asked for that this process cannot use exits 69 before anything is written")
     part_ids_file: str | None = setting(None, "--part_ids_file", group="Kubernetes", metavar="PATH",
@@ -363,10 +408,9 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
         return (self.input_dir, self.model_url, self.output_dir, self.blended_output, self.final_output)
 
     def validate(self) -> None:
+        check_values(self)
         require_writable(self.output_dir, "--output_dir")
         check_device_name(self.device)
-        if self.num_parts < 1:
-            raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
         if not 0 <= self.part_id < self.num_parts:
             raise BadArguments(f"--part_id {self.part_id} is out of range: use 0..{self.num_parts - 1} for "
                                f"--num_parts {self.num_parts}")
@@ -395,6 +439,7 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
     gpus: str = setting("all", "--gpus", group="performance", help="GPU ids, e.g. 0,1, or 'all' (the seed's shorthand for --devices); "
                                               "no GPU -> the CPU")
     parts_per_gpu: int = setting(1, "--parts_per_gpu", "--parts_per_device", group="performance", parse=int,
+                                 bounds=Bounds(1),
                                  help="parts each device runs one after another")
     skip_predict: bool = setting(False, "--skip_predict", help="skip predict (its parts are there)")
     skip_blend: bool = setting(False, "--skip_blend", help="skip blend")
@@ -415,8 +460,7 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
         return (self.input_dir, self.model_url, self.output, self.work)
 
     def validate(self) -> None:
-        if self.parts_per_gpu < 1:
-            raise BadArguments(f"--parts-per-gpu must be >= 1, got {self.parts_per_gpu}")
+        check_values(self)
         refuse_overlaps([Named("--input", self.input_dir), Named("--model", self.model_path),
                          Named("--output", self.output, WRITE), Named("--workdir", self.work, WRITE)],
                         self.storage_options)
@@ -452,12 +496,11 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
         return (self.parts_dir, self.output)
 
     def validate(self) -> None:
+        check_values(self)
         require_writable(self.output, "OUTPUT")
         refuse_overlaps([Named("PARTS_DIR", self.parts_dir), Named("OUTPUT", self.output, WRITE)],
                         self.storage_options)
         self.validate_split()
-        self.validate_run()
-        self.validate_encoding()
         if abs(self.sigma_scale - 8.0) > 1e-9:
             raise BadArguments("--sigma_scale: the Gaussian (sigma = patch/8, nnU-Net's) is applied while predicting; "
                                "only 8 is supported")
@@ -492,6 +535,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
         return (self.input_path, self.output_path, *self.also_delete)
 
     def validate(self) -> None:
+        check_values(self)
         require_writable(self.output_path, "OUTPUT")
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
@@ -500,13 +544,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
                          Named("OUTPUT", self.output_path, WRITE),
                          *(Named("--also_delete", url, DELETE) for url in self.also_delete if deleted)],
                         self.storage_options)
-        if self.mode not in MODES:
-            raise BadArguments(f"--mode must be binary or multiclass, got {self.mode!r}")
-        if self.levels is not None and self.levels < 1:
-            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
-        self.validate_encoding()
         self.validate_split()
-        self.validate_run()
 
 
 @dataclass(kw_only=True)
@@ -525,10 +563,7 @@ class PlanConfig(PartShape, PartCount, Grid, InputChoice, ModelChoice, Storage):
         return (self.input_dir, self.model_url)
 
     def validate(self) -> None:
-        if self.num_parts < 1:
-            raise BadArguments(f"--num_parts must be >= 1, got {self.num_parts}")
-        if self.levels is not None and self.levels < 1:
-            raise BadArguments(f"--levels must be >= 1, got {self.levels}")
+        check_values(self)
 
 
 @dataclass(kw_only=True)
@@ -538,6 +573,7 @@ class DemoConfig:
     command: ClassVar[str] = "demo"
     output_dir: str = setting("demo-output", "--output_dir", help="where the demo writes")
     shape: tuple[int, int, int] | None = setting(None, "--shape", parse=ints3, render=join_commas, metavar="z,y,x",
+                                                 bounds=Bounds(1),
                                                  help="z,y,x of the synthetic volume")
     parts: int = setting(2, "--parts", parse=int, help="predict parts")
     seed: int = setting(1234, "--seed", parse=int, help="seed of the synthetic scroll")

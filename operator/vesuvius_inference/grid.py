@@ -18,6 +18,8 @@ from functools import cached_property
 
 import numpy as np
 
+from .config import OVERLAP
+
 Shape3 = tuple[int, int, int]
 
 
@@ -48,8 +50,8 @@ class PatchGrid:
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or len(self.patch) != 3:
             raise ValueError("shape and patch must have 3 entries (z, y, x)")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.overlap not in OVERLAP:  # the --overlap setting's bound (config.py), declared once
+            raise ValueError(f"overlap must be in {OVERLAP}, got {self.overlap}")
         if min(self.patch) < 1 or min(self.shape) < 1:
             raise ValueError("shape and patch must be positive")
 

@@ -34,6 +34,49 @@ NEGATIVE_VALUE = re.compile(r"^-[\d.:]")  # a value such as -5:10,0:20,0:20 or -
 
 
 @dataclass(frozen=True)
+class Bounds:
+    """The interval a number setting (or each number of a tuple setting) must lie in; both ends
+    inclusive unless ``low_open``/``high_open``. Declared once on the setting, it is what the CLI refuses
+    (``check_values``, exit 2), what the operator refuses in a spec (``crd_problems``) and the generated
+    CRD's ``minimum``/``maximum``/``exclusiveMinimum``/``exclusiveMaximum`` (k8s/crdschema.py)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        """``[0, 1)``, ``[1, 256]``; one-sided: ``> 0``, ``>= 1``."""
+        lo, hi = _end(self.low), _end(self.high)
+        if lo is None or hi is None:
+            return (f"{'>' if self.low_open else '>='} {lo}" if lo is not None
+                    else f"{'<' if self.high_open else '<='} {hi}")
+        return f"{'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAPI v3.0 keywords of a Kubernetes structural schema (exclusive* are booleans there)."""
+        out: dict[str, Any] = {}
+        if self.low is not None:
+            out["minimum"] = self.low
+            if self.low_open:
+                out["exclusiveMinimum"] = True
+        if self.high is not None:
+            out["maximum"] = self.high
+            if self.high_open:
+                out["exclusiveMaximum"] = True
+        return out
+
+
+def _end(value: float | None) -> str | None:
+    return None if value is None else str(int(value)) if float(value).is_integer() else repr(value)
+
+
+@dataclass(frozen=True)
 class Opt:
     """The command-line and spec side of one setting."""
 
@@ -52,11 +95,22 @@ class Opt:
     crd: str | Mapping[str, str] | None = None  # InferenceJob spec path (per command when a mapping)
     fallback: Any = None  # the default when ``env`` is unset (also what ``to_argv`` leaves out)
     group: str | None = None  # its --help section; None: its declaring group's ``help_group`` (``help_group_of``)
+    bounds: Bounds | None = None  # the number's interval (each item's, for a tuple): every route refuses others
+    crd_help: str | Mapping[str, str] | None = None  # the CRD field's description (per command, like ``crd``)
+    crd_schema: Mapping[str, Any] | None = None  # schema keys only the CRD has (maxLength, pattern, a narrower
+    # enum, the spec's item type): they update the ones generated from the type, default, choices and bounds
 
     def crd_path(self, command: str) -> str | None:
         if isinstance(self.crd, Mapping):
             return self.crd.get(command)
         return self.crd
+
+    def crd_description(self, command: str) -> str | None:
+        return self.crd_help.get(command) if isinstance(self.crd_help, Mapping) else self.crd_help
+
+    def flag(self, name: str) -> str:
+        """How an error names the setting: its first spelling, else (a positional or API-only one) its name."""
+        return self.names[0] if self.names else name.upper() if self.positional else name
 
 
 def setting(default: Any = REQUIRED, *names: str, help: str, **kw: Any) -> Any:
@@ -284,16 +338,63 @@ def crd_values(cls: type, command: str, spec: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+def value_problem(opt: Opt, value: Any, name: str) -> str | None:
+    """What is wrong with ``value`` against the setting's declared bounds and choices (None: nothing);
+    ``name`` is how the message names it (a flag, or a spec path). None values are "not given"."""
+    if value is None:
+        return None
+    if opt.choices is not None and not isinstance(value, (tuple, list)) and value not in opt.choices:
+        return f"{name} must be one of {', '.join(opt.choices)}; got {value!r}"
+    if opt.bounds is not None:
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                continue  # not a number: the parser's (or the schema's type) refusal, not a bound's
+            if item not in opt.bounds:
+                shown = join_commas(value) if isinstance(value, (tuple, list)) else number(value)
+                each = "each value of " if isinstance(value, (tuple, list)) else ""
+                return f"{each}{name} must be in {opt.bounds}, got {shown}"
+    return None
+
+
+def check_values(cfg: Any) -> None:
+    """Every setting of ``cfg`` within its declared bounds and choices, whichever route made it (command
+    line, environment default, Python API, a worker's argv): BadArguments (exit 2) naming the first that
+    is not. The bounds are the declarations' (config.py), the same the CRD is generated with."""
+    for f, opt in options(type(cfg)):
+        problem = value_problem(opt, getattr(cfg, f.name), opt.flag(f.name))
+        if problem:
+            raise BadArguments(problem)
+
+
+def crd_problems(cls: type, command: str, spec: Mapping[str, Any]) -> list[str]:
+    """Spec values outside their settings' declared bounds and choices, named by their spec path: what the
+    CRD's schema refuses, checked again for objects an API server let through (stored before a bound
+    existed, or a server that does not validate)."""
+    out = []
+    for _, opt in options(cls):
+        path = opt.crd_path(command)
+        if path is None:
+            continue
+        node: Any = spec
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, Mapping) else None
+        problem = value_problem(opt, node, path)
+        if problem:
+            out.append(problem)
+    return out
+
+
 # ---- parsers and renderers shared by the declarations ----------------------------------------------
 
 def ints3(text: str) -> tuple[int, int, int]:
-    """``z,y,x`` as three positive integers."""
+    """``z,y,x`` as three integers (how large each may be is the setting's ``bounds``)."""
     try:
         vals = tuple(int(v) for v in text.replace(" ", "").split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128,128, got {text!r}") from None
-    if len(vals) != 3 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected three positive integers z,y,x, got {text!r}")
+    if len(vals) != 3:
+        raise argparse.ArgumentTypeError(f"expected three integers z,y,x, got {text!r}")
     return vals  # type: ignore[return-value]
 
 

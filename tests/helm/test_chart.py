@@ -244,7 +244,7 @@ def test_chart_crd_is_the_repository_crd():
     assert chart_crds == ["inferencejob.yaml"]
     assert (CHART / "crds" / "inferencejob.yaml").read_bytes() == (REPO / "crds" / "inferencejob.yaml").read_bytes(), (
         "charts/vesuvius-inference/crds/inferencejob.yaml differs from crds/inferencejob.yaml: "
-        "cp crds/inferencejob.yaml charts/vesuvius-inference/crds/")
+        "run python -m vesuvius_inference.k8s.crdschema (it writes both)")
 
 
 def test_crd_is_installed_from_crds_dir_only(rendered):

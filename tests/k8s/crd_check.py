@@ -23,9 +23,16 @@ def schema(crd: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _strip(node: Any) -> Any:
-    """openAPIV3Schema -> plain JSON schema (drop Kubernetes extensions)."""
+    """openAPIV3Schema -> plain JSON schema (drop Kubernetes extensions). OpenAPI 3.0's exclusiveMinimum and
+    exclusiveMaximum are booleans beside minimum/maximum; JSON schema draft 7's are the bound itself (a
+    boolean there would read as the number 0 or 1)."""
     if isinstance(node, dict):
-        return {k: _strip(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+        out = {k: _strip(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+        for end, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if isinstance(out.get(exclusive), bool):
+                if out.pop(exclusive) and end in out:
+                    out[exclusive] = out.pop(end)
+        return out
     if isinstance(node, list):
         return [_strip(v) for v in node]
     return node

@@ -387,7 +387,7 @@ def _storage_condition(ctx: _Ctx) -> Extra:
         return (kind, False, "", "")
     pod, line = waits[0]
     more = f" (and {len(waits) - 1} more of the sampled pods)" if len(waits) > 1 else ""
-    wait_s = (ctx.spec.get("storage") or {}).get("waitSeconds", 300)
+    wait_s = ctx.spec["storage"]["waitSeconds"]  # the setting's default applied by spec.parse
     return (kind, True, "WaitingForStorage", bounded(
         f"pod {pod}{more} waits for storage: {line}. Pods retry for up to storage.waitSeconds={wait_s:g}s, then "
         "exit 74, which costs the part none of its retries where its disruptions are bounded "

@@ -43,13 +43,14 @@ MAX_GRACE_S = 3600
 
 
 def predict_grace_seconds(spec: Any) -> int:
-    """``terminationGracePeriodSeconds`` of a predict pod (see the module docstring for the derivation)."""
+    """``terminationGracePeriodSeconds`` of a predict pod (see the module docstring for the derivation); ``spec``
+    has its defaults applied (spec.parse: the settings' own, never repeated here)."""
     inf = spec["inference"]
     patch = inf.get("patchSize") or [128, 128, 128]
     voxels = int(patch[0]) * int(patch[1]) * int(patch[2])
-    passes = 8 if inf.get("tta", True) else 1
+    passes = 8 if inf["tta"] else 1
     folds = len(inf.get("folds") or []) or DEFAULT_FOLDS
-    device = "cpu" if str(inf.get("device", "cuda")).startswith("cpu") else "cuda"
-    batch = int(inf.get("batchSize", 1)) * passes * folds * PASS_S[device] * voxels / REFERENCE_VOXELS
-    checkpoint = float(inf.get("cacheGb", 4)) * (1 << 30) / WRITE_BYTES_PER_S
+    device = "cpu" if str(inf["device"]).startswith("cpu") else "cuda"
+    batch = int(inf["batchSize"]) * passes * folds * PASS_S[device] * voxels / REFERENCE_VOXELS
+    checkpoint = float(inf["cacheGb"]) * (1 << 30) / WRITE_BYTES_PER_S
     return int(min(MAX_GRACE_S, max(MIN_GRACE_S, math.ceil(EXIT_S + batch + checkpoint))))

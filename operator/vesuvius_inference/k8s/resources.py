@@ -48,7 +48,7 @@ def _mib(gb: float) -> int:
 
 def predict_memory_mib(spec: Any) -> int:
     inf = spec["inference"]
-    device = "cpu" if str(inf.get("device", "cuda")).startswith("cpu") else "cuda"
+    device = "cpu" if str(inf["device"]).startswith("cpu") else "cuda"
     folds = len(inf.get("folds") or []) or DEFAULT_FOLDS
     return _mib(float(inf["cacheGb"]) + MODEL_GB_PER_FOLD * folds + RUNTIME_GB[device])
 
@@ -63,7 +63,7 @@ def stage_memory_mib(spec: Any, stage: str) -> int:
 
 def stage_cpus(spec: Any, stage: str) -> int:
     if stage == "predict":
-        device = str(spec["inference"].get("device", "cuda"))
+        device = str(spec["inference"]["device"])
         return CPUS["predict-cpu" if device.startswith("cpu") else "predict-cuda"]
     return CPUS[stage]
 

@@ -1,5 +1,8 @@
 """InferenceJob spec: defaults (the CRD's, applied again so old objects and tests agree) and the
-checks the schema cannot express. Pure: dicts in, dataclasses and messages out."""
+checks the schema cannot express. Pure: dicts in, dataclasses and messages out.
+
+The settings' defaults and bounds are their declarations' (config.py, through crdschema.py, which also
+generates them into the CRD); only the fields that are no setting have their defaults written here."""
 
 from __future__ import annotations
 
@@ -7,23 +10,31 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import blocks_of, partition_choice
+from ..config import POD_DEVICES, STAGE_CONFIGS, blocks_of, partition_choice
 from ..locations import READ_ONLY_SCHEMES, WRITE, Named, overlaps
 from ..paths import default_workdir
+from ..settings import crd_problems
+from .crdschema import defaults as setting_defaults
 
-DEFAULTS: dict[str, Any] = {
-    "mode": "binary", "threshold": False, "parts": 1, "partition": "auto", "suspend": False, "keepIntermediates": False,
-    "retryFailedParts": 0,
-    "inference": {"overlap": 0.5, "batchSize": 1, "tta": True, "skipEmptyPatches": True, "cacheGb": 4,
-                  "device": "cuda", "patchOrder": "tiled", "checkpointSeconds": 600, "intensityCheck": "auto",
-                  "compile": False, "leaseSeconds": 60},
-    "input": {"level": 0},
-    "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {},
-    "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3], "maxDisruptionsPerPart": 5},
-    "storage": {"anonymousInput": False, "waitSeconds": 300},
+# The defaults of the spec fields that are no setting (the CRD's hand-written part has the same), and the
+# objects the API server defaults to {} so that their fields' defaults apply.
+OWN_DEFAULTS: dict[str, Any] = {
+    "suspend": False, "keepIntermediates": False, "retryFailedParts": 0,
+    "inference": {}, "input": {}, "blend": {}, "finalize": {}, "predict": {}, "storage": {},
+    "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3]},
 }
+
+
+def _merged(own: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(own)
+    for key, value in settings.items():
+        out[key] = {**out.get(key, {}), **value} if isinstance(value, dict) else value
+    return out
+
+
+DEFAULTS: dict[str, Any] = _merged(OWN_DEFAULTS, setting_defaults())
 URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "file://", "/")
-DEVICES = ("cuda", "cpu")  # what a predict pod can be given: one GPU, or none (the CRD's enum)
+DEVICES = POD_DEVICES  # what a predict pod can be given: one GPU, or none (the CRD's enum, from config.py)
 GPU = "nvidia.com/gpu"
 
 
@@ -71,7 +82,7 @@ class JobSpec:
     @property
     def device(self) -> str:
         """cuda or cpu; ``cuda:0``, which objects of earlier versions may hold, is the pod's one GPU: cuda."""
-        device = str(self.raw["inference"].get("device") or "cuda")
+        device = str(self.raw["inference"]["device"])  # the setting's default applied by parse
         return "cuda" if device == "cuda:0" else device
 
     @property
@@ -105,26 +116,19 @@ def validate(spec: JobSpec) -> list[str]:
                       Named("output.uri", spec["output"]["uri"], WRITE), Named("workdir", spec.workdir, WRITE)])
     if clash:  # the same rule the pods apply (locations.py): every spelling of a place is that place
         errors.append(f"{clash}: give each its own place (the workdir is deleted afterwards)")
-    if not 1 <= spec.parts <= 100000:
-        errors.append(f"parts must be in 1..100000, got {spec.parts}")
+    for command, cls in STAGE_CONFIGS.items():  # the settings' bounds and choices (config.py), by spec path
+        errors += [e for e in crd_problems(cls, command, spec.raw) if e not in errors]
     errors += _partition_errors(str(spec["partition"]), spec.parts)
     if spec.parallelism > spec.parts:
         errors.append(f"parallelism {spec.parallelism} exceeds parts {spec.parts}")
     inf = spec["inference"]
-    if not 0 <= float(inf["overlap"]) < 1:
-        errors.append(f"inference.overlap is a fraction in [0, 1), got {inf['overlap']}")
     ps = inf.get("patchSize")
-    if ps is not None and (len(ps) != 3 or min(ps) < 1):
+    if ps is not None and len(ps) != 3:  # each edge's bounds: crd_problems
         errors.append(f"inference.patchSize needs three positive integers, got {ps}")
     folds = inf.get("folds")
     if folds is not None and len(set(folds)) != len(folds):
         errors.append(f"inference.folds has duplicates: {folds}")
     errors += _compute_errors(spec)
-    if spec["mode"] not in ("binary", "multiclass"):
-        errors.append(f"mode must be binary or multiclass, got {spec['mode']!r}")
-    for stage in ("blend", "finalize"):
-        if int(spec[stage]["parallelism"]) < 1:
-            errors.append(f"{stage}.parallelism must be >= 1")
     codes = spec["retry"]["nonRetryableExitCodes"]
     if 0 in codes:
         errors.append("retry.nonRetryableExitCodes must not contain 0 (success)")
