@@ -43,6 +43,7 @@ test: $(STAMP) system-packages
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	cd operator && ../$(BIN)/lint-imports ../pyproject.toml
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_engine.py --tta

@@ -1,11 +1,18 @@
 """The shape of the package: no import circles (module- and function-level imports alike), no
-function too long to read on one screen, the control plane free of the engine, blend free of finalize."""
+function too long to read on one screen, and the import contract (pyproject.toml [tool.importlinter]):
+the folders are the layers, the control plane free of the engine, blend free of torch and finalize."""
 
 from __future__ import annotations
 
 import ast
 import graphlib
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "operator" / "vesuvius_inference"
 MAX_FUNCTION_LINES = 80
@@ -62,35 +69,51 @@ def test_no_function_over_the_limit():
     assert not long, long
 
 
-def _reachable(start: str, graph: dict[str, set[str]]) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(graph.get(m, ()))
-    return seen
+def _lint_imports(root: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """import-linter (the contract in pyproject.toml) over the package under ``root``, as `make lint` runs it."""
+    env = {**os.environ, "PYTHONPATH": str(root / "operator")}
+    lint = Path(sys.executable).with_name("lint-imports")  # import-linter's console script (dev extra)
+    return subprocess.run([str(lint), "--no-cache", str(root / "pyproject.toml")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
 
 
-def test_layers():
-    graph = _graph()
-    engine = {"vesuvius_inference." + m for m in ("predict", "predict_part", "model", "runner", "devicestep",
-                                                  "blend", "finalize", "pipeline")}
-    for name in graph:
-        if name.startswith("vesuvius_inference.k8s"):
-            assert not (graph[name] & engine), f"{name} imports the engine: {graph[name] & engine}"
-    assert "vesuvius_inference.finalize" not in _reachable("vesuvius_inference.blend", graph), "blend runs finalize"
+def test_the_folders_are_the_layers(tmp_path):
+    """The import contract holds on this tree (layers; k8s on the contract alone; blend and finalize
+    without torch, nnU-Net or finalize; contract stdlib-only; geometry numpy-only)."""
+    root = PKG.parents[1]
+    r = _lint_imports(root, tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "0 broken" in r.stdout
+
+
+@pytest.mark.parametrize(("module", "wrong", "broken"), [
+    ("contract/paths.py", "from vesuvius_inference.store import storage", "vesuvius_inference.contract is not allowed"),
+    ("k8s/names.py", "import numpy", "vesuvius_inference.k8s is not allowed to import numpy"),
+    ("geometry/grid.py", "import torch", "vesuvius_inference.geometry is not allowed to import torch"),
+    ("store/pieces.py", "from vesuvius_inference.predict import runner",
+     "vesuvius_inference.stages.blend is not allowed to import"),
+])
+def test_a_wrong_import_breaks_the_contract(tmp_path, module, wrong, broken):
+    """The contract catches a wrong import, also one inside a function (lazy imports count), and names the
+    chain that reaches it."""
+    root = tmp_path / "tree"
+    shutil.copytree(PKG, root / "operator" / "vesuvius_inference", ignore=shutil.ignore_patterns("__pycache__", "*.pth"))
+    shutil.copy(PKG.parents[1] / "pyproject.toml", root / "pyproject.toml")
+    target = root / "operator" / "vesuvius_inference" / module
+    target.write_text(target.read_text() + f"\n\ndef _deliberately_wrong():\n    {wrong}\n")
+    r = _lint_imports(root, tmp_path)
+    assert r.returncode != 0 and broken in r.stdout, r.stdout[-3000:]
 
 
 def test_every_option_is_in_the_readme():
-    from vesuvius_inference.config import (
+    from vesuvius_inference.contract.config import (
         BlendConfig,
         FinalizeConfig,
         PipelineConfig,
         PlanConfig,
         PredictConfig,
     )
-    from vesuvius_inference.settings import options
+    from vesuvius_inference.contract.settings import options
 
     readme = (PKG.parents[1] / "README.md").read_text()
     missing = [(cls.command, opt.names + opt.off) for cls in (PredictConfig, PipelineConfig, BlendConfig,

@@ -19,11 +19,11 @@ import yaml
 from helpers import run_cli
 from k8s.crd_check import CompiledSchema, apply_defaults, schema
 from vesuvius_inference import cli
-from vesuvius_inference.config import STAGE_CONFIGS, PredictConfig
-from vesuvius_inference.errors import BadArguments
+from vesuvius_inference.contract.config import STAGE_CONFIGS, PredictConfig
+from vesuvius_inference.contract.errors import BadArguments
+from vesuvius_inference.contract.settings import Bounds, options, setting
 from vesuvius_inference.k8s import crdschema
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.settings import Bounds, options, setting
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = yaml.safe_load((REPO / "crds/samples/minimal.yaml").read_text())
@@ -141,8 +141,8 @@ def test_a_bound_from_the_environment_is_refused_too(tmp_path):
 
 def test_overlap_is_bounded_once():
     """[0, 1): the declaration's, in the CLI, the CRD, the operator and the patch grid alike."""
-    from vesuvius_inference.config import OVERLAP, Grid
-    from vesuvius_inference.grid import PatchGrid
+    from vesuvius_inference.contract.config import OVERLAP, Grid
+    from vesuvius_inference.geometry.grid import PatchGrid
 
     assert Grid.__dataclass_fields__["overlap"].metadata["opt"].bounds is OVERLAP
     assert str(OVERLAP) == "[0, 1)" and 0.0 in OVERLAP and 0.99 in OVERLAP and 1.0 not in OVERLAP

@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from vesuvius_inference.contract.ranges import format_ranges, parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.k8s.ranges import format_ranges, parse_ranges
 from vesuvius_inference.k8s.stalls import stuck as stuck_pods
 from vesuvius_inference.k8s.status import (
     checks_needed,
@@ -267,7 +267,7 @@ def test_pods_that_cannot_start_are_reported_after_the_grace_period():
 def test_the_operator_creates_stages_in_the_pipelines_order():
     """The operator's next Job follows stages.STAGES, the order the local pipeline runs: each stage's Job
     appears only once every earlier stage is complete, and each one exactly once."""
-    from vesuvius_inference import stageplan as stages
+    from vesuvius_inference.contract import stageplan as stages
 
     s = spec(parts=2)
     jobs: list = []

@@ -31,8 +31,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ..config import STAGE_CONFIGS
-from ..settings import options, static_default
+from vesuvius_inference.contract.config import STAGE_CONFIGS
+from vesuvius_inference.contract.settings import options, static_default
 
 REGENERATE = "python -m vesuvius_inference.k8s.crdschema"
 CRD_FILE = "crds/inferencejob.yaml"

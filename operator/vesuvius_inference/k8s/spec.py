@@ -10,11 +10,11 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import POD_DEVICES, STAGE_CONFIGS, blocks_of, partition_choice
-from ..locations import READ_ONLY_SCHEMES, WRITE, Named, overlaps
-from ..paths import default_workdir
-from ..settings import crd_problems
-from .crdschema import defaults as setting_defaults
+from vesuvius_inference.contract.config import POD_DEVICES, STAGE_CONFIGS, blocks_of, partition_choice
+from vesuvius_inference.contract.locations import READ_ONLY_SCHEMES, WRITE, Named, overlaps
+from vesuvius_inference.contract.paths import default_workdir
+from vesuvius_inference.contract.settings import crd_problems
+from vesuvius_inference.k8s.crdschema import defaults as setting_defaults
 
 # The defaults of the spec fields that are no setting (the CRD's hand-written part has the same), and the
 # objects the API server defaults to {} so that their fields' defaults apply.
