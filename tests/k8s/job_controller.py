@@ -771,12 +771,15 @@ class JobController:
         want = int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu") or 0)
         selector = pod_spec.get("nodeSelector") or {}
         used: dict[str, int] = {}
+        pods: dict[str, int] = {}
         for st in list(self.jobs.values()):
             for other in list(st.running.values()):
                 if other.node is not None:
                     used[other.node] = used.get(other.node, 0) + other.gpus
+                    pods[other.node] = pods.get(other.node, 0) + 1
         short = mismatch = 0
         tainted = 0
+        fits = []
         for node in self.nodes:
             if node.name in self.lost_nodes:  # NotReady, unreachable NoExecute taint (TaintToleration filter)
                 tainted += 1
@@ -785,13 +788,19 @@ class JobController:
             elif node.gpus - used.get(node.name, 0) < want:
                 short += 1
             else:
-                run.node, run.gpus = node.name, want
-                with contextlib.suppress(Exception):  # the binding (pods/binding sets spec.nodeName)
-                    self.core.patch_namespaced_pod(run.name, self.namespace, {"spec": {"nodeName": node.name}},
-                                                   _content_type="application/merge-patch+json")
-                self._patch_pod_status(run.name, {"conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
-                return True
+                fits.append(node)
+        # Scoring: the least allocated node that fits (kube-scheduler's default NodeResourcesFit scoring strategy,
+        # LeastAllocated: pkg/scheduler/framework/plugins/noderesources/least_allocated.go; every pod here
+        # requests CPU and memory, so fewer pods is more room), ties in node order.
+        if fits:
+            node = min(fits, key=lambda n: pods.get(n.name, 0))
+            run.node, run.gpus = node.name, want
+            with contextlib.suppress(Exception):  # the binding (pods/binding sets spec.nodeName)
+                self.core.patch_namespaced_pod(run.name, self.namespace, {"spec": {"nodeName": node.name}},
+                                               _content_type="application/merge-patch+json")
+            self._patch_pod_status(run.name, {"conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
+            return True
         n = len(self.nodes)
         why = [f"{short} Insufficient nvidia.com/gpu"] if short else []
         why += [f"{tainted} node(s) had untolerated taint {{node.kubernetes.io/unreachable: }}"] if tainted else []

@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "input": {"level": 0},
     "blend": {"parallelism": 1, "cacheGb": 4}, "finalize": {"parallelism": 1, "cacheGb": 4}, "predict": {},
     "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3], "maxDisruptionsPerPart": 5},
-    "storage": {"anonymousInput": False, "waitSeconds": 300},
+    "storage": {"anonymousInput": False, "waitSeconds": 300, "maxOutageSeconds": 3600},
 }
 URI_SCHEMES = ("s3://", "gs://", "http://", "https://", "file://", "/")
 DEVICES = ("cuda", "cpu")  # what a predict pod can be given: one GPU, or none (the CRD's enum)
