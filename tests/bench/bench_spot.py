@@ -62,8 +62,10 @@ def _storage(tmp: Path) -> tuple[Any, str]:
     from helpers import smooth_volume, write_zarr
     from moto.server import ThreadedMotoServer
     from outage import free_port
+    from plugins.s3 import _atomic_conditional_puts
     from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
+    _atomic_conditional_puts()  # moto's PutObject made atomic, as S3's is (the tests' server does the same)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp / "moto-recording")
     port = free_port()
