@@ -5,7 +5,8 @@ Job controller's per-index backoff (decide._storage_condition / _give_up).
 
 Upstream: an Ignore rule makes matchPodFailurePolicy return countFailed false (pkg/controller/job/
 pod_failure_policy.go), so the failure is neither counted in ``failed`` (nor against backoffLimitPerIndex) and
-the pod is re-created at once; the Job controller alone would therefore retry a permanent outage for ever.
+the pod is re-created (after the index's backoff, backoff_utils.go getRemainingTimePerIndex, which counts ignored
+failures too); the Job controller alone would therefore retry a permanent outage for ever.
 A Job whose ``activeDeadlineSeconds`` has passed fails with DeadlineExceeded (job_controller.go, syncJob,
 pastActiveDeadline): how the operator stops a run it gave up on.
 """

@@ -388,9 +388,10 @@ def _storage_condition(ctx: _Ctx) -> Extra:
     is when the outage was first seen) until a sample shows a pod working with the store again (a progress line
     or the 'reachable again' line: storagewait.storage_answers), or no Job runs. A sample where nobody waits but
     nobody works either (pods starting after an exit 74, loading the model) changes nothing: an outage long
-    enough to cycle pods is one outage, not many short ones. Pods that give up exit 74, which the Job's
-    podFailurePolicy ignores (manifests._failure_rules: no retry spent, the pod re-created at once), so the Job
-    controller alone would retry a permanent outage for ever; the bound is here: once the outage has lasted
+    enough to cycle pods is one outage, not many short ones (nor do the gaps of the index's backoff reset it).
+    Pods that give up exit 74, which the Job's podFailurePolicy ignores (manifests._failure_rules: no retry
+    spent, the pod re-created after the index's backoff), so the Job controller alone would retry a permanent
+    outage for ever; the bound is here: once the outage has lasted
     ``storage.maxOutageSeconds``, the condition's reason becomes OutageTooLong and the operator stops the run's
     Jobs (:func:`_give_up`), and the run fails with that reason. A Job created later (spec.retryFailedParts)
     starts a fresh clock."""

@@ -262,8 +262,11 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool, outage
     for the store before it exited EXIT_STORAGE (storagewait.py), so an Ignore rule keeps an outage from
     spending the part's ``backoffLimitPerIndex`` (or a NonIndexed Job's ``backoffLimit``): matchPodFailurePolicy
     returns countFailed false for an Ignore rule (pkg/controller/job/pod_failure_policy.go), so the failure is
-    neither counted in ``failed`` nor backed off, and the Job controller re-creates the pod at once (each such pod
-    adds one to the index's ignored count, indexed_job_utils.go getNewIndexFailureCounts). The Job controller
+    not counted in ``failed`` nor against the index's limit, only in the index's ignored count (indexed_job_utils.go
+    getNewIndexFailureCounts), and the pod is re-created. Its re-creation is still delayed: an index's backoff
+    grows with failures and ignored failures alike (backoff_utils.go getRemainingTimePerIndex:
+    getIndexAbsoluteFailureCount, 10 s doubling up to 6 min), which only spaces the pods of a long outage out.
+    The Job controller
     itself would then retry a permanent outage for ever; the bound is the operator's outage budget instead
     (decide.py, ``storage.maxOutageSeconds``: the run fails with reason StorageUnreachable once the store has
     been unreachable that long, however many pods waited meanwhile), which needs the operator's log samples
