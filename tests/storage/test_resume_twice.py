@@ -45,7 +45,7 @@ def test_a_part_stopped_twice_on_s3_resumes_from_the_resumed_run(s3, model_facto
                                 text=True, env=dict(os.environ))
         log = Log(proc)
         since = stops[-1] if stops else 0
-        log.wait_for(lambda: _patches_done(log) > since)
+        log.wait_for(lambda log=log, since=since: _patches_done(log) > since)
         os.kill(proc.pid, signal.SIGTERM)
         assert log.finish() == STOPPED, log.text()
         m = re.search(r"stopped by SIGTERM after patch (\d+) of (\d+)", log.lines[-1])
