@@ -8,17 +8,19 @@ local processes on the CPU, 4 emulated nodes), everything on moto's S3 behind a 
 
 1. a baseline: the same InferenceJob undisturbed; its predict pods' seconds are the work itself;
 2. the spot run, once its pods are past their first checkpoint: every running predict pod evicted
-   (DisruptionTarget + SIGKILL, as a preemption or Kueue's eviction of the Workload), and again once the
-   replacements run; then the store goes away (connections refused) for ``--outage`` seconds (a 5-minute
+   (DisruptionTarget, then SIGTERM and SIGKILL after the pod's terminationGracePeriodSeconds, as the kubelet
+   stops a preempted pod), and again once the replacements run; then the store goes away (connections refused) for ``--outage`` seconds (a 5-minute
    S3 restart, time-scaled) and comes back; then a node with a running pod goes dark (its pod stays
    Terminating). A node-health automation plays the person: when the operator's PodsStuckTerminating
    condition names the node, it applies the out-of-service taint the condition gives.
 
 Printed: ``spot run: E evictions, GPU-seconds lost X of Y (Z%), parts failed F`` where Y is the seconds every
 predict pod of the spot run held its (emulated) GPU, X = Y minus the baseline's, F the run's failed parts;
-then the breakdown per pod. The pods here are CPU processes whose start (torch import, model load) costs
-seconds against parts of seconds, and eviction is SIGKILL (no SIGTERM checkpoint in this build): the loss
-per eviction is the work since the last checkpoint (``checkpointSeconds``) plus a restart.
+then where it went (pods started, patches recomputed) and the breakdown per pod. An evicted pod finishes its
+batch, checkpoints and exits 80, so the loss per eviction is the replacement pod's start (interpreter, torch,
+model: ~5 s on an idle core here, 15-20 s with four pods starting on this shared 2-core machine) plus at most a
+batch; the pod on the node that went dark loses what it computed since its last checkpoint. These parts are
+~5-10 s of model time each, so the starts dominate X; on a GPU cluster a part is minutes to hours.
 """
 
 from __future__ import annotations
@@ -60,8 +62,10 @@ def _storage(tmp: Path) -> tuple[Any, str]:
     from helpers import smooth_volume, write_zarr
     from moto.server import ThreadedMotoServer
     from outage import free_port
+    from plugins.s3 import _atomic_conditional_puts
     from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
+    _atomic_conditional_puts()  # moto's PutObject made atomic, as S3's is (the tests' server does the same)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp / "moto-recording")
     port = free_port()
@@ -95,6 +99,29 @@ def _spec(name: str, parts: int) -> dict[str, Any]:
 def _predict_seconds(ctl: Any, job: str) -> tuple[float, list[Any]]:
     runs = ctl.results_of(job)
     return sum(r.seconds for r in runs), runs
+
+
+def _patches(pods: Path, runs: list[Any]) -> tuple[int, int]:
+    """(patches the pods computed in all, patches the parts have): from each pod's log, what it ran past where it
+    resumed (a stop's 'after patch K', a completed part's count, a SIGKILLed pod's last progress line)."""
+    import re
+
+    ran, total = 0, {}
+    for r in runs:
+        logs = list(pods.glob(f"{r.name}-*/output.log"))
+        text = logs[0].read_text(errors="replace") if logs else ""
+        start = int(m.group(1)) if (m := re.search(r"resuming after patch (\d+)", text)) else 0
+        if m := re.search(r"stopped by \S+ after patch (\d+) of (\d+)", text):
+            end = int(m.group(1))
+        elif m := re.search(r"predict part \d+/\d+: (\d+) patches run", text):
+            end = start + int(m.group(1))
+        else:
+            seen = [int(x) for x in re.findall(r": (\d+)/\d+ patches", text)]
+            end = max(seen, default=start)
+        for m in re.finditer(r": \d+/(\d+) patches", text):
+            total[r.index] = int(m.group(1))
+        ran += max(0, end - start)
+    return ran, sum(total.values())
 
 
 def main() -> int:
@@ -152,7 +179,7 @@ def main() -> int:
                 custom.create_namespaced_custom_object("vesuvius.dev", "v1alpha1", NS, "inferencejobs",
                                                        _spec("calm", args.parts))
                 _wait("the baseline run", lambda: phase("calm") in ("Succeeded", "Failed"))
-                base, _ = _predict_seconds(ctl, "calm-predict")
+                base, base_runs = _predict_seconds(ctl, "calm-predict")
                 print(f"baseline: {phase('calm')} in {time.monotonic() - began:.0f} s, predict pods "
                       f"{base:.1f} s", flush=True)
 
@@ -210,6 +237,10 @@ def main() -> int:
     lost = max(0.0, total - base)
     print(f"spot run: {evictions} evictions, GPU-seconds lost {lost:.1f} of {total:.1f} "
           f"({100 * lost / total if total else 0:.1f}%), parts failed {failed} (phase {status.get('phase')})")
+    ran, patches = _patches(pods, runs)
+    print(f"  where it went: {len(runs)} predict pods started (baseline {len(base_runs)}), each paying the pod's start "
+          f"(interpreter, torch, model) again; patches computed {ran} of {patches} "
+          f"({ran - patches} recomputed after stops and kills)")
     for r in runs:
         print(f"  part {r.index} attempt {r.attempt}: exit {r.exit_code} {r.action} {r.seconds:.1f} s")
     return 0

@@ -86,7 +86,11 @@ DisruptionTarget condition its podFailurePolicy Ignores, and re-creates the inde
 Test hooks (:meth:`JobController.fail`, :meth:`JobController.preempt`, :meth:`JobController.stub`)
 change what pods do, here and not in product code: ``fail`` replaces one attempt's command with a
 Python one-liner that prints a message and exits with a code; ``preempt`` runs the real command, then
-marks the pod with a ``DisruptionTarget`` condition and SIGKILLs it (exit 137), as a preemption does;
+marks the pod with a ``DisruptionTarget`` condition and stops it as the kubelet stops a deleted pod: SIGTERM,
+then SIGKILL once the pod's ``terminationGracePeriodSeconds`` is over (times :attr:`JobController.grace_scale`
+on a time-scaled cluster; kuberuntime_container.go, killContainer), so a predict pod checkpoints and exits
+80 when it can, and is SIGKILLed (137) when its stop outlasts its grace; the Job controller's own deletions
+(suspend, the Job's end or deletion) stop pods the same way;
 ``stub`` replaces the command of every pod of matching Jobs with a one-liner that waits (``sleep``
 seconds, or until ``release`` is called) and exits with a code: for tests of the control plane that
 need no real inference. When a Job is deleted (or suspended) its pods' processes are killed.
@@ -161,12 +165,16 @@ class Hook:
     sleep: float = 0.0
     wait_for: Path | None = None  # the one-liner waits until this file exists
     lines: tuple[str, ...] = ()  # printed at start (e.g. progress lines), before the wait
+    stop_s: float | None = None  # on SIGTERM: take this long (a checkpoint), then exit 80; None: die of it
 
     def command(self) -> list[str]:
         wait = (f"import os\nwhile not os.path.exists({str(self.wait_for)!r}): time.sleep(0.05)\n"
                 if self.wait_for else "")
         say = "".join(f"print({ln!r}, file=sys.stderr, flush=True)\n" for ln in self.lines)
-        return [sys.executable, "-c", f"import sys, time\n{say}{wait}time.sleep({self.sleep})\n"
+        stop = ("import signal\ndef _stop(*_):\n    print('stopping', file=sys.stderr, flush=True)\n"
+                f"    time.sleep({self.stop_s})\n    os._exit(80)\nsignal.signal(signal.SIGTERM, _stop)\n"
+                if self.stop_s is not None else "")
+        return [sys.executable, "-c", f"import os, sys, time\n{stop}{say}{wait}time.sleep({self.sleep})\n"
                                       f"print({self.message!r}, file=sys.stderr)\nsys.exit({self.exit_code or 0})"]
 
 
@@ -184,6 +192,9 @@ class PodRun:
     preempt_reason: str = "PreemptionByScheduler"
     stranded: bool = False  # deleted on a node that stopped answering: Terminating until PodGC removes it
     preempted: bool = False
+    grace_s: float = 30.0  # the pod's terminationGracePeriodSeconds (x JobController.grace_scale)
+    term_at: float | None = None  # when the kubelet sent SIGTERM (graceful termination under way)
+    killed: bool = False  # SIGKILLed when its grace period ran out
     evict_at: float | None = None
     evicted: bool = False
     waiting: tuple[str, str] | None = None  # (reason, message) of a container that has not started
@@ -250,6 +261,9 @@ class JobController:
         self.nodes: list[Node] | None = None  # None: every pod is scheduled at once
         self.lost_nodes: set[str] = set()  # nodes that stopped answering (lose_node)
         self.api: Any = None  # a kmock_api.KubeAPI: pods' output served as their logs
+        # real seconds per second of a pod's terminationGracePeriodSeconds (a time-scaled cluster: 0.1 gives a
+        # 30 s grace 3 s); 1.0: the grace the pod asks for
+        self.grace_scale: float = 1.0
         self.events: dict[tuple[str, str], tuple[str, int]] = {}  # (job uid, message) -> (Event name, count)
         self.release_dir = Path(tempfile.mkdtemp(prefix="release-", dir=self.workdir))
         self._stop = threading.Event()
@@ -280,11 +294,14 @@ class JobController:
             self._hooks[(job, index, attempt)] = Hook(evict_after=after)
 
     def hook(self, job: str, index: int | None, attempt: int = 0, exit_code: int = 0, sleep: float = 0.0,
-             held: bool = False, message: str = "", lines: tuple[str, ...] = ()) -> None:
+             held: bool = False, message: str = "", lines: tuple[str, ...] = (), stop_s: float | None = None,
+             preempt_after: float | None = None) -> None:
         """One attempt of one index: print ``lines``, wait ``sleep`` s (or, ``held``, until :meth:`release`),
-        then exit."""
+        then exit. ``stop_s``: on SIGTERM it takes that long (a checkpoint), then exits 80, as predict does;
+        ``preempt_after``: preempted that many seconds after it started."""
         self._hooks[(job, index, attempt)] = Hook(exit_code=exit_code, message=message, sleep=sleep,
-                                                  wait_for=self.release_dir / "go" if held else None, lines=lines)
+                                                  wait_for=self.release_dir / "go" if held else None, lines=lines,
+                                                  stop_s=stop_s, preempt_after=preempt_after)
 
     def stub(self, job_pattern: str = ".*", exit_code: int = 0, sleep: float = 0.0, held: bool = False,
              lines: tuple[str, ...] = ()) -> None:
@@ -532,9 +549,21 @@ class JobController:
         return True
 
     def _disrupt(self, run: PodRun, container: str) -> None:
-        """A preemption or a kubelet eviction that is due: the pod's conditions first, then SIGKILL."""
+        """A preemption or a kubelet eviction that is due: the pod's conditions first, then its end.
+
+        A preemption (the scheduler's, or Kueue's eviction of the Workload) and the eviction API (a drain,
+        consolidation) delete the pod with its own grace period (pkg/scheduler/framework/preemption/
+        preemption.go, prepareCandidate -> DeletePod; pkg/registry/core/pod/storage/eviction.go with the pod's
+        default grace), so its kubelet stops it gracefully (:meth:`_graceful_stop`). The kubelet's own
+        node-pressure eviction at a hard threshold gives immediateEvictionGracePeriodSeconds (1 s:
+        pkg/kubelet/eviction/eviction_manager.go, synchronize -> evictPod), modelled as an immediate SIGKILL."""
         now = time.monotonic()
-        if run.proc is None or run.proc.poll() is not None or run.preempted or run.evicted:
+        if run.proc is None or run.proc.poll() is not None:
+            return
+        if run.preempted:
+            self._enforce_grace(run)
+            return
+        if run.evicted:
             return
         if run.preempt_at is not None and now >= run.preempt_at:
             message = {"PreemptionByScheduler": "Preempted in order to admit critical pod",
@@ -543,6 +572,8 @@ class JobController:
                 {"type": "DisruptionTarget", "status": "True", "reason": run.preempt_reason,
                  "message": message, "lastTransitionTime": now_iso()}]})
             run.preempted = True
+            self._graceful_stop(run)
+            return
         elif run.evict_at is not None and now >= run.evict_at:
             message = EVICTION_MESSAGE.format(c=container, use="9Gi", req="0")
             self._patch_pod_status(run.name, {"reason": "Evicted", "message": message, "conditions": [
@@ -598,10 +629,10 @@ class JobController:
         self._write_status(st, job, completion=final == "Complete")
 
     def _write_status(self, st: JobState, job: dict[str, Any], terminating: int = 0, completion: bool = False) -> None:
-        stranded = sum(r.stranded for r in st.running.values())
+        stranded = sum(r.stranded or r.term_at is not None for r in st.running.values())
         status: dict[str, Any] = {
             "active": len(st.running) - stranded,
-            "ready": sum(r.proc is not None and not r.stranded for r in st.running.values()),
+            "ready": sum(r.proc is not None and not r.stranded and r.term_at is None for r in st.running.values()),
             "terminating": terminating + stranded,
             "succeeded": st.succeeded, "failed": st.failed, "uncountedTerminatedPods": {},
             "startTime": st.start_time, "conditions": [dict(c) for c in st.conditions] or None,
@@ -667,6 +698,8 @@ class JobController:
         if hook is None:
             hook = next((h for pattern, h in self._stubs if pattern.search(st.name)), None)
         run = PodRun(st.name, index, attempt, name, None, root / "output.log", root, time.monotonic())
+        # killContainer's minimumGracePeriodInSeconds (2 s) under the pod's own; the API server's default is 30
+        run.grace_s = max(2.0, float(pod_spec.get("terminationGracePeriodSeconds", 30))) * self.grace_scale
 
         def launch() -> None:
             """The scheduler, then the kubelet's container start (image pull and env first), retried while
@@ -685,7 +718,8 @@ class JobController:
                 return
             args = [self._remap(expand(a, env), mounts) for a in c.get("args") or []]
             cmd = [*ENTRYPOINT, *args]
-            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep or hook.lines):
+            if hook is not None and (hook.exit_code is not None or hook.wait_for or hook.sleep or hook.lines or
+                                     hook.stop_s is not None):
                 cmd = hook.command()
             with open(run.log, "wb") as out:
                 run.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
@@ -739,12 +773,15 @@ class JobController:
         want = int(((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu") or 0)
         selector = pod_spec.get("nodeSelector") or {}
         used: dict[str, int] = {}
+        pods: dict[str, int] = {}
         for st in list(self.jobs.values()):
             for other in list(st.running.values()):
                 if other.node is not None:
                     used[other.node] = used.get(other.node, 0) + other.gpus
+                    pods[other.node] = pods.get(other.node, 0) + 1
         short = mismatch = 0
         tainted = 0
+        fits = []
         for node in self.nodes:
             if node.name in self.lost_nodes:  # NotReady, unreachable NoExecute taint (TaintToleration filter)
                 tainted += 1
@@ -753,13 +790,19 @@ class JobController:
             elif node.gpus - used.get(node.name, 0) < want:
                 short += 1
             else:
-                run.node, run.gpus = node.name, want
-                with contextlib.suppress(Exception):  # the binding (pods/binding sets spec.nodeName)
-                    self.core.patch_namespaced_pod(run.name, self.namespace, {"spec": {"nodeName": node.name}},
-                                                   _content_type="application/merge-patch+json")
-                self._patch_pod_status(run.name, {"conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
-                return True
+                fits.append(node)
+        # Scoring: the least allocated node that fits (kube-scheduler's default NodeResourcesFit scoring strategy,
+        # LeastAllocated: pkg/scheduler/framework/plugins/noderesources/least_allocated.go; every pod here
+        # requests CPU and memory, so fewer pods is more room), ties in node order.
+        if fits:
+            node = min(fits, key=lambda n: pods.get(n.name, 0))
+            run.node, run.gpus = node.name, want
+            with contextlib.suppress(Exception):  # the binding (pods/binding sets spec.nodeName)
+                self.core.patch_namespaced_pod(run.name, self.namespace, {"spec": {"nodeName": node.name}},
+                                               _content_type="application/merge-patch+json")
+            self._patch_pod_status(run.name, {"conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_iso()}]})
+            return True
         n = len(self.nodes)
         why = [f"{short} Insufficient nvidia.com/gpu"] if short else []
         why += [f"{tainted} node(s) had untolerated taint {{node.kubernetes.io/unreachable: }}"] if tainted else []
@@ -891,12 +934,33 @@ class JobController:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.proc.pid, sig)
 
+    def _graceful_stop(self, run: PodRun) -> None:
+        """The kubelet's graceful termination of a deleted pod, started: SIGTERM now, SIGKILL once the pod's
+        grace period is over (:meth:`_enforce_grace`, checked every sync). Upstream: pkg/kubelet/kuberuntime/
+        kuberuntime_container.go, killContainer: the grace period is the pod's
+        ``terminationGracePeriodSeconds`` (or the deletion's ``gracePeriodSeconds``), at least
+        minimumGracePeriodInSeconds (2 s), then the runtime's StopContainer(timeout) sends the stop signal and
+        SIGKILL when the timeout expires. Not blocking: other pods go on meanwhile."""
+        if run.proc is None or run.proc.poll() is not None or run.term_at is not None:
+            return
+        run.term_at = time.monotonic()
+        self._signal(run, signal.SIGTERM)
+
+    def _enforce_grace(self, run: PodRun) -> None:
+        if run.term_at is not None and run.proc is not None and run.proc.poll() is None and \
+                time.monotonic() >= run.term_at + run.grace_s:
+            run.killed = True
+            self._signal(run, signal.SIGKILL)
+
     def _kill(self, run: PodRun) -> None:
+        """A pod deleted by the Job controller (suspend, the Job's end or deletion) or the test's end: SIGTERM,
+        SIGKILL after the pod's grace period (:meth:`_graceful_stop`'s rule, waited for here)."""
         if run.proc is not None and run.proc.poll() is None:
-            self._signal(run, signal.SIGTERM)
+            self._graceful_stop(run)
             try:
-                run.proc.wait(5)
+                run.proc.wait(max(0.0, run.term_at + run.grace_s - time.monotonic()) if run.term_at else 0)
             except subprocess.TimeoutExpired:
+                run.killed = True
                 self._signal(run, signal.SIGKILL)
                 run.proc.wait(10)
 

@@ -116,8 +116,11 @@ def test_a_part_drained_and_preempted_past_the_old_bound_completes(cluster, oper
     cluster.create_ij(body)
     done = cluster.wait_phase("spot", "Succeeded", timeout=300)
     assert cond_true(done, "Complete")
-    runs = [(r.attempt, r.exit_code, r.action) for r in controller.results if r.job == "spot-predict"]
-    assert runs == [(0, 137, "Ignore"), (1, 137, "Ignore"), (2, 137, "Ignore"), (3, 0, "Succeeded")], runs
+    # each disrupted pod got SIGTERM and its grace (the emulated kubelet): 80 once predict's handler is installed,
+    # 143 when the signal came while Python was still importing; never SIGKILL (137) within its grace
+    runs = [(r.attempt, 80 if r.exit_code == 143 else r.exit_code, r.action) for r in controller.results
+            if r.job == "spot-predict"]
+    assert runs == [(0, 80, "Ignore"), (1, 80, "Ignore"), (2, 80, "Ignore"), (3, 0, "Succeeded")], runs
     pods = sorted(cluster.pods("spot-predict"), key=lambda p: int(p["metadata"]["annotations"].get(IGNORED, "0")))
     reasons = [next((c["reason"] for c in p["status"].get("conditions") or [] if c["type"] == "DisruptionTarget"),
                     None) for p in pods]

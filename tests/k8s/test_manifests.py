@@ -276,7 +276,9 @@ def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
                            predict={"resources": {"requests": {"memory": "8Gi"}}}))  # may exceed: bounded
     ignore = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     finalize = manifests.finalize_job("ij", "ns", "u", s)  # NonIndexed: no per-index disruption count
-    assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore] and _validated(finalize) == []
+    outage = {"action": "Ignore", "onExitCodes": {"containerName": "finalize", "operator": "In", "values": [74]}}
+    # exit 74 costs no retry: the operator's outage budget bounds it (tests/k8s/test_outage_budget.py)
+    assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore, outage] and _validated(finalize) == []
     predict = manifests.predict_job("ij", "ns", "u", s)  # the disruption bound's exit code stays
     stopped = {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [80]}}
     assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, stopped, {"action": "FailIndex", "onExitCodes": {

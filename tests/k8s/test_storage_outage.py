@@ -33,7 +33,7 @@ def _pass(b, jobs, waits):
     (None, None, True, None),  # no sample, nothing known: no condition
     (None, [("ij-predict-0-x", LINE)], True, "True"),  # a sampled pod's log ends waiting for storage
     ("True", None, True, "True"),  # no sample this pass: kept
-    ("True", [], True, "False"),  # sampled, nobody waits: resolved
+    ("True", [], True, "True"),  # sampled, nobody waits, nobody seen working (pods starting): kept (the outage clock)
     ("True", None, False, "False"),  # no Job runs any more: resolved
 ])
 def test_storage_unreachable_condition(before, waits, running, after):
@@ -60,15 +60,19 @@ LOOSE = {"resources": {"requests": {"memory": "8Gi"}}}
 
 
 def test_exit_74_is_ignored_only_where_the_disruption_count_bounds_it():
+    """Without the operator's outage budget (its log samples off: OperatorDefaults.outage_budget False) 74 is
+    Ignore'd only where the per-index count bounds it; with the budget (the default) everywhere:
+    tests/k8s/test_outage_budget.py."""
+    off = manifests.OperatorDefaults(outage_budget=False)
     s = specmod.parse(dict(body()["spec"], predict=LOOSE))
-    rules = manifests.predict_job("ij", "ns", "u", s)["spec"]["podFailurePolicy"]["rules"]
+    rules = manifests.predict_job("ij", "ns", "u", s, off)["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [74]}} in rules
-    own = manifests.predict_job("ij", "ns", "u", specmod.parse(body()["spec"]))["spec"]["podFailurePolicy"]["rules"]
+    own = manifests.predict_job("ij", "ns", "u", specmod.parse(body()["spec"]), off)["spec"]["podFailurePolicy"]["rules"]
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in own)  # nothing would bound it
     unbounded = specmod.parse(dict(body()["spec"], predict=LOOSE, retry={"maxDisruptionsPerPart": None}))
-    rules = manifests.predict_job("ij", "ns", "u", unbounded)["spec"]["podFailurePolicy"]["rules"]
+    rules = manifests.predict_job("ij", "ns", "u", unbounded, off)["spec"]["podFailurePolicy"]["rules"]
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in rules)  # would loop for ever
-    finalize = manifests.finalize_job("ij", "ns", "u", s)["spec"]["podFailurePolicy"]["rules"]  # NonIndexed
+    finalize = manifests.finalize_job("ij", "ns", "u", s, off)["spec"]["podFailurePolicy"]["rules"]  # NonIndexed
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in finalize)
     args = manifests.predict_job("ij", "ns", "u", specmod.parse(dict(body()["spec"], storage={"waitSeconds": 90})))
     argv = args["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -21,3 +21,15 @@ def waiting_line(text: str) -> str | None:
         if line.startswith(RECOVERED) or line.startswith("progress ") or line.startswith("error:"):
             return None
     return None
+
+
+def storage_answers(text: str) -> bool:
+    """Whether a log tail shows the store working now: its last word on storage is a progress line or the
+    'reachable again' line (not a wait, not an error). For the operator's outage clock (k8s/decide.py): a pod
+    that prints nothing yet (starting, loading) says nothing either way."""
+    for line in reversed([ln.strip() for ln in text.splitlines() if ln.strip()]):
+        if line.startswith(RECOVERED) or line.startswith("progress "):
+            return True
+        if (line.startswith(PREFIX) and _WAITING.match(line)) or line.startswith("error:"):
+            return False
+    return False

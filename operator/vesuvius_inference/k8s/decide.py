@@ -30,6 +30,7 @@ from vesuvius_inference.k8s.status import (
     missing_parts,
     next_stage,
     owner_uids,
+    parse_time,
     part_sets,
     ranges_brief,
 )
@@ -70,6 +71,7 @@ class Observed:
     intensity: Reported | None = None  # a predict pod's word on the input's intensities (None: none this pass)
     kueue_missing: bool = False  # Jobs carry a queue label but the cluster serves no Kueue Workload API
     storage_waits: list[tuple[str, str]] | None = None  # (pod, line) waiting for storage; None: no sample
+    storage_answered: bool = False  # this pass's sample saw a pod working with the store (a progress line)
     stall_grace_s: float = 300.0
     policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
     secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
@@ -224,6 +226,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     _sync_parallelism(ctx, plan, extra)
     extra += _stall_conditions(ctx)
     extra.append(_storage_condition(ctx))
+    _give_up(ctx, plan, extra)
     conflict_text = (f"{', '.join(outcomes.conflicts)} exists but belongs to another owner (a deleted InferenceJob "
                      "of the same name whose Jobs are not garbage-collected yet?); waiting for it to go"
                      ) if outcomes.conflicts else ""
@@ -236,6 +239,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
         status.update(reason=policy.REASON, message=policy_text)  # nothing runs: the policy is why
     status = _with_progress(ctx, status)
     status["reason"] = _waiting_reason(status, extra)
+    status = _failed_by_outage(ctx, status, extra)
     kueue_deleted = deleted_by_kueue(ctx)
     if kueue_deleted is not None and not any(not job_finished(j) for j, _ in ctx.children.retries):
         status = _failed_by_kueue(ctx, status, kueue_deleted)
@@ -371,28 +375,92 @@ def _waiting_reason(status: Mapping[str, Any], extra: Sequence[Extra]) -> str:
     return next((kind for kind in WAITING if kind in on), str(status.get("reason") or ""))
 
 
+STORAGE = "StorageUnreachable"
+GAVE_UP = "OutageTooLong"
+GIVE_UP_DEADLINE = 1  # activeDeadlineSeconds the operator sets to stop a Job it gave up on
+
+
 def _storage_condition(ctx: _Ctx) -> Extra:
     """``StorageUnreachable`` while sampled pods wait for storage (their log ends in storagewait.py's line): the
-    run is not stuck and not failing, it waits. Kept between samples; over when a sample shows no pod waiting
-    or no Job runs."""
-    kind = "StorageUnreachable"
-    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == kind), {})
+    run is not stuck and not failing, it waits; and the run's outage budget.
+
+    The condition is the outage's clock: True from the first sample with a pod waiting (its lastTransitionTime
+    is when the outage was first seen) until a sample shows a pod working with the store again (a progress line
+    or the 'reachable again' line: storagelines.storage_answers), or no Job runs. A sample where nobody waits but
+    nobody works either (pods starting after an exit 74, loading the model) changes nothing: an outage long
+    enough to cycle pods is one outage, not many short ones (nor do the gaps of the index's backoff reset it).
+    Pods that give up exit 74, which the Job's podFailurePolicy ignores (manifests._failure_rules: no retry
+    spent, the pod re-created after the index's backoff), so the Job controller alone would retry a permanent
+    outage for ever; the bound is here: once the outage has lasted
+    ``storage.maxOutageSeconds``, the condition's reason becomes OutageTooLong and the operator stops the run's
+    Jobs (:func:`_give_up`), and the run fails with that reason. A Job created later (spec.retryFailedParts)
+    starts a fresh clock."""
+    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == STORAGE), {})
+    unfinished = _unfinished(ctx)
+    fresh = [j for j in unfinished if j["spec"].get("activeDeadlineSeconds") != GIVE_UP_DEADLINE]
+    if old.get("status") == "True" and old.get("reason") == GAVE_UP:
+        if not fresh:
+            return (STORAGE, True, GAVE_UP, old.get("message", ""))
+        old = {}  # a retry after the give-up: a new clock
+    if not unfinished:
+        return (STORAGE, False, "", "")
     waits = ctx.obs.storage_waits
-    if not _unfinished(ctx):
-        return (kind, False, "", "")
-    if waits is None:
-        on = old.get("status") == "True"
-        return (kind, on, old.get("reason", "") if on else "", old.get("message", "") if on else "")
-    if not waits:
-        return (kind, False, "", "")
-    pod, line = waits[0]
-    more = f" (and {len(waits) - 1} more of the sampled pods)" if len(waits) > 1 else ""
-    wait_s = ctx.spec["storage"]["waitSeconds"]  # the setting's default applied by spec.parse
-    return (kind, True, "WaitingForStorage", bounded(
-        f"pod {pod}{more} waits for storage: {line}. Pods retry for up to storage.waitSeconds={wait_s:g}s, then "
-        "exit 74, which costs the part none of its retries where its disruptions are bounded "
-        "(retry.maxDisruptionsPerPart; else it counts as one of retry.perPartLimit); check the object store "
-        "(endpoint, health, throttling)"))
+    on_before = old.get("status") == "True"
+    if waits:
+        pod, line = waits[0]
+        more = f" (and {len(waits) - 1} more of the sampled pods)" if len(waits) > 1 else ""
+        wait_s = (ctx.spec.get("storage") or {}).get("waitSeconds", 300)
+        budget = (ctx.spec.get("storage") or {}).get("maxOutageSeconds", 3600)
+        message = bounded(
+            f"pod {pod}{more} waits for storage: {line}. Pods retry for up to storage.waitSeconds={wait_s:g}s, then "
+            "exit 74, which costs the part none of its retries (the pod is re-created); the run gives up once the "
+            f"outage has lasted storage.maxOutageSeconds={budget:g}s; check the object store (endpoint, health, "
+            "throttling)")
+    elif waits is not None and ctx.obs.storage_answered:
+        return (STORAGE, False, "", "")
+    elif on_before:
+        message = old.get("message", "")
+    else:
+        return (STORAGE, False, "", "")
+    since = parse_time(old.get("lastTransitionTime")) if on_before else None
+    since = ctx.obs.now_s if since is None else since
+    budget = float((ctx.spec.get("storage") or {}).get("maxOutageSeconds", 3600))
+    lasted = ctx.obs.now_s - since
+    if lasted >= budget:
+        return (STORAGE, True, GAVE_UP, bounded(
+            f"storage has been unreachable for {_duration(lasted)} (since {iso(since)}), storage.maxOutageSeconds="
+            f"{budget:g}: gave up, the run's Jobs are stopped and completed work is kept; once the store answers "
+            f"again, bump spec.retryFailedParts to run the parts not done. Last seen: {message}"))
+    return (STORAGE, True, "WaitingForStorage", message)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _give_up(ctx: _Ctx, plan: Plan, extra: Sequence[Extra]) -> None:
+    """Stop every unfinished Job of a run whose outage outlasted its budget: ``activeDeadlineSeconds`` is
+    mutable, and a Job active longer than it fails with reason DeadlineExceeded, its pods deleted (kubernetes
+    pkg/controller/job/job_controller.go, syncJob: pastActiveDeadline), which Kueue also respects; the indexes
+    done stay done (completedIndexes), the rest are what spec.retryFailedParts re-runs."""
+    if not any(kind == STORAGE and on and why == GAVE_UP for kind, on, why, _ in extra):
+        return
+    for job in _unfinished(ctx):
+        if job["spec"].get("activeDeadlineSeconds") != GIVE_UP_DEADLINE:
+            plan.job_patches.append((job["metadata"]["name"], {"spec": {"activeDeadlineSeconds": GIVE_UP_DEADLINE}}))
+
+
+def _failed_by_outage(ctx: _Ctx, status: dict[str, Any], extra: Sequence[Extra]) -> dict[str, Any]:
+    """A run that failed because the operator gave up on an outage says so, not DeadlineExceeded."""
+    text = next((t for kind, on, why, t in extra if kind == STORAGE and on and why == GAVE_UP), None)
+    if text is None or status["phase"] != "Failed" or status.get("reason") == STORAGE:
+        return status
+    status.update(reason=STORAGE, message=text)
+    for c in status.get("conditions") or []:
+        if c.get("type") == "Failed":
+            c.update(reason=STORAGE, message=text)
+    return status
 
 
 def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:

@@ -86,6 +86,10 @@ class OperatorDefaults:
     queue_name: str | None = None  # predict (GPU) Jobs
     cpu_queue_name: str | None = None  # blend, finalize and check Jobs: never the GPU queue by inheritance
     service_account: str | None = None  # the pods' ServiceAccount when a spec names none (None: the namespace's default)
+    # The operator bounds storage outages (decide.py, storage.maxOutageSeconds), so exit 74 costs no retry: it
+    # sees outages in the pods' log tails, the progress samples (off with VESUVIUS_PROGRESS_SECONDS=0: then 74
+    # counts as one of the part's retries, the only bound left).
+    outage_budget: bool = True
 
 
 def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
@@ -102,6 +106,7 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
             queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
             cpu_queue_name=e.get("VESUVIUS_CPU_QUEUE_NAME") or None,
             service_account=e.get("VESUVIUS_WORKER_SERVICE_ACCOUNT") or None,
+            outage_budget=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60") or 0) > 0,
         )
     except json.JSONDecodeError as err:
         raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
@@ -239,7 +244,8 @@ def container_resources(spec: JobSpec, stage: str) -> dict[str, dict[str, str]]:
     return fill_in({"requests": requests, "limits": limits}, spec, stage)
 
 
-def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> list[dict[str, Any]]:
+def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool, outage_budget: bool = True
+                   ) -> list[dict[str, Any]]:
     """Disruptions cost no retry; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
     Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required").
 
@@ -258,14 +264,21 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
     the pod got no DisruptionTarget condition (a drain's eviction of a pod, a deleted pod).
 
     A storage outage is the cluster's trouble too, not the part's: the worker waited ``storage.waitSeconds``
-    for the store before it exited EXIT_STORAGE (storagewait.py), so where the per-index count of ignored
-    failures is bounded (the pods above, told their count: past ``maxDisruptionsPerPart`` they exit 79)
-    a further Ignore rule keeps a long outage from spending the part's ``backoffLimitPerIndex`` (an
-    Ignore'd failure is neither counted in ``failed`` nor backed off, pkg/controller/job/job_controller.go;
-    each outage pod adds one to the index's ignored count, indexed_job_utils.go getNewIndexFailureCounts),
-    so a part tolerates about ``(maxDisruptionsPerPart + 1) x waitSeconds`` of outage. Where nothing bounds
-    that count (the operator's own resources: disruptions are free and uncounted) an Ignore would loop for
-    ever on a permanent outage, so 74 counts as one of the part's retries there, after the worker's wait."""
+    for the store before it exited EXIT_STORAGE (storagewait.py), so an Ignore rule keeps an outage from
+    spending the part's ``backoffLimitPerIndex`` (or a NonIndexed Job's ``backoffLimit``): matchPodFailurePolicy
+    returns countFailed false for an Ignore rule (pkg/controller/job/pod_failure_policy.go), so the failure is
+    not counted in ``failed`` nor against the index's limit, only in the index's ignored count (indexed_job_utils.go
+    getNewIndexFailureCounts), and the pod is re-created. Its re-creation is still delayed: an index's backoff
+    grows with failures and ignored failures alike (backoff_utils.go getRemainingTimePerIndex:
+    getIndexAbsoluteFailureCount, 10 s doubling up to 6 min), which only spaces the pods of a long outage out.
+    The Job controller
+    itself would then retry a permanent outage for ever; the bound is the operator's outage budget instead
+    (decide.py, ``storage.maxOutageSeconds``: the run fails with reason StorageUnreachable once the store has
+    been unreachable that long, however many pods waited meanwhile), which needs the operator's log samples
+    (``outage_budget``). Without them, 74 is Ignore'd only where the per-index count of ignored failures is
+    bounded (the pods told their count exit 79 past ``maxDisruptionsPerPart``: about
+    ``(maxDisruptionsPerPart + 1) x waitSeconds`` of outage) and otherwise counts as one of the part's retries,
+    after the worker's wait."""
     rules: list[dict[str, Any]] = [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]
     if stage == "predict":
@@ -277,7 +290,7 @@ def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool) -> lis
         codes = sorted(set(codes) | {EXIT_DISRUPTION_LIMIT})
     if codes:
         rules.append({"action": action, "onExitCodes": {"containerName": stage, "operator": "In", "values": codes}})
-    if bounded and EXIT_STORAGE not in codes:
+    if (bounded or outage_budget) and EXIT_STORAGE not in codes:
         rules.append({"action": "Ignore", "onExitCodes": {"containerName": stage, "operator": "In",
                                                           "values": [EXIT_STORAGE]}})
     return rules
@@ -396,11 +409,12 @@ def job_metadata(spec: JobSpec, stage: str, parallelism: int) -> tuple[dict[str,
     return labels, annotations
 
 
-def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool) -> dict[str, Any]:
+def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outage_budget: bool = True
+                ) -> dict[str, Any]:
     retry = spec["retry"]
     if not indexed:
         limit = 2 if stage == "check" else int(retry["perPartLimit"])
-        rules = _failure_rules(spec, stage, "FailJob", False)
+        rules = _failure_rules(spec, stage, "FailJob", False, outage_budget)
         if stage == "check":  # "incomplete" is an answer, not a failure worth a retry
             rules = [rules[0], {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
                                                                      "values": [EXIT_INCOMPLETE]}}]
@@ -408,7 +422,8 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool) -> d
                 "podFailurePolicy": {"rules": rules}}
     out: dict[str, Any] = {"completionMode": "Indexed", "backoffLimitPerIndex": int(retry["perPartLimit"]),
                            "podReplacementPolicy": "Failed",
-                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex", True)}}
+                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex", True,
+                                                                        outage_budget)}}
     # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
     # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
     if stage == "predict" and retry.get("maxFailedParts") is not None:
@@ -435,7 +450,7 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
         template["metadata"]["annotations"] = pod_notes
     job_spec: dict[str, Any] = {"completions": completions, "parallelism": parallelism,
                                 "suspend": bool(spec["suspend"]), "template": template,
-                                **_completion(spec, stage, completions, indexed)}
+                                **_completion(spec, stage, completions, indexed, defaults.outage_budget)}
     if spec.get("activeDeadlineSeconds") and stage != "check":
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
     if stage == "check":  # long enough for its verdict to be read, short enough not to block the next check

@@ -24,7 +24,7 @@ from typing import Any
 from vesuvius_inference.contract.intensity import Reported
 from vesuvius_inference.contract.progress import ProgressLine, last_progress
 from vesuvius_inference.contract.ranges import count_ranges
-from vesuvius_inference.contract.storagelines import waiting_line
+from vesuvius_inference.contract.storagelines import storage_answers, waiting_line
 from vesuvius_inference.k8s import inputcheck, kueue, manifests, progressview, stalls
 from vesuvius_inference.k8s.clients import Clients
 from vesuvius_inference.k8s.decide import Diagnosis, Observed, iso
@@ -63,6 +63,7 @@ class _Samples:
     tokens: dict[str, str] = field(default_factory=dict)  # Job uid -> continue token of its running pods
     lines: dict[str, tuple[ProgressLine, float]] = field(default_factory=dict)  # pod -> last line, when read
     waits: dict[str, tuple[str, float]] = field(default_factory=dict)  # pod -> its storage-wait line, when read
+    answered: float = -1.0  # when a sampled pod's log last showed the store working (storagelines.storage_answers)
     sampled_at: float = -1.0
 
 
@@ -108,6 +109,8 @@ class Observer:
         obs.progress = self._progress(namespace, name, body, children, now)
         obs.intensity = self._intensity(namespace, name, body, children, now)
         obs.storage_waits = self._storage_waits(namespace, name, now)
+        state = self._samples.get((namespace, name))
+        obs.storage_answered = state is not None and state.sampled_at == now and state.answered == now
         return obs
 
     def _storage_waits(self, namespace: str, name: str, now: float) -> list[tuple[str, str]] | None:
@@ -327,6 +330,8 @@ class Observer:
             if line is not None:
                 state.lines[pod_name] = (line, now)
             waiting = waiting_line(text)
+            if storage_answers(text):
+                state.answered = now
             if waiting is not None:
                 state.waits[pod_name] = (waiting, now)
             else:

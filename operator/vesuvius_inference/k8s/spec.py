@@ -20,7 +20,7 @@ from vesuvius_inference.k8s.crdschema import defaults as setting_defaults
 # objects the API server defaults to {} so that their fields' defaults apply.
 OWN_DEFAULTS: dict[str, Any] = {
     "suspend": False, "keepIntermediates": False, "retryFailedParts": 0,
-    "inference": {}, "input": {}, "blend": {}, "finalize": {}, "predict": {}, "storage": {},
+    "inference": {}, "input": {}, "blend": {}, "finalize": {}, "predict": {}, "storage": {"maxOutageSeconds": 3600},
     "retry": {"perPartLimit": 2, "nonRetryableExitCodes": [2, 3]},
 }
 
