@@ -161,12 +161,11 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
     if stage == "predict" and not progress:
         total = int(parts.get("total") or 0)
         progress = {"done": int(parts.get("succeeded") or 0), "total": total} if total else {}
-    if phase == "Finalizing" and stage == "blend":  # blend done, finalize about to start
-        here, progress = STAGES.index("finalize"), {}
+    stages = status.get("stages") or {}
+    while here + 1 < len(STAGES) and (stages.get(STAGES[here]) or {}).get("state") == "Complete":
+        here, progress = here + 1, {}  # e.g. all parts predicted, the blend Job about to start
     fractions = [1.0 if i < here else (_fraction(progress) if i == here and progress else 0.0)
                  for i in range(len(STAGES))]
-
-    stages = status.get("stages") or {}
     ends = [_epoch((stages.get(s) or {}).get("completionTime")) if i < here else None
             for i, s in enumerate(STAGES)]
     begins = [_epoch(status.get("startTime")), ends[0], ends[1]]
