@@ -85,6 +85,13 @@ CASES = [
     ("suspended", status("Suspended", "predict", progress=("predict", 500, 1000, 600, 600.0)), GPU4,
      (pct(600 / (1200 * (1 + KB + KF))), "-")),
     ("failed", status("Failed", "predict", parts=(3, 4)), GPU4, (pct(0.75 / (1 + KB + KF)), "-")),
+    # Kueue evicted the pods (or they wait for storage, or were never created): no rate now, no ETA
+    ("evicted", dict(status("Predicting", "predict", progress=("predict", 500, 1000, 600, 600.0)), reason="Evicted"),
+     GPU4, (pct(600 / (1200 * (1 + KB + KF))), "-")),
+    # one pod stuck Terminating holds one part: the others run on at their rate
+    ("one pod stuck", dict(status("Predicting", "predict", progress=("predict", 500, 1000, 600, 600.0)),
+                           reason="PodsStuckTerminating"), GPU4,
+     (pct(600 / (1200 * (1 + KB + KF))), format_duration(600 + 1200 * (KB + KF)))),
 ]
 
 
@@ -143,3 +150,9 @@ def test_kubectl_get_shows_the_whole_run(cluster, operator, stub_controller):
     ctl.release()
     done = cluster.wait_phase("whole", "Succeeded", timeout=60)
     assert done["status"]["run"] == {"percent": "100.0%", "eta": "0s"}
+
+
+def test_what_holds_the_run_is_a_reason_kubectl_shows():
+    from vesuvius_inference.k8s import decide, progressview
+
+    assert progressview.HELD <= set(decide.WAITING) and "PodsStuckTerminating" not in progressview.HELD

@@ -187,6 +187,7 @@ def test_a_preemption(cluster, operator, stub_controller):
         cluster.wait("admitted again, pods running", lambda: (o := cluster.ij("scroll1")) and
                      cond(o, "Evicted") and cond(o, "Evicted")["status"] == "False" and
                      len([k for k in ctl.running() if k[0] == "scroll1-predict"]) == 2, timeout=60)
+        t.run("get", "ij")
         pod = next(p["metadata"]["name"] for p in cluster.pods("scroll1-predict")
                    if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running")
         t.run("logs", pod)

@@ -106,6 +106,13 @@ class RunShape:
 PRIOR = {"cuda": {"blend": 0.01, "finalize": 0.1}, "cpu": {"blend": 0.001, "finalize": 0.01}}
 
 
+# Reasons (decide.WAITING, shown in kubectl get's REASON) that hold the whole run: its pods wait, were evicted or
+# were never created, so there is no current rate and no ETA (DONE stays what was done). A pod stuck
+# Terminating holds one part only: the others' rate still counts.
+HELD = frozenset({"KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnschedulable", "StorageUnreachable",
+                  "PodsStuck", "Evicted", "Queued"})
+
+
 def _epoch(value: Any) -> float | None:
     import datetime as dt
 
@@ -142,7 +149,8 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
     DONE = sum(fraction done x duration) / sum(duration), a stage's fraction from its progress (predict:
     patches, or parts before any pod reported; a finished stage 1); ETA = the running stage's ETA + the
     later stages' durations. Until predict has a rate there is no duration at all: DONE uses the priors'
-    proportions and ETA is ``-``. Every input is in the status (times of samples and stage ends, never the
+    proportions and ETA is ``-``; so is it while something holds the run (:data:`HELD`: evicted, queued,
+    waiting for storage...) or it is suspended or failed. Every input is in the status (times of samples and stage ends, never the
     clock), so the view changes only when the status does and costs no extra status write.
 
     An estimate, like the stage's own: a stage much slower or faster than the prior moves DONE when it
@@ -191,7 +199,7 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
     whole = sum(durations)
     done = sum(f * d for f, d in zip(fractions, durations))
     percent = 100.0 * done / whole if whole > 0 else 0.0
-    if phase in ("Failed", "Suspended") or scale is None:
+    if phase in ("Failed", "Suspended") or scale is None or status.get("reason") in HELD:
         return {"percent": f"{percent:.1f}%", "eta": "-"}
     if eta_s is not None and measured[here] is not None:
         left = float(eta_s)
