@@ -149,10 +149,23 @@ def test_kubectl_get_shows_the_whole_run(cluster, operator, stub_controller):
     assert float(row[4].rstrip("%")) > 25.0 and row[5] != "-", row
     ctl.release()
     done = cluster.wait_phase("whole", "Succeeded", timeout=60)
-    assert done["status"]["run"] == {"percent": "100.0%", "eta": "0s"}
+    assert (done["status"]["run"]["percent"], done["status"]["run"]["eta"]) == ("100.0%", "0s")
 
 
 def test_what_holds_the_run_is_a_reason_kubectl_shows():
     from vesuvius_inference.k8s import decide, progressview
 
     assert progressview.HELD <= set(decide.WAITING) and "PodsStuckTerminating" not in progressview.HELD
+
+
+def test_metrics_carry_the_whole_run():
+    from vesuvius_inference.k8s.metrics import Registry
+
+    reg = Registry()
+    st = status("Blending", "blend", parts=(4, 4), predict_end=1000, blend_state="Running")
+    st["run"] = run_view(st, GPU4)
+    reg.record("ns", "ij", st)
+    text = reg.render()
+    assert f'vesuvius_inferencejob_run_done_ratio{{namespace="ns",name="ij"}} {round(1 / (1 + KB + KF), 4):g}' \
+        in text, text
+    assert f'vesuvius_inferencejob_run_eta_seconds{{namespace="ns",name="ij"}} {1000 * (KB + KF):g}' in text, text

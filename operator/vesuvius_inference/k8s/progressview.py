@@ -158,9 +158,9 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
     """
     phase, stage = status.get("phase") or "", status.get("stage") or ""
     if phase == "Succeeded":
-        return {"percent": "100.0%", "eta": "0s"}
+        return {"percent": "100.0%", "fraction": 1.0, "eta": "0s", "etaSeconds": 0.0}
     if stage not in STAGES:
-        return {"percent": "0.0%", "eta": "-"}
+        return {"percent": "0.0%", "fraction": 0.0, "eta": "-"}
     progress = status.get("progress") or {}
     if progress.get("stage") != stage:
         progress = {}
@@ -198,12 +198,13 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
         durations.append(m if (m is not None and scale is not None) else guess)
     whole = sum(durations)
     done = sum(f * d for f, d in zip(fractions, durations))
-    percent = 100.0 * done / whole if whole > 0 else 0.0
+    fraction = done / whole if whole > 0 else 0.0
+    view: dict[str, Any] = {"percent": f"{100.0 * fraction:.1f}%", "fraction": round(fraction, 4), "eta": "-"}
     if phase in ("Failed", "Suspended") or scale is None or status.get("reason") in HELD:
-        return {"percent": f"{percent:.1f}%", "eta": "-"}
+        return view
     if eta_s is not None and measured[here] is not None:
         left = float(eta_s)
     else:  # the running stage has no rate yet: the part of its estimate not done
         left = durations[here] * (1.0 - fractions[here])
     left += sum(durations[here + 1:])
-    return {"percent": f"{percent:.1f}%", "eta": format_duration(left), "etaSeconds": round(left, 1)}
+    return dict(view, eta=format_duration(left), etaSeconds=round(left, 1))
