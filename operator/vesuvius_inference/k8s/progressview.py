@@ -190,8 +190,8 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
             measured.append(None)
     prior = PRIOR.get(shape.device, PRIOR["cuda"])
     pods = {"blend": shape.blend_pods, "finalize": shape.finalize_pods}
-    scale = measured[0]
-    durations = [measured[0] if scale is not None else 1.0]
+    scale = measured[0]  # None: no duration known, the priors' proportions only
+    durations: list[float] = [scale if scale is not None else 1.0]
     for s in STAGES[1:]:
         m = measured[STAGES.index(s)]
         guess = prior[s] * durations[0] * max(1, shape.predict_pods) / max(1, pods[s])
