@@ -100,10 +100,11 @@ class RunShape:
 # reads every output chunk once and writes the pyramid (1/7 of it again, compressed): about a zarr copy's
 # work per voxel. Predict's host work alone (quantised accumulation, division, compression, without the
 # network) is 2.1-2.4 copies (README Benchmarks, bench_hostpath: 0.41-0.48), and on a GPU the network's
-# forward passes come on top: a tenth. On the CPU predict runs ~0.55 Mvox/s (bench_engine), about 40x slower
-# than a copy: a hundredth. Blend with the fused data path touches ~0.1% of the bytes (bench_scaleout) and
-# costs its pod's start: a tenth of finalize's share.
-PRIOR = {"cuda": {"blend": 0.01, "finalize": 0.1}, "cpu": {"blend": 0.001, "finalize": 0.01}}
+# forward passes, the input reads and the seams come on top: a tenth. On the CPU predict runs ~0.55 Mvox/s
+# (bench_engine), about 40x slower than a copy: 0.025. Blend with the fused data path touches ~0.1% of the
+# bytes (bench_scaleout) and costs its pod's start: a tenth of finalize's share. Per pod: one finalize pod
+# after 64 predict GPUs takes 6.4x predict's wall time, which is what a user waits for.
+PRIOR = {"cuda": {"blend": 0.01, "finalize": 0.1}, "cpu": {"blend": 0.0025, "finalize": 0.025}}
 
 
 # Reasons (decide.WAITING, shown in kubectl get's REASON) that hold the whole run: its pods wait, were evicted or
