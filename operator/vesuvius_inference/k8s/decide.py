@@ -243,6 +243,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     kueue_deleted = deleted_by_kueue(ctx)
     if kueue_deleted is not None and not any(not job_finished(j) for j, _ in ctx.children.retries):
         status = _failed_by_kueue(ctx, status, kueue_deleted)
+    status = _with_run(ctx, status)
     status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
                                                    ctx.obs.intensity, ctx.now, ctx.generation)
     plan.events += _condition_events(ctx, extra) + found + _phase_events(ctx, status)
@@ -474,6 +475,15 @@ def _with_progress(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
         status["progress"] = fresh
     elif phase not in ("Failed", "Suspended") and (status.get("progress") or {}).get("stage") != stage:
         status.pop("progress", None)
+    return status
+
+
+def _with_run(ctx: _Ctx, status: dict[str, Any]) -> dict[str, Any]:
+    """``status.run``: DONE and ETA over the whole run (progressview.run_view), what ``kubectl get ij`` shows."""
+    spec = ctx.spec
+    status["run"] = progressview.run_view(status, progressview.RunShape(
+        predict_pods=min(spec.parallelism, spec.parts), blend_pods=int(spec["blend"]["parallelism"]),
+        finalize_pods=int(spec["finalize"]["parallelism"]), device=spec.device))
     return status
 
 

@@ -237,15 +237,65 @@ async def _resync_loop(interval: float) -> None:
             rt.passes.request(namespace, name)
 
 
+# ---- kopf's diff base: digests, not the spec ---------------------------------------------------
+
+LEGACY_DIFFBASE = "last-handled-configuration"  # kopf's StatusDiffBaseStorage key, written by earlier versions
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+class DigestDiffBaseStorage(kopf.StatusDiffBaseStorage):
+    """kopf's last-handled configuration as one digest per part of the object's essence (``spec=<16 hex>;
+    metadata=<16 hex>`` in ``status.kopf.handled``), not the whole spec as JSON.
+
+    kopf keeps the essence it last handled to tell a creation, a resume and an update apart and to diff the
+    object (kopf/_cogs/configs/diffbase.py; kopf/_core/reactor/causes.py). Stored as JSON, in an annotation
+    it made every ``kubectl describe ij`` open with a screen of it, and in the status it still filled a
+    screen in the middle of it. The operator's only update handler asks for a pass when the spec changed and
+    reads neither ``old`` nor ``diff``, so a digest per top-level part is enough: :meth:`fetch` returns the
+    current essence where a part's digest matches, and a placeholder that differs from it where it does not,
+    so kopf sees exactly which parts changed (a label the operator sets is no spec change). The JSON that
+    earlier versions stored is read once and removed by the next store."""
+
+    def __init__(self) -> None:
+        super().__init__(name=act.KOPF_STATUS, field="status.{name}.handled")
+
+    def fetch(self, *, body: kopf.Body) -> Any:
+        import json
+
+        mine = (body.get("status") or {}).get(act.KOPF_STATUS) or {}
+        stored = mine.get("handled")
+        if stored is None:
+            legacy = mine.get(LEGACY_DIFFBASE)
+            return json.loads(legacy) if legacy else None
+        digests = dict(item.split("=", 1) for item in str(stored).split(";") if "=" in item)
+        current = dict(self.build(body=body))
+        old = {key: value for key, value in current.items() if digests.get(key) == _digest(value)}
+        old.update({key: {"vesuvius.dev/digest": d} for key, d in digests.items() if key not in old})
+        return old
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        text = ";".join(f"{key}={_digest(value)}" for key, value in sorted(dict(essence).items()))
+        kopf_status = patch.setdefault("status", {}).setdefault(act.KOPF_STATUS, {})
+        kopf_status["handled"] = text
+        if LEGACY_DIFFBASE in ((body.get("status") or {}).get(act.KOPF_STATUS) or {}):
+            kopf_status[LEGACY_DIFFBASE] = None  # merge patch: removed
+
+
 # ---- kopf registration -------------------------------------------------------------------------
 
 @kopf.on.startup()
 def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="vesuvius.dev")
-    # kopf's last-handled-configuration (the spec as last handled, JSON) in status.kopf, not in an annotation:
-    # kubectl describe prints annotations first, so an annotation made every describe open with a screen of
-    # JSON (kopf docs, "Persistence": StatusDiffBaseStorage). act.write_status leaves status.kopf alone.
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(name="kopf")
+    # kopf's last-handled configuration as digests in status.kopf.handled, not the spec as JSON in an
+    # annotation (kubectl describe opened with a screen of it) nor in the status (a screen in its middle):
+    # DigestDiffBaseStorage (kopf docs, "Persistence"). act.write_status leaves status.kopf alone.
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage()
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     # only the operator's Jobs, selected by the API server (not every Job of the namespace, filtered here)

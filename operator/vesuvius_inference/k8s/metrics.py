@@ -2,7 +2,7 @@
 
 What the operator wrote last into each InferenceJob's status, kept per object (O(InferenceJobs)):
 InferenceJobs by phase, parts done and total, the current stage's work done and total and its rate
-(status.progress), and the operator's own work: passes and API requests, the counts
+(status.progress), the whole run's fraction done and time left (status.run), and the operator's own work: passes and API requests, the counts
 bench_operator.py reads. Served on ``--metrics-port`` (the chart's optional Service and ServiceMonitor
 scrape it), to the cluster's monitoring only (metricsauth.py: TokenReview + SubjectAccessReview).
 
@@ -146,7 +146,8 @@ class Registry:
                 "parts_total": int(parts.get("total") or 0), "stage": progress.get("stage") or "",
                 "unit": progress.get("unit") or "", "work_done": int(progress.get("done") or 0),
                 "work_total": int(progress.get("total") or 0), "rate": float(progress.get("ratePerSecond") or 0.0),
-                "seen": now, "finished": finished}
+                "run_done": (status.get("run") or {}).get("fraction"),
+                "run_eta": (status.get("run") or {}).get("etaSeconds"), "seen": now, "finished": finished}
 
     def expire(self) -> None:
         """Drop the series of long-finished InferenceJobs and of ones no pass refreshed (deleted unseen)."""
@@ -183,6 +184,14 @@ class Registry:
             out += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge"]
             out += [f"{metric}{_labels(namespace=ns, name=n, stage=j['stage'], unit=j['unit'])} {j[key]}"
                     for (ns, n), j in sorted(jobs.items()) if j["stage"]]
+        out += ["# HELP vesuvius_inferencejob_run_done_ratio The whole run's work done, 0 to 1 (predict, blend and "
+                "finalize weighed by their wall time: status.run).", "# TYPE vesuvius_inferencejob_run_done_ratio gauge"]
+        out += [f"vesuvius_inferencejob_run_done_ratio{_labels(namespace=ns, name=n)} {float(j['run_done']):g}"
+                for (ns, n), j in sorted(jobs.items()) if j["run_done"] is not None]
+        out += ["# HELP vesuvius_inferencejob_run_eta_seconds Time left for the whole run, where known.",
+                "# TYPE vesuvius_inferencejob_run_eta_seconds gauge"]
+        out += [f"vesuvius_inferencejob_run_eta_seconds{_labels(namespace=ns, name=n)} {float(j['run_eta']):g}"
+                for (ns, n), j in sorted(jobs.items()) if j["run_eta"] is not None]
         for metric, value in sorted(self.counters.items()):
             out += [f"# TYPE {metric} counter", f"{metric} {value()}"]
         extra = [line for section in self.sections for line in section()]  # may update the health figures
