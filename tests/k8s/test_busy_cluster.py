@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 from plugins.k8s import SAMPLE, cond, run_kueue
-from vesuvius_inference.progress import parse_duration
+from vesuvius_inference.contract.progress import parse_duration
 
 pytestmark = pytest.mark.slow
 KUBECTL = "/usr/bin/kubectl"

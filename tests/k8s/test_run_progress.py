@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 from k8s.test_busy_cluster import kubectl, spec_for, statuses
+from vesuvius_inference.contract.progress import format_duration
 from vesuvius_inference.k8s.decide import iso
 from vesuvius_inference.k8s.progressview import PRIOR, RunShape, run_view
-from vesuvius_inference.progress import format_duration
 
 T0 = 1_800_000_000.0
 GPU4 = RunShape(predict_pods=4, blend_pods=1, finalize_pods=1, device="cuda")

@@ -26,7 +26,7 @@ import pytest
 from job_controller import Node
 from k8s.test_busy_cluster import KUBECTL, condition, spec_for
 from plugins.k8s import cond, run_kueue
-from vesuvius_inference.progress import ProgressLine
+from vesuvius_inference.contract.progress import ProgressLine
 
 pytestmark = pytest.mark.slow
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -44,7 +44,7 @@ def storage_wait_line(url: str = "s3://scrolls/PHerc0332/volume.zarr/0/c/1/0/2")
     """The line a worker logs when its store stops answering: storagewait.Outage's own, for a refused
     connection to the endpoint (botocore's EndpointConnectionError, which errors.is_transient waits out)."""
     import botocore.exceptions
-    from vesuvius_inference import storagewait
+    from vesuvius_inference.store import storagewait
 
     seen: list[str] = []
 
