@@ -19,6 +19,7 @@ from ..intensity import Reported
 from . import inputcheck, kueue, manifests, policy, progressview, stalls
 from .checks import refusals
 from .names import job_name
+from .policy import SecretFacts
 from .spec import JobSpec, parse
 from .status import (
     ChildJobs,
@@ -72,7 +73,7 @@ class Observed:
     storage_waits: list[tuple[str, str]] | None = None  # (pod, line) waiting for storage; None: no sample
     stall_grace_s: float = 300.0
     policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
-    secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
+    secret: SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
 
 
 @dataclass
@@ -376,7 +377,7 @@ def _storage_condition(ctx: _Ctx) -> Extra:
     run is not stuck and not failing, it waits. Kept between samples; over when a sample shows no pod waiting
     or no Job runs."""
     kind = "StorageUnreachable"
-    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == kind), {})
+    old: Mapping[str, Any] = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == kind), {})
     waits = ctx.obs.storage_waits
     if not _unfinished(ctx):
         return (kind, False, "", "")
