@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadInput
+from .frame import triple
 from .model_files import ModelFiles
 
 
@@ -34,7 +35,7 @@ class Model:
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
-        return tuple(int(p) for p in self.configuration_manager.patch_size)  # type: ignore[return-value]
+        return triple(int(p) for p in self.configuration_manager.patch_size)
 
     def to(self, device: Any) -> Model:
         self.networks = [n.to(device).eval() for n in self.networks]

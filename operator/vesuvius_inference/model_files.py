@@ -18,6 +18,7 @@ from typing import Any
 
 from . import storage
 from .errors import BadArguments, BadInput
+from .frame import triple
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 
@@ -98,7 +99,7 @@ class ModelFiles:
         ps = self.configuration.get("patch_size")
         if not ps or len(ps) != 3:
             raise BadInput(f"model {self.folder}: plans.json has no 3D patch_size; only 3D models are supported")
-        return tuple(int(p) for p in ps)  # type: ignore[return-value]
+        return triple(int(p) for p in ps)
 
     @property
     def normalization_schemes(self) -> list[str]:

@@ -214,7 +214,7 @@ def accepted_options(protocol: str) -> frozenset[str] | None:
 def _nested_keys(protocol: str) -> dict[str, frozenset[str]]:
     import fsspec
 
-    out = {}
+    out: dict[str, frozenset[str]] = {}
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError):
@@ -284,9 +284,10 @@ def check_storage_options(urls: Iterable[str | None], storage_options: Mapping[s
         return
     inner = {p for c in chains for p in c}  # fsspec's url_to_fs takes {"s3": {...}} for any s3:// in the chain
     top = [k for k, v in so.items() if k not in inner or not isinstance(v, Mapping)]
-    accepted = {p: accepted_options(p) for p in outer}
-    if all(a is not None for a in accepted.values()):
-        problem = _unknown(top, accepted, "an option", flag)  # type: ignore[arg-type]
+    maybe = {p: accepted_options(p) for p in outer}
+    accepted = {p: a for p, a in maybe.items() if a is not None}
+    if len(accepted) == len(maybe):  # every protocol's options are known
+        problem = _unknown(top, accepted, "an option", flag)
         chained = [c for c in chains if len(c) > 1]
         if problem and chained:
             problem += (f"; in a chained URL the top-level options are {chained[0][0]}://'s, options of "

@@ -32,6 +32,7 @@ import numpy as np
 from . import createonce, storage
 from .errors import BadInput
 from .fixedpoint import weights_for
+from .frame import triple
 from .grid import PatchGrid, Shape3
 from .layout import PartLayout
 from .output import Output
@@ -101,7 +102,7 @@ class SeamMerge:
 
     def _merge(self, idx: Shape3, buf: np.ndarray | None, theirs: Piece) -> np.ndarray | None:
         lo, hi = self.layout.cgrid.box(idx)
-        chunk = Chunk(lo, tuple(b - a for a, b in zip(lo, hi)), self.classes)  # type: ignore[arg-type]
+        chunk = Chunk(lo, triple(b - a for a, b in zip(lo, hi)), self.classes)
         if buf is not None:
             chunk.add((lo, hi), buf[:self.classes], buf[self.classes])
         if theirs.sums is not None and theirs.shared is not None:

@@ -151,10 +151,10 @@ class Parser(argparse.ArgumentParser):
         write_termination_message(line)  # for Kubernetes, as every failure's line
         self.exit(2, line)
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
         return super().parse_known_args(self.values_attached(args), namespace)
 
-    def values_attached(self, args: Sequence[str] | None) -> list[str] | None:
+    def values_attached(self, args: Iterable[str] | None) -> list[str] | None:
         """``--bbox -5:10,0:20,0:20`` as ``--bbox=-5:10,...``: argparse takes a word that starts with '-'
         for an option unless it is a plain negative number (``_negative_number_matcher``), so a value like
         ``-5:10,...`` or ``-1,2,3`` reached it as "expected one argument" instead of reaching the setting's
@@ -181,7 +181,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         if not opt.names and not opt.positional:
             continue
         if opt.positional:
-            top.add_argument(f.name, help=opt.help, type=opt.parse, metavar=opt.metavar)
+            top.add_argument(f.name, help=opt.help, type=opt.parse or str, metavar=opt.metavar)
             continue
         p: Any = sections.get(help_group_of(cls, f.name, opt) or "", top)
         kw: dict[str, Any] = {"dest": f.name, "help": _help(f, opt)}
@@ -195,7 +195,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         kw.update(type=opt.parse, choices=opt.choices, metavar=opt.metavar)
         if opt.repeat:
             kw["action"] = "append"
-        if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+        if f.default is MISSING and f.default_factory is MISSING:
             kw["required"] = True
         p.add_argument(*spellings(opt.names), **kw)
     return top
@@ -294,7 +294,7 @@ def ints3(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128,128, got {text!r}") from None
     if len(vals) != 3 or min(vals) < 1:
         raise argparse.ArgumentTypeError(f"expected three positive integers z,y,x, got {text!r}")
-    return vals  # type: ignore[return-value]
+    return vals  # the length check above makes it three
 
 
 def names_list(text: str) -> tuple[str, ...] | None:
