@@ -17,6 +17,7 @@ from . import cpuquota, ownership, paths, storage
 from .config import FinalizeConfig
 from .downsample import downsample2
 from .errors import BadArguments, BadInput
+from .frame import triple
 from .grid import ChunkGrid, Shape3
 from .intensity import ATTRIBUTE, IntensityFinding, notes
 from .ngff import NGFF_VERSION, ngff_for
@@ -59,9 +60,11 @@ def _describe_zarr(url: str, so: dict[str, Any]) -> tuple[str, str]:
         node = zarr.open(store=storage.zarr_store(url, so, read_only=True), mode="r")
         kind = "group" if isinstance(node, zarr.Group) else "array"
         if isinstance(node, zarr.Group):
-            attrs = dict(node.attrs)
+            attrs: dict[str, Any] = dict(node.attrs)
             ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
             node = node[ms[0]["datasets"][0]["path"]]
+        if not isinstance(node, zarr.Array):
+            return "", ""
         return kind, f"{node.dtype} {'x'.join(map(str, node.shape))}"
     except Exception:  # noqa: BLE001 - only the message's detail depends on it
         return "", ""
@@ -117,10 +120,12 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     staging_url = paths.pyramid_staging(cfg.input_path)
     staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
         if out.levels > 1 else None
-    chunks = [tuple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
+    chunks = [triple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
 
     def leaf(idx: Shape3) -> np.ndarray | None:
-        return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])]) if idx in present else None
+        if staging is None or idx not in present:
+            return None
+        return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])])
 
     present = set(chunks)
     return out, leaf, chunks, paths.finalize_work(cfg.input_path, "parts", cfg.output_path)
@@ -139,8 +144,8 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
         raise not_blended(cfg.input_path, so)
     src = zarr.open_array(store=storage.zarr_store(cfg.input_path, so, read_only=True), mode="r", zarr_format=3)
     c = int(src.shape[0])
-    shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]
-    chunks: Shape3 = tuple(int(s) for s in src.chunks[1:])  # type: ignore[assignment]
+    shape = triple(int(s) for s in src.shape[1:])
+    chunks = triple(int(s) for s in src.chunks[1:])
     output_channels(cfg.mode, cfg.threshold, c)
     predicted = (blended_state.get("config") or {}).get("predict") or {}
     ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
@@ -149,7 +154,7 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite,
                  notes=notes(blended_state.get(ATTRIBUTE)))  # the parts' finding, carried by the blended logits
     cgrid = ChunkGrid(shape, chunks)
-    present = {tuple(k[1:]) for k in list_chunk_coords(src)}
+    present = {triple(k[1:]) for k in list_chunk_coords(src)}
 
     def leaf(idx: Shape3) -> np.ndarray | None:
         if idx not in present:
@@ -160,7 +165,7 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
         out.write_level(0, idx, data, io_ref[0])
         return downsample2(data, out.how) if out.levels > 1 else None
 
-    return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)  # type: ignore[arg-type]
+    return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)
 
 
 def _deleted(cfg: FinalizeConfig) -> list[tuple[str, str]]:

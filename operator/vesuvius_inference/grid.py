@@ -15,12 +15,14 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
 from .frame import triple
 
 Shape3 = tuple[int, int, int]
+T = TypeVar("T")  # what split_chunks slices: chunk indices, or blend's (kind, chunk) units
 
 
 def nnunet_steps(image_size: Sequence[int], tile_size: Sequence[int], tile_step_size: float) -> list[list[int]]:
@@ -313,7 +315,7 @@ def chunks_touched_box(grid: PatchGrid, sel: np.ndarray, g_lo: Sequence[int], ch
     return triple(first), cur.astype(bool)
 
 
-def split_chunks(chunk_ids: Sequence[Shape3], num_parts: int, part_id: int) -> list[Shape3]:
+def split_chunks(chunk_ids: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     """The ``part_id``-th of ``num_parts`` contiguous, disjoint slices of a chunk list."""
     n = len(chunk_ids)
     lo = part_id * n // num_parts

@@ -284,7 +284,7 @@ class PartRun:
     def _run_batch(self, batch: list[Patch], bar: Reporter) -> None:
         self.step(batch)
         for p in batch:
-            pos = int(self.plan.position(np.int64(p.index)))
+            pos = int(self.plan.position(np.asarray(p.index, dtype=np.int64)))
             self.ran[pos] = True
             self.ran_new.append(pos)
             self.accum.patch_done(p.lo, p.hi)

@@ -24,11 +24,14 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import BadArguments
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's protocol of a dataclass (type checkers only)
+
+T = TypeVar("T", bound="DataclassInstance")
 REQUIRED: Any = MISSING
 NEGATIVE_VALUE = re.compile(r"^-[\d.:]")  # a value such as -5:10,0:20,0:20 or -1; never an option's spelling
 
@@ -77,8 +80,8 @@ def variant(base: dataclasses.Field, **changes: Any) -> Any:
     return dataclasses.field(default=default, metadata={"opt": dataclasses.replace(opt, fallback=default, **changes)})
 
 
-def field_of(cls: type, name: str) -> dataclasses.Field:
-    return cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+def field_of(cls: type[DataclassInstance], name: str) -> dataclasses.Field:
+    return cls.__dataclass_fields__[name]
 
 
 def env_default(opt: Opt, environ: Mapping[str, str] | None = None) -> Any:
@@ -209,14 +212,14 @@ def from_args(cls: type[T], ns: argparse.Namespace | Mapping[str, Any], **extra:
             given[f.name] = {**env_default(opt), **given[f.name]}
         if opt.repeat and isinstance(given.get(f.name), list):
             given[f.name] = tuple(given[f.name])
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in given.items() if k in names}, **extra)
 
 
 def derive(cls: type[T], source: Any, **overrides: Any) -> T:
     """A config of ``cls`` taking every setting ``source`` shares with it (same field name), then
     ``overrides``: how the pipeline hands its settings to predict, blend and finalize unchanged."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     shared = {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}
     return cls(**{**shared, **overrides})
 
