@@ -131,7 +131,7 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     return out, leaf, chunks, paths.finalize_work(cfg.input_path, "parts", cfg.output_path)
 
 
-def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[Shape3], str]:
+def _from_blended(cfg: FinalizeConfig, io_ref: list[Any]) -> tuple[Output, Any, list[Shape3], str]:
     """Blended logits: level 0 is written here, chunk by chunk, and feeds the pyramid at once."""
     import zarr
 
@@ -208,7 +208,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     _check_deletable(cfg)
     t0 = time.perf_counter()
     so = cfg.storage_options
-    io_ref: list = [None]
+    io_ref: list[Any] = [None]
     fused = cfg.input_kind == "parts"
     out, leaf, level0, work = _from_parts(cfg) if fused else _from_blended(cfg, io_ref)
     if out.is_complete():

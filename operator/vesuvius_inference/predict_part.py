@@ -95,7 +95,7 @@ def brief(finding: dict[str, Any] | None) -> str:
     return f"; {found.brief()}" if found else ""
 
 
-def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict]:
+def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict[str, Any]]:
     """Whole-volume statistics, computed by the first part and reused by the others.
 
     Stored next to the parts, keyed by everything they depend on; the input is read for them at

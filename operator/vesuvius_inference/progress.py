@@ -95,7 +95,7 @@ class _TqdmWrite(logging.Handler):
     """A log handler that writes through ``tqdm.write``: the bar is cleared, the line written, the bar
     drawn again below it (tqdm.contrib.logging's handler, for the handler that writes on the bar's stream)."""
 
-    def __init__(self, orig: logging.StreamHandler) -> None:
+    def __init__(self, orig: logging.StreamHandler[Any]) -> None:
         super().__init__(orig.level)
         self.setFormatter(orig.formatter)
         self.filters = list(orig.filters)

@@ -57,7 +57,7 @@ class SeamMerge:
     classes: int
     output: Output
     storage_options: dict[str, Any] = field(default_factory=dict)
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def complete(self, idx: Shape3, data: Callable[[], np.ndarray] | None, ran: list[int]) -> str:

@@ -73,14 +73,14 @@ def setting(default: Any = REQUIRED, *names: str, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"opt": opt})
 
 
-def variant(base: dataclasses.Field, **changes: Any) -> Any:
+def variant(base: dataclasses.Field[Any], **changes: Any) -> Any:
     """The setting ``base`` (a field of another config) with another ``default``, help or spec path."""
     opt: Opt = base.metadata["opt"]
     default = changes.pop("default", opt.fallback)
     return dataclasses.field(default=default, metadata={"opt": dataclasses.replace(opt, fallback=default, **changes)})
 
 
-def field_of(cls: type[DataclassInstance], name: str) -> dataclasses.Field:
+def field_of(cls: type[DataclassInstance], name: str) -> dataclasses.Field[Any]:
     return cls.__dataclass_fields__[name]
 
 
@@ -99,13 +99,13 @@ def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
 
 
-def options(cls: type) -> list[tuple[dataclasses.Field, Opt]]:
+def options(cls: type) -> list[tuple[dataclasses.Field[Any], Opt]]:
     """The settings of a config class, in declaration order (positionals first)."""
     out = [(f, f.metadata["opt"]) for f in dataclasses.fields(cls) if "opt" in f.metadata]
     return sorted(out, key=lambda fo: not fo[1].positional)
 
 
-def static_default(f: dataclasses.Field) -> Any:
+def static_default(f: dataclasses.Field[Any]) -> Any:
     """The declared default (for settings read from the environment: the value when it is unset)."""
     return f.metadata["opt"].fallback
 
@@ -119,7 +119,7 @@ def spellings(names: Iterable[str]) -> list[str]:
     return out
 
 
-def _help(f: dataclasses.Field, opt: Opt) -> str:
+def _help(f: dataclasses.Field[Any], opt: Opt) -> str:
     d = static_default(f)
     text = opt.help
     if opt.env:

@@ -60,7 +60,7 @@ def as_zarr_format(n: int) -> Literal[2, 3]:
     raise ValueError(f"Zarr format {n!r}: only 2 and 3 exist")
 
 
-def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False) -> Any:
     """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise), whose requests
     wait out storage outages (storagewait.py)."""
     import zarr.storage

@@ -181,7 +181,7 @@ def waiting_store(store: Any, url: str) -> Any:
     """A Zarr store whose requests wait out outages (zarr's own ``WrapperStore``, every method forwarded)."""
     from zarr.storage import WrapperStore
 
-    class Waiting(WrapperStore):
+    class Waiting(WrapperStore[Any]):
         def _with_store(self, inner: Any) -> Any:
             return Waiting(inner)
 

@@ -42,7 +42,7 @@ class InputVolume:
     zarr_format: int = 3  # the input's Zarr format: outputs follow it by default
     cache_bytes: int = 0
     io_threads: int = field(default_factory=lambda: cpuquota.plan().io_threads)  # the CPU quota's, not 8
-    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cache: OrderedDict[Shape3, np.ndarray] = field(default_factory=OrderedDict, repr=False)
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     fetched_chunks: int = 0
