@@ -82,7 +82,8 @@ class Blender:
             grp = open_store(m["store"], self.parts.storage_options, read_only=True)
             if "final" in grp:
                 self.finals[int(m["part_id"])] = grp["final"]
-                out.extend((int(m["part_id"]), triple(int(v) for v in c[1:])) for c in list_chunk_coords(grp["final"]))
+                out.extend((int(m["part_id"]), triple(int(v) for v in c[1:]))
+                           for c in list_chunk_coords(grp["final"]))
         return sorted(out)
 
     def seam_chunk(self, idx: Shape3, encode: Any) -> np.ndarray | None:

@@ -282,7 +282,8 @@ class Output:
     def __init__(self, spec: OutputSpec, num_classes: int, shape: Shape3, chunks: Shape3, config: dict[str, Any],
                  storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None, *,
                  notes: dict[str, Any] | None = None) -> None:
-        self.spec, self.num_classes, self.shape, self.chunks = spec, num_classes, triple(shape), triple(chunks)
+        self.spec, self.num_classes = spec, num_classes
+        self.shape, self.chunks = triple(shape), triple(chunks)
         self.config, self.so = config, storage_options
         # what the output's ``vesuvius`` attributes say beside its configuration once complete (e.g. the
         # input-intensity finding of the parts, intensity.notes): facts about the run, not its identity

@@ -96,8 +96,8 @@ def decode(raw: bytes) -> Piece:
     def as_box(v: Any) -> Box | None:
         return (triple(v[0]), triple(v[1])) if v else None
 
-    return Piece(int(h["part"]), triple(h["chunk"]), as_box(h["shared"]), arrays[0], as_box(h["edge"]), arrays[1],
-                 h["ran"], h["info"])
+    return Piece(int(h["part"]), triple(h["chunk"]), as_box(h["shared"]), arrays[0], as_box(h["edge"]),
+                 arrays[1], h["ran"], h["info"])
 
 
 def cut(part: int, chunk: Shape3, origin: Sequence[int], buf: np.ndarray | None, shared: Box | None,

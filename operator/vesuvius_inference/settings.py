@@ -154,7 +154,8 @@ class Parser(argparse.ArgumentParser):
         write_termination_message(line)  # for Kubernetes, as every failure's line
         self.exit(2, line)
 
-    def parse_known_args(self, args: Iterable[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
         return super().parse_known_args(self.values_attached(args), namespace)
 
     def values_attached(self, args: Iterable[str] | None) -> list[str] | None:
