@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from vesuvius_inference import storage
-from vesuvius_inference.fixedpoint import divide_np, logit_bits_for, weight_q, weights_digest
-from vesuvius_inference.grid import PatchGrid, Shape3
-from vesuvius_inference.layout import PAIR, PartLayout
-from vesuvius_inference.output import FINAL, Output, OutputSpec
-from vesuvius_inference.partition import split
-from vesuvius_inference.seams import SeamMerge
+from vesuvius_inference.geometry.fixedpoint import divide_np, logit_bits_for, weight_q, weights_digest
+from vesuvius_inference.geometry.grid import PatchGrid, Shape3
+from vesuvius_inference.geometry.layout import PAIR, PartLayout
+from vesuvius_inference.geometry.partition import split
+from vesuvius_inference.store import storage
+from vesuvius_inference.store.output import FINAL, Output, OutputSpec
+from vesuvius_inference.store.seams import SeamMerge
 
 SHAPE, PATCH, CHUNKS, C = (96, 40, 40), (32, 32, 32), (16, 20, 20), 2
 

@@ -79,18 +79,18 @@ def test_layers():
     for name in graph:
         if name.startswith("vesuvius_inference.k8s"):
             assert not (graph[name] & engine), f"{name} imports the engine: {graph[name] & engine}"
-    assert "vesuvius_inference.finalize" not in _reachable("vesuvius_inference.blend", graph), "blend runs finalize"
+    assert "vesuvius_inference.stages.finalize" not in _reachable("vesuvius_inference.stages.blend", graph), "blend runs finalize"
 
 
 def test_every_option_is_in_the_readme():
-    from vesuvius_inference.config import (
+    from vesuvius_inference.contract.config import (
         BlendConfig,
         FinalizeConfig,
         PipelineConfig,
         PlanConfig,
         PredictConfig,
     )
-    from vesuvius_inference.settings import options
+    from vesuvius_inference.contract.settings import options
 
     readme = (PKG.parents[1] / "README.md").read_text()
     missing = [(cls.command, opt.names + opt.off) for cls in (PredictConfig, PipelineConfig, BlendConfig,

@@ -24,8 +24,8 @@ timeout 60 $PY - > "$LOG/pipeline.log" 2>&1 <<'PYEOF'
 import time, numpy as np, zarr
 from vesuvius_inference.demo.run import MODEL_DIR
 from vesuvius_inference.demo.synthetic import dice, make_scroll, write_zarr
-from vesuvius_inference.config import PipelineConfig
-from vesuvius_inference.pipeline import run_local_pipeline
+from vesuvius_inference.contract.config import PipelineConfig
+from vesuvius_inference.stages.pipeline import run_local_pipeline
 vol, lab = make_scroll((160, 256, 256), seed=7)
 write_zarr(vol, "/tmp/gpu_demo/in.zarr")
 t = time.perf_counter()

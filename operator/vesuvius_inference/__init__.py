@@ -21,9 +21,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Inferer": "vesuvius_inference.predict",
-    "merge_inference_outputs": "vesuvius_inference.blend",
-    "finalize_logits": "vesuvius_inference.finalize",
+    "Inferer": "vesuvius_inference.predict.stage",
+    "merge_inference_outputs": "vesuvius_inference.stages.blend",
+    "finalize_logits": "vesuvius_inference.stages.finalize",
     "run_pipeline": "vesuvius_inference.cli",
 }
 

@@ -18,12 +18,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import config, signals
-from .errors import EXIT_BAD_ARGUMENTS, BadArguments, Stopped, VesuviusError, classify
-from .failure import debug_requested, report, report_stop
-from .podopts import guard  # Kubernetes pods: the disruption bound
-from .settings import build_parser, from_args
-from .stagecheck import run_check  # the operator's check Jobs
+from vesuvius_inference.contract import config
+from vesuvius_inference.contract.errors import (
+    EXIT_BAD_ARGUMENTS,
+    BadArguments,
+    Stopped,
+    VesuviusError,
+    classify,
+)
+from vesuvius_inference.contract.failure import debug_requested, report, report_stop
+from vesuvius_inference.contract.podopts import guard  # Kubernetes pods: the disruption bound
+from vesuvius_inference.contract.settings import build_parser, from_args
+from vesuvius_inference.predict import signals
+from vesuvius_inference.stages.stagecheck import run_check  # the operator's check Jobs
 
 log = logging.getLogger("vesuvius_inference")
 
@@ -39,37 +46,37 @@ class Command:
 
 
 def _predict(cfg: Any) -> None:
-    from .predict import run_predict
+    from vesuvius_inference.predict.stage import run_predict
 
     run_predict(cfg)
 
 
 def _blend(cfg: Any) -> None:
-    from .stages import finish_from_blend
+    from vesuvius_inference.stages import finish_from_blend
 
     finish_from_blend(cfg)
 
 
 def _finalize(cfg: Any) -> None:
-    from .finalize import run_finalize
+    from vesuvius_inference.stages.finalize import run_finalize
 
     run_finalize(cfg)
 
 
 def _pipeline(cfg: Any) -> None:
-    from .pipeline import run_local_pipeline
+    from vesuvius_inference.stages.pipeline import run_local_pipeline
 
     run_local_pipeline(cfg)
 
 
 def _plan(cfg: Any) -> None:
-    from .plan import run_plan
+    from vesuvius_inference.stages.plan import run_plan
 
     run_plan(cfg)
 
 
 def _demo(cfg: Any) -> None:
-    from .demo.run import run_demo
+    from vesuvius_inference.demo.run import run_demo
 
     run_demo(output_dir=cfg.output_dir, shape=cfg.shape, parts=cfg.parts, seed=cfg.seed, tta=cfg.tta,
              device=cfg.device, quiet=cfg.quiet)
@@ -116,13 +123,13 @@ def _setup_logging(quiet: bool, debug: bool = False) -> None:
 
 
 def _cmd_operator(argv: Sequence[str]) -> int:
-    from .k8s.operator_main import main as operator_main
+    from vesuvius_inference.k8s.operator_main import main as operator_main
 
     return int(operator_main(list(argv)) or 0)
 
 
 def _cmd_render(argv: Sequence[str]) -> int:
-    from .k8s.render import main as render_main
+    from vesuvius_inference.k8s.render import main as render_main
 
     return render_main(list(argv))
 
@@ -131,7 +138,7 @@ def _cmd_render(argv: Sequence[str]) -> int:
 STOPPABLE = ("predict", "pipeline")
 def _storage_wait(cfg: Any) -> None:
     """This process waits out storage outages for --storage_wait_s (storagewait.py)."""
-    from . import storagewait
+    from vesuvius_inference.store import storagewait
 
     wait = float(getattr(cfg, "storage_wait_s", 0.0) or 0.0)
     if wait < 0:
@@ -191,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else EXIT_BAD_ARGUMENTS
     if argv[0] in ("--version", "version"):
-        from . import __version__
+        from vesuvius_inference import __version__
 
         print(__version__)
         return 0

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import replace
 
-from . import paths
-from .config import BlendConfig, FinalizeConfig, PipelineConfig, PredictConfig
-from .settings import derive
+from vesuvius_inference.contract import paths
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PipelineConfig, PredictConfig
+from vesuvius_inference.contract.settings import derive
 
 STAGES = ("predict", "blend", "finalize")
 
@@ -63,13 +63,13 @@ def finalize_after_blend(cfg: BlendConfig, mode: str, threshold: bool, levels: i
 def finish_from_blend(cfg: BlendConfig) -> str:
     """The ``blend`` command: blend, then (a final output, one process, not ``--seams_only``) finalize,
     so that ``vesuvius.blend_logits PARTS OUT`` leaves a finished output as the seed's did."""
-    from .blend import run_blend
-    from .output import FINAL
+    from vesuvius_inference.stages.blend import run_blend
+    from vesuvius_inference.store.output import FINAL
 
     done = run_blend(cfg)
     spec = done.output
     if spec.kind == FINAL and done.complete and cfg.num_parts == 1 and not cfg.seams_only:
-        from .finalize import run_finalize
+        from vesuvius_inference.stages.finalize import run_finalize
 
         run_finalize(finalize_after_blend(cfg, spec.mode, spec.threshold, spec.levels))
     return spec.url

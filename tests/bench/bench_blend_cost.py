@@ -39,7 +39,7 @@ def measured(argv: list[str], pre: str) -> tuple[float, float]:
 def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-blend-"))
     try:
-        code = ("import sys; from vesuvius_inference.nnunet_folder import *; write_model_folder(sys.argv[1], "
+        code = ("import sys; from vesuvius_inference.model.nnunet_folder import *; write_model_folder(sys.argv[1], "
                 "make_plans((32, 64, 64), (4, 8, 16), 'ZScoreNormalization'), make_dataset_json(), folds=(0,))")
         subprocess.run([sys.executable, "-c", code, str(root / "model")], check=True)
         vol = write_zarr(root / "in.zarr", smooth_volume((96, 192, 192), seed=1), chunks=(32, 64, 64))

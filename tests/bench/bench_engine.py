@@ -32,7 +32,7 @@ from helpers import smooth_volume, write_zarr  # noqa: E402
 
 def model_folder(root: Path, patch, features, normalization: str = "ZScoreNormalization") -> Path:
     """Written by a child process so that this one stays small (see peak_rss_mb)."""
-    code = ("import sys; from vesuvius_inference.nnunet_folder import *; "
+    code = ("import sys; from vesuvius_inference.model.nnunet_folder import *; "
             f"write_model_folder(sys.argv[1], make_plans({tuple(patch)}, {tuple(features)}, {normalization!r}), "
             "make_dataset_json(), folds=(0,))")
     subprocess.run([sys.executable, "-c", code, str(root / "model")], check=True)
@@ -54,8 +54,8 @@ def nnunet_time(model: Path, vol: np.ndarray, tta: bool) -> float:
 
 
 def ours_time(model: Path, inp: str, out: Path, tta: bool, parts: int = 1, **kw) -> float:
-    from vesuvius_inference.config import PredictConfig
-    from vesuvius_inference.predict import run_predict
+    from vesuvius_inference.contract.config import PredictConfig
+    from vesuvius_inference.predict.stage import run_predict
 
     t = time.perf_counter()
     for p in range(parts):
@@ -129,9 +129,9 @@ def main() -> None:
     t_ours = ours_time(model, inp_half, root / "p_half", False, batch_size=2, skip_empty_patches=True)
     print(f"skip-empty (50% absent): nnU-Net {t_nn:.1f} s, ours {t_ours:.1f} s, ours/nnU-Net speed = {t_nn / t_ours:.2f}")
     # intermediate bytes
-    from vesuvius_inference.blend import run_blend
-    from vesuvius_inference.config import BlendConfig
-    from vesuvius_inference.storage import tree_bytes
+    from vesuvius_inference.contract.config import BlendConfig
+    from vesuvius_inference.stages.blend import run_blend
+    from vesuvius_inference.store.storage import tree_bytes
 
     for parts in (1, 2, 4):
         pd = root / f"inter{parts}"

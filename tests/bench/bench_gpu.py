@@ -30,9 +30,9 @@ PATCH = (128, 128, 128)
 
 def forward_only(model_dir: Path, n_patches: int, tta: bool, batch: int) -> float:
     import torch
-    from vesuvius_inference.model import load_model
-    from vesuvius_inference.model_files import ModelFiles
-    from vesuvius_inference.runner import Runner
+    from vesuvius_inference.model.files import ModelFiles
+    from vesuvius_inference.model.network import load_model
+    from vesuvius_inference.predict.runner import Runner
 
     runner = Runner(load_model(ModelFiles(str(model_dir))), torch.device("cuda:0"), tta, batch)
     x = torch.randn((batch, 1) + PATCH, device="cuda:0")
@@ -50,8 +50,8 @@ def forward_only(model_dir: Path, n_patches: int, tta: bool, batch: int) -> floa
 def ours(model_dir: Path, inp: str, out: Path, tta: bool, batch: int) -> tuple[float, int]:
     import json
 
-    from vesuvius_inference.config import PredictConfig
-    from vesuvius_inference.predict import run_predict
+    from vesuvius_inference.contract.config import PredictConfig
+    from vesuvius_inference.predict.stage import run_predict
 
     t = time.perf_counter()
     run_predict(PredictConfig(model_path=str(model_dir), input_dir=inp, output_dir=str(out / "parts"), device="cuda:0", do_tta=tta, batch_size=batch,
@@ -81,7 +81,7 @@ def main() -> None:
     import torch
     from helpers import smooth_volume
     from vesuvius_inference.demo.synthetic import write_zarr
-    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+    from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA GPU here; nothing measured")

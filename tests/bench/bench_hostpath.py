@@ -89,9 +89,9 @@ class NullNet:
 
 def null_predict(model: Path, inp: str, out: Path, patch: int) -> float:
     """Seconds of one predict part (whole volume) with the null network, blended float16 output."""
-    import vesuvius_inference.model as model_mod
-    from vesuvius_inference.config import PredictConfig
-    from vesuvius_inference.predict import run_predict
+    import vesuvius_inference.model.network as model_mod
+    from vesuvius_inference.contract.config import PredictConfig
+    from vesuvius_inference.predict.stage import run_predict
 
     real = model_mod.load_model
 
@@ -114,7 +114,7 @@ def null_predict(model: Path, inp: str, out: Path, patch: int) -> float:
 def zarr_copy(inp: str, out: Path, chunk: int, classes: int = 2) -> float:
     """Seconds to read every input chunk and write it as C-channel float16 with the output's codecs."""
     import zarr
-    from vesuvius_inference.output import blosc
+    from vesuvius_inference.store.output import blosc
 
     src = zarr.open_group(inp, mode="r")["0"]
     t = time.perf_counter()
@@ -142,9 +142,9 @@ def rounds(model: Path, inp: str, root: Path, patch: int, tag: str) -> tuple[flo
 
 def main() -> None:
     import nnunetv2.inference.predict_from_raw_data  # noqa: F401 - imports are not the host path
-    from vesuvius_inference import cpuquota
     from vesuvius_inference.demo.synthetic import write_zarr as write_image
-    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+    from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+    from vesuvius_inference.store import cpuquota
 
     root = Path(tempfile.mkdtemp(prefix="vhost-"))
     shape = (256, 256, 256)

@@ -46,7 +46,7 @@ RESUME = re.compile(r"resuming after patch (\d+)")
 
 
 def model_folder(root: Path) -> Path:
-    code = ("import sys; from vesuvius_inference.nnunet_folder import *; "
+    code = ("import sys; from vesuvius_inference.model.nnunet_folder import *; "
             "write_model_folder(sys.argv[1], make_plans((16, 32, 32), (2, 4, 8), 'CTNormalization'), "
             "make_dataset_json(), folds=(0,))")
     subprocess.run([sys.executable, "-c", code, str(root / "model")], check=True)

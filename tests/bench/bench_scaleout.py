@@ -90,7 +90,7 @@ def seam_bytes(parts_dir: Path) -> tuple[int, int]:
 
 
 def main() -> None:
-    from vesuvius_inference.storage import tree_bytes
+    from vesuvius_inference.store.storage import tree_bytes
 
     root = Path(tempfile.mkdtemp(prefix="vscale-"))
     patch, features = (32, 32, 32), (4, 8, 16)

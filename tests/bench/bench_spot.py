@@ -60,7 +60,7 @@ def _storage(tmp: Path) -> tuple[Any, str]:
     from helpers import smooth_volume, write_zarr
     from moto.server import ThreadedMotoServer
     from outage import free_port
-    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+    from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ["MOTO_RECORDER_FILEPATH"] = str(tmp / "moto-recording")

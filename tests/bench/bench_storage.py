@@ -70,8 +70,8 @@ def model_rss_mb(model: Path, patch: tuple[int, int, int]) -> float:
     """Peak RSS of "the model" alone: torch + nnU-Net imported, weights loaded, one forward pass on a
     patch. The issue's bound is on what a stage adds to this (caches, buffers), not on torch itself."""
     code = ("import sys, torch\n"
-            "from vesuvius_inference.model import load_model\n"
-            "from vesuvius_inference.model_files import ModelFiles\n"
+            "from vesuvius_inference.model.network import load_model\n"
+            "from vesuvius_inference.model.files import ModelFiles\n"
             "m = load_model(ModelFiles(sys.argv[1]))\n"
             f"x = torch.zeros((1, m.num_input_channels, {', '.join(map(str, patch))}))\n"
             "with torch.no_grad():\n"
@@ -117,7 +117,7 @@ def main() -> None:
         "blend": peak_rss_mb(["blend", "s3://bench/bw/parts", "s3://bench/bw/b.zarr", *common]),
         "finalize": peak_rss_mb(["finalize", "s3://bench/bw/b.zarr", "s3://bench/bw/o.zarr", *common]),
     }
-    from vesuvius_inference.storage import tree_bytes
+    from vesuvius_inference.store.storage import tree_bytes
 
     inter, blended = tree_bytes("s3://bench/bw/parts"), tree_bytes("s3://bench/bw/b.zarr")
     base = model_rss_mb(model, (64, 64, 64))

@@ -11,7 +11,7 @@ import torch
 import vesuvius_inference.demo as demo_pkg
 from vesuvius_inference.demo.synthetic import dice, make_scroll
 from vesuvius_inference.demo.train import EVAL_SEED, TRAIN_SEED_BASE, intensity_properties, train
-from vesuvius_inference.nnunet_folder import build_network
+from vesuvius_inference.model.nnunet_folder import build_network
 
 MODEL_DIR = Path(demo_pkg.__file__).parent / "model"
 UNSEEN_SEED = 4321

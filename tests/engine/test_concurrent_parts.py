@@ -47,8 +47,8 @@ def _predict(setup, root: Path, part: int, *extra: str) -> list[str]:
 
 
 def _in_process(setup, root: Path, part: int) -> None:
-    from vesuvius_inference.config import PredictConfig
-    from vesuvius_inference.predict import run_predict
+    from vesuvius_inference.contract.config import PredictConfig
+    from vesuvius_inference.predict.stage import run_predict
 
     tmp, model, vol = setup
     run_predict(PredictConfig(model_path=str(model), input_dir=vol, output_dir=str(root / "parts"), part_id=part, num_parts=2, device="cpu",
@@ -58,7 +58,7 @@ def _in_process(setup, root: Path, part: int) -> None:
 
 def _finish(setup, root: Path) -> np.ndarray:
     """Part 1 and blend, in this process (the races under test are all about part 0)."""
-    from vesuvius_inference.config import BlendConfig
+    from vesuvius_inference.contract.config import BlendConfig
     from vesuvius_inference.stages import finish_from_blend
 
     _in_process(setup, root, 1)

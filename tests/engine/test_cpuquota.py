@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vesuvius_inference import cpuquota
+from vesuvius_inference.store import cpuquota
 
 
 def v2(tmp: Path, cpu_max: str, nested: str | None = None) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from nnunetv2.preprocessing.normalization.default_normalization_schemes import (
     NoNormalization,
     RGBTo01Normalization,
 )
-from vesuvius_inference.normalization import Normalizer
+from vesuvius_inference.model.normalization import Normalizer
 
 PROPS = {"mean": 131.7, "std": 27.3, "percentile_00_5": 71.5, "percentile_99_5": 199.25, "min": 3.0, "max": 250.0}
 
@@ -61,8 +61,8 @@ def _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices)
     """The host path predict used before the device path, as it was: nnU-Net's CTNormalization of float32
     voxels in numpy into a zero-padded float32 batch, the network's logits quantised as round(clamp(x) * 2^bits)
     into int64, and lq * w added into dense sums on the host."""
-    from vesuvius_inference.fixedpoint import FP16_MAX
-    from vesuvius_inference.runner import Runner
+    from vesuvius_inference.geometry.fixedpoint import FP16_MAX
+    from vesuvius_inference.predict.runner import Runner
 
     runner = Runner(model, torch.device("cpu"), True, batch_size)
     sums = np.zeros((3,) + vol.shape[1:], dtype=np.int64)
@@ -92,15 +92,15 @@ def _host_path_sums(model, grid, vol, normalizer, batch_size, wq, bits, indices)
 def test_device_step_gives_the_host_paths_sums(model_factory):
     """One part's patches (edge patches padded, a short last batch) through DeviceStep on torch's CPU
     kernels: the accumulated int64 sums equal the previous host path's, bit for bit."""
-    from vesuvius_inference.accumulate import ChunkAccumulator
-    from vesuvius_inference.devicestep import DeviceStep
-    from vesuvius_inference.fixedpoint import logit_bits_for, weight_q
-    from vesuvius_inference.grid import ChunkGrid, PatchGrid
-    from vesuvius_inference.iopool import WritePool
-    from vesuvius_inference.model import load_model
-    from vesuvius_inference.model_files import ModelFiles
-    from vesuvius_inference.reader import Patch
-    from vesuvius_inference.runner import Runner
+    from vesuvius_inference.geometry.fixedpoint import logit_bits_for, weight_q
+    from vesuvius_inference.geometry.grid import ChunkGrid, PatchGrid
+    from vesuvius_inference.model.files import ModelFiles
+    from vesuvius_inference.model.network import load_model
+    from vesuvius_inference.predict.accumulate import ChunkAccumulator
+    from vesuvius_inference.predict.devicestep import DeviceStep
+    from vesuvius_inference.predict.runner import Runner
+    from vesuvius_inference.store.iopool import WritePool
+    from vesuvius_inference.store.reader import Patch
 
     folder = model_factory(patch=(16, 24, 24), folds=(0,), normalization="CTNormalization")
     model = load_model(ModelFiles(str(folder)))
@@ -153,7 +153,7 @@ def test_division_is_the_contracts_arithmetic(shape, monkeypatch):
     CPU slabs are made small enough to cut every test shape, so a slab bound that dropped or repeated
     planes, a division in float32, or numpy's one direct float64 -> float16 rounding (it differs from
     the two-step one for about 1 value in 17,000; the 64^3 case has 45 of them) fails."""
-    import vesuvius_inference.fixedpoint as fp
+    import vesuvius_inference.geometry.fixedpoint as fp
 
     rng = np.random.default_rng(sum(shape))
     bits = fp.logit_bits_for(8)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 
 import pytest
-from vesuvius_inference.errors import (
+from vesuvius_inference.contract.errors import (
     EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_STORAGE,

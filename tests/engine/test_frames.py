@@ -11,8 +11,8 @@ import logging
 import pytest
 from helpers import smooth_volume, write_zarr
 from ngff.fixtures import write_ngff05, write_scroll_input
-from vesuvius_inference.errors import BadArguments
-from vesuvius_inference.volume import open_volume
+from vesuvius_inference.contract.errors import BadArguments
+from vesuvius_inference.store.volume import open_volume
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ import pytest
 import torch
 from helpers import smooth_volume, write_zarr
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
-from vesuvius_inference.fixedpoint import WEIGHT_BITS, WEIGHT_SCALE, gaussian_q
-from vesuvius_inference.grid import nnunet_steps
+from vesuvius_inference.geometry.fixedpoint import WEIGHT_BITS, WEIGHT_SCALE, gaussian_q
+from vesuvius_inference.geometry.grid import nnunet_steps
 
 
 def test_patch_starts_equal_nnunets_on_random_geometries():

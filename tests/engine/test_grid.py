@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from vesuvius_inference.grid import ChunkGrid, PatchGrid, chunks_touched, split_chunks, split_parts
+from vesuvius_inference.geometry.grid import ChunkGrid, PatchGrid, chunks_touched, split_chunks, split_parts
 
 
 def nnunet_slicers(shape, patch, step):
@@ -62,7 +62,7 @@ def test_patches_touching_and_chunk_split():
 
 
 def test_nonempty_patches_vectorised_equals_brute_force():
-    from vesuvius_inference.grid import nonempty_patches
+    from vesuvius_inference.geometry.grid import nonempty_patches
 
     rng = np.random.default_rng(0)
     g = PatchGrid((70, 90, 61), (32, 24, 40), 0.5)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 from vesuvius_inference.cli import COMMANDS, main
-from vesuvius_inference.settings import HELP_GROUPS, help_group_of, options
+from vesuvius_inference.contract.settings import HELP_GROUPS, help_group_of, options
 
 
 def sections(text: str) -> dict[str, list[str]]:

@@ -165,9 +165,9 @@ def _readme_snippet() -> str:
 
 def test_the_readme_rescaling_keeps_chunks_and_ome_metadata_and_passes_the_check(tmp_path):
     from ngff.fixtures import write_scroll_input
-    from vesuvius_inference.intensity import IntensityFinding
-    from vesuvius_inference.normalization import check_intensities
-    from vesuvius_inference.volume import open_volume
+    from vesuvius_inference.contract.intensity import IntensityFinding
+    from vesuvius_inference.model.normalization import check_intensities
+    from vesuvius_inference.store.volume import open_volume
 
     u8 = write_scroll_input(tmp_path / "u8.zarr", shape=(32, 64, 64), n_levels=2, chunks=(16, 32, 32))
     src = zarr.open_group(str(u8.path), mode="r")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from vesuvius_inference.grid import ChunkGrid, PatchGrid, split_parts
-from vesuvius_inference.layout import OWN, PAIR, SHARED, PartLayout
-from vesuvius_inference.partition import split
+from vesuvius_inference.geometry.grid import ChunkGrid, PatchGrid, split_parts
+from vesuvius_inference.geometry.layout import OWN, PAIR, SHARED, PartLayout
+from vesuvius_inference.geometry.partition import split
 
 
 def test_boundaries_fall_between_patch_rows_when_the_balance_allows():

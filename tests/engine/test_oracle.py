@@ -7,10 +7,10 @@ import pytest
 import zarr
 from helpers import smooth_volume, write_zarr
 from oracle import nnunet_logits, normalize_like_nnunet, probabilities_uint8
-from vesuvius_inference.blend import run_blend
-from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
-from vesuvius_inference.finalize import run_finalize
-from vesuvius_inference.predict import run_predict
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.predict.stage import run_predict
+from vesuvius_inference.stages.blend import run_blend
+from vesuvius_inference.stages.finalize import run_finalize
 
 SHAPE = (77, 130, 101)  # z smaller than the patch (80): padded as nnU-Net pads
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from vesuvius_inference.blend import run_blend
-from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
-from vesuvius_inference.errors import BadInput
-from vesuvius_inference.finalize import run_finalize
-from vesuvius_inference.output import is_complete, written_config
-from vesuvius_inference.predict import run_predict
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.contract.errors import BadInput
+from vesuvius_inference.predict.stage import run_predict
 from vesuvius_inference.stages import finish_from_blend
+from vesuvius_inference.stages.blend import run_blend
+from vesuvius_inference.stages.finalize import run_finalize
+from vesuvius_inference.store.output import is_complete, written_config
 
 SHAPE = (32, 64, 64)
 

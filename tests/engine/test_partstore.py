@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from vesuvius_inference.accumulate import ChunkAccumulator
-from vesuvius_inference.grid import ChunkGrid
-from vesuvius_inference.iopool import WritePool
+from vesuvius_inference.geometry.grid import ChunkGrid
+from vesuvius_inference.predict.accumulate import ChunkAccumulator
+from vesuvius_inference.store.iopool import WritePool
 
 SHAPE, CHUNKS, C = (24, 32, 32), (8, 8, 8), 2
 

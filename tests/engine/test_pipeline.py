@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from vesuvius_inference.blend import run_blend
-from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
-from vesuvius_inference.finalize import run_finalize
-from vesuvius_inference.predict import run_predict
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.predict.stage import run_predict
+from vesuvius_inference.stages.blend import run_blend
+from vesuvius_inference.stages.finalize import run_finalize
 
 
 def test_pipeline_cli_matches_stages_and_cleans_up(tmp_path, model2):

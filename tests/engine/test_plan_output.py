@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers import smooth_volume, write_zarr
 from ngff.fixtures import VOXEL_UM, write_scroll_input
-from vesuvius_inference import plan as planmod
 from vesuvius_inference.cli import main
-from vesuvius_inference.throughput import REFERENCE_PASSES_PER_S, forward_flops
+from vesuvius_inference.stages import plan as planmod
+from vesuvius_inference.stages.throughput import REFERENCE_PASSES_PER_S, forward_flops
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +100,8 @@ def test_the_default_throughput_is_the_reference_at_the_reference_network(model_
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from torch.utils.flop_counter import FlopCounterMode
-    from vesuvius_inference.nnunet_folder import make_plans
-    from vesuvius_inference.throughput import default_rate
+    from vesuvius_inference.model.nnunet_folder import make_plans
+    from vesuvius_inference.stages.throughput import default_rate
 
     conf = make_plans((128, 128, 128), (32, 64, 128, 256, 320, 320))["configurations"]["3d_fullres"]
     assert default_rate(conf, (128, 128, 128), 1, 2).passes_per_s == pytest.approx(REFERENCE_PASSES_PER_S, rel=0.03)

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from vesuvius_inference.config import PlanConfig
+from vesuvius_inference.contract.config import PlanConfig
+from vesuvius_inference.contract.settings import crd_values
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.model_files import ModelFiles
-from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans
-from vesuvius_inference.plan import INTERMEDIATE_LIMIT, InputMeta, plan_of
-from vesuvius_inference.settings import crd_values
+from vesuvius_inference.model.files import ModelFiles
+from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans
+from vesuvius_inference.stages.plan import INTERMEDIATE_LIMIT, InputMeta, plan_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml")) + sorted(

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import smooth_volume, write_zarr
-from vesuvius_inference import cli, paths
+from vesuvius_inference import cli
+from vesuvius_inference.contract import paths
+from vesuvius_inference.contract.errors import EXIT_BAD_ARGUMENTS, EXIT_BAD_INPUT, EXIT_NO_DEVICE, classify
+from vesuvius_inference.contract.ngff import level_shapes
 from vesuvius_inference.demo.synthetic import write_zarr as write_ome
-from vesuvius_inference.errors import EXIT_BAD_ARGUMENTS, EXIT_BAD_INPUT, EXIT_NO_DEVICE, classify
-from vesuvius_inference.ngff import level_shapes
 
 SHAPE = (48, 80, 80)  # the issue's volume
 # the level count at which the pyramid is one voxel on every axis (each axis halves, rounding up)
@@ -112,7 +113,7 @@ def test_finalize_refuses_such_levels_before_writing(capsys, finished, tmp_path)
 
 def test_the_most_levels_end_at_one_voxel():
     """The boundary itself: the last level allowed is the first that is one voxel on every axis."""
-    from vesuvius_inference.prechecks import check_pyramid, max_levels
+    from vesuvius_inference.contract.prechecks import check_pyramid, max_levels
 
     for shape in (SHAPE, (23247, 7593, 7593), (1, 64, 3), (7, 7, 7)):
         top = max_levels(shape)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from vesuvius_inference.progress import parse_line
+from vesuvius_inference.contract.progress import parse_line
 
 cli = run_cli  # in-process (the pipeline's parts still run as its own worker processes)
 

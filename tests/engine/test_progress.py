@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from vesuvius_inference.progress import (
+from vesuvius_inference.contract.progress import (
     ProgressLine,
     Reporter,
     format_duration,

@@ -12,9 +12,9 @@ import sys
 import pytest
 from helpers import smooth_volume, write_zarr
 from vesuvius_inference.cli import main
-from vesuvius_inference.config import PredictConfig
-from vesuvius_inference.predict import run_predict
-from vesuvius_inference.progress import Reporter, RunProgress
+from vesuvius_inference.contract.config import PredictConfig
+from vesuvius_inference.contract.progress import Reporter, RunProgress
+from vesuvius_inference.predict.stage import run_predict
 
 
 class Terminal(io.StringIO):
@@ -39,7 +39,7 @@ def terminal(monkeypatch):
 def test_a_log_line_in_a_terminal_is_never_glued_onto_the_bar(terminal):
     bar = Reporter("predict", 0, 1, 10, "patches", stream=terminal, tty=True)
     bar.update(3)
-    logging.getLogger("vesuvius_inference.predict_part").info("predict part 0/1: 3 patches run")
+    logging.getLogger("vesuvius_inference.predict.part").info("predict part 0/1: 3 patches run")
     bar.update(3)
     bar.close()
     logging.getLogger("vesuvius_inference").info("after the bar")

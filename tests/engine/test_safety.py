@@ -16,7 +16,7 @@ import pytest
 import zarr
 from ngff.fixtures import write_scroll_input
 from vesuvius_inference import cli
-from vesuvius_inference.locations import Named, locate, overlaps
+from vesuvius_inference.contract.locations import Named, locate, overlaps
 
 
 def digest(root: Path) -> dict[str, str]:

@@ -20,7 +20,7 @@ from seamcase import (
     check_race,
     check_rerun_of_finished_parts,
 )
-from vesuvius_inference import createonce
+from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_disk_admits_one_writer(tmp_path):
@@ -122,7 +122,7 @@ def test_predict_processes_race_and_one_is_killed_mid_merge(tmp_path, model_fact
 def test_finalize_is_voxel_wise_so_seam_edges_can_be_stored_final():
     """A first finisher stores its edge voxels as the output's uint8: valid only while finalising a few
     voxels gives the bytes finalising the whole chunk gives them (every mode, NaN where not predicted)."""
-    from vesuvius_inference.finalize import finalize_chunk
+    from vesuvius_inference.stages.finalize import finalize_chunk
 
     rng = np.random.default_rng(0)
     for classes in (2, 3):

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from vesuvius_inference import cli, pipeline, stages
-from vesuvius_inference.config import BlendConfig, FinalizeConfig, PipelineConfig, PredictConfig
+from vesuvius_inference import cli, stages
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PipelineConfig, PredictConfig
+from vesuvius_inference.contract.settings import crd_values, options, static_default, to_argv
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.predict import Inferer
-from vesuvius_inference.settings import crd_values, options, static_default, to_argv
+from vesuvius_inference.predict.stage import Inferer
+from vesuvius_inference.stages import pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -176,7 +177,7 @@ def test_environment_defaults_are_read_when_a_configuration_is_made(monkeypatch)
                               "--storage-options", '{"endpoint_url": "http://b"}'])
     assert c.lease_s == 7.0 and c.storage_options == {"anon": True, "endpoint_url": "http://b"}
     monkeypatch.setenv("VESUVIUS_LEASE_S", "soon")
-    from vesuvius_inference.errors import BadArguments
+    from vesuvius_inference.contract.errors import BadArguments
 
     with pytest.raises(BadArguments, match="VESUVIUS_LEASE_S"):
         PredictConfig(model_path="m", input_dir="i", output_dir="o")

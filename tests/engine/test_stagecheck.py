@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 from helpers import run_cli  # in-process
-from vesuvius_inference import paths, stagecheck
-from vesuvius_inference.errors import EXIT_DISRUPTION_LIMIT
+from vesuvius_inference.contract import paths
+from vesuvius_inference.contract.errors import EXIT_DISRUPTION_LIMIT
+from vesuvius_inference.stages import stagecheck
 
 
 def test_markers_are_found_by_the_names_predict_gives_them():
@@ -54,9 +55,9 @@ def test_a_part_disrupted_past_the_bound_refuses_to_start_in_one_line(tmp_path):
 
 
 def test_retried_part_ids_from_a_file_and_bad_ones_in_one_line(tmp_path):
-    from vesuvius_inference.errors import BadArguments
-    from vesuvius_inference.k8s.ranges import encode_part_ids
-    from vesuvius_inference.podopts import resolve_part
+    from vesuvius_inference.contract.errors import BadArguments
+    from vesuvius_inference.contract.podopts import resolve_part
+    from vesuvius_inference.contract.ranges import encode_part_ids
 
     f = tmp_path / "part-ids"
     f.write_text(encode_part_ids(range(1, 100000, 2)))  # the compressed bitmap form

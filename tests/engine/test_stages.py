@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from vesuvius_inference.blend import run_blend
-from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
-from vesuvius_inference.finalize import finalize_chunk, run_finalize
-from vesuvius_inference.predict import Inferer, run_predict
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.predict.stage import Inferer, run_predict
 from vesuvius_inference.stages import finish_from_blend
+from vesuvius_inference.stages.blend import run_blend
+from vesuvius_inference.stages.finalize import finalize_chunk, run_finalize
 
 SHAPE = (64, 96, 96)
 
@@ -112,7 +112,7 @@ def test_skip_empty_same_output_outside_and_fewer_model_calls(tmp_path, model2):
         run_finalize(FinalizeConfig(input_path=str(tmp_path / f"b_{d}.zarr"), output_path=str(tmp_path / f"o_{d}.zarr"), quiet=True))
     assert runs["skip"] < runs["all"]
     # voxels that no skipped patch covers are identical
-    from vesuvius_inference.grid import PatchGrid
+    from vesuvius_inference.geometry.grid import PatchGrid
     grid = PatchGrid(SHAPE, (80, 48, 48), 0.5)
     covered_by_skipped = np.zeros(SHAPE, dtype=bool)
     for i in range(grid.n_patches):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 import zarr
-from vesuvius_inference.errors import EXIT_BAD_INPUT, BadInput
-from vesuvius_inference.frame import triple
-from vesuvius_inference.volume import open_volume
+from vesuvius_inference.contract.errors import EXIT_BAD_INPUT, BadInput
+from vesuvius_inference.contract.frame import triple
+from vesuvius_inference.store.volume import open_volume
 
 
 def test_a_level_that_is_a_group_is_bad_input(tmp_path):

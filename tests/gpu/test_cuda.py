@@ -19,9 +19,9 @@ import torch
 import zarr
 from helpers import smooth_volume, write_zarr
 from oracle import nnunet_logits, normalize_like_nnunet
-from vesuvius_inference.blend import run_blend
-from vesuvius_inference.config import BlendConfig, PredictConfig
-from vesuvius_inference.predict import run_predict
+from vesuvius_inference.contract.config import BlendConfig, PredictConfig
+from vesuvius_inference.predict.stage import run_predict
+from vesuvius_inference.stages.blend import run_blend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: run tools/gpu_check.sh on one")
 SHAPE = (96, 160, 128)

@@ -109,7 +109,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vesuvius_inference.k8s.ranges import format_ranges  # Kubernetes' own "0-3,5" form, unit-tested there
+from vesuvius_inference.contract.ranges import (
+    format_ranges,  # Kubernetes' own "0-3,5" form, unit-tested there
+)
 
 ENTRYPOINT = [sys.executable, "-m", "vesuvius_inference.cli"]  # the worker image's ENTRYPOINT
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"

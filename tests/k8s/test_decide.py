@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import yaml
+from vesuvius_inference.contract.progress import ProgressLine, parse_line
 from vesuvius_inference.k8s import kueue, manifests, progressview, stalls
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.decide import Diagnosis, Observed, Outcomes, decide
 from vesuvius_inference.k8s.metrics import Registry
 from vesuvius_inference.k8s.passes import Passes
-from vesuvius_inference.progress import ProgressLine, parse_line
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z

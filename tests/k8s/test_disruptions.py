@@ -20,7 +20,7 @@ import pytest
 import yaml
 from plugins.k8s import SAMPLE, cond_true
 from vesuvius_inference.cli import parse
-from vesuvius_inference.errors import EXIT_DISRUPTION_LIMIT
+from vesuvius_inference.contract.errors import EXIT_DISRUPTION_LIMIT
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 
@@ -73,7 +73,7 @@ def test_only_pods_that_can_use_more_than_they_request_keep_the_disruption_bound
 def test_an_unbounded_pod_starts_whatever_the_job_controllers_count():
     """What the worker makes of its pod's env: with no VESUVIUS_DISRUPTIONS it sees no disruption, however
     often its index was drained (the annotation is there, nothing reads it)."""
-    from vesuvius_inference.podopts import guard
+    from vesuvius_inference.contract.podopts import guard
 
     job = manifests.predict_job("ij", "ns", "u", spec(retry={"maxDisruptionsPerPart": 0}))
     assert not told_count(job)

@@ -90,7 +90,7 @@ def test_a_scan_on_the_training_scale_gets_the_condition_false(cluster, operator
 def test_the_first_word_is_kept_and_stops_the_reads():
     """Pure: a pod's report sets the condition once (with one Warning Event); later passes keep it as it was
     and the observer no longer reads (``wanted``); ``intensityCheck: off`` never reads."""
-    from vesuvius_inference.intensity import Reported
+    from vesuvius_inference.contract.intensity import Reported
     from vesuvius_inference.k8s import inputcheck
 
     line = "the input's intensities do not match the model's training data: 0.5% of 10 sampled voxels ..."

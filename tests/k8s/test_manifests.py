@@ -9,9 +9,9 @@ import kubernetes_validate
 import pytest
 import yaml
 from vesuvius_inference.cli import parse
+from vesuvius_inference.contract.ranges import count_ranges, format_ranges, parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.k8s.ranges import count_ranges, format_ranges, parse_ranges
 
 SAMPLES = Path(__file__).resolve().parents[2] / "crds" / "samples"
 
@@ -95,7 +95,7 @@ def podinfo_file(job, tmp_path):
 
 
 def test_retry_job_maps_indexes_to_failed_parts(tmp_path):
-    from vesuvius_inference.podopts import resolve_part
+    from vesuvius_inference.contract.podopts import resolve_part
 
     s = sample("minimal.yaml")
     s = specmod.parse(dict(s.raw, parts=100))
@@ -114,8 +114,8 @@ def test_retried_part_ids_are_not_limited_by_argument_size(tmp_path):
     """50,000 scattered ids of 100,000 parts: as ranges about 290 KB, past the kernel's 128 KiB per argument
     and Kubernetes' 256 KiB for all annotations; encoded, a few KB, and every index maps back."""
     from k8s.kmock_api import default_job
-    from vesuvius_inference.k8s.ranges import format_ranges
-    from vesuvius_inference.podopts import resolve_part
+    from vesuvius_inference.contract.podopts import resolve_part
+    from vesuvius_inference.contract.ranges import format_ranges
 
     ids = list(range(1, 100000, 2))
     assert len(format_ranges(ids)) > 256 * 1024

@@ -15,9 +15,9 @@ from helpers import run_cli
 from k8s.job_validation import validate_job
 from k8s.kmock_api import default_job
 from vesuvius_inference.cli import main as cli_main
+from vesuvius_inference.contract.ranges import parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.k8s.ranges import parse_ranges
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "crds" / "samples").glob("*.yaml"))

@@ -11,9 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from vesuvius_inference.contract.ranges import format_ranges, parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
-from vesuvius_inference.k8s.ranges import format_ranges, parse_ranges
 from vesuvius_inference.k8s.stalls import stuck as stuck_pods
 from vesuvius_inference.k8s.status import (
     checks_needed,

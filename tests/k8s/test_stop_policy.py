@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from k8s.job_controller import match_rule
-from vesuvius_inference.errors import EXIT_STOPPED
+from vesuvius_inference.contract.errors import EXIT_STOPPED
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.grace import MIN_GRACE_S, predict_grace_seconds

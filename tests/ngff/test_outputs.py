@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import zarr
 from helpers import tool
-from vesuvius_inference.config import PipelineConfig
+from vesuvius_inference.contract.config import PipelineConfig
 from vesuvius_inference.demo.run import MODEL_DIR
-from vesuvius_inference.pipeline import run_local_pipeline
+from vesuvius_inference.stages.pipeline import run_local_pipeline
 
 from ngff.checks import assert_overlays, napari_layers, ome_attrs, side_checks, validate_ngff_zarr, zarr2_read
 from ngff.fixtures import write_ngff05

@@ -16,7 +16,7 @@ import pytest
 @pytest.fixture(scope="session")
 def model_factory(tmp_path_factory):
     """Build (and cache) nnU-Net model folders with random weights."""
-    from vesuvius_inference.nnunet_folder import make_dataset_json, make_plans, write_model_folder
+    from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
     made: dict[tuple, Path] = {}
 
@@ -78,10 +78,10 @@ def reference_run(tmp_path_factory):
     (engine/test_oracle.py, engine/test_stages.py), so one plain run serves them all.
     """
     import zarr
-    from vesuvius_inference.blend import run_blend
-    from vesuvius_inference.config import BlendConfig, FinalizeConfig, PredictConfig
-    from vesuvius_inference.finalize import run_finalize
-    from vesuvius_inference.predict import run_predict
+    from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+    from vesuvius_inference.predict.stage import run_predict
+    from vesuvius_inference.stages.blend import run_blend
+    from vesuvius_inference.stages.finalize import run_finalize
 
     made: dict[tuple, ReferenceRun] = {}
 

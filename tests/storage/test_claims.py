@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
-from vesuvius_inference.claims import COMPLETE, ClaimLost, Lease, trusted_complete
-from vesuvius_inference.errors import Busy
+from vesuvius_inference.contract.errors import Busy
+from vesuvius_inference.store.claims import COMPLETE, ClaimLost, Lease, trusted_complete
 
 
 @pytest.fixture(params=["local", "s3"])

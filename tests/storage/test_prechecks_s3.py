@@ -8,7 +8,7 @@ import json
 import pytest
 from helpers import smooth_volume, write_zarr
 from vesuvius_inference import cli
-from vesuvius_inference.errors import EXIT_BAD_ARGUMENTS
+from vesuvius_inference.contract.errors import EXIT_BAD_ARGUMENTS
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     import requests
     import s3fs
     from helpers import parse_recording
-    from vesuvius_inference.layout import OWN, PAIR, SHARED
+    from vesuvius_inference.geometry.layout import OWN, PAIR, SHARED
 
     model = model_factory(patch=(16, 32, 32), folds=(0,), normalization="CTNormalization")
     vol = smooth_volume((80, 64, 64), seed=13)
@@ -75,7 +75,7 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     assert set(every) == stored  # and every stored chunk came from one of those PUTs
     blend_puts = puts(parse_recording(text[stages["predict3"]:stages["blend"]]))
     level0_by_blend = {tuple(int(v) for v in k.split("/")[-3:]) for k in blend_puts if k.startswith("0/")}
-    from vesuvius_inference.partstore import load_parts
+    from vesuvius_inference.store.partstore import load_parts
 
     layout = load_parts(f"{work}/parts").layout()
     assert level0_by_blend and {layout.kind(idx) for idx in level0_by_blend} == {SHARED}

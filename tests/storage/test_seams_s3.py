@@ -10,7 +10,7 @@ from seamcase import (
     check_race,
     check_rerun_of_finished_parts,
 )
-from vesuvius_inference import createonce
+from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_s3_admits_one_writer(s3):

@@ -21,8 +21,8 @@ import pytest
 from helpers import smooth_volume, write_zarr
 from outage import Outage, free_port, proxy, serve_folder
 from test_outages import PREDICT, final_of
-from vesuvius_inference.storagewait import Outage as Clock
-from vesuvius_inference.storagewait import call, waiting_line
+from vesuvius_inference.store.storagewait import Outage as Clock
+from vesuvius_inference.store.storagewait import call, waiting_line
 
 SHAPE, CHUNKS = (16, 64, 96), (8, 32, 32)
 WAITING = "storage unreachable ("
@@ -75,7 +75,7 @@ def test_backoff_is_bounded_and_one_line_per_window(caplog):
     def sleep(d):
         now[0] += d
 
-    with caplog.at_level("WARNING", logger="vesuvius_inference.storage"):
+    with caplog.at_level("WARNING", logger="vesuvius_inference.store.storage"):
         assert call(flaky, doing="reading x", outage=clock, sleep=sleep) == "ok"
     gaps = np.diff(calls)
     assert list(gaps[:3]) == [0.5, 0.5, 1.0] and max(gaps) <= 4.0, gaps  # grows with the age, capped
@@ -196,8 +196,8 @@ def test_model_download_waits_for_the_store(s3, s3_server, tmp_path, tiny_model,
     import threading
 
     import s3fs
-    from vesuvius_inference import storagewait
-    from vesuvius_inference.model_source import resolve_model
+    from vesuvius_inference.model.source import resolve_model
+    from vesuvius_inference.store import storagewait
 
     fs = s3fs.S3FileSystem()
     bucket = s3[5:]
@@ -219,7 +219,7 @@ def test_model_download_waits_for_the_store(s3, s3_server, tmp_path, tiny_model,
         store.stop()
 
     done = threading.Event()
-    with caplog.at_level("WARNING", logger="vesuvius_inference.storage"):
+    with caplog.at_level("WARNING", logger="vesuvius_inference.store.storage"):
         t = threading.Thread(target=restart_when_waited, daemon=True)
         t.start()
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import ownership
+from vesuvius_inference.store import ownership
 
 log = logging.getLogger("vesuvius_inference.demo")
 MODEL_DIR = Path(__file__).parent / "model"
@@ -28,13 +28,13 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     """Run the demo; returns the measured numbers (also printed)."""
     import zarr
 
-    from ..blend import run_blend
-    from ..config import BlendConfig, FinalizeConfig, PredictConfig
-    from ..finalize import run_finalize
-    from ..predict import run_predict
-    from .preview import write_preview
-    from .synthetic import dice, make_scroll
-    from .synthetic import write_zarr as write_volume
+    from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+    from vesuvius_inference.demo.preview import write_preview
+    from vesuvius_inference.demo.synthetic import dice, make_scroll
+    from vesuvius_inference.demo.synthetic import write_zarr as write_volume
+    from vesuvius_inference.predict.stage import run_predict
+    from vesuvius_inference.stages.blend import run_blend
+    from vesuvius_inference.stages.finalize import run_finalize
 
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):  # an earlier demo's folder is replaced; anybody else's is left alone

@@ -123,9 +123,9 @@ def write_zarr(volume: np.ndarray, path: str, chunks: Sequence[int] = (32, 64, 6
     """
     import zarr
 
-    from ..downsample import MEAN, downsample2
-    from ..frame import Frame
-    from ..ngff import NGFF_VERSION, level_shapes, multiscales
+    from vesuvius_inference.contract.frame import Frame
+    from vesuvius_inference.contract.ngff import NGFF_VERSION, level_shapes, multiscales
+    from vesuvius_inference.geometry.downsample import MEAN, downsample2
 
     frame = Frame(units=("micrometer",) * 3, scale=(voxel_um,) * 3)
     root = zarr.open_group(path, mode="w", zarr_format=3)

@@ -23,8 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..nnunet_folder import build_network, make_dataset_json, make_plans, write_model_folder
-from .synthetic import dice, make_scroll
+from vesuvius_inference.demo.synthetic import dice, make_scroll
+from vesuvius_inference.model.nnunet_folder import (
+    build_network,
+    make_dataset_json,
+    make_plans,
+    write_model_folder,
+)
 
 log = logging.getLogger("vesuvius_inference.demo.train")
 

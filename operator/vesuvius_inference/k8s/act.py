@@ -14,10 +14,10 @@ import json
 import logging
 from typing import Any
 
-from . import kueue
-from .clients import Clients
-from .decide import Outcomes, Plan
-from .status import bounded, owner_uids, status_patch
+from vesuvius_inference.k8s import kueue
+from vesuvius_inference.k8s.clients import Clients
+from vesuvius_inference.k8s.decide import Outcomes, Plan
+from vesuvius_inference.k8s.status import bounded, owner_uids, status_patch
 
 # status.kopf holds kopf's last-handled-configuration (handlers._configure: status, not an annotation, so that
 # kubectl describe does not open with it); the operator's status writes leave it alone.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .manifests import (
+from vesuvius_inference.k8s.manifests import (
     DO_NOT_DISRUPT,
     SAFE_TO_EVICT,
     OperatorDefaults,
@@ -22,9 +22,16 @@ from .manifests import (
     is_overcommit_allowed,
     uses_gpu,
 )
-from .names import hostname, is_dns_subdomain, is_label_value, is_qualified_name, job_name, name_problems
-from .quantity import parse_quantity
-from .spec import JobSpec, device_problems, validate
+from vesuvius_inference.k8s.names import (
+    hostname,
+    is_dns_subdomain,
+    is_label_value,
+    is_qualified_name,
+    job_name,
+    name_problems,
+)
+from vesuvius_inference.k8s.quantity import parse_quantity
+from vesuvius_inference.k8s.spec import JobSpec, device_problems, validate
 
 STAGES = ("predict", "blend", "finalize")
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")

@@ -47,7 +47,7 @@ def timeout_s() -> tuple[float, float]:
 
 
 def _counting(request: Any, counter: Counter, timeout: tuple[float, float]) -> Any:
-    from .metrics import count_api_error
+    from vesuvius_inference.k8s.metrics import count_api_error
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         counter.add()
@@ -96,7 +96,7 @@ def build(api_client: Any = None) -> Clients:
         configuration = kubernetes.client.Configuration.get_default_copy()
         configuration.socket_options = keepalive_options()  # read when the ApiClient builds its pool
         api_client = kubernetes.client.ApiClient(configuration)
-    from .. import __version__
+    from vesuvius_inference import __version__
 
     api_client.user_agent = f"vesuvius-inference-operator/{__version__}"  # names it in audit logs
     counter = Counter()

@@ -15,13 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..intensity import Reported
-from . import inputcheck, kueue, manifests, policy, progressview, stalls
-from .checks import refusals
-from .names import job_name
-from .policy import SecretFacts
-from .spec import JobSpec, parse
-from .status import (
+from vesuvius_inference.contract.intensity import Reported
+from vesuvius_inference.k8s import inputcheck, kueue, manifests, policy, progressview, stalls
+from vesuvius_inference.k8s.checks import refusals
+from vesuvius_inference.k8s.names import job_name
+from vesuvius_inference.k8s.policy import SecretFacts
+from vesuvius_inference.k8s.spec import JobSpec, parse
+from vesuvius_inference.k8s.status import (
     ChildJobs,
     bounded,
     checks_needed,

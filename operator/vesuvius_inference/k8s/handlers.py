@@ -37,12 +37,12 @@ from typing import Any
 
 import kopf
 
-from . import act, clients, manifests, metrics, policy
-from .decide import decide
-from .metrics import Registry, serve
-from .observe import Observer, Settings
-from .passes import Passes
-from .policy import SecretLabels
+from vesuvius_inference.k8s import act, clients, manifests, metrics, policy
+from vesuvius_inference.k8s.decide import decide
+from vesuvius_inference.k8s.metrics import Registry, serve
+from vesuvius_inference.k8s.observe import Observer, Settings
+from vesuvius_inference.k8s.passes import Passes
+from vesuvius_inference.k8s.policy import SecretLabels
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 FINISHED = "vesuvius.dev/finished"  # label: set at completion, removed when a retry starts; the resync skips it
@@ -262,7 +262,7 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 async def _start(memo: kopf.Memo, **_: Any) -> None:
     rt = await asyncio.to_thread(runtime)
     if _scope["metrics_port"]:
-        from .metricsauth import CertFiles, ReviewAuth
+        from vesuvius_inference.k8s.metricsauth import CertFiles, ReviewAuth
 
         auth = tls = None
         if _scope["metrics_auth"] == "kubernetes":  # TokenReview + SubjectAccessReview (metricsauth.py)

@@ -22,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..intensity import OFF, Reported, reported
-from ..progress import parse_line
-from .status import bounded
+from vesuvius_inference.contract.intensity import OFF, Reported, reported
+from vesuvius_inference.contract.progress import parse_line
+from vesuvius_inference.k8s.status import bounded
 
 CONDITION = "IntensityOutOfRange"
 HEAD_BYTES = 65536  # the part's line comes before its model loads: far inside the log's first 64 KiB

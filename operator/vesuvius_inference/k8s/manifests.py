@@ -34,16 +34,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import __version__, paths
-from ..config import BlendConfig, FinalizeConfig, PredictConfig
-from ..errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED, EXIT_STORAGE
-from ..settings import crd_values, to_argv
-from ..stagecheck import EXIT_INCOMPLETE
-from .grace import predict_grace_seconds
-from .names import check_job_name, job_name
-from .ranges import encode_part_ids
-from .resources import fill_in, memory_within_request
-from .spec import JobSpec
+from vesuvius_inference import __version__
+from vesuvius_inference.contract import paths
+from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
+from vesuvius_inference.contract.errors import EXIT_DISRUPTION_LIMIT, EXIT_STOPPED, EXIT_STORAGE
+from vesuvius_inference.contract.ranges import encode_part_ids
+from vesuvius_inference.contract.settings import crd_values, to_argv
+from vesuvius_inference.k8s.grace import predict_grace_seconds
+from vesuvius_inference.k8s.names import check_job_name, job_name
+from vesuvius_inference.k8s.resources import fill_in, memory_within_request
+from vesuvius_inference.k8s.spec import JobSpec
+from vesuvius_inference.stages.stagecheck import EXIT_INCOMPLETE
 
 LABEL_JOB = "vesuvius.dev/inferencejob"
 LABEL_STAGE = "vesuvius.dev/stage"

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .status import PHASES
+from vesuvius_inference.k8s.status import PHASES
 
 TERMINAL = ("Succeeded", "Failed")
 # Pass latency buckets (seconds): a pass is a few API requests, so milliseconds to seconds; a long tail

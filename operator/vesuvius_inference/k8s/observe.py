@@ -21,14 +21,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..intensity import Reported
-from ..progress import ProgressLine, last_progress
-from ..storagewait import waiting_line
-from . import inputcheck, kueue, manifests, progressview, stalls
-from .clients import Clients
-from .decide import Diagnosis, Observed, iso
-from .ranges import count_ranges
-from .status import ChildJobs, check_verdict, classify, cond, job_finished
+from vesuvius_inference.contract.intensity import Reported
+from vesuvius_inference.contract.progress import ProgressLine, last_progress
+from vesuvius_inference.contract.ranges import count_ranges
+from vesuvius_inference.k8s import inputcheck, kueue, manifests, progressview, stalls
+from vesuvius_inference.k8s.clients import Clients
+from vesuvius_inference.k8s.decide import Diagnosis, Observed, iso
+from vesuvius_inference.k8s.status import ChildJobs, check_verdict, classify, cond, job_finished
+from vesuvius_inference.store.storagewait import waiting_line
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"

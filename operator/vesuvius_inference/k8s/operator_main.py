@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.namespace and not args.all_namespaces:
         parser().error("pass --namespace NS (repeatable) or --all-namespaces")
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(message)s")
-    from .policy import Policy
+    from vesuvius_inference.k8s.policy import Policy
 
     try:
         policy = Policy.from_env()
@@ -65,10 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "none (VESUVIUS_POLICY unset): InferenceJobs may choose any image, Secret and ServiceAccount")
     import kopf
 
-    from . import handlers  # registers the handlers
+    from vesuvius_inference.k8s import handlers  # registers the handlers
 
     if args.metrics_cert_dir and args.metrics_port:
-        from .metricsauth import CertFiles
+        from vesuvius_inference.k8s.metricsauth import CertFiles
 
         try:
             CertFiles(args.metrics_cert_dir).context()

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .workqueue import WorkQueue
+from vesuvius_inference.k8s.workqueue import WorkQueue
 
 log = logging.getLogger("vesuvius_inference.operator")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..progress import ProgressLine, format_duration
+from vesuvius_inference.contract.progress import ProgressLine, format_duration
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from . import manifests
-from .checks import refusals
-from .policy import Policy, violations
-from .ranges import parse_ranges
-from .spec import parse
+from vesuvius_inference.contract.ranges import parse_ranges
+from vesuvius_inference.k8s import manifests
+from vesuvius_inference.k8s.checks import refusals
+from vesuvius_inference.k8s.policy import Policy, violations
+from vesuvius_inference.k8s.spec import parse
 
 EXIT_REFUSED = 2
 

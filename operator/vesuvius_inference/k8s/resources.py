@@ -83,7 +83,7 @@ def derived(spec: Any, stage: str) -> dict[str, dict[str, str]]:
 def memory_within_request(resources: dict[str, dict[str, str]]) -> bool:
     """Whether a container's memory can never exceed its request: a limit, and a request equal to it (or none,
     which Kubernetes sets to the limit: pkg/apis/core/v1/defaults.go, SetDefaults_Pod)."""
-    from .quantity import parse_quantity
+    from vesuvius_inference.k8s.quantity import parse_quantity
 
     limit = (resources.get("limits") or {}).get("memory")
     request = (resources.get("requests") or {}).get("memory")

@@ -7,10 +7,10 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import blocks_of, partition_choice
-from ..locations import WRITE, Named, overlaps
-from ..paths import default_workdir
-from ..storage import READ_ONLY_SCHEMES
+from vesuvius_inference.contract.config import blocks_of, partition_choice
+from vesuvius_inference.contract.locations import WRITE, Named, overlaps
+from vesuvius_inference.contract.paths import default_workdir
+from vesuvius_inference.store.storage import READ_ONLY_SCHEMES
 
 DEFAULTS: dict[str, Any] = {
     "mode": "binary", "threshold": False, "parts": 1, "partition": "auto", "suspend": False, "keepIntermediates": False,

@@ -37,8 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import EXIT_NO_DEVICE
-from .status import bounded, cond, job_finished, parse_time
+from vesuvius_inference.contract.errors import EXIT_NO_DEVICE
+from vesuvius_inference.k8s.status import bounded, cond, job_finished, parse_time
 
 STUCK_REASONS = ("CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImagePull",
                  "InvalidImageName", "ErrImageNeverPull")
@@ -72,7 +72,7 @@ def expected_active(job: Mapping[str, Any]) -> int:
     """How many pods the Job controller would keep running now (manageJob's wantActive, simplified to
     what the status shows): parallelism, at most the indexes (or completions) still to do."""
     spec, st = job.get("spec") or {}, job.get("status") or {}
-    from .ranges import count_ranges
+    from vesuvius_inference.contract.ranges import count_ranges
 
     completions = int(spec.get("completions") or 1)
     if spec.get("completionMode") == "Indexed":
@@ -211,7 +211,7 @@ def no_device(pods: Iterable[Mapping[str, Any]]) -> Stall | None:
 
 
 def _since(seconds: float) -> str:
-    from ..progress import format_duration
+    from vesuvius_inference.contract.progress import format_duration
 
     return format_duration(seconds)
 

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import stages as pipeline_order
-from .ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
-from .spec import JobSpec
+from vesuvius_inference import stages as pipeline_order
+from vesuvius_inference.contract.ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
+from vesuvius_inference.k8s.spec import JobSpec
 
 PHASES = ("Pending", "Predicting", "Blending", "Finalizing", "Succeeded", "Failed", "Suspended")
 LABEL_JOB = "vesuvius.dev/inferencejob"

@@ -1,0 +1,1 @@
+"""The contract layer (see README "Layout")."""

@@ -1,0 +1,1 @@
+"""The geometry layer (see README "Layout")."""

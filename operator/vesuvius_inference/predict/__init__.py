@@ -1,0 +1,1 @@
+"""The predict layer (see README "Layout")."""
