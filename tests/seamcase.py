@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from vesuvius_inference.contract.locations import join
-from vesuvius_inference.geometry.fixedpoint import divide_np, gaussian_q, logit_bits_for, weights_digest
+from vesuvius_inference.geometry.fixedpoint import (
+    divide_np,
+    gaussian_q,
+    logit_bits_for,
+    weights_digest,
+)
 from vesuvius_inference.geometry.grid import PatchGrid, Shape3
 from vesuvius_inference.geometry.layout import PAIR, PartLayout
 from vesuvius_inference.geometry.partition import split

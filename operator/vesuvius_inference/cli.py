@@ -19,7 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from vesuvius_inference.contract import config
-from vesuvius_inference.contract.errors import EXIT_BAD_ARGUMENTS, Stopped, VesuviusError, classify
+from vesuvius_inference.contract.errors import (
+    EXIT_BAD_ARGUMENTS,
+    Stopped,
+    VesuviusError,
+    classify,
+)
 from vesuvius_inference.contract.failure import debug_requested, report, report_stop
 from vesuvius_inference.contract.podopts import guard  # Kubernetes pods: the disruption bound
 from vesuvius_inference.contract.settings import build_parser, check_values, from_args
@@ -108,7 +113,7 @@ def parse(name: str, argv: Sequence[str]) -> Any:
     """The configuration a command line gives (exits 2 on bad arguments, as argparse does); BadArguments
     for a value outside its setting's declared bounds or choices (from the command line or the environment),
     before anything acts on it (--storage_wait_s, the disruption guard)."""
-    cfg = from_args(COMMANDS[name].config, parser(name).parse_args(list(argv)))
+    cfg: Any = from_args(COMMANDS[name].config, parser(name).parse_args(list(argv)))
     check_values(cfg)
     return cfg
 

@@ -488,7 +488,8 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
     always_final: ClassVar[bool] = False  # True: the seed's blend_and_finalize (below)
     parts_dir: str = setting(REQUIRED, positional=True, help="the predict parts (predict's --output_dir)")
     output: str = setting(REQUIRED, positional=True, help="the output predict wrote into, or a new one (seed layout)")
-    mode: str | None = variant(field_of(FinalEncoding, "mode"), default=None,
+    # The ignore: blend's mode may be None (blended float16 logits); nothing takes a FinalEncoding as such.
+    mode: str | None = variant(field_of(FinalEncoding, "mode"), default=None,  # type: ignore[assignment]
                                help="finalize while blending the seed's layout (uint8 output, no float16 "
                                     "intermediate); default: blended float16 logits")
     seams_only: bool = setting(False, "--seams_only", group="Kubernetes",

@@ -10,11 +10,19 @@ Pure functions, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 SPATIAL = ("z", "y", "x")
+T = TypeVar("T")
+
+
+def triple(values: Iterable[T]) -> tuple[T, T, T]:
+    """The three values of one per spatial axis (z, y, x), as the fixed-length tuple the annotations name:
+    ``tuple(v for v in ...)`` is typed ``tuple[T, ...]``. ValueError when there are not exactly three."""
+    z, y, x = values
+    return z, y, x
 
 
 def _compose(transforms: Sequence[dict[str, Any]] | None, n: int, scale: list[float], translation: list[float]
@@ -49,15 +57,14 @@ class Frame:
             return cls()
         scale, translation = _compose(ms["datasets"][level].get("coordinateTransformations"), 3, [1.0] * 3, [0.0] * 3)
         scale, translation = _compose(ms.get("coordinateTransformations"), 3, scale, translation)
-        return cls(tuple(str(a.get("name", d)) for a, d in zip(space, SPATIAL)),  # type: ignore[arg-type]
-                   tuple(a.get("unit") for a in space),  # type: ignore[arg-type]
-                   tuple(scale), tuple(translation))  # type: ignore[arg-type]
+        return cls(triple(str(a.get("name", d)) for a, d in zip(space, SPATIAL)),
+                   triple(a.get("unit") for a in space), triple(scale), triple(translation))
 
     def level(self, k: int, factors: Sequence[int] = (2, 2, 2)) -> Frame:
         """The frame of pyramid level ``k`` (level 0 is this frame)."""
         f = [int(x) ** k for x in factors]
-        return Frame(self.names, self.units, tuple(s * a for s, a in zip(self.scale, f)),  # type: ignore[arg-type]
-                     tuple(t + (a - 1) / 2 * s for t, s, a in zip(self.translation, self.scale, f)))  # type: ignore[arg-type]
+        return Frame(self.names, self.units, triple(s * a for s, a in zip(self.scale, f)),
+                     triple(t + (a - 1) / 2 * s for t, s, a in zip(self.translation, self.scale, f)))
 
     def axes(self, channel: bool) -> list[dict[str, Any]]:
         out = [{"name": n, "type": "space", **({"unit": u} if u else {})} for n, u in zip(self.names, self.units)]
@@ -80,5 +87,5 @@ class Frame:
     def from_dict(cls, d: dict[str, Any] | None) -> Frame:
         if not d:
             return cls()
-        return cls(tuple(d["names"]), tuple(d["units"]), tuple(float(v) for v in d["scale"]),  # type: ignore[arg-type]
-                   tuple(float(v) for v in d["translation"]))  # type: ignore[arg-type]
+        return cls(triple(d["names"]), triple(d["units"]), triple(float(v) for v in d["scale"]),
+                   triple(float(v) for v in d["translation"]))

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vesuvius_inference.contract.frame import Frame
+from vesuvius_inference.contract.frame import Frame, triple
 
 NGFF_VERSION = "0.5"  # the default for Zarr v3 inputs
 NGFF_VERSIONS = {"0.4": 2, "0.5": 3}  # NGFF version -> the Zarr format it is stored in
@@ -57,10 +57,10 @@ def auto_levels(shape: Sequence[int], chunks: Sequence[int]) -> int:
 
 
 def level_shapes(shape: Sequence[int], levels: int) -> list[tuple[int, int, int]]:
-    out = [tuple(int(a) for a in shape)]
+    out = [triple(int(a) for a in shape)]
     for _ in range(levels - 1):
-        out.append(tuple(-(-a // 2) for a in out[-1]))
-    return out  # type: ignore[return-value]
+        out.append(triple(-(-a // 2) for a in out[-1]))
+    return out
 
 
 def class_names(labels: dict[str, Any] | None, n: int) -> list[str]:

@@ -95,7 +95,7 @@ class _TqdmWrite(logging.Handler):
     """A log handler that writes through ``tqdm.write``: the bar is cleared, the line written, the bar
     drawn again below it (tqdm.contrib.logging's handler, for the handler that writes on the bar's stream)."""
 
-    def __init__(self, orig: logging.StreamHandler) -> None:  # type: ignore[type-arg]
+    def __init__(self, orig: logging.StreamHandler[Any]) -> None:
         super().__init__(orig.level)
         self.setFormatter(orig.formatter)
         self.filters = list(orig.filters)
@@ -232,7 +232,8 @@ class RunProgress:
 
     def __init__(self, stage: str, totals: dict[int, int], unit: str, *, quiet: bool = False,
                  interval_s: float = 30.0, stream: TextIO | None = None, tty: bool | None = None) -> None:
-        self.totals, self.seen, self._started = dict(totals), dict.fromkeys(totals, 0), set()
+        self.totals, self.seen = dict(totals), dict.fromkeys(totals, 0)
+        self._started: set[int] = set()
         self._lock = threading.Lock()  # worker processes' readers report from their own threads
         self.reporter = Reporter(stage, 0, len(totals), sum(totals.values()), unit, quiet=quiet,
                                  interval_s=interval_s, stream=stream, tty=tty,

@@ -24,11 +24,14 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from vesuvius_inference.contract.errors import BadArguments
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's protocol of a dataclass (type checkers only)
+
+T = TypeVar("T", bound="DataclassInstance")
 REQUIRED: Any = MISSING
 NEGATIVE_VALUE = re.compile(r"^-[\d.:]")  # a value such as -5:10,0:20,0:20 or -1; never an option's spelling
 
@@ -124,15 +127,15 @@ def setting(default: Any = REQUIRED, *names: str, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"opt": opt})
 
 
-def variant(base: dataclasses.Field, **changes: Any) -> Any:
+def variant(base: dataclasses.Field[Any], **changes: Any) -> Any:
     """The setting ``base`` (a field of another config) with another ``default``, help or spec path."""
     opt: Opt = base.metadata["opt"]
     default = changes.pop("default", opt.fallback)
     return dataclasses.field(default=default, metadata={"opt": dataclasses.replace(opt, fallback=default, **changes)})
 
 
-def field_of(cls: type, name: str) -> dataclasses.Field:
-    return cls.__dataclass_fields__[name]  # type: ignore[attr-defined]
+def field_of(cls: type[DataclassInstance], name: str) -> dataclasses.Field[Any]:
+    return cls.__dataclass_fields__[name]
 
 
 def env_default(opt: Opt, environ: Mapping[str, str] | None = None) -> Any:
@@ -150,13 +153,13 @@ def _copy(value: Any) -> Any:
     return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
 
 
-def options(cls: type) -> list[tuple[dataclasses.Field, Opt]]:
+def options(cls: type) -> list[tuple[dataclasses.Field[Any], Opt]]:
     """The settings of a config class, in declaration order (positionals first)."""
     out = [(f, f.metadata["opt"]) for f in dataclasses.fields(cls) if "opt" in f.metadata]
     return sorted(out, key=lambda fo: not fo[1].positional)
 
 
-def static_default(f: dataclasses.Field) -> Any:
+def static_default(f: dataclasses.Field[Any]) -> Any:
     """The declared default (for settings read from the environment: the value when it is unset)."""
     return f.metadata["opt"].fallback
 
@@ -170,7 +173,7 @@ def spellings(names: Iterable[str]) -> list[str]:
     return out
 
 
-def _help(f: dataclasses.Field, opt: Opt) -> str:
+def _help(f: dataclasses.Field[Any], opt: Opt) -> str:
     d = static_default(f)
     text = opt.help
     if opt.env:
@@ -205,10 +208,11 @@ class Parser(argparse.ArgumentParser):
         write_termination_message(line)  # for Kubernetes, as every failure's line
         self.exit(2, line)
 
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
         return super().parse_known_args(self.values_attached(args), namespace)
 
-    def values_attached(self, args: Sequence[str] | None) -> list[str] | None:
+    def values_attached(self, args: Iterable[str] | None) -> list[str] | None:
         """``--bbox -5:10,0:20,0:20`` as ``--bbox=-5:10,...``: argparse takes a word that starts with '-'
         for an option unless it is a plain negative number (``_negative_number_matcher``), so a value like
         ``-5:10,...`` or ``-1,2,3`` reached it as "expected one argument" instead of reaching the setting's
@@ -235,7 +239,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         if not opt.names and not opt.positional:
             continue
         if opt.positional:
-            top.add_argument(f.name, help=opt.help, type=opt.parse, metavar=opt.metavar)
+            top.add_argument(f.name, help=opt.help, type=opt.parse or str, metavar=opt.metavar)
             continue
         p: Any = sections.get(help_group_of(cls, f.name, opt) or "", top)
         kw: dict[str, Any] = {"dest": f.name, "help": _help(f, opt)}
@@ -249,7 +253,7 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         kw.update(type=opt.parse, choices=opt.choices, metavar=opt.metavar)
         if opt.repeat:
             kw["action"] = "append"
-        if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+        if f.default is MISSING and f.default_factory is MISSING:
             kw["required"] = True
         p.add_argument(*spellings(opt.names), **kw)
     return top
@@ -263,14 +267,14 @@ def from_args(cls: type[T], ns: argparse.Namespace | Mapping[str, Any], **extra:
             given[f.name] = {**env_default(opt), **given[f.name]}
         if opt.repeat and isinstance(given.get(f.name), list):
             given[f.name] = tuple(given[f.name])
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in given.items() if k in names}, **extra)
 
 
 def derive(cls: type[T], source: Any, **overrides: Any) -> T:
     """A config of ``cls`` taking every setting ``source`` shares with it (same field name), then
     ``overrides``: how the pipeline hands its settings to predict, blend and finalize unchanged."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}
     shared = {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}
     return cls(**{**shared, **overrides})
 
@@ -395,7 +399,7 @@ def ints3(text: str) -> tuple[int, int, int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128,128, got {text!r}") from None
     if len(vals) != 3:
         raise argparse.ArgumentTypeError(f"expected three integers z,y,x, got {text!r}")
-    return vals  # type: ignore[return-value]
+    return vals  # the length check above makes it three
 
 
 def names_list(text: str) -> tuple[str, ...] | None:

@@ -28,7 +28,7 @@ def _as_unit_probability(probability: np.ndarray) -> np.ndarray:
 
 
 def write_preview(volume: np.ndarray, probability_uint8: np.ndarray, labels: np.ndarray | None,
-                  path_png: str | os.PathLike, z: int | None = None) -> Path:
+                  path_png: str | os.PathLike[str], z: int | None = None) -> Path:
     """Write a PNG of one Z slice (default: the middle) with three panels and return its path.
 
     Panels: the input in gray; the input with the surface probability as a coloured overlay

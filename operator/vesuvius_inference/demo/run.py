@@ -64,7 +64,7 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     t = time.perf_counter()
     run_finalize(FinalizeConfig(input_path=str(parts_dir), output_path=str(result), input_kind="parts", quiet=quiet))
     times["finalize"] = time.perf_counter() - t
-    prob = zarr.open_group(str(result), mode="r")["0"][0]
+    prob = np.asarray(zarr.open_array(str(result / "0"), mode="r")[0])
     score = dice(prob >= 128, labels > 0)
     write_preview(volume, prob, labels, str(out / "preview.png"))
     ownership.remove_ours(str(out / "work"), {}, flag="the demo's workdir")

@@ -15,12 +15,15 @@ import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 
 from vesuvius_inference.contract.config import OVERLAP
+from vesuvius_inference.contract.frame import triple
 
 Shape3 = tuple[int, int, int]
+T = TypeVar("T")  # what split_chunks slices: chunk indices, or blend's (kind, chunk) units
 
 
 def nnunet_steps(image_size: Sequence[int], tile_size: Sequence[int], tile_step_size: float) -> list[list[int]]:
@@ -62,22 +65,22 @@ class PatchGrid:
 
     @cached_property
     def padded_shape(self) -> Shape3:
-        return tuple(max(s, p) for s, p in zip(self.shape, self.patch))  # type: ignore[return-value]
+        return triple(max(s, p) for s, p in zip(self.shape, self.patch))
 
     @cached_property
     def pad_below(self) -> Shape3:
         """Padding before the volume on each axis, as nnU-Net's ``pad_nd_image`` centres it."""
-        return tuple((ps - s) // 2 for ps, s in zip(self.padded_shape, self.shape))  # type: ignore[return-value]
+        return triple((ps - s) // 2 for ps, s in zip(self.padded_shape, self.shape))
 
     @cached_property
     def starts(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """Patch starts per axis in volume coordinates."""
         steps = nnunet_steps(self.padded_shape, self.patch, self.step_fraction)
-        return tuple(tuple(int(s) - pb for s in axis) for axis, pb in zip(steps, self.pad_below))  # type: ignore[return-value]
+        return triple(tuple(int(s) - pb for s in axis) for axis, pb in zip(steps, self.pad_below))
 
     @property
     def counts(self) -> Shape3:
-        return tuple(len(a) for a in self.starts)  # type: ignore[return-value]
+        return triple(len(a) for a in self.starts)
 
     @property
     def n_patches(self) -> int:
@@ -92,15 +95,15 @@ class PatchGrid:
 
     def start(self, i: int) -> Shape3:
         """Patch start in volume coordinates (before the region's origin if padded)."""
-        gi = self.grid_index(i)
-        return tuple(self.starts[d][gi[d]] + self.origin[d] for d in range(3))  # type: ignore[return-value]
+        (z, y, x), (sz, sy, sx), (oz, oy, ox) = self.grid_index(i), self.starts, self.origin
+        return sz[z] + oz, sy[y] + oy, sx[x] + ox
 
     def region(self, i: int) -> tuple[Shape3, Shape3]:
         """The part of patch ``i`` inside the grid's region: (lo, hi) in volume coordinates."""
         s = self.start(i)
-        lo = tuple(max(o, a) for a, o in zip(s, self.origin))
-        hi = tuple(min(o + n, a + p) for a, p, n, o in zip(s, self.patch, self.shape, self.origin))
-        return lo, hi  # type: ignore[return-value]
+        lo = triple(max(o, a) for a, o in zip(s, self.origin))
+        hi = triple(min(o + n, a + p) for a, p, n, o in zip(s, self.patch, self.shape, self.origin))
+        return lo, hi
 
     def patches_touching(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         """Flat indices of the patches whose in-region part intersects the box [lo, hi) (volume coords)."""
@@ -151,7 +154,7 @@ def parse_bbox(text: str | None, shape: Sequence[int], where: str = "the input")
                              f"{axis} must lie within 0:{n}")
         lo.append(a_i)
         hi.append(b_i)
-    return tuple(lo), tuple(hi)  # type: ignore[return-value]
+    return triple(lo), triple(hi)
 
 
 def nonempty_patches(grid: PatchGrid, occupancy: np.ndarray, chunks: Sequence[int]) -> np.ndarray:
@@ -257,20 +260,20 @@ class ChunkGrid:
 
     @property
     def counts(self) -> Shape3:
-        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))  # type: ignore[return-value]
+        return triple(-(-s // c) for s, c in zip(self.shape, self.chunks))
 
     def box(self, idx: Sequence[int]) -> tuple[Shape3, Shape3]:
-        lo = tuple(i * c for i, c in zip(idx, self.chunks))
-        hi = tuple(min(s, a + c) for a, c, s in zip(lo, self.chunks, self.shape))
-        return lo, hi  # type: ignore[return-value]
+        lo = triple(i * c for i, c in zip(idx, self.chunks))
+        hi = triple(min(s, a + c) for a, c, s in zip(lo, self.chunks, self.shape))
+        return lo, hi
 
     def touching(self, lo: Sequence[int], hi: Sequence[int]) -> Iterator[Shape3]:
         """Chunk indices intersecting the box [lo, hi), in row-major order."""
         ranges = [range(a // c, -(-b // c)) for a, b, c in zip(lo, hi, self.chunks)]
-        yield from itertools.product(*ranges)  # type: ignore[misc]
+        yield from itertools.product(*ranges)
 
     def all(self) -> Iterator[Shape3]:
-        yield from itertools.product(*(range(n) for n in self.counts))  # type: ignore[misc]
+        yield from itertools.product(*(range(n) for n in self.counts))
 
 
 def chunks_touched(grid: PatchGrid, patches: np.ndarray, chunks: Sequence[int], chunk_counts: Sequence[int]
@@ -310,10 +313,10 @@ def chunks_touched_box(grid: PatchGrid, sel: np.ndarray, g_lo: Sequence[int], ch
         cur = np.moveaxis(np.tensordot(cover.astype(np.float32), np.moveaxis(cur, d, 0), axes=(1, 0)), 0, d)
         cur = np.minimum(cur, 1)
         first.append(c0)
-    return tuple(first), cur.astype(bool)  # type: ignore[return-value]
+    return triple(first), cur.astype(bool)
 
 
-def split_chunks(chunk_ids: Sequence[Shape3], num_parts: int, part_id: int) -> list[Shape3]:
+def split_chunks(chunk_ids: Sequence[T], num_parts: int, part_id: int) -> list[T]:
     """The ``part_id``-th of ``num_parts`` contiguous, disjoint slices of a chunk list."""
     n = len(chunk_ids)
     lo = part_id * n // num_parts

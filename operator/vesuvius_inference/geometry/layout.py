@@ -27,6 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.geometry.grid import ChunkGrid, PatchGrid, Shape3, chunks_touched_box
 from vesuvius_inference.geometry.partition import Part
 
@@ -52,7 +53,7 @@ def cover_and_reach(grid: PatchGrid, ids: np.ndarray, chunks: Sequence[int]
     sel[tuple(a - o for a, o in zip(g, g_lo))] = True
     reach = chunks_touched_box(grid, sel, g_lo, chunks)
     assert reach is not None
-    return (tuple(lo), tuple(hi)), reach  # type: ignore[return-value]
+    return (triple(lo), triple(hi)), reach
 
 
 # -- boxes, vectorised: arrays (..., 2, 3) of [lo, hi) -------------------------------------------
@@ -65,7 +66,7 @@ def vintersect(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def vempty(a: np.ndarray) -> np.ndarray:
-    return (a[..., 1, :] <= a[..., 0, :]).any(axis=-1)
+    return np.asarray((a[..., 1, :] <= a[..., 0, :]).any(axis=-1))  # one box: a 0-d array, not numpy's bool
 
 
 def vsize(a: np.ndarray) -> np.ndarray:
@@ -99,7 +100,7 @@ def _arr(box: Box | None) -> np.ndarray:
 def _box(a: np.ndarray) -> Box | None:
     if vempty(a):
         return None
-    return tuple(int(v) for v in a[0]), tuple(int(v) for v in a[1])  # type: ignore[return-value]
+    return triple(int(v) for v in a[0]), triple(int(v) for v in a[1])
 
 
 @dataclass(frozen=True)
@@ -161,16 +162,16 @@ class PartLayout:
             lo, sub = r
             view = tuple(slice(a, a + n) for a, n in zip(lo, sub.shape))
             for rel in np.argwhere(sub & (count[view] >= 3)):
-                out.setdefault(tuple(int(a + v) for a, v in zip(lo, rel)), []).append(p)  # type: ignore[arg-type]
+                out.setdefault(triple(int(a + v) for a, v in zip(lo, rel)), []).append(p)
         return out
 
     def participants(self, idx: Sequence[int]) -> list[int]:
         count, first, last = self._tally
-        key = tuple(int(v) for v in idx)
+        key = triple(int(v) for v in idx)
         k = int(count[key])
         if k <= 2:
             return sorted({int(first[key]), int(last[key])})[:k] if k else []
-        return list(self._many[key])  # type: ignore[index]
+        return list(self._many[key])
 
     def kind(self, idx: Sequence[int]) -> str | None:
         """OWN, PAIR, SHARED, or None (no part predicts anything there)."""
@@ -184,7 +185,7 @@ class PartLayout:
 
     def chunks_of(self, kind: str) -> list[Shape3]:
         code = {OWN: 1, PAIR: 2, SHARED: 3}[kind]
-        return [tuple(int(v) for v in c) for c in np.argwhere(self.kinds() == code)]  # type: ignore[misc]
+        return [triple(int(v) for v in c) for c in np.argwhere(self.kinds() == code)]
 
     def piece_boxes(self, part: int, idx: Sequence[int]) -> tuple[Box | None, Box | None]:
         """(shared, edge) of ``part``'s piece of chunk ``idx``: where its sums go, and where its final

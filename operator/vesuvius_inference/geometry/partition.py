@@ -55,7 +55,7 @@ class Part:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Part:
         if "block" in d:
-            return cls(block=tuple(tuple(int(v) for v in r) for r in d["block"]))  # type: ignore[arg-type]
+            return cls(block=tuple((int(a), int(b)) for a, b in d["block"]))
         a, b = d["range"]
         return cls(int(a), int(b))
 
@@ -90,7 +90,7 @@ def block_parts(grid: PatchGrid, nonempty: np.ndarray, nz: int, ny: int) -> list
     where the scroll is off-centre in y)."""
     per = nonempty.reshape(grid.counts)
     zb = _cuts(per.sum(axis=(1, 2)), nz)
-    out = []
+    out: list[Part] = []
     for i in range(nz):
         slab = per[zb[i]:zb[i + 1]]
         yb = _cuts(slab.sum(axis=(0, 2)), ny)

@@ -18,6 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadArguments
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.geometry.grid import (
     ChunkGrid,
     PatchGrid,
@@ -45,7 +46,7 @@ def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None, wh
     if box is None:
         return PatchGrid(shape, patch, overlap)
     lo, hi = box
-    return PatchGrid(tuple(b - a for a, b in zip(lo, hi)), patch, overlap, origin=lo)  # type: ignore[arg-type]
+    return PatchGrid(triple(b - a for a, b in zip(lo, hi)), patch, overlap, origin=lo)
 
 
 def patch_nonempty(grid: PatchGrid, occupancy: np.ndarray | None, input_chunks: Sequence[int]) -> np.ndarray:

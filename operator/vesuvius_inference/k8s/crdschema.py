@@ -88,7 +88,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _field(cls: type, f: dataclasses.Field, command: str) -> SpecField:
+def _field(cls: type, f: dataclasses.Field[Any], command: str) -> SpecField:
     opt = f.metadata["opt"]
     path = opt.crd_path(command)
     where = f"{cls.__name__}.{f.name} ({path})"

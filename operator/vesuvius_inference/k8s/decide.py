@@ -19,6 +19,7 @@ from vesuvius_inference.contract.intensity import Reported
 from vesuvius_inference.k8s import inputcheck, kueue, manifests, policy, progressview, stalls
 from vesuvius_inference.k8s.checks import refusals
 from vesuvius_inference.k8s.names import job_name
+from vesuvius_inference.k8s.policy import SecretFacts
 from vesuvius_inference.k8s.spec import JobSpec, parse
 from vesuvius_inference.k8s.status import (
     ChildJobs,
@@ -74,7 +75,7 @@ class Observed:
     storage_answered: bool = False  # this pass's sample saw a pod working with the store (a progress line)
     stall_grace_s: float = 300.0
     policy: policy.Policy = field(default_factory=policy.Policy)  # the cluster admin's (policy.py)
-    secret: policy.SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
+    secret: SecretFacts | None = None  # the labels of the spec's Secret, when the policy needs them
 
 
 @dataclass
@@ -396,7 +397,7 @@ def _storage_condition(ctx: _Ctx) -> Extra:
     ``storage.maxOutageSeconds``, the condition's reason becomes OutageTooLong and the operator stops the run's
     Jobs (:func:`_give_up`), and the run fails with that reason. A Job created later (spec.retryFailedParts)
     starts a fresh clock."""
-    old = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == STORAGE), {})
+    old: Mapping[str, Any] = next((c for c in ctx.prev.get("conditions") or [] if c.get("type") == STORAGE), {})
     unfinished = _unfinished(ctx)
     fresh = [j for j in unfinished if j["spec"].get("activeDeadlineSeconds") != GIVE_UP_DEADLINE]
     if old.get("status") == "True" and old.get("reason") == GAVE_UP:

@@ -42,6 +42,7 @@ from vesuvius_inference.k8s.decide import decide
 from vesuvius_inference.k8s.metrics import Registry, serve
 from vesuvius_inference.k8s.observe import Observer, Settings
 from vesuvius_inference.k8s.passes import Passes
+from vesuvius_inference.k8s.policy import SecretLabels
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 FINISHED = "vesuvius.dev/finished"  # label: set at completion, removed when a retry starts; the resync skips it
@@ -78,7 +79,7 @@ class Runtime:
     registry: Registry
     stats: dict[str, float]
     policy: policy.Policy
-    secrets: policy.SecretLabels
+    secrets: SecretLabels
 
 
 _runtime: list[Runtime] = []
@@ -337,21 +338,22 @@ async def _stop(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def on_change(name: str, namespace: str, **_: Any) -> None:
-    runtime().passes.request(namespace, name)
+async def on_change(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace is not None:  # kopf's None is for cluster-scoped kinds; InferenceJobs are namespaced
+        runtime().passes.request(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_JOB: kopf.PRESENT})
-async def on_job_event(body: kopf.Body, namespace: str, type: str | None, **_: Any) -> None:
+async def on_job_event(body: kopf.Body, namespace: str | None, type: str | None, **_: Any) -> None:
     owner = body.get("metadata", {}).get("labels", {}).get(manifests.LABEL_JOB)
-    if owner:
+    if owner and namespace is not None:  # Jobs are namespaced: kopf's None never comes
         runtime().passes.request(namespace, owner, gone=[dict(body)] if type == "DELETED" else ())
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_inferencejob_event(name: str, namespace: str, type: str | None, **_: Any) -> None:
+async def on_inferencejob_event(name: str, namespace: str | None, type: str | None, **_: Any) -> None:
     """A deleted InferenceJob's metrics series go at once (no finalizer needed: an event handler adds none)."""
-    if type == "DELETED":
+    if type == "DELETED" and namespace is not None:  # namespaced kind: kopf's None never comes
         rt = runtime()
         rt.registry.record(namespace, name, None)
         rt.observer.forget(namespace, name)

@@ -90,7 +90,8 @@ def decision(wl: Mapping[str, Any] | None, job_name: str) -> Decision:
         now_evicted = evicted if evicted and evicted.get("status") == "True" else None
         reason = (now_evicted or {}).get("reason") or ""
         if reason.startswith(BY_KUEUE) or (target and target.get("status") == "True"):
-            cause = reason[len(BY_KUEUE):] if reason.startswith(BY_KUEUE) else target.get("reason", "")
+            cause = (reason[len(BY_KUEUE):] if reason.startswith(BY_KUEUE)
+                     else (target or {}).get("reason", ""))
             said = (now_evicted or target or {}).get("message") or ""
             return Decision(held=(f"DeactivatedByKueue{cause}" if cause else "DeactivatedByKueue",
                                   f"Kueue deactivated Workload {name} of {job_name} ({cause}: {said}); the operator "

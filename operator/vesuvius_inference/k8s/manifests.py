@@ -319,7 +319,8 @@ def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults)
 def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, indexed: bool,
                part_ids: bool) -> dict[str, Any]:
     env, env_from = _env(spec, stage, indexed)
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "model-cache", "mountPath": MODEL_CACHE}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "model-cache", "mountPath": MODEL_CACHE}]
     if part_ids:
         mounts.append({"name": "podinfo", "mountPath": PODINFO, "readOnly": True})
     container: dict[str, Any] = {

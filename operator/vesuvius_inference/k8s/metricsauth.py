@@ -84,8 +84,10 @@ class ReviewAuth:
             if hit is not None and now - hit[0] < TOKEN_TTL_S:
                 return hit[1]
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
-        resp = kubernetes.client.AuthenticationV1Api(self.api_client).create_token_review(
-            review, _preload_content=False)
+        # Any: a plain dict goes in and urllib3's response comes out (_preload_content=False), as in act.py;
+        # the client's annotations name only its models.
+        api: Any = kubernetes.client.AuthenticationV1Api(self.api_client)
+        resp = api.create_token_review(review, _preload_content=False)
         status = json.loads(resp.data).get("status") or {}
         user = _user(status.get("user") or {}) if status.get("authenticated") else None
         with self._lock:
@@ -108,8 +110,8 @@ class ReviewAuth:
         if user.extra:
             spec["extra"] = {k: list(v) for k, v in user.extra}
         review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
-        resp = kubernetes.client.AuthorizationV1Api(self.api_client).create_subject_access_review(
-            review, _preload_content=False)
+        api: Any = kubernetes.client.AuthorizationV1Api(self.api_client)  # Any: as in authenticate
+        resp = api.create_subject_access_review(review, _preload_content=False)
         allowed = bool((json.loads(resp.data).get("status") or {}).get("allowed"))
         with self._lock:
             self._decisions[key] = (now, allowed)
@@ -181,6 +183,7 @@ class CertFiles:
                                      ) from None
                 log.warning("metrics: the new certificate in %s is not usable (%s); serving the last one",
                             self.directory, e)
+            assert self._ctx is not None  # the first load above set it or raised
             return self._ctx
 
 

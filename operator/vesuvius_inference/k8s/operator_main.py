@@ -84,6 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # it only stops watching CRDs and Namespaces, which would need cluster-scoped RBAC.
         settings.scanning.disabled = not args.cluster_discovery
 
-    kopf.run(standalone=args.standalone, namespaces=args.namespace or None, clusterwide=args.all_namespaces,
+    kopf.run(standalone=args.standalone, namespaces=args.namespace or (), clusterwide=args.all_namespaces,
              liveness_endpoint=args.liveness or None)
     return 0

@@ -57,7 +57,7 @@ class Passes:
     def __init__(self, run: Callable[[str, str, Sequence[dict[str, Any]]], Any], min_interval_s: float = 1.0,
                  workers: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
         self.run, self.clock = run, clock
-        self.queue = WorkQueue(min_interval_s, clock)
+        self.queue: WorkQueue[tuple[str, str]] = WorkQueue(min_interval_s, clock)
         self._lock = threading.Lock()
         self.requested = 0
         self.ran = 0

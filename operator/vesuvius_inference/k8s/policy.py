@@ -214,7 +214,7 @@ class SecretLabels:
     def for_spec(self, namespace: str, spec: Mapping[str, Any], policy: Policy) -> SecretFacts | None:
         """The facts :func:`violations` needs for this spec (None: none needed, nothing read)."""
         name = (spec.get("storage") or {}).get("secretName")
-        if not policy.enforced or not policy.secret_needs_labels(name):
+        if not policy.enforced or not name or not policy.secret_needs_labels(name):
             return None
         return self.facts(namespace, name)
 

@@ -166,9 +166,9 @@ def _condition(prev: Sequence[Mapping[str, Any]], kind: str, status: bool, reaso
                generation: int) -> dict[str, Any]:
     old = next((c for c in prev if c.get("type") == kind), None)
     value = "True" if status else "False"
-    changed = old is None or old.get("status") != value
+    since = now if old is None or old.get("status") != value else old.get("lastTransitionTime", now)
     return {"type": kind, "status": value, "reason": reason, "message": bounded(message),
-            "lastTransitionTime": now if changed else old.get("lastTransitionTime", now),
+            "lastTransitionTime": since,
             "observedGeneration": generation}
 
 
@@ -241,7 +241,7 @@ def _apply_checks(stages: dict[str, Any], jobs: ChildJobs, gone: Sequence[Mappin
                   notes: Mapping[str, str]) -> None:
     """Record, on each Lost stage, what its check Job found; a Complete verdict makes the stage Complete.
     ``notes``: the check pods' own verdict lines by check Job uid (read from their termination message)."""
-    found = dict(jobs.checks)
+    found: dict[str, Mapping[str, Any]] = dict(jobs.checks)
     for g in gone:
         labels = (g.get("metadata") or {}).get("labels") or {}
         if labels.get(LABEL_STAGE) == "check":
@@ -289,7 +289,7 @@ FAILURE_REASONS = {"FailedIndexes": "PartsFailed"}
 def _predict_failure(jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: Mapping[str, Any]
                      ) -> tuple[str, str]:
     """Reason and detail of the predict run that ended last with parts missing."""
-    finished = [j for j, _ in jobs.predict_runs() if job_finished(j)]
+    finished: list[Mapping[str, Any]] = [j for j, _ in jobs.predict_runs() if job_finished(j)]
     finished += [g for g in gone if (g["metadata"].get("labels") or {}).get(LABEL_STAGE) == "predict"
                  and job_finished(g)]
     finished.sort(key=retry_attempt)
@@ -470,7 +470,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
     if refused is not None and phase not in ("Succeeded", "Failed"):
         phase, stage, reason, message = "Failed", refused[0], "CreateFailed", refused[1]
     unfinished = any(not job_finished(j) for j, _ in jobs.predict_runs())
-    prev_phase = prev.get("phase")
+    prev_phase: str = prev.get("phase") or ""
     sticky = prev_phase == "Succeeded" or (prev_phase == "Failed" and prev.get("reason") != "InvalidSpec"
                                            and not unfinished)
     suspended = None

@@ -29,13 +29,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-Key = Hashable
+Key = TypeVar("Key", bound=Hashable)  # the passes use (namespace, name)
 
 
 @dataclass(frozen=True)
-class Item:
+class Item(Generic[Key]):
     """What ``get`` hands a worker: the key, the payloads gathered since its last pass, and how long it waited."""
 
     key: Key
@@ -43,7 +43,7 @@ class Item:
     waited_s: float
 
 
-class WorkQueue:
+class WorkQueue(Generic[Key]):
     def __init__(self, min_interval_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.min_interval_s, self.clock = float(min_interval_s), clock
         self._queue: deque[Key] = deque()
@@ -93,7 +93,7 @@ class WorkQueue:
             self._queue.append(key)
         return self._delayed[0][0] if self._delayed else None
 
-    def get(self, timeout: float | None = None) -> Item | None:
+    def get(self, timeout: float | None = None) -> Item[Key] | None:
         """The head of the queue (blocking up to ``timeout``; 0: not at all); None on timeout or shutdown."""
         deadline = None if timeout is None else self.clock() + timeout
         with self._cond:

@@ -17,6 +17,7 @@ from functools import cached_property
 from typing import Any
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.store import storage
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -98,7 +99,7 @@ class ModelFiles:
         ps = self.configuration.get("patch_size")
         if not ps or len(ps) != 3:
             raise BadInput(f"model {self.folder}: plans.json has no 3D patch_size; only 3D models are supported")
-        return tuple(int(p) for p in ps)  # type: ignore[return-value]
+        return triple(int(p) for p in ps)
 
     @property
     def normalization_schemes(self) -> list[str]:

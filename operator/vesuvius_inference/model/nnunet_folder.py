@@ -103,7 +103,8 @@ def make_dataset_json(num_classes: int = 2, num_input_channels: int = 1) -> dict
     }
 
 
-def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], deep_supervision: bool = False):
+def build_network(plans: dict[str, Any], dataset_json: dict[str, Any],
+                  deep_supervision: bool = False) -> Any:  # a torch nn.Module
     """The network exactly as nnU-Net's trainer builds it for these plans (imports torch lazily)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -117,10 +118,10 @@ def build_network(plans: dict[str, Any], dataset_json: dict[str, Any], deep_supe
 
 
 def write_model_folder(
-    folder: str | os.PathLike,
+    folder: str | os.PathLike[str],
     plans: dict[str, Any],
     dataset_json: dict[str, Any],
-    fold_weights: dict[int | str, dict] | None = None,
+    fold_weights: dict[int | str, dict[str, Any]] | None = None,
     folds: Sequence[int] = (0,),
     mirror_axes: Sequence[int] | None = (0, 1, 2),
     seed: int = 0,

@@ -107,7 +107,7 @@ def brief(finding: dict[str, Any] | None) -> str:
     return f"; {found.brief()}" if found else ""
 
 
-def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict]:
+def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict[str, Any]]:
     """Whole-volume statistics, computed by the first part and reused by the others.
 
     Stored next to the parts, keyed by everything they depend on; the input is read for them at
@@ -296,7 +296,7 @@ class PartRun:
     def _run_batch(self, batch: list[Patch], bar: Reporter) -> None:
         self.step(batch)
         for p in batch:
-            pos = int(self.plan.position(np.int64(p.index)))
+            pos = int(self.plan.position(np.asarray(p.index, dtype=np.int64)))
             self.ran[pos] = True
             self.ran_new.append(pos)
             self.accum.patch_done(p.lo, p.hi)

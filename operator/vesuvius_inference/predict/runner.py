@@ -123,7 +123,7 @@ class Runner:
         torch = self.torch
         b = xt.shape[0]
         batch = torch.cat([xt] + [torch.flip(xt, c) for c in self.combos]) if self.combos else xt
-        total = None
+        total: Any = None  # a torch tensor once the first network ran
         with torch.no_grad():  # not inference_mode: the caller quantises the logits in place
             for net in self.networks:
                 out = self._forward(net, batch).float()  # autocast's float16 -> float32; no copy on the CPU

@@ -17,6 +17,7 @@ from typing import Any
 
 from vesuvius_inference.contract.config import PredictConfig
 from vesuvius_inference.contract.errors import BadArguments, BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import OFF, IntensityFinding
 from vesuvius_inference.contract.ngff import ngff_for
 from vesuvius_inference.contract.prechecks import check_channels, check_pyramid, chunks_source
@@ -97,7 +98,8 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
             require_writable(url, cfg.storage_options, flag)  # (object stores: the claim's write says it)
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
     volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
-    cfg = replace(cfg, model_path=model_path, folds=folds,  # a fold_N folder: its parent with that fold
+    cfg = replace(cfg, model_path=model_path,  # a fold_N folder: its parent with that fold
+                  folds=tuple(str(f) for f in folds) if folds is not None else None,
                   ngff_version=ngff_for(cfg.ngff_version, volume.zarr_format))  # outputs in the scan's format
     region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
@@ -108,8 +110,8 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     check_channels(model.num_input_channels, volume.channels, cfg.input_dir)
     check_schemes(model.normalization_schemes)
     found = _check_intensities(cfg, volume, model, announce)
-    patch: Shape3 = tuple(int(p) for p in (cfg.patch_size or model.patch_size))  # type: ignore[assignment]
-    chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
+    patch = triple(int(p) for p in (cfg.patch_size or model.patch_size))
+    chunks = triple(int(c) for c in (cfg.chunk_size or patch))
     if spec is not None and spec.kind == FINAL:  # the output's pyramid, checked before any patch is run
         check_pyramid(volume.shape, chunks, spec.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
     fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)

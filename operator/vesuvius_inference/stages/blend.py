@@ -31,6 +31,7 @@ import numpy as np
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.config import BlendConfig
 from vesuvius_inference.contract.errors import BadArguments, BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import notes
 from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.ngff import ngff_for
@@ -78,8 +79,8 @@ class Blender:
         for m in parts.markers:
             where = paths.pieces_dir(m["store"])
             for name in storage.list_names(where, so):
-                idx = tuple(int(v) for v in name.split("."))
-                self.pieces.setdefault(idx, []).append(join(where, name))  # type: ignore[arg-type]
+                idx = triple(int(v) for v in name.split("."))
+                self.pieces.setdefault(idx, []).append(join(where, name))
         self.finals: dict[int, Any] = {}  # the seed layout's own chunks, per part
 
     def seam_units(self) -> list[Shape3]:
@@ -87,18 +88,19 @@ class Blender:
 
     def own_chunks(self) -> list[tuple[int, Shape3]]:
         """(part, chunk) of the chunks each part wrote into its own store (seed layout only)."""
-        out = []
+        out: list[tuple[int, Shape3]] = []
         for m in self.parts.markers:
             grp = open_store(m["store"], self.parts.storage_options, read_only=True)
             if "final" in grp:
                 self.finals[int(m["part_id"])] = grp["final"]
-                out.extend((int(m["part_id"]), tuple(int(v) for v in c[1:])) for c in list_chunk_coords(grp["final"]))
-        return sorted(out)  # type: ignore[arg-type]
+                out.extend((int(m["part_id"]), triple(int(v) for v in c[1:]))
+                           for c in list_chunk_coords(grp["final"]))
+        return sorted(out)
 
     def seam_chunk(self, idx: Shape3, encode: Any) -> np.ndarray | None:
         """The chunk as the output stores it, from every piece stored for it (None: nothing reached it)."""
         lo, hi = self.cgrid.box(idx)
-        chunk = Chunk(lo, tuple(b - a for a, b in zip(lo, hi)), self.parts.num_classes)  # type: ignore[arg-type]
+        chunk = Chunk(lo, triple(b - a for a, b in zip(lo, hi)), self.parts.num_classes)
         for url in self.pieces.get(idx, []):
             raw = createonce.read(url, self.parts.storage_options)
             if raw is None:
@@ -242,6 +244,6 @@ async def merge_inference_outputs(parent_dir: str, output_path: str, cache_pool_
     import asyncio
 
     cfg = BlendConfig(parts_dir=parent_dir, output=output_path, cache_gb=cache_pool_gb, sigma_scale=sigma_scale,
-                      chunk_size=tuple(chunk_size) if chunk_size else None, num_parts=num_parts,
+                      chunk_size=triple(chunk_size) if chunk_size else None, num_parts=num_parts,
                       part_id=global_part_id, quiet=not verbose, storage_options=dict(storage_options or {}))
     return (await asyncio.to_thread(run_blend, cfg)).output.url

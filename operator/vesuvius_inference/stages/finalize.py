@@ -16,6 +16,7 @@ import numpy as np
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.config import FinalizeConfig
 from vesuvius_inference.contract.errors import BadArguments, BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import ATTRIBUTE, IntensityFinding, notes
 from vesuvius_inference.contract.ngff import NGFF_VERSION, ngff_for
 from vesuvius_inference.geometry.downsample import downsample2
@@ -61,9 +62,11 @@ def _describe_zarr(url: str, so: dict[str, Any]) -> tuple[str, str]:
         node = zarr.open(store=storage.zarr_store(url, so, read_only=True), mode="r")
         kind = "group" if isinstance(node, zarr.Group) else "array"
         if isinstance(node, zarr.Group):
-            attrs = dict(node.attrs)
+            attrs: dict[str, Any] = dict(node.attrs)
             ms = (attrs.get("ome") or attrs).get("multiscales") or [{}]
             node = node[ms[0]["datasets"][0]["path"]]
+        if not isinstance(node, zarr.Array):
+            return "", ""
         return kind, f"{node.dtype} {'x'.join(map(str, node.shape))}"
     except Exception:  # noqa: BLE001 - only the message's detail depends on it
         return "", ""
@@ -119,16 +122,18 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
     staging_url = paths.pyramid_staging(cfg.input_path)
     staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
         if out.levels > 1 else None
-    chunks = [tuple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
+    chunks = [triple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
 
     def leaf(idx: Shape3) -> np.ndarray | None:
-        return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])]) if idx in present else None
+        if staging is None or idx not in present:
+            return None
+        return np.asarray(staging[out.selection(1, idx, [c // 2 for c in out.chunks])])
 
     present = set(chunks)
     return out, leaf, chunks, paths.finalize_work(cfg.input_path, "parts", cfg.output_path)
 
 
-def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[Shape3], str]:
+def _from_blended(cfg: FinalizeConfig, io_ref: list[Any]) -> tuple[Output, Any, list[Shape3], str]:
     """Blended logits: level 0 is written here, chunk by chunk, and feeds the pyramid at once."""
     import zarr
 
@@ -141,8 +146,8 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
         raise not_blended(cfg.input_path, so)
     src = zarr.open_array(store=storage.zarr_store(cfg.input_path, so, read_only=True), mode="r", zarr_format=3)
     c = int(src.shape[0])
-    shape: Shape3 = tuple(int(s) for s in src.shape[1:])  # type: ignore[assignment]
-    chunks: Shape3 = tuple(int(s) for s in src.chunks[1:])  # type: ignore[assignment]
+    shape = triple(int(s) for s in src.shape[1:])
+    chunks = triple(int(s) for s in src.chunks[1:])
     output_channels(cfg.mode, cfg.threshold, c)
     predicted = (blended_state.get("config") or {}).get("predict") or {}
     ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
@@ -151,7 +156,7 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
     out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite,
                  notes=notes(blended_state.get(ATTRIBUTE)))  # the parts' finding, carried by the blended logits
     cgrid = ChunkGrid(shape, chunks)
-    present = {tuple(k[1:]) for k in list_chunk_coords(src)}
+    present = {triple(k[1:]) for k in list_chunk_coords(src)}
 
     def leaf(idx: Shape3) -> np.ndarray | None:
         if idx not in present:
@@ -162,7 +167,7 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list) -> tuple[Output, Any, list[
         out.write_level(0, idx, data, io_ref[0])
         return downsample2(data, out.how) if out.levels > 1 else None
 
-    return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)  # type: ignore[arg-type]
+    return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)
 
 
 def _deleted(cfg: FinalizeConfig) -> list[tuple[str, str]]:
@@ -206,7 +211,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     _check_deletable(cfg)
     t0 = time.perf_counter()
     so = cfg.storage_options
-    io_ref: list = [None]
+    io_ref: list[Any] = [None]
     fused = cfg.input_kind == "parts"
     out, leaf, level0, work = _from_parts(cfg) if fused else _from_blended(cfg, io_ref)
     if out.is_complete():

@@ -80,7 +80,7 @@ def worker_command(cfg: PipelineConfig, part_id: int, num_parts: int, device: st
     return argv, {**to_env(predict_config(cfg, part_id, num_parts, device)), signals.ENV_PARENT_PID: str(os.getpid())}
 
 
-def _follow(proc: subprocess.Popen, progress: RunProgress) -> None:
+def _follow(proc: subprocess.Popen[str], progress: RunProgress) -> None:
     """A worker's log: its progress lines feed the stage's aggregate, everything else is passed on."""
     assert proc.stderr is not None
     for text in proc.stderr:
@@ -96,7 +96,7 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
     codes: set[int] = set()
     stopped: list[int] = []  # parts whose worker stopped on request, after its checkpoint
     completed: list[int] = []
-    live: dict[int, subprocess.Popen] = {}
+    live: dict[int, subprocess.Popen[str]] = {}
     lock = threading.Lock()
 
     def worker(d: int, device: str) -> None:
@@ -147,7 +147,7 @@ def _run_workers(cfg: PipelineConfig, devices: list[str], num_parts: int, progre
         raise err
 
 
-def _signal(proc: subprocess.Popen, signum: int) -> None:
+def _signal(proc: subprocess.Popen[str], signum: int) -> None:
     try:
         proc.send_signal(signum)
     except ProcessLookupError:  # it just ended

@@ -24,7 +24,7 @@ import numpy as np
 
 from vesuvius_inference.contract.config import PlanConfig
 from vesuvius_inference.contract.errors import BadArguments
-from vesuvius_inference.contract.frame import Frame
+from vesuvius_inference.contract.frame import Frame, triple
 from vesuvius_inference.contract.prechecks import check_channels, check_pyramid, chunks_source
 from vesuvius_inference.geometry.grid import ChunkGrid, PatchGrid, Shape3, chunks_touched
 from vesuvius_inference.geometry.layout import PartLayout
@@ -142,16 +142,16 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
 def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     """The plan of ``cfg`` over an input described by ``volume`` with the model files ``model``: pure
     but for the stored sizes ``volume`` may read."""
-    patch = tuple(cfg.patch_size or model.patch_size)
+    patch = triple(cfg.patch_size or model.patch_size)
     n_folds, n_classes = len(model.checkpoints), model.num_classes
     check_channels(model.num_input_channels, volume.channels, cfg.input_dir)  # what predict would refuse
-    chunks = tuple(cfg.chunk_size or patch)
+    chunks = triple(cfg.chunk_size or patch)
     box = region(cfg.bbox, volume.shape, volume.where)
     check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
-    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
+    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)
-    parts, layout = choose_parts(grid, nonempty, cfg.num_parts, cfg.partition, volume.shape, chunks,  # type: ignore[arg-type]
+    parts, layout = choose_parts(grid, nonempty, cfg.num_parts, cfg.partition, volume.shape, chunks,
                                  pairs=True)
     per_part = [int(nonempty[p.members(grid)].sum()) for p in parts]
     n_run = int(nonempty.sum())
@@ -165,7 +165,7 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     compressed = volume.stored_sizes(read_mask) if volume.stored_sizes is not None else None
     # output voxels that receive predictions: the output chunks a non-empty patch touches
     out_vox = region_voxels(chunks_touched(grid, nonempty, chunks, ChunkGrid(volume.shape, chunks).counts),
-                            ChunkGrid(volume.shape, chunks))  # type: ignore[arg-type]
+                            ChunkGrid(volume.shape, chunks))
     c_out = 1 if n_classes <= 2 else n_classes
     blended = out_vox * n_classes * 2
     seams = seam_estimate(grid, nonempty, layout, n_classes)
@@ -185,7 +185,7 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
         "grid": {"patch": list(patch), "overlap": cfg.overlap, "per_axis": list(grid.counts),
                  "patches": grid.n_patches, "non_empty": n_run, "skipped_empty": grid.n_patches - n_run},
         "parts": {"count": cfg.num_parts, "non_empty_per_part": per_part, "partition": partition_name(parts),
-                  "imbalance": (max(per_part) / max(1e-9, np.mean(per_part))) if n_run else 1.0},
+                  "imbalance": (max(per_part) / max(1e-9, float(np.mean(per_part)))) if n_run else 1.0},
         "model": {"folds": n_folds, "classes": n_classes, "tta": cfg.do_tta, "passes": passes,
                   "tflop_per_pass": rate.tflop_per_pass},
         "bytes": {"read": to_read * in_chunk_bytes, "read_uncompressed": to_read * in_chunk_bytes,
@@ -204,7 +204,7 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     }
     plan["gpu_hours"] = plan["gpu"]["hours"]
     if seams["ratio_to_logits"] > INTERMEDIATE_LIMIT:
-        better = suggest_parts(grid, nonempty, layout, parts, volume.shape, chunks, n_classes,  # type: ignore[arg-type]
+        better = suggest_parts(grid, nonempty, layout, parts, volume.shape, chunks, n_classes,
                                seams["ratio_to_logits"])
         plan["suggestion"] = better
         plan["warnings"].append(intermediates_warning(cfg.num_parts, plan["parts"]["partition"], seams, better))

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.ngff import chunk_counts, level_shapes
 from vesuvius_inference.geometry.downsample import downsample2
 from vesuvius_inference.geometry.grid import Shape3
@@ -41,7 +42,7 @@ def unit_level(shape: Sequence[int], chunks: Sequence[int], levels: int, num_par
 def units_with_data(level0_chunks: Iterable[Sequence[int]], unit: int) -> list[Shape3]:
     """The level-``unit`` chunks above any of these level-0 chunks (sorted)."""
     f = 2 ** unit
-    return sorted({tuple(int(c) // f for c in idx) for idx in level0_chunks})  # type: ignore[misc]
+    return sorted({triple(int(c) // f for c in idx) for idx in level0_chunks})
 
 
 class Pyramid:
@@ -57,7 +58,7 @@ class Pyramid:
     def _children(self, level: int, idx: Sequence[int]) -> list[Shape3]:
         counts = self.counts[level - 1]
         ranges = [range(2 * i, min(2 * i + 2, n)) for i, n in zip(idx, counts)]
-        return [tuple(c) for c in itertools.product(*ranges)]  # type: ignore[misc]
+        return [triple(c) for c in itertools.product(*ranges)]
 
     def _buffer(self, level: int, idx: Sequence[int]) -> np.ndarray:
         box = tuple(min(s, (i + 1) * c) - i * c for i, c, s in zip(idx, self.out.chunks, self.shapes[level]))

@@ -149,10 +149,10 @@ def fold(store: str, head: dict[str, Any], *, members: int, storage_options: dic
             ran = unpack_mask(seg["ran"], members)
         else:
             ran[np.asarray(seg["ran"], dtype=np.int64)] = True
-        written += [tuple(w) for w in seg["written"]]  # type: ignore[misc]
+        written += [tuple(w) for w in seg["written"]]
         for *idx, slot in seg["where"]:
             if slot < 0:
-                where.pop(tuple(idx), None)  # type: ignore[arg-type]
+                where.pop(tuple(idx), None)
             else:
-                where[tuple(idx)] = int(slot)  # type: ignore[index]
+                where[tuple(idx)] = int(slot)
     return State(int(head["position"]), dict(head["stats"]), int(head.get("evictions", 0)), ran, written, where)

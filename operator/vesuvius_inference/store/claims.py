@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from vesuvius_inference.contract.errors import Busy, classify, is_transient
 from vesuvius_inference.store import storage, storagewait
@@ -274,8 +274,10 @@ class Lease:
                 new = self._mine()
                 t = self.backend.create(new)
                 if t is not None:
-                    return self._took(new, t, None)
+                    self._took(new, t, None)
+                    return None
                 continue  # someone created it between our read and create: look again
+            assert tag is not None  # every backend's read returns a tag with a doc
             holder = _holder(doc)
             if holder.state == COMPLETE and not take_complete:
                 return holder
@@ -284,9 +286,10 @@ class Lease:
                            f"pid {holder.pid}); this run stops without writing. Rerun once that run has finished, "
                            f"or {self.lease_s:.0f} s after it stopped (its claim then expires)")
             new = self._mine(prev_runs=[*doc.get("prev_runs", []), holder.run][-20:])
-            t = self.backend.replace(new, tag)  # type: ignore[arg-type]
+            t = self.backend.replace(new, tag)
             if t is not None:
-                return self._took(new, t, holder)
+                self._took(new, t, holder)
+                return None
             # another newcomer won the takeover: look again (it is alive now, so we will stop)
 
     def _dead(self, holder: Holder, doc: dict[str, Any], tag: str | None) -> bool:
@@ -359,7 +362,8 @@ class Lease:
                     return
                 state = RUNNING
             doc = {**self._doc, "state": state, "beat": int(self._doc.get("beat", 0)) + 1, "time": time.time(), **extra}
-            tag = self.backend.replace(doc, self._tag)  # type: ignore[arg-type]
+            assert self._tag is not None  # set with the claim (_took), before any renewal
+            tag = self.backend.replace(doc, self._tag)
             if tag is None:
                 now = self.peek()
                 self._lost = (f"{self.what}: run {now.run if now else '?'} took the claim over; this run "
@@ -420,6 +424,10 @@ class Lease:
             raise self._lost_error() from exc
 
 
+@overload
+def _holder(doc: dict[str, Any]) -> Holder: ...
+@overload
+def _holder(doc: dict[str, Any] | None) -> Holder | None: ...
 def _holder(doc: dict[str, Any] | None) -> Holder | None:
     if doc is None:
         return None

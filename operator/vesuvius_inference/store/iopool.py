@@ -19,7 +19,7 @@ class WritePool:
     def __init__(self, workers: int = 4, max_pending: int | None = None, guard: Callable[[], None] | None = None,
                  name: str = "writer") -> None:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self.pending: dict[Hashable, Future] = {}
+        self.pending: dict[Hashable, Future[Any]] = {}
         self.max_pending = max_pending or 2 * workers
         self.guard = guard
         self.writes = 0

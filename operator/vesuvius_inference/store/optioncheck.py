@@ -111,7 +111,7 @@ def accepted_options(protocol: str) -> frozenset[str] | None:
 def _nested_keys(protocol: str) -> dict[str, frozenset[str]]:
     import fsspec
 
-    out = {}
+    out: dict[str, frozenset[str]] = {}
     try:
         cls = fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError):

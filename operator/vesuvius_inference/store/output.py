@@ -21,7 +21,7 @@ import numpy as np
 
 from vesuvius_inference.contract.config import MODES
 from vesuvius_inference.contract.errors import BadArguments, BadInput
-from vesuvius_inference.contract.frame import Frame
+from vesuvius_inference.contract.frame import Frame, triple
 from vesuvius_inference.contract.locations import join, locate, require_writable
 from vesuvius_inference.contract.ngff import (
     NGFF_VERSION,
@@ -223,7 +223,7 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
             return None
         if (existing.get("vesuvius") or {}).get("config") == config:
             return zarr.open_array(store=storage.zarr_store(url, storage_options), path=path or "", mode="r+",
-                                   zarr_format=zarr_format)  # type: ignore[arg-type]
+                                   zarr_format=storage.as_zarr_format(zarr_format))
         return existing
 
     if path:
@@ -251,11 +251,11 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
         kwargs.update(dimension_names=tuple(dimension_names) if dimension_names else None)
     try:
         if path:
-            group = zarr.open_group(store=store, mode="a", zarr_format=zarr_format)  # type: ignore[arg-type]
+            group = zarr.open_group(store=store, mode="a", zarr_format=storage.as_zarr_format(zarr_format))
             if "vesuvius" not in group.attrs:
                 group.attrs.update({"vesuvius": {"config": config, "complete": False}})
             return group.create_array(path, **kwargs)
-        return zarr.create_array(store=store, zarr_format=zarr_format, **kwargs)  # type: ignore[arg-type]
+        return zarr.create_array(store=store, zarr_format=storage.as_zarr_format(zarr_format), **kwargs)
     except (ContainsArrayError, ContainsGroupError):
         found = same()  # another writer created it at the same moment
         if not found:
@@ -282,12 +282,13 @@ class Output:
     def __init__(self, spec: OutputSpec, num_classes: int, shape: Shape3, chunks: Shape3, config: dict[str, Any],
                  storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None, *,
                  notes: dict[str, Any] | None = None) -> None:
-        self.spec, self.num_classes, self.shape, self.chunks = spec, num_classes, tuple(shape), tuple(chunks)
+        self.spec, self.num_classes = spec, num_classes
+        self.shape, self.chunks = triple(shape), triple(chunks)
         self.config, self.so = config, storage_options
         # what the output's ``vesuvius`` attributes say beside its configuration once complete (e.g. the
         # input-intensity finding of the parts, intensity.notes): facts about the run, not its identity
         self.notes = dict(notes or {})
-        self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
+        self.cgrid = ChunkGrid(self.shape, self.chunks)
         predict = config.get("predict", {})
         self.frame = Frame.from_dict(predict.get("frame"))
         self.class_names = class_names(predict.get("labels"), num_classes)
@@ -323,8 +324,8 @@ class Output:
         self = cls.__new__(cls)
         self.spec, self.array, self.arrays, self.staging = OutputSpec("", BLENDED), array, [array], None
         self.num_classes = self.channels = int(array.shape[0])
-        self.shape, self.chunks = tuple(array.shape[1:]), tuple(array.chunks[1:])
-        self.cgrid = ChunkGrid(self.shape, self.chunks)  # type: ignore[arg-type]
+        self.shape, self.chunks = triple(array.shape[1:]), triple(array.chunks[1:])
+        self.cgrid = ChunkGrid(self.shape, self.chunks)
         self.config, self.so, self.labels, self.levels, self.notes = {}, {}, False, 1, {}
         return self
 
@@ -388,7 +389,7 @@ class Output:
             for a in self.arrays:
                 set_complete(a, self.notes)
             grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+",
-                                  zarr_format=self.spec.zarr_format)  # type: ignore[arg-type]
+                                  zarr_format=storage.as_zarr_format(self.spec.zarr_format))
             info = {"mode": self.spec.mode, "threshold": self.spec.threshold, "levels": self.levels,
                     "encoding": "class ids" if self.spec.threshold else "round(probability * 255)",
                     "not_predicted": 0, "input": self.config.get("predict", {}).get("input")}

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import ATTRIBUTE
 from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import CHECKPOINT, CHECKPOINT_SEGMENTS, claim_url, part_name, store_url
@@ -102,11 +103,11 @@ class PartSet:
 
     @property
     def shape(self) -> Shape3:
-        return tuple(self.config["shape"])  # type: ignore[return-value]
+        return triple(self.config["shape"])
 
     @property
     def chunks(self) -> Shape3:
-        return tuple(self.config["chunk_size"])  # type: ignore[return-value]
+        return triple(self.config["chunk_size"])
 
     @property
     def num_classes(self) -> int:
@@ -131,7 +132,7 @@ class PartSet:
 
     def grid(self) -> PatchGrid:
         c = self.config
-        return make_grid(self.shape, tuple(c["patch_size"]), float(c["overlap"]), c.get("bbox"))  # type: ignore[arg-type]
+        return make_grid(self.shape, triple(c["patch_size"]), float(c["overlap"]), c.get("bbox"))
 
     def masks(self, key: str) -> np.ndarray:
         """Per patch of the grid: the markers' ``listed`` (may hold data) or ``ran`` masks, together."""
@@ -165,7 +166,7 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
     n = int(config["num_parts"])
     by_id = {}
     for m in markers:
-        pid = m.get("part_id")
+        pid: Any = m.get("part_id")  # a JSON value; a part's marker always has it
         if not m.get("complete"):
             raise BadInput(f"part {pid} in {parts_dir} is incomplete; rerun predict --part_id {pid}")
         diff = sorted(k for k in set(config) | set(m.get("config", {})) if config.get(k) != m.get("config", {}).get(k))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.geometry.fixedpoint import divide_np
 from vesuvius_inference.geometry.grid import Shape3
 
@@ -43,7 +44,7 @@ def rel(box: Box, origin: Sequence[int]) -> tuple[slice, ...]:
 
 
 def shape_of(box: Box) -> Shape3:
-    return tuple(b - a for a, b in zip(*box))  # type: ignore[return-value]
+    return triple(b - a for a, b in zip(*box))
 
 
 @dataclass
@@ -89,14 +90,14 @@ def decode(raw: bytes) -> Piece:
             arrays.append(None)
             continue
         flat = np.frombuffer(codec.decode(raw[at:at + size]), dtype=dtype)
-        arrays.append(flat.reshape((lead,) + shape_of((tuple(box[0]), tuple(box[1])))))
+        arrays.append(flat.reshape((lead,) + shape_of((triple(box[0]), triple(box[1])))))
         at += size
 
-    def box(v: Any) -> Box | None:
-        return (tuple(v[0]), tuple(v[1])) if v else None  # type: ignore[return-value]
+    def as_box(v: Any) -> Box | None:
+        return (triple(v[0]), triple(v[1])) if v else None
 
-    return Piece(int(h["part"]), tuple(h["chunk"]), box(h["shared"]), arrays[0], box(h["edge"]), arrays[1],  # type: ignore[arg-type]
-                 h["ran"], h["info"])
+    return Piece(int(h["part"]), triple(h["chunk"]), as_box(h["shared"]), arrays[0], as_box(h["edge"]),
+                 arrays[1], h["ran"], h["info"])
 
 
 def cut(part: int, chunk: Shape3, origin: Sequence[int], buf: np.ndarray | None, shared: Box | None,
@@ -159,6 +160,6 @@ class Chunk:
                 lo = [max(a, b) for a, b in zip(shared[0], edge[0])]
                 hi = [min(a, b) for a, b in zip(shared[1], edge[1])]
                 if all(a < b for a, b in zip(lo, hi)):
-                    keep[rel((tuple(lo), tuple(hi)), edge[0])] = False  # type: ignore[arg-type]
+                    keep[rel((triple(lo), triple(hi)), edge[0])] = False
             np.copyto(out[(slice(None),) + rel(edge, self.origin)], values, where=keep[None])
         return out

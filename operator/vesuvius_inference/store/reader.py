@@ -12,6 +12,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class PatchReader:
 
     def __init__(self, volume: InputVolume, grid: PatchGrid, indices: Sequence[int], skip_homogeneous: bool,
                  depth: int) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=max(2, depth))
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=max(2, depth))  # patches, then None or an error
         self.stop = threading.Event()
         self.url = volume.url
         self.thread = threading.Thread(target=self._produce, daemon=True,

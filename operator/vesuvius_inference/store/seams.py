@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadInput
+from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import chunk_key
 from vesuvius_inference.geometry.fixedpoint import weights_for
@@ -57,7 +58,7 @@ class SeamMerge:
     classes: int
     output: Output
     storage_options: dict[str, Any] = field(default_factory=dict)
-    outcomes: Counter = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def complete(self, idx: Shape3, data: Callable[[], np.ndarray] | None, ran: list[int]) -> str:
@@ -102,7 +103,7 @@ class SeamMerge:
 
     def _merge(self, idx: Shape3, buf: np.ndarray | None, theirs: Piece) -> np.ndarray | None:
         lo, hi = self.layout.cgrid.box(idx)
-        chunk = Chunk(lo, tuple(b - a for a, b in zip(lo, hi)), self.classes)  # type: ignore[arg-type]
+        chunk = Chunk(lo, triple(b - a for a, b in zip(lo, hi)), self.classes)
         if buf is not None:
             chunk.add((lo, hi), buf[:self.classes], buf[self.classes])
         if theirs.sums is not None and theirs.shared is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -36,7 +36,16 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
         raise BadArguments(f"cannot open {url!r}: {e}") from None
 
 
-def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False):
+def as_zarr_format(n: int) -> Literal[2, 3]:
+    """A Zarr format number as zarr-python's functions take it (``Literal[2, 3]``); ValueError for others."""
+    if n == 2:
+        return 2
+    if n == 3:
+        return 3
+    raise ValueError(f"Zarr format {n!r}: only 2 and 3 exist")
+
+
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False) -> Any:
     """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise), whose requests
     wait out storage outages (storagewait.py)."""
     import zarr.storage

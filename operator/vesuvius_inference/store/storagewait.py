@@ -31,6 +31,7 @@ listings) and the model download (model_source.py). The upstream models: client-
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -168,8 +169,7 @@ def waiting(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
             what = f"{doing} {args[0]}" if args and isinstance(args[0], str) else doing
             return call(fn, *args, doing=what, **kwargs)
 
-        wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = fn.__name__, fn.__doc__, fn  # type: ignore[attr-defined]
-        return wrapped
+        return functools.update_wrapper(wrapped, fn)  # its name, doc and __wrapped__
 
     return wrap
 
@@ -178,7 +178,7 @@ def waiting_store(store: Any, url: str) -> Any:
     """A Zarr store whose requests wait out outages (zarr's own ``WrapperStore``, every method forwarded)."""
     from zarr.storage import WrapperStore
 
-    class Waiting(WrapperStore):  # type: ignore[misc, type-arg]
+    class Waiting(WrapperStore[Any]):
         def _with_store(self, inner: Any) -> Any:
             return Waiting(inner)
 
@@ -209,15 +209,15 @@ def waiting_store(store: Any, url: str) -> Any:
 
             return await acall(collect, doing=f"listing {url}")
 
-        async def list(self) -> AsyncIterator[str]:  # type: ignore[override]
+        async def list(self) -> AsyncIterator[str]:
             for k in await self._listed("list"):
                 yield k
 
-        async def list_prefix(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
             for k in await self._listed("list_prefix", prefix):
                 yield k
 
-        async def list_dir(self, prefix: str) -> AsyncIterator[str]:  # type: ignore[override]
+        async def list_dir(self, prefix: str) -> AsyncIterator[str]:
             for k in await self._listed("list_dir", prefix):
                 yield k
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput, classify, is_transient, kind
-from vesuvius_inference.contract.frame import Frame
+from vesuvius_inference.contract.frame import Frame, triple
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3
 from vesuvius_inference.store import cpuquota, storage
 
@@ -42,7 +42,7 @@ class InputVolume:
     zarr_format: int = 3  # the input's Zarr format: outputs follow it by default
     cache_bytes: int = 0
     io_threads: int = field(default_factory=lambda: cpuquota.plan().io_threads)  # the CPU quota's, not 8
-    _cache: OrderedDict = field(default_factory=OrderedDict, repr=False)
+    _cache: OrderedDict[Shape3, np.ndarray] = field(default_factory=OrderedDict, repr=False)
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     fetched_chunks: int = 0
@@ -53,11 +53,11 @@ class InputVolume:
 
     @property
     def shape(self) -> Shape3:
-        return tuple(int(s) for s in self.array.shape[-3:])  # type: ignore[return-value]
+        return triple(int(s) for s in self.array.shape[-3:])
 
     @property
     def chunks(self) -> Shape3:
-        return tuple(int(c) for c in self.array.chunks[-3:])  # type: ignore[return-value]
+        return triple(int(c) for c in self.array.chunks[-3:])
 
     @property
     def dtype(self) -> np.dtype:
@@ -176,15 +176,15 @@ def _parent_multiscales(url: str, storage_options: dict[str, Any] | None, zarr_f
         rel = f"{last}/{rel}".strip("/")
         try:
             group = zarr.open_group(store=storage.zarr_store(head, storage_options, read_only=True), mode="r",
-                                    zarr_format=zarr_format)  # type: ignore[arg-type]
+                                    zarr_format=storage.as_zarr_format(zarr_format))
         except Exception as e:  # not a group (absent, a plain folder): look one level up
             if is_transient(e):
                 raise classify(e, f"reading the metadata above the input {url}") from e
             continue
         ms = _multiscales(dict(group.attrs))
         paths = [str(d.get("path", "")).strip("/") for d in (ms or {}).get("datasets", [])]
-        if rel in paths:
-            return ms, paths.index(rel), head  # type: ignore[return-value]
+        if ms is not None and rel in paths:
+            return ms, paths.index(rel), head
     return None
 
 
@@ -249,6 +249,8 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
         if not 0 <= level < len(paths):
             raise BadArguments(f"--level {level} is out of range: {url} has levels 0..{len(paths) - 1}")
         node = node[paths[level]]
+        if not isinstance(node, zarr.Array):
+            raise BadInput(f"input {url}: level {level} ({paths[level]}) is a Zarr group, not an array")
         frame, where = Frame.from_multiscales(ms, level), f"level {level} of the input"
     else:
         frame, where = _array_frame(url, storage_options, node, level)
