@@ -86,7 +86,7 @@ MAX_INT32 = 2**31 - 1
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _err(status: int, reason: str, message: str, **details: Any) -> kmock.KubernetesError:
@@ -656,7 +656,7 @@ class KubeAPI(kmock.KubernetesEmulator):
                 self._waiters.add(fut)
                 try:
                     await asyncio.wait_for(fut, None if deadline is None else max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
@@ -978,7 +978,7 @@ FOREGROUND = "foregroundDeletion"
 
 
 def parse_time(text: str) -> float:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 class TTLController:

@@ -252,12 +252,12 @@ def test_pods_that_cannot_start_are_reported_after_the_grace_period():
     import datetime as dt
 
     def pod(name, reason, age):
-        created = (dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc) - dt.timedelta(seconds=age)).strftime(
+        created = (dt.datetime(2025, 1, 1, tzinfo=dt.UTC) - dt.timedelta(seconds=age)).strftime(
             "%Y-%m-%dT%H:%M:%SZ")
         return {"metadata": {"name": name, "creationTimestamp": created}, "status": {
             "phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": reason, "message": "m"}}}]}}
 
-    now = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc).timestamp()
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC).timestamp()
     pods = [pod("a", "CreateContainerConfigError", 600), pod("b", "ImagePullBackOff", 10),
             pod("c", "ContainerCreating", 600)]
     assert stuck_pods(pods, now, 300) == [("a", "CreateContainerConfigError", "m")]

@@ -81,7 +81,7 @@ def create(c: Clients, namespace: str, plan: Plan, uid: str) -> Outcomes:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def post_event(core: Any, body: dict[str, Any], kind: str, reason: str, message: str) -> None:

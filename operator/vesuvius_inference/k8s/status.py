@@ -182,14 +182,14 @@ def parse_time(value: Any) -> float | None:
         t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _rfc3339(value: Any, default: str) -> str:
     import datetime as dt
 
     t = parse_time(value)
-    return default if t is None else dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return default if t is None else dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _job_record(job: Mapping[str, Any], now: str) -> dict[str, Any]:
