@@ -297,7 +297,8 @@ def test_kopf_assumptions():
     # kopf's progress in annotations, its diff-base in status.kopf (patched through /status: patch_obj)
     handlers._configure(settings=settings)
     assert type(settings.persistence.progress_storage) is kopf.AnnotationsProgressStorage
-    assert type(settings.persistence.diffbase_storage) is kopf.StatusDiffBaseStorage
+    # handlers.DigestDiffBaseStorage keeps a digest, still in status.kopf through StatusDiffBaseStorage's own store
+    assert isinstance(settings.persistence.diffbase_storage, kopf.StatusDiffBaseStorage)
     from kopf._cogs.clients import patching
     assert "'status' in resource.subresources" in inspect.getsource(patching.patch_obj)
 

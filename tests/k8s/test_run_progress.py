@@ -131,7 +131,8 @@ def written(cluster) -> set[tuple[str, str]]:
 @pytest.mark.slow
 def test_kubectl_get_shows_the_whole_run(cluster, operator, stub_controller):
     """During predict DONE is below the stage's own 25% and ETA beyond the stage's (blend and finalize are
-    still ahead); during blend DONE is past predict's share, not blend's own 25%."""
+    still ahead); during blend kubectl shows the whole run's DONE (what the operator wrote as status.run),
+    larger than during predict."""
     ctl = stub_controller
     ctl.stub(r"-predict$", held=True, lines=PREDICT)
     ctl.stub(r"-blend$", held=True, lines=BLEND)
@@ -142,6 +143,7 @@ def test_kubectl_get_shows_the_whole_run(cluster, operator, stub_controller):
     assert tuple(row[4:6]) in written(cluster), row  # what the operator wrote, as kubectl prints it
     assert float(row[4].rstrip("%")) < 25.0 and obj["status"]["run"]["etaSeconds"] > \
         obj["status"]["progress"]["etaSeconds"], obj["status"]
+    during_predict = float(row[4].rstrip("%"))
     ctl.release_dir = ctl.release_dir.with_name(ctl.release_dir.name + "-2")  # a new hold for blend's pod
     ctl.release_dir.mkdir()
     ctl.stub(r"-blend$", held=True, lines=BLEND)
@@ -150,7 +152,10 @@ def test_kubectl_get_shows_the_whole_run(cluster, operator, stub_controller):
         (o.get("status") or {}).get("progress") or {}).get("stage") == "blend" and o, timeout=60)
     row = kubectl(cluster, "get", "ij", "whole", "--no-headers").split()
     assert row[1] == "Blending" and tuple(row[4:6]) in written(cluster), row
-    assert float(row[4].rstrip("%")) > 25.0 and row[5] != "-", row
+    # The whole run's DONE only grows from predict to blend. (Not "> blend's own 25%": with stub pods the
+    # measured predict can be seconds against a blend whose elapsed time a loaded machine stretches, and the
+    # whole run's share is then ~25% too; run_view's table tests pin the weighting.)
+    assert float(row[4].rstrip("%")) > during_predict and row[5] != "-", row
     ctl.release()
     done = cluster.wait_phase("whole", "Succeeded", timeout=60)
     assert (done["status"]["run"]["percent"], done["status"]["run"]["eta"]) == ("100.0%", "0s")
