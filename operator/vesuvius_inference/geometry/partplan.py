@@ -161,7 +161,7 @@ class PartPlan:
         return self.part.size() - len(self.todo)
 
 
-def plan_part(src: Source, patch: Shape3, chunks: Shape3, overlap: float, bbox: str | None, num_parts: int,
+def plan_part(src: Source, *, patch: Shape3, chunks: Shape3, overlap: float, bbox: str | None, num_parts: int,
               part_id: int, skip_empty: bool, patch_order: str, input_cache_bytes: int, partition: str = SLABS,
               pairs: bool = False) -> PartPlan:
     """The plan of part ``part_id`` of ``num_parts``."""

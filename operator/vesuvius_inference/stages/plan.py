@@ -134,8 +134,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     check_options(cfg)
     if cfg.throughput is not None and not cfg.throughput > 0:
         raise BadArguments(f"--throughput is model passes per second per GPU, > 0; got {cfg.throughput}")
-    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
-    model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
+    volume = open_volume(cfg.input_place, cfg.level)
+    model = open_model_files(cfg.place(cfg.model_path), cache_dir=cfg.model_cache_dir, folds=cfg.folds)
     return plan_of(cfg, input_meta(volume), model)
 
 

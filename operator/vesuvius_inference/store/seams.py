@@ -25,13 +25,12 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadInput
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import chunk_key
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.fixedpoint import weights_for
 from vesuvius_inference.geometry.grid import PatchGrid, Shape3
 from vesuvius_inference.geometry.layout import PartLayout
@@ -42,11 +41,11 @@ from vesuvius_inference.store.pieces import Chunk, Piece, cut, decode, encode
 FIRST, SECOND, AGAIN = "first", "second", "again"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeamMerge:
     """One predict run's side of the two-part seams."""
 
-    url: str  # the configuration's _seams prefix
+    place: Place  # the configuration's _seams prefix
     part: int
     run: str
     layout: PartLayout
@@ -56,7 +55,6 @@ class SeamMerge:
     bits: int
     classes: int
     output: Output
-    storage_options: dict[str, Any] = field(default_factory=dict)
     outcomes: Counter = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,19 +62,18 @@ class SeamMerge:
         """In a writer thread: this part completed chunk ``idx`` (``data``: its (C+1, chunk) sums, None
         when none of its patches ran there; ``ran``: its patches that ran and reach the shared box)."""
         buf = data() if data is not None else None
-        key = join(self.url, chunk_key(idx))
-        so = self.storage_options
-        raw = createonce.read(key, so)
+        key = self.place.join(chunk_key(idx))
+        raw = createonce.read(key)
         if raw is None:
-            if createonce.create(key, encode(self._piece(idx, buf, ran)), so):
+            if createonce.create(key, encode(self._piece(idx, buf, ran))):
                 return self._done(FIRST)
-            raw = createonce.read(key, so)
+            raw = createonce.read(key)
             if raw is None:
                 raise RuntimeError(f"{key} was created by another writer but cannot be read")
         theirs = decode(raw)
         if theirs.part == self.part:
             return self._done(AGAIN)
-        self._check(theirs, idx, key)
+        self._check(theirs, idx, key.url)
         out = self._merge(idx, buf, theirs)
         if out is not None:
             self.output.store(idx, out)
