@@ -43,7 +43,7 @@ class SeamCase:
         grid = PatchGrid(SHAPE, PATCH, 0.5)
         nonempty = np.ones(grid.n_patches, dtype=bool)
         parts = split(grid, nonempty, 2, None)
-        layout = PartLayout.build(grid, nonempty, parts, SHAPE, CHUNKS, pairs=True)
+        layout = PartLayout.build(grid, nonempty, parts, shape=SHAPE, chunks=CHUNKS, pairs=True)
         wq = gaussian_q(PATCH)
         rng = np.random.default_rng(seed)
         sums, ran = [], []

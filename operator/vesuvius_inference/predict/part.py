@@ -239,10 +239,11 @@ class PartRun:
                                  pieces=self.store.at(paths.pieces_dir(self.store.url)), seams=self.seams,
                                  ran_ids=self.ran_ids, edge_encode=owned.encode_full)
         cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
-        self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes, self.device,
-                                      (group[SPILLS[0]], group[SPILLS[1]]), self.writer, self.io)
-        self.step = DeviceStep(self.runner, self.normalizer, plan.grid, volume.channels, cfg.batch_size,
-                               wq.to(self.device), self.bits, self.accum)
+        self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes=cache_bytes, device=self.device,
+                                      spills=(group[SPILLS[0]], group[SPILLS[1]]), on_complete=self.writer,
+                                      io=self.io)
+        self.step = DeviceStep(self.runner, self.normalizer, plan.grid, channels=volume.channels,
+                               batch_size=cfg.batch_size, wq=wq.to(self.device), bits=self.bits, accum=self.accum)
 
     def ran_ids(self, box: Any) -> list[int]:
         """This part's patches that ran and reach ``box`` (a seam piece's shared box)."""
@@ -254,7 +255,7 @@ class PartRun:
         mine = members[pos] == ids
         return [int(i) for i in ids[mine][self.ran[pos[mine]]]]
 
-    def _resume(self, theirs: str, state: State) -> None:
+    def _resume(self, theirs: Place, state: State) -> None:
         self._adopt(theirs, state, self.group)
         self.start = state.position
         self.counts = dict(state.stats)

@@ -68,7 +68,8 @@ class PartWriter:
         """In a writer thread: this part's piece of a chunk blend merges (with its weights)."""
         shared, edge = self.layout.piece_boxes(self.part, idx)
         lo, _ = self.cgrid.box(idx)
-        piece = cut(self.part, idx, lo, data(), shared, edge, True, self.bits, self.edge_encode)
+        piece = cut(self.part, idx, lo, buf=data(), shared=shared, edge=edge, with_weights=True, bits=self.bits,
+                    encode_values=self.edge_encode)
         if piece.empty:
             return
         storage.write_bytes(self.pieces.join(chunk_key(idx)), encode(piece))

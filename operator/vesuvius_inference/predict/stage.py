@@ -45,7 +45,7 @@ def seam_mode(cfg: PredictConfig) -> str:
     return PAIRS if output_spec(cfg) is not None and createonce.supported(cfg.output_dir) else BLEND
 
 
-def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
+def fingerprint(cfg: PredictConfig, *, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
                 labels: dict[str, Any]) -> dict[str, Any]:
     """Everything a part's bytes depend on (and the output's metadata needs): the marker's ``config``."""
     spec = output_spec(cfg)
@@ -114,7 +114,7 @@ def prepare(cfg: PredictConfig, announce: bool = True, *, volume: InputVolume | 
     chunks: Shape3 = tuple(int(c) for c in (cfg.chunk_size or patch))  # type: ignore[assignment]
     if spec is not None and spec.kind == FINAL:  # the output's pyramid, checked before any patch is run
         check_pyramid(volume.shape, chunks, spec.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
-    fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
+    fp = fingerprint(cfg, model_fp=model.fingerprint, volume=volume, patch=patch, chunks=chunks, labels=model.labels)
     return PartContext(cfg=cfg, parts=cfg.place(cfg.output_dir), volume=volume, model=model, patch=patch,
                        chunks=chunks, fp=fp, device=device,
                        intensity=found.as_dict(cfg.intensity_check) if found else None)

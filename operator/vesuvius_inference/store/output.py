@@ -374,13 +374,14 @@ class Output:
         name = self.place.local_path.rstrip("/").split("/")[-1]
         if self.labels:
             names = self.class_names if self.num_classes > 1 else ["background", self.class_names[0]]
-            return label_metadata(name, self.frame, self.levels, names, self.spec.ngff,
+            return label_metadata(name, self.frame, self.levels, names=names, version=self.spec.ngff,
                                   source=relative_source(self.place, self.config.get("predict", {}).get("input")))
         if self.spec.mode == "binary":
             channel_names = [f"p({self.class_names[-1]})"]
         else:
             channel_names = [f"p({n})" for n in self.class_names]
-        return image_metadata(name, self.frame, self.levels, channel_names, self.shape[0], self.spec.ngff)
+        return image_metadata(name, self.frame, self.levels, channel_names=channel_names, depth=self.shape[0],
+                              version=self.spec.ngff)
 
     def complete(self) -> None:
         """Mark the output complete; a final output gets its OME metadata now, not before."""

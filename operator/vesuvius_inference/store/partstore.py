@@ -148,7 +148,8 @@ class PartSet:
     def layout(self) -> PartLayout:
         """The layout every part predicted with (the same pure function of the same split)."""
         parts = [Part.from_dict(m["part"]) for m in self.markers]
-        return PartLayout.build(self.grid(), self.masks("listed"), parts, self.shape, self.chunks, self.pairs)
+        return PartLayout.build(self.grid(), self.masks("listed"), parts, shape=self.shape, chunks=self.chunks,
+                                pairs=self.pairs)
 
 
 def load_parts(place: Place) -> PartSet:

@@ -83,7 +83,8 @@ class SeamMerge:
         shared, edge = self.layout.piece_boxes(self.part, idx)
         lo, _ = self.layout.cgrid.box(idx)
         info = {"run": self.run, "weights": self.wq_digest, "logit_bits": self.bits, "classes": self.classes}
-        return cut(self.part, idx, lo, buf, shared, edge, False, self.bits, self.output.encode_full, ran, info)
+        return cut(self.part, idx, lo, buf=buf, shared=shared, edge=edge, with_weights=False, bits=self.bits,
+                   encode_values=self.output.encode_full, ran=ran, info=info)
 
     def _check(self, theirs: Piece, idx: Shape3, key: str) -> None:
         if theirs.part not in self.layout.participants(idx):
