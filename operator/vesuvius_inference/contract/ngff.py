@@ -76,7 +76,7 @@ def _rgba(hex_color: str, alpha: int = 255) -> list[int]:
     return [int(hex_color[i:i + 2], 16) for i in (0, 2, 4)] + [alpha]
 
 
-def multiscales(name: str, frame: Frame, levels: int, channel: bool, how: str) -> dict[str, Any]:
+def multiscales(name: str, frame: Frame, levels: int, *, channel: bool, how: str) -> dict[str, Any]:
     return {
         "name": name,
         "axes": frame.axes(channel),

@@ -39,7 +39,7 @@ def region(bbox: str | None, shape: Shape3, where: str = "the input") -> tuple[S
         raise BadArguments(str(e)) from None
 
 
-def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None, where: str = "the input") -> PatchGrid:
+def make_grid(shape: Shape3, patch: Shape3, overlap: float, *, bbox: str | None, where: str = "the input") -> PatchGrid:
     """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
     box = region(bbox, shape, where)
     if box is None:
@@ -165,7 +165,7 @@ def plan_part(src: Source, *, patch: Shape3, chunks: Shape3, overlap: float, bbo
               part_id: int, skip_empty: bool, patch_order: str, input_cache_bytes: int, partition: str = SLABS,
               pairs: bool = False) -> PartPlan:
     """The plan of part ``part_id`` of ``num_parts``."""
-    grid = make_grid(src.shape, patch, overlap, bbox)
+    grid = make_grid(src.shape, patch, overlap, bbox=bbox)
     cgrid = ChunkGrid(src.shape, chunks)
     nonempty = patch_nonempty(grid, src.occupancy if skip_empty else None, src.chunks)
     parts, layout = choose_parts(grid, nonempty, num_parts, partition=partition, shape=src.shape, chunks=chunks,

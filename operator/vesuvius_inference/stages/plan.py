@@ -148,7 +148,7 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     chunks = tuple(cfg.chunk_size or patch)
     box = region(cfg.bbox, volume.shape, volume.where)
     check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
-    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)  # type: ignore[arg-type]
+    grid = make_grid(volume.shape, patch, cfg.overlap, bbox=cfg.bbox, where=volume.where)  # type: ignore[arg-type]
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)
     parts, layout = choose_parts(grid, nonempty, cfg.num_parts, partition=cfg.partition, shape=volume.shape,  # type: ignore[arg-type]

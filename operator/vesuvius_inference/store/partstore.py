@@ -134,7 +134,7 @@ class PartSet:
 
     def grid(self) -> PatchGrid:
         c = self.config
-        return make_grid(self.shape, tuple(c["patch_size"]), float(c["overlap"]), c.get("bbox"))  # type: ignore[arg-type]
+        return make_grid(self.shape, tuple(c["patch_size"]), float(c["overlap"]), bbox=c.get("bbox"))  # type: ignore[arg-type]
 
     def masks(self, key: str) -> np.ndarray:
         """Per patch of the grid: the markers' ``listed`` (may hold data) or ``ran`` masks, together."""
