@@ -98,7 +98,8 @@ def prepare(cfg: PredictConfig, announce: bool = True, *, volume: InputVolume | 
         if url and storage.is_local(url):  # a folder this user cannot write: said so, before the claim
             require_writable(cfg.place(url), flag)  # (object stores: the claim's write says it)
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
-    volume = volume.fresh() if volume is not None else open_volume(cfg.input_place, cfg.level)
+    reuse = volume is not None and volume.url == cfg.input_dir  # the caller's open of this very input
+    volume = volume.fresh() if volume is not None and reuse else open_volume(cfg.input_place, cfg.level)
     cfg = replace(cfg, model_path=model_path, folds=folds,  # a fold_N folder: its parent with that fold
                   ngff_version=ngff_for(cfg.ngff_version, volume.zarr_format))  # outputs in the scan's format
     region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
