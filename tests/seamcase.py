@@ -14,12 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from vesuvius_inference.contract.locations import join
-from vesuvius_inference.geometry.fixedpoint import (
-    divide_np,
-    gaussian_q,
-    logit_bits_for,
-    weights_digest,
-)
+from vesuvius_inference.contract.place import Place
+from vesuvius_inference.geometry.fixedpoint import divide_np, gaussian_q, logit_bits_for, weights_digest
 from vesuvius_inference.geometry.grid import PatchGrid, Shape3
 from vesuvius_inference.geometry.layout import PAIR, PartLayout
 from vesuvius_inference.geometry.partition import split
@@ -47,7 +43,7 @@ class SeamCase:
         grid = PatchGrid(SHAPE, PATCH, 0.5)
         nonempty = np.ones(grid.n_patches, dtype=bool)
         parts = split(grid, nonempty, 2, None)
-        layout = PartLayout.build(grid, nonempty, parts, SHAPE, CHUNKS, pairs=True)
+        layout = PartLayout.build(grid, nonempty, parts, shape=SHAPE, chunks=CHUNKS, pairs=True)
         wq = gaussian_q(PATCH)
         rng = np.random.default_rng(seed)
         sums, ran = [], []
@@ -71,11 +67,12 @@ class SeamCase:
         return cls(grid, layout, sums, ran, wq, logit_bits_for(grid.max_coverage()), pairs)
 
     def output(self, url: str, so: dict) -> Output:
-        return Output(OutputSpec(url, FINAL, "binary", False, 1), C, SHAPE, CHUNKS, {}, so)
+        return Output(OutputSpec(url, FINAL, "binary", False, 1), Place(url, so), num_classes=C, shape=SHAPE,
+                      chunks=CHUNKS, config={})
 
     def merger(self, part: int, run: str, seams_url: str, out: Output, so: dict) -> SeamMerge:
-        return SeamMerge(seams_url, part, run, self.layout, self.grid, self.wq, weights_digest(self.wq), self.bits, C,
-                         out, dict(so))
+        return SeamMerge(place=Place(seams_url, dict(so)), part=part, run=run, layout=self.layout, grid=self.grid,
+                         wq=self.wq, wq_digest=weights_digest(self.wq), bits=self.bits, classes=C, output=out)
 
     def complete(self, merge: SeamMerge, chunks: Sequence[Shape3]) -> list[str]:
         """What PartWriter does for this part's PAIR chunks (sums, or None where none of its patches ran)."""
@@ -127,7 +124,7 @@ def race(case: SeamCase, mergers: Sequence[SeamMerge]) -> list[list[str]]:
 
 def snapshot(url: str, so: dict) -> dict[str, bytes]:
     """Every object under ``url``, by relative name."""
-    fs, root = storage.filesystem(url, so)
+    fs, root = storage.filesystem(Place(url, so))
     fs.invalidate_cache()
     return {p[len(root):]: bytes(fs.cat_file(p)) for p in fs.find(root)}
 

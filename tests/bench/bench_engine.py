@@ -130,6 +130,7 @@ def main() -> None:
     print(f"skip-empty (50% absent): nnU-Net {t_nn:.1f} s, ours {t_ours:.1f} s, ours/nnU-Net speed = {t_nn / t_ours:.2f}")
     # intermediate bytes
     from vesuvius_inference.contract.config import BlendConfig
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.stages.blend import run_blend
     from vesuvius_inference.store.storage import tree_bytes
 
@@ -137,7 +138,7 @@ def main() -> None:
         pd = root / f"inter{parts}"
         ours_time(model, inp, pd, False, parts=parts, batch_size=2)
         run_blend(BlendConfig(parts_dir=str(pd), output=str(root / f"b{parts}.zarr"), quiet=True))
-        ib, bb = tree_bytes(str(pd)), tree_bytes(str(root / f"b{parts}.zarr"))
+        ib, bb = tree_bytes(Place(str(pd))), tree_bytes(Place(str(root / f"b{parts}.zarr")))
         print(f"intermediates, {parts} part(s): {ib / 1e6:.1f} MB / blended {bb / 1e6:.1f} MB = {ib / bb:.2f}")
         shutil.rmtree(pd)
     shutil.rmtree(root, ignore_errors=True)

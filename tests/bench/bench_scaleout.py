@@ -90,6 +90,7 @@ def seam_bytes(parts_dir: Path) -> tuple[int, int]:
 
 
 def main() -> None:
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.store.storage import tree_bytes
 
     root = Path(tempfile.mkdtemp(prefix="vscale-"))
@@ -102,7 +103,7 @@ def main() -> None:
     cli("pipeline", "--input", inp, "--output", root / "out.zarr", "--model", model, "--workdir", work,
         "--parts-per-gpu", "8", "--disable-tta", "--fuse-blend-finalize", "--keep-intermediates", "--quiet",
         "--batch-size", "4")
-    left = tree_bytes(str(work))
+    left = tree_bytes(Place(str(work)))
     parts = work / "parts"
     firsts, for_blend = seam_bytes(parts)
     seams = firsts + for_blend

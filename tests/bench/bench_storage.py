@@ -117,9 +117,10 @@ def main() -> None:
         "blend": peak_rss_mb(["blend", "s3://bench/bw/parts", "s3://bench/bw/b.zarr", *common]),
         "finalize": peak_rss_mb(["finalize", "s3://bench/bw/b.zarr", "s3://bench/bw/o.zarr", *common]),
     }
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.store.storage import tree_bytes
 
-    inter, blended = tree_bytes("s3://bench/bw/parts"), tree_bytes("s3://bench/bw/b.zarr")
+    inter, blended = tree_bytes(Place("s3://bench/bw/parts")), tree_bytes(Place("s3://bench/bw/b.zarr"))
     base = model_rss_mb(model, (64, 64, 64))
     print(f"volume {big} uint8 = {np.prod(big) / 1e9:.1f} GB (mostly absent chunks): peak RSS "
           + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()) + f"; intermediates/blended = {inter / blended:.2f}")

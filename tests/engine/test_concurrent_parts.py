@@ -88,12 +88,19 @@ def _checkpointed(root: Path) -> bool:
 @pytest.mark.parametrize("offset", ["at-once", "mid-run"])
 def test_second_run_of_a_live_part_stops_and_the_result_is_clean(setup, clean, offset, tmp_path):
     root = tmp_path / offset
-    first = subprocess.Popen(_predict(setup, root, 0, "--quiet"), stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(_predict(setup, root, 0), stderr=subprocess.PIPE, text=True)
     if offset == "mid-run":
         _wait_for(lambda: _checkpointed(root), first)
-    second = _run(_predict(setup, root, 0, "--quiet"))
+    second = _run(_predict(setup, root, 0))
     first_err = first.communicate()[1]
     codes = sorted([first.returncode, second.returncode])
+    if offset == "at-once" and codes == [0, 0]:
+        # Started together, the winner can finish this small part before the other reaches the claim (a
+        # stock model loads in ~4 s): then the other finds the part complete and does nothing, never twice.
+        done = ["is already complete" in err for err in (first_err, second.stderr)]
+        assert sorted(done) == [False, True], (first_err, second.stderr)
+        assert np.array_equal(_finish(setup, root), clean)
+        return
     assert codes == [0, BUSY], (first_err, second.stderr)
     loser = second if second.returncode == BUSY else None
     lines = (loser.stderr if loser else first_err).strip().splitlines()

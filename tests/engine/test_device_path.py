@@ -128,9 +128,10 @@ def test_device_step_gives_the_host_paths_sums(model_factory):
         lo, hi = cgrid.box(idx)
         got[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))] = buf.numpy()
 
-    accum = ChunkAccumulator(cgrid, 3, remaining, 1 << 30, torch.device("cpu"), (None, None), complete, WritePool(1))
-    step = DeviceStep(Runner(model, torch.device("cpu"), True, batch_size), normalizer, grid, 1, batch_size, wq,
-                      bits, accum)
+    accum = ChunkAccumulator(cgrid, 3, remaining, cache_bytes=1 << 30, device=torch.device("cpu"), spills=(None, None),
+                             on_complete=complete, io=WritePool(1))
+    step = DeviceStep(Runner(model, torch.device("cpu"), True, batch_size), normalizer, grid, channels=1,
+                      batch_size=batch_size, wq=wq, bits=bits, accum=accum)
     for k0 in range(0, len(indices), batch_size):
         batch = []
         for i in indices[k0:k0 + batch_size]:

@@ -12,6 +12,7 @@ import pytest
 from helpers import smooth_volume, write_zarr
 from ngff.fixtures import write_ngff05, write_scroll_input
 from vesuvius_inference.contract.errors import BadArguments
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store.volume import open_volume
 
 
@@ -28,8 +29,8 @@ def test_an_array_of_a_group_has_its_levels_frame(groups, version):
     group = groups[version]
     scroll = groups["scroll"]
     for level in (0, 1):
-        as_array = open_volume(str(group / str(level)))
-        as_level = open_volume(str(group), level=level)
+        as_array = open_volume(Place(str(group / str(level))))
+        as_level = open_volume(Place(str(group)), level=level)
         assert as_array.frame == as_level.frame
         assert as_array.frame.scale == pytest.approx(scroll.scales[level])
         assert as_array.frame.translation == pytest.approx(scroll.translations[level])
@@ -37,14 +38,14 @@ def test_an_array_of_a_group_has_its_levels_frame(groups, version):
         assert as_array.where == f"level {level} of {group}"
         assert as_array.zarr_format == (2 if version == "0.4" else 3)
     with pytest.raises(BadArguments, match=f"already level 1 of {group}"):
-        open_volume(str(group / "1"), level=1)
+        open_volume(Place(str(group / "1")), level=1)
 
 
 def test_no_frame_anywhere_is_one_warning_line(tmp_path, caplog):
     path = write_zarr(tmp_path / "bare.zarr", smooth_volume((8, 16, 16), seed=1), chunks=(8, 16, 16))
     with caplog.at_level(logging.WARNING, logger="vesuvius_inference"):
         for _ in range(2):  # opened again by the same process: still one line
-            volume = open_volume(path)
+            volume = open_volume(Place(path))
     assert volume.frame.scale == (1.0, 1.0, 1.0) and volume.frame.units == (None, None, None)
     lines = [r.getMessage() for r in caplog.records if "voxel units" in r.getMessage()]
     assert len(lines) == 1 and path in lines[0], lines

@@ -166,6 +166,7 @@ def _readme_snippet() -> str:
 def test_the_readme_rescaling_keeps_chunks_and_ome_metadata_and_passes_the_check(tmp_path):
     from ngff.fixtures import write_scroll_input
     from vesuvius_inference.contract.intensity import IntensityFinding
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.model.normalization import check_intensities
     from vesuvius_inference.store.volume import open_volume
 
@@ -191,9 +192,9 @@ def test_the_readme_rescaling_keeps_chunks_and_ome_metadata_and_passes_the_check
         assert np.array_equal(b[...], a[...])  # (x * 257) // 256 == x for every uint8 x
     plans = json.loads(Path(cli.__file__).with_name("demo").joinpath("model", "plans.json").read_text())
     schemes = plans["configurations"]["3d_fullres"]["normalization_schemes"]
-    assert isinstance(check_intensities(open_volume(str(tmp_path / "scan16.zarr"), 0), plans, schemes),
+    assert isinstance(check_intensities(open_volume(Place(str(tmp_path / "scan16.zarr")), 0), plans, schemes),
                       IntensityFinding)
-    assert check_intensities(open_volume(str(tmp_path / "scan8.zarr"), 0), plans, schemes) is None
+    assert check_intensities(open_volume(Place(str(tmp_path / "scan8.zarr")), 0), plans, schemes) is None
 
     floats = zarr.open_array(str(tmp_path / "f.zarr"), mode="w", shape=(8, 8, 8), chunks=(4, 8, 8), dtype="float32",
                              zarr_format=3)

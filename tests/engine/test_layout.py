@@ -65,7 +65,7 @@ def test_participants_and_piece_boxes_match_brute_force(shape, patch, overlap, n
     nonempty = rng.random(grid.n_patches) > 0.3 if sparse else np.ones(grid.n_patches, dtype=bool)
     parts = split(grid, nonempty, n, blocks)
     assert sorted(np.concatenate([p.members(grid) for p in parts]).tolist()) == list(range(grid.n_patches))
-    layout = PartLayout.build(grid, nonempty, parts, shape, chunks, pairs=True)
+    layout = PartLayout.build(grid, nonempty, parts, shape=shape, chunks=chunks, pairs=True)
     who, vox = _reach_by_patches(grid, nonempty, parts, shape, chunks)
     cg = layout.cgrid
     for idx in cg.all():
@@ -96,7 +96,7 @@ def test_seams_are_one_overlap_deep_at_the_scroll_geometry():
     assert all(part.start % row == 0 for part in parts)
     weights = [part.size() for part in parts]
     assert max(weights) / np.mean(weights) < 1.1
-    layout = PartLayout.build(grid, nonempty, parts, shape, (p, p, p), pairs=True)
+    layout = PartLayout.build(grid, nonempty, parts, shape=shape, chunks=(p, p, p), pairs=True)
     kinds = layout.kinds()
     assert not (kinds == 3).any()  # slabs a whole number of patch rows deep: never three parts in a chunk
     rows = np.argwhere((kinds == 2).any(axis=(1, 2))).ravel()

@@ -8,13 +8,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from vesuvius_inference.contract.place import Place
+
 
 def test_the_plain_trainer_path_builds_what_nnunetpredictor_builds(model2):
     import torch
     from vesuvius_inference.model import network as M
     from vesuvius_inference.model.files import open_model_files
 
-    files = open_model_files(str(model2))
+    files = open_model_files(Place(str(model2)))
     fast = M.load_model(files)
     first_fold, first_ckpt = next(iter(files.checkpoints.items()))
     ref = M._predictor_network(str(model2), first_fold, first_ckpt)
@@ -42,13 +44,13 @@ def test_another_trainer_still_goes_through_nnunetpredictor(model2, tmp_path, mo
     real = M._predictor_network
     monkeypatch.setattr(M, "_predictor_network", lambda *a: used.append(a) or real(*a))
     monkeypatch.setattr(M, "PLAIN_TRAINERS", ())
-    M.load_model(open_model_files(str(model2)))
+    M.load_model(open_model_files(Place(str(model2))))
     assert used
 
 
 def test_loading_a_plain_model_imports_no_plotting_and_no_dynamo(model2):
     code = ("import sys\nfrom vesuvius_inference.model import network as M\nfrom vesuvius_inference.model.files import "
-            f"open_model_files\nM.load_model(open_model_files({str(model2)!r}))\n"
+            f"open_model_files\nfrom vesuvius_inference.contract.place import Place\nM.load_model(open_model_files(Place({str(model2)!r})))\n"
             "print(sorted(m for m in ('matplotlib', 'seaborn', 'torch._dynamo', "
             "'nnunetv2.training.nnUNetTrainer.nnUNetTrainer') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -14,6 +14,7 @@ import zarr
 from helpers import run_cli, smooth_volume, write_zarr
 from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.contract.errors import BadInput
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.predict.stage import run_predict
 from vesuvius_inference.stages.blend import run_blend
 from vesuvius_inference.stages.finalize import run_finalize
@@ -77,8 +78,8 @@ def test_fused_outputs_follow_the_input_format_unless_told_and_hold_the_same_byt
         np.testing.assert_array_equal(x, y)
         np.testing.assert_array_equal(x, z)
     # what is already there is read in either format: complete, and by which settings
-    assert is_complete(str(tmp_path / "o2.zarr"))["config"]["ngff"] == "0.4"
-    assert written_config(str(tmp_path / "o2.zarr"))["predict"]["input_zarr_format"] == 2
+    assert is_complete(Place(str(tmp_path / "o2.zarr")))["config"]["ngff"] == "0.4"
+    assert written_config(Place(str(tmp_path / "o2.zarr")))["predict"]["input_zarr_format"] == 2
     # the same output asked for in the other format is another configuration: refused, not mixed
     with pytest.raises(BadInput, match=r"written with other settings .*--ngff_version \(the output.s format\) 0.4 -> 0.5"):
         run_predict(predict_cfg(model, inputs[2], tmp_path / "other", final_output=str(tmp_path / "o2.zarr"),

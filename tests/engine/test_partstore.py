@@ -63,8 +63,8 @@ def _run(arrays, patches, cache_chunks: int, kill_at: list[int], ckpt_every: int
             io.submit(("done", idx), done.__setitem__, (slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi)),
                       buf.numpy().copy())
 
-        acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), cache_chunks * chunk_bytes,
-                               torch.device("cpu"), (spill0, spill1), complete, io)
+        acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), cache_bytes=cache_chunks * chunk_bytes,
+                               device=torch.device("cpu"), spills=(spill0, spill1), on_complete=complete, io=io)
         if saved is not None:
             for lo, hi, _, _ in patches[:saved["position"]]:
                 acc.replay_done(lo, hi)
@@ -126,8 +126,8 @@ def test_spill_after_checkpoint_never_overwrites_the_checkpointed_copy():
     cgrid = ChunkGrid(SHAPE, CHUNKS)
     chunk_bytes = (C + 1) * int(np.prod(CHUNKS)) * 8
     io = WritePool(2)
-    acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), chunk_bytes, torch.device("cpu"),
-                           (spill0, spill1), lambda idx, buf: None, io)
+    acc = ChunkAccumulator(cgrid, C + 1, _remaining(cgrid, patches), cache_bytes=chunk_bytes,
+                           device=torch.device("cpu"), spills=(spill0, spill1), on_complete=lambda idx, buf: None, io=io)
 
     def stored(idx, parity):
         lo, hi = cgrid.box(idx)

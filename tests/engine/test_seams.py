@@ -20,13 +20,14 @@ from seamcase import (
     check_race,
     check_rerun_of_finished_parts,
 )
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_disk_admits_one_writer(tmp_path):
-    url = str(tmp_path / "x" / "obj")
+    url = Place(str(tmp_path / "x" / "obj"))
     assert createonce.create(url, b"one") and not createonce.create(url, b"two")
-    assert createonce.read(url) == b"one" and createonce.read(str(tmp_path / "none")) is None
+    assert createonce.read(url) == b"one" and createonce.read(Place(str(tmp_path / "none"))) is None
     assert os.listdir(tmp_path / "x") == ["obj"]  # no temporary file left behind
 
 
@@ -41,7 +42,7 @@ def test_create_once_trusts_the_link_count_when_nfs_answers_a_retransmitted_link
         raise FileExistsError(17, "File exists", dst)
 
     monkeypatch.setattr(os, "link", link_then_lost_reply)
-    url = str(tmp_path / "obj")
+    url = Place(str(tmp_path / "obj"))
     assert createonce.create(url, b"one") and createonce.read(url) == b"one"
     monkeypatch.setattr(os, "link", real_link)
     assert not createonce.create(url, b"two") and createonce.read(url) == b"one"

@@ -12,6 +12,7 @@ import pytest
 import zarr
 from vesuvius_inference.contract.errors import EXIT_BAD_INPUT, BadInput
 from vesuvius_inference.contract.frame import triple
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store.volume import open_volume
 
 
@@ -24,9 +25,9 @@ def test_a_level_that_is_a_group_is_bad_input(tmp_path):
         "axes": [{"name": a, "type": "space"} for a in "zyx"],
         "datasets": [{"path": p, "coordinateTransformations": [{"type": "scale", "scale": [s] * 3}]}
                      for p, s in (("0", 1.0), ("1", 2.0))]}]}
-    assert open_volume(url, level=0).shape == (8, 8, 8)
+    assert open_volume(Place(url), level=0).shape == (8, 8, 8)
     with pytest.raises(BadInput) as e:
-        open_volume(url, level=1)
+        open_volume(Place(url), level=1)
     assert e.value.exit_code == EXIT_BAD_INPUT
     assert str(e.value) == f"input {url}: level 1 (1) is a Zarr group, not an array"
 

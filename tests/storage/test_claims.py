@@ -7,15 +7,16 @@ import time
 
 import pytest
 from vesuvius_inference.contract.errors import Busy
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store.claims import COMPLETE, ClaimLost, Lease, trusted_complete
 
 
 @pytest.fixture(params=["local", "s3"])
 def claim_url(request, tmp_path):
     if request.param == "local":
-        return str(tmp_path / "part_00000.claim.json")
+        return Place(str(tmp_path / "part_00000.claim.json"))
     s3 = request.getfixturevalue("s3")
-    return f"{s3}/parts/part_00000.claim.json"
+    return Place(f"{s3}/parts/part_00000.claim.json")
 
 
 def _elsewhere(lease: Lease) -> None:

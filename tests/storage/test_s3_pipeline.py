@@ -75,9 +75,10 @@ def test_fused_pipeline_writes_each_output_chunk_once_and_blend_only_the_seams(m
     assert set(every) == stored  # and every stored chunk came from one of those PUTs
     blend_puts = puts(parse_recording(text[stages["predict3"]:stages["blend"]]))
     level0_by_blend = {tuple(int(v) for v in k.split("/")[-3:]) for k in blend_puts if k.startswith("0/")}
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.store.partstore import load_parts
 
-    layout = load_parts(f"{work}/parts").layout()
+    layout = load_parts(Place(f"{work}/parts")).layout()
     assert level0_by_blend and {layout.kind(idx) for idx in level0_by_blend} == {SHARED}
     level0 = {tuple(int(v) for v in k.split("/")[-3:]) for k in every if k.startswith("0/")}
     by_parts = level0 - level0_by_blend

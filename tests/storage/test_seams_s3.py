@@ -10,16 +10,17 @@ from seamcase import (
     check_race,
     check_rerun_of_finished_parts,
 )
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_s3_admits_one_writer(s3):
-    url = f"{s3}/parts/_seams/cfg/0.0.0"
+    url = Place(f"{s3}/parts/_seams/cfg/0.0.0")
     assert createonce.create(url, b"one") and not createonce.create(url, b"two")
-    assert createonce.read(url) == b"one" and createonce.read(f"{s3}/none") is None
-    assert createonce.supported(url) and not createonce.supported("gs://bucket/x")
+    assert createonce.read(url) == b"one" and createonce.read(Place(f"{s3}/none")) is None
+    assert createonce.supported(url.url) and not createonce.supported("gs://bucket/x")
     with pytest.raises(ValueError):
-        createonce.create("gs://bucket/x", b"")
+        createonce.create(Place("gs://bucket/x"), b"")
 
 
 def test_both_parts_finishing_together_on_s3(s3):

@@ -197,6 +197,7 @@ def test_model_download_waits_for_the_store(s3, s3_server, tmp_path, tiny_model,
     import threading
 
     import s3fs
+    from vesuvius_inference.contract.place import Place
     from vesuvius_inference.model.source import resolve_model
     from vesuvius_inference.store import storagewait
 
@@ -224,7 +225,7 @@ def test_model_download_waits_for_the_store(s3, s3_server, tmp_path, tiny_model,
         t = threading.Thread(target=restart_when_waited, daemon=True)
         t.start()
         try:
-            folder = resolve_model(f"{s3}/model", so, str(tmp_path / "cache"))
+            folder = resolve_model(Place(f"{s3}/model", so), cache_dir=str(tmp_path / "cache"))
         finally:
             done.set()
     assert back.is_set()

@@ -26,6 +26,7 @@ from vesuvius_inference.contract.locations import (
     refuse_overlaps,
     require_writable,
 )
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.prechecks import check_device_name
 from vesuvius_inference.contract.settings import (
     REQUIRED,
@@ -104,6 +105,10 @@ class Storage:
         filesystems by optioncheck.check_options, which needs fsspec: not here)."""
         return ()
 
+    def place(self, url: str) -> Place:
+        """``url`` with this command's storage options: the one value every stage below reaches it by."""
+        return Place(url, self.storage_options)
+
 
 @dataclass(kw_only=True)
 class ModelChoice:
@@ -147,9 +152,10 @@ class InputChoice:
                                help="read the input without credentials (public buckets)")
 
     @property
-    def input_storage_options(self) -> dict[str, Any]:
-        so: dict[str, Any] = getattr(self, "storage_options", {})
-        return {**so, "anon": True} if self.input_anon else so
+    def input_place(self) -> Place:
+        """The input with the command's storage options (read without credentials with ``--input_anon``)."""
+        place = Place(self.input_dir, getattr(self, "storage_options", {}))
+        return place.anonymous() if self.input_anon else place
 
 
 @dataclass(kw_only=True)

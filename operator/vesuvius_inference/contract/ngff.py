@@ -76,7 +76,7 @@ def _rgba(hex_color: str, alpha: int = 255) -> list[int]:
     return [int(hex_color[i:i + 2], 16) for i in (0, 2, 4)] + [alpha]
 
 
-def multiscales(name: str, frame: Frame, levels: int, channel: bool, how: str) -> dict[str, Any]:
+def multiscales(name: str, frame: Frame, levels: int, *, channel: bool, how: str) -> dict[str, Any]:
     return {
         "name": name,
         "axes": frame.axes(channel),
@@ -88,7 +88,7 @@ def multiscales(name: str, frame: Frame, levels: int, channel: bool, how: str) -
     }
 
 
-def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence[str], depth: int,
+def image_metadata(name: str, frame: Frame, levels: int, *, channel_names: Sequence[str], depth: int,
                    version: str = NGFF_VERSION) -> dict[str, Any]:
     """``ome`` attributes of a probability image (C, Z, Y, X) of uint8 ``round(p * 255)``."""
     return {
@@ -105,7 +105,7 @@ def image_metadata(name: str, frame: Frame, levels: int, channel_names: Sequence
     }
 
 
-def label_metadata(name: str, frame: Frame, levels: int, names: Sequence[str],
+def label_metadata(name: str, frame: Frame, levels: int, *, names: Sequence[str],
                    version: str = NGFF_VERSION, source: str | None = None) -> dict[str, Any]:
     """``ome`` attributes of a label image (Z, Y, X) of class ids: 0 (background) is transparent.
 

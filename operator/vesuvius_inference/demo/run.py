@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import ownership
 
 log = logging.getLogger("vesuvius_inference.demo")
@@ -38,9 +39,9 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
 
     out = Path(output_dir)
     if out.exists() and any(out.iterdir()):  # an earlier demo's folder is replaced; anybody else's is left alone
-        ownership.remove_ours(str(out), {}, flag="demo --output_dir")
+        ownership.remove_ours(Place(str(out)), flag="demo --output_dir")
     out.mkdir(parents=True, exist_ok=True)
-    ownership.mark(str(out), {}, "demo")
+    ownership.mark(Place(str(out)), "demo")
     shape = tuple(shape or DEFAULT_SHAPE)
     t = time.perf_counter()
     volume, labels = make_scroll(shape=shape, seed=seed)
@@ -67,7 +68,7 @@ def run_demo(output_dir: str = "demo-output", shape: Sequence[int] | None = None
     prob = np.asarray(zarr.open_array(str(result / "0"), mode="r")[0])
     score = dice(prob >= 128, labels > 0)
     write_preview(volume, prob, labels, str(out / "preview.png"))
-    ownership.remove_ours(str(out / "work"), {}, flag="the demo's workdir")
+    ownership.remove_ours(Place(str(out / "work")), flag="the demo's workdir")
     lines = [f"{'stage':<10}{'seconds':>9}{'Mvox/s':>9}"]
     for k, v in times.items():
         lines.append(f"{k:<10}{v:>9.1f}{nvox / max(v, 1e-9) / 1e6:>9.2f}")

@@ -137,7 +137,7 @@ def write_zarr(volume: np.ndarray, path: str, chunks: Sequence[int] = (32, 64, 6
         arr[...] = data
         data = downsample2(data, MEAN)
     name = path.rstrip("/").split("/")[-1]
-    root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [multiscales(name, frame, levels, False, "mean")]}
+    root.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [multiscales(name, frame, levels, channel=False, how="mean")]}
     return path
 
 

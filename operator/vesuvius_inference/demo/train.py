@@ -103,7 +103,7 @@ def _step(net: Any, opt: Any, ce: Any, x: np.ndarray, y: np.ndarray) -> tuple[fl
     return loss.item(), soft_dice.item()
 
 
-def train(out: str | Path, seconds: float = 900.0, seed: int = 0, batch_size: int = 2, lr: float = 3e-3,
+def train(out: str | Path, seconds: float = 900.0, seed: int = 0, *, batch_size: int = 2, lr: float = 3e-3,
           patch: Sequence[int] = PATCH, threads: int | None = None,
           scrolls: Sequence[tuple[Sequence[int], int]] | None = None, refresh_every: int = 8) -> Path:
     """Train for ``seconds`` of wall time and write the nnU-Net model folder ``out``.
@@ -228,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--no_eval", action="store_true", help="skip the Dice check on an unseen scroll")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    folder = train(a.out, a.seconds, a.seed, a.batch_size, a.lr, threads=a.threads, refresh_every=a.refresh_every)
+    folder = train(a.out, a.seconds, a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads,
+                   refresh_every=a.refresh_every)
     if not a.no_eval:
         r = evaluate(folder)
         log.info("unseen scroll (seed %d, 96x160x160): Dice %.4f, predict %.1f s (%.0f voxels/s)", EVAL_SEED,

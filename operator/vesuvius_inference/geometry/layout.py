@@ -113,7 +113,7 @@ class PartLayout:
     pairs: bool  # two-participant chunks are merged by their second finisher
 
     @classmethod
-    def build(cls, grid: PatchGrid, nonempty: np.ndarray, parts: Sequence[Part], shape: Shape3, chunks: Shape3,
+    def build(cls, grid: PatchGrid, nonempty: np.ndarray, parts: Sequence[Part], *, shape: Shape3, chunks: Shape3,
               pairs: bool) -> PartLayout:
         boxes, reach = [], []
         for part in parts:

@@ -40,7 +40,7 @@ def region(bbox: str | None, shape: Shape3, where: str = "the input") -> tuple[S
         raise BadArguments(str(e)) from None
 
 
-def make_grid(shape: Shape3, patch: Shape3, overlap: float, bbox: str | None, where: str = "the input") -> PatchGrid:
+def make_grid(shape: Shape3, patch: Shape3, overlap: float, *, bbox: str | None, where: str = "the input") -> PatchGrid:
     """The patch grid over the volume, or over ``--bbox`` treated as the volume (nnU-Net's grid of the crop)."""
     box = region(bbox, shape, where)
     if box is None:
@@ -85,7 +85,7 @@ def imbalance(grid: PatchGrid, nonempty: np.ndarray, parts: Sequence[Part]) -> f
     return max(counts) / max(float(np.mean(counts)), 1e-9) if sum(counts) else 1.0
 
 
-def choose_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int, partition: str, shape: Shape3,
+def choose_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int, *, partition: str, shape: Shape3,
                  chunks: Shape3, pairs: bool) -> tuple[list[Part], PartLayout]:
     """The parts and their layout: as ``partition`` says (``slabs``, ``NZxNY``), or with ``auto`` the
     factorisation of ``num_parts`` into z-slabs x y-columns whose pieces hold the fewest bytes (the
@@ -96,7 +96,7 @@ def choose_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int, partitio
         if blocks is not None and blocks[0] * blocks[1] != num_parts:
             raise BadArguments(f"--partition {partition} makes {blocks[0] * blocks[1]} parts, not {num_parts}")
         parts = split(grid, nonempty, num_parts, blocks)
-        return parts, PartLayout.build(grid, nonempty, parts, shape, chunks, pairs)
+        return parts, PartLayout.build(grid, nonempty, parts, shape=shape, chunks=chunks, pairs=pairs)
     best: tuple[float, list[Part], PartLayout] | None = None
     limit = 0.0
     for candidate in factorisations(num_parts, grid, CANDIDATES):
@@ -106,7 +106,7 @@ def choose_parts(grid: PatchGrid, nonempty: np.ndarray, num_parts: int, partitio
             limit = balance + BALANCE_SLACK
         elif balance > limit:
             continue
-        layout = PartLayout.build(grid, nonempty, parts, shape, chunks, pairs)
+        layout = PartLayout.build(grid, nonempty, parts, shape=shape, chunks=chunks, pairs=pairs)
         cost = seam_cost(layout)
         if best is None or cost < best[0]:
             best = (cost, parts, layout)
@@ -162,14 +162,15 @@ class PartPlan:
         return self.part.size() - len(self.todo)
 
 
-def plan_part(src: Source, patch: Shape3, chunks: Shape3, overlap: float, bbox: str | None, num_parts: int,
+def plan_part(src: Source, *, patch: Shape3, chunks: Shape3, overlap: float, bbox: str | None, num_parts: int,
               part_id: int, skip_empty: bool, patch_order: str, input_cache_bytes: int, partition: str = SLABS,
               pairs: bool = False) -> PartPlan:
     """The plan of part ``part_id`` of ``num_parts``."""
-    grid = make_grid(src.shape, patch, overlap, bbox)
+    grid = make_grid(src.shape, patch, overlap, bbox=bbox)
     cgrid = ChunkGrid(src.shape, chunks)
     nonempty = patch_nonempty(grid, src.occupancy if skip_empty else None, src.chunks)
-    parts, layout = choose_parts(grid, nonempty, num_parts, partition, src.shape, chunks, pairs)
+    parts, layout = choose_parts(grid, nonempty, num_parts, partition=partition, shape=src.shape, chunks=chunks,
+                                 pairs=pairs)
     members = parts[part_id].members(grid)
     if patch_order == "tiled":
         order = tiled_order(grid, members, input_cache_bytes, src.bytes_per_voxel)

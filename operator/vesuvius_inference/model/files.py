@@ -18,6 +18,7 @@ from typing import Any
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput
 from vesuvius_inference.contract.frame import triple
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -131,11 +132,11 @@ class ModelFiles:
         return digest.hexdigest()[:16]
 
 
-def open_model_files(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None,
+def open_model_files(place: Place, *, cache_dir: str | None = None,
                      folds: Sequence[int | str] | None = None) -> ModelFiles:
-    """Resolve ``url`` (local, s3://, hf://: downloaded once into the cache) and read it without torch.
+    """Resolve ``place`` (local, s3://, hf://: downloaded once into the cache) and read it without torch.
     A ``fold_N`` folder given as the model is its parent folder with that fold (one line says so)."""
     from vesuvius_inference.model.source import fold_parent, resolve_model
 
-    url, folds = fold_parent(url, folds)
-    return ModelFiles(resolve_model(url, storage_options, cache_dir), folds)
+    url, folds = fold_parent(place.url, folds)
+    return ModelFiles(resolve_model(place.at(url), cache_dir=cache_dir), folds)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput, classify, is_transient
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 from vesuvius_inference.store.storagewait import call as waiting_call
 
@@ -45,8 +46,9 @@ def _locked(path: str) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _remote_listing(url: str, so: dict[str, Any]) -> tuple[Any, str, dict[str, dict[str, Any]]]:
-    fs, root = storage.filesystem(url, so)
+def _remote_listing(place: Place) -> tuple[Any, str, dict[str, dict[str, Any]]]:
+    url = place.url
+    fs, root = storage.filesystem(place)
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
@@ -65,22 +67,23 @@ def _remote_listing(url: str, so: dict[str, Any]) -> tuple[Any, str, dict[str, d
     return fs, root, files
 
 
-def remote_identity(url: str, so: dict[str, Any]) -> str:
+def remote_identity(place: Place) -> str:
     """Content key of a remote model folder from its listing (sizes and ETags), no download."""
-    _, _, files = _remote_listing(url, so)
-    h = hashlib.sha256(url.encode())
+    _, _, files = _remote_listing(place)
+    h = hashlib.sha256(place.url.encode())
     for rel in sorted(files):
         info = files[rel]
         h.update(f"{rel}:{info.get('size')}:{info.get('ETag') or info.get('etag') or info.get('mtime')}".encode())
     return h.hexdigest()[:16]
 
 
-def _fetch_remote(url: str, so: dict[str, Any], cache_dir: str) -> str:
+def _fetch_remote(place: Place, cache_dir: str) -> str:
     """Download into the cache; an outage while listing or downloading waits (storagewait.py): a pod that
     would otherwise fail, be re-created and download the model again waits for the store instead."""
+    url = place.url
     doing = f"downloading the model {url}"
-    fs, root, files = waiting_call(_remote_listing, url, so, doing=doing)
-    key = waiting_call(remote_identity, url, so, doing=doing)
+    fs, root, files = waiting_call(_remote_listing, place, doing=doing)
+    key = waiting_call(remote_identity, place, doing=doing)
     target = os.path.join(cache_dir, key)
     with _locked(target + ".lock"):
         if os.path.exists(os.path.join(target, ".complete")):
@@ -169,11 +172,11 @@ def _check_local(path: str) -> str:
     return path
 
 
-def resolve_model(url: str, storage_options: dict[str, Any] | None = None, cache_dir: str | None = None) -> str:
-    """A local folder holding the model at ``url`` (downloaded once into the cache if remote)."""
+def resolve_model(place: Place, *, cache_dir: str | None = None) -> str:
+    """A local folder holding the model at ``place`` (downloaded once into the cache if remote)."""
     cache_dir = cache_dir or default_cache_dir()
-    if url.startswith("hf://"):
-        return _fetch_hf(url, cache_dir)
-    if storage.is_local(url):
-        return _check_local(storage.local_path(url))
-    return _fetch_remote(url, dict(storage_options or {}), cache_dir)
+    if place.url.startswith("hf://"):
+        return _fetch_hf(place.url, cache_dir)
+    if place.is_local:
+        return _check_local(place.local_path)
+    return _fetch_remote(place, cache_dir)

@@ -39,7 +39,7 @@ class ChunkAccumulator:
     touch costs page faults on the host and an allocator round trip on a GPU).
     """
 
-    def __init__(self, cgrid: ChunkGrid, channels: int, remaining: dict[Shape3, int], cache_bytes: int,
+    def __init__(self, cgrid: ChunkGrid, channels: int, remaining: dict[Shape3, int], *, cache_bytes: int,
                  device: Any, spills: tuple[Any, Any], on_complete: Callable[[Shape3, Any], None],
                  io: WritePool) -> None:
         self.cgrid, self.channels, self.remaining = cgrid, channels, remaining

@@ -49,7 +49,7 @@ def to_host(t: Any, copy: bool = False) -> Callable[[], np.ndarray]:
 
 
 class DeviceStep:
-    def __init__(self, runner: Any, normalizer: Any, grid: PatchGrid, channels: int, batch_size: int, wq: Any,
+    def __init__(self, runner: Any, normalizer: Any, grid: PatchGrid, *, channels: int, batch_size: int, wq: Any,
                  bits: int, accum: ChunkAccumulator) -> None:
         import torch
 

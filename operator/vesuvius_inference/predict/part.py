@@ -24,7 +24,7 @@ from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.config import PredictConfig
 from vesuvius_inference.contract.errors import BadInput, Stopped
 from vesuvius_inference.contract.intensity import ATTRIBUTE, IntensityFinding
-from vesuvius_inference.contract.locations import join
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.prechecks import check_channels
 from vesuvius_inference.contract.progress import ProgressLine, Reporter
 from vesuvius_inference.geometry.fixedpoint import logit_bits_for, weights_digest
@@ -74,6 +74,7 @@ class PartContext:
     The input is opened and the model folder resolved and read once per part, here."""
 
     cfg: PredictConfig
+    parts: Place  # the parts directory (--output_dir), with the command's storage options
     volume: InputVolume
     model: ModelFiles
     patch: Shape3
@@ -84,7 +85,7 @@ class PartContext:
 
     @property
     def work(self) -> ClaimedWork:
-        cfg = self.cfg
+        cfg, parts = self.cfg, self.parts
 
         def matches(marker: dict[str, Any]) -> bool:
             if marker.get("config") == self.fp:
@@ -95,9 +96,9 @@ class PartContext:
                                f"({diff}); pass --overwrite to replace it, or choose another --output_dir")
             return False
 
-        return ClaimedWork(paths.claim_url(cfg.output_dir, cfg.part_id), paths.marker_url(cfg.output_dir, cfg.part_id),
-                           f"predict part {cfg.part_id} of {cfg.output_dir}", cfg.storage_options, cfg.lease_s,
-                           {"part_id": cfg.part_id}, matches)
+        return ClaimedWork(parts.at(paths.claim_url(parts.url, cfg.part_id)),
+                           parts.at(paths.marker_url(parts.url, cfg.part_id)), f"predict part {cfg.part_id} of {parts}",
+                           lease_s=cfg.lease_s, info={"part_id": cfg.part_id}, matches=matches)
 
 
 def brief(finding: dict[str, Any] | None) -> str:
@@ -113,18 +114,18 @@ def shared_stats(ctx: PartContext, normalizer: Any) -> list[dict[str, Any]]:
     Stored next to the parts, keyed by everything they depend on; the input is read for them at
     most once per run, not once per part.
     """
-    cfg, fp = ctx.cfg, ctx.fp
+    fp = ctx.fp
     if not normalizer.needs_stats:
         return normalizer.compute_stats(ctx.volume)
     key = {k: fp[k] for k in ("input", "level", "shape", "channels", "dtype")} | {"schemes": normalizer.schemes,
                                                                                   "use_mask": normalizer.use_mask}
-    url = paths.input_stats(cfg.output_dir)
-    cached = storage.read_json(url, cfg.storage_options)
+    place = ctx.parts.at(paths.input_stats(ctx.parts.url))
+    cached = storage.read_json(place)
     if cached and cached.get("key") == key:
         normalizer.stats = cached["stats"]
         return normalizer.stats
     stats = normalizer.compute_stats(ctx.volume)
-    storage.write_json(url, {"key": key, "stats": stats}, cfg.storage_options)
+    storage.write_json(place, {"key": key, "stats": stats})
     return stats
 
 
@@ -132,17 +133,18 @@ def the_plan(ctx: PartContext) -> PartPlan:
     cfg, volume = ctx.cfg, ctx.volume
     src = Source(volume.shape, volume.chunks, volume.occupancy if cfg.skip_empty_patches else None,
                  volume.channels * volume.dtype.itemsize)
-    return plan_part(src, ctx.patch, ctx.chunks, cfg.overlap, cfg.bbox, cfg.num_parts, cfg.part_id,
-                     cfg.skip_empty_patches, cfg.patch_order, cfg.input_cache_bytes, cfg.partition,
-                     ctx.fp.get("seams") == PAIRS)
+    return plan_part(src, patch=ctx.patch, chunks=ctx.chunks, overlap=cfg.overlap, bbox=cfg.bbox,
+                     num_parts=cfg.num_parts, part_id=cfg.part_id, skip_empty=cfg.skip_empty_patches,
+                     patch_order=cfg.patch_order, input_cache_bytes=cfg.input_cache_bytes, partition=cfg.partition,
+                     pairs=ctx.fp.get("seams") == PAIRS)
 
 
-def drop_scratch_quietly(cfg: PredictConfig, run: str) -> None:
+def drop_scratch_quietly(parts: Place, part_id: int, run: str) -> None:
     """After the marker: spills, the checkpoint and earlier runs' stores go (leftovers only cost space)."""
     try:
-        drop_scratch(cfg.output_dir, cfg.part_id, run, cfg.storage_options)
+        drop_scratch(parts, part_id, run)
     except OSError as e:
-        log.warning("could not remove scratch data of %s: %s", paths.store_url(cfg.output_dir, cfg.part_id, run), e)
+        log.warning("could not remove scratch data of %s: %s", paths.store_url(parts.url, part_id, run), e)
 
 
 class PartRun:
@@ -164,7 +166,7 @@ class PartRun:
                                                 volume.channels)
         self.stats = shared_stats(ctx, self.normalizer)
         self.key = {"config": ctx.fp, "todo": self.plan.todo_digest}
-        self.store = paths.store_url(cfg.output_dir, cfg.part_id, lease.run_id)
+        self.store = ctx.parts.at(paths.store_url(ctx.parts.url, cfg.part_id, lease.run_id))
         self.spec = output_spec(cfg)
         self.runner = Runner(self.model, self.device, cfg.do_tta, cfg.batch_size, compile=cfg.compile)
         self.ran = np.zeros(len(self.plan.members), dtype=bool)  # per member of the part: did it run
@@ -173,22 +175,22 @@ class PartRun:
         self.run_here = 0
         self.ran_new: list[int] = []  # member positions that ran since the last checkpoint
         self.written_saved = 0  # how many of the writer's written chunks the last checkpoint holds
-        self.journal = Journal(self.store, cfg.storage_options)
+        self.journal = Journal(self.store)
         self.ckpt_times: list[float] = []
 
     # ---- building --------------------------------------------------------------------------------
 
-    def _previous_checkpoint(self) -> tuple[str, State] | None:
+    def _previous_checkpoint(self) -> tuple[Place, State] | None:
         """The latest usable checkpoint of an earlier run of this part: (its store, its state)."""
-        cfg, so, prev = self.cfg, self.cfg.storage_options, self.lease.previous
+        cfg, parts, prev = self.cfg, self.ctx.parts, self.lease.previous
         if cfg.overwrite or prev is None:
             return None
         for run in [prev.run, *reversed(prev.doc.get("prev_runs", []))]:
-            theirs = paths.store_url(cfg.output_dir, cfg.part_id, run)
-            head = read_head(theirs, so)
+            theirs = parts.at(paths.store_url(parts.url, cfg.part_id, run))
+            head = read_head(theirs)
             if head is None or any(head.get(k) != v for k, v in self.key.items()):
                 continue
-            state = fold(theirs, head, members=len(self.plan.members), storage_options=so)
+            state = fold(theirs, head, members=len(self.plan.members))
             if state is None:
                 continue
             log.info("predict part %d/%d: resuming after patch %d (the checkpoint of run %s)", cfg.part_id,
@@ -196,48 +198,52 @@ class PartRun:
             return theirs, state
         return None
 
-    def _adopt(self, theirs: str, state: State, group: Any) -> None:
+    def _adopt(self, theirs: Place, state: State, group: Any) -> None:
         """Copy into this run's new store what the earlier run's checkpoint refers to, and nothing else:
         the checkpointed sums of its unfinished chunks (each in the same spill slot), its pieces and, in
         the seed's layout, its final chunks. Not the whole store: its spill arrays also keep the stale
         sums of every chunk that completed since, which grow with the part. This run's own checkpoint
         (the journal's base) is written after the copies, so a kill mid-copy leaves nothing to resume
         from here, never a checkpoint whose sums are missing."""
-        so, cgrid = self.cfg.storage_options, self.plan.cgrid
-        old = open_store(theirs, so, read_only=True)
+        cgrid = self.plan.cgrid
+        old = open_store(theirs, read_only=True)
         for idx, slot in state.where.items():
             sel = (slice(None),) + box_slices(*cgrid.box(idx))
             self.io.submit(("adopt", idx), _copy, old[SPILLS[slot]], group[SPILLS[slot]], sel)
         self.io.wait_all()
-        fs, _ = storage.filesystem(theirs, so)
         for sub in (paths.PIECES, "final/c"):
-            src = join(theirs, sub)
-            if fs.exists(storage.filesystem(src, so)[1]):
-                storage.copy_tree(src, join(self.store, sub), so)
+            src = theirs.join(sub)
+            if storage.exists(src):
+                storage.copy_tree(src, self.store.join(sub))
 
     def _build(self) -> None:
-        ctx, cfg, so, plan = self.ctx, self.cfg, self.cfg.storage_options, self.plan
+        ctx, cfg, plan = self.ctx, self.cfg, self.plan
         c, volume = self.model.num_classes, ctx.volume
-        group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id}, c,
-                             volume.shape, ctx.chunks, self.spec is None, so)
+        group = create_store(self.store, {"config": ctx.fp, "part_id": cfg.part_id, "run": self.lease.run_id},
+                             n_classes=c, shape=volume.shape, chunks=ctx.chunks, seed_layout=self.spec is None)
         self.group = group
         threads = size_torch()  # torch and the writers follow the container's CPU quota, not the node's
         self.io = WritePool(threads.writers, guard=self.lease.check)
         spec = self.spec
-        owned = Output(spec, c, volume.shape, ctx.chunks, output_config(ctx.fp, spec), so,
-                       staging=paths.pyramid_staging(cfg.output_dir)) if spec else Output.for_array(group["final"])
+        owned = Output(spec, ctx.parts.at(spec.url), num_classes=c, shape=volume.shape, chunks=ctx.chunks,
+                       config=output_config(ctx.fp, spec),
+                       staging=ctx.parts.at(paths.pyramid_staging(ctx.parts.url))) if spec \
+            else Output.for_array(group["final"])
         self.bits = logit_bits_for(plan.grid.max_coverage())
         wq = weight_q(ctx.patch)
-        self.seams = SeamMerge(paths.seams_dir(cfg.output_dir, paths.config_digest(ctx.fp)), cfg.part_id,
-                               self.lease.run_id, plan.layout, plan.grid, wq.numpy(), weights_digest(wq), self.bits, c,
-                               owned, so) if plan.layout.pairs else None
-        self.writer = PartWriter(plan.layout, cfg.part_id, owned, plan.cgrid, self.bits, self.io,
-                                 paths.pieces_dir(self.store), self.seams, self.ran_ids, owned.encode_full, so)
+        self.seams = SeamMerge(place=ctx.parts.at(paths.seams_dir(ctx.parts.url, paths.config_digest(ctx.fp))),
+                               part=cfg.part_id, run=self.lease.run_id, layout=plan.layout, grid=plan.grid,
+                               wq=wq.numpy(), wq_digest=weights_digest(wq), bits=self.bits, classes=c,
+                               output=owned) if plan.layout.pairs else None
+        self.writer = PartWriter(plan.layout, cfg.part_id, owned, cgrid=plan.cgrid, logit_bits=self.bits, io=self.io,
+                                 pieces=self.store.at(paths.pieces_dir(self.store.url)), seams=self.seams,
+                                 ran_ids=self.ran_ids, edge_encode=owned.encode_full)
         cache_bytes = max(1, int(cfg.cache_gb * (1 << 30)) - volume.cache_bytes)
-        self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes, self.device,
-                                      (group[SPILLS[0]], group[SPILLS[1]]), self.writer, self.io)
-        self.step = DeviceStep(self.runner, self.normalizer, plan.grid, volume.channels, cfg.batch_size,
-                               wq.to(self.device), self.bits, self.accum)
+        self.accum = ChunkAccumulator(plan.cgrid, c + 1, plan.remaining, cache_bytes=cache_bytes, device=self.device,
+                                      spills=(group[SPILLS[0]], group[SPILLS[1]]), on_complete=self.writer,
+                                      io=self.io)
+        self.step = DeviceStep(self.runner, self.normalizer, plan.grid, channels=volume.channels,
+                               batch_size=cfg.batch_size, wq=wq.to(self.device), bits=self.bits, accum=self.accum)
 
     def ran_ids(self, box: Any) -> list[int]:
         """This part's patches that ran and reach ``box`` (a seam piece's shared box)."""
@@ -249,7 +255,7 @@ class PartRun:
         mine = members[pos] == ids
         return [int(i) for i in ids[mine][self.ran[pos[mine]]]]
 
-    def _resume(self, theirs: str, state: State) -> None:
+    def _resume(self, theirs: Place, state: State) -> None:
         self._adopt(theirs, state, self.group)
         self.start = state.position
         self.counts = dict(state.stats)
@@ -370,7 +376,7 @@ class PartRun:
         seams = dict(self.seams.outcomes) if self.seams else {}
         marker = {
             "config": self.ctx.fp, "complete": True, "part_id": cfg.part_id, "part": plan.part.as_dict(),
-            "store": self.store, "num_classes": self.model.num_classes, "logit_bits": self.bits,
+            "store": self.store.url, "num_classes": self.model.num_classes, "logit_bits": self.bits,
             "normalization": self.stats, "listed": pack_mask(plan.nonempty[plan.members]),
             "ran": pack_mask(self.ran), "written": [list(x) for x in writer.written],
             "pieces": writer.piece_count, "seams": seams,

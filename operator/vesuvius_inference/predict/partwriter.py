@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import chunk_key
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3
 from vesuvius_inference.geometry.layout import OWN, PAIR, PartLayout
 from vesuvius_inference.predict.devicestep import to_host
@@ -34,12 +34,12 @@ from vesuvius_inference.store.seams import SeamMerge
 class PartWriter:
     """The ``on_complete`` of the accumulator (see the module docstring)."""
 
-    def __init__(self, layout: PartLayout, part: int, owned: Output, cgrid: ChunkGrid, logit_bits: int,
-                 io: WritePool, pieces_url: str, seams: SeamMerge | None, ran_ids: Callable[[Any], list[int]],
-                 edge_encode: Callable[[np.ndarray], np.ndarray], storage_options: dict[str, Any]) -> None:
+    def __init__(self, layout: PartLayout, part: int, owned: Output, *, cgrid: ChunkGrid, logit_bits: int,
+                 io: WritePool, pieces: Place, seams: SeamMerge | None, ran_ids: Callable[[Any], list[int]],
+                 edge_encode: Callable[[np.ndarray], np.ndarray]) -> None:
         self.layout, self.part, self.owned, self.cgrid = layout, part, owned, cgrid
-        self.bits, self.io, self.pieces_url, self.seams, self.ran_ids = logit_bits, io, pieces_url, seams, ran_ids
-        self.edge_encode, self.so = edge_encode, storage_options
+        self.bits, self.io, self.pieces, self.seams, self.ran_ids = logit_bits, io, pieces, seams, ran_ids
+        self.edge_encode = edge_encode
         self.written: list[Shape3] = []
         self.pieces_stored: list[int] = []
 
@@ -68,10 +68,11 @@ class PartWriter:
         """In a writer thread: this part's piece of a chunk blend merges (with its weights)."""
         shared, edge = self.layout.piece_boxes(self.part, idx)
         lo, _ = self.cgrid.box(idx)
-        piece = cut(self.part, idx, lo, data(), shared, edge, True, self.bits, self.edge_encode)
+        piece = cut(self.part, idx, lo, buf=data(), shared=shared, edge=edge, with_weights=True, bits=self.bits,
+                    encode_values=self.edge_encode)
         if piece.empty:
             return
-        storage.write_bytes(join(self.pieces_url, chunk_key(idx)), encode(piece), self.so)
+        storage.write_bytes(self.pieces.join(chunk_key(idx)), encode(piece))
         self.pieces_stored.append(1)  # list.append is atomic: writer threads count without a lock
 
     @property

@@ -46,7 +46,7 @@ def seam_mode(cfg: PredictConfig) -> str:
     return PAIRS if output_spec(cfg) is not None and createonce.supported(cfg.output_dir) else BLEND
 
 
-def fingerprint(cfg: PredictConfig, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
+def fingerprint(cfg: PredictConfig, *, model_fp: str, volume: InputVolume, patch: Shape3, chunks: Shape3,
                 labels: dict[str, Any]) -> dict[str, Any]:
     """Everything a part's bytes depend on (and the output's metadata needs): the marker's ``config``."""
     spec = output_spec(cfg)
@@ -82,9 +82,11 @@ def _check_intensities(cfg: PredictConfig, volume: InputVolume, model: ModelFile
     return found
 
 
-def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
+def prepare(cfg: PredictConfig, announce: bool = True, *, volume: InputVolume | None = None) -> PartContext:
     """Open the input, read the model folder, refuse what would fail later: all before any work.
-    ``announce``: log an intensity warning (the pipeline's parts do not: its preflight said it)."""
+    ``announce``: log an intensity warning (the pipeline's parts do not: its preflight said it).
+    ``volume``: the input this process opened already for the same ``--input_dir``/``--level`` (the
+    pipeline's parts on one device): its metadata and chunk listing are not read again."""
     from vesuvius_inference.model.normalization import check_schemes
 
     cfg.validate()
@@ -95,15 +97,16 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     for flag, url in (("--output_dir", cfg.output_dir), ("--final_output", cfg.final_output),
                       ("--blended_output", cfg.blended_output)):
         if url and storage.is_local(url):  # a folder this user cannot write: said so, before the claim
-            require_writable(url, cfg.storage_options, flag)  # (object stores: the claim's write says it)
+            require_writable(cfg.place(url), flag)  # (object stores: the claim's write says it)
     model_path, folds = fold_parent(cfg.model_path, cfg.folds)
-    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    reuse = volume is not None and volume.url == cfg.input_dir  # the caller's open of this very input
+    volume = volume.fresh() if volume is not None and reuse else open_volume(cfg.input_place, cfg.level)
     cfg = replace(cfg, model_path=model_path,  # a fold_N folder: its parent with that fold
                   folds=tuple(str(f) for f in folds) if folds is not None else None,
                   ngff_version=ngff_for(cfg.ngff_version, volume.zarr_format))  # outputs in the scan's format
     region(cfg.bbox, volume.shape, volume.where)  # a bad --bbox is refused before anything else
     volume.cache_bytes = cfg.input_cache_bytes  # from the first read: the intensity check's samples stay cached
-    model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
+    model = open_model_files(cfg.place(cfg.model_path), cache_dir=cfg.model_cache_dir, folds=cfg.folds)
     spec = output_spec(cfg)
     if spec is not None and spec.kind == FINAL:
         output_channels(spec.mode, spec.threshold, model.num_classes)  # refuse a bad mode before any work
@@ -114,20 +117,21 @@ def prepare(cfg: PredictConfig, announce: bool = True) -> PartContext:
     chunks = triple(int(c) for c in (cfg.chunk_size or patch))
     if spec is not None and spec.kind == FINAL:  # the output's pyramid, checked before any patch is run
         check_pyramid(volume.shape, chunks, spec.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
-    fp = fingerprint(cfg, model.fingerprint, volume, patch, chunks, model.labels)
-    return PartContext(cfg, volume, model, patch, chunks, fp, device,
+    fp = fingerprint(cfg, model_fp=model.fingerprint, volume=volume, patch=patch, chunks=chunks, labels=model.labels)
+    return PartContext(cfg=cfg, parts=cfg.place(cfg.output_dir), volume=volume, model=model, patch=patch,
+                       chunks=chunks, fp=fp, device=device,
                        intensity=found.as_dict(cfg.intensity_check) if found else None)
 
 
 def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | None = None,
-                announce: bool = True) -> tuple[str, str]:
+                announce: bool = True, *, volume: InputVolume | None = None) -> tuple[str, str]:
     """Run one part; return (part store URL, marker URL). Idempotent: a finished part returns at once.
     ``listener`` receives the part's progress instead of the terminal (the pipeline shows all parts as one);
-    ``announce``: see prepare."""
+    ``announce``, ``volume``: see prepare."""
     if cfg.part_ids or cfg.part_ids_file:
         cfg = replace(cfg, part_id=cfg.the_part(), part_ids=None, part_ids_file=None)
-    ctx = prepare(cfg, announce)
-    ownership.mark(ctx.cfg.output_dir, ctx.cfg.storage_options, "parts")  # what may later remove it knows it is ours
+    ctx = prepare(cfg, announce, volume=volume)
+    ownership.mark(ctx.parts, "parts")  # what may later remove it knows it is ours
     work = ctx.work
     # From the loop to the marker, a stop signal is only noted (signals.py): the loop stops at a batch
     # boundary with a checkpoint; once past the loop the part completes (a stop between the marker and the
@@ -143,14 +147,14 @@ def run_predict(cfg: PredictConfig, listener: Callable[[ProgressLine], None] | N
     with until_marker:
         marker, ran = work.run(predict)
         if ran:
-            drop_scratch_quietly(cfg, marker["run"])
+            drop_scratch_quietly(ctx.parts, cfg.part_id, marker["run"])
     if not ran:
         log.info("predict part %d/%d is already complete (%s): nothing to do%s", cfg.part_id, cfg.num_parts,
-                 work.marker_url, brief(ctx.intensity))
+                 work.marker, brief(ctx.intensity))
     elif signals.requested():
         log.info("predict part %d/%d: %s came after its last batch: the part is complete", cfg.part_id,
                  cfg.num_parts, signals.requested())
-    return marker["store"], work.marker_url
+    return marker["store"], work.marker.url
 
 
 class Inferer:

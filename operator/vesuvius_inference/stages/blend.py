@@ -33,8 +33,8 @@ from vesuvius_inference.contract.config import BlendConfig
 from vesuvius_inference.contract.errors import BadArguments, BadInput
 from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import notes
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.ngff import ngff_for
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3, split_chunks
 from vesuvius_inference.geometry.layout import PAIR, PartLayout
 from vesuvius_inference.store import createonce, storage
@@ -56,14 +56,14 @@ from vesuvius_inference.store.stagesplit import Split
 log = logging.getLogger("vesuvius_inference.stages.blend")
 
 
-def copy_object(src: str, dst: str, so: dict[str, Any]) -> None:
-    if storage.is_local(src) and storage.is_local(dst):
-        d = storage.local_path(dst)
+def copy_object(src: Place, dst: Place) -> None:
+    if src.is_local and dst.is_local:
+        d = dst.local_path
         os.makedirs(os.path.dirname(d), exist_ok=True)
-        shutil.copyfile(storage.local_path(src), d)
+        shutil.copyfile(src.local_path, d)
         return
-    fs, sp = storage.filesystem(src, so)
-    _, dp = storage.filesystem(dst, so)
+    fs, sp = storage.filesystem(src)
+    _, dp = storage.filesystem(dst)
     fs.copy(sp, dp)
 
 
@@ -74,13 +74,12 @@ class Blender:
         self.parts = parts
         self.cgrid = ChunkGrid(parts.shape, parts.chunks)
         self.bits = parts.logit_bits
-        so = parts.storage_options
-        self.pieces: dict[Shape3, list[str]] = {}
+        self.pieces: dict[Shape3, list[Place]] = {}
         for m in parts.markers:
-            where = paths.pieces_dir(m["store"])
-            for name in storage.list_names(where, so):
+            where = parts.place.at(paths.pieces_dir(m["store"]))
+            for name in storage.list_names(where):
                 idx = triple(int(v) for v in name.split("."))
-                self.pieces.setdefault(idx, []).append(join(where, name))
+                self.pieces.setdefault(idx, []).append(where.join(name))
         self.finals: dict[int, Any] = {}  # the seed layout's own chunks, per part
 
     def seam_units(self) -> list[Shape3]:
@@ -90,7 +89,7 @@ class Blender:
         """(part, chunk) of the chunks each part wrote into its own store (seed layout only)."""
         out: list[tuple[int, Shape3]] = []
         for m in self.parts.markers:
-            grp = open_store(m["store"], self.parts.storage_options, read_only=True)
+            grp = open_store(self.parts.place.at(m["store"]), read_only=True)
             if "final" in grp:
                 self.finals[int(m["part_id"])] = grp["final"]
                 out.extend((int(m["part_id"]), triple(int(v) for v in c[1:]))
@@ -101,10 +100,10 @@ class Blender:
         """The chunk as the output stores it, from every piece stored for it (None: nothing reached it)."""
         lo, hi = self.cgrid.box(idx)
         chunk = Chunk(lo, triple(b - a for a, b in zip(lo, hi)), self.parts.num_classes)
-        for url in self.pieces.get(idx, []):
-            raw = createonce.read(url, self.parts.storage_options)
+        for piece_at in self.pieces.get(idx, []):
+            raw = createonce.read(piece_at)
             if raw is None:
-                raise BadInput(f"{url} disappeared while blending; rerun predict for its part")
+                raise BadInput(f"{piece_at} disappeared while blending; rerun predict for its part")
             piece = decode(raw)
             if piece.sums is not None and piece.shared is not None:
                 chunk.add(piece.shared, piece.sums, piece.sums[-1])
@@ -122,7 +121,7 @@ def check_pairs(parts: PartSet, layout: PartLayout) -> None:
     if not pairs:
         return
     seams = paths.seams_dir(parts.parts_dir, paths.config_digest(parts.config))
-    found = set(storage.list_names(seams, parts.storage_options))
+    found = set(storage.list_names(parts.place.at(seams)))
     lost = [idx for idx in pairs if paths.chunk_key(idx) not in found]
     if lost:
         raise BadInput(f"{len(lost)} of {len(pairs)} two-part seam chunks have no piece in {seams} (chunk {lost[0]}): "
@@ -164,7 +163,7 @@ def _units(blender: Blender, seed_layout: bool) -> list[tuple[str, Any]]:
 
 def _processor(cfg: BlendConfig, blender: Blender, output: Output, byte_copy: bool) -> Any:
     """Writes one unit: a seam chunk (merged pieces), or a part's own chunk of the seed layout."""
-    so, parts = cfg.storage_options, blender.parts
+    parts, out = blender.parts, cfg.place(cfg.output)
 
     def seam(idx: Shape3) -> None:
         data = blender.seam_chunk(idx, output.encode_full)
@@ -178,8 +177,8 @@ def _processor(cfg: BlendConfig, blender: Blender, output: Output, byte_copy: bo
             src = blender.finals[p]
             if byte_copy:  # the part's own rows are already blended logits: copy the stored bytes
                 key = src.metadata.encode_chunk_key((0,) + tuple(idx))
-                io.submit(("out", idx), copy_object, join(parts.markers[p]["store"], "final", key),
-                          join(cfg.output, output.chunk_key(idx)), so)
+                io.submit(("out", idx), copy_object, parts.place.at(parts.markers[p]["store"]).join("final", key),
+                          out.join(output.chunk_key(idx)))
             else:
                 lo, hi = blender.cgrid.box(idx)
                 output.write(idx, np.asarray(src[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))]), io)
@@ -198,20 +197,20 @@ def run_blend(cfg: BlendConfig) -> Blended:
     cfg.validate()
     check_options(cfg)
     t0 = time.perf_counter()
-    so = cfg.storage_options
-    parts = load_parts(cfg.parts_dir, so)
+    parts_dir = cfg.place(cfg.parts_dir)
+    parts = load_parts(parts_dir)
     if cfg.chunk_size is not None and tuple(cfg.chunk_size) != parts.chunks:
         raise BadArguments(f"--chunk_size {tuple(cfg.chunk_size)} differs from the parts' accumulation chunks "
                            f"{parts.chunks}; predict with --chunk_size to change it")
     spec, seed_layout = _target(cfg, parts)
     config = output_config(parts.config, spec)
     final = spec.kind == FINAL
-    output = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so,
-                    overwrite=cfg.overwrite and seed_layout,
-                    staging=paths.pyramid_staging(cfg.parts_dir) if final else None,
+    output = Output(spec, cfg.place(spec.url), num_classes=parts.num_classes, shape=parts.shape, chunks=parts.chunks,
+                    config=config, overwrite=cfg.overwrite and seed_layout,
+                    staging=parts_dir.at(paths.pyramid_staging(parts_dir.url)) if final else None,
                     notes={**notes(parts.intensity), **({} if final else {PARTS_NOTE: cfg.parts_dir})})
-    level0 = paths.level0_marker(cfg.parts_dir)
-    if (storage.read_json(level0, so) or {}).get("config") == config if final else output.is_complete():
+    level0 = parts_dir.at(paths.level0_marker(parts_dir.url))
+    if (storage.read_json(level0) or {}).get("config") == config if final else output.is_complete():
         log.info("blend of %s is already complete: nothing to do", cfg.output)
         return Blended(spec, True)
     blender = Blender(parts)
@@ -220,12 +219,13 @@ def run_blend(cfg: BlendConfig) -> Blended:
     def complete() -> None:
         check_pairs(parts, parts.layout())
         if final:  # the pyramid and the OME metadata are finalize's (it waits for this marker)
-            storage.write_json(level0, {"config": config}, so)
+            storage.write_json(level0, {"config": config})
         else:
             output.complete()
 
-    split = Split("blend", paths.blend_work(cfg.parts_dir), cfg.part_id, cfg.num_parts, config, so, cfg.lease_s,
-                  cfg.quiet, cfg.journal_s, cfg.progress_s)
+    split = Split(stage="blend", work=parts_dir.at(paths.blend_work(parts_dir.url)), part_id=cfg.part_id,
+                  num_parts=cfg.num_parts, config=config, lease_s=cfg.lease_s, quiet=cfg.quiet,
+                  journal_s=cfg.journal_s, progress_s=cfg.progress_s)
     _, done = split.run(units, _processor(cfg, blender, output, byte_copy=not final), complete, "blend")
     seams = sum(1 for k, _ in split_chunks(units, cfg.num_parts, cfg.part_id) if k == "seam")
     mine = len(split_chunks(units, cfg.num_parts, cfg.part_id))

@@ -19,6 +19,7 @@ from vesuvius_inference.contract.errors import BadArguments, BadInput
 from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import ATTRIBUTE, IntensityFinding, notes
 from vesuvius_inference.contract.ngff import NGFF_VERSION, ngff_for
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.downsample import downsample2
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3
 from vesuvius_inference.stages.pyramid import Pyramid, unit_level, units_with_data
@@ -44,22 +45,22 @@ log = logging.getLogger("vesuvius_inference.stages.finalize")
 __all__ = ["run_finalize", "finalize_chunk", "finalize_logits", "output_channels", "DATA_PATH"]
 
 
-def _looks_like_parts(url: str, so: dict[str, Any]) -> bool:
+def _looks_like_parts(place: Place) -> bool:
     """Only for the error message when --input_kind does not match what INPUT holds."""
-    return any(n.startswith("part_") and n.endswith(".json") for n in storage.list_names(url, so))
+    return any(n.startswith("part_") and n.endswith(".json") for n in storage.list_names(place))
 
 
 EXPECTED = ("finalize's INPUT is the blended float16 logits (C,Z,Y,X) that blend writes "
             "(vesuvius.blend_logits PARTS OUTPUT)")
 
 
-def _describe_zarr(url: str, so: dict[str, Any]) -> tuple[str, str]:
+def _describe_zarr(place: Place) -> tuple[str, str]:
     """("array" or "group", ``uint8 48x80x80`` of the array or of an OME-Zarr image's level 0); ("", "")
     when it cannot be opened."""
     import zarr
 
     try:
-        node = zarr.open(store=storage.zarr_store(url, so, read_only=True), mode="r")
+        node = zarr.open(store=storage.zarr_store(place, read_only=True), mode="r")
         kind = "group" if isinstance(node, zarr.Group) else "array"
         if isinstance(node, zarr.Group):
             attrs: dict[str, Any] = dict(node.attrs)
@@ -72,19 +73,19 @@ def _describe_zarr(url: str, so: dict[str, Any]) -> tuple[str, str]:
         return "", ""
 
 
-def not_blended(url: str, so: dict[str, Any]) -> BadInput:
+def not_blended(place: Place) -> BadInput:
     """INPUT is not complete blended logits: say what it is (absent, not Zarr, a scan, a finished output,
     another program's array, blend's unfinished output) and what finalize expects."""
     from vesuvius_inference.store.whatsthere import not_zarr
 
-    attrs = read_attributes(url, so)
+    url, attrs = place.url, read_attributes(place)
     if attrs is None:
-        found = not_zarr(url, so)
+        found = not_zarr(place)
         if found is None:
             return BadInput(f"INPUT {url} does not exist: run blend first ({EXPECTED})")
         return BadInput(f"INPUT {url} exists but is not a Zarr store: {found}; {EXPECTED}")
     ours = (attrs.get("vesuvius") or {}).get("config") or {}
-    node, what = _describe_zarr(url, so)
+    node, what = _describe_zarr(place)
     detail = f" ({what})" if what else ""
     if ours.get("kind") == BLENDED:
         return BadInput(f"INPUT {url} is incomplete (blend has not finished every part); finish blend first")
@@ -103,11 +104,11 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
 
     from vesuvius_inference.store.partstore import load_parts
 
-    so = cfg.storage_options
-    parts = load_parts(cfg.input_path, so)
+    source, target = cfg.place(cfg.input_path), cfg.place(cfg.output_path)
+    parts = load_parts(source)
     spec = parts.output
     if spec is None:  # the seed's layout: blend --mode made the output; its own metadata says how
-        made = written_config(cfg.output_path, so) or {}
+        made = written_config(target) or {}
         if made.get("kind") == FINAL:
             spec = OutputSpec(cfg.output_path, FINAL, made.get("mode", "binary"), bool(made.get("threshold")),
                               made.get("levels"), made.get("ngff", NGFF_VERSION))
@@ -115,12 +116,13 @@ def _from_parts(cfg: FinalizeConfig) -> tuple[Output, Any, list[Shape3], str]:
         raise BadArguments(f"the parts in {cfg.input_path} did not write a final output at {cfg.output_path}; "
                            "blend them first (vesuvius.blend_logits PARTS OUTPUT)")
     config = output_config(parts.config, spec)
-    if (storage.read_json(paths.level0_marker(cfg.input_path), so) or {}).get("config") != config:
+    if (storage.read_json(source.at(paths.level0_marker(source.url))) or {}).get("config") != config:
         raise BadInput(f"the seams of {cfg.output_path} are not finished: run blend (vesuvius.blend_logits "
                        f"{cfg.input_path} {cfg.output_path}) first")
-    out = Output(spec, parts.num_classes, parts.shape, parts.chunks, config, so, notes=notes(parts.intensity))
-    staging_url = paths.pyramid_staging(cfg.input_path)
-    staging = zarr.open_array(store=storage.zarr_store(staging_url, so), mode="r", zarr_format=3) \
+    out = Output(spec, target.at(spec.url), num_classes=parts.num_classes, shape=parts.shape, chunks=parts.chunks,
+                 config=config, notes=notes(parts.intensity))
+    staging_at = source.at(paths.pyramid_staging(source.url))
+    staging = zarr.open_array(store=storage.zarr_store(staging_at), mode="r", zarr_format=3) \
         if out.levels > 1 else None
     chunks = [triple(c[-3:]) for c in list_chunk_coords(staging)] if staging is not None else []
 
@@ -137,14 +139,14 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list[Any]) -> tuple[Output, Any, 
     """Blended logits: level 0 is written here, chunk by chunk, and feeds the pyramid at once."""
     import zarr
 
-    so = cfg.storage_options
-    blended_state = is_complete(cfg.input_path, so)
+    source = cfg.place(cfg.input_path)
+    blended_state = is_complete(source)
     if blended_state is None or (blended_state.get("config") or {}).get("kind") != BLENDED:
-        if _looks_like_parts(cfg.input_path, so):
+        if _looks_like_parts(source):
             raise BadArguments(f"{cfg.input_path} holds predict parts, not blended logits: pass --input_kind parts "
                                "(the parts wrote the output themselves), or blend them first")
-        raise not_blended(cfg.input_path, so)
-    src = zarr.open_array(store=storage.zarr_store(cfg.input_path, so, read_only=True), mode="r", zarr_format=3)
+        raise not_blended(source)
+    src = zarr.open_array(store=storage.zarr_store(source, read_only=True), mode="r", zarr_format=3)
     c = int(src.shape[0])
     shape = triple(int(s) for s in src.shape[1:])
     chunks = triple(int(s) for s in src.chunks[1:])
@@ -153,8 +155,8 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list[Any]) -> tuple[Output, Any, 
     ngff = ngff_for(cfg.ngff_version, predicted.get("input_zarr_format"))  # the scan's format by default
     spec = OutputSpec(cfg.output_path, FINAL, cfg.mode, cfg.threshold, cfg.levels, ngff)
     config = {**output_config({}, spec), "predict": predicted or None, "from": "blended"}
-    out = Output(spec, c, shape, chunks, config, so, overwrite=cfg.overwrite,
-                 notes=notes(blended_state.get(ATTRIBUTE)))  # the parts' finding, carried by the blended logits
+    out = Output(spec, cfg.place(spec.url), num_classes=c, shape=shape, chunks=chunks, config=config,
+                 overwrite=cfg.overwrite, notes=notes(blended_state.get(ATTRIBUTE)))  # the parts' finding, carried by the blended logits
     cgrid = ChunkGrid(shape, chunks)
     present = {triple(k[1:]) for k in list_chunk_coords(src)}
 
@@ -170,31 +172,32 @@ def _from_blended(cfg: FinalizeConfig, io_ref: list[Any]) -> tuple[Output, Any, 
     return out, leaf, sorted(present), paths.finalize_work(cfg.input_path, "blended", cfg.output_path)
 
 
-def _deleted(cfg: FinalizeConfig) -> list[tuple[str, str]]:
+def _deleted(cfg: FinalizeConfig) -> list[tuple[str, Place]]:
     """What --delete_intermediates removes, in order: the predict parts blended logits were made from (their
     record, output.PARTS_NOTE; first, so a kill in between cannot lose the record), INPUT, --also_delete."""
     if not cfg.delete_intermediates:
         return []
-    out = [("INPUT", cfg.input_path), *(("--also_delete", u) for u in cfg.also_delete)]
+    source = cfg.place(cfg.input_path)
+    out = [("INPUT", source), *(("--also_delete", cfg.place(u)) for u in cfg.also_delete)]
     if cfg.input_kind == "blended":
-        v = (read_attributes(cfg.input_path, cfg.storage_options) or {}).get("vesuvius") or {}
+        v = (read_attributes(source) or {}).get("vesuvius") or {}
         if v.get(PARTS_NOTE):
-            out.insert(0, ("the predict parts INPUT was blended from", str(v[PARTS_NOTE])))
+            out.insert(0, ("the predict parts INPUT was blended from", cfg.place(str(v[PARTS_NOTE]))))
     return out
 
 
 def _check_deletable(cfg: FinalizeConfig) -> None:
     """Before any work: what --delete_intermediates would remove must be ours (ownership.py), or absent."""
-    for flag, url in _deleted(cfg):
-        if ownership.exists(url, cfg.storage_options) and ownership.mark_of(url, cfg.storage_options) is None:
-            raise BadArguments(f"--delete_intermediates: {flag} {url} was not written by vesuvius-inference (it carries "
+    for flag, place in _deleted(cfg):
+        if storage.exists(place) and ownership.mark_of(place) is None:
+            raise BadArguments(f"--delete_intermediates: {flag} {place} was not written by vesuvius-inference (it carries "
                                "no mark of ours); it would be left untouched, so drop it from the command")
 
 
 def _delete_intermediates(cfg: FinalizeConfig) -> None:
-    for flag, url in _deleted(cfg):
-        if ownership.remove_ours(url, cfg.storage_options, flag=flag, strict=False):
-            log.info("deleted intermediate %s", url)
+    for flag, place in _deleted(cfg):
+        if ownership.remove_ours(place, flag=flag, strict=False):
+            log.info("deleted intermediate %s", place)
 
 
 def run_finalize(cfg: FinalizeConfig) -> str:
@@ -210,7 +213,6 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     check_options(cfg)
     _check_deletable(cfg)
     t0 = time.perf_counter()
-    so = cfg.storage_options
     io_ref: list[Any] = [None]
     fused = cfg.input_kind == "parts"
     out, leaf, level0, work = _from_parts(cfg) if fused else _from_blended(cfg, io_ref)
@@ -243,13 +245,14 @@ def run_finalize(cfg: FinalizeConfig) -> str:
             raise
         out.complete()
 
-    split = Split("finalize", work, cfg.part_id, cfg.num_parts, out.config, so, cfg.lease_s, cfg.quiet, cfg.journal_s,
-                  cfg.progress_s)
+    split = Split(stage="finalize", work=cfg.place(work), part_id=cfg.part_id, num_parts=cfg.num_parts,
+                  config=out.config, lease_s=cfg.lease_s, quiet=cfg.quiet, journal_s=cfg.journal_s,
+                  progress_s=cfg.progress_s)
     n, finished = split.run(units, process, complete, "finalize")
     if finished:
-        storage.remove(work, so)  # claims and journals are done with once the output is complete
+        storage.remove(split.work)  # claims and journals are done with once the output is complete
         if fused:
-            storage.remove(paths.pyramid_staging(cfg.input_path), so)
+            storage.remove(cfg.place(paths.pyramid_staging(cfg.input_path)))
         _delete_intermediates(cfg)
     found = IntensityFinding.from_dict(out.notes.get(ATTRIBUTE))
     log.info("finalize %d/%d: %d units of level %d (%d levels)%s, %.1f s -> %s%s%s", cfg.part_id, cfg.num_parts, n,

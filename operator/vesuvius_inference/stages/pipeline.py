@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vesuvius_inference.contract.config import PipelineConfig
 from vesuvius_inference.contract.errors import EXIT_STOPPED, BadArguments, BadInput, Stopped, VesuviusError
@@ -37,6 +37,9 @@ from vesuvius_inference.contract.stageplan import blend_config, finalize_config,
 from vesuvius_inference.predict import signals
 from vesuvius_inference.store import ownership, preflight, storage
 from vesuvius_inference.store.optioncheck import check_options
+
+if TYPE_CHECKING:
+    from vesuvius_inference.store.volume import InputVolume
 
 log = logging.getLogger("vesuvius_inference.stages.pipeline")
 
@@ -154,9 +157,11 @@ def _signal(proc: subprocess.Popen[str], signum: int) -> None:
         pass
 
 
-def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int]) -> int:
+def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int, int], *,
+                      volume: InputVolume | None = None) -> int:
     """Every part, over the devices, shown as one progress bar or line with the stage's ETA; returns the
-    patches run in this pipeline run (what parts had done before, resumed or listed empty, excluded)."""
+    patches run in this pipeline run (what parts had done before, resumed or listed empty, excluded).
+    ``volume``: the input the preflight opened; the parts run here (one device) use it, not an open each."""
     from vesuvius_inference.predict.stage import run_predict
 
     num_parts = len(devices) * cfg.parts_per_gpu
@@ -165,7 +170,8 @@ def run_predict_stage(cfg: PipelineConfig, devices: list[str], totals: dict[int,
         if len(devices) == 1:
             for p in range(num_parts):
                 signals.raise_if_requested(f"after {p} of {num_parts} predict parts")
-                run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe, announce=False)
+                run_predict(predict_config(cfg, p, num_parts, devices[0]), listener=progress.observe, announce=False,
+                            volume=volume)
                 progress.part_done(p)
         else:
             _run_workers(cfg, devices, num_parts, progress)
@@ -210,7 +216,7 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
     from vesuvius_inference.predict.stage import prepare
     from vesuvius_inference.store.output import FINAL, OutputSpec, output_channels, output_config
 
-    so = cfg.storage_options
+    output, work = cfg.place(cfg.output), cfg.place(cfg.work)
     num_parts = len(devices) * cfg.parts_per_gpu
     ctx = prepare(predict_config(cfg, 0, num_parts, devices[0]))  # the input and the model: checked
     if not cfg.skip_finalize:
@@ -219,24 +225,24 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
                       chunks_source(cfg.chunk_size, cfg.patch_size, ctx.chunks))
     expected = output_config(ctx.fp, OutputSpec(cfg.output, FINAL, cfg.mode, cfg.threshold, cfg.levels,
                                                 ctx.cfg.ngff_version))  # the version prepare chose (auto: the input's)
-    found = preflight.check_output(cfg.output, expected, so, cfg.overwrite)
+    found = preflight.check_output(output, expected, overwrite=cfg.overwrite)
     if found.state == preflight.OURS and found.complete and preflight.reusable(found, expected):
         return None
-    stale = [] if cfg.skip_predict else preflight.foreign_parts(paths.parts_dir(cfg.work), ctx.fp, so)
+    stale = [] if cfg.skip_predict else preflight.foreign_parts(work.at(paths.parts_dir(work.url)), ctx.fp)
     if stale and not cfg.overwrite:
         raise BadInput(f"{paths.parts_dir(cfg.work)} holds predict parts of other settings (written with -> this run: "
                        f"{'; '.join(stale[:4])}); pass --overwrite to replace them, or choose another --workdir")
-    work_mark = ownership.mark_of(cfg.work, so) if ownership.exists(cfg.work, so) else "absent"
-    if work_mark is None and storage.list_names(cfg.work, so):  # somebody's folder: never written into or removed
+    work_mark = ownership.mark_of(work) if storage.exists(work) else "absent"
+    if work_mark is None and storage.list_names(work):  # somebody's folder: never written into or removed
         raise BadInput(f"--workdir {cfg.work} holds files vesuvius-inference did not write; it is left untouched: "
                        "choose another --workdir (an empty or new folder)")
     if cfg.overwrite and (stale or found.state != preflight.ABSENT and not preflight.reusable(found, expected)):
         # this process is the only writer now; each is removed only if it carries our mark (ownership.py)
-        removed = [url for url in (cfg.output, cfg.work) if ownership.remove_ours(url, so, flag="--overwrite:")]
+        removed = [p.url for p in (output, work) if ownership.remove_ours(p, flag="--overwrite:")]
         log.info("--overwrite: removed %s (written by vesuvius-inference with other settings)", " and ".join(removed))
-    preflight.require_writable(cfg.output, so)
-    preflight.require_writable(cfg.work, so, "--workdir")
-    ownership.mark(cfg.work, so, "workdir")  # before any part writes into it: later removals can tell it is ours
+    preflight.require_writable(output)
+    preflight.require_writable(work, "--workdir")
+    ownership.mark(work, "workdir")  # before any part writes into it: later removals can tell it is ours
     return ctx
 
 
@@ -245,19 +251,17 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
     from vesuvius_inference.predict.part import region_voxels_per_patch, the_plan
     from vesuvius_inference.stages.blend import run_blend
     from vesuvius_inference.stages.finalize import run_finalize
-    from vesuvius_inference.store.volume import open_volume
-
     cfg.validate()
     check_options(cfg)
-    so = cfg.storage_options
+    output, work = cfg.place(cfg.output), cfg.place(cfg.work)
     devices = select_devices(cfg) if not cfg.skip_predict else ["cpu"]
     ctx = _preflight(cfg, devices)
     if ctx is None:
         log.info("%s is already complete with these settings: nothing to do", cfg.output)
         if not cfg.keep_intermediates:
-            ownership.remove_ours(cfg.work, so, flag="--workdir", strict=False)
+            ownership.remove_ours(work, flag="--workdir", strict=False)
         return {}
-    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
+    volume = ctx.volume  # opened once, by the preflight
     times: dict[str, float] = {}
     stage = _timed(times)
     if not cfg.skip_predict:
@@ -265,15 +269,15 @@ def run_local_pipeline(cfg: PipelineConfig) -> dict[str, float]:
         plan = the_plan(ctx)
         totals = {p: part.size() for p, part in enumerate(plan.parts)}
         per_patch = region_voxels_per_patch(plan.grid, volume.channels)  # the part summaries' unit too
-        stage("predict", lambda: int(run_predict_stage(cfg, devices, totals) * per_patch))
+        stage("predict", lambda: int(run_predict_stage(cfg, devices, totals, volume=volume) * per_patch))
     if not cfg.skip_blend:
         stage("blend", _stage_work("blend", lambda: run_blend(blend_config(cfg))))
     if not cfg.skip_finalize:
         stage("finalize", _stage_work("finalize", lambda: run_finalize(finalize_config(cfg))))
     from vesuvius_inference.store.output import is_complete
 
-    if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(cfg.output, so):
-        if ownership.remove_ours(cfg.work, so, flag="--workdir", strict=False):
+    if not cfg.keep_intermediates and not cfg.skip_finalize and is_complete(output):
+        if ownership.remove_ours(work, flag="--workdir", strict=False):
             log.info("removed intermediates %s (pass --keep-intermediates to keep them)", cfg.work)
     found = IntensityFinding.from_dict(ctx.intensity)
     log.info("== pipeline done in %.1f s: %s -> %s%s", sum(times.values()), cfg.input_dir, cfg.output,

@@ -134,8 +134,8 @@ def make_plan(cfg: PlanConfig) -> dict[str, Any]:
     check_options(cfg)
     if cfg.throughput is not None and not cfg.throughput > 0:
         raise BadArguments(f"--throughput is model passes per second per GPU, > 0; got {cfg.throughput}")
-    volume = open_volume(cfg.input_dir, cfg.level, cfg.input_storage_options)
-    model = open_model_files(cfg.model_path, cfg.storage_options, cfg.model_cache_dir, cfg.folds)
+    volume = open_volume(cfg.input_place, cfg.level)
+    model = open_model_files(cfg.place(cfg.model_path), cache_dir=cfg.model_cache_dir, folds=cfg.folds)
     return plan_of(cfg, input_meta(volume), model)
 
 
@@ -148,11 +148,11 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     chunks = triple(cfg.chunk_size or patch)
     box = region(cfg.bbox, volume.shape, volume.where)
     check_pyramid(volume.shape, chunks, cfg.levels, chunks_source(cfg.chunk_size, cfg.patch_size, chunks))
-    grid = make_grid(volume.shape, patch, cfg.overlap, cfg.bbox, volume.where)
+    grid = make_grid(volume.shape, patch, cfg.overlap, bbox=cfg.bbox, where=volume.where)
     occ = volume.occupancy if cfg.skip_empty_patches else None
     nonempty = patch_nonempty(grid, occ, volume.chunks)
-    parts, layout = choose_parts(grid, nonempty, cfg.num_parts, cfg.partition, volume.shape, chunks,
-                                 pairs=True)
+    parts, layout = choose_parts(grid, nonempty, cfg.num_parts, partition=cfg.partition, shape=volume.shape,
+                                 chunks=chunks, pairs=True)
     per_part = [int(nonempty[p.members(grid)].sum()) for p in parts]
     n_run = int(nonempty.sum())
     passes = n_run * n_folds * (8 if cfg.do_tta else 1)
@@ -204,8 +204,8 @@ def plan_of(cfg: PlanConfig, volume: InputMeta, model: Any) -> dict[str, Any]:
     }
     plan["gpu_hours"] = plan["gpu"]["hours"]
     if seams["ratio_to_logits"] > INTERMEDIATE_LIMIT:
-        better = suggest_parts(grid, nonempty, layout, parts, volume.shape, chunks, n_classes,
-                               seams["ratio_to_logits"])
+        better = suggest_parts(grid, nonempty, layout, parts=parts, shape=volume.shape, chunks=chunks,
+                               n_classes=n_classes, ratio=seams["ratio_to_logits"])
         plan["suggestion"] = better
         plan["warnings"].append(intermediates_warning(cfg.num_parts, plan["parts"]["partition"], seams, better))
     return plan
@@ -274,7 +274,7 @@ def _best_split(count: int, grid: PatchGrid) -> tuple[int, int]:
     return min(splits, key=lambda f: cut_area(f, grid))
 
 
-def suggest_parts(grid: PatchGrid, nonempty: np.ndarray, layout: PartLayout, parts: list[Part], shape: Shape3,
+def suggest_parts(grid: PatchGrid, nonempty: np.ndarray, layout: PartLayout, *, parts: list[Part], shape: Shape3,
                   chunks: Shape3, n_classes: int, ratio: float) -> dict[str, Any] | None:
     """The largest part count under this plan's, with its partition, whose intermediates stay under
     INTERMEDIATE_LIMIT of the logits. The seams grow with the split's cut area, so the ratio per unit of
@@ -299,7 +299,8 @@ def suggest_parts(grid: PatchGrid, nonempty: np.ndarray, layout: PartLayout, par
     def measure(count: int) -> dict[str, Any]:
         split = _best_split(count, grid)
         name = "slabs" if split[1] == 1 else f"{split[0]}x{split[1]}"
-        new_parts, new_layout = choose_parts(grid, nonempty, count, name, shape, chunks, pairs=True)
+        new_parts, new_layout = choose_parts(grid, nonempty, count, partition=name, shape=shape, chunks=chunks,
+                                             pairs=True)
         return {"num_parts": count, "partition": partition_name(new_parts),
                 "ratio_to_logits": seam_estimate(grid, nonempty, new_layout, n_classes)["ratio_to_logits"]}
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.errors import EXIT_INCOMPLETE
+from vesuvius_inference.contract.place import Place
 
 EXIT_COMPLETE = 0
 TERMINATION_LOG = "/dev/termination-log"
@@ -43,20 +43,20 @@ def predict_verdict(present: set[int], num_parts: int) -> tuple[bool, str]:
     return False, f"incomplete: {len(missing)} of {num_parts} predict parts have no marker: parts {text}"
 
 
-def check_predict(parts_dir: str, num_parts: int, storage_options: dict[str, Any] | None = None) -> tuple[bool, str]:
+def check_predict(parts_dir: Place, num_parts: int) -> tuple[bool, str]:
     from vesuvius_inference.store import storage
 
     try:
-        names = storage.list_names(parts_dir, storage_options or {})
+        names = storage.list_names(parts_dir)
     except FileNotFoundError:
         names = []
     return predict_verdict(markers_present(names, num_parts), num_parts)
 
 
-def check_finalize(output: str, storage_options: dict[str, Any] | None = None) -> tuple[bool, str]:
+def check_finalize(output: Place) -> tuple[bool, str]:
     from vesuvius_inference.store.output import is_complete
 
-    if is_complete(output, storage_options or {}):
+    if is_complete(output):
         return True, f"complete: {output} is marked complete"
     return False, f"incomplete: {output} is not marked complete"
 
@@ -89,11 +89,11 @@ def run_check(argv: Sequence[str]) -> int:
 
     args = check_parser().parse_args(list(argv))
     given = {"storage_options": json_object(args.storage_options)} if args.storage_options else {}
-    so = from_args(Storage, given).storage_options  # $VESUVIUS_STORAGE_OPTIONS, updated by the option
+    where = from_args(Storage, given)  # $VESUVIUS_STORAGE_OPTIONS, updated by the option
     if args.stage == "predict":
-        complete, line = check_predict(args.parts_dir, args.num_parts, so)
+        complete, line = check_predict(where.place(args.parts_dir), args.num_parts)
     else:
-        complete, line = check_finalize(args.output, so)
+        complete, line = check_finalize(where.place(args.output))
     print(line, flush=True)
     report(line)
     return EXIT_COMPLETE if complete else EXIT_INCOMPLETE

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import CHECKPOINT, CHECKPOINT_SEGMENTS
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.grid import Shape3
 from vesuvius_inference.store import storage
 from vesuvius_inference.store.partstore import pack_mask, unpack_mask
@@ -67,8 +67,8 @@ class Delta:
     where: dict[Shape3, int] = field(default_factory=dict)  # spill slot now holding the chunk; -1: no longer
 
 
-def _segment_url(store: str, n: int) -> str:
-    return join(store, SEGMENTS, f"{n:08d}.json")
+def _segment(store: Place, n: int) -> Place:
+    return store.join(SEGMENTS, f"{n:08d}.json")
 
 
 def _encode(doc: dict[str, Any]) -> bytes:
@@ -82,8 +82,8 @@ def _where_list(where: dict[Shape3, int]) -> list[list[int]]:
 class Journal:
     """The writer of one run's checkpoints (see the module docstring)."""
 
-    def __init__(self, store: str, storage_options: dict[str, Any]) -> None:
-        self.store, self.so = store, storage_options
+    def __init__(self, store: Place) -> None:
+        self.store = store
         self.first = 0
         self.next = 0
         self.base_bytes = 0
@@ -106,7 +106,7 @@ class Journal:
         else:
             raw = _encode({"base": False, "ran": delta.ran, "written": [list(w) for w in delta.written],
                            "where": _where_list(delta.where)})
-        storage.write_bytes(_segment_url(self.store, n), raw, self.so)
+        storage.write_bytes(_segment(self.store, n), raw)
         old_first = self.first
         if compact:
             self.first, self.base_bytes, self.delta_bytes = n, len(raw), 0
@@ -114,36 +114,36 @@ class Journal:
             self.delta_bytes += len(raw)
         self.next = n + 1
         head_raw = _encode({**head, "segments": [self.first, n]})
-        storage.write_bytes(join(self.store, CHECKPOINT), head_raw, self.so)
+        storage.write_bytes(self.store.join(CHECKPOINT), head_raw)
         if compact:
             for k in range(old_first, n):  # superseded; a leftover only costs space
                 try:
-                    storage.remove(_segment_url(self.store, k), self.so, recursive=False)
+                    storage.remove(_segment(self.store, k), recursive=False)
                 except OSError:
                     pass
         self.last_bytes = len(raw) + len(head_raw)
         return self.last_bytes
 
 
-def read_head(store: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+def read_head(store: Place) -> dict[str, Any] | None:
     """The head of a store's checkpoint (None: none, or one of an older format without segments)."""
-    head = storage.read_json(join(store, CHECKPOINT), storage_options)
+    head = storage.read_json(store.join(CHECKPOINT))
     if head is None or "segments" not in head:
         return None
     return head
 
 
-def fold(store: str, head: dict[str, Any], *, members: int, storage_options: dict[str, Any]) -> State | None:
+def fold(store: Place, head: dict[str, Any], *, members: int) -> State | None:
     """The state a head names: its base and the deltas after it (None if a segment is missing)."""
     first, last = (int(x) for x in head["segments"])
     ran = np.zeros(members, dtype=bool)
     written: list[Shape3] = []
     where: dict[Shape3, int] = {}
     for n in range(first, last + 1):
-        seg = storage.read_json(_segment_url(store, n), storage_options)
+        seg = storage.read_json(_segment(store, n))
         if seg is None or (n == first) != bool(seg.get("base")):
             log.warning("checkpoint segment %s is missing or out of order: not resuming from it",
-                        _segment_url(store, n))
+                        _segment(store, n))
             return None
         if seg["base"]:
             ran = unpack_mask(seg["ran"], members)

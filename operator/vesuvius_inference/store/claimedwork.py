@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 from vesuvius_inference.store.claims import Lease, trusted_complete
 
@@ -26,10 +27,9 @@ log = logging.getLogger("vesuvius_inference.store.claims")
 class ClaimedWork:
     """One unit of work: its claim, its marker, and what makes a marker count as done."""
 
-    claim_url: str
-    marker_url: str
+    claim: Place
+    marker: Place
     what: str  # for messages: "predict part 3/64", "blend 0/1"
-    storage_options: dict[str, Any] = field(default_factory=dict)
     lease_s: float = 60.0
     info: dict[str, Any] = field(default_factory=dict)
     # marker -> whether it is of this configuration (may raise to refuse another configuration's work)
@@ -37,12 +37,12 @@ class ClaimedWork:
 
     def finished(self) -> dict[str, Any] | None:
         """The marker, if the work is done with this configuration by a run its claim confirms."""
-        marker = storage.read_json(self.marker_url, self.storage_options)
+        marker = storage.read_json(self.marker)
         if marker is None or not self.matches(marker):
             return None
-        if trusted_complete(self.claim_url, marker.get("run"), self.storage_options):
+        if trusted_complete(self.claim, marker.get("run")):
             return marker
-        log.warning("%s names run %s, which does not hold the claim as complete: doing %s again", self.marker_url,
+        log.warning("%s names run %s, which does not hold the claim as complete: doing %s again", self.marker,
                     marker.get("run"), self.what)
         return None
 
@@ -52,7 +52,7 @@ class ClaimedWork:
         done = self.finished()
         if done is not None:
             return done, False
-        lease = Lease(self.claim_url, self.what, self.storage_options, self.lease_s, info=self.info)
+        lease = Lease(self.claim, self.what, lease_s=self.lease_s, info=self.info)
         if lease.acquire() is not None:  # the claim says complete: trust its marker, or take the work over
             done = self.finished()
             if done is not None:
@@ -61,6 +61,6 @@ class ClaimedWork:
         with lease:
             marker = {**work(lease), "run": lease.run_id}
             lease.confirm()
-            storage.write_json(self.marker_url, marker, self.storage_options)
-            lease.complete(marker=self.marker_url)
+            storage.write_json(self.marker, marker)
+            lease.complete(marker=self.marker.url)
         return marker, True

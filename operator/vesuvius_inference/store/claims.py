@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from vesuvius_inference.contract.errors import Busy, classify, is_transient
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage, storagewait
 
 log = logging.getLogger("vesuvius_inference.store.claims")
@@ -132,8 +133,8 @@ class _LocalBackend(_Backend):
 class _S3Backend(_Backend):
     """S3 conditional writes (If-None-Match / If-Match on PutObject), through s3fs's client."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
-        self.fs, path = storage.filesystem(url, storage_options)
+    def __init__(self, place: Place) -> None:
+        self.fs, path = storage.filesystem(place)
         self.bucket, _, self.key = path.partition("/")
 
     def read(self) -> tuple[dict[str, Any] | None, str | None]:
@@ -186,41 +187,40 @@ class _BestEffortBackend(_Backend):
 
     atomic = False
 
-    def __init__(self, url: str, storage_options: dict[str, Any]) -> None:
-        self.url, self.so = url, storage_options
+    def __init__(self, place: Place) -> None:
+        self.place = place
 
     def read(self) -> tuple[dict[str, Any] | None, str | None]:
-        doc = storage.read_json(self.url, self.so)
+        doc = storage.read_json(self.place)
         return (doc, _encode(doc).hex()) if doc is not None else (None, None)
 
     def create(self, doc: dict[str, Any]) -> str | None:
         if self.read()[0] is not None:
             return None
-        storage.write_json(self.url, doc, self.so)
+        storage.write_json(self.place, doc)
         return self.read()[1]
 
     def replace(self, doc: dict[str, Any], tag: str) -> str | None:
         if self.read()[1] != tag:
             return None
-        storage.write_json(self.url, doc, self.so)
+        storage.write_json(self.place, doc)
         return self.read()[1]
 
 
 _warned: set[str] = set()
 
 
-def backend_for(url: str, storage_options: dict[str, Any] | None = None) -> _Backend:
-    so = storage_options or {}
-    if storage.is_local(url):
-        return _LocalBackend(storage.local_path(url))
-    if url.startswith(("s3://", "s3a://")):
-        return _S3Backend(url, so)
-    scheme = url.split("://", 1)[0]
+def backend_for(place: Place) -> _Backend:
+    if place.is_local:
+        return _LocalBackend(place.local_path)
+    if place.url.startswith(("s3://", "s3a://")):
+        return _S3Backend(place)
+    scheme = place.url.split("://", 1)[0]
     if scheme not in _warned:
         _warned.add(scheme)
         log.warning("%s:// has no conditional writes here: claims are best-effort (two runs started at the same "
                     "moment might both proceed)", scheme)
-    return _BestEffortBackend(url, so)
+    return _BestEffortBackend(place)
 
 
 # -- the lease ---------------------------------------------------------------------------------
@@ -239,10 +239,10 @@ class Holder:
 class Lease:
     """An exclusive, renewed claim on one unit of work (see the module docstring)."""
 
-    def __init__(self, url: str, what: str, storage_options: dict[str, Any] | None = None,
-                 lease_s: float = DEFAULT_LEASE_S, info: dict[str, Any] | None = None) -> None:
-        self.url, self.what = url, what
-        self.backend = backend_for(url, storage_options)
+    def __init__(self, place: Place, what: str, *, lease_s: float = DEFAULT_LEASE_S,
+                 info: dict[str, Any] | None = None) -> None:
+        self.url, self.what = place.url, what
+        self.backend = backend_for(place)
         self.lease_s = float(lease_s)
         self.run_id = new_run_id()
         self.info = dict(info or {})
@@ -447,7 +447,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def trusted_complete(claim_url: str, run: str | None, storage_options: dict[str, Any] | None = None) -> bool:
+def trusted_complete(claim: Place, run: str | None) -> bool:
     """Is ``run`` the run that completed this work? (A marker of a run that lost its claim is not.)"""
-    doc, _ = backend_for(claim_url, storage_options).read()
+    doc, _ = backend_for(claim).read()
     return bool(doc and doc.get("state") == COMPLETE and run is not None and doc.get("run") == run)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
 
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 from vesuvius_inference.store.claims import is_precondition_failure
 
@@ -25,10 +25,10 @@ def supported(url: str) -> bool:
     return storage.is_local(url) or url.startswith(("s3://", "s3a://"))
 
 
-def create(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> bool:
-    """Create ``url`` with ``data`` unless it exists; True if this call created it."""
-    if storage.is_local(url):
-        path = storage.local_path(url)
+def create(place: Place, data: bytes) -> bool:
+    """Create ``place`` with ``data`` unless it exists; True if this call created it."""
+    if place.is_local:
+        path = place.local_path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
@@ -40,9 +40,9 @@ def create(url: str, data: bytes, storage_options: dict[str, Any] | None = None)
         finally:
             os.unlink(tmp)
         return True
-    if not supported(url):
-        raise ValueError(f"{url}: this store has no create-if-absent writes")
-    fs, path = storage.filesystem(url, storage_options)
+    if not supported(place.url):
+        raise ValueError(f"{place}: this store has no create-if-absent writes")
+    fs, path = storage.filesystem(place)
     bucket, _, key = path.partition("/")
     try:
         fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
@@ -54,9 +54,9 @@ def create(url: str, data: bytes, storage_options: dict[str, Any] | None = None)
     return True
 
 
-def read(url: str, storage_options: dict[str, Any] | None = None) -> bytes | None:
+def read(place: Place) -> bytes | None:
     """The object's bytes, or None when it does not exist."""
-    fs, path = storage.filesystem(url, storage_options)
+    fs, path = storage.filesystem(place)
     try:
         return bytes(fs.cat_file(path))
     except FileNotFoundError:

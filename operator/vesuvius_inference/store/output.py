@@ -22,7 +22,7 @@ import numpy as np
 from vesuvius_inference.contract.config import MODES
 from vesuvius_inference.contract.errors import BadArguments, BadInput
 from vesuvius_inference.contract.frame import Frame, triple
-from vesuvius_inference.contract.locations import join, locate, require_writable
+from vesuvius_inference.contract.locations import require_writable
 from vesuvius_inference.contract.ngff import (
     NGFF_VERSION,
     NGFF_VERSIONS,
@@ -32,6 +32,7 @@ from vesuvius_inference.contract.ngff import (
     label_metadata,
     level_shapes,
 )
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.prechecks import check_pyramid
 from vesuvius_inference.geometry.downsample import MEAN, MODE, downsample2
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3
@@ -164,53 +165,51 @@ def list_chunk_coords(array: Any) -> list[tuple[int, ...]]:
     return sorted(c for c in found if c is not None)
 
 
-def read_attributes(url: str, storage_options: dict[str, Any] | None = None,
-                    path: str | None = None) -> dict[str, Any] | None:
-    """The user attributes of the Zarr node at ``url``/``path`` (v3 ``zarr.json``, else v2 ``.zattrs``);
+def read_attributes(place: Place, path: str | None = None) -> dict[str, Any] | None:
+    """The user attributes of the Zarr node at ``place``/``path`` (v3 ``zarr.json``, else v2 ``.zattrs``);
     None when there is no node. Every place that asks "what is already there?" reads it here."""
-    base = join(url, path) if path else url
-    meta = storage.read_json(join(base, "zarr.json"), storage_options)
+    base = place.join(path) if path else place
+    meta = storage.read_json(base.join("zarr.json"))
     if meta is not None:
         return dict(meta.get("attributes") or {})
-    attrs = storage.read_json(join(base, ".zattrs"), storage_options)
+    attrs = storage.read_json(base.join(".zattrs"))
     if attrs is not None:
         return attrs
     for marker in (".zarray", ".zgroup"):
-        if storage.read_json(join(base, marker), storage_options) is not None:
+        if storage.read_json(base.join(marker)) is not None:
             return {}
     return None
 
 
-def written_config(url: str, storage_options: dict[str, Any] | None = None,
-                   path: str | None = None) -> dict[str, Any] | None:
+def written_config(place: Place, path: str | None = None) -> dict[str, Any] | None:
     """The configuration recorded in an existing output of ours (None: nothing there, or not ours)."""
-    return ((read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}).get("config")
+    return ((read_attributes(place, path) or {}).get("vesuvius") or {}).get("config")
 
 
-def relative_source(output: str, source: str | None, so: dict[str, Any]) -> str | None:
+def relative_source(output: Place, source: str | None) -> str | None:
     """The input as a path relative to the output (NGFF's label ``source``), when both lie in one place."""
     if not source:
         return None
-    out, src = locate(output, so), locate(source, so)
+    out, src = output.location(), output.at(source).location()
     if out.service != src.service:
         return None
     return posixpath.relpath("/" + "/".join(src.key), "/" + "/".join(out.key))
 
 
-def _refuse_foreign_root(url: str, storage_options: dict[str, Any]) -> None:
-    """An array or a group with attributes of somebody else's at ``url`` (a scan, an image) is never written
+def _refuse_foreign_root(place: Place) -> None:
+    """An array or a group with attributes of somebody else's at ``place`` (a scan, an image) is never written
     into. A group with no attributes yet may be ours being created by another part this very moment."""
-    attrs = read_attributes(url, storage_options)
-    meta = storage.read_json(join(url, "zarr.json"), storage_options) or {}
-    array = meta.get("node_type") == "array" or storage.read_json(join(url, ".zarray"), storage_options)
+    attrs = read_attributes(place)
+    meta = storage.read_json(place.join("zarr.json")) or {}
+    array = meta.get("node_type") == "array" or storage.read_json(place.join(".zarray"))
     if attrs is not None and not isinstance(attrs.get("vesuvius"), dict) and (attrs or array):
-        raise not_ours(url)
+        raise not_ours(place.url)
 
 
-def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any,
-                   config: dict[str, Any], overwrite: bool, storage_options: dict[str, Any],
-                   attributes: dict[str, Any] | None = None, path: str | None = None,
-                   dimension_names: Sequence[str] | None = None, zarr_format: int = 3) -> Any:
+def create_or_open(place: Place, *, shape: Sequence[int], chunks: Sequence[int], dtype: str, fill_value: Any,
+                   config: dict[str, Any], overwrite: bool, attributes: dict[str, Any] | None = None,
+                   path: str | None = None, dimension_names: Sequence[str] | None = None,
+                   zarr_format: int = 3) -> Any:
     """Create the array, or open it if it was made for the same configuration (by anyone).
 
     Zarr v2 arrays are laid out as the public scans are: nested chunk keys (``/``), blosc-zstd."""
@@ -218,16 +217,17 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
     from zarr.errors import ContainsArrayError, ContainsGroupError
 
     def same() -> Any:
-        existing = read_attributes(url, storage_options, path)
+        existing = read_attributes(place, path)
         if existing is None:
             return None
         if (existing.get("vesuvius") or {}).get("config") == config:
-            return zarr.open_array(store=storage.zarr_store(url, storage_options), path=path or "", mode="r+",
+            return zarr.open_array(store=storage.zarr_store(place), path=path or "", mode="r+",
                                    zarr_format=storage.as_zarr_format(zarr_format))
         return existing
 
+    url = place.url
     if path:
-        _refuse_foreign_root(url, storage_options)
+        _refuse_foreign_root(place)
     found = same()
     if isinstance(found, dict):
         theirs = (found.get("vesuvius") or {}).get("config")
@@ -236,10 +236,10 @@ def create_or_open(url: str, shape: Sequence[int], chunks: Sequence[int], dtype:
         if not overwrite:
             raise BadInput(f"{url} already exists and was written with other settings ({settings_diff(theirs, config)}); "
                            "pass --overwrite to replace it, or choose another output")
-        remove_ours(url, storage_options, flag="the output")
+        remove_ours(place, flag="the output")
     elif found is not None:
         return found
-    store = storage.zarr_store(url, storage_options)
+    store = storage.zarr_store(place)
     attrs = {"vesuvius": {"config": config, "complete": False}}
     attrs.update(attributes or {})
     kwargs: dict[str, Any] = dict(shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill_value,
@@ -269,9 +269,9 @@ def set_complete(array: Any, notes: dict[str, Any] | None = None) -> None:
     array.attrs.update({"vesuvius": v})
 
 
-def is_complete(url: str, storage_options: dict[str, Any] | None = None, path: str | None = None) -> dict[str, Any] | None:
+def is_complete(place: Place, path: str | None = None) -> dict[str, Any] | None:
     """The ``vesuvius`` attributes of a complete output of ours (Zarr v2 or v3), else None."""
-    v = (read_attributes(url, storage_options, path) or {}).get("vesuvius") or {}
+    v = (read_attributes(place, path) or {}).get("vesuvius") or {}
     return v if v.get("complete") else None
 
 
@@ -279,12 +279,12 @@ class Output:
     """An output opened for writing chunks: blended logits (one array), or a final image (a group with
     one array per pyramid level, ``"0"`` full resolution)."""
 
-    def __init__(self, spec: OutputSpec, num_classes: int, shape: Shape3, chunks: Shape3, config: dict[str, Any],
-                 storage_options: dict[str, Any], overwrite: bool = False, staging: str | None = None, *,
+    def __init__(self, spec: OutputSpec, place: Place, *, num_classes: int, shape: Shape3, chunks: Shape3,
+                 config: dict[str, Any], overwrite: bool = False, staging: Place | None = None,
                  notes: dict[str, Any] | None = None) -> None:
-        self.spec, self.num_classes = spec, num_classes
-        self.shape, self.chunks = triple(shape), triple(chunks)
-        self.config, self.so = config, storage_options
+        """``place``: where ``spec.url`` is, reached with the command's storage options."""
+        self.spec, self.num_classes, self.shape, self.chunks = spec, num_classes, triple(shape), triple(chunks)
+        self.config, self.place = config, place
         # what the output's ``vesuvius`` attributes say beside its configuration once complete (e.g. the
         # input-intensity finding of the parts, intensity.notes): facts about the run, not its identity
         self.notes = dict(notes or {})
@@ -301,20 +301,22 @@ class Output:
                                         "the chunks predict wrote (its --chunk_size)", predicted=True)
             lead, names = ((), self.frame.dimension_names(False)) if self.labels else \
                 ((self.channels,), self.frame.dimension_names(True))
-            self.arrays = [create_or_open(spec.url, lead + s, lead + self.chunks, "uint8", 0, config, overwrite,
-                                          storage_options, path=str(k), dimension_names=names,
+            self.arrays = [create_or_open(place, shape=lead + s, chunks=lead + self.chunks, dtype="uint8", fill_value=0,
+                                          config=config, overwrite=overwrite, path=str(k), dimension_names=names,
                                           zarr_format=spec.zarr_format)
                            for k, s in enumerate(level_shapes(self.shape, self.levels))]
             self.array = self.arrays[0]
             self.staging = None
             if staging is not None and self.levels > 1:
                 half = tuple(c // 2 for c in self.chunks)
-                self.staging = create_or_open(staging, lead + level_shapes(self.shape, 2)[1], lead + half, "uint8", 0,
-                                              config, False, storage_options, dimension_names=names)
+                self.staging = create_or_open(staging, shape=lead + level_shapes(self.shape, 2)[1], chunks=lead + half,
+                                              dtype="uint8", fill_value=0, config=config, overwrite=False,
+                                              dimension_names=names)
         else:
             self.channels, self.labels, self.levels, self.staging = num_classes, False, 1, None
-            self.array = create_or_open(spec.url, (num_classes,) + self.shape, (num_classes,) + self.chunks,
-                                        "float16", float("nan"), config, overwrite, storage_options,
+            self.array = create_or_open(place, shape=(num_classes,) + self.shape,
+                                        chunks=(num_classes,) + self.chunks, dtype="float16", fill_value=float("nan"),
+                                        config=config, overwrite=overwrite,
                                         dimension_names=self.frame.dimension_names(True))
             self.arrays = [self.array]
 
@@ -326,7 +328,7 @@ class Output:
         self.num_classes = self.channels = int(array.shape[0])
         self.shape, self.chunks = triple(array.shape[1:]), triple(array.chunks[1:])
         self.cgrid = ChunkGrid(self.shape, self.chunks)
-        self.config, self.so, self.labels, self.levels, self.notes = {}, {}, False, 1, {}
+        self.config, self.place, self.labels, self.levels, self.notes = {}, Place(""), False, 1, {}
         return self
 
     def encode_full(self, logits: np.ndarray) -> np.ndarray:
@@ -369,17 +371,17 @@ class Output:
 
     def metadata(self) -> dict[str, Any]:
         """The ``ome`` attributes written when the output completes."""
-        name = storage.local_path(self.spec.url).rstrip("/").split("/")[-1]
+        name = self.place.local_path.rstrip("/").split("/")[-1]
         if self.labels:
             names = self.class_names if self.num_classes > 1 else ["background", self.class_names[0]]
-            return label_metadata(name, self.frame, self.levels, names, self.spec.ngff,
-                                  source=relative_source(self.spec.url, self.config.get("predict", {}).get("input"),
-                                                         self.so))
+            return label_metadata(name, self.frame, self.levels, names=names, version=self.spec.ngff,
+                                  source=relative_source(self.place, self.config.get("predict", {}).get("input")))
         if self.spec.mode == "binary":
             channel_names = [f"p({self.class_names[-1]})"]
         else:
             channel_names = [f"p({n})" for n in self.class_names]
-        return image_metadata(name, self.frame, self.levels, channel_names, self.shape[0], self.spec.ngff)
+        return image_metadata(name, self.frame, self.levels, channel_names=channel_names, depth=self.shape[0],
+                              version=self.spec.ngff)
 
     def complete(self) -> None:
         """Mark the output complete; a final output gets its OME metadata now, not before."""
@@ -388,7 +390,7 @@ class Output:
         if self.spec.kind == FINAL:
             for a in self.arrays:
                 set_complete(a, self.notes)
-            grp = zarr.open_group(store=storage.zarr_store(self.spec.url, self.so), mode="r+",
+            grp = zarr.open_group(store=storage.zarr_store(self.place), mode="r+",
                                   zarr_format=storage.as_zarr_format(self.spec.zarr_format))
             info = {"mode": self.spec.mode, "threshold": self.spec.threshold, "levels": self.levels,
                     "encoding": "class ids" if self.spec.threshold else "round(probability * 255)",
@@ -399,7 +401,7 @@ class Output:
             set_complete(self.array, self.notes)
 
     def is_complete(self) -> bool:
-        return (is_complete(self.spec.url, self.so) or {}).get("config") == self.config
+        return (is_complete(self.place) or {}).get("config") == self.config
 
 
 def _store(array: Any, sel: tuple[slice, ...], data: np.ndarray) -> None:

@@ -19,11 +19,10 @@ journals, the pyramid's staging blocks) use names paths.py derives under such a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from vesuvius_inference.contract.errors import BadInput
-from vesuvius_inference.contract.locations import join
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 
 log = logging.getLogger("vesuvius_inference")
@@ -33,64 +32,58 @@ WRITER = "vesuvius-inference"
 WORK_NAMES = {"parts", "blended.zarr", MARK}  # paths.PARTS, paths.BLENDED: what a workdir holds
 
 
-def mark(url: str, so: Mapping[str, Any], what: str) -> None:
-    """Mark ``url`` as a tree this program writes (idempotent: every part of a run may call it)."""
-    target = join(url, MARK)
-    if storage.read_json(target, dict(so)) is None:
-        storage.write_json(target, {"written_by": WRITER, "what": what}, dict(so))
+def mark(place: Place, what: str) -> None:
+    """Mark ``place`` as a tree this program writes (idempotent: every part of a run may call it)."""
+    target = place.join(MARK)
+    if storage.read_json(target) is None:
+        storage.write_json(target, {"written_by": WRITER, "what": what})
 
 
-def _zarr_attrs(url: str, so: dict[str, Any]) -> dict[str, Any] | None:
-    meta = storage.read_json(join(url, "zarr.json"), so)
+def _zarr_attrs(place: Place) -> dict[str, Any] | None:
+    meta = storage.read_json(place.join("zarr.json"))
     if meta is not None:
         return meta.get("attributes") or {}
-    return storage.read_json(join(url, ".zattrs"), so)
+    return storage.read_json(place.join(".zattrs"))
 
 
-def _is_parts_dir(url: str, so: dict[str, Any], names: list[str]) -> bool:
+def _is_parts_dir(place: Place, names: list[str]) -> bool:
     markers = [n for n in names if n.startswith("part_") and n.endswith(".json") and not n.endswith(".claim.json")]
     if not markers:
         return False
-    doc = storage.read_json(join(url, markers[0]), so) or {}
+    doc = storage.read_json(place.join(markers[0])) or {}
     return "config" in doc and "run" in doc
 
 
-def mark_of(url: str, so: Mapping[str, Any]) -> str | None:
-    """What of ours ``url`` is ("output", "workdir", "parts", "demo"...), or None: not ours (or absent)."""
-    opts = dict(so)
-    doc = storage.read_json(join(url, MARK), opts)
+def mark_of(place: Place) -> str | None:
+    """What of ours ``place`` is ("output", "workdir", "parts", "demo"...), or None: not ours (or absent)."""
+    doc = storage.read_json(place.join(MARK))
     if isinstance(doc, dict) and doc.get("written_by") == WRITER:
         return str(doc.get("what") or "work")
-    attrs = _zarr_attrs(url, opts)
+    attrs = _zarr_attrs(place)
     if isinstance(attrs, dict) and isinstance(attrs.get("vesuvius"), dict):
         return "output"
-    names = storage.list_names(url, opts)
-    if _is_parts_dir(url, opts, names):
+    names = storage.list_names(place)
+    if _is_parts_dir(place, names):
         return "parts"
     if names and set(names) <= WORK_NAMES and "parts" in names:  # a workdir written before the mark existed
-        parts = join(url, "parts")
-        return "workdir" if _is_parts_dir(parts, opts, storage.list_names(parts, opts)) else None
+        parts = place.join("parts")
+        return "workdir" if _is_parts_dir(parts, storage.list_names(parts)) else None
     return None
 
 
-def exists(url: str, so: Mapping[str, Any]) -> bool:
-    fs, path = storage.filesystem(url, dict(so))
-    return bool(fs.exists(path))
-
-
-def remove_ours(url: str, so: Mapping[str, Any], *, flag: str, strict: bool = True) -> bool:
-    """Remove ``url`` if it is ours; True when something was removed.
+def remove_ours(place: Place, *, flag: str, strict: bool = True) -> bool:
+    """Remove ``place`` if it is ours; True when something was removed.
 
     Not ours: ``strict`` refuses with one line (exit 3) before anything is removed; otherwise (a
     cleanup after the work is complete) it is left, with a warning, and the command still succeeds."""
-    if not exists(url, so):
+    if not storage.exists(place):
         return False
-    if mark_of(url, so) is None:
-        message = (f"{flag} {url} was not written by vesuvius-inference (it carries no mark of ours), so it is "
+    if mark_of(place) is None:
+        message = (f"{flag} {place} was not written by vesuvius-inference (it carries no mark of ours), so it is "
                    "left untouched; remove it yourself if you mean to, or choose another location")
         if strict:
             raise BadInput(message)
         log.warning("warning: %s", message)
         return False
-    storage.remove(url, dict(so))
+    storage.remove(place)
     return True

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,8 +32,8 @@ import numpy as np
 from vesuvius_inference.contract.errors import BadInput
 from vesuvius_inference.contract.frame import triple
 from vesuvius_inference.contract.intensity import ATTRIBUTE
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import CHECKPOINT, CHECKPOINT_SEGMENTS, claim_url, part_name, store_url
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.grid import PatchGrid, Shape3
 from vesuvius_inference.geometry.layout import PartLayout
 from vesuvius_inference.geometry.partition import Part
@@ -60,12 +60,12 @@ def _array(group: Any, name: str, shape: Sequence[int], chunks: Sequence[int], d
                               compressors=[blosc()], config={"write_empty_chunks": False}, overwrite=True)
 
 
-def create_store(url: str, attrs: dict[str, Any], n_classes: int, shape: Shape3, chunks: Shape3, seed_layout: bool,
-                 storage_options: dict[str, Any]) -> Any:
+def create_store(place: Place, attrs: dict[str, Any], *, n_classes: int, shape: Shape3, chunks: Shape3,
+                 seed_layout: bool) -> Any:
     """A new, empty part store for one run."""
     import zarr
 
-    group = zarr.open_group(store=storage.zarr_store(url, storage_options), mode="w", zarr_format=3)
+    group = zarr.open_group(store=storage.zarr_store(place), mode="w", zarr_format=3)
     group.attrs.update(attrs)
     c = n_classes
     if seed_layout:
@@ -75,31 +75,34 @@ def create_store(url: str, attrs: dict[str, Any], n_classes: int, shape: Shape3,
     return group
 
 
-def open_store(url: str, storage_options: dict[str, Any], read_only: bool = False) -> Any:
+def open_store(place: Place, *, read_only: bool = False) -> Any:
     import zarr
 
-    return zarr.open_group(store=storage.zarr_store(url, storage_options, read_only=read_only),
+    return zarr.open_group(store=storage.zarr_store(place, read_only=read_only),
                            mode="r" if read_only else "r+", zarr_format=3)
 
 
-def drop_scratch(parts_dir: str, part_id: int, run: str, storage_options: dict[str, Any]) -> None:
+def drop_scratch(parts_dir: Place, part_id: int, run: str) -> None:
     """After the marker: spills and the checkpoint, and the stores of earlier runs, go."""
-    url = store_url(parts_dir, part_id, run)
+    store = parts_dir.at(store_url(parts_dir.url, part_id, run))
     for name in (*SPILLS, CHECKPOINT, CHECKPOINT_SEGMENTS):
-        storage.remove(join(url, name), storage_options)
-    for other in storage.list_names(join(parts_dir, part_name(part_id)), storage_options):
+        storage.remove(store.join(name))
+    for other in storage.list_names(parts_dir.join(part_name(part_id))):
         if other != run:
-            storage.remove(store_url(parts_dir, part_id, other), storage_options)
+            storage.remove(parts_dir.at(store_url(parts_dir.url, part_id, other)))
 
 
 @dataclass
 class PartSet:
     """The complete, mutually consistent, trusted set of predict parts in one directory."""
 
-    parts_dir: str
+    place: Place
     config: dict[str, Any]
     markers: list[dict[str, Any]]
-    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parts_dir(self) -> str:
+        return self.place.url
 
     @property
     def shape(self) -> Shape3:
@@ -132,7 +135,7 @@ class PartSet:
 
     def grid(self) -> PatchGrid:
         c = self.config
-        return make_grid(self.shape, triple(c["patch_size"]), float(c["overlap"]), c.get("bbox"))
+        return make_grid(self.shape, triple(c["patch_size"]), float(c["overlap"]), bbox=c.get("bbox"))
 
     def masks(self, key: str) -> np.ndarray:
         """Per patch of the grid: the markers' ``listed`` (may hold data) or ``ran`` masks, together."""
@@ -146,17 +149,18 @@ class PartSet:
     def layout(self) -> PartLayout:
         """The layout every part predicted with (the same pure function of the same split)."""
         parts = [Part.from_dict(m["part"]) for m in self.markers]
-        return PartLayout.build(self.grid(), self.masks("listed"), parts, self.shape, self.chunks, self.pairs)
+        return PartLayout.build(self.grid(), self.masks("listed"), parts, shape=self.shape, chunks=self.chunks,
+                                pairs=self.pairs)
 
 
-def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) -> PartSet:
+def load_parts(place: Place) -> PartSet:
     """Read and cross-check every part marker; name the first missing, mismatched or untrusted part."""
-    so = storage_options or {}
-    names = [n for n in storage.list_names(parts_dir, so)
+    parts_dir = place.url
+    names = [n for n in storage.list_names(place)
              if n.startswith("part_") and n.endswith(".json") and not n.endswith(".claim.json")]
     if not names:
         raise BadInput(f"{parts_dir} holds no completed predict parts (part_NNNNN.json); run predict first")
-    markers = [storage.read_json(join(parts_dir, n), so) or {} for n in names]
+    markers = [storage.read_json(place.join(n)) or {} for n in names]
     ref = markers[0]
     if not ref.get("complete") or "config" not in ref:
         raise BadInput(f"{parts_dir}/{names[0]} is not a completed predict part marker")
@@ -173,7 +177,7 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
         if diff:
             raise BadInput(f"part {pid} in {parts_dir} was predicted with a different {', '.join(diff)} than part "
                            f"{ref.get('part_id')}; rerun it or remove the stale part")
-        if not trusted_complete(claim_url(parts_dir, int(pid)), m.get("run"), so):
+        if not trusted_complete(place.at(claim_url(parts_dir, int(pid))), m.get("run")):
             raise BadInput(f"part {pid} in {parts_dir} was marked complete by run {m.get('run')}, which does not hold "
                            f"its claim; rerun predict --part_id {pid}")
         by_id[int(pid)] = m
@@ -185,4 +189,4 @@ def load_parts(parts_dir: str, storage_options: dict[str, Any] | None = None) ->
     extra = sorted(set(by_id) - set(range(n)))
     if extra:
         raise BadInput(f"{parts_dir} holds part {extra[0]} but the parts were split {n} ways: remove the stale part")
-    return PartSet(parts_dir, config, [by_id[i] for i in range(n)], dict(so))
+    return PartSet(place, config, [by_id[i] for i in range(n)])

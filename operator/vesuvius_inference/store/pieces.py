@@ -100,7 +100,7 @@ def decode(raw: bytes) -> Piece:
                  arrays[1], h["ran"], h["info"])
 
 
-def cut(part: int, chunk: Shape3, origin: Sequence[int], buf: np.ndarray | None, shared: Box | None,
+def cut(part: int, chunk: Shape3, origin: Sequence[int], *, buf: np.ndarray | None, shared: Box | None,
         edge: Box | None, with_weights: bool, bits: int, encode_values: Callable[[np.ndarray], np.ndarray],
         ran: list[int] | None = None, info: dict[str, Any] | None = None) -> Piece:
     """This part's piece of a chunk from its (C+1, chunk) sums ``buf`` (None: none of its patches ran

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vesuvius_inference.contract.errors import BadInput
-from vesuvius_inference.contract.locations import join
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 
 ABSENT, NOT_ZARR, FOREIGN, OURS = "absent", "not a Zarr store", "foreign", "ours"
@@ -51,21 +51,21 @@ class Existing:
     names: list[str] = field(default_factory=list)
 
 
-def inspect(url: str, so: Mapping[str, Any]) -> Existing:
+def inspect(place: Place) -> Existing:
     """ABSENT, NOT_ZARR (anything else: a file, a folder of notes), FOREIGN (a Zarr store we did not
     write) or OURS (with its recorded configuration and whether it is complete)."""
-    fs, path = storage.filesystem(url, dict(so))
+    fs, path = storage.filesystem(place)
     if not fs.exists(path):
         return Existing(ABSENT)
     if fs.isfile(path):
         return Existing(NOT_ZARR, names=[os.path.basename(path)])
-    names = storage.list_names(url, dict(so))
+    names = storage.list_names(place)
     if not names:
         return Existing(ABSENT)  # an empty folder (or an S3 prefix with nothing under it)
     if not any(n in names for n in ZARR_METADATA):
         return Existing(NOT_ZARR, names=names)
-    meta = storage.read_json(join(url, "zarr.json"), dict(so)) or {}
-    attrs = meta.get("attributes") if meta else storage.read_json(join(url, ".zattrs"), dict(so))
+    meta = storage.read_json(place.join("zarr.json")) or {}
+    attrs = meta.get("attributes") if meta else storage.read_json(place.join(".zattrs"))
     v = (attrs or {}).get("vesuvius")
     if not isinstance(v, dict) or "config" not in v:
         return Existing(FOREIGN, names=names)
@@ -118,10 +118,9 @@ def not_ours(what: str) -> BadInput:
                     "(--overwrite replaces only outputs of this program): choose another output")
 
 
-def check_output(url: str, expected: Mapping[str, Any], so: Mapping[str, Any], overwrite: bool,
-                 flag: str = "--output") -> Existing:
+def check_output(place: Place, expected: Mapping[str, Any], *, overwrite: bool, flag: str = "--output") -> Existing:
     """Refuse an output that cannot be (re)used; return what is there (``complete``: done already)."""
-    found = inspect(url, so)
+    url, found = place.url, inspect(place)
     if found.state == NOT_ZARR:
         raise BadInput(f"{flag} {url} exists and is not a Zarr store (it holds {_listing(found.names)}); it is left "
                        "untouched: choose another output, or remove it yourself")
@@ -138,26 +137,27 @@ def reusable(found: Existing, expected: Mapping[str, Any]) -> bool:
     return found.state == OURS and not differences(found.config or {}, expected)
 
 
-def foreign_parts(parts_dir: str, expected_fp: Mapping[str, Any], so: Mapping[str, Any]) -> list[str]:
+def foreign_parts(parts_dir: Place, expected_fp: Mapping[str, Any]) -> list[str]:
     """The differences of the first predict part in ``parts_dir`` made with another configuration."""
-    for name in storage.list_names(parts_dir, dict(so)):
+    for name in storage.list_names(parts_dir):
         if name.startswith("part_") and name.endswith(".json") and not name.endswith(".claim.json"):
-            marker = storage.read_json(join(parts_dir, name), dict(so)) or {}
+            marker = storage.read_json(parts_dir.join(name)) or {}
             diff = differences({"predict": marker.get("config") or {}}, {"predict": dict(expected_fp)})
             if diff:
                 return [f"{name}: {d}" for d in diff]
     return []
 
 
-def require_writable(url: str, so: Mapping[str, Any], flag: str = "--output") -> None:
-    """Fail now, not after the compute, when ``url`` cannot be written (permissions, credentials)."""
-    if storage.is_local(url):
-        path = os.path.abspath(storage.local_path(url))
+def require_writable(place: Place, flag: str = "--output") -> None:
+    """Fail now, not after the compute, when ``place`` cannot be written (permissions, credentials)."""
+    url = place.url
+    if place.is_local:
+        path = os.path.abspath(place.local_path)
         while not os.path.exists(path):
             path = os.path.dirname(path)
         if not os.access(path, os.W_OK | os.X_OK):
             raise BadInput(f"{flag} {url}: {path} is not writable by this user; choose another output")
         return
-    probe = join(url, f".vesuvius-write-probe-{uuid.uuid4().hex[:8]}")
-    storage.write_json(probe, {"probe": True}, dict(so))  # PermissionError / NoCredentialsError -> one line, exit 3
-    storage.remove(probe, dict(so), recursive=False)
+    probe = place.join(f".vesuvius-write-probe-{uuid.uuid4().hex[:8]}")
+    storage.write_json(probe, {"probe": True})  # PermissionError / NoCredentialsError -> one line, exit 3
+    storage.remove(probe, recursive=False)

@@ -25,14 +25,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from vesuvius_inference.contract.errors import BadInput
 from vesuvius_inference.contract.frame import triple
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import chunk_key
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.fixedpoint import weights_for
 from vesuvius_inference.geometry.grid import PatchGrid, Shape3
 from vesuvius_inference.geometry.layout import PartLayout
@@ -43,11 +42,11 @@ from vesuvius_inference.store.pieces import Chunk, Piece, cut, decode, encode
 FIRST, SECOND, AGAIN = "first", "second", "again"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SeamMerge:
     """One predict run's side of the two-part seams."""
 
-    url: str  # the configuration's _seams prefix
+    place: Place  # the configuration's _seams prefix
     part: int
     run: str
     layout: PartLayout
@@ -57,7 +56,6 @@ class SeamMerge:
     bits: int
     classes: int
     output: Output
-    storage_options: dict[str, Any] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -65,19 +63,18 @@ class SeamMerge:
         """In a writer thread: this part completed chunk ``idx`` (``data``: its (C+1, chunk) sums, None
         when none of its patches ran there; ``ran``: its patches that ran and reach the shared box)."""
         buf = data() if data is not None else None
-        key = join(self.url, chunk_key(idx))
-        so = self.storage_options
-        raw = createonce.read(key, so)
+        key = self.place.join(chunk_key(idx))
+        raw = createonce.read(key)
         if raw is None:
-            if createonce.create(key, encode(self._piece(idx, buf, ran)), so):
+            if createonce.create(key, encode(self._piece(idx, buf, ran))):
                 return self._done(FIRST)
-            raw = createonce.read(key, so)
+            raw = createonce.read(key)
             if raw is None:
                 raise RuntimeError(f"{key} was created by another writer but cannot be read")
         theirs = decode(raw)
         if theirs.part == self.part:
             return self._done(AGAIN)
-        self._check(theirs, idx, key)
+        self._check(theirs, idx, key.url)
         out = self._merge(idx, buf, theirs)
         if out is not None:
             self.output.store(idx, out)
@@ -87,7 +84,8 @@ class SeamMerge:
         shared, edge = self.layout.piece_boxes(self.part, idx)
         lo, _ = self.layout.cgrid.box(idx)
         info = {"run": self.run, "weights": self.wq_digest, "logit_bits": self.bits, "classes": self.classes}
-        return cut(self.part, idx, lo, buf, shared, edge, False, self.bits, self.output.encode_full, ran, info)
+        return cut(self.part, idx, lo, buf=buf, shared=shared, edge=edge, with_weights=False, bits=self.bits,
+                   encode_values=self.output.encode_full, ran=ran, info=info)
 
     def _check(self, theirs: Piece, idx: Shape3, key: str) -> None:
         if theirs.part not in self.layout.participants(idx):

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vesuvius_inference.contract.locations import join
 from vesuvius_inference.contract.paths import split_marker_dir
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.progress import Reporter
 from vesuvius_inference.geometry.grid import split_chunks
 from vesuvius_inference.store import cpuquota, storage
@@ -32,27 +32,30 @@ class Journal:
     """Resume point of one stage split: how many of its units are written, saved every ``every_s``
     seconds (0: after every unit; longer: fewer small PUTs on object storage, more units redone after a kill)."""
 
-    def __init__(self, url: str, stage: str, part_id: int, config: dict[str, Any], so: dict[str, Any],
-                 every_s: float) -> None:
-        self.url = join(split_marker_dir(url), f"{stage}_{part_id:05d}.progress.json")
-        self.config, self.so, self.every_s = config, so, every_s
-        prev = storage.read_json(self.url, so) or {}
+    def __init__(self, work: Place, stage: str, part_id: int, *, config: dict[str, Any], every_s: float) -> None:
+        self.place = _markers(work).join(f"{stage}_{part_id:05d}.progress.json")
+        self.config, self.every_s = config, every_s
+        prev = storage.read_json(self.place) or {}
         self.start = int(prev.get("done", 0)) if prev.get("config") == config else 0
         self._last = time.monotonic()
 
     def update(self, done: int, flush: Callable[[], None], force: bool = False) -> None:
         if force or time.monotonic() - self._last >= self.every_s:
             flush()
-            storage.write_json(self.url, {"config": self.config, "done": done}, self.so)
+            storage.write_json(self.place, {"config": self.config, "done": done})
             self._last = time.monotonic()
 
 
-def all_done(work: str, stage: str, num_parts: int, config: dict[str, Any], so: dict[str, Any]) -> bool:
-    mdir = split_marker_dir(work)
-    names = set(storage.list_names(mdir, so))
+def _markers(work: Place) -> Place:
+    return work.at(split_marker_dir(work.url))
+
+
+def all_done(work: Place, stage: str, *, num_parts: int, config: dict[str, Any]) -> bool:
+    mdir = _markers(work)
+    names = set(storage.list_names(mdir))
     if not all(f"{stage}_{i:05d}.json" in names for i in range(num_parts)):
         return False
-    return all((storage.read_json(join(mdir, f"{stage}_{i:05d}.json"), so) or {}).get("config") == config
+    return all((storage.read_json(mdir.join(f"{stage}_{i:05d}.json")) or {}).get("config") == config
                for i in range(num_parts))
 
 
@@ -72,14 +75,13 @@ def work_done(stage: str) -> int:
         return _WORK.get(stage, 0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Split:
     stage: str
-    work: str  # where claims, journals and done markers of this stage live
+    work: Place  # where claims, journals and done markers of this stage live
     part_id: int
     num_parts: int
     config: dict[str, Any]
-    storage_options: dict[str, Any] = field(default_factory=dict)
     lease_s: float = 60.0
     quiet: bool = False
     journal_s: float = 2.0
@@ -91,9 +93,8 @@ class Split:
         returns (units processed, whether the whole stage is now complete)."""
         name = f"{self.stage}_{self.part_id:05d}"
         mine = split_chunks(list(units), self.num_parts, self.part_id)
-        work = ClaimedWork(join(self.work, f"{name}.claim.json"),
-                           join(split_marker_dir(self.work), f"{name}.json"),
-                           f"{what} {self.part_id}/{self.num_parts}", self.storage_options, self.lease_s,
+        work = ClaimedWork(self.work.join(f"{name}.claim.json"), _markers(self.work).join(f"{name}.json"),
+                           f"{what} {self.part_id}/{self.num_parts}", lease_s=self.lease_s,
                            matches=lambda marker: marker.get("config") == self.config)
         _, ran = work.run(lambda lease: self._process(mine, process, lease, what))
         if not ran:
@@ -102,7 +103,7 @@ class Split:
 
     def _process(self, mine: list[Any], process: Callable[[Any, WritePool], int], lease: Lease,
                  what: str) -> dict[str, Any]:
-        journal = Journal(self.work, self.stage, self.part_id, self.config, self.storage_options, self.journal_s)
+        journal = Journal(self.work, self.stage, self.part_id, config=self.config, every_s=self.journal_s)
         if journal.start:
             log.info("%s %d/%d: resuming after %d of %d units", what, self.part_id, self.num_parts, journal.start,
                      len(mine))
@@ -133,11 +134,10 @@ class Split:
         moment would otherwise both run the completion."""
         from vesuvius_inference.contract.errors import Busy
 
-        so = self.storage_options
-        if not all_done(self.work, self.stage, self.num_parts, self.config, so):
+        if not all_done(self.work, self.stage, num_parts=self.num_parts, config=self.config):
             return False
-        lease = Lease(join(self.work, f"{self.stage}_complete.claim.json"), f"completing {self.stage}", so,
-                      self.lease_s)
+        lease = Lease(self.work.join(f"{self.stage}_complete.claim.json"), f"completing {self.stage}",
+                      lease_s=self.lease_s)
         try:
             lease.acquire(take_complete=True)
         except Busy:

@@ -1,8 +1,8 @@
-"""URLs to filesystems and Zarr stores, markers and atomic small writes.
+"""Places to filesystems and Zarr stores, markers and atomic small writes.
 
-Every stage addresses data by URL (plain path, ``file://``, ``s3://``, ``gs://``, ``http(s)://``)
-so that the same command runs on a laptop and in a pod against object storage. This module is
-shared by the engine and the control plane, so it must not import torch.
+Every stage addresses data by URL (plain path, ``file://``, ``s3://``, ``gs://``, ``http(s)://``), held
+with the options that open it in one Place (contract/place.py), so that the same command runs on a
+laptop and in a pod against object storage. This module must not import torch.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store.storagewait import waiting, waiting_store
 
 
@@ -27,13 +28,12 @@ def local_path(url: str) -> str:
     return url[len("file://"):] if url.startswith("file://") else url
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem and in-filesystem path for ``url``."""
-    opts = dict(storage_options or {}) if not is_local(url) else {}
+def filesystem(place: Place) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and in-filesystem path of ``place``."""
     try:
-        return url_to_fs(url, **opts)
+        return url_to_fs(place.url, **place.fs_options)
     except (ImportError, ValueError) as e:
-        raise BadArguments(f"cannot open {url!r}: {e}") from None
+        raise BadArguments(f"cannot open {place.url!r}: {e}") from None
 
 
 def as_zarr_format(n: int) -> Literal[2, 3]:
@@ -45,70 +45,77 @@ def as_zarr_format(n: int) -> Literal[2, 3]:
     raise ValueError(f"Zarr format {n!r}: only 2 and 3 exist")
 
 
-def zarr_store(url: str, storage_options: dict[str, Any] | None = None, read_only: bool = False) -> Any:
-    """A zarr v3 store object for ``url`` (LocalStore for local paths, FsspecStore otherwise), whose requests
+def zarr_store(place: Place, *, read_only: bool = False) -> Any:
+    """A zarr v3 store object for ``place`` (LocalStore for local paths, FsspecStore otherwise), whose requests
     wait out storage outages (storagewait.py)."""
     import zarr.storage
 
-    if is_local(url):
-        path = local_path(url)
+    if place.is_local:
+        path = place.local_path
         if not read_only:
             os.makedirs(path, exist_ok=True)
-        return waiting_store(zarr.storage.LocalStore(path, read_only=read_only), url)
-    opts = dict(storage_options or {})
-    return waiting_store(zarr.storage.FsspecStore.from_url(url, storage_options=opts, read_only=read_only), url)
+        return waiting_store(zarr.storage.LocalStore(path, read_only=read_only), place.url)
+    store = zarr.storage.FsspecStore.from_url(place.url, storage_options=dict(place.options), read_only=read_only)
+    return waiting_store(store, place.url)
 
 
 @waiting("reading")
-def read_json(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The JSON object at ``url``, or None when absent."""
-    fs, path = filesystem(url, storage_options)
+def read_json(place: Place) -> dict[str, Any] | None:
+    """The JSON object at ``place``, or None when absent."""
+    fs, path = filesystem(place)
     try:
         with fs.open(path, "rb") as f:
             return json.loads(f.read())
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:
-        raise BadInput(f"{url} is not valid JSON ({e.msg}); delete it or rerun with --overwrite") from None
+        raise BadInput(f"{place.url} is not valid JSON ({e.msg}); delete it or rerun with --overwrite") from None
 
 
-def write_json(url: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
+def write_json(place: Place, obj: Any) -> None:
     """Write JSON so that readers see the old object or the new one, never half of it."""
-    write_bytes(url, json.dumps(obj, indent=1, sort_keys=True).encode(), storage_options)
+    write_bytes(place, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
 @waiting("writing")
-def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
+def write_bytes(place: Place, data: bytes) -> None:
     """Write an object so that readers see the old one or the new one, never half of it.
 
     Object stores make a PUT atomic already; on local disks write a temporary file and rename it.
     """
-    if is_local(url):
-        path = local_path(url)
+    if place.is_local:
+        path = place.local_path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
         return
-    fs, path = filesystem(url, storage_options)
+    fs, path = filesystem(place)
     fs.pipe_file(path, data)
 
 
 @waiting("deleting")
-def remove(url: str, storage_options: dict[str, Any] | None = None, recursive: bool = True) -> None:
-    """Delete ``url`` (a tree when recursive); absent is fine."""
-    fs, path = filesystem(url, storage_options)
+def remove(place: Place, *, recursive: bool = True) -> None:
+    """Delete ``place`` (a tree when recursive); absent is fine."""
+    fs, path = filesystem(place)
     try:
         fs.rm(path, recursive=recursive)
     except FileNotFoundError:
         pass
 
 
+@waiting("reading")
+def exists(place: Place) -> bool:
+    """Whether anything is stored at ``place`` (an object or a folder)."""
+    fs, path = filesystem(place)
+    return bool(fs.exists(path))
+
+
 @waiting("listing")
-def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Base names directly under ``url`` (empty when absent)."""
-    fs, path = filesystem(url, storage_options)
+def list_names(place: Place) -> list[str]:
+    """Base names directly under ``place`` (empty when absent)."""
+    fs, path = filesystem(place)
     try:
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -117,9 +124,9 @@ def list_names(url: str, storage_options: dict[str, Any] | None = None) -> list[
 
 
 @waiting("measuring")
-def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
-    """Total size of the objects under ``url``: how intermediates are measured."""
-    fs, path = filesystem(url, storage_options)
+def tree_bytes(place: Place) -> int:
+    """Total size of the objects under ``place``: how intermediates are measured."""
+    fs, path = filesystem(place)
     try:
         return int(sum(fs.du(path, total=False).values())) if fs.exists(path) else 0
     except FileNotFoundError:
@@ -127,13 +134,13 @@ def tree_bytes(url: str, storage_options: dict[str, Any] | None = None) -> int:
 
 
 @waiting("copying")
-def copy_tree(src: str, dst: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Copy everything under ``src`` to ``dst`` (server-side on object stores)."""
-    if is_local(src) and is_local(dst):
+def copy_tree(src: Place, dst: Place) -> None:
+    """Copy everything under ``src`` to ``dst`` (server-side on object stores: one filesystem, ``src``'s)."""
+    if src.is_local and dst.is_local:
         import shutil
 
-        shutil.copytree(local_path(src), local_path(dst), dirs_exist_ok=True)
+        shutil.copytree(src.local_path, dst.local_path, dirs_exist_ok=True)
         return
-    fs, sp = filesystem(src, storage_options)
-    _, dp = filesystem(dst, storage_options)
+    fs, sp = filesystem(src)
+    _, dp = filesystem(dst)
     fs.copy(sp.rstrip("/") + "/", dp.rstrip("/") + "/", recursive=True)

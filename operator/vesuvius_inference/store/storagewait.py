@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from vesuvius_inference.contract.errors import StorageUnavailable, VesuviusError, is_transient
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.progress import format_duration as duration
 from vesuvius_inference.contract.storagelines import PREFIX, RECOVERED
 
@@ -166,7 +167,7 @@ def waiting(doing: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorator: the function's storage requests wait out outages (``doing`` names it in the log line)."""
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         def wrapped(*args: Any, **kwargs: Any) -> T:
-            what = f"{doing} {args[0]}" if args and isinstance(args[0], str) else doing
+            what = f"{doing} {args[0]}" if args and isinstance(args[0], (str, Place)) else doing
             return call(fn, *args, doing=what, **kwargs)
 
         return functools.update_wrapper(wrapped, fn)  # its name, doc and __wrapped__

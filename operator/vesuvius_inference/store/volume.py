@@ -18,6 +18,7 @@ import numpy as np
 
 from vesuvius_inference.contract.errors import BadArguments, BadInput, classify, is_transient, kind
 from vesuvius_inference.contract.frame import Frame, triple
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.geometry.grid import ChunkGrid, Shape3
 from vesuvius_inference.store import cpuquota, storage
 
@@ -46,6 +47,15 @@ class InputVolume:
     _cached: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     fetched_chunks: int = 0
+
+    def fresh(self) -> InputVolume:
+        """The same opened array with a chunk cache and counters of its own (one per part): what opening
+        the input again gave, without reading its metadata, its parent group or its chunk listing again."""
+        view = InputVolume(url=self.url, array=self.array, has_channel_axis=self.has_channel_axis, frame=self.frame,
+                           where=self.where, zarr_format=self.zarr_format, io_threads=self.io_threads)
+        if "occupancy" in self.__dict__:  # cached_property: the listing, when it was made
+            view.__dict__["occupancy"] = self.__dict__["occupancy"]
+        return view
 
     @property
     def channels(self) -> int:
@@ -161,13 +171,13 @@ class InputVolume:
         return occ
 
 
-def _parent_multiscales(url: str, storage_options: dict[str, Any] | None, zarr_format: int,
-                        depth: int = 3) -> tuple[dict[str, Any], int, str] | None:
+def _parent_multiscales(place: Place, zarr_format: int, depth: int = 3) -> tuple[dict[str, Any], int, str] | None:
     """For an array given by its path inside an OME-Zarr group (``scroll.zarr/1``, ``img.zarr/s0/data``):
     the enclosing group's multiscales entry, the array's level in it and the group's URL. None if no
     group up to ``depth`` levels above lists the array. Storage trouble is raised, not taken for "none"."""
     import zarr
 
+    url = place.url
     head, rel = url.rstrip("/"), ""
     for _ in range(depth):
         if "/" not in head.split("://", 1)[-1].strip("/"):
@@ -175,7 +185,7 @@ def _parent_multiscales(url: str, storage_options: dict[str, Any] | None, zarr_f
         head, _, last = head.rpartition("/")
         rel = f"{last}/{rel}".strip("/")
         try:
-            group = zarr.open_group(store=storage.zarr_store(head, storage_options, read_only=True), mode="r",
+            group = zarr.open_group(store=storage.zarr_store(place.at(head), read_only=True), mode="r",
                                     zarr_format=storage.as_zarr_format(zarr_format))
         except Exception as e:  # not a group (absent, a plain folder): look one level up
             if is_transient(e):
@@ -191,9 +201,10 @@ def _parent_multiscales(url: str, storage_options: dict[str, Any] | None, zarr_f
 _warned_frames: set[str] = set()
 
 
-def _array_frame(url: str, storage_options: dict[str, Any] | None, node: Any, level: int) -> tuple[Frame, str]:
+def _array_frame(place: Place, node: Any, level: int) -> tuple[Frame, str]:
     """The frame of an input given as an array, and how to name it ("level 1 of scroll.zarr")."""
-    found = _parent_multiscales(url, storage_options, int(node.metadata.zarr_format))
+    url = place.url
+    found = _parent_multiscales(place, int(node.metadata.zarr_format))
     if found is not None:
         ms, k, group = found
         if level != 0:
@@ -209,12 +220,13 @@ def _array_frame(url: str, storage_options: dict[str, Any] | None, node: Any, le
     return Frame(), "the input"
 
 
-def _missing(url: str, storage_options: dict[str, Any] | None) -> BadInput:
-    """No Zarr node at ``url``: nothing there, or something else (a file, a zip archive, a folder of notes)."""
+def _missing(place: Place) -> BadInput:
+    """No Zarr node at ``place``: nothing there, or something else (a file, a zip archive, a folder of notes)."""
     from vesuvius_inference.store.whatsthere import not_zarr
 
+    url = place.url
     try:
-        found = not_zarr(url, storage_options)
+        found = not_zarr(place)
     except Exception as e:  # noqa: BLE001 - only the message depends on it; storage trouble shows on the read
         if kind(e) == "transient":
             raise classify(e, f"opening the input {url}") from e
@@ -224,19 +236,20 @@ def _missing(url: str, storage_options: dict[str, Any] | None) -> BadInput:
     return BadInput(f"input {url} exists but is not a Zarr store: {found}")
 
 
-def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None = None) -> InputVolume:
-    """Open ``url`` as the model's input; one clear BadInput line for anything unusable.
+def open_volume(place: Place, level: int = 0) -> InputVolume:
+    """Open ``place`` as the model's input; one clear BadInput line for anything unusable.
 
     The world frame (scale, translation, units) comes from the OME-Zarr multiscales: the group's when
     ``url`` is a group (level ``level``), the enclosing group's when it is one of that group's arrays.
     """
     import zarr
 
+    url = place.url
     try:
-        store = storage.zarr_store(url, storage_options, read_only=True)
+        store = storage.zarr_store(place, read_only=True)
         node = zarr.open(store=store, mode="r")
     except FileNotFoundError:
-        raise _missing(url, storage_options) from None
+        raise _missing(place) from None
     except Exception as e:  # zarr raises a variety of errors for non-zarr paths; storage trouble is not one
         if kind(e) is not None:
             raise classify(e, f"opening the input {url}") from e
@@ -253,7 +266,7 @@ def open_volume(url: str, level: int = 0, storage_options: dict[str, Any] | None
             raise BadInput(f"input {url}: level {level} ({paths[level]}) is a Zarr group, not an array")
         frame, where = Frame.from_multiscales(ms, level), f"level {level} of the input"
     else:
-        frame, where = _array_frame(url, storage_options, node, level)
+        frame, where = _array_frame(place, node, level)
     if node.ndim not in (3, 4):
         raise BadInput(f"input {url} has {node.ndim} dimensions {tuple(node.shape)}; expected (Z,Y,X) or (C,Z,Y,X)")
     if np.dtype(node.dtype).kind not in "uif":

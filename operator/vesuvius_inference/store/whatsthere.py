@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from vesuvius_inference.contract.locations import join
+from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
 
 ZARR_METADATA = ("zarr.json", ".zarray", ".zgroup")  # a Zarr v3 node, a v2 array, a v2 group
@@ -53,12 +54,12 @@ def _zip_words(url: str, fs: Any, path: str) -> str:
     return f"it is a zip archive: read the Zarr store inside it as zip://{root}::{url}"
 
 
-def not_zarr(url: str, storage_options: Mapping[str, Any] | None = None) -> str | None:
+def not_zarr(place: Place) -> str | None:
     """None when nothing is at ``url``; else what is there (for "exists but is not a Zarr store: ...").
     Called once a Zarr open has failed, so a store with Zarr metadata is not expected here; one that has
     it (an unreadable one) gets None too, and the caller's own message stands."""
-    so = dict(storage_options or {})
-    fs, path = storage.filesystem(url, so)
+    url = place.url
+    fs, path = storage.filesystem(place)
     if not fs.exists(path):
         return None
     if fs.isfile(path):
@@ -72,7 +73,7 @@ def not_zarr(url: str, storage_options: Mapping[str, Any] | None = None) -> str 
         size = fs.size(path) or 0
         return (f"it is a file ({os.path.basename(path)}, {_size(int(size))}); a Zarr store is a folder or prefix "
                 "holding zarr.json (Zarr v3) or .zarray/.zgroup (Zarr v2)")
-    names = storage.list_names(url, so)
+    names = storage.list_names(place)
     if any(n in names for n in ZARR_METADATA):
         return None
     if not names:
