@@ -326,6 +326,14 @@ def to_env(cfg: Any) -> dict[str, str]:
     return out
 
 
+def _at_path(spec: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted spec path (``inference.batchSize``), None where any step is missing."""
+    node: Any = spec
+    for key in path.split("."):
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
 def crd_values(cls: type, command: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     """The settings an InferenceJob spec (defaults applied) gives for ``command``, by each one's spec path."""
     out = {}
@@ -333,9 +341,7 @@ def crd_values(cls: type, command: str, spec: Mapping[str, Any]) -> dict[str, An
         path = opt.crd_path(command)
         if path is None:
             continue
-        node: Any = spec
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
+        node = _at_path(spec, path)
         if node is not None:  # through the option's own text form: the value a parsed argv would give
             value = tuple(node) if isinstance(node, list) else node
             out[f.name] = opt.parse(opt.render(value)) if opt.parse else value
@@ -380,9 +386,7 @@ def crd_problems(cls: type, command: str, spec: Mapping[str, Any]) -> list[str]:
         path = opt.crd_path(command)
         if path is None:
             continue
-        node: Any = spec
-        for key in path.split("."):
-            node = node.get(key) if isinstance(node, Mapping) else None
+        node = _at_path(spec, path)
         problem = value_problem(opt, node, path)
         if problem:
             out.append(problem)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vesuvius_inference.contract.progress import ProgressLine, format_duration
+from vesuvius_inference.k8s.status import parse_time
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -114,18 +115,6 @@ HELD = frozenset({"KueueMissing", "GPUUnavailable", "PodsNotCreated", "PodsUnsch
                   "PodsStuck", "Evicted", "Queued"})
 
 
-def _epoch(value: Any) -> float | None:
-    import datetime as dt
-
-    if not value:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
-
-
 def _fraction(progress: dict[str, Any]) -> float:
     total = float(progress.get("total") or 0)
     return min(1.0, float(progress.get("done") or 0) / total) if total > 0 else 0.0
@@ -175,10 +164,10 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
         here, progress = here + 1, {}  # e.g. all parts predicted, the blend Job about to start
     fractions = [1.0 if i < here else (_fraction(progress) if i == here and progress else 0.0)
                  for i in range(len(STAGES))]
-    ends = [_epoch((stages.get(s) or {}).get("completionTime")) if i < here else None
+    ends = [parse_time((stages.get(s) or {}).get("completionTime")) if i < here else None
             for i, s in enumerate(STAGES)]
-    begins = [_epoch(status.get("startTime")), ends[0], ends[1]]
-    at = _epoch(progress.get("observedAt"))
+    begins = [parse_time(status.get("startTime")), ends[0], ends[1]]
+    at = parse_time(progress.get("observedAt"))
     eta_s = progress.get("etaSeconds")
     measured: list[float | None] = []
     for i in range(len(STAGES)):

@@ -13,7 +13,6 @@ so a count of 2 means this call created the name. Other stores have no such writ
 from __future__ import annotations
 
 import os
-import uuid
 
 from vesuvius_inference.contract.place import Place
 from vesuvius_inference.store import storage
@@ -29,10 +28,7 @@ def create(place: Place, data: bytes) -> bool:
     """Create ``place`` with ``data`` unless it exists; True if this call created it."""
     if place.is_local:
         path = place.local_path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
+        tmp = storage.local_temp_copy(path, data)
         try:
             os.link(tmp, path)
         except FileExistsError:

@@ -78,6 +78,16 @@ def write_json(place: Place, obj: Any) -> None:
 
 
 @waiting("writing")
+def local_temp_copy(path: str, data: bytes) -> str:
+    """``data`` in a new temporary file beside ``path`` (its folder made): the first half of an atomic
+    local write, which the caller completes by renaming (replace) or linking (create once) it."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    return tmp
+
+
 def write_bytes(place: Place, data: bytes) -> None:
     """Write an object so that readers see the old one or the new one, never half of it.
 
@@ -85,11 +95,7 @@ def write_bytes(place: Place, data: bytes) -> None:
     """
     if place.is_local:
         path = place.local_path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        os.replace(local_temp_copy(path, data), path)
         return
     fs, path = filesystem(place)
     fs.pipe_file(path, data)
