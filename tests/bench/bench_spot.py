@@ -4,7 +4,7 @@ pod stuck Terminating on a node that went dark, and the run must complete withou
 Run: ``python tests/bench/bench_spot.py [--parts 4] [--outage 5]``. Prints figures, never asserts on them.
 Against one emulated API server (tests/k8s/kmock_api.py) with the real operator (``vesuvius-inference
 operator``) and the Job controller fixture (tests/k8s/job_controller.py: real predict/blend/finalize pods as
-local processes on the CPU, 4 emulated nodes), everything on moto's S3 behind a proxy (tests/storage/outage.py):
+local processes on the CPU, 4 emulated nodes), everything on moto's S3 behind a proxy (tests/store/outage.py):
 
 1. a baseline: the same InferenceJob undisturbed; its predict pods' seconds are the work itself;
 2. the spot run, once its pods are past their first checkpoint: every running predict pod evicted
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-for p in (ROOT / "tests" / "k8s", ROOT / "tests" / "storage", ROOT / "tests", ROOT / "operator"):
+for p in (ROOT / "tests" / "k8s", ROOT / "tests", ROOT / "operator"):
     sys.path.insert(0, str(p))
 
 import yaml  # noqa: E402
@@ -61,8 +61,8 @@ def _storage(tmp: Path) -> tuple[Any, str]:
     import s3fs
     from helpers import smooth_volume, write_zarr
     from moto.server import ThreadedMotoServer
-    from outage import free_port
     from plugins.s3 import _atomic_conditional_puts
+    from store.outage import free_port
     from vesuvius_inference.model.nnunet_folder import make_dataset_json, make_plans, write_model_folder
 
     _atomic_conditional_puts()  # moto's PutObject made atomic, as S3's is (the tests' server does the same)
@@ -133,8 +133,8 @@ def main() -> int:
     import kubernetes
     from job_controller import JobController, Node
     from kmock_api import KubeAPI, ServerThread
-    from outage import Outage, free_port, proxy
     from plugins.k8s import OperatorProcess
+    from store.outage import Outage, free_port, proxy
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-spot-"))
     moto, moto_url = _storage(tmp)

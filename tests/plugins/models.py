@@ -75,7 +75,7 @@ def reference_run(tmp_path_factory):
 
     Many tests compare a route (several parts, S3, HTTP, a tiny cache, a remote model) against the same
     plain run; the blended logits and the output are byte-identical for any number of parts
-    (engine/test_oracle.py, engine/test_stages.py), so one plain run serves them all.
+    (predict/test_oracle.py, stages/test_stages.py), so one plain run serves them all.
     """
     import zarr
     from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig

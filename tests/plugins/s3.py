@@ -1,7 +1,7 @@
 """A real S3 API for tests: moto's server on 127.0.0.1, reached through s3fs like production.
 
-A pytest plugin (tests/conftest.py's ``pytest_plugins``): tests/storage, tests/k8s and tests/images share one
-server per session (per xdist worker).
+A pytest plugin (tests/conftest.py's ``pytest_plugins``): tests/store and the other layers' folders,
+tests/k8s and tests/images share one server per session (per xdist worker).
 """
 
 from __future__ import annotations

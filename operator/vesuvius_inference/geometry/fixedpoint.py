@@ -41,7 +41,7 @@ def gaussian_q(patch: Sequence[int]) -> np.ndarray:
     peak ``value_scaling_factor``, zeros floored to the smallest nonzero weight) with the same
     ``scipy.ndimage.gaussian_filter``; its float64 -> float16 step goes through float32 because torch's
     does (c10::Half is built from a float: two roundings, which differ from numpy's direct one for some
-    patch sizes). tests/engine/test_geometry_oracle.py holds it equal to nnU-Net's torch map."""
+    patch sizes). tests/geometry/test_geometry_oracle.py holds it equal to nnU-Net's torch map."""
     from scipy.ndimage import gaussian_filter
 
     tile = tuple(int(p) for p in patch)

@@ -30,7 +30,7 @@ def nnunet_steps(image_size: Sequence[int], tile_size: Sequence[int], tile_step_
     """nnU-Net's patch starts per axis, ported line for line from nnunetv2
     ``inference/sliding_window_prediction.py`` ``compute_steps_for_sliding_window`` (v2.5-2.8), so that
     blend, finalize and plan need neither nnunetv2 nor the torch it imports (1.7 s and 281 MB per process).
-    tests/engine/test_geometry_oracle.py holds it equal to nnU-Net's on thousands of random shapes."""
+    tests/geometry/test_geometry_oracle.py holds it equal to nnU-Net's on thousands of random shapes."""
     target = [t * tile_step_size for t in tile_size]
     num_steps = [int(np.ceil((i - k) / j)) + 1 for i, j, k in zip(image_size, target, tile_size)]
     steps = []

@@ -4,7 +4,7 @@ Every situation below runs the real command line in-process; its exit code and t
 are asserted, and its whole line (temporary paths and ports written as ``…`` and ``P``) must be the
 README's row between the ``observed-errors`` markers. When a message changes, regenerate the table:
 
-    VESUVIUS_WRITE_ERROR_TABLE=1 pytest tests/engine/test_error_table.py
+    VESUVIUS_WRITE_ERROR_TABLE=1 pytest tests/cli/test_error_table.py
 
 which rewrites those rows from what this run observed (and still fails once, so that a stale README
 can never pass silently).

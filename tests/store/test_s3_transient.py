@@ -10,8 +10,9 @@ import sys
 
 import numpy as np
 import zarr
-from flaky_proxy import ACCESS_DENIED, SLOW_DOWN, FlakyProxy
 from helpers import run_cli, smooth_volume, write_zarr
+
+from store.flaky_proxy import ACCESS_DENIED, SLOW_DOWN, FlakyProxy
 
 
 def cli(*args, endpoint):

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import smooth_volume, write_zarr
-from outage import Outage, free_port, proxy, serve_folder
-from test_outages import PREDICT, final_of
 from vesuvius_inference.contract.storagelines import waiting_line
 from vesuvius_inference.store.storagewait import Outage as Clock
 from vesuvius_inference.store.storagewait import call
+
+from store.outage import Outage, free_port, proxy, serve_folder
+from store.test_outages import PREDICT, final_of
 
 SHAPE, CHUNKS = (16, 64, 96), (8, 32, 32)
 WAITING = "storage unreachable ("

@@ -15,8 +15,9 @@ import sys
 
 import numpy as np
 import zarr
-from engine.test_signals import STOPPED, Log, _patches_done
 from helpers import smooth_volume, write_zarr
+
+from predict.test_signals import STOPPED, Log, _patches_done
 
 
 def _cmd(*args) -> list[str]:

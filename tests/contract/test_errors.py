@@ -2,7 +2,7 @@
 the standard library), built here as those libraries build them, and the exit code each gets.
 Storage that is unreachable or failing is transient (74), missing data, denied access and missing
 credentials permanent (3), the rest a failure worth a retry (1). The end-to-end cases (servers that
-go away) are tests/storage/test_outages.py."""
+go away) are tests/store/test_outages.py."""
 
 from __future__ import annotations
 

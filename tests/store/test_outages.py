@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from outage import Outage, free_port, proxy, serve_folder
+
+from store.outage import Outage, free_port, proxy, serve_folder
 
 # small enough for a few seconds of model time, large enough for checkpoints between batches
 SHAPE, CHUNKS = (16, 64, 96), (8, 32, 32)

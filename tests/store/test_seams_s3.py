@@ -4,14 +4,15 @@ with If-None-Match: *, so of two parts finishing a chunk at once exactly one cre
 from __future__ import annotations
 
 import pytest
-from seamcase import (
+from vesuvius_inference.contract.place import Place
+from vesuvius_inference.store import createonce
+
+from store.seamcase import (
     check_frozen_holder_races_its_taker,
     check_killed_mid_merge,
     check_race,
     check_rerun_of_finished_parts,
 )
-from vesuvius_inference.contract.place import Place
-from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_s3_admits_one_writer(s3):

@@ -14,14 +14,15 @@ import time
 import numpy as np
 import zarr
 from helpers import run_cli, smooth_volume, write_zarr
-from seamcase import (
+from vesuvius_inference.contract.place import Place
+from vesuvius_inference.store import createonce
+
+from store.seamcase import (
     check_frozen_holder_races_its_taker,
     check_killed_mid_merge,
     check_race,
     check_rerun_of_finished_parts,
 )
-from vesuvius_inference.contract.place import Place
-from vesuvius_inference.store import createonce
 
 
 def test_create_once_on_disk_admits_one_writer(tmp_path):

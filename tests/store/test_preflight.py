@@ -66,7 +66,7 @@ def test_a_folder_that_is_not_a_zarr_store_is_refused_and_untouched_even_with_ov
 
 def test_a_zarr_store_we_did_not_write_is_never_replaced(done, tmp_path):
     """Issue 23 changed this: --overwrite used to replace it, and a scan spelled differently from --input was
-    deleted that way. Only what this program wrote is replaced (tests/engine/test_safety.py)."""
+    deleted that way. Only what this program wrote is replaced (tests/contract/test_safety.py)."""
     root, common = done
     foreign = tmp_path / "theirs.zarr"
     zarr.create_array(str(foreign), shape=(4, 4), dtype="uint8", zarr_format=3)[:] = 7

@@ -1,0 +1,2 @@
+"""Tests of vesuvius_inference.contract: settings and their routes, errors and exit codes, progress lines,
+locations and places, prechecks, NGFF metadata."""
