@@ -5,7 +5,7 @@ killContainer; minimumGracePeriodInSeconds 2 s), here on a time-scaled cluster (
 A preempted pod whose stop (the batch in flight and its checkpoint) fits in its grace exits 80, which the
 podFailurePolicy ignores; one whose stop outlasts the grace is SIGKILLed (137): what the operator's derived grace
 (k8s/grace.py) is there to prevent. Stub pods (job_controller.Hook ``stop_s``) play predict's SIGTERM handler:
-the real one is tested in tests/engine/test_signals.py.
+the real one is tested in tests/predict/test_signals.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ test fixture playing the Job controller that runs every pod's container command 
 
 Inference runs on the CPU: the emulated nodes have no GPU, so specs say ``inference.device: cpu``. With
 the CRD's default device (cuda) a predict pod here exits 69 before writing anything, as it does on a
-GPU node whose GPU the container cannot see (tests/engine/test_devices.py).
+GPU node whose GPU the container cannot see (tests/predict/test_devices.py).
 """
 
 from __future__ import annotations
