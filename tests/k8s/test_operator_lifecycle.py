@@ -9,8 +9,6 @@ are about the control plane; test_operator_e2e.py runs the real CLI in the pods.
 
 from __future__ import annotations
 
-import time
-
 import kubernetes
 import pytest
 import yaml
@@ -58,7 +56,7 @@ def test_ttl_deleted_jobs_are_never_run_again(cluster, operator, stub_controller
     cluster.create_ij(spec_for("ttl0", ttlSecondsAfterFinished=0))
     cluster.wait("predict deleted by its TTL while blend runs", lambda: "ttl-predict" not in cluster.jobs("ttl")
                  and ("ttl-blend", 0) in stub_controller.running(), timeout=60)
-    time.sleep(2.5)  # a resync and the blend Job's events come and go: nothing may re-create predict
+    operator.settle()  # a resync and the blend Job's events come and go: nothing may re-create predict
     assert "ttl-predict" not in cluster.jobs("ttl")
     for name in ("ttl", "ttl0"):
         done = cluster.wait_phase(name, "Succeeded", timeout=90)
@@ -66,7 +64,8 @@ def test_ttl_deleted_jobs_are_never_run_again(cluster, operator, stub_controller
         assert {k: v["state"] for k, v in done["status"]["stages"].items()} == {
             "predict": "Complete", "blend": "Complete", "finalize": "Complete"}
     cluster.wait("every Job deleted by the TTL controller", lambda: cluster.jobs() == {}, timeout=30)
-    deleted = {name for _, name, _ in cluster.server.call(lambda: list(cluster.api.ttl.deleted))}
+    deleted = {name for ns, name, _ in cluster.server.call(lambda: list(cluster.api.ttl.deleted))
+               if ns == cluster.namespace}
     assert deleted == {f"{n}-{s}" for n in ("ttl", "ttl0") for s in ("predict", "blend", "finalize")}
     # Foreground deletion, as the TTL controller asks: the Job waited for its pods, then went
     history = cluster.server.call(cluster.api.history, "batch/v1/jobs", cluster.namespace, "ttl-predict")
@@ -151,7 +150,7 @@ def test_jobs_the_api_server_would_refuse_are_refused_up_front_or_fail_the_run(c
     failed = cluster.wait_phase("policy", "Failed", timeout=60)
     assert failed["status"]["reason"] == "CreateFailed" and cond(failed, "Failed")["reason"] == "CreateFailed"
     assert denial in failed["status"]["message"] and "403 Forbidden" in failed["status"]["message"]
-    time.sleep(4)  # two resyncs: no retry storm
+    operator.settle(resyncs=2)  # two resyncs and their passes: no retry storm
     assert fault.hits == 1 and cluster.jobs("policy") == {}
     assert "CreateFailed" in [e["reason"] for e in cluster.events("policy")]
 
@@ -260,7 +259,9 @@ def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_waits_for_
     cluster.patch_ij("queued", {"spec": {"suspend": True}})
     cluster.wait_phase("queued", "Suspended", timeout=30)
     cluster.wait("the predict pods gone", lambda: not stub_controller.running(), timeout=30)
-    time.sleep(2.5)  # Kueue would restart a Job that the operator had suspended itself
+    rounds = kueue.ticks  # Kueue would restart a Job that the operator had suspended itself
+    operator.settle()
+    kueue.wait_ticks(rounds + 2)
     assert not stub_controller.running(), "Kueue restarted the suspended Job: its GPUs keep running"
     assert cluster.jobs("queued")["queued-predict"]["spec"]["suspend"] is True
     wl = workload()
@@ -282,7 +283,9 @@ def test_with_kueue_suspend_goes_through_the_workload_and_parallelism_waits_for_
     note = cluster.wait("parallelism refused with a condition", lambda: (o := cluster.ij("queued")) and cond_true(
         o, "ParallelismNotApplied") and o, timeout=30)
     assert "while Kueue runs it" in cond(note, "ParallelismNotApplied")["message"]
-    time.sleep(2.5)
+    rounds = kueue.ticks
+    operator.settle()  # a resync's pass would apply it, and Kueue would then stop the Job to re-queue it
+    kueue.wait_ticks(rounds + 2)
     assert cluster.jobs("queued")["queued-predict"]["spec"]["parallelism"] == 1
     assert len([a for a in kueue.actions if a[0] == "stopped"]) == stops  # never re-queued
     stub_controller.release()
