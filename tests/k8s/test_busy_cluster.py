@@ -281,9 +281,9 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     for r in ("PredictStarted", "BlendStarted", "FinalizeStarted", "Succeeded"):
         assert r in reasons, reasons
     # every list the operator made was selective: Jobs by label, pods by label, phase and limit; no pod watch
-    requests = cluster.server.call(lambda: list(cluster.api))
+    requests = cluster.server.call(lambda: list(cluster.api))  # the module's: this run's reads are in its namespace
     ours = [r for r in requests if (r.headers.get("User-Agent") or "").startswith("vesuvius-inference-operator/")]
-    pods = [r for r in ours if r.method == "GET" and r.url.path.endswith("/pods")]
+    pods = [r for r in ours if r.method == "GET" and r.url.path.endswith(f"/namespaces/{cluster.namespace}/pods")]
     assert pods and all(r.params.get("labelSelector") and r.params.get("limit") and r.params.get("fieldSelector")
                         for r in pods)
     jobs = [r for r in ours if r.method == "GET" and r.url.path.endswith(f"/namespaces/{cluster.namespace}/jobs")]

@@ -21,8 +21,6 @@ from plugins.k8s import SAMPLE, VOLUME_SHAPE, cond, cond_true
 
 pytestmark = pytest.mark.slow
 
-JOB_INDEX = "batch.kubernetes.io/job-completion-index"
-
 
 def sample() -> dict:
     return yaml.safe_load(SAMPLE.read_text())
@@ -172,36 +170,9 @@ def test_failed_part_fails_the_run_and_retry_reruns_only_that_part(cluster, oper
 
 
 # ---- 3 ------------------------------------------------------------------------------------------
-
-def test_transient_failure_is_retried_and_preemption_is_not_counted(cluster, operator, controller, s3_env):
-    controller.fail("flaky-predict", index=0, exit_code=1, message="transient: connection reset by peer")
-    controller.preempt("flaky-predict", index=1, after=1.0)
-    cluster.create_ij(spec_for("flaky", parts=2))
-    done = cluster.wait_phase("flaky", "Succeeded", timeout=240)
-    assert done["status"]["parts"]["succeeded"] == 2 and done["status"]["parts"]["failed"] == 0
-
-    runs = [(r.index, r.attempt, r.exit_code, r.action, r.conditions) for r in controller.results_of("flaky-predict")]
-    assert sorted(runs) == [(0, 0, 1, "Count", []), (0, 1, 0, "Succeeded", []),
-                            (1, 0, 137, "Ignore", ["DisruptionTarget"]), (1, 1, 0, "Succeeded", [])]
-    job = cluster.jobs("flaky")["flaky-predict"]
-    assert job["spec"]["backoffLimitPerIndex"] == 2
-    # the transient failure counts once; the preemption does not count at all
-    assert job["status"]["failed"] == 1 and job["status"]["succeeded"] == 2
-    assert job["status"]["completedIndexes"] == "0-1" and job["status"]["failedIndexes"] == ""
-    assert cond_true(job, "Complete") and not cond(job, "Failed")
-    pods = {(p["metadata"]["annotations"][JOB_INDEX], p["metadata"]["name"]): p for p in cluster.pods("flaky-predict")}
-    by_index: dict[str, list[dict]] = {}
-    for (i, _), p in sorted(pods.items(), key=lambda kv: kv[1]["metadata"]["creationTimestamp"]):
-        by_index.setdefault(i, []).append(p)
-    assert [len(by_index["0"]), len(by_index["1"])] == [2, 2]
-    preempted = next(p for p in by_index["1"] if p["status"]["phase"] == "Failed")
-    assert preempted["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
-    assert any(c["type"] == "DisruptionTarget" and c["status"] == "True" for c in preempted["status"]["conditions"])
-    # the ignored-failure count only when above zero, as upstream (indexed_job_utils.go, addIndexFailureCountAnnotation)
-    counts = {i: sorted((p["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"],
-                         p["metadata"]["annotations"].get("batch.kubernetes.io/job-index-ignored-failure-count", "-"))
-                        for p in ps) for i, ps in by_index.items()}
-    assert counts == {"0": [("0", "-"), ("1", "-")], "1": [("0", "-"), ("0", "1")]}
+# A transient failure retried and counted once, a preemption not counted: with the drains of the same podFailurePolicy
+# wiring in test_disruptions.py's test_a_part_drained_and_preempted_past_the_old_bound_completes (one run of real
+# pods for both; the rules themselves are tables in test_manifests.py and test_stop_policy.py).
 
 
 # ---- 4 and 5 --------------------------------------------------------------------------------------

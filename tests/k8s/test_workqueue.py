@@ -236,7 +236,7 @@ def test_resync_skips_finished_runs_and_liveness_sees_a_silent_api_server(cluste
     fault = cluster.server.call(cluster.api.fail_requests, "GET", r"/inferencejobs/[^/]+$", 500, "silent",
                                 times=10_000, hang_s=30.0)
     cluster.wait("liveness failing", lambda: _health(operator) == 500, timeout=60, interval=1.0)
-    fault.times = 0  # it answers again
+    fault.times = fault.hang_s = 0  # it answers again, the requests it held too
     cluster.wait("liveness back", lambda: _health(operator) == 200, timeout=60, interval=1.0)
 
 
