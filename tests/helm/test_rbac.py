@@ -170,7 +170,10 @@ def owner_reference_rules(source: str, filename: str = "<src>") -> set[Rule]:
     return rules
 
 
-def operator_code_rules() -> set[Rule]:
+@functools.cache
+def operator_code_rules() -> frozenset[Rule]:
+    """Once per session: the scan walks every call in the operator's package (seconds), and each scenario below
+    compares its chart with the same code."""
     files = sorted(K8S_DIR.glob("*.py"))
     assert files, K8S_DIR
     methods = _client_method_names()
@@ -178,7 +181,7 @@ def operator_code_rules() -> set[Rule]:
     for path in files:
         rules |= scan_source(path.read_text(), str(path.relative_to(REPO)), methods)
         rules |= owner_reference_rules(path.read_text(), str(path.relative_to(REPO)))
-    return rules
+    return frozenset(rules)
 
 
 def _crd_names() -> dict[str, Any]:

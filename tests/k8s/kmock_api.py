@@ -246,7 +246,8 @@ class Fault:
     times: int = 1
     when: Callable[[Any], bool] | None = None
     hits: int = 0
-    hang_s: float = 0.0  # first answer nothing for this long (a server or connection that went silent)
+    hang_s: float = 0.0  # first answer nothing for this long (a server or connection that went silent;
+    # set to 0, the requests it holds are answered at once)
 
 
 @dataclass
@@ -504,8 +505,10 @@ class KubeAPI(kmock.KubernetesEmulator):
             if fault.hits < fault.times and fault.method == method and re.search(fault.path, request.url.path) and (
                     fault.when is None or fault.when(request.data)):
                 fault.hits += 1
-                if fault.hang_s:
-                    await asyncio.sleep(fault.hang_s)
+                if fault.hang_s:  # silence, until hang_s passes or is set to 0 (the server answers again)
+                    end = asyncio.get_running_loop().time() + fault.hang_s
+                    while fault.hang_s and asyncio.get_running_loop().time() < end:
+                        await asyncio.sleep(0.1)
                 raise _err(fault.status, _REASONS.get(fault.status, "InternalError"), fault.message)
         if method == "GET" and params.get("watch") in ("true", "1"):
             return await self._watch(request, route, params)

@@ -130,6 +130,7 @@ class KueueController:
         self.requeuing_limit, self.backoff_s = requeuing_limit, backoff_s
         self.actions: list[tuple[str, str, str]] = []  # (action, job, reason): started, stopped, ...
         self.errors: list[BaseException] = []
+        self.ticks = 0  # reconcile rounds made (a test's bound on "Kueue did not undo it", instead of a sleep)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kueue", daemon=True)
 
@@ -150,7 +151,15 @@ class KueueController:
 
                 if not (isinstance(e, kubernetes.client.ApiException) and e.status in (404, 409)):
                     self.errors.append(e)
+            self.ticks += 1
             self._stop.wait(self.poll)
+
+    def wait_ticks(self, n: int, timeout: float = 30.0) -> None:
+        """Until ``n`` reconcile rounds in all have run (each looks at every Job and Workload once)."""
+        deadline = time.monotonic() + timeout
+        while self.ticks < n:
+            assert time.monotonic() < deadline, f"Kueue made {self.ticks} of {n} rounds in {timeout:.0f}s"
+            time.sleep(0.05)
 
     # ---- API helpers --------------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -173,6 +172,7 @@ def test_the_operators_pods_are_not_the_kubelets_first_victims():
 
 # ---- Kueue's decisions -------------------------------------------------------------------------------
 
+@pytest.mark.own_cluster("Kueue is installed cluster-wide (run_kueue), with settings of this test's own")
 def test_kueue_deactivating_a_workload_itself_is_shown_and_never_undone(cluster, operator, stub_controller):
     """waitForPodsReady with requeuingBackoffLimitCount 1: pods that never get ready are evicted once
     (PodsReadyTimeout), then Kueue deactivates the Workload. The run shows it; the operator leaves it be."""
@@ -186,7 +186,9 @@ def test_kueue_deactivating_a_workload_itself_is_shown_and_never_undone(cluster,
         s = cond(held, "Suspended")
         assert held["status"]["reason"] == s["reason"] == "DeactivatedByKueueRequeuingLimitExceeded"
         assert "exceeding the maximum number of re-queuing retries" in s["message"]
-        time.sleep(3)  # resyncs and Kueue passes: nobody reactivates it
+        rounds = kueue.ticks  # resyncs and Kueue passes: nobody reactivates it
+        operator.settle()
+        kueue.wait_ticks(rounds + 2)
         (wl,) = kueue.workloads()
         assert wl["spec"]["active"] is False and cond(wl, "Evicted")["reason"] == \
             "DeactivatedDueToRequeuingLimitExceeded"
@@ -199,6 +201,7 @@ def test_kueue_deactivating_a_workload_itself_is_shown_and_never_undone(cluster,
         assert "DeactivatedByKueueRequeuingLimitExceeded" in described
 
 
+@pytest.mark.own_cluster("Kueue is installed cluster-wide (run_kueue), serving v1beta1 only")
 def test_a_queue_too_small_for_the_default_parallelism_says_so_and_a_lower_one_runs(
         cluster, operator, stub_controller):
     """parallelism defaults to parts: 4 GPUs against a ClusterQueue of 2. Kueue never admits it (ExceedsMaxQuota);
@@ -272,8 +275,8 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     pod = next(p["metadata"]["name"] for p in cluster.pods("watch-predict"))
     assert LINES[1] in kubectl(cluster, "logs", pod, capture="run-logs")
     metrics = operator.metrics()
-    assert 'vesuvius_inferencejob_work_total{namespace="vesuvius",name="watch",stage="predict",unit="patches"} ' \
-           '20000' in metrics and 'vesuvius_inferencejobs{phase="Predicting"} 1' in metrics
+    assert f'vesuvius_inferencejob_work_total{{namespace="{cluster.namespace}",name="watch",stage="predict",' \
+           'unit="patches"} 20000' in metrics and 'vesuvius_inferencejobs{phase="Predicting"} 1' in metrics
     stub_controller.release()
     cluster.wait_phase("watch", "Succeeded", timeout=60)
     kubectl(cluster, "describe", "ij", "watch", capture="run-describe")
@@ -281,12 +284,12 @@ def test_progress_with_kubectl_alone_and_reads_that_stay_selective(cluster, oper
     for r in ("PredictStarted", "BlendStarted", "FinalizeStarted", "Succeeded"):
         assert r in reasons, reasons
     # every list the operator made was selective: Jobs by label, pods by label, phase and limit; no pod watch
-    requests = cluster.server.call(lambda: list(cluster.api))
+    requests = cluster.server.call(lambda: list(cluster.api))  # the module's: this run's reads are in its namespace
     ours = [r for r in requests if (r.headers.get("User-Agent") or "").startswith("vesuvius-inference-operator/")]
-    pods = [r for r in ours if r.method == "GET" and r.url.path.endswith("/pods")]
+    pods = [r for r in ours if r.method == "GET" and r.url.path.endswith(f"/namespaces/{cluster.namespace}/pods")]
     assert pods and all(r.params.get("labelSelector") and r.params.get("limit") and r.params.get("fieldSelector")
                         for r in pods)
-    jobs = [r for r in ours if r.method == "GET" and r.url.path.endswith("/jobs")]
+    jobs = [r for r in ours if r.method == "GET" and r.url.path.endswith(f"/namespaces/{cluster.namespace}/jobs")]
     assert jobs and all(r.params.get("labelSelector") == "vesuvius.dev/inferencejob=watch" for r in jobs)
     job_watch = [r for r in requests if r.url.path.endswith("/jobs") and r.params.get("watch")
                  and "kopf" in (r.headers.get("User-Agent") or "")]

@@ -19,19 +19,23 @@ CT_MODEL = "s3://models/ct-nnunet"
 U16_SCAN = "s3://scrolls/PHerc0332-u16/volume.zarr"
 
 
-@pytest.fixture
-def uint16_scan(s3_env, model_factory):
-    """The e2e scan as uint16 (x * 257) and a CT model (plans' foreground range [5, 250]) in S3."""
+@pytest.fixture(scope="module")
+def uint16_scan(e2e_storage, model_factory):
+    """The e2e scan as uint16 (x * 257) and a CT model (plans' foreground range [5, 250]) in S3, written once
+    for the module's tests (which only read them)."""
     import numpy as np
     import s3fs
     from helpers import write_zarr
 
-    model = model_factory(patch=(32, 32, 32), folds=(0,), features=(2, 4, 8), normalization="CTNormalization")
-    fs = s3fs.S3FileSystem()
-    for f in sorted(model.rglob("*")):
-        if f.is_file():
-            fs.put_file(str(f), f"{CT_MODEL[len('s3://'):]}/{f.relative_to(model)}")
-    write_zarr(U16_SCAN, s3_env.volume.astype(np.uint16) * 257, chunks=VOLUME_CHUNKS)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in e2e_storage.env.items():
+            mp.setenv(k, v)
+        model = model_factory(patch=(32, 32, 32), folds=(0,), features=(2, 4, 8), normalization="CTNormalization")
+        fs = s3fs.S3FileSystem()
+        for f in sorted(model.rglob("*")):
+            if f.is_file():
+                fs.put_file(str(f), f"{CT_MODEL[len('s3://'):]}/{f.relative_to(model)}")
+        write_zarr(U16_SCAN, e2e_storage.volume.astype(np.uint16) * 257, chunks=VOLUME_CHUNKS)
     return U16_SCAN
 
 

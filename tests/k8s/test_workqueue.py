@@ -235,9 +235,11 @@ def test_resync_skips_finished_runs_and_liveness_sees_a_silent_api_server(cluste
     assert _health(operator) == 200
     fault = cluster.server.call(cluster.api.fail_requests, "GET", r"/inferencejobs/[^/]+$", 500, "silent",
                                 times=10_000, hang_s=30.0)
-    cluster.wait("liveness failing", lambda: _health(operator) == 500, timeout=60, interval=1.0)
-    fault.times = 0  # it answers again
-    cluster.wait("liveness back", lambda: _health(operator) == 200, timeout=60, interval=1.0)
+    # polled often: the probe fails only while a hung pass is older than 3 resync periods, a window of a few
+    # seconds in each cycle of a pass's timed-out tries (polled once a second, this wait took 12 to 43 s)
+    cluster.wait("liveness failing", lambda: _health(operator) == 500, timeout=60, interval=0.2)
+    fault.times = fault.hang_s = 0  # it answers again, the requests it held too
+    cluster.wait("liveness back", lambda: _health(operator) == 200, timeout=60, interval=0.2)
 
 
 def test_every_metric_family_is_exposed_once():

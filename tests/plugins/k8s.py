@@ -3,13 +3,23 @@
 A pytest plugin (tests/conftest.py's ``pytest_plugins``): tests/k8s and tests/images use these fixtures by
 name; tests import the helpers below from ``plugins.k8s``.
 
-- ``cluster``: a fresh :class:`kmock_api.KubeAPI` in a thread, the InferenceJob CRD installed from
-  crds/inferencejob.yaml, namespace ``vesuvius``, a kubeconfig pointing at it (``KUBECONFIG`` and the
-  kubernetes client's default location are set to it, so handlers.py's ``_apis()`` finds it).
-- ``operator``: the product's own entry point ``vesuvius-inference operator -n vesuvius`` as a
-  subprocess, started, with a 2 s resync (VESUVIUS_RESYNC_SECONDS) and a 3 s grace for pods that
-  cannot start (VESUVIUS_STUCK_POD_SECONDS); ``kill()`` is SIGKILL (a crash, mid-handler if need be),
-  ``start()`` restarts it (with ``env`` changes, if any).
+What is expensive is shared by the tests of one module; what a test changes is its own:
+
+- ``cluster``: a namespace of its own (``vesuvius-<n>-<test>``) on the module's :class:`kmock_api.KubeAPI`
+  (``kube_server``: a server in a thread, the InferenceJob CRD installed from crds/inferencejob.yaml), a
+  kubeconfig pointing at it with that namespace (``KUBECONFIG`` and the kubernetes client's default location
+  are set to it, so handlers.py's ``_apis()`` finds it). Server-wide switches a test flips (``gc.delay``,
+  ``validate_crds``) are put back and its InferenceJobs deleted when it ends. A test gets a server of its own
+  (namespace ``vesuvius``), started and stopped with it, when it does not use ``operator`` (no operator may act
+  on what it checks), uses ``kueue`` (Kueue's CRDs and webhook are cluster-wide, and the operator remembers for
+  10 minutes that Kueue was missing), or says why with ``@pytest.mark.own_cluster("why")``.
+- ``operator``: the product's own entry point ``vesuvius-inference operator`` as a subprocess, with a 2 s
+  resync (VESUVIUS_RESYNC_SECONDS) and a 3 s grace for pods that cannot start (VESUVIUS_STUCK_POD_SECONDS).
+  On the module's server one process (``--all-namespaces``, as the chart runs it with ``rbac.allNamespaces``)
+  serves every test of the module, each in its namespace; it is (re)started when a test finds it stopped
+  or with other settings. On a server of the test's own, a process of its own (``--namespace vesuvius``).
+  ``kill()`` is SIGKILL (a crash, mid-handler if need be), ``start()`` restarts it (with ``env`` changes, if
+  any); ``wait_passes``/``wait_resyncs``/``settle`` wait on its /metrics counters instead of sleeping.
 - ``kueue``: tests/k8s/kueue.py's Kueue (Job webhook + controllers) on the same API server.
 - ``controller``: :class:`job_controller.JobController` on that namespace (pods run as local processes);
   ``stub_controller``: the same with every pod stubbed (a short sleep, exit 0), for control-plane tests.
@@ -21,7 +31,9 @@ name; tests import the helpers below from ``plugins.k8s``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -97,10 +109,11 @@ def s3_env(e2e_storage, monkeypatch) -> Storage:
 class Cluster:
     """The API server plus kubernetes-client handles and small helpers for the tests."""
 
-    def __init__(self, server: Any, kubeconfig: str, namespace: str) -> None:
+    def __init__(self, server: Any, kubeconfig: str, namespace: str, private: bool = True) -> None:
         import kubernetes
 
         self.server, self.api, self.kubeconfig, self.namespace = server, server.api, kubeconfig, namespace
+        self.private = private  # False: the module's server, shared with the module's other tests
         self.client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
         self.custom = kubernetes.client.CustomObjectsApi(self.client)
         self.batch = kubernetes.client.BatchV1Api(self.client)
@@ -180,50 +193,118 @@ class Cluster:
         return "\n".join(lines)
 
 
-@pytest.fixture
-def cluster(tmp_path, monkeypatch) -> Iterator[Cluster]:
-    import kubernetes
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_cluster(why): this test needs an API server (and operator) of its own")
+
+
+@contextlib.contextmanager
+def _serve() -> Iterator[Any]:
+    """A KMock API server in a thread with what every cluster here has: the admission plugins
+    (ServiceAccount, Priority, ResourceQuota) and the InferenceJob CRD."""
     from k8s import admission
     from k8s.kmock_api import KubeAPI, ServerThread
 
     with ServerThread(KubeAPI()) as server:
-        server.call(admission.install, server.api)  # on in every cluster: ServiceAccount, Priority, ResourceQuota
+        server.call(admission.install, server.api)
         server.call(server.api.install_crd, yaml.safe_load((ROOT / "crds" / "inferencejob.yaml").read_text()))
-        server.call(server.api.create, "v1/namespaces", None, {"metadata": {"name": NAMESPACE}})
-        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def kube_server() -> Iterator[Any]:
+    """The API server the tests of one module share, each in a namespace of its own."""
+    with _serve() as server:
+        yield server
+
+
+_namespaces = itertools.count(1)
+
+
+def _own_cluster_reason(request: pytest.FixtureRequest) -> str | None:
+    """Why this test gets an API server of its own (None: it shares the module's)."""
+    marker = request.node.get_closest_marker("own_cluster")
+    if marker is not None:
+        return str(marker.args[0] if marker.args else "own_cluster")
+    if "operator" not in request.fixturenames:
+        return "no operator: none may act on what the test checks"
+    if "kueue" in request.fixturenames:
+        return "Kueue's CRDs and webhook are cluster-wide, and the operator remembers that Kueue was missing"
+    return None
+
+
+def _delete_inferencejobs(cluster: Cluster) -> None:
+    """What a test leaves behind on the shared server: its InferenceJobs (their Jobs and pods follow by the
+    garbage collector), so that the module's operator stops working on them."""
+    for ij in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL)["items"]:
+        with contextlib.suppress(Exception):
+            cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.namespace, PLURAL,
+                                                           ij["metadata"]["name"])
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[Cluster]:
+    import kubernetes
+
+    with contextlib.ExitStack() as stack:
+        private = _own_cluster_reason(request) is not None
+        if private:
+            server, namespace = stack.enter_context(_serve()), NAMESPACE
+        else:
+            server = request.getfixturevalue("kube_server")
+            slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower().removeprefix("test_"))
+            namespace = f"{NAMESPACE}-{next(_namespaces)}-{slug}"[:63].rstrip("-")
+        server.call(server.api.create, "v1/namespaces", None, {"metadata": {"name": namespace}})
+        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig", namespace)
         monkeypatch.setenv("KUBECONFIG", kubeconfig)
         # kubernetes.config reads KUBECONFIG when imported: point its default there too (handlers._apis)
         monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", kubeconfig)
-        yield Cluster(server, kubeconfig, NAMESPACE)
+        cl = Cluster(server, kubeconfig, namespace, private=private)
+        switches = server.call(lambda: (server.api.gc.delay, server.api.validate_crds))
+        yield cl
+        if not private:  # the next test finds the server as this one found it
+            server.call(lambda: (setattr(server.api.gc, "delay", switches[0]),
+                                 setattr(server.api, "validate_crds", switches[1])))
+            _delete_inferencejobs(cl)
 
 
 # ---- the operator -------------------------------------------------------------------------------
 
-class OperatorProcess:
-    """``vesuvius-inference operator`` (the Helm chart's command) as a subprocess against the KMock server."""
+DEFAULT_ENV = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3", "VESUVIUS_DIAGNOSE_SECONDS": "1",
+               "VESUVIUS_PROGRESS_SECONDS": "1", "VESUVIUS_MIN_PASS_INTERVAL": "0.2"}
+DEFAULT_ARGS = ["--metrics-auth=none"]  # metrics read without a token here (test_metrics_auth.py: with)
 
-    def __init__(self, kubeconfig: str, namespace: str, logdir: Path) -> None:
+
+class OperatorProcess:
+    """``vesuvius-inference operator`` (the Helm chart's command) as a subprocess against the KMock server,
+    serving ``namespace`` (None: every namespace, ``--all-namespaces``)."""
+
+    def __init__(self, kubeconfig: str, namespace: str | None, logdir: Path) -> None:
         self.kubeconfig, self.namespace, self.logdir = kubeconfig, namespace, logdir
-        self.env = {"VESUVIUS_RESYNC_SECONDS": "2", "VESUVIUS_STUCK_POD_SECONDS": "3",
-                    "VESUVIUS_DIAGNOSE_SECONDS": "1", "VESUVIUS_PROGRESS_SECONDS": "1", "VESUVIUS_MIN_PASS_INTERVAL": "0.2"}
+        self.env = dict(DEFAULT_ENV)
         self.proc: subprocess.Popen[bytes] | None = None
-        self.extra_args = ["--metrics-auth=none"]  # metrics read without a token here (test_metrics_auth.py: with)
+        self.extra_args = list(DEFAULT_ARGS)
         self.starts = 0
         self.port = 0
         self.metrics_port = 0
+        self._started_with: tuple[dict[str, str], list[str]] = ({}, [])
 
     @property
     def log(self) -> Path:
         return self.logdir / f"operator-{self.starts}.log"
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 60.0) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "the operator is already running"
+        assert not self.running(), "the operator is already running"
         self.starts += 1
         self.port, self.metrics_port = _free_port(), _free_port()
         env = dict(os.environ, KUBECONFIG=self.kubeconfig, **self.env)
+        scope = ["-n", self.namespace] if self.namespace else ["--all-namespaces"]
+        self._started_with = (dict(self.env), list(self.extra_args))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vesuvius_inference.cli", "operator", "-n", self.namespace,
+                [sys.executable, "-m", "vesuvius_inference.cli", "operator", *scope,
                  "--liveness", f"http://127.0.0.1:{self.port}/healthz", "--log-level", "INFO",
                  "--metrics-port", str(self.metrics_port), *self.extra_args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -239,25 +320,67 @@ class OperatorProcess:
                 raise AssertionError(f"the operator did not become live:\n{self.tail()}")
             time.sleep(0.2)
 
+    def ensure_default(self) -> None:
+        """Running, with the default settings: what a test of the module's shared operator starts from
+        (a test before it may have stopped it, or restarted it with other settings)."""
+        self.env, self.extra_args = dict(DEFAULT_ENV), list(DEFAULT_ARGS)
+        if self.running() and self._started_with != (self.env, self.extra_args):
+            self.kill()
+        if not self.running():
+            self.start()
+
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
 
+    def snapshot(self) -> dict[str, float]:
+        """The unlabelled series of this operator process's ``/metrics``, from one scrape."""
+        return {f[0]: float(f[1]) for f in (line.split() for line in self.metrics().splitlines())
+                if len(f) == 2 and not f[0].startswith("#") and "{" not in f[0]}
+
+    def metric(self, name: str) -> float:
+        """One unlabelled series of this operator process's ``/metrics``."""
+        value = self.snapshot().get(name)
+        if value is None:
+            raise AssertionError(f"no {name} in /metrics")
+        return value
+
     def passes(self) -> float:
         """The reconcile passes this operator process has made (its ``/metrics`` counter)."""
-        for line in self.metrics().splitlines():
-            if line.startswith("vesuvius_operator_reconcile_passes_total"):
-                return float(line.split()[-1])
-        raise AssertionError("no vesuvius_operator_reconcile_passes_total in /metrics")
+        return self.metric("vesuvius_operator_reconcile_passes_total")
+
+    def resyncs(self) -> float:
+        """The periodic resyncs this operator process has made (each listed the unfinished InferenceJobs
+        and queued a pass for each)."""
+        return self.metric("vesuvius_operator_resyncs_total")
+
+    def _wait_metric(self, what: str, name: str, n: float, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name)) < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the operator made {value:.0f} of {n} {what} in {timeout:.0f}s:\n" + self.tail())
+            time.sleep(0.1)
 
     def wait_passes(self, n: float, timeout: float = 60.0) -> None:
         """Until this process has made ``n`` passes in all: a bounded wait on what a fixed sleep hoped for."""
-        deadline = time.monotonic() + timeout
-        while self.passes() < n:
+        self._wait_metric("passes", "vesuvius_operator_reconcile_passes_total", n, timeout)
+
+    def wait_resyncs(self, n: float, timeout: float = 60.0) -> None:
+        """Until this process has made ``n`` resyncs in all."""
+        self._wait_metric("resyncs", "vesuvius_operator_resyncs_total", n, timeout)
+
+    def settle(self, resyncs: int = 1, timeout: float = 60.0) -> None:
+        """Until ``resyncs`` more resyncs have queued their passes and every queued pass has run: what the
+        operator would do about the present state (an event, or the resync of an unfinished run) is done.
+        The bound for tests that prove something does NOT happen, instead of sleeping a resync period."""
+        self.wait_resyncs(self.resyncs() + resyncs, timeout)
+        deadline, idle = time.monotonic() + timeout, 0
+        while idle < 2:  # two scrapes in a row: the depth and the running passes are read one after the other
+            m = self.snapshot()
+            idle = idle + 1 if m["vesuvius_operator_queue_depth"] == m["vesuvius_operator_queue_processing"] == 0 else 0
             if time.monotonic() > deadline:
-                raise AssertionError(f"the operator made {self.passes():.0f} of {n} passes in {timeout:.0f}s:\n"
-                                     + self.tail())
-            time.sleep(0.1)
+                raise AssertionError(f"the operator's queue did not drain in {timeout:.0f}s:\n" + self.tail())
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL: no graceful shutdown, whatever handler is running dies with it."""
@@ -275,13 +398,39 @@ class OperatorProcess:
         return "\n".join(out)
 
 
-@pytest.fixture
-def operator(cluster, tmp_path) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, cluster.namespace, tmp_path)
-    cluster.diagnostics.append(op.tail)
-    op.start()
+@pytest.fixture(scope="module")
+def shared_operator(kube_server, tmp_path_factory) -> Iterator[OperatorProcess]:
+    """One operator process for the module's tests on its shared server (started by the first that asks)."""
+    logdir = tmp_path_factory.mktemp("operator")
+    op = OperatorProcess(kube_server.kubeconfig(logdir / "kubeconfig"), None, logdir)
     yield op
     op.kill()
+
+
+def _series_gone(op: OperatorProcess, namespace: str) -> bool:
+    with contextlib.suppress(OSError):
+        return f'namespace="{namespace}"' not in op.metrics()
+    return True  # no answer: not running
+
+
+@pytest.fixture
+def operator(request: pytest.FixtureRequest, cluster, tmp_path) -> Iterator[OperatorProcess]:
+    if cluster.private:  # a server of the test's own: an operator of its own (cluster's docstring says when)
+        op = OperatorProcess(cluster.kubeconfig, cluster.namespace, tmp_path)
+        cluster.diagnostics.append(op.tail)
+        op.start()
+        yield op
+        op.kill()
+        return
+    op = request.getfixturevalue("shared_operator")
+    op.ensure_default()
+    cluster.diagnostics.append(op.tail)
+    yield op
+    # the test's InferenceJobs go, and with them their metrics series (the next test's metrics are its own)
+    _delete_inferencejobs(cluster)
+    if op.running():
+        cluster.wait("the operator to drop the namespace's metrics", lambda: _series_gone(op, cluster.namespace),
+                     timeout=30)
 
 
 @pytest.fixture
@@ -331,6 +480,7 @@ def run_kueue(cluster: Cluster, versions: tuple[str, ...] = ("v1beta2", "v1beta1
     ClusterQueue quota and waitForPodsReady settings."""
     from k8s import kueue as kueue_emulation
 
+    assert cluster.private, "Kueue is installed cluster-wide: mark the test @pytest.mark.own_cluster(...)"
     cluster.server.call(kueue_emulation.install, cluster.api, versions)
     ctl = kueue_emulation.KueueController(cluster.client, cluster.namespace, version=versions[0], **kw)
     cluster.diagnostics.append(lambda: f"kueue actions: {ctl.actions} errors: {ctl.errors!r}")

@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # it only stops watching CRDs and Namespaces, which would need cluster-scoped RBAC.
         settings.scanning.disabled = not args.cluster_discovery
 
+    # namespaces: a list, empty with --all-namespaces (kopf's default is (); None crashed its namespace observer
+    # with "'NoneType' object is not iterable" at start, so the chart's allNamespaces mode never ran)
     kopf.run(standalone=args.standalone, namespaces=args.namespace or (), clusterwide=args.all_namespaces,
              liveness_endpoint=args.liveness or None)
     return 0
