@@ -172,6 +172,7 @@ def preempt_workload(kueue, wl: dict, preemptor_uid: str, job_uid: str) -> None:
 
 # ---- the situations ------------------------------------------------------------------------------------
 
+@pytest.mark.own_cluster("Kueue is installed cluster-wide (run_kueue): its CRDs and webhook are the server's")
 def test_a_preemption(cluster, operator, stub_controller):
     """Kueue preempts the run's Workload: every predict pod is deleted at once; the run shows Evicted with
     Kueue's reason and message, is admitted again by itself, and the new pods resume."""
