@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from vesuvius_inference.cli import parse
+from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.ranges import count_ranges, format_ranges, parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
@@ -139,14 +140,14 @@ def test_blend_and_finalize_jobs():
     parsed = parse("blend", expand(b["spec"]["template"]["spec"]["containers"][0]["args"][1:], "3"))
     # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
     assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
-    assert parsed.parts_dir == manifests.parts_dir(s)
+    assert parsed.parts_dir == paths.parts_url(s.workdir)
     assert "nvidia.com/gpu" not in b["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
     m = specmod.parse(yaml.safe_load((SAMPLES / "minimal.yaml").read_text())["spec"])
     f = manifests.finalize_job("ij", "ns", "u", m)
     assert f["spec"]["completionMode"] == "NonIndexed" and f["spec"]["podFailurePolicy"]["rules"][1]["action"] == "FailJob"
     parsed = parse("finalize", f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
     assert parsed.delete_intermediates and parsed.output_path == "s3://results/PHerc0332/surface.zarr"
-    assert parsed.input_path == manifests.parts_dir(m) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
+    assert parsed.input_path == paths.parts_url(m.workdir) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
 
 
 def test_spec_validation_beyond_the_schema():
@@ -225,7 +226,7 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
     m = sample("minimal.yaml")
     args = parse("finalize", manifests.finalize_args(m)[1:])
     # the parts are the only intermediate (predict writes the output itself): finalize removes them, its INPUT
-    assert args.delete_intermediates and args.input_path == manifests.parts_dir(m) == m.workdir + "/parts"
+    assert args.delete_intermediates and args.input_path == paths.parts_url(m.workdir) == m.workdir + "/parts"
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
     args = parse("finalize", manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete

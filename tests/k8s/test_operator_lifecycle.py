@@ -219,7 +219,7 @@ def test_repeated_retry_bumps_and_replays_never_run_a_part_twice(cluster, operat
     # that counts only if the Job is this object's
     body = cluster.ij("twice")
     again = manifests.predict_job("twice", cluster.namespace, body["metadata"]["uid"], specmod.parse(body["spec"]),
-                                  handlers.defaults_from_env(), part_ids=[1], attempt=1)
+                                  manifests.defaults_from_env(), part_ids=[1], attempt=1)
     batch = kubernetes.client.BatchV1Api(cluster.client)
     assert act.create_job(batch, cluster.namespace, again, body["metadata"]["uid"])[0] == "exists"
     assert act.create_job(batch, cluster.namespace, again, "another-uid")[0] == "foreign"

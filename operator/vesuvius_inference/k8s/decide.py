@@ -25,15 +25,15 @@ from vesuvius_inference.k8s.status import (
     ChildJobs,
     bounded,
     checks_needed,
-    classify,
-    derive,
+    compute_status,
     job_finished,
     missing_parts,
-    next_stage,
     owner_uids,
     parse_time,
     part_sets,
     ranges_brief,
+    sort_children,
+    stage_to_create,
 )
 
 Event = tuple[str, str, str]  # type, reason, message
@@ -118,7 +118,7 @@ def _context(obs: Observed, outcomes: Outcomes | None) -> _Ctx:
     uid = meta.get("uid", "")
     jobs = list(obs.jobs) + [job for _, job, _ in (outcomes.created if outcomes else [])]
     return _Ctx(obs, parse(obs.body.get("spec") or {}), dict(obs.body.get("status") or {}), uid, meta["name"],
-                int(meta.get("generation") or 1), iso(obs.now_s), classify(jobs, uid),
+                int(meta.get("generation") or 1), iso(obs.now_s), sort_children(jobs, uid),
                 [g for g in obs.gone if uid in owner_uids(g)])
 
 
@@ -153,7 +153,8 @@ def _invalid(ctx: _Ctx, text: str) -> Plan:
 
 
 def _status0(ctx: _Ctx) -> dict[str, Any]:
-    return derive(ctx.spec, ctx.children, ctx.prev, ctx.now, ctx.generation, ctx.gone, notes=ctx.obs.notes)
+    return compute_status(ctx.spec, ctx.children, ctx.prev, now=ctx.now, generation=ctx.generation, gone=ctx.gone,
+                          notes=ctx.obs.notes)
 
 
 def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[str, str]] | None:
@@ -199,7 +200,7 @@ def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
         out.append(retry)
     if deleted_by_kueue(ctx) is not None:
         return out  # nothing else: neither the next stage nor a check of a Job Kueue deleted on purpose
-    stage = next_stage(status, ctx.children)
+    stage = stage_to_create(status, ctx.children)
     if stage is not None and retry is None:
         make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
         job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults)
@@ -234,8 +235,8 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     extra.append(("ChildJobConflict", bool(outcomes.conflicts), "ForeignJob", conflict_text))
     policy_text = bounded("; ".join(refused))
     extra.append((policy.REASON, bool(refused), policy.REASON, policy_text))
-    status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
-                    ctx.obs.notes)
+    status = compute_status(ctx.spec, ctx.children, prev, now=ctx.now, generation=ctx.generation, gone=ctx.gone,
+                            extra=extra, refused=outcomes.refused, held=held, notes=ctx.obs.notes)
     if refused and status["phase"] not in ("Succeeded", "Failed", "Suspended") and not _unfinished(ctx):
         status.update(reason=policy.REASON, message=policy_text)  # nothing runs: the policy is why
     status = _with_progress(ctx, status)

@@ -53,7 +53,6 @@ _scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "me
                           "metrics_cert_dir": ""}
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _guard = threading.Lock()
-defaults_from_env = manifests.defaults_from_env  # what the Helm chart's env sets
 
 
 def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0,
@@ -372,4 +371,4 @@ def _alive(**_: Any) -> str:
     return "ok"
 
 
-__all__ = ["reconcile", "defaults_from_env", "configure_scope", "runtime"]
+__all__ = ["reconcile", "configure_scope", "runtime"]

@@ -112,10 +112,6 @@ def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
         raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
 
 
-def parts_dir(spec: JobSpec) -> str:
-    return paths.parts_dir(spec.workdir)
-
-
 def _index(n: int) -> str:
     return INDEX if n > 1 else "0"
 
@@ -125,7 +121,7 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
     writing the output's chunk rows it alone covers (the fused data path: no blended intermediate). A retry
     Job's part ids are in its pods' annotation, read as a file (the module docstring), never an argument."""
     cfg = PredictConfig(**crd_values(PredictConfig, "predict", spec.raw), input_dir=spec.input_uri,
-                        output_dir=parts_dir(spec), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
+                        output_dir=paths.parts_url(spec.workdir), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
                         part_ids_file=PART_IDS_FILE if part_ids is not None else None)
     return ["predict", *to_argv(cfg, overrides={"part_id": INDEX})]
 
@@ -133,7 +129,7 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
 def blend_args(spec: JobSpec) -> list[str]:
     """The seams between parts; the pyramid is finalize's."""
     values = crd_values(BlendConfig, "blend", spec.raw)
-    cfg = BlendConfig(**values, parts_dir=parts_dir(spec), output=spec["output"]["uri"], seams_only=True)
+    cfg = BlendConfig(**values, parts_dir=paths.parts_url(spec.workdir), output=spec["output"]["uri"], seams_only=True)
     return ["blend", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
@@ -141,7 +137,7 @@ def finalize_args(spec: JobSpec) -> list[str]:
     """The pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
     (INPUT, removed once the output is complete) unless keepIntermediates."""
     values = crd_values(FinalizeConfig, "finalize", spec.raw)
-    cfg = FinalizeConfig(**values, input_path=parts_dir(spec), output_path=spec["output"]["uri"], input_kind="parts",
+    cfg = FinalizeConfig(**values, input_path=paths.parts_url(spec.workdir), output_path=spec["output"]["uri"], input_kind="parts",
                          delete_intermediates=not spec["keepIntermediates"])
     return ["finalize", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
@@ -149,7 +145,7 @@ def finalize_args(spec: JobSpec) -> list[str]:
 def check_args(spec: JobSpec, stage: str) -> list[str]:
     """``vesuvius-inference check``: is the work of a stage whose Job vanished unseen on storage?"""
     if stage == "predict":
-        return ["check", "predict", "--parts_dir", parts_dir(spec), "--num_parts", str(spec.parts)]
+        return ["check", "predict", "--parts_dir", paths.parts_url(spec.workdir), "--num_parts", str(spec.parts)]
     return ["check", "finalize", "--output", spec["output"]["uri"]]
 
 

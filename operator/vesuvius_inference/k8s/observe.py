@@ -28,7 +28,7 @@ from vesuvius_inference.contract.storagelines import storage_answers, waiting_li
 from vesuvius_inference.k8s import inputcheck, kueue, manifests, progressview, stalls
 from vesuvius_inference.k8s.clients import Clients
 from vesuvius_inference.k8s.decide import Diagnosis, Observed, iso
-from vesuvius_inference.k8s.status import ChildJobs, check_verdict, classify, cond, job_finished
+from vesuvius_inference.k8s.status import ChildJobs, check_verdict, cond, job_finished, sort_children
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
@@ -99,7 +99,7 @@ class Observer:
         now = self.clock()
         obs = Observed(namespace, body, jobs, self.defaults(), now, gone=list(gone),
                        stall_grace_s=self.settings.stall_grace_s)
-        children = classify(jobs, body["metadata"].get("uid", ""))
+        children = sort_children(jobs, body["metadata"].get("uid", ""))
         obs.workloads = self._workloads(namespace, children)
         # both Workload API versions 404'd (now, or within kueue_recheck_s) while Jobs carry a queue label
         obs.kueue_missing = not self.kueue_versions and any(

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vesuvius_inference.contract import stageplan as pipeline_order
+from vesuvius_inference.contract import stageplan
 from vesuvius_inference.contract.ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
 from vesuvius_inference.k8s.spec import JobSpec
 
@@ -82,7 +82,7 @@ def checked_uid(job: Mapping[str, Any]) -> str:
     return ((job.get("metadata") or {}).get("annotations") or {}).get(CHECKS_UID, "")
 
 
-def classify(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
+def sort_children(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
     """Sort listed Jobs into stages; only Jobs whose ownerReferences name ``uid`` are this object's."""
     out = ChildJobs()
     for j in jobs:
@@ -449,10 +449,11 @@ def _names(jobs: ChildJobs) -> dict[str, Any]:
     return names
 
 
-def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, now: str, generation: int,
-           gone: Sequence[Mapping[str, Any]] = (), extra: Sequence[tuple[str, bool, str, str]] = (),
-           refused: tuple[str, str] | None = None, held: tuple[str, str] | None = None,
-           notes: Mapping[str, str] | None = None) -> dict[str, Any]:
+def compute_status(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, *, now: str,
+                   generation: int, gone: Sequence[Mapping[str, Any]] = (),
+                   extra: Sequence[tuple[str, bool, str, str]] = (),
+                   refused: tuple[str, str] | None = None, held: tuple[str, str] | None = None,
+                   notes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The full status.
 
     ``gone``: final bodies of deleted child Jobs (their watch DELETED events); ``extra``: (type, true?,
@@ -509,7 +510,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
     return status
 
 
-def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
+def stage_to_create(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
     """Which stage's Job the operator should create now, if any: the pipeline's order (stageplan.next_stage)
     over what the ledger records as complete, gated by what Kubernetes already holds. A stage that status
     records as created (even if its Job is gone since) is never created again, except a blend Job that was
@@ -523,7 +524,7 @@ def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
     done = {s for s in ("blend", "finalize") if _state(stages, s) == "Complete"}
     if stages.get("predict") and parts.get("succeeded", 0) >= parts.get("total", 1):
         done.add("predict")
-    stage = pipeline_order.next_stage(done)
+    stage = stageplan.next_stage(done)
     if stage is None or getattr(jobs, stage) is not None:
         return None
     if stage == "predict":
@@ -580,5 +581,5 @@ def status_patch(prev: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return patch
 
 
-__all__ = ["ChildJobs", "classify", "derive", "next_stage", "part_sets", "job_finished", "count_ranges", "PHASES",
-           "status_patch", "missing_parts", "ranges_brief", "checks_needed", "check_verdict"]
+__all__ = ["ChildJobs", "sort_children", "compute_status", "stage_to_create", "part_sets", "job_finished",
+           "count_ranges", "PHASES", "status_patch", "missing_parts", "ranges_brief", "checks_needed", "check_verdict"]
