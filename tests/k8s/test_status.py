@@ -41,7 +41,7 @@ def job(kind, s, *, done="", failed=None, condition=None, active=0, part_ids=Non
     """A child Job as the API server returns it, with the status the Job controller writes."""
     make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}[kind]
     extra = {"part_ids": part_ids, "attempt": attempt} if kind == "predict" and part_ids is not None else {}
-    j = make("ij", "ns", uid, s, **extra)
+    j = make("ij", "ns", uid, spec=s, **extra)
     j["metadata"]["uid"] = f"{j['metadata']['name']}-{uid}"
     st = {"active": active, "completedIndexes": done}
     if failed is not None:
@@ -110,7 +110,7 @@ def test_succeeded_stays_succeeded_when_every_job_is_gone():
 
 def check(s, stage, lost_uid, verdict):
     """A check Job as the Job controller leaves it: Complete (exit 0), or Failed by its FailJob rule (exit 10)."""
-    j = manifests.check_job("ij", "ns", UID, s, stage, lost_uid)
+    j = manifests.check_job("ij", "ns", UID, spec=s, stage=stage, lost_uid=lost_uid)
     j["metadata"]["uid"] = f"check-{stage}-{verdict}"
     conds = {"Complete": [{"type": "Complete", "status": "True"}],
              "Incomplete": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],

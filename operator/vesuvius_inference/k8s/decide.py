@@ -167,7 +167,8 @@ def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, 
     todo = missing_parts(status, part_sets(ctx.spec, ctx.children).covered)
     if not todo:
         return None
-    job = manifests.predict_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults,
+    job = manifests.predict_job(ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec,
+                                defaults=ctx.obs.defaults,
                                 part_ids=sorted(todo), attempt=attempt)
     return "predict", job, ("RetryingParts", f"re-running parts {ranges_brief(todo)} as {retry_name}")
 
@@ -203,13 +204,14 @@ def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
     stage = stage_to_create(status, ctx.children)
     if stage is not None and retry is None:
         make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
-        job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults)
+        job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec, defaults=ctx.obs.defaults)
         started = {"predict": ("PredictStarted", f"created {job['metadata']['name']} with {ctx.spec.parts} parts"),
                    "blend": ("BlendStarted", "all parts predicted; created the blend Job"),
                    "finalize": ("FinalizeStarted", "blend complete; created the finalize Job")}[stage]
         out.append((stage, job, started))
     for checked, lost_uid in checks_needed(status, ctx.children):
-        job = manifests.check_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, checked, lost_uid, ctx.obs.defaults)
+        job = manifests.check_job(ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec, stage=checked,
+                                  lost_uid=lost_uid, defaults=ctx.obs.defaults)
         lost = (status.get("stages") or {}).get(checked, {}).get("job", "")
         out.append(("check", job, ("CheckingLostStage", f"{lost} was deleted before its end was seen; "
                                                          f"{job['metadata']['name']} checks its work on storage")))
@@ -247,7 +249,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
         status = _failed_by_kueue(ctx, status, kueue_deleted)
     status = _with_run(ctx, status)
     status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
-                                                   ctx.obs.intensity, ctx.now, ctx.generation)
+                                                   ctx.obs.intensity, now=ctx.now, generation=ctx.generation)
     plan.events += _condition_events(ctx, extra) + found + _phase_events(ctx, status)
     plan.status = status
     return plan
@@ -349,8 +351,9 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
     for job in unfinished:
         d = (ctx.obs.diagnoses or {}).get(job["metadata"].get("uid", ""))
         if d is not None:
-            for s in stalls.explain(d.events or [], d.pending or [], d.failed or [], job["metadata"]["name"],
-                                    ctx.obs.now_s, ctx.obs.stall_grace_s, d.terminating or []):
+            for s in stalls.explain(d.events or [], d.pending or [], d.failed or [],
+                                    job_name=job["metadata"]["name"], now_s=ctx.obs.now_s,
+                                    grace_s=ctx.obs.stall_grace_s, terminating=d.terminating or []):
                 found.setdefault(s.kind, s)
     out: list[Extra] = []
     for kind in stalls.KINDS:

@@ -56,7 +56,7 @@ _guard = threading.Lock()
 
 
 def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0,
-                    metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
+                    *, metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
     """Where the periodic resync looks (the operator's --namespace / --all-namespaces), --metrics-port,
     --metrics-auth and --metrics-cert-dir."""
     _scope.update(namespaces=list(namespaces), all=all_namespaces, metrics_port=metrics_port,
@@ -121,7 +121,7 @@ def queue_metrics(passes: Passes) -> list[str]:
             *queue_lines]
 
 
-def liveness_problem(passes: Passes, resync_at: float, resync_s: float, now: float,
+def liveness_problem(passes: Passes, resync_at: float, resync_s: float, *, now: float,
                      periods: float = 3.0) -> str | None:
     """Why the operator is not alive (None: it is): work has waited ``periods`` resync periods and no pass
     finished meanwhile, or the resync has not listed for that long. Idle (nothing to do) is alive."""
@@ -156,7 +156,7 @@ def reconcile(namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) ->
         try:
             for _ in range(3):
                 try:
-                    status = _pass(rt, namespace, name, gone)
+                    status = _pass(rt, namespace, name, gone=gone)
                     ok = True
                     return status
                 except kubernetes.client.ApiException as e:
@@ -168,7 +168,7 @@ def reconcile(namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) ->
             metrics.observe_pass(time.monotonic() - began, ok)
 
 
-def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def _pass(rt: Runtime, namespace: str, name: str, *, gone: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     began, requests = time.monotonic(), rt.clients.requests.value
     obs = rt.observer.observe(namespace, name, gone)
     if obs is None:
@@ -177,11 +177,11 @@ def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]
     obs.policy = rt.policy
     obs.secret = rt.secrets.for_spec(namespace, obs.body.get("spec") or {}, rt.policy)
     plan = decide(obs)
-    outcomes = act.create(rt.clients, namespace, plan, obs.body["metadata"].get("uid", ""))
+    outcomes = act.create(rt.clients, namespace, plan, uid=obs.body["metadata"].get("uid", ""))
     plan = decide(obs, outcomes)
-    act.apply(rt.clients, namespace, obs.body, plan)
+    act.apply(rt.clients, namespace, obs.body, plan=plan)
     status = plan.status if plan.status is not None else obs.body.get("status")
-    act.label_finished(rt.clients, namespace, obs.body, FINISHED, finished(obs.body, status))
+    act.label_finished(rt.clients, namespace, obs.body, label=FINISHED, finished=finished(obs.body, status))
     rt.registry.record(namespace, name, status)
     rt.stats["passes"] += 1
     log.debug("pass %s/%s: %d API requests, %.0f ms", namespace, name, rt.clients.requests.value - requests,
@@ -363,8 +363,8 @@ def _alive(**_: Any) -> str:
     """kopf's liveness endpoint answers 500 when this raises (see the module docstring)."""
     rt = runtime()
     resync = resync_seconds() if _scope["all"] or _scope["namespaces"] else 0.0  # else no resync task runs
-    problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, time.monotonic(),
-                               float(os.environ.get("VESUVIUS_LIVENESS_RESYNCS", "3")))
+    problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, now=time.monotonic(),
+                               periods=float(os.environ.get("VESUVIUS_LIVENESS_RESYNCS", "3")))
     if problem is not None:
         log.error("liveness: %s", problem)
         raise kopf.PermanentError(problem)

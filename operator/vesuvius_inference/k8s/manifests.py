@@ -240,7 +240,7 @@ def container_resources(spec: JobSpec, stage: str) -> dict[str, dict[str, str]]:
     return fill_in({"requests": requests, "limits": limits}, spec, stage)
 
 
-def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool, outage_budget: bool = True
+def _failure_rules(spec: JobSpec, stage: str, action: str, *, indexed: bool, outage_budget: bool = True
                    ) -> list[dict[str, Any]]:
     """Disruptions cost no retry; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
     Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required").
@@ -303,7 +303,7 @@ def queue_name(spec: JobSpec, stage: str, defaults: OperatorDefaults) -> str | N
     return own or defaults.cpu_queue_name
 
 
-def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults) -> dict[str, str]:
+def _labels(ij_name: str, stage: str, spec: JobSpec, *, defaults: OperatorDefaults) -> dict[str, str]:
     labels = {**(spec.get("labels") or {}), LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
               "app.kubernetes.io/name": "vesuvius-inference"}
     queue = queue_name(spec, stage, defaults)
@@ -312,7 +312,7 @@ def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults)
     return labels
 
 
-def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, indexed: bool,
+def _container(stage: str, spec: JobSpec, args: list[str], *, defaults: OperatorDefaults, indexed: bool,
                part_ids: bool) -> dict[str, Any]:
     env, env_from = _env(spec, stage, indexed)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"},
@@ -336,7 +336,7 @@ def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDef
     return container
 
 
-def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: OperatorDefaults, part_ids: bool
+def _pod(stage: str, spec: JobSpec, container: dict[str, Any], *, defaults: OperatorDefaults, part_ids: bool
          ) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}]
     if part_ids:
@@ -406,12 +406,12 @@ def job_metadata(spec: JobSpec, stage: str, parallelism: int) -> tuple[dict[str,
     return labels, annotations
 
 
-def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outage_budget: bool = True
+def _completion(spec: JobSpec, stage: str, completions: int, *, indexed: bool, outage_budget: bool = True
                 ) -> dict[str, Any]:
     retry = spec["retry"]
     if not indexed:
         limit = 2 if stage == "check" else int(retry["perPartLimit"])
-        rules = _failure_rules(spec, stage, "FailJob", False, outage_budget)
+        rules = _failure_rules(spec, stage, "FailJob", indexed=False, outage_budget=outage_budget)
         if stage == "check":  # "incomplete" is an answer, not a failure worth a retry
             rules = [rules[0], {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
                                                                      "values": [EXIT_INCOMPLETE]}}]
@@ -419,8 +419,9 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outa
                 "podFailurePolicy": {"rules": rules}}
     out: dict[str, Any] = {"completionMode": "Indexed", "backoffLimitPerIndex": int(retry["perPartLimit"]),
                            "podReplacementPolicy": "Failed",
-                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex", True,
-                                                                        outage_budget)}}
+                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex",
+                                                                        indexed=True,
+                                                                        outage_budget=outage_budget)}}
     # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
     # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
     if stage == "predict" and retry.get("maxFailedParts") is not None:
@@ -428,14 +429,16 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outa
     return out
 
 
-def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
+def _job(name: str, namespace: str, uid: str, *, ij_name: str, stage: str, spec: JobSpec, args: list[str],
          completions: int, parallelism: int, defaults: OperatorDefaults,
          part_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    labels = _labels(ij_name, stage, spec, defaults)
+    labels = _labels(ij_name, stage, spec, defaults=defaults)
     indexed = is_indexed(spec, stage, completions)
-    container = _container(stage, spec, args, defaults, indexed, part_ids is not None)
+    container = _container(stage, spec, args, defaults=defaults, indexed=indexed,
+                           part_ids=part_ids is not None)
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)},
-                                "spec": _pod(stage, spec, container, defaults, part_ids is not None)}
+                                "spec": _pod(stage, spec, container, defaults=defaults,
+                                             part_ids=part_ids is not None)}
     kueue_labels, job_annotations = job_metadata(spec, stage, parallelism)
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {**labels, **kueue_labels}}
     pod_notes = pod_annotations(spec)
@@ -447,7 +450,8 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
         template["metadata"]["annotations"] = pod_notes
     job_spec: dict[str, Any] = {"completions": completions, "parallelism": parallelism,
                                 "suspend": bool(spec["suspend"]), "template": template,
-                                **_completion(spec, stage, completions, indexed, defaults.outage_budget)}
+                                **_completion(spec, stage, completions, indexed=indexed,
+                                              outage_budget=defaults.outage_budget)}
     if spec.get("activeDeadlineSeconds") and stage != "check":
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
     if stage == "check":  # long enough for its verdict to be read, short enough not to block the next check
@@ -460,36 +464,42 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def predict_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None,
+def predict_job(name: str, namespace: str, uid: str, *, spec: JobSpec,
+                defaults: OperatorDefaults | None = None,
                 part_ids: Sequence[int] | None = None, attempt: int = 0) -> dict[str, Any]:
     """The Indexed predict Job (``part_ids`` + ``attempt``: a retry Job over just those parts)."""
     d = defaults or OperatorDefaults()
     ids = sorted(set(int(i) for i in part_ids)) if part_ids is not None else None
     n = len(ids) if ids is not None else spec.parts
-    return _job(job_name(name, "predict", attempt), namespace, uid, name, "predict", spec,
-                predict_args(spec, ids), n, min(spec.parallelism, n), d, part_ids=ids)
+    return _job(job_name(name, "predict", attempt), namespace, uid, ij_name=name, stage="predict", spec=spec,
+                args=predict_args(spec, ids), completions=n, parallelism=min(spec.parallelism, n), defaults=d,
+                part_ids=ids)
 
 
-def blend_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+def blend_job(name: str, namespace: str, uid: str, *, spec: JobSpec, defaults: OperatorDefaults | None = None
               ) -> dict[str, Any]:
     n = int(spec["blend"]["parallelism"])
-    return _job(job_name(name, "blend"), namespace, uid, name, "blend", spec, blend_args(spec), n, n,
-                defaults or OperatorDefaults())
+    return _job(job_name(name, "blend"), namespace, uid, ij_name=name, stage="blend", spec=spec,
+                args=blend_args(spec), completions=n, parallelism=n,
+                defaults=defaults or OperatorDefaults())
 
 
-def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+def finalize_job(name: str, namespace: str, uid: str, *, spec: JobSpec,
+                 defaults: OperatorDefaults | None = None
                  ) -> dict[str, Any]:
     n = int(spec["finalize"]["parallelism"])
-    return _job(job_name(name, "finalize"), namespace, uid, name, "finalize", spec, finalize_args(spec), n, n,
-                defaults or OperatorDefaults())
+    return _job(job_name(name, "finalize"), namespace, uid, ij_name=name, stage="finalize", spec=spec,
+                args=finalize_args(spec), completions=n, parallelism=n,
+                defaults=defaults or OperatorDefaults())
 
 
-def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str, lost_uid: str = "",
+def check_job(name: str, namespace: str, uid: str, *, spec: JobSpec, stage: str, lost_uid: str = "",
               defaults: OperatorDefaults | None = None) -> dict[str, Any]:
     """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py);
     ``lost_uid``, the uid of the Job that vanished unseen, ties its verdict to that loss."""
-    job = _job(check_job_name(name, stage), namespace, uid, name, "check", spec, check_args(spec, stage), 1, 1,
-               defaults or OperatorDefaults())
+    job = _job(check_job_name(name, stage), namespace, uid, ij_name=name, stage="check", spec=spec,
+               args=check_args(spec, stage), completions=1, parallelism=1,
+               defaults=defaults or OperatorDefaults())
     job["metadata"].setdefault("annotations", {})[CHECKS_UID] = lost_uid
     job["metadata"]["labels"][LABEL_CHECK] = stage
     job["spec"]["template"]["metadata"]["labels"][LABEL_CHECK] = stage

@@ -119,7 +119,7 @@ def count_api_error(status: int | str) -> None:
 
 class Registry:
     def __init__(self, finished_ttl_s: float | None = None, stale_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, health: Health | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, health: Health | None = None) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.counters: dict[str, Callable[[], float]] = {}
@@ -200,7 +200,7 @@ class Registry:
         return "\n".join(out) + "\n"
 
 
-def serve(registry: Registry, port: int, host: str = "0.0.0.0", auth: Any = None, tls: Any = None
+def serve(registry: Registry, port: int, host: str = "0.0.0.0", *, auth: Any = None, tls: Any = None
           ) -> ThreadingHTTPServer:
     """Serve ``/metrics`` in a daemon thread; returns the server (``server_address`` has the bound port).
 

@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    handlers.configure_scope(args.namespace, args.all_namespaces, args.metrics_port, args.metrics_auth,
-                             args.metrics_cert_dir)
+    handlers.configure_scope(args.namespace, args.all_namespaces, args.metrics_port,
+                             metrics_auth=args.metrics_auth,
+                             metrics_cert_dir=args.metrics_cert_dir)
 
     @kopf.on.startup()
     def _scope(settings: kopf.OperatorSettings, **_: object) -> None:

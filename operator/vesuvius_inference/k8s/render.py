@@ -79,10 +79,11 @@ def render(doc: dict[str, Any], retry_parts: str | None = None,
     if problems:
         raise RenderError(f"{name}: the operator would refuse it: {'; '.join(problems)}")
     if retry_parts is not None:
-        return [manifests.predict_job(name, namespace, uid, spec, d, part_ids=ids,
+        return [manifests.predict_job(name, namespace, uid, spec=spec, defaults=d, part_ids=ids,
                                       attempt=int(spec["retryFailedParts"]))]
-    return [manifests.predict_job(name, namespace, uid, spec, d), manifests.blend_job(name, namespace, uid, spec, d),
-            manifests.finalize_job(name, namespace, uid, spec, d)]
+    return [manifests.predict_job(name, namespace, uid, spec=spec, defaults=d),
+            manifests.blend_job(name, namespace, uid, spec=spec, defaults=d),
+            manifests.finalize_job(name, namespace, uid, spec=spec, defaults=d)]
 
 
 def parser() -> argparse.ArgumentParser:
