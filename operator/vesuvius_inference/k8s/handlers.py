@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from vesuvius_inference.k8s import act, clients, manifests, metrics, policy
 from vesuvius_inference.k8s.decide import decide
 from vesuvius_inference.k8s.metrics import Registry, serve
 from vesuvius_inference.k8s.observe import Observer, Settings
+from vesuvius_inference.k8s.opsettings import env_value
 from vesuvius_inference.k8s.passes import Passes
 from vesuvius_inference.k8s.policy import SecretLabels
 
@@ -65,7 +65,7 @@ def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_por
 
 def resync_seconds() -> float:
     """Interval of the periodic reconcile of unfinished InferenceJobs (0 turns it off)."""
-    return float(os.environ.get("VESUVIUS_RESYNC_SECONDS", "60"))
+    return float(env_value("resync_s"))
 
 
 @dataclass
@@ -95,7 +95,7 @@ def runtime() -> Runtime:
                 "vesuvius_operator_reconcile_passes_total": lambda: stats["passes"],
                 "vesuvius_operator_api_requests_total": lambda: c.requests.value})
             passes = Passes(lambda ns, name, gone: reconcile(ns, name, gone),
-                            float(os.environ.get("VESUVIUS_MIN_PASS_INTERVAL", "1")))
+                            float(env_value("min_pass_interval_s")))
             registry.sections.append(lambda: queue_metrics(passes))
             _runtime.append(Runtime(c, Observer(c, Settings.from_env(), lambda: defaults), passes, registry, stats,
                                     policy.Policy.from_env(), policy.SecretLabels(c.core)))
@@ -364,7 +364,7 @@ def _alive(**_: Any) -> str:
     rt = runtime()
     resync = resync_seconds() if _scope["all"] or _scope["namespaces"] else 0.0  # else no resync task runs
     problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, now=time.monotonic(),
-                               periods=float(os.environ.get("VESUVIUS_LIVENESS_RESYNCS", "3")))
+                               periods=float(env_value("liveness_resyncs")))
     if problem is not None:
         log.error("liveness: %s", problem)
         raise kopf.PermanentError(problem)

@@ -28,13 +28,10 @@ job_webhook.go, validatePartialAdmissionCreate).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vesuvius_inference import __version__
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.contract.errors import (
@@ -47,6 +44,7 @@ from vesuvius_inference.contract.ranges import encode_part_ids
 from vesuvius_inference.contract.settings import crd_values, to_argv
 from vesuvius_inference.k8s.grace import predict_grace_seconds
 from vesuvius_inference.k8s.names import check_job_name, job_name
+from vesuvius_inference.k8s.opsettings import GPU_TOLERATIONS, WORKER_IMAGE, OperatorEnv, from_env
 from vesuvius_inference.k8s.resources import fill_in, memory_within_request
 from vesuvius_inference.k8s.spec import JobSpec
 
@@ -70,19 +68,17 @@ CHECK_TTL_S = 300
 # Set by the Job controller on every pod of an index it re-creates (pkg/controller/job/indexed_job_utils.go,
 # addIndexFailureCountAnnotation / getNewIndexFailureCounts): failures the podFailurePolicy ignored so far.
 IGNORED_FAILURES = "batch.kubernetes.io/job-index-ignored-failure-count"
-# One version for package, images and chart: the worker image the operator runs by default.
-WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
-    """What the operator fills in when a spec leaves it out (Helm values)."""
+    """What the operator fills in when a spec leaves it out (Helm values; declared in opsettings.OperatorEnv,
+    whose defaults these are)."""
 
-    image: str = WORKER_IMAGE
-    image_pull_policy: str = "IfNotPresent"
+    image: str = WORKER_IMAGE  # one version for package, images and chart (opsettings.py)
+    image_pull_policy: str = OperatorEnv.worker_pull_policy
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [dict(t) for t in GPU_TOLERATIONS])
     queue_name: str | None = None  # predict (GPU) Jobs
     cpu_queue_name: str | None = None  # blend, finalize and check Jobs: never the GPU queue by inheritance
     service_account: str | None = None  # the pods' ServiceAccount when a spec names none (None: the namespace's default)
@@ -93,23 +89,13 @@ class OperatorDefaults:
 
 
 def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
-    """Defaults the Helm chart passes to the operator as env vars (image, GPU scheduling, Kueue queue).
-    ValueError when the JSON-valued ones are not JSON."""
-    e = os.environ if env is None else env
-    base = OperatorDefaults()
-    try:
-        return OperatorDefaults(
-            image=e.get("VESUVIUS_WORKER_IMAGE", base.image),
-            image_pull_policy=e.get("VESUVIUS_WORKER_PULL_POLICY", "IfNotPresent"),
-            gpu_node_selector=json.loads(e.get("VESUVIUS_GPU_NODE_SELECTOR", "{}")),
-            gpu_tolerations=json.loads(e.get("VESUVIUS_GPU_TOLERATIONS", json.dumps(base.gpu_tolerations))),
-            queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
-            cpu_queue_name=e.get("VESUVIUS_CPU_QUEUE_NAME") or None,
-            service_account=e.get("VESUVIUS_WORKER_SERVICE_ACCOUNT") or None,
-            outage_budget=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60") or 0) > 0,
-        )
-    except json.JSONDecodeError as err:
-        raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
+    """Defaults the Helm chart passes to the operator as env vars (image, GPU scheduling, Kueue queues; their
+    declarations: opsettings.OperatorEnv). ValueError naming the variable when one does not parse."""
+    o = from_env(env)
+    return OperatorDefaults(image=o.worker_image, image_pull_policy=o.worker_pull_policy,
+                            gpu_node_selector=o.gpu_node_selector, gpu_tolerations=o.gpu_tolerations,
+                            queue_name=o.queue_name, cpu_queue_name=o.cpu_queue_name,
+                            service_account=o.worker_service_account, outage_budget=o.progress_s > 0)
 
 
 def _index(n: int) -> str:

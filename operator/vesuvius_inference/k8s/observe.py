@@ -15,7 +15,6 @@ InferenceJob: when it last read, the Jobs' failed counts then, the progress samp
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from vesuvius_inference.contract.storagelines import storage_answers, waiting_li
 from vesuvius_inference.k8s import inputcheck, kueue, manifests, progressview, stalls
 from vesuvius_inference.k8s.clients import Clients
 from vesuvius_inference.k8s.decide import Diagnosis, Observed, iso
+from vesuvius_inference.k8s.opsettings import OperatorEnv, env_value
 from vesuvius_inference.k8s.status import ChildJobs, check_verdict, cond, job_finished, sort_children
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
@@ -39,10 +39,11 @@ STAGE_PHASES = {"Predicting": "predict", "Blending": "blend", "Finalizing": "fin
 class Settings:
     """The operator's timing (env, set through the chart's extraEnv)."""
 
-    diagnose_s: float = 30.0  # VESUVIUS_DIAGNOSE_SECONDS: at most one stall read per InferenceJob this often
-    stall_grace_s: float = 300.0  # VESUVIUS_STUCK_POD_SECONDS: a pod may wait this long before it is a stall
-    progress_s: float = 60.0  # VESUVIUS_PROGRESS_SECONDS: progress sampling interval (0: off)
-    progress_pods: int = 8  # VESUVIUS_PROGRESS_PODS: pod logs read per interval and InferenceJob
+    # from the environment (their declarations, defaults and help: opsettings.OperatorEnv)
+    diagnose_s: float = OperatorEnv.diagnose_s  # at most one stall read per InferenceJob this often
+    stall_grace_s: float = OperatorEnv.stuck_pod_s  # a pod may wait this long before it is a stall
+    progress_s: float = OperatorEnv.progress_s  # progress sampling interval (0: off)
+    progress_pods: int = OperatorEnv.progress_pods  # pod logs read per interval and InferenceJob
     page: int = 20  # pods or Events per stall read
     terminating_pages: int = 5  # pages per read when looking for pods stuck terminating
     log_lines: int = 20
@@ -50,11 +51,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        return cls(diagnose_s=float(e.get("VESUVIUS_DIAGNOSE_SECONDS", "30")),
-                   stall_grace_s=float(e.get("VESUVIUS_STUCK_POD_SECONDS", "300")),
-                   progress_s=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60")),
-                   progress_pods=int(e.get("VESUVIUS_PROGRESS_PODS", "8")))
+        return cls(diagnose_s=env_value("diagnose_s", env), stall_grace_s=env_value("stuck_pod_s", env),
+                   progress_s=env_value("progress_s", env), progress_pods=env_value("progress_pods", env))
 
 
 @dataclass
