@@ -26,7 +26,7 @@ from typing import Any
 
 from vesuvius_inference import __version__
 from vesuvius_inference.contract.errors import BadArguments
-from vesuvius_inference.contract.settings import Opt, env_default, json_object
+from vesuvius_inference.contract.settings import Opt, env_default
 
 # One version for package, images and chart: the worker image the operator runs by default.
 WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
@@ -42,14 +42,22 @@ def op_setting(default: Any, *names: str, help: str, **kw: Any) -> Any:
     return dataclasses.field(default=default, metadata={"opt": opt})
 
 
-def json_list(text: str) -> list[Any]:
+def _json(text: str, kind: type, example: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg})") from None
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError(f"must be a JSON list, got {type(value).__name__}")
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}); e.g. {example}") from None
+    if not isinstance(value, kind):
+        raise argparse.ArgumentTypeError(f"must be a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
     return value
+
+
+def json_dict(text: str) -> dict[str, Any]:
+    return _json(text, dict, '{"nvidia.com/gpu.present": "true"}')
+
+
+def json_list(text: str) -> list[Any]:
+    return _json(text, list, '[{"key": "nvidia.com/gpu", "operator": "Exists"}]')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,7 +103,7 @@ class OperatorEnv:
                                    help="the worker image (values worker.image)")
     worker_pull_policy: str = op_setting("IfNotPresent", env="VESUVIUS_WORKER_PULL_POLICY",
                                          help="its imagePullPolicy (values worker.image.pullPolicy)")
-    gpu_node_selector: dict[str, str] = op_setting(dict, env="VESUVIUS_GPU_NODE_SELECTOR", parse=json_object,
+    gpu_node_selector: dict[str, str] = op_setting(dict, env="VESUVIUS_GPU_NODE_SELECTOR", parse=json_dict,
                                                    help="the GPU pods' nodeSelector, JSON (values worker.gpu)")
     gpu_tolerations: list[dict[str, Any]] = op_setting(
         lambda: [dict(t) for t in GPU_TOLERATIONS], env="VESUVIUS_GPU_TOLERATIONS", parse=json_list,
