@@ -48,7 +48,8 @@ def _json(text: str, kind: type, example: str) -> Any:
     except json.JSONDecodeError as e:
         raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}); e.g. {example}") from None
     if not isinstance(value, kind):
-        raise argparse.ArgumentTypeError(f"must be a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
+        shape = "object" if kind is dict else "list"
+        raise argparse.ArgumentTypeError(f"must be a JSON {shape}, got {type(value).__name__}")
     return value
 
 
