@@ -2,7 +2,7 @@
 
 The same mechanism as the stages' settings (contract/config.py through contract/settings.py): a dataclass
 field whose ``Opt`` carries the spellings, ``env``, ``help`` and ``parse``. ``OperatorFlags`` are the
-command line of ``vesuvius-inference operator`` (the Helm chart's Deployment args: charts/.../deployment.yaml);
+command line of ``vesuvius-inference operator`` (the Helm chart's Deployment args: its deployment.yaml);
 ``OperatorEnv`` the environment the chart sets (the worker defaults: values ``worker.*``) or that an admin
 adds through ``extraEnv`` (the timings). From these declarations alone: the operator's parser and its
 ``--help`` list of variables (operator_main.py), ``manifests.defaults_from_env``, ``observe.Settings``,
@@ -30,7 +30,8 @@ from vesuvius_inference.contract.settings import Opt, env_default
 
 # One version for package, images and chart: the worker image the operator runs by default.
 WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
-GPU_TOLERATIONS: list[dict[str, Any]] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+GPU_TOLERATIONS: list[dict[str, Any]] = [
+    {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
 def op_setting(default: Any, *names: str, help: str, **kw: Any) -> Any:
@@ -105,12 +106,12 @@ class OperatorEnv:
     worker_pull_policy: str = op_setting("IfNotPresent", env="VESUVIUS_WORKER_PULL_POLICY",
                                          help="its imagePullPolicy (values worker.image.pullPolicy)")
     gpu_node_selector: dict[str, str] = op_setting(dict, env="VESUVIUS_GPU_NODE_SELECTOR", parse=json_dict,
-                                                   help="the GPU pods' nodeSelector, JSON (values worker.gpu)")
+                                                   help="the GPU pods' nodeSelector, JSON (worker.gpu)")
     gpu_tolerations: list[dict[str, Any]] = op_setting(
         lambda: [dict(t) for t in GPU_TOLERATIONS], env="VESUVIUS_GPU_TOLERATIONS", parse=json_list,
         help="the GPU pods' tolerations, JSON (values worker.gpu)")
-    queue_name: str | None = op_setting(None, env="VESUVIUS_QUEUE_NAME",
-                                        help="Kueue LocalQueue of the predict (GPU) Jobs (values worker.queueName)")
+    queue_name: str | None = op_setting(
+        None, env="VESUVIUS_QUEUE_NAME", help="Kueue LocalQueue of the predict (GPU) Jobs (values worker.queueName)")
     cpu_queue_name: str | None = op_setting(
         None, env="VESUVIUS_CPU_QUEUE_NAME",
         help="Kueue LocalQueue of blend, finalize and check Jobs (values worker.cpuQueueName)")
