@@ -111,7 +111,8 @@ class OperatorEnv:
         lambda: [dict(t) for t in GPU_TOLERATIONS], env="VESUVIUS_GPU_TOLERATIONS", parse=json_list,
         help="the GPU pods' tolerations, JSON (values worker.gpu)")
     queue_name: str | None = op_setting(
-        None, env="VESUVIUS_QUEUE_NAME", help="Kueue LocalQueue of the predict (GPU) Jobs (values worker.queueName)")
+        None, env="VESUVIUS_QUEUE_NAME",
+        help="Kueue LocalQueue of the predict (GPU) Jobs (values worker.queueName)")
     cpu_queue_name: str | None = op_setting(
         None, env="VESUVIUS_CPU_QUEUE_NAME",
         help="Kueue LocalQueue of blend, finalize and check Jobs (values worker.cpuQueueName)")
