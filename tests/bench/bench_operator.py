@@ -101,7 +101,7 @@ def populate(server: ServerThread, parts: int) -> tuple[str, int]:
     body["spec"].update(parts=parts, parallelism=min(64, parts))
     ij = server.call(api.create, "vesuvius.dev/v1alpha1/inferencejobs", NS, body)
     spec = specmod.parse(ij["spec"])
-    job = manifests.predict_job("scroll", NS, ij["metadata"]["uid"], spec)
+    job = manifests.predict_job("scroll", NS, ij["metadata"]["uid"], spec=spec)
     job = server.call(api.create, "batch/v1/jobs", NS, job)
     running = min(64, parts // 5)
     done = parts - running - parts // 10  # 80%+ done, the rest running or not yet started

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from vesuvius_inference import __version__
-from vesuvius_inference.k8s import handlers, manifests, operator_main
+from vesuvius_inference.k8s import manifests, operator_main
 
 from helm import dockerfile
 from helm.helmtool import CHART, REPO
@@ -200,7 +200,7 @@ def test_worker_defaults_reach_the_operator(rendered, scenario, monkeypatch):
         monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert handlers.defaults_from_env() == expected_defaults(values)
+    assert manifests.defaults_from_env() == expected_defaults(values)
     assert ("VESUVIUS_QUEUE_NAME" in env) is bool(get(values, "worker.queueName"))
     for extra in values.get("extraEnv", []):
         assert env[extra["name"]] == extra["value"]

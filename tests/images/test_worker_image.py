@@ -86,8 +86,8 @@ def _env_value(meta: dict, container: dict, e: dict) -> str:
 def _containers(body: dict) -> list[dict]:
     js = spec.parse(body["spec"])
     name = body["metadata"]["name"]
-    jobs = [manifests.predict_job(name, NAMESPACE, "uid", js), manifests.blend_job(name, NAMESPACE, "uid", js),
-            manifests.finalize_job(name, NAMESPACE, "uid", js)]
+    jobs = [manifests.predict_job(name, NAMESPACE, "uid", spec=js), manifests.blend_job(name, NAMESPACE, "uid", spec=js),
+            manifests.finalize_job(name, NAMESPACE, "uid", spec=js)]
     out = []
     for job in jobs:
         assert job["spec"]["completions"] == 1

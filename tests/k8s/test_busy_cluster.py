@@ -164,7 +164,7 @@ def test_the_operators_pods_are_not_the_kubelets_first_victims():
     from vesuvius_inference.k8s import spec as specmod
 
     s = specmod.parse(yaml.safe_load(SAMPLE.read_text())["spec"])
-    ours = {"metadata": {"name": "ours"}, "spec": manifests.predict_job("ij", "ns", "u", s)["spec"]["template"]["spec"]}
+    ours = {"metadata": {"name": "ours"}, "spec": manifests.predict_job("ij", "ns", "u", spec=s)["spec"]["template"]["spec"]}
     bare = {"metadata": {"name": "best-effort"}, "spec": {"containers": [{"name": "predict", "resources": {}}]}}
     gib = 2**30
     assert rank_memory_pressure([ours, bare], {"ours": 6 * gib, "best-effort": 1 * gib}) == ["best-effort", "ours"]

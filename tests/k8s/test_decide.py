@@ -33,7 +33,7 @@ def body(name="ij", status=None, **spec):
 def predict(b, *, active=0, ready=None, failed=0, done="", parallelism=None, suspend=False, queue=None, uid="job-1"):
     s = specmod.parse(b["spec"])
     d = manifests.OperatorDefaults(queue_name=queue)
-    j = manifests.predict_job(b["metadata"]["name"], "ns", "uid-ij", s, d)
+    j = manifests.predict_job(b["metadata"]["name"], "ns", "uid-ij", spec=s, defaults=d)
     j["metadata"]["uid"] = uid
     j["spec"]["suspend"] = suspend
     if parallelism is not None:
@@ -241,13 +241,13 @@ def test_progress_across_all_parts_from_a_sample_of_running_pods():
     # 16 parts done of 5,000 patches each, 8 running at 2,000 on average; 8 x 3 patches/s
     assert (agg["done"], agg["total"], agg["percent"]) == (96000, 320000, "30.0%")
     assert agg["rate"] == "24.00/s" and agg["eta"] == "2h35m33s" and agg["summary"] == "96.0k/320.0k patches"
-    no_sample = progressview.aggregate("predict", 64, 16, 8, [], "2026-01-01T00:00:00Z")
+    no_sample = progressview.aggregate("predict", 64, 16, running=8, samples=[], now="2026-01-01T00:00:00Z")
     assert (no_sample["percent"], no_sample["eta"], no_sample["unit"]) == ("25.0%", "-", "parts")
     # the worker's own line, parsed by the same module that formats it
     line = parse_line("progress predict 3/64: 1200/5000 patches (24.0%), 3.10 patches/s, ETA 20m25s")
-    assert progressview.aggregate("predict", 1, 0, 1, [line], "t")["percent"] == "24.0%"
+    assert progressview.aggregate("predict", 1, 0, running=1, samples=[line], now="t")["percent"] == "24.0%"
     # a Job status that has not caught up with its pods (active 0, two pods reporting) counts those pods
-    lagging = progressview.aggregate("predict", 64, 16, 0, lines, "2026-01-01T00:00:00Z")
+    lagging = progressview.aggregate("predict", 64, 16, running=0, samples=lines, now="2026-01-01T00:00:00Z")
     assert (lagging["done"], lagging["rate"]) == (16 * 5000 + 2 * 2000, "6.00/s")
 
 

@@ -43,9 +43,9 @@ def api_server_errors(job):
 
 def jobs_of(spec):
     s = specmod.parse(spec)
-    return [manifests.predict_job("ij", "ns", "u", s, CHART), manifests.blend_job("ij", "ns", "u", s, CHART),
-            manifests.finalize_job("ij", "ns", "u", s, CHART),
-            manifests.check_job("ij", "ns", "u", s, "predict", "lost", CHART)]
+    return [manifests.predict_job("ij", "ns", "u", spec=s, defaults=CHART), manifests.blend_job("ij", "ns", "u", spec=s, defaults=CHART),
+            manifests.finalize_job("ij", "ns", "u", spec=s, defaults=CHART),
+            manifests.check_job("ij", "ns", "u", spec=s, stage="predict", lost_uid="lost", defaults=CHART)]
 
 
 def pod(job):

@@ -64,7 +64,7 @@ def test_only_pods_that_can_use_more_than_they_request_keep_the_disruption_bound
     if resources is not None:
         changes[stage] = dict(changes.get(stage) or {}, resources=resources)
     s = spec(**changes)
-    job = manifests.predict_job("ij", "ns", "u", s) if stage == "predict" else manifests.blend_job("ij", "ns", "u", s)
+    job = manifests.predict_job("ij", "ns", "u", spec=s) if stage == "predict" else manifests.blend_job("ij", "ns", "u", spec=s)
     assert manifests.disruptions_bounded(s, stage) is bounded
     assert told_count(job) is bounded and refuses_79(job) is bounded
     res = container(job)["resources"]
@@ -77,7 +77,7 @@ def test_an_unbounded_pod_starts_whatever_the_job_controllers_count():
     often its index was drained (the annotation is there, nothing reads it)."""
     from vesuvius_inference.contract.podopts import guard
 
-    job = manifests.predict_job("ij", "ns", "u", spec(retry={"maxDisruptionsPerPart": 0}))
+    job = manifests.predict_job("ij", "ns", "u", spec=spec(retry={"maxDisruptionsPerPart": 0}))
     assert not told_count(job)
     args = [a.replace("$(JOB_COMPLETION_INDEX)", "0") for a in container(job)["args"]]
     cfg = parse("predict", args[1:])
@@ -91,7 +91,7 @@ def test_derived_pods_are_never_the_kubelets_choice_for_their_own_use():
     from job_controller import rank_memory_pressure
     from vesuvius_inference.k8s.quantity import parse_quantity
 
-    ours = {"metadata": {"name": "ours"}, "spec": manifests.predict_job("ij", "ns", "u", spec())["spec"]["template"][
+    ours = {"metadata": {"name": "ours"}, "spec": manifests.predict_job("ij", "ns", "u", spec=spec())["spec"]["template"][
         "spec"]}
     limit = int(parse_quantity(container({"spec": {"template": ours}})["resources"]["limits"]["memory"]))
     other = {"metadata": {"name": "other"}, "spec": {"containers": [{"name": "c", "resources": {"requests": {
@@ -169,10 +169,10 @@ def test_a_single_blend_or_finalize_pod_that_can_outgrow_its_request_is_bounded_
     from vesuvius_inference.k8s.checks import refusals
 
     make = manifests.blend_job if stage == "blend" else manifests.finalize_job
-    plain = make("ij", "ns", "u", spec())
+    plain = make("ij", "ns", "u", spec=spec())
     assert plain["spec"]["completionMode"] == "NonIndexed" and not told_count(plain)
     s = spec(**{stage: {"resources": {"requests": {"memory": "1Gi"}, "limits": {"memory": "4Gi"}}}})
-    job = make("ij", "ns", "u", s)
+    job = make("ij", "ns", "u", spec=s)
     assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 1
     assert told_count(job) and refuses_79(job)
     from job_validation import validate_job

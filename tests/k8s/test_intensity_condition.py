@@ -98,12 +98,12 @@ def test_the_first_word_is_kept_and_stops_the_reads():
     from vesuvius_inference.k8s import inputcheck
 
     line = "the input's intensities do not match the model's training data: 0.5% of 10 sampled voxels ..."
-    conds, events = inputcheck.carry([], [], Reported(True, "ij-predict-0-abc", line), "T1", 1)
+    conds, events = inputcheck.carry([], [], Reported(True, "ij-predict-0-abc", line), now="T1", generation=1)
     assert [(c["type"], c["status"], c["reason"]) for c in conds] == [
         ("IntensityOutOfRange", "True", "OutsideTrainingRange")]
     assert events == [("Warning", "IntensityOutOfRange", conds[0]["message"])]
     assert conds[0]["message"] == f"predict pod ij-predict-0-abc ran on with a warning: {line}"
-    kept, again = inputcheck.carry([], conds, Reported(False, "ij-predict-1-def"), "T2", 1)
+    kept, again = inputcheck.carry([], conds, Reported(False, "ij-predict-1-def"), now="T2", generation=1)
     assert kept == conds and not again
     assert not inputcheck.wanted({"spec": {}, "status": {"conditions": conds}})
     assert inputcheck.wanted({"spec": {}, "status": {}})

@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from vesuvius_inference.cli import parse
+from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.ranges import count_ranges, format_ranges, parse_ranges
 from vesuvius_inference.k8s import manifests
 from vesuvius_inference.k8s import spec as specmod
@@ -27,9 +28,9 @@ def expand(args, index="7"):
 
 def all_jobs(spec):
     d = manifests.OperatorDefaults(gpu_node_selector={"gpu": "yes"}, queue_name="q1")
-    return [manifests.predict_job("ij", "ns", "uid-1", spec, d),
-            manifests.predict_job("ij", "ns", "uid-1", spec, d, part_ids=[3, 4, 5, 9], attempt=1),
-            manifests.blend_job("ij", "ns", "uid-1", spec, d), manifests.finalize_job("ij", "ns", "uid-1", spec, d)]
+    return [manifests.predict_job("ij", "ns", "uid-1", spec=spec, defaults=d),
+            manifests.predict_job("ij", "ns", "uid-1", spec=spec, defaults=d, part_ids=[3, 4, 5, 9], attempt=1),
+            manifests.blend_job("ij", "ns", "uid-1", spec=spec, defaults=d), manifests.finalize_job("ij", "ns", "uid-1", spec=spec, defaults=d)]
 
 
 @pytest.mark.parametrize("name", ["minimal.yaml", "full.yaml"])
@@ -45,7 +46,7 @@ def test_predict_job_shape_and_cli_contract(monkeypatch):
     s = sample("full.yaml")
     s = specmod.parse(dict(s.raw, predict=dict(s["predict"], resources={"requests": {"cpu": "8", "memory": "40Gi"},
                                                                          "limits": {"memory": "48Gi"}})))
-    job = manifests.predict_job("ij", "scrolls", "u", s)
+    job = manifests.predict_job("ij", "scrolls", "u", spec=s)
     js = job["spec"]
     assert js["completionMode"] == "Indexed" and js["completions"] == 64 and js["parallelism"] == 64
     assert js["backoffLimitPerIndex"] == 3 and js["maxFailedIndexes"] == 10 and js["podReplacementPolicy"] == "Failed"
@@ -99,7 +100,7 @@ def test_retry_job_maps_indexes_to_failed_parts(tmp_path):
 
     s = sample("minimal.yaml")
     s = specmod.parse(dict(s.raw, parts=100))
-    job = manifests.predict_job("ij", "ns", "u", s, part_ids=[3, 17, 40, 41, 42], attempt=2)
+    job = manifests.predict_job("ij", "ns", "u", spec=s, part_ids=[3, 17, 40, 41, 42], attempt=2)
     assert job["metadata"]["name"] == "ij-predict-r2" and job["spec"]["completions"] == 5
     assert job["metadata"]["annotations"] == {"vesuvius.dev/part-ids": "3,17,40-42"}
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -120,7 +121,7 @@ def test_retried_part_ids_are_not_limited_by_argument_size(tmp_path):
     ids = list(range(1, 100000, 2))
     assert len(format_ranges(ids)) > 256 * 1024
     s = specmod.parse(dict(sample("minimal.yaml").raw, parts=100000))
-    job = manifests.predict_job("ij", "ns", "u", s, part_ids=ids, attempt=1)
+    job = manifests.predict_job("ij", "ns", "u", spec=s, part_ids=ids, attempt=1)
     annotation = job["metadata"]["annotations"]["vesuvius.dev/part-ids"]
     assert len(annotation) < 64 * 1024 and job["spec"]["completions"] == 50000
     assert max(len(a) for a in job["spec"]["template"]["spec"]["containers"][0]["args"]) < 200
@@ -134,19 +135,19 @@ def test_retried_part_ids_are_not_limited_by_argument_size(tmp_path):
 
 def test_blend_and_finalize_jobs():
     s = sample("full.yaml")
-    b = manifests.blend_job("ij", "ns", "u", s)
+    b = manifests.blend_job("ij", "ns", "u", spec=s)
     assert b["spec"]["completionMode"] == "Indexed" and b["spec"]["completions"] == 32
     parsed = parse("blend", expand(b["spec"]["template"]["spec"]["containers"][0]["args"][1:], "3"))
     # blend finishes the seams of the output the parts wrote; the pyramid is left to finalize
     assert (parsed.num_parts, parsed.part_id, parsed.output) == (32, 3, s["output"]["uri"]) and parsed.seams_only
-    assert parsed.parts_dir == manifests.parts_dir(s)
+    assert parsed.parts_dir == paths.parts_url(s.workdir)
     assert "nvidia.com/gpu" not in b["spec"]["template"]["spec"]["containers"][0]["resources"].get("limits", {})
     m = specmod.parse(yaml.safe_load((SAMPLES / "minimal.yaml").read_text())["spec"])
-    f = manifests.finalize_job("ij", "ns", "u", m)
+    f = manifests.finalize_job("ij", "ns", "u", spec=m)
     assert f["spec"]["completionMode"] == "NonIndexed" and f["spec"]["podFailurePolicy"]["rules"][1]["action"] == "FailJob"
     parsed = parse("finalize", f["spec"]["template"]["spec"]["containers"][0]["args"][1:])
     assert parsed.delete_intermediates and parsed.output_path == "s3://results/PHerc0332/surface.zarr"
-    assert parsed.input_path == manifests.parts_dir(m) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
+    assert parsed.input_path == paths.parts_url(m.workdir) and parsed.input_kind == "parts"  # a fused output: finalize builds its pyramid from the parts
 
 
 def test_spec_validation_beyond_the_schema():
@@ -175,9 +176,9 @@ def test_ranges_are_compact_for_100000_parts():
 def test_stage_scheduling_adds_to_the_spec_wide_settings():
     s = sample("full.yaml")
     d = manifests.OperatorDefaults(gpu_node_selector={"operator-default": "gpu"})
-    pred, blend, fin = (j["spec"]["template"]["spec"] for j in (manifests.predict_job("ij", "ns", "u", s, d),
-                                                                 manifests.blend_job("ij", "ns", "u", s, d),
-                                                                 manifests.finalize_job("ij", "ns", "u", s, d)))
+    pred, blend, fin = (j["spec"]["template"]["spec"] for j in (manifests.predict_job("ij", "ns", "u", spec=s, defaults=d),
+                                                                 manifests.blend_job("ij", "ns", "u", spec=s, defaults=d),
+                                                                 manifests.finalize_job("ij", "ns", "u", spec=s, defaults=d)))
     region = {"topology.kubernetes.io/region": "us-east-1"}
     assert pred["nodeSelector"] == {**region, "nvidia.com/gpu.present": "true"}
     assert blend["nodeSelector"] == {**region, "node.kubernetes.io/instance-type": "c7i.4xlarge"}
@@ -188,8 +189,8 @@ def test_stage_scheduling_adds_to_the_spec_wide_settings():
     assert fin["tolerations"] == [spot]
     # a spec without scheduling: the operator's GPU defaults on predict only
     m = sample("minimal.yaml")
-    mp = manifests.predict_job("ij", "ns", "u", m, d)["spec"]["template"]["spec"]
-    mb = manifests.blend_job("ij", "ns", "u", m, d)["spec"]["template"]["spec"]
+    mp = manifests.predict_job("ij", "ns", "u", spec=m, defaults=d)["spec"]["template"]["spec"]
+    mb = manifests.blend_job("ij", "ns", "u", spec=m, defaults=d)["spec"]["template"]["spec"]
     assert mp["nodeSelector"] == {"operator-default": "gpu"} and mp["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert "nodeSelector" not in mb and "tolerations" not in mb
     # per-stage caches reach the CLI
@@ -207,8 +208,8 @@ def test_cpu_stages_never_inherit_the_gpu_queue():
     own = specmod.parse(dict(m.raw, queueName="team-gpu", blend={"queueName": "team-cpu"}))
 
     def queues(s, d):
-        jobs = [manifests.predict_job("ij", "ns", "u", s, d), manifests.blend_job("ij", "ns", "u", s, d),
-                manifests.finalize_job("ij", "ns", "u", s, d), manifests.check_job("ij", "ns", "u", s, "finalize", "lost-uid", d)]
+        jobs = [manifests.predict_job("ij", "ns", "u", spec=s, defaults=d), manifests.blend_job("ij", "ns", "u", spec=s, defaults=d),
+                manifests.finalize_job("ij", "ns", "u", spec=s, defaults=d), manifests.check_job("ij", "ns", "u", spec=s, stage="finalize", lost_uid="lost-uid", defaults=d)]
         return [j["metadata"]["labels"].get("kueue.x-k8s.io/queue-name") for j in jobs]
 
     assert queues(m, gpu_only) == ["gpu-q", None, None, None]
@@ -225,7 +226,7 @@ def test_quantities_are_strings_and_finalize_removes_every_intermediate():
     m = sample("minimal.yaml")
     args = parse("finalize", manifests.finalize_args(m)[1:])
     # the parts are the only intermediate (predict writes the output itself): finalize removes them, its INPUT
-    assert args.delete_intermediates and args.input_path == manifests.parts_dir(m) == m.workdir + "/parts"
+    assert args.delete_intermediates and args.input_path == paths.parts_url(m.workdir) == m.workdir + "/parts"
     kept = specmod.parse(dict(m.raw, keepIntermediates=True))
     args = parse("finalize", manifests.finalize_args(kept)[1:])
     assert not args.delete_intermediates and not args.also_delete
@@ -250,9 +251,9 @@ def variants(spec):
     """Every Job shape the operator creates: first predict, retries of few and many parts, indexed blend/finalize."""
     d = manifests.OperatorDefaults(gpu_node_selector={"gpu": "yes"}, queue_name="q1")
     jobs = all_jobs(spec)
-    jobs.append(manifests.predict_job("ij", "ns", "u", spec, d, part_ids=[0], attempt=7))
+    jobs.append(manifests.predict_job("ij", "ns", "u", spec=spec, defaults=d, part_ids=[0], attempt=7))
     indexed = specmod.parse(dict(spec.raw, blend={"parallelism": 3}, finalize={"parallelism": 2}))
-    jobs += [manifests.blend_job("ij", "ns", "u", indexed, d), manifests.finalize_job("ij", "ns", "u", indexed, d)]
+    jobs += [manifests.blend_job("ij", "ns", "u", spec=indexed, defaults=d), manifests.finalize_job("ij", "ns", "u", spec=indexed, defaults=d)]
     return jobs
 
 
@@ -266,26 +267,26 @@ def test_every_job_passes_the_api_servers_job_validation(name):
 
 def test_max_failed_parts_is_clamped_per_job_and_only_on_predict():
     s = sample("full.yaml")
-    assert manifests.predict_job("ij", "ns", "u", s)["spec"]["maxFailedIndexes"] == 10
-    assert manifests.predict_job("ij", "ns", "u", s, part_ids=[1, 2], attempt=1)["spec"]["maxFailedIndexes"] == 2
-    assert "maxFailedIndexes" not in manifests.blend_job("ij", "ns", "u", s)["spec"]  # blend has no "parts"
+    assert manifests.predict_job("ij", "ns", "u", spec=s)["spec"]["maxFailedIndexes"] == 10
+    assert manifests.predict_job("ij", "ns", "u", spec=s, part_ids=[1, 2], attempt=1)["spec"]["maxFailedIndexes"] == 2
+    assert "maxFailedIndexes" not in manifests.blend_job("ij", "ns", "u", spec=s)["spec"]  # blend has no "parts"
 
 
 def test_no_non_retryable_exit_codes_means_no_exit_code_rule():
     s = specmod.parse(dict(sample("minimal.yaml").raw, retry={"nonRetryableExitCodes": []},
                            predict={"resources": {"requests": {"memory": "8Gi"}}}))  # may exceed: bounded
     ignore = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
-    finalize = manifests.finalize_job("ij", "ns", "u", s)  # NonIndexed: no per-index disruption count
+    finalize = manifests.finalize_job("ij", "ns", "u", spec=s)  # NonIndexed: no per-index disruption count
     outage = {"action": "Ignore", "onExitCodes": {"containerName": "finalize", "operator": "In", "values": [74]}}
     # exit 74 costs no retry: the operator's outage budget bounds it (tests/k8s/test_outage_budget.py)
     assert finalize["spec"]["podFailurePolicy"]["rules"] == [ignore, outage] and _validated(finalize) == []
-    predict = manifests.predict_job("ij", "ns", "u", s)  # the disruption bound's exit code stays
+    predict = manifests.predict_job("ij", "ns", "u", spec=s)  # the disruption bound's exit code stays
     stopped = {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [80]}}
     assert predict["spec"]["podFailurePolicy"]["rules"] == [ignore, stopped, {"action": "FailIndex", "onExitCodes": {
         "containerName": "predict", "operator": "In", "values": [79]}}, {"action": "Ignore", "onExitCodes": {
             "containerName": "predict", "operator": "In", "values": [74]}}] and _validated(predict) == []
     # what the API server says about the rule the operator used to write
-    bad = manifests.predict_job("ij", "ns", "u", s)
+    bad = manifests.predict_job("ij", "ns", "u", spec=s)
     bad["spec"]["podFailurePolicy"]["rules"].append(
         {"action": "FailIndex", "onExitCodes": {"containerName": "predict", "operator": "In", "values": []}})
     assert any("onExitCodes.values: Invalid value: []: at least one value is required" in e for e in _validated(bad))
@@ -311,7 +312,7 @@ MEM = {"requests": {"memory": "10880Mi"}, "limits": {"memory": "10880Mi"}}  # (c
 def test_gpu_and_extended_resources_end_up_where_kubernetes_wants_them(resources, gpus, want):
     predict = {"resources": resources} if gpus is None else {"gpus": gpus, "resources": resources}
     s = specmod.parse(dict(sample("minimal.yaml").raw, predict=predict))
-    job = manifests.predict_job("ij", "ns", "u", s)
+    job = manifests.predict_job("ij", "ns", "u", spec=s)
     assert job["spec"]["template"]["spec"]["containers"][0].get("resources", {}) == want
     assert _validated(job) == []
 
@@ -322,25 +323,25 @@ def test_no_stage_runs_best_effort_and_requests_follow_the_caches():
     m = sample("minimal.yaml")
     big = specmod.parse(dict(m.raw, inference={"cacheGb": 16, "folds": [0]}, blend={"cacheGb": 8}))
     for s in (m, big):
-        for job in all_jobs(s) + [manifests.check_job("ij", "ns", "u", s, "predict", "lost-uid")]:
+        for job in all_jobs(s) + [manifests.check_job("ij", "ns", "u", spec=s, stage="predict", lost_uid="lost-uid")]:
             res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
             assert {"cpu", "memory"} <= set(res["requests"]), job["metadata"]["name"]
             assert res["limits"]["memory"] > "0" and _validated(job) == []
     def mem(s, make):
-        return make("ij", "ns", "u", s)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
+        return make("ij", "ns", "u", spec=s)["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"]
     # one fold and a 16 GB cache against five folds and 4 GB: 16 + 0.5 + 2 GiB vs 4 + 2.5 + 2, plus a quarter
     # (at least 1 GiB): the memory a pod may use is the memory it asks for (request = limit)
     assert (mem(m, manifests.predict_job), mem(big, manifests.predict_job)) == ("10880Mi", "23680Mi")
     assert (mem(m, manifests.blend_job), mem(big, manifests.blend_job)) == ("5760Mi", "10880Mi")
     cpu = specmod.parse(dict(m.raw, inference={"device": "cpu"}))
-    assert manifests.predict_job("ij", "ns", "u", cpu)["spec"]["template"]["spec"]["containers"][0][
+    assert manifests.predict_job("ij", "ns", "u", spec=cpu)["spec"]["template"]["spec"]["containers"][0][
         "resources"]["requests"]["cpu"] == "8"
 
 
 def test_the_api_server_refuses_what_the_operator_used_to_write():
     """The validator port itself: a GPU only under requests, and a request unequal to its limit."""
     s = sample("minimal.yaml")
-    job = manifests.predict_job("ij", "ns", "u", s)
+    job = manifests.predict_job("ij", "ns", "u", spec=s)
     res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
     res.update(requests={"nvidia.com/gpu": "1"}, limits={"cpu": "2"})
     assert any("Limit must be set for non overcommitable resources" in e for e in _validated(job))
@@ -405,10 +406,10 @@ def test_crd_cel_and_the_operator_agree_on_name_lengths(parts, blend, finalize, 
         doc["metadata"]["name"] = "a" * n
         s = specmod.parse(doc["spec"])
         assert (_crd_errors(doc) == []) is accept and (refusals(doc["metadata"]["name"], s) == []) is accept, n
-        jobs = [manifests.predict_job(doc["metadata"]["name"], "ns", "u", s),
-                manifests.blend_job(doc["metadata"]["name"], "ns", "u", s),
-                manifests.finalize_job(doc["metadata"]["name"], "ns", "u", s)]
+        jobs = [manifests.predict_job(doc["metadata"]["name"], "ns", "u", spec=s),
+                manifests.blend_job(doc["metadata"]["name"], "ns", "u", spec=s),
+                manifests.finalize_job(doc["metadata"]["name"], "ns", "u", spec=s)]
         if retry:
-            jobs.append(manifests.predict_job(doc["metadata"]["name"], "ns", "u", s, part_ids=range(parts),
+            jobs.append(manifests.predict_job(doc["metadata"]["name"], "ns", "u", spec=s, part_ids=range(parts),
                                               attempt=retry))
         assert all(_validated(j) == [] for j in jobs) is accept, n

@@ -217,11 +217,11 @@ def test_repeated_retry_bumps_and_replays_never_run_a_part_twice(cluster, operat
     # a repeated create of the same retry Job (kopf retrying a pass, a crash before the status write) is a 409
     # that counts only if the Job is this object's
     body = cluster.ij("twice")
-    again = manifests.predict_job("twice", cluster.namespace, body["metadata"]["uid"], specmod.parse(body["spec"]),
-                                  handlers.defaults_from_env(), part_ids=[1], attempt=1)
+    again = manifests.predict_job("twice", cluster.namespace, body["metadata"]["uid"], spec=specmod.parse(body["spec"]),
+                                  defaults=manifests.defaults_from_env(), part_ids=[1], attempt=1)
     batch = kubernetes.client.BatchV1Api(cluster.client)
-    assert act.create_job(batch, cluster.namespace, again, body["metadata"]["uid"])[0] == "exists"
-    assert act.create_job(batch, cluster.namespace, again, "another-uid")[0] == "foreign"
+    assert act.create_job(batch, cluster.namespace, again, uid=body["metadata"]["uid"])[0] == "exists"
+    assert act.create_job(batch, cluster.namespace, again, uid="another-uid")[0] == "foreign"
     # a crash after creating r2's Job but before the status said so, replayed: the name is the value, so a 409
     cluster.custom.patch_namespaced_custom_object_status(
         "vesuvius.dev", "v1alpha1", cluster.namespace, "inferencejobs", "twice",

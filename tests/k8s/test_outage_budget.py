@@ -32,13 +32,13 @@ def _rules(job):
 def test_exit_74_costs_no_retry_in_default_pods_of_every_stage():
     s = specmod.parse(body()["spec"])  # the operator's own resources: memory request = limit
     assert not manifests.disruptions_bounded(s, "predict")
-    assert IGNORE_74 in _rules(manifests.predict_job("ij", "ns", "u", s))
+    assert IGNORE_74 in _rules(manifests.predict_job("ij", "ns", "u", spec=s))
     for make, stage in ((manifests.blend_job, "blend"), (manifests.finalize_job, "finalize")):
         assert dict(IGNORE_74, onExitCodes=dict(IGNORE_74["onExitCodes"], containerName=stage)) in _rules(
-            make("ij", "ns", "u", s))
+            make("ij", "ns", "u", spec=s))
     # a spec that says 74 must never be retried keeps its FailIndex
     strict = specmod.parse(dict(body()["spec"], retry={"nonRetryableExitCodes": [2, 3, 74]}))
-    rules = _rules(manifests.predict_job("ij", "ns", "u", strict))
+    rules = _rules(manifests.predict_job("ij", "ns", "u", spec=strict))
     assert IGNORE_74 not in rules and any(r["action"] == "FailIndex" and 74 in r["onExitCodes"]["values"]
                                           for r in rules if "onExitCodes" in r)
     # the operator's log samples off: no budget, 74 counts as before (defaults_from_env)

@@ -38,9 +38,9 @@ def doc(**changes):
 
 def jobs(spec):
     s = specmod.parse(spec)
-    return {"predict": manifests.predict_job("ij", "ns", "u", s), "blend": manifests.blend_job("ij", "ns", "u", s),
-            "finalize": manifests.finalize_job("ij", "ns", "u", s),
-            "retry": manifests.predict_job("ij", "ns", "u", s, part_ids=[1, 3], attempt=1)}
+    return {"predict": manifests.predict_job("ij", "ns", "u", spec=s), "blend": manifests.blend_job("ij", "ns", "u", spec=s),
+            "finalize": manifests.finalize_job("ij", "ns", "u", spec=s),
+            "retry": manifests.predict_job("ij", "ns", "u", spec=s, part_ids=[1, 3], attempt=1)}
 
 
 def api_server_errors(job):
@@ -139,8 +139,8 @@ def ij(status=None, meta=None, **spec):
 
 
 def job_of(body, *, active=0, suspend=False, parallelism=None, queue=None):
-    j = manifests.predict_job("ij", "ns", "uid-ij", specmod.parse(body["spec"]),
-                              manifests.OperatorDefaults(queue_name=queue))
+    j = manifests.predict_job("ij", "ns", "uid-ij", spec=specmod.parse(body["spec"]),
+                              defaults=manifests.OperatorDefaults(queue_name=queue))
     j["metadata"]["uid"] = "job-1"
     j["spec"]["suspend"] = suspend
     if parallelism is not None:

@@ -99,7 +99,7 @@ def test_every_foreign_field_is_named_and_spec_errors_come_first():
 def test_a_narrower_policy_stops_the_next_stage_but_not_the_running_one():
     b = _body(image="evil.io/x:1")
     s = specmod.parse(b["spec"])
-    running = manifests.predict_job("ij", "ns", "uid-ij", s, manifests.OperatorDefaults())
+    running = manifests.predict_job("ij", "ns", "uid-ij", spec=s, defaults=manifests.OperatorDefaults())
     running["metadata"]["uid"] = "job-1"
     running["status"] = {"active": 1, "ready": 1}
     obs = Observed("ns", b, [running], manifests.OperatorDefaults(), NOW, policy=POLICY)

@@ -53,8 +53,8 @@ def test_render_of_every_sample_is_what_the_operator_creates_and_the_api_server_
     name, spec = doc["metadata"]["name"], specmod.parse(doc["spec"])
     ns = doc["metadata"].get("namespace") or "default"
     assert [d["metadata"]["name"] for d in docs] == [f"{name}-predict", f"{name}-blend", f"{name}-finalize"]
-    assert docs == [manifests.predict_job(name, ns, "", spec), manifests.blend_job(name, ns, "", spec),
-                    manifests.finalize_job(name, ns, "", spec)]
+    assert docs == [manifests.predict_job(name, ns, "", spec=spec), manifests.blend_job(name, ns, "", spec=spec),
+                    manifests.finalize_job(name, ns, "", spec=spec)]
     for job in docs:
         assert accepted(job) == [], job["metadata"]["name"]
         kubernetes_validate.validate(job, "1.35.0", strict=True)

@@ -17,11 +17,11 @@ from vesuvius_inference.k8s import spec as specmod
 from vesuvius_inference.k8s.stalls import stuck as stuck_pods
 from vesuvius_inference.k8s.status import (
     checks_needed,
-    classify,
-    derive,
+    compute_status,
     missing_parts,
-    next_stage,
     part_sets,
+    sort_children,
+    stage_to_create,
     status_patch,
 )
 
@@ -41,7 +41,7 @@ def job(kind, s, *, done="", failed=None, condition=None, active=0, part_ids=Non
     """A child Job as the API server returns it, with the status the Job controller writes."""
     make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}[kind]
     extra = {"part_ids": part_ids, "attempt": attempt} if kind == "predict" and part_ids is not None else {}
-    j = make("ij", "ns", uid, s, **extra)
+    j = make("ij", "ns", uid, spec=s, **extra)
     j["metadata"]["uid"] = f"{j['metadata']['name']}-{uid}"
     st = {"active": active, "completedIndexes": done}
     if failed is not None:
@@ -59,9 +59,9 @@ def job(kind, s, *, done="", failed=None, condition=None, active=0, part_ids=Non
 
 
 def run(s, jobs, prev=None, now=T2, gone=(), **kw):
-    children = classify(jobs, UID)
-    status = derive(s, children, prev, now, 1, gone=gone, **kw)
-    return status, next_stage(status, children)
+    children = sort_children(jobs, UID)
+    status = compute_status(s, children, prev, now=now, generation=1, gone=gone, **kw)
+    return status, stage_to_create(status, children)
 
 
 # ---- 1: ttlSecondsAfterFinished -------------------------------------------------------------------
@@ -93,7 +93,7 @@ def test_a_predict_job_deleted_before_its_end_was_seen_is_read_from_its_deleted_
     status, nxt = run(s, [], prev=status)
     assert nxt is None and status["phase"] == "Predicting" and status["reason"] == "CheckingLostStage"
     lost = status["stages"]["predict"]
-    assert lost["state"] == "Lost" and checks_needed(status, classify([], UID)) == [("predict", lost["uid"])]
+    assert lost["state"] == "Lost" and checks_needed(status, sort_children([], UID)) == [("predict", lost["uid"])]
 
 
 def test_succeeded_stays_succeeded_when_every_job_is_gone():
@@ -110,7 +110,7 @@ def test_succeeded_stays_succeeded_when_every_job_is_gone():
 
 def check(s, stage, lost_uid, verdict):
     """A check Job as the Job controller leaves it: Complete (exit 0), or Failed by its FailJob rule (exit 10)."""
-    j = manifests.check_job("ij", "ns", UID, s, stage, lost_uid)
+    j = manifests.check_job("ij", "ns", UID, spec=s, stage=stage, lost_uid=lost_uid)
     j["metadata"]["uid"] = f"check-{stage}-{verdict}"
     conds = {"Complete": [{"type": "Complete", "status": "True"}],
              "Incomplete": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}],
@@ -132,9 +132,9 @@ def test_lost_blend_is_created_again_and_lost_finalize_is_checked_on_storage():
     lost, nxt = run(s, [predict, blend], prev=status)
     uid = lost["stages"]["finalize"]["uid"]
     assert (lost["phase"], lost["reason"], nxt) == ("Finalizing", "CheckingLostStage", None)
-    assert checks_needed(lost, classify([predict, blend], UID)) == [("finalize", uid)]
+    assert checks_needed(lost, sort_children([predict, blend], UID)) == [("finalize", uid)]
     running = [predict, blend, check(s, "finalize", uid, "Running")]
-    assert checks_needed(run(s, running, prev=lost)[0], classify(running, UID)) == []  # one check at a time
+    assert checks_needed(run(s, running, prev=lost)[0], sort_children(running, UID)) == []  # one check at a time
     done, nxt = run(s, [predict, blend, check(s, "finalize", uid, "Complete")], prev=lost)
     assert done["phase"] == "Succeeded" and "verified on storage by ij-check-f" in done["message"] and nxt is None
     again, nxt = run(s, [predict, blend, check(s, "finalize", uid, "Incomplete")], prev=lost,
@@ -175,7 +175,7 @@ def test_a_finished_predict_job_with_parts_not_done_fails_the_run(reason, failed
     assert reason in status["message"] and "3 of 4 parts not done" in status["message"]
     assert "never ran" in status["message"]
     # retryFailedParts re-runs every part not done, failed or never run
-    assert missing_parts(status, part_sets(s, classify([predict], UID)).covered) == {0, 1, 2, 3} - {int(done)}
+    assert missing_parts(status, part_sets(s, sort_children([predict], UID)).covered) == {0, 1, 2, 3} - {int(done)}
 
 
 def test_failed_indexes_still_read_parts_failed():
@@ -191,7 +191,7 @@ def test_jobs_of_another_owner_are_never_adopted():
     """A deleted InferenceJob's finalize Job, not yet collected, must not make its successor Succeeded."""
     s = spec()
     old = [job(k, s, done="0", condition="Complete", uid="uid-old") for k in ("predict", "blend", "finalize")]
-    children = classify(old, UID)
+    children = sort_children(old, UID)
     assert children.predict is None and len(children.foreign) == 3
     status, nxt = run(s, old)
     assert status["phase"] == "Pending" and nxt == "predict"
@@ -203,19 +203,19 @@ def test_parts_a_running_retry_covers_are_not_handed_out_again():
     s = spec(parts=3)
     first = job("predict", s, done="0", failed="1-2", condition="Failed", reason="FailedIndexes")
     status, _ = run(s, [first])
-    assert missing_parts(status, part_sets(s, classify([first], UID)).covered) == {1, 2}
+    assert missing_parts(status, part_sets(s, sort_children([first], UID)).covered) == {1, 2}
     r1 = job("predict", s, part_ids=[1, 2], attempt=1, active=2)
     jobs = [first, r1]
     status, _ = run(s, jobs, prev=status)
     assert status["phase"] == "Predicting" and status["parts"]["failed"] == 0  # being re-run, not failed
-    assert missing_parts(status, part_sets(s, classify(jobs, UID)).covered) == set()
+    assert missing_parts(status, part_sets(s, sort_children(jobs, UID)).covered) == set()
     assert "completionTime" not in status
     # r1 fails part 2 (its index 1): that part is free again, part 1 is done
     r1 = job("predict", s, part_ids=[1, 2], attempt=1, done="0", failed="1", condition="Failed",
              reason="FailedIndexes")
     status, _ = run(s, [first, r1], prev=status)
     assert status["phase"] == "Failed" and status["parts"]["failedIndexes"] == "2"
-    assert missing_parts(status, part_sets(s, classify([first, r1], UID)).covered) == {2}
+    assert missing_parts(status, part_sets(s, sort_children([first, r1], UID)).covered) == {2}
 
 
 # ---- 9: bounded messages, patches that remove, pods that cannot start ------------------------------

@@ -21,7 +21,7 @@ def sample(name: str) -> specmod.JobSpec:
 
 
 def _predict(raw: dict) -> dict:
-    return manifests.predict_job("ij", "ns", "u", specmod.parse(raw))
+    return manifests.predict_job("ij", "ns", "u", spec=specmod.parse(raw))
 
 
 def test_a_stopped_part_costs_no_retry_whatever_the_non_retryable_codes_say():
@@ -32,7 +32,7 @@ def test_a_stopped_part_costs_no_retry_whatever_the_non_retryable_codes_say():
         assert match_rule(rules, "predict", EXIT_STOPPED, []) == ("Ignore", 1)
         assert match_rule(rules, "predict", 143, []) == ("Count", -1)  # died of SIGTERM without its checkpoint
         assert match_rule(rules, "predict", 143, ["DisruptionTarget"]) == ("Ignore", 0)
-    blend = manifests.blend_job("ij", "ns", "u", specmod.parse(base))  # only predict stops with a checkpoint
+    blend = manifests.blend_job("ij", "ns", "u", spec=specmod.parse(base))  # only predict stops with a checkpoint
     assert all(EXIT_STOPPED not in (r.get("onExitCodes") or {}).get("values", [])
                for r in blend["spec"]["podFailurePolicy"]["rules"])
     assert "terminationGracePeriodSeconds" not in blend["spec"]["template"]["spec"]

@@ -65,16 +65,16 @@ def test_exit_74_is_ignored_only_where_the_disruption_count_bounds_it():
     tests/k8s/test_outage_budget.py."""
     off = manifests.OperatorDefaults(outage_budget=False)
     s = specmod.parse(dict(body()["spec"], predict=LOOSE))
-    rules = manifests.predict_job("ij", "ns", "u", s, off)["spec"]["podFailurePolicy"]["rules"]
+    rules = manifests.predict_job("ij", "ns", "u", spec=s, defaults=off)["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "Ignore", "onExitCodes": {"containerName": "predict", "operator": "In", "values": [74]}} in rules
-    own = manifests.predict_job("ij", "ns", "u", specmod.parse(body()["spec"]), off)["spec"]["podFailurePolicy"]["rules"]
+    own = manifests.predict_job("ij", "ns", "u", spec=specmod.parse(body()["spec"]), defaults=off)["spec"]["podFailurePolicy"]["rules"]
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in own)  # nothing would bound it
     unbounded = specmod.parse(dict(body()["spec"], predict=LOOSE, retry={"maxDisruptionsPerPart": None}))
-    rules = manifests.predict_job("ij", "ns", "u", unbounded, off)["spec"]["podFailurePolicy"]["rules"]
+    rules = manifests.predict_job("ij", "ns", "u", spec=unbounded, defaults=off)["spec"]["podFailurePolicy"]["rules"]
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in rules)  # would loop for ever
-    finalize = manifests.finalize_job("ij", "ns", "u", s, off)["spec"]["podFailurePolicy"]["rules"]  # NonIndexed
+    finalize = manifests.finalize_job("ij", "ns", "u", spec=s, defaults=off)["spec"]["podFailurePolicy"]["rules"]  # NonIndexed
     assert not any(74 in (r.get("onExitCodes") or {}).get("values", []) for r in finalize)
-    args = manifests.predict_job("ij", "ns", "u", specmod.parse(dict(body()["spec"], storage={"waitSeconds": 90})))
+    args = manifests.predict_job("ij", "ns", "u", spec=specmod.parse(dict(body()["spec"], storage={"waitSeconds": 90})))
     argv = args["spec"]["template"]["spec"]["containers"][0]["args"]
     assert float(argv[argv.index("--storage_wait_s") + 1]) == 90
 

@@ -128,24 +128,24 @@ def test_liveness_fails_while_a_pass_hangs_and_recovers():
 
     passes = Passes(run, min_interval_s=0.0, workers=1, clock=clock)
     try:
-        assert handlers.liveness_problem(passes, clock.t, 60.0, clock.t) is None  # idle is alive
+        assert handlers.liveness_problem(passes, clock.t, 60.0, now=clock.t) is None  # idle is alive
         clock.t += 1000.0  # ... however long it stays idle
-        assert handlers.liveness_problem(passes, clock.t, 60.0, clock.t) is None
+        assert handlers.liveness_problem(passes, clock.t, 60.0, now=clock.t) is None
         passes.request("ns", "hung")
         assert started.wait(5)
         clock.t += 170.0
-        assert handlers.liveness_problem(passes, clock.t, 60.0, clock.t) is None  # under 3 resync periods
+        assert handlers.liveness_problem(passes, clock.t, 60.0, now=clock.t) is None  # under 3 resync periods
         clock.t += 20.0
-        problem = handlers.liveness_problem(passes, clock.t, 60.0, clock.t)
+        problem = handlers.liveness_problem(passes, clock.t, 60.0, now=clock.t)
         assert problem and "no reconcile pass has finished for 1190 s" in problem and "the oldest for 190 s" in problem
         assert "1 passes running" in problem
         release.set()
         deadline = time.monotonic() + 5
         while passes.ran < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert handlers.liveness_problem(passes, clock.t, 60.0, clock.t) is None
+        assert handlers.liveness_problem(passes, clock.t, 60.0, now=clock.t) is None
         # the resync loop itself stopped listing
-        assert "resync has not listed" in handlers.liveness_problem(passes, clock.t - 200, 60.0, clock.t)
+        assert "resync has not listed" in handlers.liveness_problem(passes, clock.t - 200, 60.0, now=clock.t)
     finally:
         release.set()
         passes.shutdown()

@@ -24,7 +24,7 @@ from vesuvius_inference.contract.locations import (
     WRITE,
     Named,
     refuse_overlaps,
-    require_writable,
+    refuse_read_only_scheme,
 )
 from vesuvius_inference.contract.place import Place
 from vesuvius_inference.contract.prechecks import check_device_name
@@ -422,7 +422,7 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
 
     def validate(self) -> None:
         check_values(self)
-        require_writable(self.output_dir, "--output_dir")
+        refuse_read_only_scheme(self.output_dir, "--output_dir")
         check_device_name(self.device)
         if not 0 <= self.part_id < self.num_parts:
             raise BadArguments(f"--part_id {self.part_id} is out of range: use 0..{self.num_parts - 1} for "
@@ -433,7 +433,7 @@ class PredictConfig(Disruptions, Run, FinalEncoding, Memory, Compute, PartShape,
         out_flag = "--final_output" if self.final_output else "--blended_output"
         out = self.blended_output or self.final_output
         if out:
-            require_writable(out, out_flag)
+            refuse_read_only_scheme(out, out_flag)
         refuse_overlaps([Named("--input_dir", self.input_dir), Named("--model_path", self.model_path),
                          Named("--output_dir", self.output_dir, WRITE), Named(out_flag, out or "", WRITE)],
                         self.storage_options)
@@ -481,8 +481,8 @@ class PipelineConfig(Run, FinalEncoding, Memory, Compute, PartShape, Grid, Input
             raise BadArguments("--devices needs at least one device, e.g. cpu or cuda:0,cuda:1")
         for d in self.devices or ():
             check_device_name(d, "--devices")
-        require_writable(self.output, "--output")
-        require_writable(self.work, "--workdir")
+        refuse_read_only_scheme(self.output, "--output")
+        refuse_read_only_scheme(self.work, "--workdir")
         _validate_predict_settings(self)
 
 
@@ -511,7 +511,7 @@ class BlendConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
 
     def validate(self) -> None:
         check_values(self)
-        require_writable(self.output, "OUTPUT")
+        refuse_read_only_scheme(self.output, "OUTPUT")
         refuse_overlaps([Named("PARTS_DIR", self.parts_dir), Named("OUTPUT", self.output, WRITE)],
                         self.storage_options)
         self.validate_split()
@@ -550,7 +550,7 @@ class FinalizeConfig(Disruptions, Run, FinalEncoding, Memory, Split, Storage):
 
     def validate(self) -> None:
         check_values(self)
-        require_writable(self.output_path, "OUTPUT")
+        refuse_read_only_scheme(self.output_path, "OUTPUT")
         if self.also_delete and not self.delete_intermediates:
             raise BadArguments("--also_delete only acts with --delete_intermediates")
         deleted = self.delete_intermediates

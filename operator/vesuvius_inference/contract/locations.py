@@ -44,7 +44,7 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
-def require_writable(url: str, flag: str) -> None:
+def refuse_read_only_scheme(url: str, flag: str) -> None:
     """Refuse an output on a read-only scheme before any work is done."""
     if str(url).lower().startswith(READ_ONLY_SCHEMES):
         raise BadArguments(f"{flag} {url}: http(s) is read-only; write to a local path, file://, s3:// or gs://")

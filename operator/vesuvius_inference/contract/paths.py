@@ -44,7 +44,7 @@ def default_workdir(output: str) -> str:
     return output.rstrip("/") + "_work"
 
 
-def parts_dir(workdir: str) -> str:
+def parts_url(workdir: str) -> str:
     return join(workdir, PARTS)
 
 

@@ -34,7 +34,7 @@ def next_stage(complete: Collection[str]) -> str | None:
 def predict_config(cfg: PipelineConfig, part_id: int, num_parts: int, device: str) -> PredictConfig:
     """What each part runs: every predict setting of the pipeline, and where its rows go."""
     work = cfg.work
-    return derive(PredictConfig, cfg, output_dir=paths.parts_dir(work), part_id=part_id, num_parts=num_parts,
+    return derive(PredictConfig, cfg, output_dir=paths.parts_url(work), part_id=part_id, num_parts=num_parts,
                   device=device, final_output=cfg.output if cfg.fused else None,
                   blended_output=None if cfg.fused else paths.blended(work))
 
@@ -42,14 +42,14 @@ def predict_config(cfg: PipelineConfig, part_id: int, num_parts: int, device: st
 def blend_config(cfg: PipelineConfig) -> BlendConfig:
     """Blend reads the parts; it finishes the final output's seams (fused) or the blended logits."""
     target = cfg.output if cfg.fused else paths.blended(cfg.work)
-    return derive(BlendConfig, cfg, parts_dir=paths.parts_dir(cfg.work), output=target, mode=None, overwrite=False,
+    return derive(BlendConfig, cfg, parts_dir=paths.parts_url(cfg.work), output=target, mode=None, overwrite=False,
                   seams_only=True)
 
 
 def finalize_config(cfg: PipelineConfig) -> FinalizeConfig:
     """Finalize reads the parts' staged pyramid blocks (fused) or the blended logits."""
     if cfg.fused:
-        return derive(FinalizeConfig, cfg, input_path=paths.parts_dir(cfg.work), output_path=cfg.output,
+        return derive(FinalizeConfig, cfg, input_path=paths.parts_url(cfg.work), output_path=cfg.output,
                       input_kind="parts", overwrite=False)
     return derive(FinalizeConfig, cfg, input_path=paths.blended(cfg.work), output_path=cfg.output,
                   input_kind="blended")

@@ -39,7 +39,8 @@ def server_message(e: Any) -> str:
         return f"{e.status} {e.reason}: {e.body}"
 
 
-def create_job(batch: Any, namespace: str, job: dict[str, Any], uid: str) -> tuple[str, dict[str, Any] | None]:
+def create_job(batch: Any, namespace: str, job: dict[str, Any], *,
+               uid: str) -> tuple[str, dict[str, Any] | None]:
     """("created", the Job as stored), ("exists", ours already: a repeated pass) or ("foreign", another owner's:
     wait for the garbage collector). Raises Refused on a permanent 4xx."""
     import kubernetes
@@ -62,12 +63,12 @@ def create_job(batch: Any, namespace: str, job: dict[str, Any], uid: str) -> tup
         raise
 
 
-def create(c: Clients, namespace: str, plan: Plan, uid: str) -> Outcomes:
+def create(c: Clients, namespace: str, plan: Plan, *, uid: str) -> Outcomes:
     out = Outcomes()
     for stage, job, started in plan.creates:
         name = job["metadata"]["name"]
         try:
-            outcome, stored = create_job(c.batch, namespace, job, uid)
+            outcome, stored = create_job(c.batch, namespace, job, uid=uid)
         except Refused as e:
             out.refused = (stage, bounded(f"the API server refused the {stage} Job {name}: {e}"))
             break
@@ -84,7 +85,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def post_event(core: Any, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+def post_event(core: Any, body: dict[str, Any], kind: str, *, reason: str, message: str) -> None:
     """A core v1 Event on the InferenceJob (best effort: a failed Event never fails the pass)."""
     meta = body["metadata"]
     now = _now()
@@ -99,7 +100,7 @@ def post_event(core: Any, body: dict[str, Any], kind: str, reason: str, message:
         log.warning("could not post event %s: %s", reason, message)
 
 
-def write_status(custom: Any, namespace: str, name: str, rv: str | None, prev: dict[str, Any],
+def write_status(custom: Any, namespace: str, name: str, *, rv: str | None, prev: dict[str, Any],
                  status: dict[str, Any]) -> bool:
     """Merge-patch the status to ``status``; False when nothing changed."""
     patch = status_patch({k: v for k, v in prev.items() if k != KOPF_STATUS},  # kopf's own: neither removed
@@ -114,7 +115,7 @@ def write_status(custom: Any, namespace: str, name: str, rv: str | None, prev: d
     return True
 
 
-def label_finished(c: Clients, namespace: str, body: dict[str, Any], label: str, finished: bool) -> None:
+def label_finished(c: Clients, namespace: str, body: dict[str, Any], *, label: str, finished: bool) -> None:
     """Set (or remove) the label the periodic resync selects on, when it differs: one request at completion
     and one when a retry starts again, none otherwise."""
     has = ((body.get("metadata") or {}).get("labels") or {}).get(label) == "true"
@@ -131,15 +132,16 @@ def label_finished(c: Clients, namespace: str, body: dict[str, Any], label: str,
             raise
 
 
-def apply(c: Clients, namespace: str, body: dict[str, Any], plan: Plan) -> None:
+def apply(c: Clients, namespace: str, body: dict[str, Any], *, plan: Plan) -> None:
     for name, patch in plan.job_patches:
         c.batch.patch_namespaced_job(name, namespace, patch, _content_type="application/merge-patch+json",
                                      _preload_content=False)
     for name, version, patch in plan.workload_patches:
-        kueue.patch(c.custom, namespace, name, version, patch)
+        kueue.patch(c.custom, namespace, name, version=version, body=patch)
     if plan.status is not None:
-        write_status(c.custom, namespace, body["metadata"]["name"], body["metadata"].get("resourceVersion"),
-                     body.get("status") or {}, plan.status)
+        write_status(c.custom, namespace, body["metadata"]["name"],
+                     rv=body["metadata"].get("resourceVersion"),
+                     prev=body.get("status") or {}, status=plan.status)
     for kind, reason, message in plan.events:
         if reason:
-            post_event(c.core, body, kind, reason, message)
+            post_event(c.core, body, kind, reason=reason, message=message)

@@ -16,10 +16,11 @@ probe stayed green meanwhile.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from vesuvius_inference.k8s.opsettings import env_value
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Clients:
 
 def timeout_s() -> tuple[float, float]:
     """(connect, read) seconds of every API request."""
-    read = float(os.environ.get("VESUVIUS_API_TIMEOUT_SECONDS", "60"))
+    read: float = env_value("api_timeout_s")
     return min(10.0, read), read
 
 

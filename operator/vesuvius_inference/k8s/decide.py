@@ -25,15 +25,15 @@ from vesuvius_inference.k8s.status import (
     ChildJobs,
     bounded,
     checks_needed,
-    classify,
-    derive,
+    compute_status,
     job_finished,
     missing_parts,
-    next_stage,
     owner_uids,
     parse_time,
     part_sets,
     ranges_brief,
+    sort_children,
+    stage_to_create,
 )
 
 Event = tuple[str, str, str]  # type, reason, message
@@ -118,7 +118,7 @@ def _context(obs: Observed, outcomes: Outcomes | None) -> _Ctx:
     uid = meta.get("uid", "")
     jobs = list(obs.jobs) + [job for _, job, _ in (outcomes.created if outcomes else [])]
     return _Ctx(obs, parse(obs.body.get("spec") or {}), dict(obs.body.get("status") or {}), uid, meta["name"],
-                int(meta.get("generation") or 1), iso(obs.now_s), classify(jobs, uid),
+                int(meta.get("generation") or 1), iso(obs.now_s), sort_children(jobs, uid),
                 [g for g in obs.gone if uid in owner_uids(g)])
 
 
@@ -153,7 +153,8 @@ def _invalid(ctx: _Ctx, text: str) -> Plan:
 
 
 def _status0(ctx: _Ctx) -> dict[str, Any]:
-    return derive(ctx.spec, ctx.children, ctx.prev, ctx.now, ctx.generation, ctx.gone, notes=ctx.obs.notes)
+    return compute_status(ctx.spec, ctx.children, ctx.prev, now=ctx.now, generation=ctx.generation, gone=ctx.gone,
+                          notes=ctx.obs.notes)
 
 
 def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[str, str]] | None:
@@ -166,7 +167,8 @@ def _retry_create(ctx: _Ctx, status: Mapping[str, Any]) -> tuple[str, dict[str, 
     todo = missing_parts(status, part_sets(ctx.spec, ctx.children).covered)
     if not todo:
         return None
-    job = manifests.predict_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults,
+    job = manifests.predict_job(ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec,
+                                defaults=ctx.obs.defaults,
                                 part_ids=sorted(todo), attempt=attempt)
     return "predict", job, ("RetryingParts", f"re-running parts {ranges_brief(todo)} as {retry_name}")
 
@@ -199,16 +201,17 @@ def _creates(ctx: _Ctx) -> list[tuple[str, dict[str, Any], tuple[str, str]]]:
         out.append(retry)
     if deleted_by_kueue(ctx) is not None:
         return out  # nothing else: neither the next stage nor a check of a Job Kueue deleted on purpose
-    stage = next_stage(status, ctx.children)
+    stage = stage_to_create(status, ctx.children)
     if stage is not None and retry is None:
         make = {"predict": manifests.predict_job, "blend": manifests.blend_job, "finalize": manifests.finalize_job}
-        job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, ctx.obs.defaults)
+        job = make[stage](ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec, defaults=ctx.obs.defaults)
         started = {"predict": ("PredictStarted", f"created {job['metadata']['name']} with {ctx.spec.parts} parts"),
                    "blend": ("BlendStarted", "all parts predicted; created the blend Job"),
                    "finalize": ("FinalizeStarted", "blend complete; created the finalize Job")}[stage]
         out.append((stage, job, started))
     for checked, lost_uid in checks_needed(status, ctx.children):
-        job = manifests.check_job(ctx.name, ctx.obs.namespace, ctx.uid, ctx.spec, checked, lost_uid, ctx.obs.defaults)
+        job = manifests.check_job(ctx.name, ctx.obs.namespace, ctx.uid, spec=ctx.spec, stage=checked,
+                                  lost_uid=lost_uid, defaults=ctx.obs.defaults)
         lost = (status.get("stages") or {}).get(checked, {}).get("job", "")
         out.append(("check", job, ("CheckingLostStage", f"{lost} was deleted before its end was seen; "
                                                          f"{job['metadata']['name']} checks its work on storage")))
@@ -234,8 +237,8 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
     extra.append(("ChildJobConflict", bool(outcomes.conflicts), "ForeignJob", conflict_text))
     policy_text = bounded("; ".join(refused))
     extra.append((policy.REASON, bool(refused), policy.REASON, policy_text))
-    status = derive(ctx.spec, ctx.children, prev, ctx.now, ctx.generation, ctx.gone, extra, outcomes.refused, held,
-                    ctx.obs.notes)
+    status = compute_status(ctx.spec, ctx.children, prev, now=ctx.now, generation=ctx.generation, gone=ctx.gone,
+                            extra=extra, refused=outcomes.refused, held=held, notes=ctx.obs.notes)
     if refused and status["phase"] not in ("Succeeded", "Failed", "Suspended") and not _unfinished(ctx):
         status.update(reason=policy.REASON, message=policy_text)  # nothing runs: the policy is why
     status = _with_progress(ctx, status)
@@ -246,7 +249,7 @@ def _settle(ctx: _Ctx, outcomes: Outcomes, refused: Sequence[str] = ()) -> Plan:
         status = _failed_by_kueue(ctx, status, kueue_deleted)
     status = _with_run(ctx, status)
     status["conditions"], found = inputcheck.carry(status["conditions"], ctx.prev.get("conditions") or [],
-                                                   ctx.obs.intensity, ctx.now, ctx.generation)
+                                                   ctx.obs.intensity, now=ctx.now, generation=ctx.generation)
     plan.events += _condition_events(ctx, extra) + found + _phase_events(ctx, status)
     plan.status = status
     return plan
@@ -348,8 +351,9 @@ def _stall_conditions(ctx: _Ctx) -> list[Extra]:
     for job in unfinished:
         d = (ctx.obs.diagnoses or {}).get(job["metadata"].get("uid", ""))
         if d is not None:
-            for s in stalls.explain(d.events or [], d.pending or [], d.failed or [], job["metadata"]["name"],
-                                    ctx.obs.now_s, ctx.obs.stall_grace_s, d.terminating or []):
+            for s in stalls.explain(d.events or [], d.pending or [], d.failed or [],
+                                    job_name=job["metadata"]["name"], now_s=ctx.obs.now_s,
+                                    grace_s=ctx.obs.stall_grace_s, terminating=d.terminating or []):
                 found.setdefault(s.kind, s)
     out: list[Extra] = []
     for kind in stalls.KINDS:

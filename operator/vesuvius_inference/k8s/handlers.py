@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ from vesuvius_inference.k8s import act, clients, manifests, metrics, policy
 from vesuvius_inference.k8s.decide import decide
 from vesuvius_inference.k8s.metrics import Registry, serve
 from vesuvius_inference.k8s.observe import Observer, Settings
+from vesuvius_inference.k8s.opsettings import env_value
 from vesuvius_inference.k8s.passes import Passes
 from vesuvius_inference.k8s.policy import SecretLabels
 
@@ -53,11 +53,10 @@ _scope: dict[str, Any] = {"namespaces": [], "all": False, "metrics_port": 0, "me
                           "metrics_cert_dir": ""}
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _guard = threading.Lock()
-defaults_from_env = manifests.defaults_from_env  # what the Helm chart's env sets
 
 
 def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_port: int = 0,
-                    metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
+                    *, metrics_auth: str = "none", metrics_cert_dir: str = "") -> None:
     """Where the periodic resync looks (the operator's --namespace / --all-namespaces), --metrics-port,
     --metrics-auth and --metrics-cert-dir."""
     _scope.update(namespaces=list(namespaces), all=all_namespaces, metrics_port=metrics_port,
@@ -66,7 +65,7 @@ def configure_scope(namespaces: Sequence[str], all_namespaces: bool, metrics_por
 
 def resync_seconds() -> float:
     """Interval of the periodic reconcile of unfinished InferenceJobs (0 turns it off)."""
-    return float(os.environ.get("VESUVIUS_RESYNC_SECONDS", "60"))
+    return float(env_value("resync_s"))
 
 
 @dataclass
@@ -99,7 +98,7 @@ def runtime() -> Runtime:
                 "vesuvius_operator_resyncs_total": lambda: stats["resyncs"],
                 "vesuvius_operator_api_requests_total": lambda: c.requests.value})
             passes = Passes(lambda ns, name, gone: reconcile(ns, name, gone),
-                            float(os.environ.get("VESUVIUS_MIN_PASS_INTERVAL", "1")))
+                            float(env_value("min_pass_interval_s")))
             registry.sections.append(lambda: queue_metrics(passes))
             _runtime.append(Runtime(c, Observer(c, Settings.from_env(), lambda: defaults), passes, registry, stats,
                                     policy.Policy.from_env(), policy.SecretLabels(c.core)))
@@ -125,7 +124,7 @@ def queue_metrics(passes: Passes) -> list[str]:
             *queue_lines]
 
 
-def liveness_problem(passes: Passes, resync_at: float, resync_s: float, now: float,
+def liveness_problem(passes: Passes, resync_at: float, resync_s: float, *, now: float,
                      periods: float = 3.0) -> str | None:
     """Why the operator is not alive (None: it is): work has waited ``periods`` resync periods and no pass
     finished meanwhile, or the resync has not listed for that long. Idle (nothing to do) is alive."""
@@ -160,7 +159,7 @@ def reconcile(namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) ->
         try:
             for _ in range(3):
                 try:
-                    status = _pass(rt, namespace, name, gone)
+                    status = _pass(rt, namespace, name, gone=gone)
                     ok = True
                     return status
                 except kubernetes.client.ApiException as e:
@@ -172,7 +171,7 @@ def reconcile(namespace: str, name: str, gone: Sequence[dict[str, Any]] = ()) ->
             metrics.observe_pass(time.monotonic() - began, ok)
 
 
-def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+def _pass(rt: Runtime, namespace: str, name: str, *, gone: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     began, requests = time.monotonic(), rt.clients.requests.value
     obs = rt.observer.observe(namespace, name, gone)
     if obs is None:
@@ -181,11 +180,11 @@ def _pass(rt: Runtime, namespace: str, name: str, gone: Sequence[dict[str, Any]]
     obs.policy = rt.policy
     obs.secret = rt.secrets.for_spec(namespace, obs.body.get("spec") or {}, rt.policy)
     plan = decide(obs)
-    outcomes = act.create(rt.clients, namespace, plan, obs.body["metadata"].get("uid", ""))
+    outcomes = act.create(rt.clients, namespace, plan, uid=obs.body["metadata"].get("uid", ""))
     plan = decide(obs, outcomes)
-    act.apply(rt.clients, namespace, obs.body, plan)
+    act.apply(rt.clients, namespace, obs.body, plan=plan)
     status = plan.status if plan.status is not None else obs.body.get("status")
-    act.label_finished(rt.clients, namespace, obs.body, FINISHED, finished(obs.body, status))
+    act.label_finished(rt.clients, namespace, obs.body, label=FINISHED, finished=finished(obs.body, status))
     rt.registry.record(namespace, name, status)
     rt.stats["passes"] += 1
     log.debug("pass %s/%s: %d API requests, %.0f ms", namespace, name, rt.clients.requests.value - requests,
@@ -368,12 +367,12 @@ def _alive(**_: Any) -> str:
     """kopf's liveness endpoint answers 500 when this raises (see the module docstring)."""
     rt = runtime()
     resync = resync_seconds() if _scope["all"] or _scope["namespaces"] else 0.0  # else no resync task runs
-    problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, time.monotonic(),
-                               float(os.environ.get("VESUVIUS_LIVENESS_RESYNCS", "3")))
+    problem = liveness_problem(rt.passes, rt.stats["resync_at"], resync, now=time.monotonic(),
+                               periods=float(env_value("liveness_resyncs")))
     if problem is not None:
         log.error("liveness: %s", problem)
         raise kopf.PermanentError(problem)
     return "ok"
 
 
-__all__ = ["reconcile", "defaults_from_env", "configure_scope", "runtime"]
+__all__ = ["reconcile", "configure_scope", "runtime"]

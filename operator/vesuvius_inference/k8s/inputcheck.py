@@ -60,7 +60,7 @@ def condition(report: Reported, now: str, generation: int) -> dict[str, Any]:
 
 
 def carry(conditions: list[dict[str, Any]], previous: Sequence[Mapping[str, Any]], report: Reported | None,
-          now: str, generation: int) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+          *, now: str, generation: int) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
     """The status's conditions with this one: set once from a pod's report, kept as it was after that
     (the status is rebuilt every pass); and the Warning Event of a finding."""
     old = next((dict(c) for c in previous if c.get("type") == CONDITION), None)

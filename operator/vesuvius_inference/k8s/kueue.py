@@ -146,7 +146,8 @@ def partially_admitted(job: Mapping[str, Any], want: int) -> bool:
     return int(low) <= int(spec.get("parallelism") or 1) < want
 
 
-def find(custom: Any, namespace: str, job_uid: str, versions: list[str]) -> tuple[dict[str, Any] | None, str | None]:
+def find(custom: Any, namespace: str, job_uid: str, *,
+         versions: list[str]) -> tuple[dict[str, Any] | None, str | None]:
     """The Workload of a Job (by Kueue's job-uid label) and the API version that served it. ``versions`` is
     the caller's list of versions still worth trying; one that 404s is removed from it."""
     import kubernetes
@@ -166,6 +167,6 @@ def find(custom: Any, namespace: str, job_uid: str, versions: list[str]) -> tupl
     return None, None
 
 
-def patch(custom: Any, namespace: str, name: str, version: str, body: dict[str, Any]) -> None:
+def patch(custom: Any, namespace: str, name: str, *, version: str, body: dict[str, Any]) -> None:
     custom.patch_namespaced_custom_object(GROUP, version, namespace, PLURAL, name, body,
                                           _content_type="application/merge-patch+json")

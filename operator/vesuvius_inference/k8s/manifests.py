@@ -28,13 +28,10 @@ job_webhook.go, validatePartialAdmissionCreate).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vesuvius_inference import __version__
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.config import BlendConfig, FinalizeConfig, PredictConfig
 from vesuvius_inference.contract.errors import (
@@ -47,6 +44,7 @@ from vesuvius_inference.contract.ranges import encode_part_ids
 from vesuvius_inference.contract.settings import crd_values, to_argv
 from vesuvius_inference.k8s.grace import predict_grace_seconds
 from vesuvius_inference.k8s.names import check_job_name, job_name
+from vesuvius_inference.k8s.opsettings import GPU_TOLERATIONS, WORKER_IMAGE, OperatorEnv, from_env
 from vesuvius_inference.k8s.resources import fill_in, memory_within_request
 from vesuvius_inference.k8s.spec import JobSpec
 
@@ -70,19 +68,17 @@ CHECK_TTL_S = 300
 # Set by the Job controller on every pod of an index it re-creates (pkg/controller/job/indexed_job_utils.go,
 # addIndexFailureCountAnnotation / getNewIndexFailureCounts): failures the podFailurePolicy ignored so far.
 IGNORED_FAILURES = "batch.kubernetes.io/job-index-ignored-failure-count"
-# One version for package, images and chart: the worker image the operator runs by default.
-WORKER_IMAGE = f"ghcr.io/scrollprize/vesuvius-inference-worker:{__version__}"
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
-    """What the operator fills in when a spec leaves it out (Helm values)."""
+    """What the operator fills in when a spec leaves it out (Helm values; declared in opsettings.OperatorEnv,
+    whose defaults these are)."""
 
-    image: str = WORKER_IMAGE
-    image_pull_policy: str = "IfNotPresent"
+    image: str = WORKER_IMAGE  # one version for package, images and chart (opsettings.py)
+    image_pull_policy: str = OperatorEnv.worker_pull_policy
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    gpu_tolerations: list[dict[str, Any]] = field(default_factory=lambda: [dict(t) for t in GPU_TOLERATIONS])
     queue_name: str | None = None  # predict (GPU) Jobs
     cpu_queue_name: str | None = None  # blend, finalize and check Jobs: never the GPU queue by inheritance
     service_account: str | None = None  # the pods' ServiceAccount when a spec names none (None: the namespace's default)
@@ -93,27 +89,13 @@ class OperatorDefaults:
 
 
 def defaults_from_env(env: Mapping[str, str] | None = None) -> OperatorDefaults:
-    """Defaults the Helm chart passes to the operator as env vars (image, GPU scheduling, Kueue queue).
-    ValueError when the JSON-valued ones are not JSON."""
-    e = os.environ if env is None else env
-    base = OperatorDefaults()
-    try:
-        return OperatorDefaults(
-            image=e.get("VESUVIUS_WORKER_IMAGE", base.image),
-            image_pull_policy=e.get("VESUVIUS_WORKER_PULL_POLICY", "IfNotPresent"),
-            gpu_node_selector=json.loads(e.get("VESUVIUS_GPU_NODE_SELECTOR", "{}")),
-            gpu_tolerations=json.loads(e.get("VESUVIUS_GPU_TOLERATIONS", json.dumps(base.gpu_tolerations))),
-            queue_name=e.get("VESUVIUS_QUEUE_NAME") or None,
-            cpu_queue_name=e.get("VESUVIUS_CPU_QUEUE_NAME") or None,
-            service_account=e.get("VESUVIUS_WORKER_SERVICE_ACCOUNT") or None,
-            outage_budget=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60") or 0) > 0,
-        )
-    except json.JSONDecodeError as err:
-        raise ValueError(f"VESUVIUS_GPU_NODE_SELECTOR / VESUVIUS_GPU_TOLERATIONS is not JSON: {err}") from None
-
-
-def parts_dir(spec: JobSpec) -> str:
-    return paths.parts_dir(spec.workdir)
+    """Defaults the Helm chart passes to the operator as env vars (image, GPU scheduling, Kueue queues; their
+    declarations: opsettings.OperatorEnv). ValueError naming the variable when one does not parse."""
+    o = from_env(env)
+    return OperatorDefaults(image=o.worker_image, image_pull_policy=o.worker_pull_policy,
+                            gpu_node_selector=o.gpu_node_selector, gpu_tolerations=o.gpu_tolerations,
+                            queue_name=o.queue_name, cpu_queue_name=o.cpu_queue_name,
+                            service_account=o.worker_service_account, outage_budget=o.progress_s > 0)
 
 
 def _index(n: int) -> str:
@@ -125,7 +107,7 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
     writing the output's chunk rows it alone covers (the fused data path: no blended intermediate). A retry
     Job's part ids are in its pods' annotation, read as a file (the module docstring), never an argument."""
     cfg = PredictConfig(**crd_values(PredictConfig, "predict", spec.raw), input_dir=spec.input_uri,
-                        output_dir=parts_dir(spec), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
+                        output_dir=paths.parts_url(spec.workdir), model_cache_dir=MODEL_CACHE, final_output=spec["output"]["uri"],
                         part_ids_file=PART_IDS_FILE if part_ids is not None else None)
     return ["predict", *to_argv(cfg, overrides={"part_id": INDEX})]
 
@@ -133,7 +115,7 @@ def predict_args(spec: JobSpec, part_ids: Sequence[int] | None = None) -> list[s
 def blend_args(spec: JobSpec) -> list[str]:
     """The seams between parts; the pyramid is finalize's."""
     values = crd_values(BlendConfig, "blend", spec.raw)
-    cfg = BlendConfig(**values, parts_dir=parts_dir(spec), output=spec["output"]["uri"], seams_only=True)
+    cfg = BlendConfig(**values, parts_dir=paths.parts_url(spec.workdir), output=spec["output"]["uri"], seams_only=True)
     return ["blend", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
 
@@ -141,7 +123,7 @@ def finalize_args(spec: JobSpec) -> list[str]:
     """The pyramid from the 2x blocks predict and blend staged, the OME metadata; then the parts go
     (INPUT, removed once the output is complete) unless keepIntermediates."""
     values = crd_values(FinalizeConfig, "finalize", spec.raw)
-    cfg = FinalizeConfig(**values, input_path=parts_dir(spec), output_path=spec["output"]["uri"], input_kind="parts",
+    cfg = FinalizeConfig(**values, input_path=paths.parts_url(spec.workdir), output_path=spec["output"]["uri"], input_kind="parts",
                          delete_intermediates=not spec["keepIntermediates"])
     return ["finalize", *to_argv(cfg, overrides={"part_id": _index(cfg.num_parts)})]
 
@@ -149,7 +131,7 @@ def finalize_args(spec: JobSpec) -> list[str]:
 def check_args(spec: JobSpec, stage: str) -> list[str]:
     """``vesuvius-inference check``: is the work of a stage whose Job vanished unseen on storage?"""
     if stage == "predict":
-        return ["check", "predict", "--parts_dir", parts_dir(spec), "--num_parts", str(spec.parts)]
+        return ["check", "predict", "--parts_dir", paths.parts_url(spec.workdir), "--num_parts", str(spec.parts)]
     return ["check", "finalize", "--output", spec["output"]["uri"]]
 
 
@@ -244,7 +226,7 @@ def container_resources(spec: JobSpec, stage: str) -> dict[str, dict[str, str]]:
     return fill_in({"requests": requests, "limits": limits}, spec, stage)
 
 
-def _failure_rules(spec: JobSpec, stage: str, action: str, indexed: bool, outage_budget: bool = True
+def _failure_rules(spec: JobSpec, stage: str, action: str, *, indexed: bool, outage_budget: bool = True
                    ) -> list[dict[str, Any]]:
     """Disruptions cost no retry; non-retryable exit codes fail the part (or Job) at once. No codes, no rule:
     Kubernetes refuses ``onExitCodes.values: []`` ("at least one value is required").
@@ -307,7 +289,7 @@ def queue_name(spec: JobSpec, stage: str, defaults: OperatorDefaults) -> str | N
     return own or defaults.cpu_queue_name
 
 
-def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults) -> dict[str, str]:
+def _labels(ij_name: str, stage: str, spec: JobSpec, *, defaults: OperatorDefaults) -> dict[str, str]:
     labels = {**(spec.get("labels") or {}), LABEL_JOB: ij_name, LABEL_STAGE: stage, "app.kubernetes.io/managed-by": "vesuvius-inference-operator",
               "app.kubernetes.io/name": "vesuvius-inference"}
     queue = queue_name(spec, stage, defaults)
@@ -316,7 +298,7 @@ def _labels(ij_name: str, stage: str, spec: JobSpec, defaults: OperatorDefaults)
     return labels
 
 
-def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDefaults, indexed: bool,
+def _container(stage: str, spec: JobSpec, args: list[str], *, defaults: OperatorDefaults, indexed: bool,
                part_ids: bool) -> dict[str, Any]:
     env, env_from = _env(spec, stage, indexed)
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"},
@@ -340,7 +322,7 @@ def _container(stage: str, spec: JobSpec, args: list[str], defaults: OperatorDef
     return container
 
 
-def _pod(stage: str, spec: JobSpec, container: dict[str, Any], defaults: OperatorDefaults, part_ids: bool
+def _pod(stage: str, spec: JobSpec, container: dict[str, Any], *, defaults: OperatorDefaults, part_ids: bool
          ) -> dict[str, Any]:
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, {"name": "model-cache", "emptyDir": {}}]
     if part_ids:
@@ -410,12 +392,12 @@ def job_metadata(spec: JobSpec, stage: str, parallelism: int) -> tuple[dict[str,
     return labels, annotations
 
 
-def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outage_budget: bool = True
+def _completion(spec: JobSpec, stage: str, completions: int, *, indexed: bool, outage_budget: bool = True
                 ) -> dict[str, Any]:
     retry = spec["retry"]
     if not indexed:
         limit = 2 if stage == "check" else int(retry["perPartLimit"])
-        rules = _failure_rules(spec, stage, "FailJob", False, outage_budget)
+        rules = _failure_rules(spec, stage, "FailJob", indexed=False, outage_budget=outage_budget)
         if stage == "check":  # "incomplete" is an answer, not a failure worth a retry
             rules = [rules[0], {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In",
                                                                      "values": [EXIT_INCOMPLETE]}}]
@@ -423,8 +405,9 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outa
                 "podFailurePolicy": {"rules": rules}}
     out: dict[str, Any] = {"completionMode": "Indexed", "backoffLimitPerIndex": int(retry["perPartLimit"]),
                            "podReplacementPolicy": "Failed",
-                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex", True,
-                                                                        outage_budget)}}
+                           "podFailurePolicy": {"rules": _failure_rules(spec, stage, "FailIndex",
+                                                                        indexed=True,
+                                                                        outage_budget=outage_budget)}}
     # maxFailedParts is about predict parts; Kubernetes wants maxFailedIndexes <= completions
     # (pkg/apis/batch/validation/validation.go, validateJobSpec), so a retry over fewer parts clamps it.
     if stage == "predict" and retry.get("maxFailedParts") is not None:
@@ -432,14 +415,16 @@ def _completion(spec: JobSpec, stage: str, completions: int, indexed: bool, outa
     return out
 
 
-def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: JobSpec, args: list[str],
+def _job(name: str, namespace: str, uid: str, *, ij_name: str, stage: str, spec: JobSpec, args: list[str],
          completions: int, parallelism: int, defaults: OperatorDefaults,
          part_ids: Sequence[int] | None = None) -> dict[str, Any]:
-    labels = _labels(ij_name, stage, spec, defaults)
+    labels = _labels(ij_name, stage, spec, defaults=defaults)
     indexed = is_indexed(spec, stage, completions)
-    container = _container(stage, spec, args, defaults, indexed, part_ids is not None)
+    container = _container(stage, spec, args, defaults=defaults, indexed=indexed,
+                           part_ids=part_ids is not None)
     template: dict[str, Any] = {"metadata": {"labels": dict(labels)},
-                                "spec": _pod(stage, spec, container, defaults, part_ids is not None)}
+                                "spec": _pod(stage, spec, container, defaults=defaults,
+                                             part_ids=part_ids is not None)}
     kueue_labels, job_annotations = job_metadata(spec, stage, parallelism)
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {**labels, **kueue_labels}}
     pod_notes = pod_annotations(spec)
@@ -451,7 +436,8 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
         template["metadata"]["annotations"] = pod_notes
     job_spec: dict[str, Any] = {"completions": completions, "parallelism": parallelism,
                                 "suspend": bool(spec["suspend"]), "template": template,
-                                **_completion(spec, stage, completions, indexed, defaults.outage_budget)}
+                                **_completion(spec, stage, completions, indexed=indexed,
+                                              outage_budget=defaults.outage_budget)}
     if spec.get("activeDeadlineSeconds") and stage != "check":
         job_spec["activeDeadlineSeconds"] = int(spec["activeDeadlineSeconds"])
     if stage == "check":  # long enough for its verdict to be read, short enough not to block the next check
@@ -464,36 +450,42 @@ def _job(name: str, namespace: str, uid: str, ij_name: str, stage: str, spec: Jo
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": job_spec}
 
 
-def predict_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None,
+def predict_job(name: str, namespace: str, uid: str, *, spec: JobSpec,
+                defaults: OperatorDefaults | None = None,
                 part_ids: Sequence[int] | None = None, attempt: int = 0) -> dict[str, Any]:
     """The Indexed predict Job (``part_ids`` + ``attempt``: a retry Job over just those parts)."""
     d = defaults or OperatorDefaults()
     ids = sorted(set(int(i) for i in part_ids)) if part_ids is not None else None
     n = len(ids) if ids is not None else spec.parts
-    return _job(job_name(name, "predict", attempt), namespace, uid, name, "predict", spec,
-                predict_args(spec, ids), n, min(spec.parallelism, n), d, part_ids=ids)
+    return _job(job_name(name, "predict", attempt), namespace, uid, ij_name=name, stage="predict", spec=spec,
+                args=predict_args(spec, ids), completions=n, parallelism=min(spec.parallelism, n), defaults=d,
+                part_ids=ids)
 
 
-def blend_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+def blend_job(name: str, namespace: str, uid: str, *, spec: JobSpec, defaults: OperatorDefaults | None = None
               ) -> dict[str, Any]:
     n = int(spec["blend"]["parallelism"])
-    return _job(job_name(name, "blend"), namespace, uid, name, "blend", spec, blend_args(spec), n, n,
-                defaults or OperatorDefaults())
+    return _job(job_name(name, "blend"), namespace, uid, ij_name=name, stage="blend", spec=spec,
+                args=blend_args(spec), completions=n, parallelism=n,
+                defaults=defaults or OperatorDefaults())
 
 
-def finalize_job(name: str, namespace: str, uid: str, spec: JobSpec, defaults: OperatorDefaults | None = None
+def finalize_job(name: str, namespace: str, uid: str, *, spec: JobSpec,
+                 defaults: OperatorDefaults | None = None
                  ) -> dict[str, Any]:
     n = int(spec["finalize"]["parallelism"])
-    return _job(job_name(name, "finalize"), namespace, uid, name, "finalize", spec, finalize_args(spec), n, n,
-                defaults or OperatorDefaults())
+    return _job(job_name(name, "finalize"), namespace, uid, ij_name=name, stage="finalize", spec=spec,
+                args=finalize_args(spec), completions=n, parallelism=n,
+                defaults=defaults or OperatorDefaults())
 
 
-def check_job(name: str, namespace: str, uid: str, spec: JobSpec, stage: str, lost_uid: str = "",
+def check_job(name: str, namespace: str, uid: str, *, spec: JobSpec, stage: str, lost_uid: str = "",
               defaults: OperatorDefaults | None = None) -> dict[str, Any]:
     """A one-pod Job checking on storage whether ``stage`` (predict or finalize) completed (stagecheck.py);
     ``lost_uid``, the uid of the Job that vanished unseen, ties its verdict to that loss."""
-    job = _job(check_job_name(name, stage), namespace, uid, name, "check", spec, check_args(spec, stage), 1, 1,
-               defaults or OperatorDefaults())
+    job = _job(check_job_name(name, stage), namespace, uid, ij_name=name, stage="check", spec=spec,
+               args=check_args(spec, stage), completions=1, parallelism=1,
+               defaults=defaults or OperatorDefaults())
     job["metadata"].setdefault("annotations", {})[CHECKS_UID] = lost_uid
     job["metadata"]["labels"][LABEL_CHECK] = stage
     job["spec"]["template"]["metadata"]["labels"][LABEL_CHECK] = stage

@@ -17,13 +17,13 @@ measures them calls the module functions (:func:`set_queue_depth`, :func:`observ
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from vesuvius_inference.k8s.opsettings import env_value
 from vesuvius_inference.k8s.status import PHASES
 
 TERMINAL = ("Succeeded", "Failed")
@@ -119,14 +119,12 @@ def count_api_error(status: int | str) -> None:
 
 class Registry:
     def __init__(self, finished_ttl_s: float | None = None, stale_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, health: Health | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, health: Health | None = None) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.counters: dict[str, Callable[[], float]] = {}
-        env = os.environ
-        self.finished_ttl_s = float(env.get("VESUVIUS_METRICS_FINISHED_SECONDS", "3600")) \
-            if finished_ttl_s is None else finished_ttl_s
-        self.stale_s = float(env.get("VESUVIUS_METRICS_STALE_SECONDS", "900")) if stale_s is None else stale_s
+        self.finished_ttl_s = env_value("metrics_finished_s") if finished_ttl_s is None else finished_ttl_s
+        self.stale_s = env_value("metrics_stale_s") if stale_s is None else stale_s
         self.clock = clock
         self.health = HEALTH if health is None else health
         self.sections: list[Callable[[], list[str]]] = []  # more metric lines (the work queue's: handlers.py)
@@ -200,7 +198,7 @@ class Registry:
         return "\n".join(out) + "\n"
 
 
-def serve(registry: Registry, port: int, host: str = "0.0.0.0", auth: Any = None, tls: Any = None
+def serve(registry: Registry, port: int, host: str = "0.0.0.0", *, auth: Any = None, tls: Any = None
           ) -> ThreadingHTTPServer:
     """Serve ``/metrics`` in a daemon thread; returns the server (``server_address`` has the bound port).
 

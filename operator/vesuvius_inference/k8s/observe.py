@@ -15,7 +15,6 @@ InferenceJob: when it last read, the Jobs' failed counts then, the progress samp
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from vesuvius_inference.contract.storagelines import storage_answers, waiting_li
 from vesuvius_inference.k8s import inputcheck, kueue, manifests, progressview, stalls
 from vesuvius_inference.k8s.clients import Clients
 from vesuvius_inference.k8s.decide import Diagnosis, Observed, iso
-from vesuvius_inference.k8s.status import ChildJobs, check_verdict, classify, cond, job_finished
+from vesuvius_inference.k8s.opsettings import OperatorEnv, env_value
+from vesuvius_inference.k8s.status import ChildJobs, check_verdict, cond, job_finished, sort_children
 
 GROUP, VERSION, PLURAL = "vesuvius.dev", "v1alpha1", "inferencejobs"
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
@@ -39,10 +39,11 @@ STAGE_PHASES = {"Predicting": "predict", "Blending": "blend", "Finalizing": "fin
 class Settings:
     """The operator's timing (env, set through the chart's extraEnv)."""
 
-    diagnose_s: float = 30.0  # VESUVIUS_DIAGNOSE_SECONDS: at most one stall read per InferenceJob this often
-    stall_grace_s: float = 300.0  # VESUVIUS_STUCK_POD_SECONDS: a pod may wait this long before it is a stall
-    progress_s: float = 60.0  # VESUVIUS_PROGRESS_SECONDS: progress sampling interval (0: off)
-    progress_pods: int = 8  # VESUVIUS_PROGRESS_PODS: pod logs read per interval and InferenceJob
+    # from the environment (their declarations, defaults and help: opsettings.OperatorEnv)
+    diagnose_s: float = OperatorEnv.diagnose_s  # at most one stall read per InferenceJob this often
+    stall_grace_s: float = OperatorEnv.stuck_pod_s  # a pod may wait this long before it is a stall
+    progress_s: float = OperatorEnv.progress_s  # progress sampling interval (0: off)
+    progress_pods: int = OperatorEnv.progress_pods  # pod logs read per interval and InferenceJob
     page: int = 20  # pods or Events per stall read
     terminating_pages: int = 5  # pages per read when looking for pods stuck terminating
     log_lines: int = 20
@@ -50,11 +51,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
-        e = os.environ if env is None else env
-        return cls(diagnose_s=float(e.get("VESUVIUS_DIAGNOSE_SECONDS", "30")),
-                   stall_grace_s=float(e.get("VESUVIUS_STUCK_POD_SECONDS", "300")),
-                   progress_s=float(e.get("VESUVIUS_PROGRESS_SECONDS", "60")),
-                   progress_pods=int(e.get("VESUVIUS_PROGRESS_PODS", "8")))
+        return cls(diagnose_s=env_value("diagnose_s", env), stall_grace_s=env_value("stuck_pod_s", env),
+                   progress_s=env_value("progress_s", env), progress_pods=env_value("progress_pods", env))
 
 
 @dataclass
@@ -73,7 +71,7 @@ def _raw(response: Any) -> dict[str, Any]:
 
 class Observer:
     def __init__(self, clients: Clients, settings: Settings, defaults: Callable[[], manifests.OperatorDefaults],
-                 clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time) -> None:
         self.c, self.settings, self.defaults, self.clock = clients, settings, defaults, clock
         self.kueue_versions = list(kueue.VERSIONS)
         self._kueue_checked = clock()
@@ -99,15 +97,15 @@ class Observer:
         now = self.clock()
         obs = Observed(namespace, body, jobs, self.defaults(), now, gone=list(gone),
                        stall_grace_s=self.settings.stall_grace_s)
-        children = classify(jobs, body["metadata"].get("uid", ""))
+        children = sort_children(jobs, body["metadata"].get("uid", ""))
         obs.workloads = self._workloads(namespace, children)
         # both Workload API versions 404'd (now, or within kueue_recheck_s) while Jobs carry a queue label
         obs.kueue_missing = not self.kueue_versions and any(
             kueue.managed(j) and not job_finished(j) for j in children.owned())
-        obs.diagnoses = self._diagnose(namespace, name, body, children, now)
-        obs.notes = self._notes(namespace, body, children, gone)
-        obs.progress = self._progress(namespace, name, body, children, now)
-        obs.intensity = self._intensity(namespace, name, body, children, now)
+        obs.diagnoses = self._diagnose(namespace, name, body, children=children, now=now)
+        obs.notes = self._notes(namespace, body, children, gone=gone)
+        obs.progress = self._progress(namespace, name, body, children=children, now=now)
+        obs.intensity = self._intensity(namespace, name, body, children=children, now=now)
         obs.storage_waits = self._storage_waits(namespace, name, now)
         state = self._samples.get((namespace, name))
         obs.storage_answered = state is not None and state.sampled_at == now and state.answered == now
@@ -138,10 +136,10 @@ class Observer:
         for job in children.owned():
             if kueue.managed(job) and not job_finished(job) and self.kueue_versions:
                 uid = job["metadata"]["uid"]
-                out[uid] = kueue.find(self.c.custom, namespace, uid, self.kueue_versions)
+                out[uid] = kueue.find(self.c.custom, namespace, uid, versions=self.kueue_versions)
         return out
 
-    def _diagnose(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+    def _diagnose(self, namespace: str, name: str, body: dict[str, Any], *, children: ChildJobs,
                   now: float) -> dict[str, Diagnosis] | None:
         """Stall reads, when the Jobs' counts ask for them and the rate allows; a Job that just failed has its
         failed pods read once for the failure's Event."""
@@ -159,13 +157,16 @@ class Observer:
                 continue
             d = Diagnosis()
             if due and reads.events:
-                d.events = self._list("event", namespace, f"involvedObject.uid={uid},reason=FailedCreate", None)
+                d.events = self._list("event", namespace, f"involvedObject.uid={uid},reason=FailedCreate",
+                                      labels=None)
             if due and reads.pending:
-                d.pending = self._list("pod", namespace, "status.phase=Pending", f"{CONTROLLER_UID}={uid}")
+                d.pending = self._list("pod", namespace, "status.phase=Pending",
+                                       labels=f"{CONTROLLER_UID}={uid}")
             if due and reads.terminating:
                 d.terminating = self._terminating(namespace, uid)
             if (due and reads.failed) or just_failed:
-                d.failed = self._list("pod", namespace, "status.phase=Failed", f"{CONTROLLER_UID}={uid}")
+                d.failed = self._list("pod", namespace, "status.phase=Failed",
+                                      labels=f"{CONTROLLER_UID}={uid}")
             if just_failed:
                 self._failure_read.add(uid)
             self._failed_seen[uid] = failed_now
@@ -199,7 +200,7 @@ class Observer:
                 break
         return found
 
-    def _list(self, kind: str, namespace: str, fields: str, labels: str | None) -> list[dict[str, Any]]:
+    def _list(self, kind: str, namespace: str, fields: str, *, labels: str | None) -> list[dict[str, Any]]:
         if kind == "event":
             resp = self.c.core.list_namespaced_event(namespace, field_selector=fields, limit=self.settings.page,
                                                      _preload_content=False)
@@ -209,7 +210,7 @@ class Observer:
         return _raw(resp).get("items") or []
 
     def _notes(self, namespace: str, body: dict[str, Any], children: ChildJobs,
-               gone: Sequence[dict[str, Any]]) -> dict[str, str]:
+               *, gone: Sequence[dict[str, Any]]) -> dict[str, str]:
         """The verdict line of each finished check Job not yet in the status (its pod's termination message)."""
         known = {(rec.get("check") or {}).get("uid") for rec in ((body.get("status") or {}).get("stages") or {}).values()
                  if (rec.get("check") or {}).get("message")}
@@ -218,16 +219,16 @@ class Observer:
             uid = job["metadata"]["uid"]
             if uid in known or check_verdict(job) == "Running":
                 continue
-            pods = self._list("pod", namespace, "", f"{CONTROLLER_UID}={uid}")
+            pods = self._list("pod", namespace, "", labels=f"{CONTROLLER_UID}={uid}")
             lines = [ln for p in pods for ln in (stalls.terminated(p).get("message") or "").splitlines() if ln.strip()]
             if not lines and pods:  # exit 0 leaves no termination message with FallbackToLogsOnError: the log
-                lines = self._log_tail(namespace, pods[-1]["metadata"]["name"], "check", 5).splitlines()
+                lines = self._log_tail(namespace, pods[-1]["metadata"]["name"], "check", lines=5).splitlines()
             lines = [ln for ln in lines if ln.strip()]
             if lines:
                 out[uid] = lines[-1]
         return out
 
-    def _intensity(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+    def _intensity(self, namespace: str, name: str, body: dict[str, Any], *, children: ChildJobs,
                    now: float) -> Reported | None:
         """A predict pod's word on the input's intensities (inputcheck.py), until the status records one: the
         head of up to a few started pods' logs, at most once per diagnose interval while a predict Job runs
@@ -246,15 +247,16 @@ class Observer:
                 continue
             else:
                 self._head_read[(namespace, name)] = now
-            pods = self._list("pod", namespace, "status.phase!=Pending", f"{CONTROLLER_UID}={uid}")
+            pods = self._list("pod", namespace, "status.phase!=Pending", labels=f"{CONTROLLER_UID}={uid}")
             for pod in pods[:inputcheck.PODS_PER_READ]:
-                head = self._log_head(namespace, pod["metadata"]["name"], "predict", inputcheck.HEAD_BYTES)
+                head = self._log_head(namespace, pod["metadata"]["name"], "predict",
+                                      limit=inputcheck.HEAD_BYTES)
                 said = inputcheck.from_pod(pod, head)
                 if said is not None:
                     return said
         return None
 
-    def _log_head(self, namespace: str, pod: str, container: str, limit: int) -> str:
+    def _log_head(self, namespace: str, pod: str, container: str, *, limit: int) -> str:
         import kubernetes
 
         try:
@@ -262,7 +264,7 @@ class Observer:
         except kubernetes.client.ApiException:
             return ""  # gone, or not started
 
-    def _log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+    def _log_tail(self, namespace: str, pod: str, container: str, *, lines: int) -> str:
         import kubernetes
 
         try:
@@ -271,7 +273,7 @@ class Observer:
         except kubernetes.client.ApiException:
             return ""  # gone, or not started
 
-    def _progress(self, namespace: str, name: str, body: dict[str, Any], children: ChildJobs,
+    def _progress(self, namespace: str, name: str, body: dict[str, Any], *, children: ChildJobs,
                   now: float) -> dict[str, Any] | None:
         status = body.get("status") or {}
         stage = STAGE_PHASES.get(status.get("phase", ""))
@@ -286,7 +288,7 @@ class Observer:
         jobs = [j for j in jobs if j is not None and not job_finished(j)]
         budget = self.settings.progress_pods
         for job in jobs:
-            budget -= self._sample_job(namespace, stage, job, state, budget, now)
+            budget -= self._sample_job(namespace, stage, job, state=state, budget=budget, now=now)
         for d in (state.lines, state.waits):
             for pod, (_, t) in list(d.items()):
                 if now - t > 3 * self.settings.progress_s:
@@ -297,13 +299,14 @@ class Observer:
         if stage == "predict":
             parts = status.get("parts") or {}
             return progressview.aggregate(stage, int(parts.get("total") or 0), int(parts.get("succeeded") or 0),
-                                          running, lines, iso(now))
+                                          running=running, samples=lines, now=iso(now))
         job = jobs[0] if jobs else getattr(children, stage)
         st, spec = (job or {}).get("status") or {}, (job or {}).get("spec") or {}
         done = count_ranges(st.get("completedIndexes")) if st.get("completedIndexes") else int(st.get("succeeded") or 0)
-        return progressview.aggregate(stage, int(spec.get("completions") or 1), done, running, lines, iso(now))
+        return progressview.aggregate(stage, int(spec.get("completions") or 1), done, running=running,
+                                      samples=lines, now=iso(now))
 
-    def _sample_job(self, namespace: str, stage: str, job: dict[str, Any], state: _Samples, budget: int,
+    def _sample_job(self, namespace: str, stage: str, job: dict[str, Any], *, state: _Samples, budget: int,
                     now: float) -> int:
         """Read the last progress line of up to ``budget`` running pods of one Job; returns how many were read."""
         import kubernetes
@@ -324,7 +327,7 @@ class Observer:
         read = 0
         for pod in page.get("items") or []:
             pod_name = pod["metadata"]["name"]
-            text = self._log_tail(namespace, pod_name, stage, self.settings.log_lines)
+            text = self._log_tail(namespace, pod_name, stage, lines=self.settings.log_lines)
             read += 1
             line = last_progress(text)
             if line is not None:

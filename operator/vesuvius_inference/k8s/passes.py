@@ -55,7 +55,7 @@ class Latency:
 
 class Passes:
     def __init__(self, run: Callable[[str, str, Sequence[dict[str, Any]]], Any], min_interval_s: float = 1.0,
-                 workers: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
+                 workers: int = 4, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.run, self.clock = run, clock
         self.queue: WorkQueue[tuple[str, str]] = WorkQueue(min_interval_s, clock)
         self._lock = threading.Lock()

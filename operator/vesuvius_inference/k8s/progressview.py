@@ -43,7 +43,7 @@ def _count(n: float) -> str:
     return str(n)
 
 
-def aggregate(stage: str, parts: int, parts_done: int, running: int, samples: Sequence[ProgressLine],
+def aggregate(stage: str, parts: int, parts_done: int, *, running: int, samples: Sequence[ProgressLine],
               now: str) -> dict[str, Any]:
     """The InferenceJob's ``status.progress`` for ``stage``."""
     samples = [s for s in samples if s.stage.split("+")[0] == stage and s.total > 0]

@@ -2,7 +2,7 @@
 would create, as YAML documents, the way ``helm template`` shows a chart.
 
 The Jobs come from the same functions the operator calls (manifests.py), with the defaults it reads
-from the environment the Helm chart sets (handlers.defaults_from_env's variables), and a spec the
+from the environment the Helm chart sets (manifests.defaults_from_env's variables), and a spec the
 operator would refuse (checks.refusals, or the admin's policy in VESUVIUS_POLICY: policy.py, all but
 a Secret's labels) exits 2 with one line. Needs neither torch nor a cluster.
 """
@@ -27,13 +27,6 @@ EXIT_REFUSED = 2
 
 class RenderError(Exception):
     """The input cannot be rendered: one line for the user."""
-
-
-def defaults_from_env() -> manifests.OperatorDefaults:
-    try:
-        return manifests.defaults_from_env()
-    except ValueError as e:
-        raise RenderError(str(e)) from None
 
 
 def load(path: str) -> dict[str, Any]:
@@ -61,7 +54,10 @@ def render(doc: dict[str, Any], retry_parts: str | None = None,
            defaults: manifests.OperatorDefaults | None = None) -> list[dict[str, Any]]:
     """The Jobs the operator creates for ``doc``: predict, blend and finalize, or with ``retry_parts`` the
     retry Job the next bump of spec.retryFailedParts creates over those parts."""
-    d = defaults or defaults_from_env()
+    try:
+        d = defaults or manifests.defaults_from_env()
+    except ValueError as e:
+        raise RenderError(str(e)) from None
     meta = doc["metadata"]
     name, namespace, uid = meta["name"], meta.get("namespace") or "default", meta.get("uid") or ""
     spec = parse(doc["spec"])
@@ -83,10 +79,11 @@ def render(doc: dict[str, Any], retry_parts: str | None = None,
     if problems:
         raise RenderError(f"{name}: the operator would refuse it: {'; '.join(problems)}")
     if retry_parts is not None:
-        return [manifests.predict_job(name, namespace, uid, spec, d, part_ids=ids,
+        return [manifests.predict_job(name, namespace, uid, spec=spec, defaults=d, part_ids=ids,
                                       attempt=int(spec["retryFailedParts"]))]
-    return [manifests.predict_job(name, namespace, uid, spec, d), manifests.blend_job(name, namespace, uid, spec, d),
-            manifests.finalize_job(name, namespace, uid, spec, d)]
+    return [manifests.predict_job(name, namespace, uid, spec=spec, defaults=d),
+            manifests.blend_job(name, namespace, uid, spec=spec, defaults=d),
+            manifests.finalize_job(name, namespace, uid, spec=spec, defaults=d)]
 
 
 def parser() -> argparse.ArgumentParser:

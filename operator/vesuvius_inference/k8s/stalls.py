@@ -263,7 +263,7 @@ def failure_lines(pods: Iterable[Mapping[str, Any]], limit: int = 5) -> str:
 
 
 def explain(events: Iterable[Mapping[str, Any]], pending: Iterable[Mapping[str, Any]],
-            failed: Iterable[Mapping[str, Any]], job_name: str, now_s: float, grace_s: float,
+            failed: Iterable[Mapping[str, Any]], *, job_name: str, now_s: float, grace_s: float,
             terminating: Iterable[Mapping[str, Any]] = ()) -> list[Stall]:
     """Every stall the sample shows, at most one per kind."""
     pending = list(pending)

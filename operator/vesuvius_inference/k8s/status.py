@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vesuvius_inference.contract import stageplan as pipeline_order
+from vesuvius_inference.contract import stageplan
 from vesuvius_inference.contract.ranges import count_ranges, decode_part_ids, format_ranges, parse_ranges
 from vesuvius_inference.k8s.spec import JobSpec
 
@@ -82,7 +82,7 @@ def checked_uid(job: Mapping[str, Any]) -> str:
     return ((job.get("metadata") or {}).get("annotations") or {}).get(CHECKS_UID, "")
 
 
-def classify(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
+def sort_children(jobs: Iterable[Mapping[str, Any]], uid: str) -> ChildJobs:
     """Sort listed Jobs into stages; only Jobs whose ownerReferences name ``uid`` are this object's."""
     out = ChildJobs()
     for j in jobs:
@@ -162,7 +162,8 @@ def part_sets(spec: JobSpec, jobs: ChildJobs, gone: Sequence[Mapping[str, Any]] 
     return PartSets(done & keep, failed & keep, active, covered & keep)
 
 
-def _condition(prev: Sequence[Mapping[str, Any]], kind: str, status: bool, reason: str, message: str, now: str,
+def _condition(prev: Sequence[Mapping[str, Any]], kind: str, status: bool, *, reason: str, message: str,
+               now: str,
                generation: int) -> dict[str, Any]:
     old = next((c for c in prev if c.get("type") == kind), None)
     value = "True" if status else "False"
@@ -205,7 +206,8 @@ def _job_record(job: Mapping[str, Any], now: str) -> dict[str, Any]:
     return rec
 
 
-def _stages(prev: Mapping[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
+def _stages(prev: Mapping[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], *,
+            now: str) -> dict[str, Any]:
     """Per stage: the Job that ran it and how it ended. Complete and Failed are final; a Job recorded
     Running that is gone without its final state having been seen is Lost (then judged by a check Job)."""
     out = copy.deepcopy(dict(prev))
@@ -238,7 +240,7 @@ def check_verdict(job: Mapping[str, Any]) -> str:
 
 
 def _apply_checks(stages: dict[str, Any], jobs: ChildJobs, gone: Sequence[Mapping[str, Any]],
-                  notes: Mapping[str, str]) -> None:
+                  *, notes: Mapping[str, str]) -> None:
     """Record, on each Lost stage, what its check Job found; a Complete verdict makes the stage Complete.
     ``notes``: the check pods' own verdict lines by check Job uid (read from their termination message)."""
     found: dict[str, Mapping[str, Any]] = dict(jobs.checks)
@@ -264,7 +266,7 @@ def _apply_checks(stages: dict[str, Any], jobs: ChildJobs, gone: Sequence[Mappin
             rec.update(state="Complete", verifiedBy=job["metadata"]["name"])
 
 
-def _close_predict(stages: dict[str, Any], predict_done: bool, total: int, now: str) -> None:
+def _close_predict(stages: dict[str, Any], predict_done: bool, total: int, *, now: str) -> None:
     if not predict_done:
         return
     rec = stages.setdefault("predict", {})
@@ -324,7 +326,7 @@ class Ledger:
         return len(self.done) >= self.total
 
 
-def ledger(spec: JobSpec, jobs: ChildJobs, prev: Mapping[str, Any], gone: Sequence[Mapping[str, Any]],
+def ledger(spec: JobSpec, jobs: ChildJobs, prev: Mapping[str, Any], *, gone: Sequence[Mapping[str, Any]],
            stages: Mapping[str, Any]) -> Ledger:
     total = spec.parts
     ps = part_sets(spec, jobs, gone)
@@ -377,7 +379,7 @@ def _blend_phase(stages: Mapping[str, Any]) -> Phase | None:
 
 
 def _predict_phase(jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: Mapping[str, Any],
-                   led: Ledger) -> Phase:
+                   *, led: Ledger) -> Phase:
     total, done, failed = led.total, led.done, led.failed
     unfinished = [j for j, _ in jobs.predict_runs() if not job_finished(j)]
     if led.predict_done:
@@ -403,28 +405,30 @@ def _predict_phase(jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: M
     return "Pending", "", "Created", "waiting for the predict Job"
 
 
-def _phase(spec: JobSpec, jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], stages: Mapping[str, Any],
+def _phase(spec: JobSpec, jobs: ChildJobs, gone: Sequence[Mapping[str, Any]], *, stages: Mapping[str, Any],
            led: Ledger) -> Phase:
-    return _finalize_phase(spec, stages) or _blend_phase(stages) or _predict_phase(jobs, gone, stages, led)
+    return (_finalize_phase(spec, stages) or _blend_phase(stages)
+            or _predict_phase(jobs, gone, stages, led=led))
 
 
-def _conditions(conds: Sequence[Mapping[str, Any]], led: Ledger, stages: Mapping[str, Any], phase: Phase,
+def _conditions(conds: Sequence[Mapping[str, Any]], led: Ledger, stages: Mapping[str, Any], *, phase: Phase,
                 suspended: tuple[str, str] | None, sticky: bool, extra: Sequence[tuple[str, bool, str, str]],
                 now: str, generation: int) -> list[dict[str, Any]]:
     name, _, reason, message = phase
     blend, finalize = _state(stages, "blend"), _state(stages, "finalize")
     blend_done = blend == "Complete" or finalize in ("Complete", "Running", "Failed", "Lost")
     out = [
-        _condition(conds, "PredictComplete", led.predict_done, "AllPartsDone" if led.predict_done else "PartsPending",
-                   f"{len(led.done)}/{led.total} parts", now, generation),
-        _condition(conds, "BlendComplete", blend_done, "BlendJobComplete" if blend_done else "NotYet",
-                   "seams written" if blend_done else "", now, generation),
-        _condition(conds, "Complete", name == "Succeeded", reason if name == "Succeeded" else "NotYet",
-                   message if name == "Succeeded" else "", now, generation),
-        _condition(conds, "Failed", name == "Failed", reason if name == "Failed" else "NoFailure",
-                   message if name == "Failed" else "", now, generation),
-        _condition(conds, "Suspended", suspended is not None, suspended[0] if suspended else "Running",
-                   suspended[1] if suspended else "", now, generation),
+        _condition(conds, "PredictComplete", led.predict_done,
+                   reason="AllPartsDone" if led.predict_done else "PartsPending",
+                   message=f"{len(led.done)}/{led.total} parts", now=now, generation=generation),
+        _condition(conds, "BlendComplete", blend_done, reason="BlendJobComplete" if blend_done else "NotYet",
+                   message="seams written" if blend_done else "", now=now, generation=generation),
+        _condition(conds, "Complete", name == "Succeeded", reason=reason if name == "Succeeded" else "NotYet",
+                   message=message if name == "Succeeded" else "", now=now, generation=generation),
+        _condition(conds, "Failed", name == "Failed", reason=reason if name == "Failed" else "NoFailure",
+                   message=message if name == "Failed" else "", now=now, generation=generation),
+        _condition(conds, "Suspended", suspended is not None, reason=suspended[0] if suspended else "Running",
+                   message=suspended[1] if suspended else "", now=now, generation=generation),
     ]
     if sticky:  # the terminal conditions as they were when the run ended
         keep = {c.get("type"): c for c in conds}
@@ -433,7 +437,8 @@ def _conditions(conds: Sequence[Mapping[str, Any]], led: Ledger, stages: Mapping
     present = {c.get("type") for c in conds}
     for kind, on, why, text in extra:
         if on or kind in present:
-            out.append(_condition(conds, kind, on, why if on else "Resolved", text if on else "", now, generation))
+            out.append(_condition(conds, kind, on, reason=why if on else "Resolved",
+                                  message=text if on else "", now=now, generation=generation))
     return out
 
 
@@ -449,10 +454,11 @@ def _names(jobs: ChildJobs) -> dict[str, Any]:
     return names
 
 
-def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, now: str, generation: int,
-           gone: Sequence[Mapping[str, Any]] = (), extra: Sequence[tuple[str, bool, str, str]] = (),
-           refused: tuple[str, str] | None = None, held: tuple[str, str] | None = None,
-           notes: Mapping[str, str] | None = None) -> dict[str, Any]:
+def compute_status(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, *, now: str,
+                   generation: int, gone: Sequence[Mapping[str, Any]] = (),
+                   extra: Sequence[tuple[str, bool, str, str]] = (),
+                   refused: tuple[str, str] | None = None, held: tuple[str, str] | None = None,
+                   notes: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The full status.
 
     ``gone``: final bodies of deleted child Jobs (their watch DELETED events); ``extra``: (type, true?,
@@ -462,11 +468,11 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
     Workload); ``notes``: check Jobs' verdict lines by uid.
     """
     prev = dict(previous or {})
-    stages = _stages(prev.get("stages") or {}, jobs, gone, now)
-    _apply_checks(stages, jobs, gone, notes or {})
-    led = ledger(spec, jobs, prev, gone, stages)
-    _close_predict(stages, led.predict_done, led.total, now)
-    phase, stage, reason, message = _phase(spec, jobs, gone, stages, led)
+    stages = _stages(prev.get("stages") or {}, jobs, gone, now=now)
+    _apply_checks(stages, jobs, gone, notes=notes or {})
+    led = ledger(spec, jobs, prev, gone=gone, stages=stages)
+    _close_predict(stages, led.predict_done, led.total, now=now)
+    phase, stage, reason, message = _phase(spec, jobs, gone, stages=stages, led=led)
     if refused is not None and phase not in ("Succeeded", "Failed"):
         phase, stage, reason, message = "Failed", refused[0], "CreateFailed", refused[1]
     unfinished = any(not job_finished(j) for j, _ in jobs.predict_runs())
@@ -486,8 +492,8 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
         phase, stage, reason, message = prev_phase, prev.get("stage", stage), prev.get("reason", reason), \
             prev.get("message", message)
     message = bounded(message)
-    conditions = _conditions(prev.get("conditions") or [], led, stages, (phase, stage, reason, message), suspended,
-                             sticky, extra, now, generation)
+    conditions = _conditions(prev.get("conditions") or [], led, stages, phase=(phase, stage, reason, message),
+                             suspended=suspended, sticky=sticky, extra=extra, now=now, generation=generation)
     ps = led.sets
     status: dict[str, Any] = {
         "phase": phase, "stage": stage, "message": message, "reason": reason, "observedGeneration": generation,
@@ -509,7 +515,7 @@ def derive(spec: JobSpec, jobs: ChildJobs, previous: Mapping[str, Any] | None, n
     return status
 
 
-def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
+def stage_to_create(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
     """Which stage's Job the operator should create now, if any: the pipeline's order (stageplan.next_stage)
     over what the ledger records as complete, gated by what Kubernetes already holds. A stage that status
     records as created (even if its Job is gone since) is never created again, except a blend Job that was
@@ -523,7 +529,7 @@ def next_stage(status: Mapping[str, Any], jobs: ChildJobs) -> str | None:
     done = {s for s in ("blend", "finalize") if _state(stages, s) == "Complete"}
     if stages.get("predict") and parts.get("succeeded", 0) >= parts.get("total", 1):
         done.add("predict")
-    stage = pipeline_order.next_stage(done)
+    stage = stageplan.next_stage(done)
     if stage is None or getattr(jobs, stage) is not None:
         return None
     if stage == "predict":
@@ -580,5 +586,5 @@ def status_patch(prev: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict
     return patch
 
 
-__all__ = ["ChildJobs", "classify", "derive", "next_stage", "part_sets", "job_finished", "count_ranges", "PHASES",
-           "status_patch", "missing_parts", "ranges_brief", "checks_needed", "check_verdict"]
+__all__ = ["ChildJobs", "sort_children", "compute_status", "stage_to_create", "part_sets", "job_finished",
+           "count_ranges", "PHASES", "status_patch", "missing_parts", "ranges_brief", "checks_needed", "check_verdict"]

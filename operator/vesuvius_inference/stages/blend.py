@@ -51,7 +51,7 @@ from vesuvius_inference.store.output import (
 )
 from vesuvius_inference.store.partstore import PartSet, load_parts, open_store
 from vesuvius_inference.store.pieces import Chunk, decode
-from vesuvius_inference.store.stagesplit import Split
+from vesuvius_inference.store.stagesplit import StageSplit
 
 log = logging.getLogger("vesuvius_inference.stages.blend")
 
@@ -223,7 +223,7 @@ def run_blend(cfg: BlendConfig) -> Blended:
         else:
             output.complete()
 
-    split = Split(stage="blend", work=parts_dir.at(paths.blend_work(parts_dir.url)), part_id=cfg.part_id,
+    split = StageSplit(stage="blend", work=parts_dir.at(paths.blend_work(parts_dir.url)), part_id=cfg.part_id,
                   num_parts=cfg.num_parts, config=config, lease_s=cfg.lease_s, quiet=cfg.quiet,
                   journal_s=cfg.journal_s, progress_s=cfg.progress_s)
     _, done = split.run(units, _processor(cfg, blender, output, byte_copy=not final), complete, "blend")

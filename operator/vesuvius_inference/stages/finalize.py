@@ -207,7 +207,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
     parts directory of an output they wrote themselves (fused runs: the pyramid is built from the 2x
     blocks the level-0 writers staged, and the output is completed).
     """
-    from vesuvius_inference.store.stagesplit import Split
+    from vesuvius_inference.store.stagesplit import StageSplit
 
     cfg.validate()
     check_options(cfg)
@@ -245,7 +245,7 @@ def run_finalize(cfg: FinalizeConfig) -> str:
             raise
         out.complete()
 
-    split = Split(stage="finalize", work=cfg.place(work), part_id=cfg.part_id, num_parts=cfg.num_parts,
+    split = StageSplit(stage="finalize", work=cfg.place(work), part_id=cfg.part_id, num_parts=cfg.num_parts,
                   config=out.config, lease_s=cfg.lease_s, quiet=cfg.quiet, journal_s=cfg.journal_s,
                   progress_s=cfg.progress_s)
     n, finished = split.run(units, process, complete, "finalize")

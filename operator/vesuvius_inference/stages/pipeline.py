@@ -228,9 +228,9 @@ def _preflight(cfg: PipelineConfig, devices: list[str]) -> Any:
     found = preflight.check_output(output, expected, overwrite=cfg.overwrite)
     if found.state == preflight.OURS and found.complete and preflight.reusable(found, expected):
         return None
-    stale = [] if cfg.skip_predict else preflight.foreign_parts(work.at(paths.parts_dir(work.url)), ctx.fp)
+    stale = [] if cfg.skip_predict else preflight.foreign_parts(work.at(paths.parts_url(work.url)), ctx.fp)
     if stale and not cfg.overwrite:
-        raise BadInput(f"{paths.parts_dir(cfg.work)} holds predict parts of other settings (written with -> this run: "
+        raise BadInput(f"{paths.parts_url(cfg.work)} holds predict parts of other settings (written with -> this run: "
                        f"{'; '.join(stale[:4])}); pass --overwrite to replace them, or choose another --workdir")
     work_mark = ownership.mark_of(work) if storage.exists(work) else "absent"
     if work_mark is None and storage.list_names(work):  # somebody's folder: never written into or removed

@@ -13,16 +13,15 @@ finalize's completion is one read of the output group's metadata (output.is_comp
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterable, Sequence
 
 from vesuvius_inference.contract import paths
 from vesuvius_inference.contract.errors import EXIT_INCOMPLETE
+from vesuvius_inference.contract.failure import write_termination_message
 from vesuvius_inference.contract.place import Place
 
 EXIT_COMPLETE = 0
-TERMINATION_LOG = "/dev/termination-log"
-MAX_MESSAGE = 3072  # the kubelet keeps at most 4096 bytes of a termination message
+MAX_MESSAGE = 3072  # the kubelet keeps at most 4096 bytes of a termination message: room for the words around
 
 
 def markers_present(names: Iterable[str], num_parts: int) -> set[int]:
@@ -61,13 +60,6 @@ def check_finalize(output: Place) -> tuple[bool, str]:
     return False, f"incomplete: {output} is not marked complete"
 
 
-def report(message: str, path: str = TERMINATION_LOG) -> None:
-    """The verdict line into the termination message (when the file is writable, as in a container)."""
-    if os.path.exists(path) and os.access(path, os.W_OK):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(message[:MAX_MESSAGE])
-
-
 def check_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vesuvius-inference check",
@@ -95,5 +87,5 @@ def run_check(argv: Sequence[str]) -> int:
     else:
         complete, line = check_finalize(where.place(args.output))
     print(line, flush=True)
-    report(line)
+    write_termination_message(line + "\n")  # where every failure's line goes: the operator reads it there
     return EXIT_COMPLETE if complete else EXIT_INCOMPLETE

@@ -22,7 +22,7 @@ import numpy as np
 from vesuvius_inference.contract.config import MODES
 from vesuvius_inference.contract.errors import BadArguments, BadInput
 from vesuvius_inference.contract.frame import Frame, triple
-from vesuvius_inference.contract.locations import require_writable
+from vesuvius_inference.contract.locations import refuse_read_only_scheme
 from vesuvius_inference.contract.ngff import (
     NGFF_VERSION,
     NGFF_VERSIONS,
@@ -292,7 +292,7 @@ class Output:
         predict = config.get("predict", {})
         self.frame = Frame.from_dict(predict.get("frame"))
         self.class_names = class_names(predict.get("labels"), num_classes)
-        require_writable(spec.url, "the output")
+        refuse_read_only_scheme(spec.url, "the output")
         if spec.kind == FINAL:
             self.channels = output_channels(spec.mode, spec.threshold, num_classes)
             self.labels = spec.threshold  # class ids: a label image of three spatial axes

@@ -76,7 +76,7 @@ def work_done(stage: str) -> int:
 
 
 @dataclass(kw_only=True)
-class Split:
+class StageSplit:
     stage: str
     work: Place  # where claims, journals and done markers of this stage live
     part_id: int
