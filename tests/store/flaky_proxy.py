@@ -7,15 +7,15 @@ so the client under test is the real s3fs/aiobotocore stack.
 
 from __future__ import annotations
 
-import http.client
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+from store.outage import forward
+
 SLOW_DOWN = (503, "SlowDown", "Please reduce your request rate.")
 ACCESS_DENIED = (403, "AccessDenied", "Access Denied")
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
 
 
 class FlakyProxy:
@@ -50,21 +50,7 @@ class FlakyProxy:
                     if self.command != "HEAD":
                         self.wfile.write(payload)
                     return
-                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)) if self.command != "HEAD"
-                                 else resp.getheader("Content-Length", "0"))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                conn.close()
+                forward(self, up, body)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 

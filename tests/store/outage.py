@@ -14,9 +14,30 @@ import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import urlsplit
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"}
+
+
+def forward(handler: Any, up: Any, body: bytes) -> None:
+    """Send ``handler``'s request (with ``body``) to ``up`` (a urlsplit of the upstream) and its answer
+    back, hop-by-hop headers dropped, HEAD answered without a body: the proxies' one forwarding step."""
+    conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
+    conn.request(handler.command, handler.path, body=body,
+                 headers={k: v for k, v in handler.headers.items() if k.lower() not in HOP_BY_HOP})
+    resp = conn.getresponse()
+    data = resp.read()
+    handler.send_response(resp.status, resp.reason)
+    for k, v in resp.getheaders():
+        if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
+            handler.send_header(k, v)
+    handler.send_header("Content-Length", str(len(data)) if handler.command != "HEAD"
+                        else resp.getheader("Content-Length", "0"))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(data)
+    conn.close()
 
 
 class Outage:
@@ -103,22 +124,7 @@ def _forwarding(upstream: str) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def _any(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
-            conn.request(self.command, self.path, body=body,
-                         headers={k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP})
-            resp = conn.getresponse()
-            data = resp.read()
-            self.send_response(resp.status, resp.reason)
-            for k, v in resp.getheaders():
-                if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(data)) if self.command != "HEAD"
-                             else resp.getheader("Content-Length", "0"))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-            conn.close()
+            forward(self, up, self.rfile.read(int(self.headers.get("Content-Length") or 0)))
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
 
