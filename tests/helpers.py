@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 IMAGE_TIMES = "image times"  # a test report's user property: tests/images' build times (tests/conftest.py sums up)
+
+
+def wait_until(what: str, fn: Callable[[], Any], *, timeout: float, interval: float = 0.2,
+               detail: Callable[[], str] = lambda: "", error: type[BaseException] = AssertionError) -> Any:
+    """``fn()``'s first truthy value, polled every ``interval`` s for at most ``timeout`` s: the one bounded
+    wait of the tests and benchmarks (never a fixed sleep). On timeout ``error`` names ``what`` (and
+    ``detail()``, e.g. the cluster's state)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = detail()
+            raise error(f"timed out after {timeout:.0f}s waiting for {what}" + (f"\n{extra}" if extra else ""))
+        time.sleep(interval)
 
 
 def smooth_volume(shape, seed=0, dtype=np.uint8):

@@ -155,14 +155,9 @@ def _metric(port: int, name: str) -> float:
 
 
 def _wait(what: str, fn: Any, timeout: float = 300.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    from helpers import wait_until
+
+    return wait_until(what, fn, timeout=timeout, interval=0.1, error=SystemExit)
 
 
 def _operator_requests(server: ServerThread, since: int) -> list[Any]:

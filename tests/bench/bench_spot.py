@@ -46,14 +46,9 @@ NS = "vesuvius"
 
 
 def _wait(what: str, fn: Any, timeout: float = 600.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(interval)
+    from helpers import wait_until
+
+    return wait_until(what, fn, timeout=timeout, interval=interval, error=SystemExit)
 
 
 def _storage(tmp: Path) -> tuple[Any, str]:

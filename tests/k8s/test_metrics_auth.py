@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from helpers import wait_until
 from plugins.k8s import GROUP, NAMESPACE, PLURAL, VERSION
 from securecluster import secure_cluster
 from vesuvius_inference.k8s.metrics import BUCKETS, Health, Registry
@@ -35,11 +36,7 @@ def _get(port: int, token: str | None) -> tuple[int, str]:
 
 
 def _wait(what: str, fn, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (value := fn()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
+    return wait_until(what, fn, timeout=timeout)
 
 
 def test_metrics_need_a_token_the_api_server_authenticates_and_authorises(tmp_path):

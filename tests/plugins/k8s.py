@@ -46,6 +46,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "vesuvius"
@@ -164,14 +165,7 @@ class Cluster:
         return out
 
     def wait(self, what: str, fn: Callable[[], Any], timeout: float = 180.0, interval: float = 0.2) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = fn()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n" + self.report())
-            time.sleep(interval)
+        return wait_until(what, fn, timeout=timeout, interval=interval, detail=self.report)
 
     def wait_phase(self, name: str, phase: str, timeout: float = 180.0) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:

@@ -120,6 +120,40 @@ def _fraction(progress: dict[str, Any]) -> float:
     return min(1.0, float(progress.get("done") or 0) / total) if total > 0 else 0.0
 
 
+def _measured(status: dict[str, Any], here: int, progress: dict[str, Any]) -> list[float | None]:
+    """Each stage's duration where it is known: a finished one's from its start to its end, the running one's
+    time so far plus its ETA at the sample; None for the rest."""
+    stages = status.get("stages") or {}
+    ends = [parse_time((stages.get(s) or {}).get("completionTime")) if i < here else None
+            for i, s in enumerate(STAGES)]
+    begins = [parse_time(status.get("startTime")), ends[0], ends[1]]
+    at, eta_s = parse_time(progress.get("observedAt")), progress.get("etaSeconds")
+    measured: list[float | None] = []
+    for i in range(len(STAGES)):
+        b, e = begins[i], ends[i]
+        if i < here and b is not None and e is not None:
+            measured.append(max(0.0, e - b))
+        elif i == here and eta_s is not None and at is not None and b is not None:
+            measured.append(max(0.0, at - b) + float(eta_s))
+        else:
+            measured.append(None)
+    return measured
+
+
+def _durations(measured: list[float | None], shape: RunShape) -> list[float]:
+    """Every stage's duration: measured where known (once predict's is), else predict's times the prior, per
+    pod (predict unknown: 1, so that only the priors' proportions count)."""
+    prior = PRIOR.get(shape.device, PRIOR["cuda"])
+    pods = {"blend": shape.blend_pods, "finalize": shape.finalize_pods}
+    scale = measured[0]
+    durations: list[float] = [scale if scale is not None else 1.0]
+    for s in STAGES[1:]:
+        m = measured[STAGES.index(s)]
+        guess = prior[s] * durations[0] * max(1, shape.predict_pods) / max(1, pods[s])
+        durations.append(m if (m is not None and scale is not None) else guess)
+    return durations
+
+
 def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
     """``status.run``: DONE and ETA of the whole run (predict + blend + finalize), for ``kubectl get ij``.
 
@@ -164,28 +198,10 @@ def run_view(status: dict[str, Any], shape: RunShape) -> dict[str, Any]:
         here, progress = here + 1, {}  # e.g. all parts predicted, the blend Job about to start
     fractions = [1.0 if i < here else (_fraction(progress) if i == here and progress else 0.0)
                  for i in range(len(STAGES))]
-    ends = [parse_time((stages.get(s) or {}).get("completionTime")) if i < here else None
-            for i, s in enumerate(STAGES)]
-    begins = [parse_time(status.get("startTime")), ends[0], ends[1]]
-    at = parse_time(progress.get("observedAt"))
     eta_s = progress.get("etaSeconds")
-    measured: list[float | None] = []
-    for i in range(len(STAGES)):
-        b, e = begins[i], ends[i]
-        if i < here and b is not None and e is not None:
-            measured.append(max(0.0, e - b))
-        elif i == here and eta_s is not None and at is not None and b is not None:
-            measured.append(max(0.0, at - b) + float(eta_s))
-        else:
-            measured.append(None)
-    prior = PRIOR.get(shape.device, PRIOR["cuda"])
-    pods = {"blend": shape.blend_pods, "finalize": shape.finalize_pods}
+    measured = _measured(status, here, progress)
     scale = measured[0]  # None: no duration known, the priors' proportions only
-    durations: list[float] = [scale if scale is not None else 1.0]
-    for s in STAGES[1:]:
-        m = measured[STAGES.index(s)]
-        guess = prior[s] * durations[0] * max(1, shape.predict_pods) / max(1, pods[s])
-        durations.append(m if (m is not None and scale is not None) else guess)
+    durations = _durations(measured, shape)
     whole = sum(durations)
     done = sum(f * d for f, d in zip(fractions, durations))
     fraction = done / whole if whole > 0 else 0.0
